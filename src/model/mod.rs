@@ -1,0 +1,17 @@
+//! The shared vocabulary of domsync (DESIGN.md section 2): identifiers, epochs, log
+//! sequence numbers, positions, roles, operations and change-log records.
+//!
+//! Everything here is plain data: no I/O, no locks. Every other layer speaks in these types.
+
+mod crl;
+mod ids;
+mod op;
+mod position;
+mod record;
+
+pub use crl::{Crl, CrlNumber};
+pub use ids::{DomainId, DomainUid, NameError, NodeId};
+pub use crl::CrlError;
+pub use op::{check_policy_name, Op, PolicyInfo, MAX_CRL_BYTES, MAX_KEY_BYTES, MAX_POLICY_BYTES, MAX_POLICY_NAME};
+pub use position::{Epoch, HistoryEntry, Lsn, Position, Role};
+pub use record::Record;

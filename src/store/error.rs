@@ -1,0 +1,200 @@
+//! Errors of the store layer. Each message says what happened and what to do, in one line.
+
+use std::path::PathBuf;
+
+use crate::codec::CodecError;
+use crate::model::{CrlError, CrlNumber, DomainId, Epoch, Lsn, NodeId};
+
+/// What a store operation can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A write reached a replica that is not active.
+    #[error("domain {domain} is standby on this node and read-only: {}", match active { Some(n) => format!("write on its active node {n}"), None => "no active is known; promote a replica first".to_string() })]
+    NotActive {
+        /// The domain.
+        domain: DomainId,
+        /// The active this node knows of, if any.
+        active: Option<NodeId>,
+    },
+    /// A change-log record was offered to the active replica.
+    #[error("domain {domain} is active on this node: records are applied only on a standby")]
+    NotStandby {
+        /// The domain.
+        domain: DomainId,
+    },
+    /// No store for this domain exists on this node.
+    #[error("domain {domain} does not exist under {dir}: create it with `domsync domain create {domain}` or check --data")]
+    UnknownDomain {
+        /// The domain.
+        domain: DomainId,
+        /// The state directory searched.
+        dir: PathBuf,
+    },
+    /// The domain already has a store on this node.
+    #[error("domain {domain} already exists on this node; pick another name or remove it first")]
+    DomainExists {
+        /// The domain.
+        domain: DomainId,
+    },
+    /// Another process holds the domain's database open.
+    #[error("the store of domain {domain} ({}) is open in another process; stop that process (is domsyncd running?) and retry", path.display())]
+    Locked {
+        /// The domain.
+        domain: DomainId,
+        /// Its database file.
+        path: PathBuf,
+    },
+    /// The write was refused before anything was committed.
+    #[error("write to domain {domain} refused: {reason}")]
+    InvalidWrite {
+        /// The domain.
+        domain: DomainId,
+        /// Why.
+        reason: String,
+    },
+    /// An uploaded CRL could not be used.
+    #[error("CRL for domain {domain} refused: {source}")]
+    Crl {
+        /// The domain.
+        domain: DomainId,
+        /// The parse problem.
+        source: CrlError,
+    },
+    /// An uploaded CRL is older than the one held for its issuer.
+    #[error("CRL number {offered} of {issuer} is lower than the stored {stored} in domain {domain}: upload the issuer's newest CRL")]
+    CrlOutdated {
+        /// The domain.
+        domain: DomainId,
+        /// Issuer distinguished name.
+        issuer: String,
+        /// Number held.
+        stored: CrlNumber,
+        /// Number offered.
+        offered: CrlNumber,
+    },
+    /// An uploaded CRL has the stored number but other content.
+    #[error("CRL number {number} of {issuer} is already stored in domain {domain} with other content: a CA must raise the number for every new CRL")]
+    CrlConflict {
+        /// The domain.
+        domain: DomainId,
+        /// Issuer distinguished name.
+        issuer: String,
+        /// The number.
+        number: CrlNumber,
+    },
+    /// A record does not follow the replica's position.
+    #[error("record {got} of domain {domain} refused: the next lsn here is {expected}; resume replication from the standby's position")]
+    OutOfOrder {
+        /// The domain.
+        domain: DomainId,
+        /// The lsn that would have been accepted.
+        expected: Lsn,
+        /// The lsn offered.
+        got: Lsn,
+    },
+    /// A record was written on another history than the replica holds.
+    #[error("record {lsn} of domain {domain} was written on another history (chain {found:08x}, here {expected:08x}); this replica must rewind or resync")]
+    ChainMismatch {
+        /// The domain.
+        domain: DomainId,
+        /// The record's lsn.
+        lsn: Lsn,
+        /// The replica's chain.
+        expected: u32,
+        /// The chain the record was written on.
+        found: u32,
+    },
+    /// A record carries an epoch older than the replica's last record.
+    #[error("record {lsn} of domain {domain} is from epoch {record}, older than {position} held here; it comes from a fenced active and is not applied")]
+    StaleEpoch {
+        /// The domain.
+        domain: DomainId,
+        /// The record's lsn.
+        lsn: Lsn,
+        /// The record's epoch.
+        record: Epoch,
+        /// The replica's epoch.
+        position: Epoch,
+    },
+    /// A stored or received record failed its checks; it is never applied or served.
+    #[error("record {lsn} of domain {domain} is corrupt ({source}); run `domsync verify` and resync this replica from a healthy peer")]
+    CorruptRecord {
+        /// The domain.
+        domain: DomainId,
+        /// The record's lsn (as expected from its place).
+        lsn: Lsn,
+        /// What the check found.
+        source: CodecError,
+    },
+    /// Stored data other than a record failed its checks.
+    #[error("domain {domain} has corrupt data: {what}; run `domsync verify` and resync this replica from a healthy peer")]
+    Corrupt {
+        /// The domain.
+        domain: DomainId,
+        /// What was found.
+        what: String,
+    },
+    /// The requested records are no longer in the retained log.
+    #[error("records from lsn {lsn} of domain {domain} are no longer retained (the log starts at {log_start}); resync from a snapshot")]
+    LogTruncated {
+        /// The domain.
+        domain: DomainId,
+        /// First lsn requested.
+        lsn: Lsn,
+        /// First lsn retained.
+        log_start: Lsn,
+    },
+    /// The database reported an error; nothing of the failed operation was committed.
+    #[error("storage error in domain {domain}: {detail}; nothing was committed, check the disk and the state directory")]
+    Storage {
+        /// The domain.
+        domain: DomainId,
+        /// The database's message.
+        detail: String,
+    },
+    /// A file system operation on the state directory failed.
+    #[error("cannot {action} {}: {detail}", path.display())]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The system's message.
+        detail: String,
+    },
+    /// The domain's writer has stopped (the store is closing).
+    #[error("domain {domain} is closing; retry once the store is open again")]
+    Closed {
+        /// The domain.
+        domain: DomainId,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn storage(domain: &DomainId) -> impl Fn(redb::Error) -> StoreError + '_ {
+        move |e| StoreError::Storage {
+            domain: domain.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.into();
+        move |e| StoreError::Io {
+            action,
+            path,
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// Converts any redb error into [`StoreError::Storage`] for one domain.
+pub(crate) trait StorageResult<T> {
+    fn or_storage(self, domain: &DomainId) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> StorageResult<T> for Result<T, E> {
+    fn or_storage(self, domain: &DomainId) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::storage(domain)(e.into()))
+    }
+}
