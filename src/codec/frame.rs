@@ -98,8 +98,14 @@ mod tests {
     fn round_trip_and_layout() {
         let bytes = seal(&(7u8, "x".to_string()), 100).unwrap();
         assert_eq!(bytes[0], FORMAT_VERSION);
-        assert_eq!(u32::from_le_bytes(bytes[1..5].try_into().unwrap()) as usize, bytes.len() - 9);
-        assert_eq!(open::<(u8, String)>(&bytes, 100).unwrap(), (7, "x".to_string()));
+        assert_eq!(
+            u32::from_le_bytes(bytes[1..5].try_into().unwrap()) as usize,
+            bytes.len() - 9
+        );
+        assert_eq!(
+            open::<(u8, String)>(&bytes, 100).unwrap(),
+            (7, "x".to_string())
+        );
     }
 
     #[test]
@@ -107,7 +113,10 @@ mod tests {
         let big = vec![0u8; 50];
         assert!(matches!(seal(&big, 10), Err(CodecError::TooLarge { .. })));
         let bytes = seal(&big, 100).unwrap();
-        assert!(matches!(open::<Vec<u8>>(&bytes, 10), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            open::<Vec<u8>>(&bytes, 10),
+            Err(CodecError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -115,7 +124,10 @@ mod tests {
         let mut bytes = vec![FORMAT_VERSION];
         bytes.extend_from_slice(&u32::MAX.to_le_bytes());
         bytes.extend_from_slice(&[0; 4]);
-        assert!(matches!(open::<Vec<u8>>(&bytes, 1 << 20), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            open::<Vec<u8>>(&bytes, 1 << 20),
+            Err(CodecError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -124,6 +136,9 @@ mod tests {
         let mut body = vec![FORMAT_VERSION, 2, 0, 0, 0, 5, 9];
         let crc = crc32fast::hash(&body);
         body.extend_from_slice(&crc.to_le_bytes());
-        assert_eq!(open::<u8>(&body, 10), Err(CodecError::TrailingPayload { extra: 1 }));
+        assert_eq!(
+            open::<u8>(&body, 10),
+            Err(CodecError::TrailingPayload { extra: 1 })
+        );
     }
 }

@@ -107,9 +107,10 @@ impl Crl {
         if der.len() > MAX_CRL_BYTES {
             return Err(CrlError::TooLarge { size: der.len() });
         }
-        let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| CrlError::Malformed {
-            reason: e.to_string(),
-        })?;
+        let (rest, crl) =
+            CertificateRevocationList::from_der(der).map_err(|e| CrlError::Malformed {
+                reason: e.to_string(),
+            })?;
         if !rest.is_empty() {
             return Err(CrlError::Malformed {
                 reason: format!("{} bytes after the end of the CRL", rest.len()),
@@ -142,14 +143,23 @@ mod tests {
         assert!(n(&[1]) < n(&[2]));
         assert!(n(&[0xff]) < n(&[1, 0]));
         assert_eq!(n(&[0, 0, 5]), n(&[5]));
-        assert_eq!(CrlNumber(vec![0, 7]).cmp(&CrlNumber(vec![7])), Ordering::Equal);
+        assert_eq!(
+            CrlNumber(vec![0, 7]).cmp(&CrlNumber(vec![7])),
+            Ordering::Equal
+        );
         assert_eq!(n(&[1, 0]).to_string(), "256");
         assert_eq!(n(&[]).to_string(), "0");
     }
 
     #[test]
     fn garbage_is_refused() {
-        assert!(matches!(Crl::from_der(b"hello"), Err(CrlError::Malformed { .. })));
-        assert!(matches!(Crl::from_der(&[]), Err(CrlError::Malformed { .. })));
+        assert!(matches!(
+            Crl::from_der(b"hello"),
+            Err(CrlError::Malformed { .. })
+        ));
+        assert!(matches!(
+            Crl::from_der(&[]),
+            Err(CrlError::Malformed { .. })
+        ));
     }
 }

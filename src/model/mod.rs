@@ -9,9 +9,12 @@ mod op;
 mod position;
 mod record;
 
+pub use crl::CrlError;
 pub use crl::{Crl, CrlNumber};
 pub use ids::{DomainId, DomainUid, NameError, NodeId};
-pub use crl::CrlError;
-pub use op::{check_policy_name, Op, PolicyInfo, MAX_CRL_BYTES, MAX_KEY_BYTES, MAX_POLICY_BYTES, MAX_POLICY_NAME};
+pub use op::{
+    check_policy_name, Op, PolicyInfo, MAX_CRL_BYTES, MAX_KEY_BYTES, MAX_POLICY_BYTES,
+    MAX_POLICY_NAME,
+};
 pub use position::{Epoch, HistoryEntry, Lsn, Position, Role};
 pub use record::Record;

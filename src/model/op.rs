@@ -90,7 +90,9 @@ impl Op {
             }
             Op::RemoveCrl { issuer } => {
                 if issuer.is_empty() {
-                    return Err("CRL issuer is empty: name the issuer as `crl list` shows it".into());
+                    return Err(
+                        "CRL issuer is empty: name the issuer as `crl list` shows it".into(),
+                    );
                 }
             }
         }

@@ -8,7 +8,9 @@ use super::NodeId;
 
 /// Log sequence number of a domain: contiguous from 1, one per committed transaction.
 /// `Lsn(0)` means "nothing yet".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Lsn(pub u64);
 
 impl Lsn {
@@ -77,7 +79,11 @@ impl Position {
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "lsn {} epoch {} chain {:08x}", self.lsn, self.epoch, self.chain)
+        write!(
+            f,
+            "lsn {} epoch {} chain {:08x}",
+            self.lsn, self.epoch, self.chain
+        )
     }
 }
 

@@ -1,0 +1,494 @@
+//! [`Domain`]: the handle of one domain's replica on this node — writes, applies and reads.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{oneshot, watch};
+
+use super::digest::StateDigest;
+use super::error::{StorageResult, StoreError};
+use super::meta::DomainMeta;
+use super::tables::{decode_crl, decode_policy, CRL, KV, META, META_KEY, POLICY, POLICY_CONTENT};
+use super::writer::{Committed, Counters, Outcome, Reply, Request, Work};
+use crate::model::{
+    Crl, DomainId, DomainUid, Epoch, HistoryEntry, Lsn, Op, PolicyInfo, Position, Role,
+};
+
+/// A value read from a domain, with the committed state it was read from: every read runs in
+/// one read transaction, so `value` and `position` belong together (invariant 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read<T> {
+    /// What was read.
+    pub value: T,
+    /// The position of the state it was read from.
+    pub position: Position,
+    /// The role of this replica when it was read.
+    pub role: Role,
+}
+
+/// A policy package with its content, checked against its SHA-256 when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Name, version, size, digest and install time.
+    pub info: PolicyInfo,
+    /// The package bytes.
+    pub content: Vec<u8>,
+}
+
+/// Where a replica of a domain stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainStatus {
+    /// The domain.
+    pub domain: DomainId,
+    /// Incarnation id; `None` for a standby that never synchronized.
+    pub uid: Option<DomainUid>,
+    /// Role of this replica.
+    pub role: Role,
+    /// Highest epoch seen.
+    pub epoch: Epoch,
+    /// The epochs the domain went through.
+    pub history: Vec<HistoryEntry>,
+    /// Last applied record.
+    pub position: Position,
+    /// First lsn still held in the log.
+    pub log_start: Lsn,
+    /// Content digest of the state at `position`.
+    pub digest: StateDigest,
+}
+
+/// Commit counters of a domain's writer since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    /// Durable redb commits made.
+    pub commits: u64,
+    /// Records appended to the log (writes and applies).
+    pub records: u64,
+}
+
+pub(crate) struct Inner {
+    pub id: DomainId,
+    pub path: PathBuf,
+    pub db: Arc<Database>,
+    pub tx: Mutex<Option<mpsc::SyncSender<Request>>>,
+    pub positions: watch::Receiver<Position>,
+    pub counters: Arc<Counters>,
+    pub thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer once it has answered what it holds.
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            if handle.join().is_err() {
+                tracing::error!(domain = %self.id, "writer thread panicked");
+            }
+        }
+    }
+}
+
+/// The replica of one domain on this node. Cheap to clone; all clones share one writer.
+///
+/// Writes block the calling thread until their group commit is durable; use the `_async`
+/// variants from async code. Reads never wait for writers.
+#[derive(Clone)]
+pub struct Domain {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Domain {
+    /// The domain's name.
+    pub fn id(&self) -> &DomainId {
+        &self.inner.id
+    }
+
+    /// The database file of this replica.
+    pub fn path(&self) -> &std::path::Path {
+        &self.inner.path
+    }
+
+    fn sender(&self) -> Result<mpsc::SyncSender<Request>, StoreError> {
+        self.inner
+            .tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::Closed {
+                domain: self.inner.id.clone(),
+            })
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Closed {
+            domain: self.inner.id.clone(),
+        }
+    }
+
+    fn submit(&self, work: Work) -> Result<Committed, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.sender()?
+            .send(Request {
+                work,
+                reply: Reply::Blocking(tx),
+            })
+            .map_err(|_| self.closed())?;
+        rx.recv().map_err(|_| self.closed())?
+    }
+
+    async fn submit_async(&self, work: Work) -> Result<Committed, StoreError> {
+        let (tx, rx) = oneshot::channel::<Outcome>();
+        let sender = self.sender()?;
+        let request = Request {
+            work,
+            reply: Reply::Async(tx),
+        };
+        // The queue is bounded; a full queue is waited out off the executor's threads.
+        match sender.try_send(request) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(request)) => {
+                let closed = self.closed();
+                tokio::task::spawn_blocking(move || sender.send(request))
+                    .await
+                    .map_err(|_| closed.clone())?
+                    .map_err(|_| closed)?;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(self.closed()),
+        }
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Commits `ops` as one transaction: one record, one lsn, durable (fsynced) before this
+    /// returns. Concurrent writers are batched into one commit (group commit).
+    ///
+    /// # Errors
+    /// [`StoreError::NotActive`] on a standby; [`StoreError::InvalidWrite`],
+    /// [`StoreError::CrlOutdated`] or [`StoreError::CrlConflict`] when a check refuses it (nothing
+    /// is committed); [`StoreError::Storage`] when the commit failed (nothing is committed).
+    pub fn write(&self, ops: Vec<Op>) -> Result<Position, StoreError> {
+        self.submit(Work::Write(ops)).map(|c| c.position)
+    }
+
+    /// [`Domain::write`] for async callers: never blocks the executor.
+    ///
+    /// # Errors
+    /// As [`Domain::write`].
+    pub async fn write_async(&self, ops: Vec<Op>) -> Result<Position, StoreError> {
+        self.submit_async(Work::Write(ops))
+            .await
+            .map(|c| c.position)
+    }
+
+    /// Sets a user key.
+    ///
+    /// # Errors
+    /// As [`Domain::write`].
+    pub fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<Position, StoreError> {
+        self.write(vec![Op::Put {
+            key: key.into(),
+            value: value.into(),
+        }])
+    }
+
+    /// Removes a user key.
+    ///
+    /// # Errors
+    /// As [`Domain::write`].
+    pub fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Position, StoreError> {
+        self.write(vec![Op::Delete { key: key.into() }])
+    }
+
+    /// Installs a policy package; its version becomes the lsn of this write.
+    ///
+    /// # Errors
+    /// As [`Domain::write`].
+    pub fn install_policy(
+        &self,
+        name: &str,
+        content: impl Into<Vec<u8>>,
+    ) -> Result<Position, StoreError> {
+        self.write(vec![Op::InstallPolicy {
+            name: name.to_owned(),
+            content: content.into(),
+        }])
+    }
+
+    /// Removes a policy package.
+    ///
+    /// # Errors
+    /// As [`Domain::write`].
+    pub fn remove_policy(&self, name: &str) -> Result<Position, StoreError> {
+        self.write(vec![Op::RemovePolicy {
+            name: name.to_owned(),
+        }])
+    }
+
+    /// Parses a DER CRL and stores it for its issuer. Refused when malformed, without a CRL
+    /// number, or older than the CRL held for that issuer.
+    ///
+    /// # Errors
+    /// [`StoreError::Crl`] for a malformed CRL, otherwise as [`Domain::write`].
+    pub fn put_crl(&self, der: &[u8]) -> Result<Position, StoreError> {
+        let crl = Crl::from_der(der).map_err(|source| StoreError::Crl {
+            domain: self.inner.id.clone(),
+            source,
+        })?;
+        self.write(vec![Op::PutCrl(crl)])
+    }
+
+    /// Removes the CRL of an issuer.
+    ///
+    /// # Errors
+    /// As [`Domain::write`].
+    pub fn remove_crl(&self, issuer: &str) -> Result<Position, StoreError> {
+        self.write(vec![Op::RemoveCrl {
+            issuer: issuer.to_owned(),
+        }])
+    }
+
+    /// Applies one encoded record shipped from the active (standby only). Accepted only when
+    /// its lsn is the next one, its CRC holds, it was written on this replica's chain and its
+    /// epoch is not older; it is then applied atomically with the new position. Anything else
+    /// is refused and leaves the store untouched.
+    ///
+    /// # Errors
+    /// [`StoreError::NotStandby`], [`StoreError::CorruptRecord`], [`StoreError::OutOfOrder`],
+    /// [`StoreError::ChainMismatch`], [`StoreError::StaleEpoch`], or [`StoreError::Storage`].
+    pub fn apply(&self, record: &[u8]) -> Result<Position, StoreError> {
+        self.submit(Work::Apply(record.to_vec()))
+            .map(|c| c.position)
+    }
+
+    /// [`Domain::apply`] for async callers.
+    ///
+    /// # Errors
+    /// As [`Domain::apply`].
+    pub async fn apply_async(&self, record: Vec<u8>) -> Result<Position, StoreError> {
+        self.submit_async(Work::Apply(record))
+            .await
+            .map(|c| c.position)
+    }
+
+    /// Drops log records below `below` (never past the last record). Returns the new first
+    /// retained lsn. The replication layer decides what can go.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`], or [`StoreError::CorruptRecord`] when the record at the cut
+    /// cannot be read to carry the chain over.
+    pub fn truncate_log(&self, below: Lsn) -> Result<Lsn, StoreError> {
+        self.submit(Work::Truncate(below)).map(|c| c.log_start)
+    }
+
+    /// A channel that sees every new committed position (after its fsync). Use it to push
+    /// records as they commit instead of polling.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = domsync::store::Store::open(dir.path(), domsync::store::StoreOptions::new(domsync::model::NodeId::new("n")?))?;
+    /// # let domain = store.create_domain(&"d".parse()?)?;
+    /// let mut commits = domain.subscribe();
+    /// let pos = domain.put("k", "v")?;
+    /// assert!(commits.has_changed()?);
+    /// assert_eq!(*commits.borrow_and_update(), pos);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscribe(&self) -> watch::Receiver<Position> {
+        self.inner.positions.clone()
+    }
+
+    /// Commit counters since the domain was opened.
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.inner.counters.commits.load(Ordering::Relaxed),
+            records: self.inner.counters.records.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        self.inner.db.begin_read().or_storage(&self.inner.id)
+    }
+
+    pub(crate) fn meta_in(&self, txn: &ReadTransaction) -> Result<DomainMeta, StoreError> {
+        let id = &self.inner.id;
+        let table = txn.open_table(META).or_storage(id)?;
+        let row = table
+            .get(META_KEY)
+            .or_storage(id)?
+            .ok_or_else(|| StoreError::Corrupt {
+                domain: id.clone(),
+                what: "metadata row is missing".into(),
+            })?;
+        DomainMeta::decode(id, row.value())
+    }
+
+    /// Runs `f` in one read transaction and pairs its result with that state's position.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<Read<T>, StoreError> {
+        let txn = self.begin_read()?;
+        let meta = self.meta_in(&txn)?;
+        let value = f(&txn)?;
+        Ok(Read {
+            value,
+            position: meta.position,
+            role: meta.role,
+        })
+    }
+
+    /// Where this replica stands: role, epoch, history, position, retained log, digest.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn status(&self) -> Result<DomainStatus, StoreError> {
+        let txn = self.begin_read()?;
+        let m = self.meta_in(&txn)?;
+        Ok(DomainStatus {
+            domain: m.domain,
+            uid: m.uid,
+            role: m.role,
+            epoch: m.epoch,
+            history: m.history,
+            position: m.position,
+            log_start: m.log_start,
+            digest: m.digest,
+        })
+    }
+
+    /// Reads a user key.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn get(&self, key: &[u8]) -> Result<Read<Option<Vec<u8>>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(KV).or_storage(id)?;
+            Ok(table.get(key).or_storage(id)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// Lists user keys and values whose key starts with `prefix`, in key order, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn list(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Read<Vec<(Vec<u8>, Vec<u8>)>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(KV).or_storage(id)?;
+            let mut out = Vec::new();
+            for entry in table.range(prefix..).or_storage(id)? {
+                let (k, v) = entry.or_storage(id)?;
+                if !k.value().starts_with(prefix) || out.len() >= limit {
+                    break;
+                }
+                out.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Reads a policy package; its content is checked against its SHA-256 first.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when the content does not match its digest, or
+    /// [`StoreError::Storage`].
+    pub fn policy(&self, name: &str) -> Result<Read<Option<Policy>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let meta = txn.open_table(POLICY).or_storage(id)?;
+            let Some(row) = meta.get(name).or_storage(id)? else {
+                return Ok(None);
+            };
+            let info = decode_policy(id, name, row.value())?;
+            let table = txn.open_table(POLICY_CONTENT).or_storage(id)?;
+            let content = table
+                .get(name)
+                .or_storage(id)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            if <[u8; 32]>::from(Sha256::digest(&content)) != info.sha256 {
+                return Err(StoreError::Corrupt {
+                    domain: id.clone(),
+                    what: format!("content of policy {name} does not match its SHA-256"),
+                });
+            }
+            Ok(Some(Policy { info, content }))
+        })
+    }
+
+    /// Lists the installed policy packages (without content).
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn policies(&self) -> Result<Read<Vec<PolicyInfo>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(POLICY).or_storage(id)?;
+            let mut out = Vec::new();
+            for entry in table.iter().or_storage(id)? {
+                let (k, v) = entry.or_storage(id)?;
+                out.push(decode_policy(id, k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Reads the CRL of an issuer (the distinguished name as [`Crl::issuer`] shows it).
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn crl(&self, issuer: &str) -> Result<Read<Option<Crl>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(CRL).or_storage(id)?;
+            match table.get(issuer).or_storage(id)? {
+                Some(v) => decode_crl(id, issuer, v.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Lists the stored CRLs.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn crls(&self) -> Result<Read<Vec<Crl>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(CRL).or_storage(id)?;
+            let mut out = Vec::new();
+            for entry in table.iter().or_storage(id)? {
+                let (k, v) = entry.or_storage(id)?;
+                out.push(decode_crl(id, k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+}

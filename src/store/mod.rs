@@ -1,0 +1,325 @@
+//! The local ACID store: one redb database per domain under a state directory.
+//!
+//! Layout: `<state dir>/domains/<domain>.redb`. Each write transaction commits the data, its
+//! change-log record and the new position together, durably (redb `Durability::Immediate`,
+//! i.e. fsync), before the writer is answered. There is no non-durable mode.
+//!
+//! ```
+//! use domsync::model::NodeId;
+//! use domsync::store::{Store, StoreOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path(), StoreOptions::new(NodeId::new("node-a")?))?;
+//! let domain = store.create_domain(&"tenant-1".parse()?)?;
+//! let pos = domain.put("vpn/psk-rotation", "30d")?;
+//! assert_eq!(pos.lsn.0, 1);
+//! let read = domain.get(b"vpn/psk-rotation")?;
+//! assert_eq!(read.value.as_deref(), Some(&b"30d"[..]));
+//! assert_eq!(read.position, pos);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod apply;
+mod digest;
+mod domain;
+mod error;
+mod log;
+mod meta;
+mod snapshot;
+mod tables;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+
+use redb::{Database, DatabaseError, ReadableDatabase};
+use tokio::sync::watch;
+
+pub use digest::StateDigest;
+pub use domain::{Domain, DomainStatus, Policy, Read, WriterStats};
+pub use error::StoreError;
+pub use log::{Fault, LogEntry, VerifyReport};
+pub use snapshot::{Snapshot, SnapshotItem};
+
+use domain::Inner;
+use error::StorageResult;
+use meta::DomainMeta;
+use tables::{Tables, META_KEY};
+use writer::{BatchLimits, Counters, Writer};
+
+use crate::model::{DomainId, DomainUid, NodeId};
+
+/// Settings of a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// This node's id: the primary of the domains it creates.
+    pub node: NodeId,
+    /// redb page cache per domain database, in bytes (default 4 MiB), so that hundreds of
+    /// domains fit in memory.
+    pub cache_bytes: usize,
+    /// Most write requests batched into one commit (default 512). `1` turns group commit off:
+    /// one durable transaction per write.
+    pub max_batch: usize,
+    /// Batch size in payload bytes after which no more requests join a commit (default 16 MiB).
+    pub max_batch_bytes: usize,
+    /// Requests that may queue for a domain's writer before writers block (default 4096).
+    pub queue: usize,
+}
+
+impl StoreOptions {
+    /// Defaults for node `node`.
+    pub fn new(node: NodeId) -> Self {
+        StoreOptions {
+            node,
+            cache_bytes: 4 * 1024 * 1024,
+            max_batch: 512,
+            max_batch_bytes: 16 * 1024 * 1024,
+            queue: 4096,
+        }
+    }
+}
+
+/// The domains of this node, one database file each.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    domains_dir: PathBuf,
+    options: StoreOptions,
+    open: Mutex<BTreeMap<DomainId, Domain>>,
+}
+
+/// Flushes a directory's entries to disk, so a created or renamed file survives a power cut.
+///
+/// # Errors
+/// [`StoreError::Io`].
+pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("fsync directory", dir))
+}
+
+impl Store {
+    /// Opens (creating when missing) the state directory `dir`. Domains are opened on first use.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the directory cannot be created.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let domains_dir = dir.join("domains");
+        if !domains_dir.is_dir() {
+            fs::create_dir_all(&domains_dir).map_err(StoreError::io("create", &domains_dir))?;
+            fsync_dir(&dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fsync_dir(parent)?;
+            }
+        }
+        Ok(Store {
+            dir,
+            domains_dir,
+            options,
+            open: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.options.node
+    }
+
+    fn path_of(&self, id: &DomainId) -> PathBuf {
+        self.domains_dir.join(format!("{id}.redb"))
+    }
+
+    /// The domains that have a database on this node, in name order.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the directory cannot be read.
+    pub fn domain_ids(&self) -> Result<Vec<DomainId>, StoreError> {
+        let mut ids = Vec::new();
+        let entries =
+            fs::read_dir(&self.domains_dir).map_err(StoreError::io("read", &self.domains_dir))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io("read", &self.domains_dir))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".redb")) else {
+                continue;
+            };
+            // Hidden files are databases still being built; a foreign name is ignored.
+            if let Ok(id) = DomainId::new(stem) {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Creates a new domain with this node as its primary: active in epoch `(1, node)` with a
+    /// fresh domain uid. The database is built under a temporary name and renamed into place,
+    /// so a crash never leaves a half-created domain.
+    ///
+    /// # Errors
+    /// [`StoreError::DomainExists`], [`StoreError::Io`] or [`StoreError::Storage`].
+    pub fn create_domain(&self, id: &DomainId) -> Result<Domain, StoreError> {
+        let uid = DomainUid::random().map_err(|e| StoreError::Io {
+            action: "draw a random uid for",
+            path: self.path_of(id),
+            detail: e.to_string(),
+        })?;
+        self.create(
+            id,
+            DomainMeta::new_active(id.clone(), self.options.node.clone(), uid),
+        )
+    }
+
+    /// Creates an empty standby replica of a domain whose primary is elsewhere. It never
+    /// synchronized (`uid` unknown) and takes records only through [`Domain::apply`].
+    ///
+    /// # Errors
+    /// As [`Store::create_domain`].
+    pub fn join_domain(&self, id: &DomainId) -> Result<Domain, StoreError> {
+        self.create(
+            id,
+            DomainMeta::new_standby(id.clone(), self.options.node.clone()),
+        )
+    }
+
+    fn create(&self, id: &DomainId, meta: DomainMeta) -> Result<Domain, StoreError> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = self.path_of(id);
+        if open.contains_key(id) || path.exists() {
+            return Err(StoreError::DomainExists { domain: id.clone() });
+        }
+        let tmp = self.domains_dir.join(format!(".{id}.redb.tmp"));
+        if tmp.exists() {
+            fs::remove_file(&tmp).map_err(StoreError::io("remove", &tmp))?;
+        }
+        {
+            let db = Database::builder()
+                .set_cache_size(self.options.cache_bytes)
+                .create(&tmp)
+                .or_storage(id)?;
+            let txn = db.begin_write().or_storage(id)?;
+            {
+                let mut tables = Tables::open(&txn, id)?;
+                let row = meta.encode()?;
+                tables
+                    .meta
+                    .insert(META_KEY, row.as_slice())
+                    .or_storage(id)?;
+            }
+            txn.commit().or_storage(id)?;
+        }
+        fs::rename(&tmp, &path).map_err(StoreError::io("rename into place", &path))?;
+        fsync_dir(&self.domains_dir)?;
+        tracing::info!(domain = %id, role = %meta.role, "domain created");
+        let domain = self.start(id, path)?;
+        open.insert(id.clone(), domain.clone());
+        Ok(domain)
+    }
+
+    /// Opens an existing domain (once per process; later calls share the handle).
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownDomain`], [`StoreError::Locked`] when another process holds it,
+    /// [`StoreError::Corrupt`] or [`StoreError::Storage`].
+    pub fn domain(&self, id: &DomainId) -> Result<Domain, StoreError> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = open.get(id) {
+            return Ok(d.clone());
+        }
+        let path = self.path_of(id);
+        if !path.exists() {
+            return Err(StoreError::UnknownDomain {
+                domain: id.clone(),
+                dir: self.dir.clone(),
+            });
+        }
+        let domain = self.start(id, path)?;
+        open.insert(id.clone(), domain.clone());
+        Ok(domain)
+    }
+
+    /// Opens every domain of this node. A domain that fails to open is returned as an error
+    /// beside the others, so one broken domain never hides the rest.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the state directory cannot be listed.
+    pub fn open_all(&self) -> Result<Vec<Result<Domain, StoreError>>, StoreError> {
+        Ok(self
+            .domain_ids()?
+            .iter()
+            .map(|id| self.domain(id))
+            .collect())
+    }
+
+    /// Opens the database at `path` and starts the domain's writer thread.
+    fn start(&self, id: &DomainId, path: PathBuf) -> Result<Domain, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(self.options.cache_bytes)
+            .open(&path)
+            .map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                    domain: id.clone(),
+                    path: path.clone(),
+                },
+                other => StoreError::storage(id)(other.into()),
+            })?;
+        let db = Arc::new(db);
+        let meta = {
+            let txn = db.begin_read().or_storage(id)?;
+            let table = txn.open_table(tables::META).or_storage(id)?;
+            let row = table
+                .get(META_KEY)
+                .or_storage(id)?
+                .ok_or_else(|| StoreError::Corrupt {
+                    domain: id.clone(),
+                    what: "metadata row is missing".into(),
+                })?;
+            DomainMeta::decode(id, row.value())?
+        };
+        let (positions_tx, positions) = watch::channel(meta.position.clone());
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::sync_channel(self.options.queue.max(1));
+        let writer = Writer {
+            domain: id.clone(),
+            node: self.options.node.clone(),
+            db: Arc::clone(&db),
+            meta,
+            positions: positions_tx,
+            counters: Arc::clone(&counters),
+            limits: BatchLimits {
+                max_requests: self.options.max_batch.max(1),
+                max_bytes: self.options.max_batch_bytes,
+            },
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("domsync-writer-{id}"))
+            .spawn(move || writer.run(&rx))
+            .map_err(StoreError::io("start the writer thread for", &path))?;
+        Ok(Domain {
+            inner: Arc::new(Inner {
+                id: id.clone(),
+                path,
+                db,
+                tx: Mutex::new(Some(tx)),
+                positions,
+                counters,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Closes every open domain: waits for their writers to finish what they hold. Handles
+    /// kept elsewhere stay usable until dropped.
+    pub fn close(&self) {
+        let open = std::mem::take(&mut *self.open.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(open);
+    }
+}

@@ -1,0 +1,403 @@
+//! The writer of one domain: a dedicated thread that owns the domain's write side and batches
+//! concurrent requests into one durable redb commit (group commit).
+//!
+//! Each request is checked and turned into its own record (own lsn) inside the shared write
+//! transaction; a request refused by its checks changes nothing and the others go on. A
+//! storage error aborts the whole transaction and every request of the batch gets it: nobody
+//! is answered before the commit (and its fsync) has returned.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadableTable};
+use tokio::sync::{oneshot, watch};
+
+use super::apply::apply_ops;
+use super::error::{StorageResult, StoreError};
+use super::meta::DomainMeta;
+use super::tables::{Tables, META_KEY};
+use crate::codec::{chain_next, decode_record, encode_record, CodecError};
+use crate::model::{Crl, DomainId, Lsn, NodeId, Op, Position, Record, Role};
+
+/// What a successful request reports.
+#[derive(Debug, Clone)]
+pub(crate) struct Committed {
+    pub position: Position,
+    pub log_start: Lsn,
+}
+
+pub(crate) type Outcome = Result<Committed, StoreError>;
+
+/// Where the answer to a request goes: a blocked thread or an awaiting task.
+pub(crate) enum Reply {
+    Blocking(mpsc::SyncSender<Outcome>),
+    Async(oneshot::Sender<Outcome>),
+}
+
+impl Reply {
+    fn send(self, outcome: Outcome) {
+        // A requester that gave up waiting is not an error of the writer.
+        match self {
+            Reply::Blocking(tx) => drop(tx.send(outcome)),
+            Reply::Async(tx) => drop(tx.send(outcome)),
+        }
+    }
+}
+
+/// A request to the writer.
+pub(crate) enum Work {
+    /// A new transaction on the active.
+    Write(Vec<Op>),
+    /// A record shipped from the active, applied on a standby.
+    Apply(Vec<u8>),
+    /// Drop log records below this lsn.
+    Truncate(Lsn),
+}
+
+pub(crate) struct Request {
+    pub work: Work,
+    pub reply: Reply,
+}
+
+/// Counters of the writer, readable from any thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub commits: AtomicU64,
+    pub records: AtomicU64,
+}
+
+/// Batch limits of a writer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchLimits {
+    pub max_requests: usize,
+    pub max_bytes: usize,
+}
+
+pub(crate) struct Writer {
+    pub domain: DomainId,
+    pub node: NodeId,
+    pub db: Arc<Database>,
+    pub meta: DomainMeta,
+    pub positions: watch::Sender<Position>,
+    pub counters: Arc<Counters>,
+    pub limits: BatchLimits,
+}
+
+fn work_bytes(w: &Work) -> usize {
+    match w {
+        Work::Write(ops) => ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value } => key.len() + value.len(),
+                Op::Delete { key } => key.len(),
+                Op::InstallPolicy { content, .. } => content.len(),
+                Op::PutCrl(crl) => crl.der.len(),
+                Op::RemovePolicy { .. } | Op::RemoveCrl { .. } => 0,
+            })
+            .sum(),
+        Work::Apply(bytes) => bytes.len(),
+        Work::Truncate(_) => 0,
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+impl Writer {
+    /// Serves requests until every sender is gone.
+    pub fn run(mut self, rx: &mpsc::Receiver<Request>) {
+        while self.step(rx) {}
+    }
+
+    /// Takes one batch: blocks for a first request, then takes whatever is already queued (up
+    /// to the limits), commits once and answers every request. Returns false once the channel
+    /// is closed.
+    pub fn step(&mut self, rx: &mpsc::Receiver<Request>) -> bool {
+        let Ok(first) = rx.recv() else { return false };
+        let mut bytes = work_bytes(&first.work);
+        let mut batch = vec![first];
+        while batch.len() < self.limits.max_requests && bytes < self.limits.max_bytes {
+            match rx.try_recv() {
+                Ok(req) => {
+                    bytes += work_bytes(&req.work);
+                    batch.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        let (works, replies): (Vec<Work>, Vec<Reply>) =
+            batch.into_iter().map(|r| (r.work, r.reply)).unzip();
+        match self.commit(works) {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(domain = %self.domain, error = %e, "commit failed; batch rolled back");
+                for reply in replies {
+                    reply.send(Err(e.clone()));
+                }
+            }
+        }
+        true
+    }
+
+    /// One durable transaction for the whole batch. The outer error aborts everything; the
+    /// inner results are per request.
+    fn commit(&mut self, works: Vec<Work>) -> Result<Vec<Outcome>, StoreError> {
+        let domain = self.domain.clone();
+        let mut txn = self.db.begin_write().or_storage(&domain)?;
+        txn.set_durability(Durability::Immediate)
+            .or_storage(&domain)?;
+        let mut meta = self.meta.clone();
+        let mut outcomes = Vec::with_capacity(works.len());
+        let mut records = 0u64;
+        {
+            let mut t = Tables::open(&txn, &domain)?;
+            for work in works {
+                let outcome = match work {
+                    Work::Write(ops) => self.write(&mut t, &mut meta, ops)?,
+                    Work::Apply(bytes) => self.apply(&mut t, &mut meta, &bytes)?,
+                    Work::Truncate(below) => self.truncate(&mut t, &mut meta, below)?,
+                };
+                outcomes.push(outcome);
+            }
+            records += meta.position.lsn.0 - self.meta.position.lsn.0;
+            if meta != self.meta {
+                let row = meta.encode()?;
+                t.meta
+                    .insert(META_KEY, row.as_slice())
+                    .or_storage(&domain)?;
+            }
+        }
+        if meta == self.meta {
+            txn.abort().or_storage(&domain)?;
+            return Ok(outcomes);
+        }
+        txn.commit().or_storage(&domain)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters.records.fetch_add(records, Ordering::Relaxed);
+        if meta.position != self.meta.position {
+            self.positions.send_replace(meta.position.clone());
+        }
+        self.meta = meta;
+        Ok(outcomes)
+    }
+
+    fn committed(meta: &DomainMeta) -> Outcome {
+        Ok(Committed {
+            position: meta.position.clone(),
+            log_start: meta.log_start,
+        })
+    }
+
+    fn refuse(&self, reason: impl Into<String>) -> Outcome {
+        Err(StoreError::InvalidWrite {
+            domain: self.domain.clone(),
+            reason: reason.into(),
+        })
+    }
+
+    /// Checks a write without changing anything.
+    fn check_write(
+        &self,
+        t: &Tables<'_>,
+        meta: &DomainMeta,
+        ops: &[Op],
+    ) -> Result<Option<StoreError>, StoreError> {
+        if meta.role != Role::Active {
+            return Ok(Some(StoreError::NotActive {
+                domain: self.domain.clone(),
+                active: meta.known_active(&self.node),
+            }));
+        }
+        if ops.is_empty() {
+            return Ok(Some(StoreError::InvalidWrite {
+                domain: self.domain.clone(),
+                reason: "a write needs at least one operation".into(),
+            }));
+        }
+        let mut crl_seen: HashMap<&str, &Crl> = HashMap::new();
+        for op in ops {
+            if let Err(reason) = op.check() {
+                return Ok(Some(StoreError::InvalidWrite {
+                    domain: self.domain.clone(),
+                    reason,
+                }));
+            }
+            if let Op::PutCrl(crl) = op {
+                let held = match crl_seen.get(crl.issuer.as_str()) {
+                    Some(earlier) => Some((*earlier).clone()),
+                    None => t.crl_of(&self.domain, &crl.issuer)?,
+                };
+                if let Some(held) = held {
+                    if crl.number < held.number {
+                        return Ok(Some(StoreError::CrlOutdated {
+                            domain: self.domain.clone(),
+                            issuer: crl.issuer.clone(),
+                            stored: held.number,
+                            offered: crl.number.clone(),
+                        }));
+                    }
+                    if crl.number == held.number && crl.der != held.der {
+                        return Ok(Some(StoreError::CrlConflict {
+                            domain: self.domain.clone(),
+                            issuer: crl.issuer.clone(),
+                            number: crl.number.clone(),
+                        }));
+                    }
+                }
+                crl_seen.insert(crl.issuer.as_str(), crl);
+            }
+        }
+        Ok(None)
+    }
+
+    fn write(
+        &self,
+        t: &mut Tables<'_>,
+        meta: &mut DomainMeta,
+        ops: Vec<Op>,
+    ) -> Result<Outcome, StoreError> {
+        if let Some(refusal) = self.check_write(t, meta, &ops)? {
+            return Ok(Err(refusal));
+        }
+        let lsn = meta.position.lsn.next();
+        let record = Record {
+            epoch: meta.epoch.clone(),
+            lsn,
+            time: now_micros(),
+            prev_chain: meta.position.chain,
+            ops,
+        };
+        let bytes = match encode_record(&record) {
+            Ok(b) => b,
+            Err(e) => {
+                return Ok(self.refuse(format!("the transaction does not fit in one record: {e}")))
+            }
+        };
+        self.append(t, meta, &record, &bytes)?;
+        Ok(Self::committed(meta))
+    }
+
+    fn apply(
+        &self,
+        t: &mut Tables<'_>,
+        meta: &mut DomainMeta,
+        bytes: &[u8],
+    ) -> Result<Outcome, StoreError> {
+        let domain = self.domain.clone();
+        let expected = meta.position.lsn.next();
+        if meta.role != Role::Standby {
+            return Ok(Err(StoreError::NotStandby { domain }));
+        }
+        let record = match decode_record(bytes) {
+            Ok(r) => r,
+            Err(source) => {
+                tracing::warn!(domain = %domain, lsn = %expected, error = %source, "corrupt record refused");
+                return Ok(Err(StoreError::CorruptRecord {
+                    domain,
+                    lsn: expected,
+                    source,
+                }));
+            }
+        };
+        if record.lsn != expected {
+            return Ok(Err(StoreError::OutOfOrder {
+                domain,
+                expected,
+                got: record.lsn,
+            }));
+        }
+        if record.prev_chain != meta.position.chain {
+            return Ok(Err(StoreError::ChainMismatch {
+                domain,
+                lsn: record.lsn,
+                expected: meta.position.chain,
+                found: record.prev_chain,
+            }));
+        }
+        if meta.position.lsn > Lsn::ZERO && record.epoch < meta.position.epoch {
+            return Ok(Err(StoreError::StaleEpoch {
+                domain,
+                lsn: record.lsn,
+                record: record.epoch,
+                position: meta.position.epoch.clone(),
+            }));
+        }
+        if let Some(bad) = record.ops.iter().find_map(|op| op.check().err()) {
+            return Ok(Err(StoreError::CorruptRecord {
+                domain,
+                lsn: record.lsn,
+                source: CodecError::Payload { reason: bad },
+            }));
+        }
+        self.append(t, meta, &record, bytes)?;
+        Ok(Self::committed(meta))
+    }
+
+    /// Applies a checked record and appends it to the log, moving the position.
+    fn append(
+        &self,
+        t: &mut Tables<'_>,
+        meta: &mut DomainMeta,
+        record: &Record,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        apply_ops(&self.domain, t, record, &mut meta.digest)?;
+        t.log.insert(record.lsn.0, bytes).or_storage(&self.domain)?;
+        meta.position = Position {
+            epoch: record.epoch.clone(),
+            lsn: record.lsn,
+            chain: chain_next(record.prev_chain, bytes),
+        };
+        meta.note_epoch(&record.epoch, record.lsn);
+        Ok(())
+    }
+
+    fn truncate(
+        &self,
+        t: &mut Tables<'_>,
+        meta: &mut DomainMeta,
+        below: Lsn,
+    ) -> Result<Outcome, StoreError> {
+        let end = meta.position.lsn.next();
+        let below = below.min(end);
+        if below <= meta.log_start {
+            return Ok(Self::committed(meta));
+        }
+        let base_chain = if below == end {
+            meta.position.chain
+        } else {
+            let Some(bytes) = t.log.get(below.0).or_storage(&self.domain)? else {
+                return Ok(Err(StoreError::Corrupt {
+                    domain: self.domain.clone(),
+                    what: format!("log record {below} is missing"),
+                }));
+            };
+            match decode_record(bytes.value()) {
+                Ok(r) => r.prev_chain,
+                Err(source) => {
+                    return Ok(Err(StoreError::CorruptRecord {
+                        domain: self.domain.clone(),
+                        lsn: below,
+                        source,
+                    }))
+                }
+            }
+        };
+        t.log
+            .retain_in(meta.log_start.0..below.0, |_, _| false)
+            .or_storage(&self.domain)?;
+        meta.log_start = below;
+        meta.log_base_chain = base_chain;
+        Ok(Self::committed(meta))
+    }
+}
