@@ -323,3 +323,87 @@ impl Store {
         drop(open);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Op;
+    use writer::{Reply, Request, Work};
+
+    /// Requests queued while the writer is busy are committed together: one durable commit,
+    /// one record and lsn each, every writer answered after it.
+    #[test]
+    fn queued_writers_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::new(NodeId::new("n").unwrap())).unwrap();
+        let id: DomainId = "d".parse().unwrap();
+        let path = store.create_domain(&id).unwrap().path().to_path_buf();
+        store.close();
+
+        let db = Arc::new(Database::builder().open(&path).unwrap());
+        let meta = {
+            let txn = db.begin_read().unwrap();
+            let t = txn.open_table(tables::META).unwrap();
+            DomainMeta::decode(&id, t.get(META_KEY).unwrap().unwrap().value()).unwrap()
+        };
+        let counters = Arc::new(Counters::default());
+        let mut w = Writer {
+            domain: id.clone(),
+            node: NodeId::new("n").unwrap(),
+            db: Arc::clone(&db),
+            meta,
+            positions: watch::channel(crate::model::Position::empty(NodeId::new("n").unwrap())).0,
+            counters: Arc::clone(&counters),
+            limits: BatchLimits {
+                max_requests: 512,
+                max_bytes: 1 << 24,
+            },
+        };
+        let (tx, rx) = mpsc::sync_channel(100);
+        let mut answers = Vec::new();
+        for i in 0..64u32 {
+            let (rtx, rrx) = mpsc::sync_channel(1);
+            let ops = vec![Op::Put {
+                key: format!("k{i}").into_bytes(),
+                value: vec![1],
+            }];
+            tx.send(Request {
+                work: Work::Write(ops),
+                reply: Reply::Blocking(rtx),
+            })
+            .unwrap();
+            answers.push(rrx);
+        }
+        // An invalid request in the middle is refused alone.
+        let (rtx, bad) = mpsc::sync_channel(1);
+        tx.send(Request {
+            work: Work::Write(vec![]),
+            reply: Reply::Blocking(rtx),
+        })
+        .unwrap();
+        for rrx in &answers {
+            assert!(
+                rrx.try_recv().is_err(),
+                "nobody is answered before the commit"
+            );
+        }
+        assert!(w.step(&rx));
+        assert_eq!(
+            counters.commits.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            counters.records.load(std::sync::atomic::Ordering::Relaxed),
+            64
+        );
+        let lsns: Vec<u64> = answers
+            .iter()
+            .map(|r| r.try_recv().unwrap().unwrap().position.lsn.0)
+            .collect();
+        assert_eq!(lsns, (1..=64).collect::<Vec<_>>());
+        assert!(matches!(
+            bad.try_recv().unwrap(),
+            Err(StoreError::InvalidWrite { .. })
+        ));
+    }
+}
