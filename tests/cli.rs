@@ -1,0 +1,86 @@
+//! The `domsync` command as an operator runs it: one-line errors, exit codes, `verify`.
+
+use std::process::Command;
+
+fn domsync(data: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_domsync"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn local_walkthrough_and_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(domsync(d, &["domain", "create", "t1"]).0, 0);
+    assert_eq!(domsync(d, &["kv", "put", "t1", "k", "v"]).0, 0);
+    let (code, out, _) = domsync(d, &["kv", "get", "t1", "k"]);
+    assert_eq!((code, out.trim()), (0, "v"));
+    let crl = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crl/fixture-ca-2.der");
+    assert_eq!(domsync(d, &["crl", "put", "t1", crl]).0, 0);
+    let old = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crl/fixture-ca-1.der");
+    let (code, _, err) = domsync(d, &["crl", "put", "t1", old]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("lower than the stored 2"), "{err}");
+    let (code, out, _) = domsync(d, &["log", "show", "t1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("crc ok"), "{out}");
+    let (code, _, err) = domsync(d, &["kv", "put", "nope", "k", "v"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("domsync: error: domain nope does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+    let (code, _, err) = domsync(d, &["policy", "install", "t1", "p", "/nonexistent/file"]);
+    assert_eq!((code, err.trim().lines().count()), (1, 1), "{err}");
+    assert_eq!(domsync(d, &["verify"]).0, 0);
+}
+
+#[test]
+fn verify_names_domain_and_lsn_of_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(domsync(d, &["domain", "create", "t2"]).0, 0);
+    let marker = "ZZMARKER-only-in-record-2";
+    assert_eq!(domsync(d, &["kv", "put", "t2", "a", "b"]).0, 0);
+    assert_eq!(domsync(d, &["kv", "del", "t2", marker]).0, 0);
+    let path = d.join("domains/t2.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .unwrap();
+    bytes[at] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, out, _) = domsync(d, &["verify"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("domain t2: FAULT at lsn 2"), "{out}");
+    let (_, out, _) = domsync(d, &["log", "show", "t2"]);
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("2  CORRUPT")),
+        "{out}"
+    );
+}
+
+#[test]
+fn demo_runs_with_built_in_defaults() {
+    let out = Command::new(env!("CARGO_BIN_EXE_domsync"))
+        .arg("demo")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("demo complete"));
+    assert!(stdout.contains("faults: 0"));
+}
