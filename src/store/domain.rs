@@ -30,6 +30,9 @@ pub struct Read<T> {
     pub role: Role,
 }
 
+/// A user key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// A policy package with its content, checked against its SHA-256 when read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -394,11 +397,7 @@ impl Domain {
     ///
     /// # Errors
     /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
-    pub fn list(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Read<Vec<(Vec<u8>, Vec<u8>)>>, StoreError> {
+    pub fn list(&self, prefix: &[u8], limit: usize) -> Result<Read<Vec<KeyValue>>, StoreError> {
         let id = &self.inner.id;
         self.read(|txn| {
             let table = txn.open_table(KV).or_storage(id)?;

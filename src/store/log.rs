@@ -19,6 +19,9 @@ pub struct LogEntry {
     pub bytes: Vec<u8>,
 }
 
+/// A stored record with the result of decoding and checking it.
+pub type InspectedRecord = (Lsn, Result<Record, CodecError>);
+
 /// One problem found by [`Domain::verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
@@ -148,11 +151,7 @@ impl Domain {
     ///
     /// # Errors
     /// [`StoreError::Storage`].
-    pub fn inspect_log(
-        &self,
-        from: Lsn,
-        limit: usize,
-    ) -> Result<Vec<(Lsn, Result<Record, CodecError>)>, StoreError> {
+    pub fn inspect_log(&self, from: Lsn, limit: usize) -> Result<Vec<InspectedRecord>, StoreError> {
         let id = self.id();
         let txn = self.begin_read()?;
         let table = txn.open_table(LOG).or_storage(id)?;

@@ -38,9 +38,9 @@ use redb::{Database, DatabaseError, ReadableDatabase};
 use tokio::sync::watch;
 
 pub use digest::StateDigest;
-pub use domain::{Domain, DomainStatus, Policy, Read, WriterStats};
+pub use domain::{Domain, DomainStatus, KeyValue, Policy, Read, WriterStats};
 pub use error::StoreError;
-pub use log::{Fault, LogEntry, VerifyReport};
+pub use log::{Fault, InspectedRecord, LogEntry, VerifyReport};
 pub use snapshot::{Snapshot, SnapshotItem};
 
 use domain::Inner;
