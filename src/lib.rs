@@ -50,4 +50,5 @@
 
 pub mod codec;
 pub mod model;
+pub mod repl;
 pub mod store;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
@@ -34,11 +34,12 @@ pub struct Read<T> {
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// A policy package with its content, checked against its SHA-256 when read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     /// Name, version, size, digest and install time.
     pub info: PolicyInfo,
     /// The package bytes.
+    #[serde(with = "serde_bytes")]
     pub content: Vec<u8>,
 }
 
@@ -59,6 +60,8 @@ pub struct DomainStatus {
     pub position: Position,
     /// First lsn still held in the log.
     pub log_start: Lsn,
+    /// Chain of the position just before `log_start`.
+    pub log_base_chain: u32,
     /// Content digest of the state at `position`.
     pub digest: StateDigest,
 }
@@ -72,10 +75,15 @@ pub struct WriterStats {
     pub records: u64,
 }
 
+/// The database of a replica, shared by its readers and its writer.
+pub(crate) type SharedDb = Arc<RwLock<Arc<Database>>>;
+
 pub(crate) struct Inner {
     pub id: DomainId,
     pub path: PathBuf,
-    pub db: Arc<Database>,
+    /// The current database; replaced when a resync is switched in.
+    pub db: SharedDb,
+    pub cache_bytes: usize,
     pub tx: Mutex<Option<mpsc::SyncSender<Request>>>,
     pub positions: watch::Receiver<Position>,
     pub counters: Arc<Counters>,
@@ -145,6 +153,10 @@ impl Domain {
         StoreError::Closed {
             domain: self.inner.id.clone(),
         }
+    }
+
+    pub(crate) fn submit_work(&self, work: Work) -> Result<Position, StoreError> {
+        self.submit(work).map(|c| c.position)
     }
 
     fn submit(&self, work: Work) -> Result<Committed, StoreError> {
@@ -331,7 +343,8 @@ impl Domain {
     }
 
     pub(crate) fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
-        self.inner.db.begin_read().or_storage(&self.inner.id)
+        let db = Arc::clone(&self.inner.db.read().unwrap_or_else(PoisonError::into_inner));
+        db.begin_read().or_storage(&self.inner.id)
     }
 
     pub(crate) fn meta_in(&self, txn: &ReadTransaction) -> Result<DomainMeta, StoreError> {
@@ -377,6 +390,7 @@ impl Domain {
             history: m.history,
             position: m.position,
             log_start: m.log_start,
+            log_base_chain: m.log_base_chain,
             digest: m.digest,
         })
     }

@@ -126,6 +126,14 @@ pub enum StoreError {
         /// What the check found.
         source: CodecError,
     },
+    /// A received snapshot does not add up to the digest the active announced.
+    #[error("snapshot of domain {domain} at lsn {lsn} does not match the active's content digest; it was discarded and the previous state kept; the resync is retried")]
+    SnapshotMismatch {
+        /// The domain.
+        domain: DomainId,
+        /// The snapshot's lsn.
+        lsn: Lsn,
+    },
     /// Stored data other than a record failed its checks.
     #[error("domain {domain} has corrupt data: {what}; run `domsync verify` and resync this replica from a healthy peer")]
     Corrupt {

@@ -92,6 +92,32 @@ pub(crate) fn compute_digest(
 }
 
 impl Domain {
+    /// The chain after `lsn`, when the retained log (or the position) still tells it; the
+    /// record read for it is CRC-checked.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRecord`] or [`StoreError::Storage`].
+    pub fn chain_at(&self, lsn: Lsn) -> Result<Option<u32>, StoreError> {
+        let id = self.id();
+        let txn = self.begin_read()?;
+        let meta = self.meta_in(&txn)?;
+        if lsn == meta.position.lsn {
+            return Ok(Some(meta.position.chain));
+        }
+        if lsn.next() == meta.log_start {
+            return Ok(Some(meta.log_base_chain));
+        }
+        if lsn < meta.log_start || lsn > meta.position.lsn {
+            return Ok(None);
+        }
+        let table = txn.open_table(LOG).or_storage(id)?;
+        let next = lsn.next();
+        match table.get(next.0).or_storage(id)? {
+            Some(v) => Ok(Some(check_record(id, next, v.value())?.prev_chain)),
+            None => Ok(None),
+        }
+    }
+
     /// Reads up to `max_records` records (and about `max_bytes`, at least one record) from
     /// `from` on, checking each: CRC, lsn in place, no gap. A corrupt record is reported as
     /// [`StoreError::CorruptRecord`] with its lsn, never returned.

@@ -25,6 +25,7 @@ mod domain;
 mod error;
 mod log;
 mod meta;
+mod resync;
 mod snapshot;
 mod tables;
 mod writer;
@@ -41,6 +42,7 @@ pub use digest::StateDigest;
 pub use domain::{Domain, DomainStatus, KeyValue, Policy, Read, WriterStats};
 pub use error::StoreError;
 pub use log::{Fault, InspectedRecord, LogEntry, VerifyReport};
+pub use resync::{Resync, ResyncTarget};
 pub use snapshot::{Snapshot, SnapshotItem};
 
 use domain::Inner;
@@ -100,6 +102,24 @@ pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(StoreError::io("fsync directory", dir))
 }
 
+/// Removes databases left half-built by a crash (creation or resync): the previous state of
+/// their domain, if any, is the one in place.
+fn remove_half_built(domains_dir: &Path) -> Result<(), StoreError> {
+    let entries = fs::read_dir(domains_dir).map_err(StoreError::io("read", domains_dir))?;
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io("read", domains_dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && (name.ends_with(".resync.redb") || name.ends_with(".redb.tmp"))
+        {
+            let path = entry.path();
+            tracing::warn!(path = %path.display(), "removing a database left half-built by a crash");
+            fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating when missing) the state directory `dir`. Domains are opened on first use.
     ///
@@ -115,6 +135,7 @@ impl Store {
                 fsync_dir(parent)?;
             }
         }
+        remove_half_built(&domains_dir)?;
         Ok(Store {
             dir,
             domains_dir,
@@ -272,6 +293,7 @@ impl Store {
                 other => StoreError::storage(id)(other.into()),
             })?;
         let db = Arc::new(db);
+        let shared = Arc::new(std::sync::RwLock::new(Arc::clone(&db)));
         let meta = {
             let txn = db.begin_read().or_storage(id)?;
             let table = txn.open_table(tables::META).or_storage(id)?;
@@ -291,6 +313,9 @@ impl Store {
             domain: id.clone(),
             node: self.options.node.clone(),
             db: Arc::clone(&db),
+            shared: Arc::clone(&shared),
+            path: path.clone(),
+            pending: None,
             meta,
             positions: positions_tx,
             counters: Arc::clone(&counters),
@@ -307,7 +332,8 @@ impl Store {
             inner: Arc::new(Inner {
                 id: id.clone(),
                 path,
-                db,
+                db: shared,
+                cache_bytes: self.options.cache_bytes,
                 tx: Mutex::new(Some(tx)),
                 positions,
                 counters,
@@ -351,6 +377,9 @@ mod tests {
             domain: id.clone(),
             node: NodeId::new("n").unwrap(),
             db: Arc::clone(&db),
+            shared: Arc::new(std::sync::RwLock::new(Arc::clone(&db))),
+            path: path.clone(),
+            pending: None,
             meta,
             positions: watch::channel(crate::model::Position::empty(NodeId::new("n").unwrap())).0,
             counters: Arc::clone(&counters),

@@ -8,14 +8,16 @@ use super::error::{StorageResult, StoreError};
 use super::tables::{decode_crl, decode_policy, CRL, KV, POLICY, POLICY_CONTENT};
 use crate::model::{Crl, DomainId, DomainUid, Epoch, HistoryEntry, Lsn, Position};
 
-/// One row of a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of a snapshot. Shipped to standbys during a full resync: only append variants.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SnapshotItem {
     /// A user key and value.
     Kv {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// A policy package.

@@ -7,15 +7,17 @@
 //! is answered before the commit (and its fsync) has returned.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableTable};
 use tokio::sync::{oneshot, watch};
 
 use super::apply::apply_ops;
+use super::domain::SharedDb;
 use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
 use super::tables::{Tables, META_KEY};
@@ -55,6 +57,15 @@ pub(crate) enum Work {
     Apply(Vec<u8>),
     /// Drop log records below this lsn.
     Truncate(Lsn),
+    /// Switch in a database built aside by a resync. Always committed alone.
+    Install(Box<Install>),
+}
+
+/// A finished, durable database built aside, ready to replace the replica's file.
+pub(crate) struct Install {
+    pub db: Database,
+    pub tmp: PathBuf,
+    pub meta: DomainMeta,
 }
 
 pub(crate) struct Request {
@@ -80,6 +91,12 @@ pub(crate) struct Writer {
     pub domain: DomainId,
     pub node: NodeId,
     pub db: Arc<Database>,
+    /// The handle readers use; swapped when a resync is installed.
+    pub shared: SharedDb,
+    /// The replica's database file.
+    pub path: PathBuf,
+    /// A request taken from the queue that must be handled in a batch of its own.
+    pub pending: Option<Request>,
     pub meta: DomainMeta,
     pub positions: watch::Sender<Position>,
     pub counters: Arc<Counters>,
@@ -99,7 +116,7 @@ fn work_bytes(w: &Work) -> usize {
             })
             .sum(),
         Work::Apply(bytes) => bytes.len(),
-        Work::Truncate(_) => 0,
+        Work::Truncate(_) | Work::Install(_) => 0,
     }
 }
 
@@ -119,11 +136,26 @@ impl Writer {
     /// to the limits), commits once and answers every request. Returns false once the channel
     /// is closed.
     pub fn step(&mut self, rx: &mpsc::Receiver<Request>) -> bool {
-        let Ok(first) = rx.recv() else { return false };
+        let first = match self.pending.take() {
+            Some(req) => req,
+            None => match rx.recv() {
+                Ok(req) => req,
+                Err(_) => return false,
+            },
+        };
+        if let Work::Install(install) = first.work {
+            let outcome = self.install(*install);
+            first.reply.send(outcome);
+            return true;
+        }
         let mut bytes = work_bytes(&first.work);
         let mut batch = vec![first];
         while batch.len() < self.limits.max_requests && bytes < self.limits.max_bytes {
             match rx.try_recv() {
+                Ok(req) if matches!(req.work, Work::Install(_)) => {
+                    self.pending = Some(req);
+                    break;
+                }
                 Ok(req) => {
                     bytes += work_bytes(&req.work);
                     batch.push(req);
@@ -166,6 +198,10 @@ impl Writer {
                     Work::Write(ops) => self.write(&mut t, &mut meta, ops)?,
                     Work::Apply(bytes) => self.apply(&mut t, &mut meta, &bytes)?,
                     Work::Truncate(below) => self.truncate(&mut t, &mut meta, below)?,
+                    // Never batched: `step` handles it alone.
+                    Work::Install(_) => Err(StoreError::Closed {
+                        domain: domain.clone(),
+                    }),
                 };
                 outcomes.push(outcome);
             }
@@ -189,6 +225,32 @@ impl Writer {
         }
         self.meta = meta;
         Ok(outcomes)
+    }
+
+    /// Renames the finished database over the replica's file, makes the rename durable and
+    /// serves everything from it from now on.
+    fn install(&mut self, install: Install) -> Outcome {
+        let Install { db, tmp, meta } = install;
+        if self.meta.role != Role::Standby {
+            drop(db);
+            if let Err(e) = std::fs::remove_file(&tmp) {
+                tracing::warn!(path = %tmp.display(), error = %e, "cannot remove a refused snapshot");
+            }
+            return Err(StoreError::NotStandby {
+                domain: self.domain.clone(),
+            });
+        }
+        std::fs::rename(&tmp, &self.path)
+            .map_err(StoreError::io("rename into place", &self.path))?;
+        if let Some(dir) = self.path.parent() {
+            super::fsync_dir(dir)?;
+        }
+        let db = Arc::new(db);
+        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&db);
+        self.db = db;
+        self.meta = meta;
+        self.positions.send_replace(self.meta.position.clone());
+        Self::committed(&self.meta)
     }
 
     fn committed(meta: &DomainMeta) -> Outcome {

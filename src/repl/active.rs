@@ -1,0 +1,488 @@
+//! The active side of one replication stream: a [`Shipper`] per standby and domain.
+//!
+//! Sans-IO: it is told what happens (a `Follow` arrived, the domain committed, a batch was
+//! sent, an ack came in, time passed) and answers with [`ShipAction`]s for the driver to
+//! carry out. It never reads the store itself: the driver describes the local replica with a
+//! [`LocalView`].
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::message::{Ack, Answer, Follow, Message, RejectReason, SnapshotWhy};
+use super::status::SyncStatus;
+use crate::model::{DomainUid, Epoch, HistoryEntry, Lsn, NodeId, Position, Role};
+
+/// What the active knows of its own replica when it decides how to serve a standby.
+#[derive(Debug, Clone)]
+pub struct LocalView {
+    /// This node.
+    pub node: NodeId,
+    /// Role of the local replica.
+    pub role: Role,
+    /// Incarnation id.
+    pub uid: Option<DomainUid>,
+    /// Highest epoch seen.
+    pub epoch: Epoch,
+    /// Full history.
+    pub history: Vec<HistoryEntry>,
+    /// Position of the last committed record.
+    pub position: Position,
+    /// First lsn still held in the log.
+    pub log_start: Lsn,
+    /// Chain just before `log_start`.
+    pub log_base_chain: u32,
+}
+
+/// Tuning of a [`Shipper`].
+#[derive(Debug, Clone, Copy)]
+pub struct ShipConfig {
+    /// Most records in one [`Message::Records`].
+    pub batch_records: usize,
+    /// About the most bytes in one [`Message::Records`] (at least one record is sent).
+    pub batch_bytes: usize,
+    /// Most records sent and not yet acknowledged durable (the stream's window).
+    pub window_records: u64,
+    /// Most bytes sent and not yet acknowledged durable.
+    pub window_bytes: u64,
+    /// A heartbeat is sent after this long without sending anything.
+    pub heartbeat: Duration,
+}
+
+impl Default for ShipConfig {
+    fn default() -> Self {
+        ShipConfig {
+            batch_records: 256,
+            batch_bytes: 1 << 20,
+            window_records: 8192,
+            window_bytes: 32 << 20,
+            heartbeat: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What the driver must do for a [`Shipper`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShipAction {
+    /// Send this message on the stream.
+    Send(Message),
+    /// Stream a snapshot of the domain (`SnapshotBegin`, rows, `SnapshotEnd`) and then call
+    /// [`Shipper::snapshot_sent`] with its position.
+    SendSnapshot,
+    /// Read up to `max_records` / about `max_bytes` records from `from` and send them as one
+    /// [`Message::Records`], then call [`Shipper::records_sent`]. If the log no longer holds
+    /// `from`, call [`Shipper::log_truncated`] instead.
+    SendRecords {
+        /// First lsn to send.
+        from: Lsn,
+        /// Most records.
+        max_records: usize,
+        /// About the most bytes.
+        max_bytes: usize,
+    },
+    /// End the stream: the standby cannot be served on it.
+    Close {
+        /// Why, in one line.
+        why: String,
+    },
+}
+
+/// Where a stream is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitFollow,
+    Snapshot,
+    Streaming,
+    Closed,
+}
+
+/// The active's cursor for one standby of one domain.
+#[derive(Debug)]
+pub struct Shipper {
+    standby: NodeId,
+    config: ShipConfig,
+    phase: Phase,
+    /// Next lsn to send.
+    next: Lsn,
+    /// Latest acknowledgement.
+    ack: Ack,
+    /// The active's latest committed lsn.
+    local: Lsn,
+    /// Sent records not yet durable on the standby: `(lsn, bytes)` per batch's last lsn.
+    inflight: VecDeque<(Lsn, u64)>,
+    inflight_bytes: u64,
+    /// Commits the standby does not hold yet, `(lsn, when)`, oldest first (capped).
+    pending_commits: VecDeque<(Lsn, Instant)>,
+    /// Average encoded record size seen, for byte lag of unread records.
+    avg_record_bytes: u64,
+    last_send: Instant,
+    last_sync: Option<Instant>,
+    synchronized_once: bool,
+    divergence: Option<SyncStatus>,
+}
+
+const MAX_PENDING_COMMITS: usize = 1 << 16;
+
+impl Shipper {
+    /// A stream for `standby` that waits for its `Follow`.
+    pub fn new(standby: NodeId, config: ShipConfig, now: Instant) -> Shipper {
+        Shipper {
+            standby,
+            config,
+            phase: Phase::AwaitFollow,
+            next: Lsn(1),
+            ack: Ack::default(),
+            local: Lsn::ZERO,
+            inflight: VecDeque::new(),
+            inflight_bytes: 0,
+            pending_commits: VecDeque::new(),
+            avg_record_bytes: 128,
+            last_send: now,
+            last_sync: None,
+            synchronized_once: false,
+            divergence: None,
+        }
+    }
+
+    /// The standby this stream serves.
+    pub fn standby(&self) -> &NodeId {
+        &self.standby
+    }
+
+    /// The standby's latest acknowledgement.
+    pub fn ack(&self) -> Ack {
+        self.ack
+    }
+
+    /// True once the stream was closed by [`ShipAction::Close`].
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Decides how to serve a standby's `Follow` (DESIGN.md §6 step 2).
+    ///
+    /// `chain_at(lsn)` returns the local chain after `lsn` if the log still tells it.
+    pub fn on_follow(
+        &mut self,
+        follow: &Follow,
+        local: &LocalView,
+        chain_at: impl Fn(Lsn) -> Option<u32>,
+        now: Instant,
+    ) -> Vec<ShipAction> {
+        if self.phase != Phase::AwaitFollow {
+            return self.close("a second Follow on one stream");
+        }
+        self.local = local.position.lsn;
+        self.last_send = now;
+        let answer = decide(follow, local, chain_at);
+        let mut out = vec![ShipAction::Send(Message::Answer(answer.clone()))];
+        match answer {
+            Answer::Stream { from } => {
+                self.phase = Phase::Streaming;
+                self.next = from;
+                self.ack = Ack {
+                    received: follow.position.lsn,
+                    durable: follow.position.lsn,
+                    applied: follow.position.lsn,
+                };
+                self.note_pending(now);
+                self.check_synced(now);
+                out.extend(self.poll());
+            }
+            Answer::Snapshot { .. } => {
+                self.phase = Phase::Snapshot;
+                out.push(ShipAction::SendSnapshot);
+            }
+            Answer::Rewind { fork } => {
+                self.divergence = Some(
+                    if follow.position.lsn > local.position.lsn && fork == local.position.lsn {
+                        SyncStatus::Advanced {
+                            records: follow.position.lsn.0 - fork.0,
+                        }
+                    } else {
+                        SyncStatus::Collision { fork }
+                    },
+                );
+                self.phase = Phase::Snapshot;
+                out.push(ShipAction::SendSnapshot);
+            }
+            Answer::Reject { reason, .. } => {
+                out.extend(self.close(&format!("standby {} refused: {reason}", self.standby)));
+            }
+        }
+        out
+    }
+
+    /// The domain committed up to `lsn` locally.
+    pub fn on_commit(&mut self, lsn: Lsn, now: Instant) -> Vec<ShipAction> {
+        if lsn <= self.local {
+            return Vec::new();
+        }
+        self.local = lsn;
+        self.note_pending(now);
+        self.poll()
+    }
+
+    fn note_pending(&mut self, now: Instant) {
+        if self.local > self.ack.durable
+            && self
+                .pending_commits
+                .back()
+                .is_none_or(|(l, _)| *l < self.local)
+        {
+            if self.pending_commits.len() >= MAX_PENDING_COMMITS {
+                // Keep the oldest (it tells the age of the lag); forget the newest sample.
+                self.pending_commits.pop_back();
+            }
+            self.pending_commits.push_back((self.local, now));
+        }
+    }
+
+    /// A batch ending at `last` (inclusive) of `bytes` encoded bytes and `records` records
+    /// was handed to the network.
+    pub fn records_sent(
+        &mut self,
+        last: Lsn,
+        records: u64,
+        bytes: u64,
+        now: Instant,
+    ) -> Vec<ShipAction> {
+        if self.phase != Phase::Streaming || last < self.next {
+            return Vec::new();
+        }
+        self.next = last.next();
+        self.inflight.push_back((last, bytes));
+        self.inflight_bytes += bytes;
+        if let Some(per_record) = bytes.checked_div(records) {
+            self.avg_record_bytes = (self.avg_record_bytes * 7 + per_record) / 8;
+        }
+        self.last_send = now;
+        self.poll()
+    }
+
+    /// The log no longer holds the next record for this standby: it is resynced by snapshot.
+    pub fn log_truncated(&mut self) -> Vec<ShipAction> {
+        if self.phase != Phase::Streaming {
+            return Vec::new();
+        }
+        self.phase = Phase::Snapshot;
+        self.inflight.clear();
+        self.inflight_bytes = 0;
+        vec![ShipAction::SendSnapshot]
+    }
+
+    /// A snapshot at `position` was fully handed to the network; streaming goes on after it.
+    pub fn snapshot_sent(&mut self, position: &Position, now: Instant) -> Vec<ShipAction> {
+        if self.phase != Phase::Snapshot {
+            return Vec::new();
+        }
+        self.phase = Phase::Streaming;
+        self.next = position.lsn.next();
+        self.last_send = now;
+        self.local = self.local.max(position.lsn);
+        self.poll()
+    }
+
+    /// The standby acknowledged.
+    pub fn on_ack(&mut self, ack: Ack, now: Instant) -> Vec<ShipAction> {
+        if ack.durable > self.local || ack.applied > self.local || ack.received > self.local {
+            return self.close("the standby acknowledged records that were never committed");
+        }
+        self.ack.received = self.ack.received.max(ack.received);
+        self.ack.durable = self.ack.durable.max(ack.durable);
+        self.ack.applied = self.ack.applied.max(ack.applied);
+        while let Some(&(lsn, bytes)) = self.inflight.front() {
+            if lsn > self.ack.durable {
+                break;
+            }
+            self.inflight.pop_front();
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(bytes);
+        }
+        while self
+            .pending_commits
+            .front()
+            .is_some_and(|(l, _)| *l <= self.ack.applied)
+        {
+            self.pending_commits.pop_front();
+        }
+        if self.phase == Phase::Streaming {
+            self.divergence = None;
+        }
+        self.check_synced(now);
+        self.poll()
+    }
+
+    fn check_synced(&mut self, now: Instant) {
+        if self.phase == Phase::Streaming && self.ack.applied >= self.local {
+            self.last_sync = Some(now);
+            self.synchronized_once = true;
+        }
+    }
+
+    /// Time passed: sends a heartbeat when the stream was idle for a while. `wall_micros` is
+    /// the active's clock (microseconds since the Unix epoch), passed on to the standby.
+    pub fn on_tick(&mut self, local: &Position, wall_micros: u64, now: Instant) -> Vec<ShipAction> {
+        if self.phase == Phase::Streaming
+            && now.saturating_duration_since(self.last_send) >= self.config.heartbeat
+        {
+            self.last_send = now;
+            return vec![ShipAction::Send(Message::Heartbeat {
+                position: local.clone(),
+                time: wall_micros,
+            })];
+        }
+        Vec::new()
+    }
+
+    /// The next batch to send, if the stream is streaming, there is something to send and the
+    /// window allows it.
+    pub fn poll(&mut self) -> Vec<ShipAction> {
+        if self.phase != Phase::Streaming || self.next > self.local {
+            return Vec::new();
+        }
+        let unacked = self.next.0.saturating_sub(self.ack.durable.0 + 1);
+        if unacked >= self.config.window_records || self.inflight_bytes >= self.config.window_bytes
+        {
+            return Vec::new();
+        }
+        let room = self.config.window_records - unacked;
+        vec![ShipAction::SendRecords {
+            from: self.next,
+            max_records: usize::try_from(room)
+                .unwrap_or(usize::MAX)
+                .min(self.config.batch_records),
+            max_bytes: self.config.batch_bytes,
+        }]
+    }
+
+    /// The standby's sync status and the time of its last successful sync.
+    pub fn status(&self, now: Instant) -> (SyncStatus, Option<Instant>) {
+        let status = if let Some(d) = &self.divergence {
+            d.clone()
+        } else if !self.synchronized_once && self.phase != Phase::Streaming {
+            SyncStatus::NeverSynchronized
+        } else if self.ack.applied >= self.local {
+            SyncStatus::Synchronized
+        } else {
+            let records = self.local.0 - self.ack.applied.0;
+            let sent_unacked = self.inflight_bytes;
+            let unsent = self.local.0.saturating_sub(self.next.0.saturating_sub(1));
+            let behind = self
+                .pending_commits
+                .front()
+                .map_or(Duration::ZERO, |(_, t)| now.saturating_duration_since(*t));
+            SyncStatus::Lagging {
+                records,
+                bytes: sent_unacked + unsent * self.avg_record_bytes,
+                behind,
+            }
+        };
+        (status, self.last_sync)
+    }
+
+    fn close(&mut self, why: &str) -> Vec<ShipAction> {
+        self.phase = Phase::Closed;
+        vec![ShipAction::Close {
+            why: why.to_owned(),
+        }]
+    }
+}
+
+/// The answer to a `Follow` (DESIGN.md §6 step 2), from the active's view of itself.
+pub fn decide(follow: &Follow, local: &LocalView, chain_at: impl Fn(Lsn) -> Option<u32>) -> Answer {
+    let reject = |reason, active| Answer::Reject { reason, active };
+    if follow.domain.as_str().is_empty() {
+        return reject(RejectReason::UnknownDomain, None);
+    }
+    if local.role != Role::Active {
+        let known = (local.epoch.term > 0 && local.epoch.node != local.node)
+            .then(|| local.epoch.node.clone());
+        return reject(RejectReason::NotActive, known);
+    }
+    if follow.epoch > local.epoch {
+        return reject(RejectReason::StaleEpoch, Some(follow.epoch.node.clone()));
+    }
+    let Some(uid) = follow.uid else {
+        return Answer::Snapshot {
+            why: SnapshotWhy::NeverSynchronized,
+        };
+    };
+    if local.uid != Some(uid) {
+        return reject(RejectReason::OtherIncarnation, Some(local.node.clone()));
+    }
+    let theirs = follow.position.lsn;
+    let ours = local.position.lsn;
+    if theirs > ours {
+        return Answer::Rewind {
+            fork: fork_point(follow, local),
+        };
+    }
+    let our_chain = if theirs == ours {
+        Some(local.position.chain)
+    } else if theirs.next() == local.log_start {
+        Some(local.log_base_chain)
+    } else if theirs >= local.log_start {
+        chain_at(theirs)
+    } else {
+        None
+    };
+    match our_chain {
+        Some(chain) if chain == follow.position.chain => {
+            if theirs.next() >= local.log_start {
+                Answer::Stream {
+                    from: theirs.next(),
+                }
+            } else {
+                Answer::Snapshot {
+                    why: SnapshotWhy::BehindRetention,
+                }
+            }
+        }
+        Some(_) => Answer::Rewind {
+            fork: fork_point(follow, local),
+        },
+        None => {
+            // Below the retained log the chain cannot be compared; the same epoch at the
+            // same lsn means the same records (one writer per epoch).
+            if epoch_at(&local.history, theirs) == Some(&follow.position.epoch) || theirs == Lsn(0)
+            {
+                Answer::Snapshot {
+                    why: SnapshotWhy::BehindRetention,
+                }
+            } else {
+                Answer::Rewind {
+                    fork: fork_point(follow, local),
+                }
+            }
+        }
+    }
+}
+
+/// The epoch that wrote `lsn` according to `history`.
+fn epoch_at(history: &[HistoryEntry], lsn: Lsn) -> Option<&Epoch> {
+    history
+        .iter()
+        .rev()
+        .find(|h| h.first_lsn <= lsn)
+        .map(|h| &h.epoch)
+}
+
+/// The last lsn both histories share: for each epoch both went through from the same first
+/// lsn, the shorter of the two runs. Zero when nothing is known to be shared.
+pub fn fork_point(follow: &Follow, local: &LocalView) -> Lsn {
+    let end_of = |history: &[HistoryEntry], i: usize, last: Lsn| {
+        history
+            .get(i + 1)
+            .map_or(last, |n| Lsn(n.first_lsn.0.saturating_sub(1)))
+    };
+    let mut fork = Lsn::ZERO;
+    for (i, t) in follow.history_tail.iter().enumerate() {
+        let their_end = end_of(&follow.history_tail, i, follow.position.lsn);
+        for (j, o) in local.history.iter().enumerate() {
+            if o.epoch == t.epoch && o.first_lsn == t.first_lsn {
+                let our_end = end_of(&local.history, j, local.position.lsn);
+                fork = fork.max(their_end.min(our_end));
+            }
+        }
+    }
+    fork.min(local.position.lsn).min(follow.position.lsn)
+}

@@ -1,0 +1,449 @@
+//! The standby side of one replication stream: a [`Follower`] per domain.
+//!
+//! Sans-IO: the driver tells it when a stream is open, what arrived, what the store applied
+//! and when time passed; it answers with [`FollowAction`]s. Reconnection uses capped
+//! exponential backoff; after a reconnect the standby resumes from its own position.
+
+use std::time::{Duration, Instant};
+
+use super::message::{Ack, Answer, Follow, Message, RecordBytes, SnapshotHeader, HISTORY_TAIL};
+use super::status::SyncStatus;
+use crate::codec::decode_record;
+use crate::model::{DomainId, DomainUid, Epoch, HistoryEntry, Lsn, Position};
+use crate::store::SnapshotItem;
+
+/// Backoff between attempts to reach the active.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (0 = first retry): `initial * 2^n`, capped at `max`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        self.initial
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max)
+    }
+}
+
+/// What the standby's own replica looks like when it (re)connects.
+#[derive(Debug, Clone)]
+pub struct StandbyView {
+    /// Incarnation held, if any.
+    pub uid: Option<DomainUid>,
+    /// Position of the last applied record.
+    pub position: Position,
+    /// Highest epoch seen.
+    pub epoch: Epoch,
+    /// Full history.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// What the driver must do for a [`Follower`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowAction {
+    /// Open a stream to the active, then call [`Follower::connected`].
+    Connect,
+    /// Send this message on the stream.
+    Send(Message),
+    /// Apply these records in order (each one durable commit), calling
+    /// [`Follower::applied`] after each batch, or [`Follower::apply_failed`].
+    Apply(Vec<RecordBytes>),
+    /// Start building a new state aside for this snapshot. If `archive_after` is set, the
+    /// local records after that lsn diverged and go to the collision archive first.
+    BeginSnapshot {
+        /// What the snapshot is taken at.
+        header: SnapshotHeader,
+        /// Local records after this lsn are archived, not lost.
+        archive_after: Option<Lsn>,
+    },
+    /// Add rows to the snapshot being built.
+    SnapshotRows(Vec<SnapshotItem>),
+    /// Check and switch in the built snapshot (`rows` rows in all), then call
+    /// [`Follower::snapshot_installed`] or [`Follower::apply_failed`].
+    FinishSnapshot {
+        /// Rows the active sent.
+        rows: u64,
+    },
+    /// Drop any snapshot being built (the stream ended before its end).
+    AbortSnapshot,
+    /// End the stream; a new one is opened after the backoff.
+    Close {
+        /// Why, in one line.
+        why: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// No stream; the next attempt is due at `retry_at`.
+    Idle { retry_at: Instant },
+    /// Asked the driver to connect.
+    Connecting,
+    /// Sent `Follow`, waiting for the answer.
+    AwaitAnswer,
+    /// Answered with a snapshot, waiting for its header.
+    AwaitSnapshot { archive_after: Option<Lsn> },
+    /// Receiving snapshot rows.
+    Snapshot { rows: u64 },
+    /// Snapshot complete, waiting for the store to switch it in.
+    Installing,
+    /// Receiving records.
+    Streaming,
+}
+
+/// The standby's follower of one domain.
+#[derive(Debug)]
+pub struct Follower {
+    domain: DomainId,
+    backoff: Backoff,
+    phase: Phase,
+    attempt: u32,
+    /// Highest lsn handed to the store for applying.
+    received: Lsn,
+    /// Highest lsn applied (durable).
+    applied: Lsn,
+    /// Last position the active told (heartbeat or records).
+    active_lsn: Lsn,
+    active_time: u64,
+    last_sync: Option<Instant>,
+    ever_synced: bool,
+    divergence: Option<SyncStatus>,
+    last_error: Option<String>,
+    refused: u64,
+}
+
+impl Follower {
+    /// A follower that connects at once.
+    pub fn new(domain: DomainId, backoff: Backoff, now: Instant) -> Follower {
+        Follower {
+            domain,
+            backoff,
+            phase: Phase::Idle { retry_at: now },
+            attempt: 0,
+            received: Lsn::ZERO,
+            applied: Lsn::ZERO,
+            active_lsn: Lsn::ZERO,
+            active_time: 0,
+            last_sync: None,
+            ever_synced: false,
+            divergence: None,
+            last_error: None,
+            refused: 0,
+        }
+    }
+
+    /// Time passed: connects when an attempt is due.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<FollowAction> {
+        match self.phase {
+            Phase::Idle { retry_at } if now >= retry_at => {
+                self.phase = Phase::Connecting;
+                vec![FollowAction::Connect]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// When the next attempt is due, if idle.
+    pub fn next_attempt(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Idle { retry_at } => Some(retry_at),
+            _ => None,
+        }
+    }
+
+    /// True while a stream is open or being opened.
+    pub fn is_connected(&self) -> bool {
+        !matches!(self.phase, Phase::Idle { .. })
+    }
+
+    /// A stream to the active is open: sends `Follow` from the local view.
+    pub fn connected(&mut self, local: &StandbyView) -> Vec<FollowAction> {
+        if self.phase != Phase::Connecting {
+            return Vec::new();
+        }
+        self.phase = Phase::AwaitAnswer;
+        self.received = local.position.lsn;
+        self.applied = local.position.lsn;
+        if local.uid.is_some() {
+            self.ever_synced = true;
+        }
+        let skip = local.history.len().saturating_sub(HISTORY_TAIL);
+        vec![FollowAction::Send(Message::Follow(Follow {
+            domain: self.domain.clone(),
+            uid: local.uid,
+            position: local.position.clone(),
+            epoch: local.epoch.clone(),
+            history_tail: local.history[skip..].to_vec(),
+        }))]
+    }
+
+    /// The stream ended (or could not be opened): retry after the backoff.
+    pub fn disconnected(&mut self, now: Instant) -> Vec<FollowAction> {
+        let abort = matches!(
+            self.phase,
+            Phase::Snapshot { .. } | Phase::AwaitSnapshot { .. }
+        );
+        let delay = self.backoff.delay(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        self.phase = Phase::Idle {
+            retry_at: now + delay,
+        };
+        if abort {
+            vec![FollowAction::AbortSnapshot]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A message arrived from the active.
+    pub fn on_message(&mut self, message: Message, now: Instant) -> Vec<FollowAction> {
+        match (&self.phase, message) {
+            (Phase::AwaitAnswer, Message::Answer(answer)) => self.on_answer(answer),
+            (Phase::AwaitSnapshot { archive_after }, Message::SnapshotBegin(header)) => {
+                let archive_after = *archive_after;
+                self.begin_snapshot(header, archive_after)
+            }
+            // A standby that fell behind the retained log mid-stream is resynced in place.
+            (Phase::Streaming, Message::SnapshotBegin(header)) => self.begin_snapshot(header, None),
+            (Phase::Snapshot { rows }, Message::SnapshotRows(items)) => {
+                let rows = rows + items.len() as u64;
+                self.phase = Phase::Snapshot { rows };
+                vec![FollowAction::SnapshotRows(items)]
+            }
+            (Phase::Snapshot { rows }, Message::SnapshotEnd { rows: sent }) => {
+                if *rows != sent {
+                    return self.violation(
+                        &format!("snapshot ended after {rows} rows but the active counted {sent}"),
+                        now,
+                    );
+                }
+                self.phase = Phase::Installing;
+                vec![FollowAction::FinishSnapshot { rows: sent }]
+            }
+            (Phase::Streaming | Phase::Installing, Message::Records(records)) => {
+                self.on_records(records, now)
+            }
+            (
+                Phase::Streaming | Phase::Installing | Phase::Snapshot { .. },
+                Message::Heartbeat { position, time },
+            ) => {
+                self.active_lsn = self.active_lsn.max(position.lsn);
+                self.active_time = time;
+                if self.phase == Phase::Streaming && self.applied >= position.lsn {
+                    self.last_sync = Some(now);
+                }
+                Vec::new()
+            }
+            (phase, message) => {
+                let what = format!(
+                    "unexpected {} while {}",
+                    message_name(&message),
+                    phase_name(phase)
+                );
+                self.violation(&what, now)
+            }
+        }
+    }
+
+    fn begin_snapshot(
+        &mut self,
+        header: SnapshotHeader,
+        archive_after: Option<Lsn>,
+    ) -> Vec<FollowAction> {
+        self.active_lsn = self.active_lsn.max(header.position.lsn);
+        self.phase = Phase::Snapshot { rows: 0 };
+        vec![FollowAction::BeginSnapshot {
+            header,
+            archive_after,
+        }]
+    }
+
+    fn on_answer(&mut self, answer: Answer) -> Vec<FollowAction> {
+        match answer {
+            Answer::Stream { from } => {
+                if from != self.applied.next() {
+                    return vec![FollowAction::Close {
+                        why: format!(
+                            "the active offered records from lsn {from}, this replica needs {}",
+                            self.applied.next()
+                        ),
+                    }];
+                }
+                self.attempt = 0;
+                self.divergence = None;
+                self.phase = Phase::Streaming;
+                Vec::new()
+            }
+            Answer::Snapshot { .. } => {
+                self.attempt = 0;
+                self.phase = Phase::AwaitSnapshot {
+                    archive_after: None,
+                };
+                Vec::new()
+            }
+            Answer::Rewind { fork } => {
+                self.attempt = 0;
+                self.divergence = Some(SyncStatus::Collision { fork });
+                self.phase = Phase::AwaitSnapshot {
+                    archive_after: Some(fork),
+                };
+                Vec::new()
+            }
+            Answer::Reject { reason, active } => {
+                let why = match active {
+                    Some(n) => format!(
+                        "the node refused to serve {}: {reason} (it names {n} as active)",
+                        self.domain
+                    ),
+                    None => format!("the node refused to serve {}: {reason}", self.domain),
+                };
+                self.last_error = Some(why.clone());
+                vec![FollowAction::Close { why }]
+            }
+        }
+    }
+
+    fn on_records(&mut self, records: Vec<RecordBytes>, now: Instant) -> Vec<FollowAction> {
+        let Some(first) = records.first() else {
+            return Vec::new();
+        };
+        // Only the lsn is looked at here; the store checks CRC, chain and epoch on apply.
+        let first_lsn = match decode_record(&first.0) {
+            Ok(r) => r.lsn,
+            Err(e) => {
+                self.refused += 1;
+                return self.violation(
+                    &format!("corrupt record after lsn {} refused: {e}", self.received),
+                    now,
+                );
+            }
+        };
+        if first_lsn != self.received.next() {
+            return self.violation(
+                &format!(
+                    "records start at lsn {first_lsn}, expected {}",
+                    self.received.next()
+                ),
+                now,
+            );
+        }
+        self.received = Lsn(self.received.0 + records.len() as u64);
+        self.active_lsn = self.active_lsn.max(self.received);
+        vec![FollowAction::Apply(records)]
+    }
+
+    /// The store applied (durably) up to `position`: acknowledges it.
+    pub fn applied(&mut self, position: &Position, now: Instant) -> Vec<FollowAction> {
+        self.applied = self.applied.max(position.lsn);
+        self.ever_synced = true;
+        if self.applied >= self.active_lsn {
+            self.last_sync = Some(now);
+        }
+        vec![FollowAction::Send(Message::Ack(self.ack()))]
+    }
+
+    /// The store switched in a snapshot at `position`: streaming goes on from there.
+    pub fn snapshot_installed(&mut self, position: &Position, now: Instant) -> Vec<FollowAction> {
+        if self.phase != Phase::Installing {
+            return Vec::new();
+        }
+        self.phase = Phase::Streaming;
+        self.received = position.lsn;
+        self.applied = position.lsn;
+        self.ever_synced = true;
+        self.last_sync = Some(now);
+        vec![FollowAction::Send(Message::Ack(self.ack()))]
+    }
+
+    /// The store refused what it was given (corrupt record, chain or digest mismatch): the
+    /// stream is ended and resumed from the local position after the backoff.
+    pub fn apply_failed(&mut self, why: &str, now: Instant) -> Vec<FollowAction> {
+        self.refused += 1;
+        self.violation(why, now)
+    }
+
+    fn violation(&mut self, why: &str, now: Instant) -> Vec<FollowAction> {
+        self.last_error = Some(why.to_owned());
+        let mut out = vec![FollowAction::Close {
+            why: why.to_owned(),
+        }];
+        out.extend(self.disconnected(now));
+        out
+    }
+
+    /// What this standby acknowledges.
+    pub fn ack(&self) -> Ack {
+        Ack {
+            received: self.received,
+            durable: self.applied,
+            applied: self.applied,
+        }
+    }
+
+    /// The sync status as this standby sees it, with the time of its last successful sync.
+    pub fn status(&self) -> (SyncStatus, Option<Instant>) {
+        let status = if let Some(d) = &self.divergence {
+            d.clone()
+        } else if !self.ever_synced {
+            SyncStatus::NeverSynchronized
+        } else if self.applied >= self.active_lsn {
+            SyncStatus::Synchronized
+        } else {
+            SyncStatus::Lagging {
+                records: self.active_lsn.0 - self.applied.0,
+                bytes: 0,
+                behind: Duration::ZERO,
+            }
+        };
+        (status, self.last_sync)
+    }
+
+    /// The last error or refusal seen, for the operator.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// Records and snapshots refused as corrupt or out of place so far.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+}
+
+fn message_name(m: &Message) -> &'static str {
+    match m {
+        Message::Follow(_) => "Follow",
+        Message::Answer(_) => "Answer",
+        Message::Records(_) => "Records",
+        Message::SnapshotBegin(_) => "SnapshotBegin",
+        Message::SnapshotRows(_) => "SnapshotRows",
+        Message::SnapshotEnd { .. } => "SnapshotEnd",
+        Message::Heartbeat { .. } => "Heartbeat",
+        Message::Ack(_) => "Ack",
+    }
+}
+
+fn phase_name(p: &Phase) -> &'static str {
+    match p {
+        Phase::Idle { .. } => "idle",
+        Phase::Connecting => "connecting",
+        Phase::AwaitAnswer => "waiting for the answer to Follow",
+        Phase::AwaitSnapshot { .. } => "waiting for a snapshot",
+        Phase::Snapshot { .. } => "receiving a snapshot",
+        Phase::Installing => "installing a snapshot",
+        Phase::Streaming => "streaming",
+    }
+}

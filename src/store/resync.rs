@@ -1,0 +1,275 @@
+//! Full resync of a standby: a snapshot is built aside in a new database file and switched in
+//! atomically (invariant 6). A crash midway leaves the previous state intact: the half-built
+//! file has a hidden name and is removed when the store is next opened.
+
+use std::path::PathBuf;
+
+use redb::{Database, Durability, ReadableTable};
+
+use super::digest::{StateDigest, Tag};
+use super::domain::Domain;
+use super::error::{StorageResult, StoreError};
+use super::meta::DomainMeta;
+use super::snapshot::SnapshotItem;
+use super::tables::{encode_row, Tables, COLLISIONS, LOG, META_KEY};
+use super::writer::{Install, Work};
+use crate::model::{DomainUid, Epoch, HistoryEntry, Lsn, Position, Role};
+
+/// What a snapshot was taken at, as the active described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResyncTarget {
+    /// Incarnation id of the domain.
+    pub uid: DomainUid,
+    /// Position of the snapshot.
+    pub position: Position,
+    /// Highest epoch the active has seen.
+    pub epoch: Epoch,
+    /// History up to `position`.
+    pub history: Vec<HistoryEntry>,
+    /// Content digest the rows must add up to.
+    pub digest: StateDigest,
+}
+
+/// A snapshot being built aside for a standby replica. Dropping it unfinished removes the
+/// half-built file; the replica keeps its previous state.
+pub struct Resync {
+    domain: Domain,
+    target: ResyncTarget,
+    archive_after: Option<Lsn>,
+    db: Option<Database>,
+    tmp: PathBuf,
+    digest: StateDigest,
+    rows: u64,
+}
+
+impl std::fmt::Debug for Resync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resync")
+            .field("domain", self.domain.id())
+            .field("target", &self.target.position)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Domain {
+    /// Starts building a snapshot at `target` aside (standby only). If `archive_after` is set,
+    /// this replica's records after that lsn diverged from the active's history: they are
+    /// moved to the collision archive of the new state, never dropped (invariant 5).
+    ///
+    /// # Errors
+    /// [`StoreError::NotStandby`], [`StoreError::Io`] or [`StoreError::Storage`].
+    pub fn begin_resync(
+        &self,
+        target: ResyncTarget,
+        archive_after: Option<Lsn>,
+    ) -> Result<Resync, StoreError> {
+        if self.status()?.role != Role::Standby {
+            return Err(StoreError::NotStandby {
+                domain: self.id().clone(),
+            });
+        }
+        let tmp = self.resync_path();
+        if tmp.exists() {
+            std::fs::remove_file(&tmp).map_err(StoreError::io("remove", &tmp))?;
+        }
+        let db = Database::builder()
+            .set_cache_size(self.inner.cache_bytes)
+            .create(&tmp)
+            .or_storage(self.id())?;
+        Ok(Resync {
+            domain: self.clone(),
+            target,
+            archive_after,
+            db: Some(db),
+            tmp,
+            digest: StateDigest::default(),
+            rows: 0,
+        })
+    }
+
+    pub(crate) fn resync_path(&self) -> PathBuf {
+        self.path()
+            .with_file_name(format!(".{}.resync.redb", self.id()))
+    }
+}
+
+impl Resync {
+    /// Rows added so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Adds rows in one (not yet durable) transaction of the new file. Memory use is bounded
+    /// by the rows given, so snapshots larger than RAM stream through.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidWrite`] for a row no write could have made, or
+    /// [`StoreError::Storage`].
+    pub fn add(&mut self, items: &[SnapshotItem]) -> Result<(), StoreError> {
+        let id = self.domain.id().clone();
+        let db = self
+            .db
+            .as_ref()
+            .ok_or_else(|| StoreError::Closed { domain: id.clone() })?;
+        let mut txn = db.begin_write().or_storage(&id)?;
+        txn.set_durability(Durability::None).or_storage(&id)?;
+        {
+            let mut t = Tables::open(&txn, &id)?;
+            for item in items {
+                add_row(&id, &mut t, item, &mut self.digest)?;
+            }
+        }
+        txn.commit().or_storage(&id)?;
+        self.rows += items.len() as u64;
+        Ok(())
+    }
+
+    /// Checks the rows against the target's digest, archives divergent records, makes the new
+    /// file durable and switches it in atomically (rename + directory fsync). Returns the new
+    /// position.
+    ///
+    /// # Errors
+    /// [`StoreError::SnapshotMismatch`] when the rows do not add up to the target digest (the
+    /// previous state stays), [`StoreError::NotStandby`] when the replica was promoted
+    /// meanwhile, [`StoreError::Io`] or [`StoreError::Storage`].
+    pub fn finish(mut self) -> Result<Position, StoreError> {
+        let id = self.domain.id().clone();
+        if self.digest != self.target.digest {
+            return Err(StoreError::SnapshotMismatch {
+                domain: id,
+                lsn: self.target.position.lsn,
+            });
+        }
+        let old = self.domain.status()?;
+        let db = self
+            .db
+            .take()
+            .ok_or_else(|| StoreError::Closed { domain: id.clone() })?;
+        let meta = DomainMeta {
+            domain: id.clone(),
+            uid: Some(self.target.uid),
+            role: Role::Standby,
+            epoch: old.epoch.clone().max(self.target.epoch.clone()),
+            history: self.target.history.clone(),
+            position: self.target.position.clone(),
+            log_start: self.target.position.lsn.next(),
+            log_base_chain: self.target.position.chain,
+            digest: self.digest,
+        };
+        {
+            let mut txn = db.begin_write().or_storage(&id)?;
+            txn.set_durability(Durability::Immediate).or_storage(&id)?;
+            {
+                let mut t = Tables::open(&txn, &id)?;
+                let row = meta.encode()?;
+                t.meta.insert(META_KEY, row.as_slice()).or_storage(&id)?;
+                let mut archive = txn.open_table(COLLISIONS).or_storage(&id)?;
+                self.carry_collisions(&mut archive)?;
+            }
+            txn.commit().or_storage(&id)?;
+        }
+        let tmp = std::mem::take(&mut self.tmp);
+        let position = meta.position.clone();
+        self.domain
+            .submit_work(Work::Install(Box::new(Install { db, tmp, meta })))?;
+        tracing::info!(domain = %id, position = %position, rows = self.rows, "resync switched in");
+        Ok(position)
+    }
+
+    /// Copies the old archive and, after a fork, the old divergent records into the new file.
+    fn carry_collisions(
+        &self,
+        archive: &mut redb::Table<'_, u64, &'static [u8]>,
+    ) -> Result<(), StoreError> {
+        let id = self.domain.id();
+        let txn = self.domain.begin_read()?;
+        let mut next = 0u64;
+        for entry in txn
+            .open_table(COLLISIONS)
+            .or_storage(id)?
+            .iter()
+            .or_storage(id)?
+        {
+            let (k, v) = entry.or_storage(id)?;
+            archive.insert(k.value(), v.value()).or_storage(id)?;
+            next = next.max(k.value() + 1);
+        }
+        if let Some(fork) = self.archive_after {
+            let mut moved = 0u64;
+            for entry in txn
+                .open_table(LOG)
+                .or_storage(id)?
+                .range(fork.0 + 1..)
+                .or_storage(id)?
+            {
+                let (_, v) = entry.or_storage(id)?;
+                archive.insert(next, v.value()).or_storage(id)?;
+                next += 1;
+                moved += 1;
+            }
+            if moved > 0 {
+                tracing::warn!(domain = %id, fork = %fork, records = moved,
+                    "divergent records moved to the collision archive; resolve them with `domsync collisions`");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Resync {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            drop(db);
+        }
+        if !self.tmp.as_os_str().is_empty() {
+            if let Err(e) = std::fs::remove_file(&self.tmp) {
+                tracing::debug!(path = %self.tmp.display(), error = %e, "half-built snapshot not removed");
+            }
+        }
+    }
+}
+
+/// Inserts one snapshot row, keeping the digest (a repeated row replaces the earlier one).
+fn add_row(
+    id: &crate::model::DomainId,
+    t: &mut Tables<'_>,
+    item: &SnapshotItem,
+    digest: &mut StateDigest,
+) -> Result<(), StoreError> {
+    match item {
+        SnapshotItem::Kv { key, value } => {
+            if let Some(old) =
+                t.kv.insert(key.as_slice(), value.as_slice())
+                    .or_storage(id)?
+            {
+                digest.remove(Tag::Kv, key, old.value());
+            }
+            digest.add(Tag::Kv, key, value);
+        }
+        SnapshotItem::Policy(p) => {
+            let name = p.info.name.as_str();
+            crate::model::check_policy_name(name).map_err(|reason| StoreError::InvalidWrite {
+                domain: id.clone(),
+                reason,
+            })?;
+            let row = encode_row(id, &p.info)?;
+            if let Some(old) = t.policy.insert(name, row.as_slice()).or_storage(id)? {
+                digest.remove(Tag::Policy, name.as_bytes(), old.value());
+            }
+            digest.add(Tag::Policy, name.as_bytes(), &row);
+            t.content
+                .insert(name, p.content.as_slice())
+                .or_storage(id)?;
+        }
+        SnapshotItem::Crl(crl) => {
+            let row = encode_row(id, crl)?;
+            let key = crl.issuer.as_str();
+            if let Some(old) = t.crl.insert(key, row.as_slice()).or_storage(id)? {
+                digest.remove(Tag::Crl, key.as_bytes(), old.value());
+            }
+            digest.add(Tag::Crl, key.as_bytes(), &row);
+        }
+    }
+    Ok(())
+}
