@@ -50,5 +50,7 @@
 
 pub mod codec;
 pub mod model;
+pub mod node;
+pub mod net;
 pub mod repl;
 pub mod store;

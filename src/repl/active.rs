@@ -153,6 +153,12 @@ impl Shipper {
         self.ack
     }
 
+    /// The stream ended (network loss, shutdown): nothing more is sent; the status keeps
+    /// counting what the standby misses until it follows again on a new stream.
+    pub fn disconnected(&mut self) {
+        self.phase = Phase::Closed;
+    }
+
     /// True once the stream was closed by [`ShipAction::Close`].
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed

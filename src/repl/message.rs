@@ -112,6 +112,8 @@ pub enum RejectReason {
     OtherIncarnation,
     /// The standby has seen a higher epoch than the answering node: the node is stale.
     StaleEpoch,
+    /// The standby's node is not a configured replica of the domain.
+    NotReplica,
 }
 
 impl std::fmt::Display for RejectReason {
@@ -123,6 +125,9 @@ impl std::fmt::Display for RejectReason {
                 "the standby holds another incarnation of the domain (different uid)"
             }
             RejectReason::StaleEpoch => "the standby has seen a newer epoch than the node",
+            RejectReason::NotReplica => {
+                "the standby's node is not a configured replica of the domain"
+            }
         })
     }
 }

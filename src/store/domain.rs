@@ -307,6 +307,46 @@ impl Domain {
             .map(|c| c.position)
     }
 
+    /// Applies a batch of records in order, queued together so they share group commits.
+    /// Returns the position after the last one; stops at the first refusal (the records
+    /// before it stay applied, durably).
+    ///
+    /// # Errors
+    /// As [`Domain::apply`], for the first record refused.
+    pub async fn apply_batch_async(&self, records: Vec<Vec<u8>>) -> Result<Position, StoreError> {
+        let sender = self.sender()?;
+        let mut replies = Vec::with_capacity(records.len());
+        for record in records {
+            let (tx, rx) = oneshot::channel::<Outcome>();
+            let request = Request {
+                work: Work::Apply(record),
+                reply: Reply::Async(tx),
+            };
+            match sender.try_send(request) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(request)) => {
+                    let s = sender.clone();
+                    let closed = self.closed();
+                    tokio::task::spawn_blocking(move || s.send(request))
+                        .await
+                        .map_err(|_| closed.clone())?
+                        .map_err(|_| closed)?;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(self.closed()),
+            }
+            replies.push(rx);
+        }
+        let mut last = None;
+        for rx in replies {
+            let committed = rx.await.map_err(|_| self.closed())??;
+            last = Some(committed.position);
+        }
+        match last {
+            Some(p) => Ok(p),
+            None => Ok(self.status()?.position),
+        }
+    }
+
     /// Drops log records below `below` (never past the last record). Returns the new first
     /// retained lsn. The replication layer decides what can go.
     ///

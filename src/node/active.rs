@@ -1,0 +1,525 @@
+//! The active side of the node: serves each standby's stream of a domain and releases writers
+//! waiting for standby durability.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::WriteError;
+use super::{lock, to_wall, wall_micros, Node};
+use crate::model::{DomainId, Lsn, NodeId, Op, Position};
+use crate::net::frame::{open_frame, read_frame, write_frame, FrameError};
+use crate::repl::message::{self, MAX_MESSAGE_BYTES};
+use crate::repl::{
+    Ack, Answer, Confirmations, Durability, LocalView, Message, RecordBytes, RejectReason,
+    ShipAction, Shipper, SnapshotHeader, SyncStatus,
+};
+use crate::store::{Domain, SnapshotItem, StoreError};
+
+/// How a domain is served as active.
+#[derive(Debug, Clone)]
+pub struct ActiveConfig {
+    /// When writes are acknowledged.
+    pub durability: Durability,
+    /// The domain's standby nodes; others are refused.
+    pub standbys: Vec<NodeId>,
+    /// How long a write waits for its standby confirmation.
+    pub confirm_timeout: Duration,
+}
+
+impl ActiveConfig {
+    /// `durability` over `standbys`, waiting at most 5 s for confirmations.
+    pub fn new(durability: Durability, standbys: Vec<NodeId>) -> ActiveConfig {
+        ActiveConfig {
+            durability,
+            standbys,
+            confirm_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How one standby stands, as seen by the active.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StandbyReport {
+    /// The standby node.
+    pub node: NodeId,
+    /// Its sync status.
+    pub status: SyncStatus,
+    /// Its latest acknowledgement.
+    pub ack: Ack,
+    /// When it last held everything the active had.
+    pub last_sync: Option<SystemTime>,
+    /// True while its stream is open.
+    pub connected: bool,
+}
+
+struct Waiting {
+    confirmations: Confirmations,
+    writers: HashMap<u64, oneshot::Sender<()>>,
+    next_id: u64,
+}
+
+pub(super) struct ActiveDomain {
+    domain: Domain,
+    config: ActiveConfig,
+    waiting: Mutex<Waiting>,
+    /// One shipper per standby, kept after its stream ends for status.
+    shippers: Mutex<BTreeMap<NodeId, Arc<Mutex<Shipper>>>>,
+}
+
+impl Node {
+    /// Serves `domain` as active: standbys listed in `config` may follow it.
+    pub fn serve_active(&self, domain: Domain, config: ActiveConfig) {
+        let waiting = Waiting {
+            confirmations: Confirmations::new(config.standbys.iter().cloned()),
+            writers: HashMap::new(),
+            next_id: 0,
+        };
+        let ad = Arc::new(ActiveDomain {
+            domain: domain.clone(),
+            config,
+            waiting: Mutex::new(waiting),
+            shippers: Mutex::new(BTreeMap::new()),
+        });
+        lock(&self.inner.actives).insert(domain.id().clone(), ad);
+    }
+
+    fn active(&self, domain: &DomainId) -> Option<Arc<ActiveDomain>> {
+        lock(&self.inner.actives).get(domain).cloned()
+    }
+
+    /// Commits `ops` on the active replica and waits for the domain's durability.
+    ///
+    /// # Errors
+    /// [`WriteError::Store`] when nothing was committed, [`WriteError::Unconfirmed`] when the
+    /// write committed locally but the standbys did not confirm it in time,
+    /// [`WriteError::NotServed`] when the domain is not active here.
+    pub async fn write(&self, domain: &DomainId, ops: Vec<Op>) -> Result<Position, WriteError> {
+        let ad = self.active(domain).ok_or_else(|| WriteError::NotServed {
+            domain: domain.clone(),
+        })?;
+        let position = ad.domain.write_async(ops).await?;
+        let mode = ad.config.durability;
+        if mode == Durability::Local {
+            return Ok(position);
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut w = lock(&ad.waiting);
+            let id = w.next_id;
+            w.next_id += 1;
+            let deadline = Instant::now() + ad.config.confirm_timeout;
+            if w.confirmations
+                .wait(id, position.lsn, mode, deadline)
+                .is_some()
+            {
+                return Ok(position);
+            }
+            w.writers.insert(id, tx);
+            id
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(ad.config.confirm_timeout, rx).await {
+            return Ok(position);
+        }
+        let mut w = lock(&ad.waiting);
+        w.confirmations.cancel(id);
+        w.writers.remove(&id);
+        let confirmed_by = w
+            .confirmations
+            .durable()
+            .filter(|(_, l)| *l >= position.lsn)
+            .map(|(n, _)| n.clone())
+            .collect();
+        Err(WriteError::Unconfirmed {
+            domain: domain.clone(),
+            position,
+            mode,
+            confirmed_by,
+        })
+    }
+
+    /// The sync status of every standby of an active domain (empty when not active here).
+    pub fn sync_status(&self, domain: &DomainId) -> Vec<StandbyReport> {
+        let Some(ad) = self.active(domain) else {
+            return Vec::new();
+        };
+        let local = ad.domain.subscribe().borrow().lsn;
+        let now = Instant::now();
+        let shippers = lock(&ad.shippers);
+        ad.config
+            .standbys
+            .iter()
+            .map(|node| match shippers.get(node) {
+                Some(s) => {
+                    let mut s = lock(s);
+                    drop(s.on_commit(local, now));
+                    let (status, last_sync) = s.status(now);
+                    StandbyReport {
+                        node: node.clone(),
+                        status,
+                        ack: s.ack(),
+                        last_sync: last_sync.map(to_wall),
+                        connected: !s.is_closed(),
+                    }
+                }
+                None => StandbyReport {
+                    node: node.clone(),
+                    status: SyncStatus::NeverSynchronized,
+                    ack: Ack::default(),
+                    last_sync: None,
+                    connected: false,
+                },
+            })
+            .collect()
+    }
+
+    /// Serves one stream opened by `peer`: its first frame is `Follow`.
+    pub(super) async fn serve_stream(
+        self,
+        peer: NodeId,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let mut inbox = spawn_reader(recv);
+        let first = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
+        let follow = match first {
+            Ok(Some(Ok(Message::Follow(f)))) => f,
+            Ok(Some(Ok(_))) => {
+                tracing::warn!(peer = %peer, "replication stream did not start with Follow; closed");
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(peer = %peer, error = %e, "replication stream refused");
+                return;
+            }
+            Ok(None) | Err(_) => return,
+        };
+        let domain_id = follow.domain.clone();
+        let reject = |reason| {
+            message::encode(&Message::Answer(Answer::Reject {
+                reason,
+                active: None,
+            }))
+        };
+        let Some(ad) = self.active(&domain_id) else {
+            // Not active here: answer from the store's view when it has the domain.
+            let answer = match self.store_view(&domain_id) {
+                Some(view) => Message::Answer(crate::repl::decide(&follow, &view, |_| None)),
+                None => Message::Answer(Answer::Reject {
+                    reason: RejectReason::UnknownDomain,
+                    active: None,
+                }),
+            };
+            if let Ok(frame) = message::encode(&answer) {
+                drop(write_frame(&mut send, &frame).await);
+            }
+            drop(send.finish());
+            return;
+        };
+        if !ad.config.standbys.contains(&peer) {
+            tracing::warn!(domain = %domain_id, peer = %peer, "node is not a configured standby of the domain; refused");
+            if let Ok(frame) = reject(RejectReason::NotReplica) {
+                drop(write_frame(&mut send, &frame).await);
+            }
+            drop(send.finish());
+            return;
+        }
+        let now = Instant::now();
+        let shipper = Arc::new(Mutex::new(Shipper::new(
+            peer.clone(),
+            self.inner.config.ship,
+            now,
+        )));
+        lock(&ad.shippers).insert(peer.clone(), Arc::clone(&shipper));
+        let view = match local_view(&self, &ad.domain) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(domain = %domain_id, error = %e, "cannot read the local replica");
+                return;
+            }
+        };
+        let d = ad.domain.clone();
+        let actions =
+            lock(&shipper).on_follow(&follow, &view, |l| d.chain_at(l).ok().flatten(), now);
+        tracing::info!(domain = %domain_id, standby = %peer, position = %follow.position, "standby follows");
+        let mut stream = ActiveStream {
+            node: self.clone(),
+            ad: Arc::clone(&ad),
+            peer,
+            shipper: Arc::clone(&shipper),
+            send,
+        };
+        stream.run(actions, &mut inbox).await;
+        lock(&shipper).disconnected();
+    }
+
+    fn store_view(&self, _domain: &DomainId) -> Option<LocalView> {
+        let ad_standby = lock(&self.inner.standbys).get(_domain).cloned()?;
+        local_view(self, ad_standby.domain()).ok()
+    }
+}
+
+/// The active's view of its replica, for deciding how to serve a standby.
+fn local_view(node: &Node, domain: &Domain) -> Result<LocalView, StoreError> {
+    let s = domain.status()?;
+    Ok(LocalView {
+        node: node.id().clone(),
+        role: s.role,
+        uid: s.uid,
+        epoch: s.epoch,
+        history: s.history,
+        position: s.position,
+        log_start: s.log_start,
+        log_base_chain: s.log_base_chain,
+    })
+}
+
+/// Reads frames off a stream in a task of its own (reading is not cancel-safe) and hands
+/// decoded messages over a small channel.
+pub(super) fn spawn_reader(
+    mut recv: quinn::RecvStream,
+) -> mpsc::Receiver<Result<Message, FrameError>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let item = match read_frame(&mut recv, MAX_MESSAGE_BYTES).await {
+                Ok(Some(frame)) => open_frame::<Message>(&frame, MAX_MESSAGE_BYTES),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+struct ActiveStream {
+    node: Node,
+    ad: Arc<ActiveDomain>,
+    peer: NodeId,
+    shipper: Arc<Mutex<Shipper>>,
+    send: quinn::SendStream,
+}
+
+impl ActiveStream {
+    async fn run(
+        &mut self,
+        first: Vec<ShipAction>,
+        inbox: &mut mpsc::Receiver<Result<Message, FrameError>>,
+    ) {
+        let mut commits = self.ad.domain.subscribe();
+        let mut tick = tokio::time::interval(self.node.inner.config.tick);
+        let mut shutdown = self.node.inner.shutdown.subscribe();
+        let mut actions = first;
+        loop {
+            if !self.execute(std::mem::take(&mut actions)).await {
+                return;
+            }
+            let now = Instant::now();
+            tokio::select! {
+                m = inbox.recv() => match m {
+                    Some(Ok(Message::Ack(ack))) => {
+                        self.release(ack.durable);
+                        actions = lock(&self.shipper).on_ack(ack, now);
+                    }
+                    Some(Ok(other)) => {
+                        tracing::warn!(standby = %self.peer, "unexpected message {other:?} from a standby; stream closed");
+                        return;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(domain = %self.ad.domain.id(), standby = %self.peer, error = %e, "replication stream ended");
+                        return;
+                    }
+                    None => return,
+                },
+                r = commits.changed() => {
+                    if r.is_err() { return; }
+                    let lsn = commits.borrow_and_update().lsn;
+                    actions = lock(&self.shipper).on_commit(lsn, now);
+                }
+                _ = tick.tick() => {
+                    let position = commits.borrow().clone();
+                    actions = lock(&self.shipper).on_tick(&position, wall_micros(), now);
+                }
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Releases writers waiting for this standby's durable lsn.
+    fn release(&self, durable: Lsn) {
+        let mut w = lock(&self.ad.waiting);
+        for id in w.confirmations.on_durable(&self.peer, durable) {
+            if let Some(tx) = w.writers.remove(&id) {
+                if tx.send(()).is_err() {
+                    tracing::debug!("a writer stopped waiting for its confirmation");
+                }
+            }
+        }
+    }
+
+    /// Carries out actions (and the ones they lead to). False when the stream is over.
+    async fn execute(&mut self, mut actions: Vec<ShipAction>) -> bool {
+        while !actions.is_empty() {
+            let mut next = Vec::new();
+            for action in actions {
+                let more = match action {
+                    ShipAction::Send(m) => {
+                        if !self.send_message(&m).await {
+                            return false;
+                        }
+                        Vec::new()
+                    }
+                    ShipAction::SendRecords {
+                        from,
+                        max_records,
+                        max_bytes,
+                    } => match self.send_records(from, max_records, max_bytes).await {
+                        Some(more) => more,
+                        None => return false,
+                    },
+                    ShipAction::SendSnapshot => match self.send_snapshot().await {
+                        Some(position) => {
+                            lock(&self.shipper).snapshot_sent(&position, Instant::now())
+                        }
+                        None => return false,
+                    },
+                    ShipAction::Close { why } => {
+                        tracing::warn!(domain = %self.ad.domain.id(), standby = %self.peer, "{why}");
+                        drop(self.send.finish());
+                        return false;
+                    }
+                };
+                next.extend(more);
+            }
+            actions = next;
+        }
+        true
+    }
+
+    async fn send_message(&mut self, m: &Message) -> bool {
+        let frame = match message::encode(m) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a replication message");
+                return false;
+            }
+        };
+        match write_frame(&mut self.send, &frame).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(standby = %self.peer, error = %e, "replication stream lost");
+                false
+            }
+        }
+    }
+
+    async fn send_records(
+        &mut self,
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Option<Vec<ShipAction>> {
+        let d = self.ad.domain.clone();
+        let read = tokio::task::spawn_blocking(move || d.read_log(from, max_records, max_bytes))
+            .await
+            .ok()?;
+        let entries = match read {
+            Ok(e) => e,
+            Err(StoreError::LogTruncated { .. }) => {
+                return Some(lock(&self.shipper).log_truncated());
+            }
+            Err(e) => {
+                // A corrupt record is never shipped (invariant 4): the stream stops here.
+                tracing::error!(domain = %self.ad.domain.id(), error = %e, "cannot ship the log");
+                return None;
+            }
+        };
+        let Some(last) = entries.last().map(|e| e.record.lsn) else {
+            return Some(Vec::new());
+        };
+        let n = entries.len() as u64;
+        let bytes: u64 = entries.iter().map(|e| e.bytes.len() as u64).sum();
+        let records = entries.into_iter().map(|e| RecordBytes(e.bytes)).collect();
+        if !self.send_message(&Message::Records(records)).await {
+            return None;
+        }
+        Some(lock(&self.shipper).records_sent(last, n, bytes, Instant::now()))
+    }
+
+    /// Streams a snapshot taken in one read transaction, in chunks, with bounded memory.
+    async fn send_snapshot(&mut self) -> Option<Position> {
+        let d = self.ad.domain.clone();
+        let chunk_bytes = self.node.inner.config.snapshot_chunk_bytes;
+        let (tx, mut rx) = mpsc::channel::<Message>(2);
+        let producer = tokio::task::spawn_blocking(move || -> Result<Position, StoreError> {
+            let snap = d.snapshot()?;
+            let uid = snap.uid.ok_or_else(|| StoreError::Corrupt {
+                domain: d.id().clone(),
+                what: "the active replica has no uid".into(),
+            })?;
+            let header = SnapshotHeader {
+                uid,
+                position: snap.position.clone(),
+                epoch: snap.epoch.clone(),
+                history: snap.history.clone(),
+                digest: snap.digest,
+            };
+            let gone = || StoreError::Closed {
+                domain: d.id().clone(),
+            };
+            tx.blocking_send(Message::SnapshotBegin(header))
+                .map_err(|_| gone())?;
+            let mut rows = 0u64;
+            let mut chunk: Vec<SnapshotItem> = Vec::new();
+            let mut size = 0usize;
+            snap.for_each::<StoreError>(|item| {
+                size += item_size(&item);
+                chunk.push(item);
+                rows += 1;
+                if size >= chunk_bytes {
+                    size = 0;
+                    tx.blocking_send(Message::SnapshotRows(std::mem::take(&mut chunk)))
+                        .map_err(|_| gone())?;
+                }
+                Ok(())
+            })?;
+            if !chunk.is_empty() {
+                tx.blocking_send(Message::SnapshotRows(chunk))
+                    .map_err(|_| gone())?;
+            }
+            tx.blocking_send(Message::SnapshotEnd { rows })
+                .map_err(|_| gone())?;
+            Ok(snap.position)
+        });
+        while let Some(m) = rx.recv().await {
+            if !self.send_message(&m).await {
+                return None;
+            }
+        }
+        match producer.await {
+            Ok(Ok(position)) => {
+                tracing::info!(domain = %self.ad.domain.id(), standby = %self.peer, position = %position, "snapshot sent");
+                Some(position)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(domain = %self.ad.domain.id(), error = %e, "snapshot failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+fn item_size(item: &SnapshotItem) -> usize {
+    match item {
+        SnapshotItem::Kv { key, value } => key.len() + value.len() + 8,
+        SnapshotItem::Policy(p) => p.content.len() + p.info.name.len() + 64,
+        SnapshotItem::Crl(c) => c.der.len() + c.issuer.len() + 64,
+    }
+}

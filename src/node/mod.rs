@@ -1,0 +1,298 @@
+//! The node: drives the sans-IO replication core ([`crate::repl`]) over QUIC ([`crate::net`])
+//! and the local store ([`crate::store`]).
+//!
+//! One [`Node`] owns one QUIC endpoint (server and client), one connection per peer node
+//! (opened by the standby side, shared by all domains) and one bidirectional stream per
+//! domain and standby. Every stream has its own task, so a stalled or huge domain never
+//! blocks another, and a slow standby never blocks the active's local commits.
+//!
+//! ```no_run
+//! # async fn demo(store: domsync::store::Store, creds: domsync::net::Credentials) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::BTreeMap;
+//! use domsync::node::{ActiveConfig, Node, NodeConfig};
+//! use domsync::repl::Durability;
+//! use domsync::model::NodeId;
+//!
+//! let peers = BTreeMap::from([(NodeId::new("b")?, "127.0.0.1:7401".parse()?)]);
+//! let node = Node::start(NodeConfig::new("127.0.0.1:7400".parse()?, creds, peers))?;
+//! let domain = store.create_domain(&"tenant-1".parse()?)?;
+//! node.serve_active(domain, ActiveConfig::new(Durability::Standby, vec![NodeId::new("b")?]));
+//! let position = node.write(&"tenant-1".parse()?, vec![/* ops */]).await?;
+//! # Ok(()) }
+//! ```
+
+mod active;
+mod error;
+mod standby;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+pub use active::{ActiveConfig, StandbyReport};
+pub use error::{NodeError, WriteError};
+pub use standby::FollowerReport;
+
+use crate::model::{DomainId, NodeId};
+use crate::net::{self, Credentials, Identity, PeerRole, ALPN_REPL};
+use crate::repl::{Backoff, ShipConfig};
+
+/// Settings of a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// This node's certificate, key and CA.
+    pub credentials: Credentials,
+    /// Where the other nodes listen.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Batching and window of the active's streams.
+    pub ship: ShipConfig,
+    /// Reconnect backoff of the standby's followers.
+    pub backoff: Backoff,
+    /// Rows per snapshot message, about (bounded memory: one chunk in flight per stage).
+    pub snapshot_chunk_bytes: usize,
+    /// How often the stream tasks look at the clock (heartbeats, reconnects).
+    pub tick: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node listening on `listen`.
+    pub fn new(
+        listen: SocketAddr,
+        credentials: Credentials,
+        peers: BTreeMap<NodeId, SocketAddr>,
+    ) -> NodeConfig {
+        NodeConfig {
+            listen,
+            credentials,
+            peers,
+            ship: ShipConfig::default(),
+            backoff: Backoff::default(),
+            snapshot_chunk_bytes: 256 * 1024,
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A running replication node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    id: NodeId,
+    config: NodeConfig,
+    peers: Mutex<BTreeMap<NodeId, SocketAddr>>,
+    endpoint: quinn::Endpoint,
+    connections: tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>,
+    actives: Mutex<HashMap<DomainId, Arc<active::ActiveDomain>>>,
+    standbys: Mutex<HashMap<DomainId, Arc<standby::StandbyDomain>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn wall_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Converts a monotonic instant of the past into wall-clock time, for reports.
+fn to_wall(t: Instant) -> SystemTime {
+    SystemTime::now() - Instant::now().saturating_duration_since(t)
+}
+
+impl Node {
+    /// Binds the endpoint and starts accepting replication connections. Must be called
+    /// inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`NodeError::NotANode`] unless the credentials are a node's, [`NodeError::Tls`] or
+    /// [`NodeError::Bind`].
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let id = config
+            .credentials
+            .identity
+            .node_id()
+            .ok_or_else(|| NodeError::NotANode {
+                identity: config.credentials.identity.uri(),
+            })?;
+        let server = net::server_config(
+            &config.credentials,
+            &[ALPN_REPL],
+            Arc::new(net::transport_config()),
+        )?;
+        let endpoint =
+            quinn::Endpoint::server(server, config.listen).map_err(|e| NodeError::Bind {
+                addr: config.listen,
+                detail: e.to_string(),
+            })?;
+        let (shutdown, _) = watch::channel(false);
+        let node = Node {
+            inner: Arc::new(Inner {
+                id,
+                peers: Mutex::new(config.peers.clone()),
+                config,
+                endpoint,
+                connections: tokio::sync::Mutex::new(HashMap::new()),
+                actives: Mutex::new(HashMap::new()),
+                standbys: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        };
+        tokio::spawn(node.clone().accept_loop());
+        Ok(node)
+    }
+
+    /// This node's id (from its certificate).
+    pub fn id(&self) -> &NodeId {
+        &self.inner.id
+    }
+
+    /// The address the endpoint is bound to (useful with port 0).
+    ///
+    /// # Errors
+    /// [`NodeError::Bind`] when the socket cannot tell.
+    pub fn local_addr(&self) -> Result<SocketAddr, NodeError> {
+        self.inner
+            .endpoint
+            .local_addr()
+            .map_err(|e| NodeError::Bind {
+                addr: self.inner.config.listen,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Sets (or changes) where a peer node listens.
+    pub fn set_peer(&self, node: NodeId, addr: SocketAddr) {
+        lock(&self.inner.peers).insert(node, addr);
+    }
+
+    fn peer_addr(&self, node: &NodeId) -> Option<SocketAddr> {
+        lock(&self.inner.peers).get(node).copied()
+    }
+
+    /// Stops every task, closes the endpoint and waits (briefly) for peers to be told.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        lock(&self.inner.actives).clear();
+        lock(&self.inner.standbys).clear();
+        self.inner
+            .endpoint
+            .close(0u32.into(), b"node shutting down");
+        // Bounded: a peer that does not answer is not waited for.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+    }
+
+    /// Drops the connection to `peer`, if any (streams on it end; followers reconnect after
+    /// their backoff). For operators and tests of resumption.
+    pub async fn disconnect(&self, peer: &NodeId) {
+        if let Some(conn) = self.inner.connections.lock().await.remove(peer) {
+            conn.close(0u32.into(), b"disconnected by the operator");
+        }
+    }
+
+    async fn accept_loop(self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            let incoming = tokio::select! {
+                i = self.inner.endpoint.accept() => i,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            let Some(incoming) = incoming else { return };
+            let node = self.clone();
+            tokio::spawn(async move {
+                match net::accept(incoming, ALPN_REPL).await {
+                    Ok((conn, peer)) => node.serve_connection(conn, peer).await,
+                    Err(e) => tracing::warn!(error = %e, "replication connection refused"),
+                }
+            });
+        }
+    }
+
+    /// Serves the streams a peer opens on its connection.
+    async fn serve_connection(self, conn: quinn::Connection, peer: Identity) {
+        let Some(peer_id) = peer.node_id().filter(|_| peer.role == PeerRole::Node) else {
+            return;
+        };
+        tracing::debug!(peer = %peer_id, addr = %conn.remote_address(), "replication peer connected");
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            let stream = tokio::select! {
+                s = conn.accept_bi() => s,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match stream {
+                Ok((send, recv)) => {
+                    let node = self.clone();
+                    let peer = peer_id.clone();
+                    tokio::spawn(async move { node.serve_stream(peer, send, recv).await });
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer_id, error = %e, "replication connection ended");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The connection to `peer`, opened when missing or dead.
+    async fn connection(&self, peer: &NodeId) -> Result<quinn::Connection, NodeError> {
+        let mut conns = self.inner.connections.lock().await;
+        if let Some(c) = conns.get(peer) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let addr = self
+            .peer_addr(peer)
+            .ok_or_else(|| NodeError::UnknownPeer { node: peer.clone() })?;
+        let expect =
+            Identity::new(PeerRole::Node, peer.as_str()).map_err(|e| NodeError::Connect {
+                node: peer.clone(),
+                addr,
+                detail: e.to_string(),
+            })?;
+        let client =
+            net::client_config_for(&self.inner.config.credentials, ALPN_REPL, Some(&expect))?;
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(client, addr, net::SERVER_NAME)
+            .map_err(|e| NodeError::Connect {
+                node: peer.clone(),
+                addr,
+                detail: e.to_string(),
+            })?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| NodeError::Connect {
+                node: peer.clone(),
+                addr,
+                detail: "no answer within 10 s".into(),
+            })?
+            .map_err(|e| NodeError::Connect {
+                node: peer.clone(),
+                addr,
+                detail: e.to_string(),
+            })?;
+        conns.insert(peer.clone(), conn.clone());
+        Ok(conn)
+    }
+}

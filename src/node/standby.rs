@@ -1,0 +1,288 @@
+//! The standby side of the node: one follower task per domain, dialing the active.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use super::active::spawn_reader;
+use super::{lock, to_wall, Node};
+use crate::model::{NodeId, Position};
+use crate::net::frame::{write_frame, FrameError};
+use crate::repl::message;
+use crate::repl::{FollowAction, Follower, StandbyView, SyncStatus};
+use crate::store::{Domain, Resync, ResyncTarget, StoreError};
+
+/// How a standby replica stands, as seen by the standby itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowerReport {
+    /// The active it follows.
+    pub active: NodeId,
+    /// Its sync status (from what the active told it).
+    pub status: SyncStatus,
+    /// Its position.
+    pub position: Position,
+    /// When it last held everything the active had announced.
+    pub last_sync: Option<SystemTime>,
+    /// The last error or refusal, for the operator.
+    pub last_error: Option<String>,
+    /// Records or snapshots refused as corrupt or out of place.
+    pub refused: u64,
+    /// Snapshots switched in since the node started.
+    pub resyncs: u64,
+    /// True while a stream to the active is open.
+    pub connected: bool,
+}
+
+pub(super) struct StandbyDomain {
+    domain: Domain,
+    active: NodeId,
+    follower: Mutex<Follower>,
+    resyncs: Mutex<u64>,
+}
+
+impl StandbyDomain {
+    pub(super) fn domain(&self) -> &Domain {
+        &self.domain
+    }
+}
+
+impl Node {
+    /// Follows `domain` (a standby replica on this node) from the active on node `active`:
+    /// a task connects, resumes from the local position (or resyncs) and applies records
+    /// as they come, reconnecting with capped exponential backoff.
+    pub fn follow(&self, domain: Domain, active: NodeId) {
+        let sd = Arc::new(StandbyDomain {
+            follower: Mutex::new(Follower::new(
+                domain.id().clone(),
+                self.inner.config.backoff,
+                Instant::now(),
+            )),
+            domain: domain.clone(),
+            active,
+            resyncs: Mutex::new(0),
+        });
+        lock(&self.inner.standbys).insert(domain.id().clone(), Arc::clone(&sd));
+        tokio::spawn(self.clone().follow_loop(sd));
+    }
+
+    /// How a standby domain of this node stands (`None` when not followed here).
+    pub fn follower_status(&self, domain: &crate::model::DomainId) -> Option<FollowerReport> {
+        let sd = lock(&self.inner.standbys).get(domain).cloned()?;
+        let position = sd.domain.subscribe().borrow().clone();
+        let resyncs = *lock(&sd.resyncs);
+        let f = lock(&sd.follower);
+        let (status, last_sync) = f.status();
+        Some(FollowerReport {
+            active: sd.active.clone(),
+            status,
+            position,
+            last_sync: last_sync.map(to_wall),
+            last_error: f.last_error().map(str::to_owned),
+            refused: f.refused(),
+            resyncs,
+            connected: f.is_connected(),
+        })
+    }
+
+    async fn follow_loop(self, sd: Arc<StandbyDomain>) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let now = Instant::now();
+            let actions = lock(&sd.follower).on_tick(now);
+            if actions.contains(&FollowAction::Connect) {
+                match self.open_stream(&sd.active).await {
+                    Ok((send, recv)) => {
+                        let mut stream = StandbyStream {
+                            node: self.clone(),
+                            sd: Arc::clone(&sd),
+                            send,
+                            resync: None,
+                        };
+                        stream.run(recv).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(domain = %sd.domain.id(), active = %sd.active, error = %e, "cannot reach the active");
+                    }
+                }
+                let mut f = lock(&sd.follower);
+                if f.is_connected() {
+                    drop(f.disconnected(Instant::now()));
+                }
+                continue;
+            }
+            let wake = lock(&sd.follower)
+                .next_attempt()
+                .unwrap_or(now + self.inner.config.tick);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.max(now).into()) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn open_stream(
+        &self,
+        active: &NodeId,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+        let conn = self.connection(active).await.map_err(|e| e.to_string())?;
+        conn.open_bi().await.map_err(|e| e.to_string())
+    }
+}
+
+struct StandbyStream {
+    node: Node,
+    sd: Arc<StandbyDomain>,
+    send: quinn::SendStream,
+    resync: Option<Resync>,
+}
+
+impl StandbyStream {
+    async fn run(&mut self, recv: quinn::RecvStream) {
+        let mut inbox = spawn_reader(recv);
+        let mut shutdown = self.node.inner.shutdown.subscribe();
+        let view = match self.sd.domain.status() {
+            Ok(s) => StandbyView {
+                uid: s.uid,
+                position: s.position,
+                epoch: s.epoch,
+                history: s.history,
+            },
+            Err(e) => {
+                tracing::error!(domain = %self.sd.domain.id(), error = %e, "cannot read the local replica");
+                return;
+            }
+        };
+        let mut actions = lock(&self.sd.follower).connected(&view);
+        loop {
+            if !self.execute(std::mem::take(&mut actions)).await {
+                return;
+            }
+            tokio::select! {
+                m = inbox.recv() => {
+                    let now = Instant::now();
+                    actions = match m {
+                        Some(Ok(message)) => lock(&self.sd.follower).on_message(message, now),
+                        Some(Err(FrameError::Codec(e))) => {
+                            lock(&self.sd.follower).apply_failed(&format!("corrupt frame from the active refused: {e}"), now)
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(domain = %self.sd.domain.id(), error = %e, "replication stream lost");
+                            return;
+                        }
+                        None => return,
+                    };
+                }
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Carries out actions. False when the stream is over.
+    async fn execute(&mut self, mut actions: Vec<FollowAction>) -> bool {
+        let id = self.sd.domain.id().clone();
+        while !actions.is_empty() {
+            let mut next = Vec::new();
+            for action in actions {
+                let now = Instant::now();
+                let more = match action {
+                    FollowAction::Connect => Vec::new(),
+                    FollowAction::Send(m) => {
+                        let Ok(frame) = message::encode(&m) else {
+                            return false;
+                        };
+                        if write_frame(&mut self.send, &frame).await.is_err() {
+                            return false;
+                        }
+                        Vec::new()
+                    }
+                    FollowAction::Apply(records) => {
+                        let batch = records.into_iter().map(|r| r.0).collect();
+                        match self.sd.domain.apply_batch_async(batch).await {
+                            Ok(position) => lock(&self.sd.follower).applied(&position, now),
+                            Err(e) => {
+                                tracing::warn!(domain = %id, error = %e, "record refused; resuming from the local position");
+                                lock(&self.sd.follower).apply_failed(&e.to_string(), now)
+                            }
+                        }
+                    }
+                    FollowAction::BeginSnapshot {
+                        header,
+                        archive_after,
+                    } => {
+                        let target = ResyncTarget {
+                            uid: header.uid,
+                            position: header.position,
+                            epoch: header.epoch,
+                            history: header.history,
+                            digest: header.digest,
+                        };
+                        tracing::info!(domain = %id, position = %target.position, "resync from a snapshot starts");
+                        let d = self.sd.domain.clone();
+                        match blocking(move || d.begin_resync(target, archive_after)).await {
+                            Ok(r) => {
+                                self.resync = Some(r);
+                                Vec::new()
+                            }
+                            Err(e) => lock(&self.sd.follower).apply_failed(&e.to_string(), now),
+                        }
+                    }
+                    FollowAction::SnapshotRows(rows) => {
+                        let Some(mut r) = self.resync.take() else {
+                            return false;
+                        };
+                        match blocking(move || r.add(&rows).map(|()| r)).await {
+                            Ok(r) => {
+                                self.resync = Some(r);
+                                Vec::new()
+                            }
+                            Err(e) => lock(&self.sd.follower).apply_failed(&e.to_string(), now),
+                        }
+                    }
+                    FollowAction::FinishSnapshot { .. } => {
+                        let Some(r) = self.resync.take() else {
+                            return false;
+                        };
+                        match blocking(move || r.finish()).await {
+                            Ok(position) => {
+                                *lock(&self.sd.resyncs) += 1;
+                                lock(&self.sd.follower).snapshot_installed(&position, now)
+                            }
+                            Err(e) => {
+                                tracing::warn!(domain = %id, error = %e, "snapshot refused");
+                                lock(&self.sd.follower).apply_failed(&e.to_string(), now)
+                            }
+                        }
+                    }
+                    FollowAction::AbortSnapshot => {
+                        self.resync = None;
+                        Vec::new()
+                    }
+                    FollowAction::Close { why } => {
+                        tracing::warn!(domain = %id, active = %self.sd.active, "replication stream closed: {why}");
+                        self.resync = None;
+                        drop(self.send.finish());
+                        return false;
+                    }
+                };
+                next.extend(more);
+            }
+            actions = next;
+        }
+        true
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::Io {
+            action: "run",
+            path: std::path::PathBuf::new(),
+            detail: e.to_string(),
+        }),
+    }
+}

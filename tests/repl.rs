@@ -1,0 +1,269 @@
+//! Replication end to end: real quinn + mutual TLS on 127.0.0.1 ephemeral ports, several nodes
+//! in one test process, each with its own store.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use domsync::model::{DomainId, Lsn, NodeId, Op};
+use domsync::net::{pki, Credentials, Identity, PeerRole, TlsFiles};
+use domsync::node::{ActiveConfig, Node, NodeConfig, WriteError};
+use domsync::repl::{Durability, SyncStatus};
+use domsync::store::{Domain, Store, StoreOptions};
+
+/// Hang guard for waits on real network progress (never a timing assertion).
+const GUARD: Duration = Duration::from_secs(60);
+
+fn nid(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+fn dom() -> DomainId {
+    "tenant-1".parse().unwrap()
+}
+
+/// A deployment CA with node certificates for `nodes`, in `dir`.
+fn deployment(dir: &Path, nodes: &[&str]) {
+    pki::init_ca(dir).unwrap();
+    for n in nodes {
+        pki::issue(dir, PeerRole::Node, n, dir, 30).unwrap();
+    }
+}
+
+fn creds(dir: &Path, node: &str) -> Credentials {
+    TlsFiles::in_dir(dir, &Identity::new(PeerRole::Node, node).unwrap())
+        .load()
+        .unwrap()
+}
+
+struct TestNode {
+    node: Node,
+    store: Store,
+}
+
+fn start(dir: &Path, pki_dir: &Path, name: &str) -> TestNode {
+    let store = Store::open(dir.join(name), StoreOptions::new(nid(name))).unwrap();
+    let mut config = NodeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        creds(pki_dir, name),
+        BTreeMap::new(),
+    );
+    config.tick = Duration::from_millis(20);
+    let node = Node::start(config).unwrap();
+    TestNode { node, store }
+}
+
+/// Waits until `domain` reaches `lsn`.
+async fn reach(domain: &Domain, lsn: Lsn) {
+    let mut positions = domain.subscribe();
+    tokio::time::timeout(GUARD, positions.wait_for(|p| p.lsn >= lsn))
+        .await
+        .expect("standby did not catch up in time")
+        .unwrap();
+}
+
+/// Waits until `f` holds, looking again whenever the node's state may have moved.
+async fn until(mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(GUARD, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("condition not reached in time");
+}
+
+/// An active on `a` and standbys on `b`, `c`.
+async fn cluster(
+    dir: &Path,
+    durability: Durability,
+    standbys: &[&str],
+) -> (TestNode, Vec<TestNode>, Domain, Vec<Domain>) {
+    let pki_dir = dir.join("pki");
+    let mut names = vec!["a"];
+    names.extend_from_slice(standbys);
+    deployment(&pki_dir, &names);
+    let a = start(dir, &pki_dir, "a");
+    let active = a.store.create_domain(&dom()).unwrap();
+    let ids: Vec<NodeId> = standbys.iter().map(|s| nid(s)).collect();
+    a.node
+        .serve_active(active.clone(), ActiveConfig::new(durability, ids));
+    let mut nodes = Vec::new();
+    let mut replicas = Vec::new();
+    for s in standbys {
+        let n = start(dir, &pki_dir, s);
+        n.node.set_peer(nid("a"), a.node.local_addr().unwrap());
+        let d = n.store.join_domain(&dom()).unwrap();
+        n.node.follow(d.clone(), nid("a"));
+        replicas.push(d);
+        nodes.push(n);
+    }
+    (a, nodes, active, replicas)
+}
+
+fn put(i: usize) -> Vec<Op> {
+    vec![Op::Put {
+        key: format!("key-{:05}", i % 3000).into_bytes(),
+        value: vec![(i % 251) as u8; 100],
+    }]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_standbys_converge_after_ten_thousand_concurrent_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _nodes, active, replicas) = cluster(dir.path(), Durability::Local, &["b", "c"]).await;
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let node = a.node.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..625 {
+                node.write(&dom(), put(t * 625 + i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let end = active.status().unwrap();
+    assert_eq!(end.position.lsn, Lsn(10_000));
+    for r in &replicas {
+        reach(r, end.position.lsn).await;
+        let s = r.status().unwrap();
+        assert_eq!(s.position, end.position);
+        assert_eq!(s.digest, end.digest);
+        assert!(r.verify().unwrap().is_clean());
+    }
+    let reports = a.node.sync_status(&dom());
+    assert_eq!(reports.len(), 2);
+    until(|| {
+        a.node
+            .sync_status(&dom())
+            .iter()
+            .all(|r| r.status == SyncStatus::Synchronized)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_resumes_from_the_log_without_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, nodes, active, replicas) = cluster(dir.path(), Durability::Local, &["b"]).await;
+    for i in 0..200 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    reach(&replicas[0], Lsn(200)).await;
+    // The first sync of a new standby is a snapshot; count from here.
+    let resyncs = nodes[0].node.follower_status(&dom()).unwrap().resyncs;
+    // Cut the connection from the standby's side, write more meanwhile, then let it resume.
+    nodes[0].node.disconnect(&nid("a")).await;
+    for i in 200..500 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    reach(&replicas[0], Lsn(500)).await;
+    let report = nodes[0].node.follower_status(&dom()).unwrap();
+    assert_eq!(report.resyncs, resyncs, "resumed by log, not by snapshot");
+    assert_eq!(
+        replicas[0].status().unwrap().digest,
+        active.status().unwrap().digest
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_behind_retention_is_resynced_by_snapshot_then_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    deployment(&pki_dir, &["a", "b"]);
+    let a = start(dir.path(), &pki_dir, "a");
+    let active = a.store.create_domain(&dom()).unwrap();
+    a.node.serve_active(
+        active.clone(),
+        ActiveConfig::new(Durability::Local, vec![nid("b")]),
+    );
+    for i in 0..3000 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    active.install_policy("edge", vec![7u8; 100_000]).unwrap();
+    active.truncate_log(Lsn(2500)).unwrap();
+
+    let b = start(dir.path(), &pki_dir, "b");
+    b.node.set_peer(nid("a"), a.node.local_addr().unwrap());
+    let standby = b.store.join_domain(&dom()).unwrap();
+    b.node.follow(standby.clone(), nid("a"));
+    reach(&standby, Lsn(3001)).await;
+    for i in 0..100 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    reach(&standby, Lsn(3101)).await;
+    let (sa, sb) = (active.status().unwrap(), standby.status().unwrap());
+    assert_eq!(sb.digest, sa.digest);
+    assert_eq!(sb.uid, sa.uid);
+    assert_eq!(b.node.follower_status(&dom()).unwrap().resyncs, 1);
+    assert!(standby.verify().unwrap().is_clean());
+    let policy = standby.policy("edge").unwrap().value.unwrap();
+    assert_eq!(policy.content, vec![7u8; 100_000]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_durability_acks_only_what_a_standby_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, nodes, _active, replicas) = cluster(dir.path(), Durability::Standby, &["b"]).await;
+    let mut last = Lsn::ZERO;
+    for i in 0..50 {
+        last = a.node.write(&dom(), put(i)).await.unwrap().lsn;
+    }
+    // The active goes away right after the acknowledgement: the standby has it durably.
+    a.node.shutdown().await;
+    drop(a);
+    nodes[0].node.shutdown().await;
+    let standby = &replicas[0];
+    assert_eq!(standby.status().unwrap().position.lsn, last);
+    assert!(standby.get(b"key-00049").unwrap().value.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_write_says_it_is_committed_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    deployment(&pki_dir, &["a", "b"]);
+    let a = start(dir.path(), &pki_dir, "a");
+    let active = a.store.create_domain(&dom()).unwrap();
+    let mut config = ActiveConfig::new(Durability::Standby, vec![nid("b")]);
+    config.confirm_timeout = Duration::from_millis(200);
+    a.node.serve_active(active.clone(), config);
+    // No standby is running: the write commits here and is reported unconfirmed.
+    let err = a.node.write(&dom(), put(1)).await.unwrap_err();
+    match &err {
+        WriteError::Unconfirmed {
+            position,
+            confirmed_by,
+            ..
+        } => {
+            assert_eq!(position.lsn, Lsn(1));
+            assert!(confirmed_by.is_empty());
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(err.to_string().contains("committed locally"));
+    assert_eq!(active.status().unwrap().position.lsn, Lsn(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_not_a_replica_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _nodes, _active, _replicas) = cluster(dir.path(), Durability::Local, &["b"]).await;
+    let pki_dir = dir.path().join("pki");
+    pki::issue(&pki_dir, PeerRole::Node, "x", &pki_dir, 30).unwrap();
+    let x = start(dir.path(), &pki_dir, "x");
+    x.node.set_peer(nid("a"), a.node.local_addr().unwrap());
+    let d = x.store.join_domain(&dom()).unwrap();
+    a.node.write(&dom(), put(1)).await.unwrap();
+    x.node.follow(d.clone(), nid("a"));
+    until(|| {
+        x.node
+            .follower_status(&dom())
+            .and_then(|r| r.last_error)
+            .is_some_and(|e| e.contains("not a configured replica"))
+    })
+    .await;
+    assert_eq!(d.status().unwrap().position.lsn, Lsn(0));
+}
