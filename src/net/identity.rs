@@ -258,7 +258,10 @@ mod tests {
             );
         }
         assert!(Identity::new(PeerRole::Admin, "x".repeat(64)).is_ok());
-        assert!(Identity::new(PeerRole::Gateway, "g").unwrap().node_id().is_none());
+        assert!(Identity::new(PeerRole::Gateway, "g")
+            .unwrap()
+            .node_id()
+            .is_none());
     }
 
     #[test]

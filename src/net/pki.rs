@@ -23,8 +23,8 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _, SanType,
 };
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
@@ -92,6 +92,12 @@ pub enum PkiError {
         /// The refused number of days.
         days: u32,
     },
+    /// The system gave no random bytes.
+    #[error("cannot get random bytes from the system: {reason}")]
+    Random {
+        /// What the system said.
+        reason: String,
+    },
     /// Key generation or signing failed.
     #[error("cannot generate the certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -133,7 +139,16 @@ pub fn init_ca(out_dir: &Path) -> Result<PkiFiles, PkiError> {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "domsync");
-    name.push(DnType::CommonName, "domsync deployment CA");
+    // A random tag keeps CAs of different deployments apart by name, so that a certificate
+    // from another deployment is reported as "unknown issuer" rather than "bad signature".
+    let mut tag = [0u8; 4];
+    getrandom::fill(&mut tag).map_err(|e| PkiError::Random {
+        reason: e.to_string(),
+    })?;
+    name.push(
+        DnType::CommonName,
+        format!("domsync deployment CA {:08x}", u32::from_be_bytes(tag)),
+    );
     params.distinguished_name = name;
     // No intermediates are issued from this CA: it signs leaves only.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -174,7 +189,10 @@ pub fn issue(
     let key = KeyPair::generate()?;
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "domsync");
-    name.push(DnType::CommonName, format!("{} {}", identity.role, identity.id));
+    name.push(
+        DnType::CommonName,
+        format!("{} {}", identity.role, identity.id),
+    );
     params.distinguished_name = name;
     params.subject_alt_names = vec![SanType::URI(identity.uri().try_into()?)];
     params.is_ca = IsCa::ExplicitNoCa;
@@ -210,12 +228,13 @@ fn load_ca(ca_dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let cert_pem = read_ca_file(&files.cert)?;
     let key_pem = read_ca_file(&files.key)?;
 
-    let der =
-        first_cert(&cert_pem).ok_or_else(|| bad_cert("no PEM CERTIFICATE block".into()))?;
+    let der = first_cert(&cert_pem).ok_or_else(|| bad_cert("no PEM CERTIFICATE block".into()))?;
     let (_, x509) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| bad_cert(format!("not an X.509 certificate: {e}")))?;
     if !x509.is_ca() {
-        return Err(bad_cert("this certificate is not a CA (basicConstraints CA:FALSE)".into()));
+        return Err(bad_cert(
+            "this certificate is not a CA (basicConstraints CA:FALSE)".into(),
+        ));
     }
     let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::BadCa {
         path: files.key.clone(),
@@ -227,8 +246,7 @@ fn load_ca(ca_dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
             reason: format!("this key does not belong to {}", files.cert.display()),
         });
     }
-    Issuer::from_ca_cert_der(&der, key)
-        .map_err(|e| bad_cert(format!("cannot use it to sign: {e}")))
+    Issuer::from_ca_cert_der(&der, key).map_err(|e| bad_cert(format!("cannot use it to sign: {e}")))
 }
 
 fn read_ca_file(path: &Path) -> Result<String, PkiError> {

@@ -168,7 +168,9 @@ pub enum TlsError {
         reason: String,
     },
     /// Only node certificates may accept connections.
-    #[error("{identity} cannot serve connections: only node certificates (domsync://node/<id>) may")]
+    #[error(
+        "{identity} cannot serve connections: only node certificates (domsync://node/<id>) may"
+    )]
     NotANode {
         /// Our identity.
         identity: Identity,
@@ -340,16 +342,17 @@ impl Credentials {
                     .into(),
             ));
         };
-        let identity =
-            Identity::from_cert_der(leaf).map_err(|source| TlsError::OwnIdentity {
-                path: files.cert.clone(),
-                source,
-            })?;
+        let identity = Identity::from_cert_der(leaf).map_err(|source| TlsError::OwnIdentity {
+            path: files.cert.clone(),
+            source,
+        })?;
 
         let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|e| {
             pem_error(
                 &files.key,
-                format!("no usable PEM private key ({e}); give the key written by `domsync pki issue`"),
+                format!(
+                    "no usable PEM private key ({e}); give the key written by `domsync pki issue`"
+                ),
             )
         })?;
         let provider = provider();
@@ -405,9 +408,10 @@ pub fn server_config(
         });
     }
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(creds.roots.clone(), provider.clone())
-        .build()
-        .map_err(config_error)?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(creds.roots.clone(), provider.clone())
+            .build()
+            .map_err(config_error)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
@@ -488,7 +492,7 @@ impl NodeServerVerifier {
 }
 
 /// Why a server's otherwise valid certificate was refused (carried in a rustls error).
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 enum ServerIdentityError {
     #[error("server certificate: {0}")]
     Identity(#[from] IdentityError),
@@ -498,11 +502,17 @@ enum ServerIdentityError {
     Unexpected { found: Identity, expected: Identity },
 }
 
+/// rustls shows the error inside [`CertificateError::Other`] with `Debug`, and quinn passes that
+/// text on: make it the readable one.
+impl fmt::Debug for ServerIdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl From<ServerIdentityError> for rustls::Error {
     fn from(e: ServerIdentityError) -> Self {
-        rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-            e,
-        ))))
+        rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
     }
 }
 
@@ -625,7 +635,9 @@ pub fn authorize(conn: &quinn::Connection, alpn: &[u8]) -> Result<Identity, TlsE
     let negotiated = negotiated_alpn(conn);
     if negotiated.as_deref() != Some(alpn) {
         return Err(refused(RefuseReason::WrongProtocol {
-            negotiated: negotiated.as_deref().map_or_else(|| "none".into(), protocol_name),
+            negotiated: negotiated
+                .as_deref()
+                .map_or_else(|| "none".into(), protocol_name),
             expected: protocol_name(alpn),
         }));
     }

@@ -2,6 +2,7 @@
 
 mod commands;
 mod demo;
+mod pki;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,7 +25,17 @@ struct Cli {
     #[arg(long, global = true, env = "DOMSYNC_NODE", default_value = "local")]
     node: String,
     #[command(subcommand)]
-    command: Command,
+    command: TopCommand,
+}
+
+/// Every subcommand: those working on the store ([`Command`]) and the rest.
+#[derive(Subcommand)]
+enum TopCommand {
+    #[command(flatten)]
+    Store(Command),
+    /// Deployment CA and certificates: `pki init`, `pki issue --role node --id NAME`.
+    #[command(subcommand)]
+    Pki(pki::PkiCmd),
 }
 
 #[derive(Subcommand)]
@@ -61,8 +72,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo { dir } => demo::run(dir),
-        command => commands::run(&cli.data, &cli.node, command),
+        TopCommand::Pki(cmd) => pki::run(cmd),
+        TopCommand::Store(Command::Demo { dir }) => demo::run(dir),
+        TopCommand::Store(command) => commands::run(&cli.data, &cli.node, command),
     };
     match result {
         Ok(code) => code,
