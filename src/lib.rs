@@ -50,7 +50,7 @@
 
 pub mod codec;
 pub mod model;
-pub mod node;
 pub mod net;
+pub mod node;
 pub mod repl;
 pub mod store;

@@ -152,7 +152,10 @@ async fn a_cut_connection_resumes_from_the_log_without_a_snapshot() {
         a.node.write(&dom(), put(i)).await.unwrap();
     }
     reach(&replicas[0], Lsn(200)).await;
-    // The first sync of a new standby is a snapshot; count from here.
+    // The first sync of a new standby is a snapshot; count from here, once the follower
+    // itself has seen that it holds everything.
+    until(|| nodes[0].node.follower_status(&dom()).unwrap().status == SyncStatus::Synchronized)
+        .await;
     let resyncs = nodes[0].node.follower_status(&dom()).unwrap().resyncs;
     // Cut the connection from the standby's side, write more meanwhile, then let it resume.
     nodes[0].node.disconnect(&nid("a")).await;
@@ -197,7 +200,7 @@ async fn a_standby_behind_retention_is_resynced_by_snapshot_then_streams() {
     let (sa, sb) = (active.status().unwrap(), standby.status().unwrap());
     assert_eq!(sb.digest, sa.digest);
     assert_eq!(sb.uid, sa.uid);
-    assert_eq!(b.node.follower_status(&dom()).unwrap().resyncs, 1);
+    until(|| b.node.follower_status(&dom()).unwrap().resyncs == 1).await;
     assert!(standby.verify().unwrap().is_clean());
     let policy = standby.policy("edge").unwrap().value.unwrap();
     assert_eq!(policy.content, vec![7u8; 100_000]);
@@ -266,4 +269,55 @@ async fn a_node_that_is_not_a_replica_is_refused() {
     })
     .await;
     assert_eq!(d.status().unwrap().position.lsn, Lsn(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_what_standbys_need_within_the_size_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    deployment(&pki_dir, &["a", "b"]);
+    let a = start(dir.path(), &pki_dir, "a");
+    let active = a.store.create_domain(&dom()).unwrap();
+    let mut config = ActiveConfig::new(Durability::Local, vec![nid("b")]);
+    config.retention_bytes = 40_000;
+    config.retention_interval = Duration::from_millis(20);
+    a.node.serve_active(active.clone(), config);
+    let b = start(dir.path(), &pki_dir, "b");
+    b.node.set_peer(nid("a"), a.node.local_addr().unwrap());
+    let standby = b.store.join_domain(&dom()).unwrap();
+    b.node.follow(standby.clone(), nid("a"));
+    for i in 0..100 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    reach(&standby, Lsn(100)).await;
+    // Everything the standby holds durably is trimmed.
+    until(|| active.status().unwrap().log_start == Lsn(101)).await;
+
+    // The standby stops following; the log grows past the cap and is trimmed to it.
+    b.node.unfollow(&dom());
+    for i in 100..1100 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    until(|| {
+        let s = active.status().unwrap();
+        s.log_start > Lsn(101) && s.log_bytes <= 40_000
+    })
+    .await;
+
+    assert_eq!(
+        standby.status().unwrap().position.lsn,
+        Lsn(100),
+        "not followed meanwhile"
+    );
+    // Behind the retained log, the standby comes back through a snapshot, then streams.
+    b.node.follow(standby.clone(), nid("a"));
+    reach(&standby, Lsn(1100)).await;
+    // The follower counts the resync once the switched-in state is reported back to it.
+    until(|| b.node.follower_status(&dom()).unwrap().resyncs == 1).await;
+    a.node.write(&dom(), put(7)).await.unwrap();
+    reach(&standby, Lsn(1101)).await;
+    assert_eq!(
+        standby.status().unwrap().digest,
+        active.status().unwrap().digest
+    );
 }

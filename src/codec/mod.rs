@@ -57,16 +57,22 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, CodecError> {
     open(bytes, MAX_RECORD_BYTES)
 }
 
-/// The chain after a record: CRC32 continued from the previous chain over the record's whole
-/// encoded frame (which includes the record's own CRC).
+/// The chain after a record: CRC32 continued from the previous chain over the record's
+/// encoded frame without its trailing CRC. (Continuing a CRC over a message followed by its
+/// own CRC gives a constant residue, which would make the chain depend on lengths only.)
 ///
 /// ```
 /// use domsync::codec::chain_next;
 /// let one = chain_next(0, b"first record");
 /// assert_ne!(chain_next(one, b"second"), chain_next(0, b"second"));
+/// assert_ne!(chain_next(0, b"put k=a...."), chain_next(0, b"put k=b...."));
 /// ```
 pub fn chain_next(prev: u32, encoded_record: &[u8]) -> u32 {
+    let body = encoded_record
+        .len()
+        .checked_sub(4)
+        .map_or(encoded_record, |end| &encoded_record[..end]);
     let mut h = crc32fast::Hasher::new_with_initial(prev);
-    h.update(encoded_record);
+    h.update(body);
     h.finalize()
 }

@@ -13,8 +13,8 @@ use crate::model::{DomainId, Lsn, NodeId, Op, Position};
 use crate::net::frame::{open_frame, read_frame, write_frame, FrameError};
 use crate::repl::message::{self, MAX_MESSAGE_BYTES};
 use crate::repl::{
-    Ack, Answer, Confirmations, Durability, LocalView, Message, RecordBytes, RejectReason,
-    ShipAction, Shipper, SnapshotHeader, SyncStatus,
+    retention_cut, Ack, Answer, Confirmations, Durability, LocalView, Message, RecordBytes,
+    RejectReason, RetentionInput, ShipAction, Shipper, SnapshotHeader, SyncStatus,
 };
 use crate::store::{Domain, SnapshotItem, StoreError};
 
@@ -27,6 +27,11 @@ pub struct ActiveConfig {
     pub standbys: Vec<NodeId>,
     /// How long a write waits for its standby confirmation.
     pub confirm_timeout: Duration,
+    /// Most bytes of change log kept for lagging standbys; beyond it they are resynced by
+    /// snapshot.
+    pub retention_bytes: u64,
+    /// How often the log is trimmed.
+    pub retention_interval: Duration,
 }
 
 impl ActiveConfig {
@@ -36,6 +41,8 @@ impl ActiveConfig {
             durability,
             standbys,
             confirm_timeout: Duration::from_secs(5),
+            retention_bytes: 256 << 20,
+            retention_interval: Duration::from_secs(1),
         }
     }
 }
@@ -83,7 +90,47 @@ impl Node {
             waiting: Mutex::new(waiting),
             shippers: Mutex::new(BTreeMap::new()),
         });
-        lock(&self.inner.actives).insert(domain.id().clone(), ad);
+        lock(&self.inner.actives).insert(domain.id().clone(), Arc::clone(&ad));
+        tokio::spawn(self.clone().retention_loop(ad));
+    }
+
+    /// Trims the log of an active domain to what standbys still need, within the size cap.
+    async fn retention_loop(self, ad: Arc<ActiveDomain>) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut tick = tokio::time::interval(ad.config.retention_interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let Ok(status) = ad.domain.status() else {
+                continue;
+            };
+            let durable: Vec<Lsn> = lock(&ad.waiting)
+                .confirmations
+                .durable()
+                .map(|(_, l)| l)
+                .collect();
+            let cut = retention_cut(&RetentionInput {
+                position: status.position.lsn,
+                log_start: status.log_start,
+                log_bytes: status.log_bytes,
+                cap_bytes: ad.config.retention_bytes,
+                standby_durable: &durable,
+            });
+            if let Some(below) = cut {
+                let d = ad.domain.clone();
+                match tokio::task::spawn_blocking(move || d.truncate_log(below)).await {
+                    Ok(Ok(start)) => {
+                        tracing::debug!(domain = %ad.domain.id(), log_start = %start, "log trimmed")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(domain = %ad.domain.id(), error = %e, "cannot trim the log")
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
     }
 
     fn active(&self, domain: &DomainId) -> Option<Arc<ActiveDomain>> {
@@ -251,6 +298,9 @@ impl Node {
             shipper: Arc::clone(&shipper),
             send,
         };
+        // What the standby holds on our history counts as durable there (retention, waiters).
+        let held = lock(&shipper).ack().durable;
+        stream.release(held);
         stream.run(actions, &mut inbox).await;
         lock(&shipper).disconnected();
     }

@@ -192,7 +192,9 @@ impl Node {
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
         lock(&self.inner.actives).clear();
-        lock(&self.inner.standbys).clear();
+        for (_, sd) in std::mem::take(&mut *lock(&self.inner.standbys)) {
+            sd.stop();
+        }
         self.inner
             .endpoint
             .close(0u32.into(), b"node shutting down");

@@ -3,6 +3,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use tokio::sync::watch;
+
 use super::active::spawn_reader;
 use super::{lock, to_wall, Node};
 use crate::model::{NodeId, Position};
@@ -37,11 +39,17 @@ pub(super) struct StandbyDomain {
     active: NodeId,
     follower: Mutex<Follower>,
     resyncs: Mutex<u64>,
+    /// Set to stop following (unfollow or node shutdown).
+    stop: watch::Sender<bool>,
 }
 
 impl StandbyDomain {
     pub(super) fn domain(&self) -> &Domain {
         &self.domain
+    }
+
+    pub(super) fn stop(&self) {
+        self.stop.send_replace(true);
     }
 }
 
@@ -59,9 +67,20 @@ impl Node {
             domain: domain.clone(),
             active,
             resyncs: Mutex::new(0),
+            stop: watch::channel(false).0,
         });
-        lock(&self.inner.standbys).insert(domain.id().clone(), Arc::clone(&sd));
+        if let Some(old) = lock(&self.inner.standbys).insert(domain.id().clone(), Arc::clone(&sd)) {
+            old.stop.send_replace(true);
+        }
         tokio::spawn(self.clone().follow_loop(sd));
+    }
+
+    /// Stops following a domain: its task ends and its stream closes. The replica keeps its
+    /// state; [`Node::follow`] resumes from it.
+    pub fn unfollow(&self, domain: &crate::model::DomainId) {
+        if let Some(sd) = lock(&self.inner.standbys).remove(domain) {
+            sd.stop.send_replace(true);
+        }
     }
 
     /// How a standby domain of this node stands (`None` when not followed here).
@@ -84,7 +103,7 @@ impl Node {
     }
 
     async fn follow_loop(self, sd: Arc<StandbyDomain>) {
-        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut shutdown = sd.stop.subscribe();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -95,7 +114,6 @@ impl Node {
                 match self.open_stream(&sd.active).await {
                     Ok((send, recv)) => {
                         let mut stream = StandbyStream {
-                            node: self.clone(),
                             sd: Arc::clone(&sd),
                             send,
                             resync: None,
@@ -132,7 +150,6 @@ impl Node {
 }
 
 struct StandbyStream {
-    node: Node,
     sd: Arc<StandbyDomain>,
     send: quinn::SendStream,
     resync: Option<Resync>,
@@ -141,7 +158,7 @@ struct StandbyStream {
 impl StandbyStream {
     async fn run(&mut self, recv: quinn::RecvStream) {
         let mut inbox = spawn_reader(recv);
-        let mut shutdown = self.node.inner.shutdown.subscribe();
+        let mut shutdown = self.sd.stop.subscribe();
         let view = match self.sd.domain.status() {
             Ok(s) => StandbyView {
                 uid: s.uid,

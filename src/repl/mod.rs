@@ -10,11 +10,13 @@
 mod active;
 mod durability;
 pub mod message;
+mod retention;
 mod standby;
 mod status;
 
 pub use active::{decide, fork_point, LocalView, ShipAction, ShipConfig, Shipper};
 pub use durability::{Confirmations, Durability, Unconfirmed};
 pub use message::{Ack, Answer, Follow, Message, RecordBytes, RejectReason, SnapshotHeader};
+pub use retention::{retention_cut, RetentionInput};
 pub use standby::{Backoff, FollowAction, Follower, StandbyView};
 pub use status::SyncStatus;

@@ -62,6 +62,8 @@ pub struct DomainStatus {
     pub log_start: Lsn,
     /// Chain of the position just before `log_start`.
     pub log_base_chain: u32,
+    /// Bytes of the records held in the log.
+    pub log_bytes: u64,
     /// Content digest of the state at `position`.
     pub digest: StateDigest,
 }
@@ -431,6 +433,7 @@ impl Domain {
             position: m.position,
             log_start: m.log_start,
             log_base_chain: m.log_base_chain,
+            log_bytes: m.log_bytes,
             digest: m.digest,
         })
     }

@@ -27,6 +27,8 @@ pub(crate) struct DomainMeta {
     /// Chain of the position just before `log_start`.
     pub log_base_chain: u32,
     pub digest: StateDigest,
+    /// Bytes of the records held in the log.
+    pub log_bytes: u64,
 }
 
 impl DomainMeta {
@@ -49,6 +51,7 @@ impl DomainMeta {
             log_start: Lsn(1),
             log_base_chain: 0,
             digest: StateDigest::default(),
+            log_bytes: 0,
         }
     }
 
@@ -67,6 +70,7 @@ impl DomainMeta {
             log_start: Lsn(1),
             log_base_chain: 0,
             digest: StateDigest::default(),
+            log_bytes: 0,
         }
     }
 

@@ -156,6 +156,7 @@ impl Resync {
             log_start: self.target.position.lsn.next(),
             log_base_chain: self.target.position.chain,
             digest: self.digest,
+            log_bytes: 0,
         };
         {
             let mut txn = db.begin_write().or_storage(&id)?;

@@ -415,6 +415,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         apply_ops(&self.domain, t, record, &mut meta.digest)?;
         t.log.insert(record.lsn.0, bytes).or_storage(&self.domain)?;
+        meta.log_bytes += bytes.len() as u64;
         meta.position = Position {
             epoch: record.epoch.clone(),
             lsn: record.lsn,
@@ -455,9 +456,19 @@ impl Writer {
                 }
             }
         };
+        let mut removed = 0u64;
+        for entry in t
+            .log
+            .range(meta.log_start.0..below.0)
+            .or_storage(&self.domain)?
+        {
+            let (_, v) = entry.or_storage(&self.domain)?;
+            removed += v.value().len() as u64;
+        }
         t.log
             .retain_in(meta.log_start.0..below.0, |_, _| false)
             .or_storage(&self.domain)?;
+        meta.log_bytes = meta.log_bytes.saturating_sub(removed);
         meta.log_start = below;
         meta.log_base_chain = base_chain;
         Ok(Self::committed(meta))
