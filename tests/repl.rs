@@ -321,3 +321,137 @@ async fn retention_keeps_what_standbys_need_within_the_size_cap() {
         active.status().unwrap().digest
     );
 }
+
+/// A hand-driven active on node `a`'s certificate: it serves a snapshot of `source` at lsn 0,
+/// then, stream after stream, a corrupt record, a corrupt frame, and finally the true log.
+async fn fake_active(endpoint: quinn::Endpoint, source: Domain) {
+    use domsync::net::frame::{open_frame, read_frame, write_frame};
+    use domsync::repl::message::{encode, MAX_MESSAGE_BYTES};
+    use domsync::repl::{Answer, Message, RecordBytes, SnapshotHeader};
+
+    let incoming = endpoint.accept().await.unwrap();
+    let (conn, _peer) = domsync::net::accept(incoming, domsync::net::ALPN_REPL)
+        .await
+        .unwrap();
+    let records: Vec<Vec<u8>> = source
+        .read_log(Lsn(1), 1000, 1 << 24)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect();
+    let status = source.status().unwrap();
+    for round in 0.. {
+        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+            return;
+        };
+        let frame = read_frame(&mut recv, MAX_MESSAGE_BYTES)
+            .await
+            .unwrap()
+            .unwrap();
+        let Message::Follow(follow) = open_frame(&frame, MAX_MESSAGE_BYTES).unwrap() else {
+            panic!("a stream starts with Follow");
+        };
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        if follow.uid.is_none() {
+            // An empty snapshot at lsn 0 of the source's incarnation.
+            let mut empty = status.position.clone();
+            empty.lsn = Lsn(0);
+            empty.chain = 0;
+            out.push(
+                encode(&Message::Answer(Answer::Snapshot {
+                    why: domsync::repl::message::SnapshotWhy::NeverSynchronized,
+                }))
+                .unwrap(),
+            );
+            out.push(
+                encode(&Message::SnapshotBegin(SnapshotHeader {
+                    uid: status.uid.unwrap(),
+                    position: empty,
+                    epoch: status.epoch.clone(),
+                    history: status.history.clone(),
+                    digest: Default::default(),
+                }))
+                .unwrap(),
+            );
+            out.push(encode(&Message::SnapshotEnd { rows: 0 }).unwrap());
+        } else {
+            assert_eq!(follow.position.lsn, Lsn(0), "nothing corrupt was applied");
+            out.push(encode(&Message::Answer(Answer::Stream { from: Lsn(1) })).unwrap());
+        }
+        match round {
+            0 => {
+                // A record whose payload was damaged after it was sealed: its CRC fails.
+                let mut bad = records[0].clone();
+                let mid = bad.len() / 2;
+                bad[mid] ^= 0x40;
+                out.push(encode(&Message::Records(vec![RecordBytes(bad)])).unwrap());
+            }
+            1 => {
+                // A frame damaged on the wire: its own CRC fails.
+                let mut frame =
+                    encode(&Message::Records(vec![RecordBytes(records[0].clone())])).unwrap();
+                let mid = frame.len() / 2;
+                frame[mid] ^= 0x01;
+                out.push(frame);
+            }
+            _ => {
+                let all = records.iter().cloned().map(RecordBytes).collect();
+                out.push(encode(&Message::Records(all)).unwrap());
+            }
+        }
+        for f in out {
+            write_frame(&mut send, &f).await.unwrap();
+        }
+        if round < 2 {
+            // Keep reading until the standby ends the stream on its side.
+            while let Ok(Some(_)) = read_frame(&mut recv, MAX_MESSAGE_BYTES).await {}
+        } else {
+            // Keep the stream open until the standby acknowledged everything.
+            while let Ok(Some(frame)) = read_frame(&mut recv, MAX_MESSAGE_BYTES).await {
+                if let Ok(Message::Ack(ack)) = open_frame::<Message>(&frame, MAX_MESSAGE_BYTES) {
+                    if ack.applied >= status.position.lsn {
+                        return;
+                    }
+                }
+            }
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_records_and_frames_on_the_wire_are_refused_and_the_stream_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    deployment(&pki_dir, &["a", "b"]);
+    // The true log, written by a real store of node a.
+    let source_store = Store::open(dir.path().join("source"), StoreOptions::new(nid("a"))).unwrap();
+    let source = source_store.create_domain(&dom()).unwrap();
+    for i in 0..20 {
+        source.write(put(i)).unwrap();
+    }
+    let server = domsync::net::server_config(
+        &creds(&pki_dir, "a"),
+        &[domsync::net::ALPN_REPL],
+        std::sync::Arc::new(domsync::net::transport_config()),
+    )
+    .unwrap();
+    let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let fake = tokio::spawn(fake_active(endpoint, source.clone()));
+
+    let b = start(dir.path(), &pki_dir, "b");
+    b.node.set_peer(nid("a"), addr);
+    let standby = b.store.join_domain(&dom()).unwrap();
+    b.node.follow(standby.clone(), nid("a"));
+    reach(&standby, Lsn(20)).await;
+    tokio::time::timeout(GUARD, fake).await.unwrap().unwrap();
+
+    let report = b.node.follower_status(&dom()).unwrap();
+    assert_eq!(report.refused, 2, "{report:?}");
+    assert_eq!(
+        standby.status().unwrap().digest,
+        source.status().unwrap().digest
+    );
+    assert!(standby.verify().unwrap().is_clean());
+}
