@@ -173,3 +173,44 @@ fn a_crash_midway_keeps_the_previous_state_and_a_later_resync_completes() {
     );
     assert!(standby.verify().unwrap().is_clean());
 }
+
+#[test]
+fn records_after_the_fork_go_to_the_collision_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"), "a");
+    let b = store(&dir.path().join("b"), "b");
+    let active = a.create_domain(&id()).unwrap();
+    let standby = b.join_domain(&id()).unwrap();
+    fill(&active, 10);
+    for e in active.read_log(Lsn(1), 100, 1 << 20).unwrap() {
+        standby.apply(&e.bytes).unwrap();
+    }
+    let held: Vec<Vec<u8>> = standby
+        .read_log(Lsn(7), 100, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect();
+    // The active says the histories share only lsn 1..=6: 7..=11 here are set aside.
+    let (target, rows) = snapshot_of(&active);
+    let mut resync = standby.begin_resync(target, Some(Lsn(6))).unwrap();
+    resync.add(&rows).unwrap();
+    resync.finish().unwrap();
+    let archived: Vec<Vec<u8>> = standby
+        .collisions()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect();
+    assert_eq!(archived, held);
+    assert_eq!(
+        standby.status().unwrap().digest,
+        active.status().unwrap().digest
+    );
+    // A later resync keeps the archive.
+    let (target, rows) = snapshot_of(&active);
+    let mut resync = standby.begin_resync(target, None).unwrap();
+    resync.add(&rows).unwrap();
+    resync.finish().unwrap();
+    assert_eq!(standby.collisions().unwrap().len(), held.len());
+}

@@ -181,3 +181,65 @@ impl Confirmations {
         self.durable.iter().map(|(n, l)| (n, *l))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn n(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    #[test]
+    fn standby_needs_one_all_needs_every_configured_standby() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let mut c = Confirmations::new([n("b"), n("c")]);
+        assert_eq!(c.wait(1, Lsn(3), Durability::Standby, later), None);
+        assert_eq!(c.wait(2, Lsn(3), Durability::All, later), None);
+        assert_eq!(c.wait(3, Lsn(3), Durability::Local, later), Some(3));
+        assert_eq!(c.on_durable(&n("b"), Lsn(3)), vec![1]);
+        assert_eq!(
+            c.on_durable(&n("x"), Lsn(9)),
+            Vec::<u64>::new(),
+            "not configured"
+        );
+        assert_eq!(c.on_durable(&n("c"), Lsn(2)), Vec::<u64>::new());
+        assert_eq!(c.on_durable(&n("c"), Lsn(4)), vec![2]);
+        assert_eq!(c.wait(4, Lsn(4), Durability::All, later), None);
+        assert!(c.is_confirmed(Lsn(3), Durability::All));
+    }
+
+    #[test]
+    fn an_expired_wait_reports_who_confirmed() {
+        let now = Instant::now();
+        let mut c = Confirmations::new([n("b"), n("c")]);
+        assert_eq!(c.wait(1, Lsn(5), Durability::All, now), None);
+        c.on_durable(&n("c"), Lsn(5));
+        let expired = c.on_tick(now);
+        assert_eq!(
+            expired,
+            vec![(
+                1,
+                Unconfirmed {
+                    lsn: Lsn(5),
+                    mode: Durability::All,
+                    confirmed_by: vec![n("c")],
+                }
+            )]
+        );
+        assert_eq!(c.next_deadline(), None);
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        for m in [Durability::Local, Durability::Standby, Durability::All] {
+            assert_eq!(m.to_string().parse::<Durability>(), Ok(m));
+        }
+        assert!("fast"
+            .parse::<Durability>()
+            .unwrap_err()
+            .contains("local, standby or all"));
+    }
+}

@@ -92,6 +92,29 @@ pub(crate) fn compute_digest(
 }
 
 impl Domain {
+    /// The records in the collision archive, oldest first: records this replica held after a
+    /// fork point of the active's history, set aside instead of dropped (invariant 5).
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRecord`] or [`StoreError::Storage`].
+    pub fn collisions(&self) -> Result<Vec<LogEntry>, StoreError> {
+        let id = self.id();
+        let txn = self.begin_read()?;
+        let table = txn.open_table(super::tables::COLLISIONS).or_storage(id)?;
+        let mut out = Vec::new();
+        for entry in table.iter().or_storage(id)? {
+            let (_, v) = entry.or_storage(id)?;
+            let bytes = v.value().to_vec();
+            let record = decode_record(&bytes).map_err(|source| StoreError::CorruptRecord {
+                domain: id.clone(),
+                lsn: Lsn::ZERO,
+                source,
+            })?;
+            out.push(LogEntry { record, bytes });
+        }
+        Ok(out)
+    }
+
     /// The chain after `lsn`, when the retained log (or the position) still tells it; the
     /// record read for it is CRC-checked.
     ///
