@@ -83,4 +83,6 @@ fn demo_runs_with_built_in_defaults() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("demo complete"));
     assert!(stdout.contains("faults: 0"));
+    assert!(stdout.contains("replicas consistent"), "{stdout}");
+    assert_eq!(stdout.matches("verify clean").count(), 2, "{stdout}");
 }

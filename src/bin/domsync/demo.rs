@@ -21,7 +21,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode, Box<dyn std::error::Error>>
         }
     };
     println!("== domsync demo: state directory {}", dir.display());
-    let store = Store::open(&dir, StoreOptions::new(NodeId::new("demo-node")?))?;
+    let store = Store::open(&dir, StoreOptions::new(NodeId::new("node-a")?))?;
     let id = "tenant-demo".parse()?;
     let domain = match store.domain(&id) {
         Ok(d) => d,
@@ -104,6 +104,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode, Box<dyn std::error::Error>>
     if !report.is_clean() {
         return Ok(ExitCode::from(crate::commands::EXIT_CORRUPT));
     }
-    println!("\ndemo complete: the domain is consistent.");
+    crate::demo_cluster::run(&dir, &store, &domain)?;
+    println!("\ndemo complete: the domain is consistent on every replica.");
     Ok(ExitCode::SUCCESS)
 }

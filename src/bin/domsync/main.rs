@@ -2,6 +2,7 @@
 
 mod commands;
 mod demo;
+mod demo_cluster;
 mod pki;
 
 use std::path::PathBuf;
@@ -60,8 +61,9 @@ enum Command {
         /// Only this domain (default: all).
         domain: Option<String>,
     },
-    /// A short local walkthrough with built-in defaults: creates a domain, writes, installs a
-    /// policy, uploads a CRL, shows the log and verifies.
+    /// A walkthrough with built-in defaults: creates a domain, writes, installs a policy,
+    /// uploads a CRL, shows the log and verifies; then replicates it to two standbys over QUIC
+    /// on loopback, cuts a connection and shows every replica converge.
     Demo {
         /// Where to keep the demo store (default: a fresh temporary directory).
         #[arg(long = "dir")]
