@@ -455,3 +455,97 @@ async fn corrupt_records_and_frames_on_the_wire_are_refused_and_the_stream_recov
     );
     assert!(standby.verify().unwrap().is_clean());
 }
+
+/// The next message on a stream (hang-guarded).
+async fn next_message(recv: &mut quinn::RecvStream) -> domsync::repl::Message {
+    use domsync::net::frame::{open_frame, read_frame};
+    use domsync::repl::message::MAX_MESSAGE_BYTES;
+    let frame = tokio::time::timeout(GUARD, read_frame(recv, MAX_MESSAGE_BYTES))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    open_frame(&frame, MAX_MESSAGE_BYTES).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_domain_does_not_block_another_on_the_same_connection() {
+    use domsync::net::frame::write_frame;
+    use domsync::repl::message::encode;
+    use domsync::repl::{Follow, Message};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    deployment(&pki_dir, &["a", "b"]);
+    let a = start(dir.path(), &pki_dir, "a");
+    let big_id: DomainId = "big".parse().unwrap();
+    let big = a.store.create_domain(&big_id).unwrap();
+    let small = a.store.create_domain(&dom()).unwrap();
+    for d in [&big, &small] {
+        a.node.serve_active(
+            d.clone(),
+            ActiveConfig::new(Durability::Local, vec![nid("b")]),
+        );
+    }
+    // 16 MiB in the big domain: far more than one stream's flow-control window.
+    for i in 0..64 {
+        big.put(format!("blob-{i}"), vec![i as u8; 256 * 1024])
+            .unwrap();
+    }
+
+    // A standby on one connection that follows both domains and never reads the big one.
+    let client = domsync::net::client_config_for(
+        &creds(&pki_dir, "b"),
+        domsync::net::ALPN_REPL,
+        Some(&Identity::new(PeerRole::Node, "a").unwrap()),
+    )
+    .unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client);
+    let conn = endpoint
+        .connect(a.node.local_addr().unwrap(), domsync::net::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let follow = |domain: DomainId| {
+        encode(&Message::Follow(Follow {
+            domain,
+            uid: None,
+            position: domsync::model::Position::empty(nid("b")),
+            epoch: domsync::model::Epoch {
+                term: 0,
+                node: nid("b"),
+            },
+            history_tail: vec![],
+        }))
+        .unwrap()
+    };
+    let (mut big_send, _big_recv_never_read) = conn.open_bi().await.unwrap();
+    write_frame(&mut big_send, &follow(big_id.clone()))
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    write_frame(&mut send, &follow(dom())).await.unwrap();
+
+    // The small domain's snapshot and then its new records arrive.
+    loop {
+        if let Message::SnapshotEnd { .. } = next_message(&mut recv).await {
+            break;
+        }
+    }
+    let p = a.node.write(&dom(), put(1)).await.unwrap();
+    loop {
+        match next_message(&mut recv).await {
+            Message::Records(records) => {
+                let last = domsync::codec::decode_record(&records.last().unwrap().0).unwrap();
+                assert_eq!(last.lsn, p.lsn);
+                break;
+            }
+            Message::Heartbeat { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The big domain's stream is indeed stalled: the active could not push it all.
+    let stalled = a.node.sync_status(&big_id);
+    assert_ne!(stalled[0].status, SyncStatus::Synchronized);
+}
