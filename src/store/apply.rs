@@ -6,7 +6,7 @@ use sha2::{Digest as _, Sha256};
 use super::digest::{StateDigest, Tag};
 use super::error::{StorageResult, StoreError};
 use super::tables::{encode_row, Tables};
-use crate::model::{DomainId, Op, PolicyInfo, Record};
+use crate::model::{Crl, DomainId, Op, PolicyInfo, Record};
 
 /// Applies every op of `record` in order, keeping `digest` current. A storage error leaves the
 /// transaction to be aborted by the caller.
@@ -18,15 +18,7 @@ pub(crate) fn apply_ops(
 ) -> Result<(), StoreError> {
     for op in &record.ops {
         match op {
-            Op::Put { key, value } => {
-                if let Some(old) =
-                    t.kv.insert(key.as_slice(), value.as_slice())
-                        .or_storage(domain)?
-                {
-                    digest.remove(Tag::Kv, key, old.value());
-                }
-                digest.add(Tag::Kv, key, value);
-            }
+            Op::Put { key, value } => put_kv(domain, t, key, value, digest)?,
             Op::Delete { key } => {
                 if let Some(old) = t.kv.remove(key.as_slice()).or_storage(domain)? {
                     digest.remove(Tag::Kv, key, old.value());
@@ -40,18 +32,7 @@ pub(crate) fn apply_ops(
                     sha256: Sha256::digest(content).into(),
                     installed: record.time,
                 };
-                let row = encode_row(domain, &info)?;
-                if let Some(old) = t
-                    .policy
-                    .insert(name.as_str(), row.as_slice())
-                    .or_storage(domain)?
-                {
-                    digest.remove(Tag::Policy, name.as_bytes(), old.value());
-                }
-                digest.add(Tag::Policy, name.as_bytes(), &row);
-                t.content
-                    .insert(name.as_str(), content.as_slice())
-                    .or_storage(domain)?;
+                put_policy(domain, t, &info, content, digest)?;
             }
             Op::RemovePolicy { name } => {
                 if let Some(old) = t.policy.remove(name.as_str()).or_storage(domain)? {
@@ -59,14 +40,7 @@ pub(crate) fn apply_ops(
                 }
                 t.content.remove(name.as_str()).or_storage(domain)?;
             }
-            Op::PutCrl(crl) => {
-                let row = encode_row(domain, crl)?;
-                let key = crl.issuer.as_str();
-                if let Some(old) = t.crl.insert(key, row.as_slice()).or_storage(domain)? {
-                    digest.remove(Tag::Crl, key.as_bytes(), old.value());
-                }
-                digest.add(Tag::Crl, key.as_bytes(), &row);
-            }
+            Op::PutCrl(crl) => put_crl(domain, t, crl, digest)?,
             Op::RemoveCrl { issuer } => {
                 if let Some(old) = t.crl.remove(issuer.as_str()).or_storage(domain)? {
                     digest.remove(Tag::Crl, issuer.as_bytes(), old.value());
@@ -74,5 +48,54 @@ pub(crate) fn apply_ops(
             }
         }
     }
+    Ok(())
+}
+
+/// Sets a user key, keeping the digest (a replaced value is taken out of it).
+pub(crate) fn put_kv(
+    domain: &DomainId,
+    t: &mut Tables<'_>,
+    key: &[u8],
+    value: &[u8],
+    digest: &mut StateDigest,
+) -> Result<(), StoreError> {
+    if let Some(old) = t.kv.insert(key, value).or_storage(domain)? {
+        digest.remove(Tag::Kv, key, old.value());
+    }
+    digest.add(Tag::Kv, key, value);
+    Ok(())
+}
+
+/// Stores a policy package's row and content, keeping the digest.
+pub(crate) fn put_policy(
+    domain: &DomainId,
+    t: &mut Tables<'_>,
+    info: &PolicyInfo,
+    content: &[u8],
+    digest: &mut StateDigest,
+) -> Result<(), StoreError> {
+    let name = info.name.as_str();
+    let row = encode_row(domain, info)?;
+    if let Some(old) = t.policy.insert(name, row.as_slice()).or_storage(domain)? {
+        digest.remove(Tag::Policy, name.as_bytes(), old.value());
+    }
+    digest.add(Tag::Policy, name.as_bytes(), &row);
+    t.content.insert(name, content).or_storage(domain)?;
+    Ok(())
+}
+
+/// Stores the CRL of an issuer, keeping the digest.
+pub(crate) fn put_crl(
+    domain: &DomainId,
+    t: &mut Tables<'_>,
+    crl: &Crl,
+    digest: &mut StateDigest,
+) -> Result<(), StoreError> {
+    let row = encode_row(domain, crl)?;
+    let key = crl.issuer.as_str();
+    if let Some(old) = t.crl.insert(key, row.as_slice()).or_storage(domain)? {
+        digest.remove(Tag::Crl, key.as_bytes(), old.value());
+    }
+    digest.add(Tag::Crl, key.as_bytes(), &row);
     Ok(())
 }

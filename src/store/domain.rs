@@ -173,25 +173,36 @@ impl Domain {
     }
 
     async fn submit_async(&self, work: Work) -> Result<Committed, StoreError> {
-        let (tx, rx) = oneshot::channel::<Outcome>();
         let sender = self.sender()?;
+        let rx = self.enqueue(&sender, work).await?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Queues a request without blocking the executor; the answer comes on the receiver.
+    async fn enqueue(
+        &self,
+        sender: &mpsc::SyncSender<Request>,
+        work: Work,
+    ) -> Result<oneshot::Receiver<Outcome>, StoreError> {
+        let (tx, rx) = oneshot::channel::<Outcome>();
         let request = Request {
             work,
             reply: Reply::Async(tx),
         };
         // The queue is bounded; a full queue is waited out off the executor's threads.
         match sender.try_send(request) {
-            Ok(()) => {}
+            Ok(()) => Ok(rx),
             Err(mpsc::TrySendError::Full(request)) => {
+                let sender = sender.clone();
                 let closed = self.closed();
                 tokio::task::spawn_blocking(move || sender.send(request))
                     .await
                     .map_err(|_| closed.clone())?
                     .map_err(|_| closed)?;
+                Ok(rx)
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(self.closed()),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(self.closed()),
         }
-        rx.await.map_err(|_| self.closed())?
     }
 
     /// Commits `ops` as one transaction: one record, one lsn, durable (fsynced) before this
@@ -319,24 +330,7 @@ impl Domain {
         let sender = self.sender()?;
         let mut replies = Vec::with_capacity(records.len());
         for record in records {
-            let (tx, rx) = oneshot::channel::<Outcome>();
-            let request = Request {
-                work: Work::Apply(record),
-                reply: Reply::Async(tx),
-            };
-            match sender.try_send(request) {
-                Ok(()) => {}
-                Err(mpsc::TrySendError::Full(request)) => {
-                    let s = sender.clone();
-                    let closed = self.closed();
-                    tokio::task::spawn_blocking(move || s.send(request))
-                        .await
-                        .map_err(|_| closed.clone())?
-                        .map_err(|_| closed)?;
-                }
-                Err(mpsc::TrySendError::Disconnected(_)) => return Err(self.closed()),
-            }
-            replies.push(rx);
+            replies.push(self.enqueue(&sender, Work::Apply(record)).await?);
         }
         let mut last = None;
         for rx in replies {

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use redb::{Database, Durability, ReadableTable};
 
-use super::digest::{StateDigest, Tag};
+use super::apply::{put_crl, put_kv, put_policy};
+use super::digest::StateDigest;
 use super::domain::Domain;
 use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
 use super::snapshot::SnapshotItem;
-use super::tables::{encode_row, Tables, COLLISIONS, LOG, META_KEY};
+use super::tables::{Tables, COLLISIONS, LOG, META_KEY};
 use super::writer::{Install, Work};
 use crate::model::{DomainUid, Epoch, HistoryEntry, Lsn, Position, Role};
 
@@ -239,38 +240,16 @@ fn add_row(
     digest: &mut StateDigest,
 ) -> Result<(), StoreError> {
     match item {
-        SnapshotItem::Kv { key, value } => {
-            if let Some(old) =
-                t.kv.insert(key.as_slice(), value.as_slice())
-                    .or_storage(id)?
-            {
-                digest.remove(Tag::Kv, key, old.value());
-            }
-            digest.add(Tag::Kv, key, value);
-        }
+        SnapshotItem::Kv { key, value } => put_kv(id, t, key, value, digest),
         SnapshotItem::Policy(p) => {
-            let name = p.info.name.as_str();
-            crate::model::check_policy_name(name).map_err(|reason| StoreError::InvalidWrite {
-                domain: id.clone(),
-                reason,
+            crate::model::check_policy_name(&p.info.name).map_err(|reason| {
+                StoreError::InvalidWrite {
+                    domain: id.clone(),
+                    reason,
+                }
             })?;
-            let row = encode_row(id, &p.info)?;
-            if let Some(old) = t.policy.insert(name, row.as_slice()).or_storage(id)? {
-                digest.remove(Tag::Policy, name.as_bytes(), old.value());
-            }
-            digest.add(Tag::Policy, name.as_bytes(), &row);
-            t.content
-                .insert(name, p.content.as_slice())
-                .or_storage(id)?;
+            put_policy(id, t, &p.info, &p.content, digest)
         }
-        SnapshotItem::Crl(crl) => {
-            let row = encode_row(id, crl)?;
-            let key = crl.issuer.as_str();
-            if let Some(old) = t.crl.insert(key, row.as_slice()).or_storage(id)? {
-                digest.remove(Tag::Crl, key.as_bytes(), old.value());
-            }
-            digest.add(Tag::Crl, key.as_bytes(), &row);
-        }
+        SnapshotItem::Crl(crl) => put_crl(id, t, crl, digest),
     }
-    Ok(())
 }
