@@ -179,6 +179,9 @@ impl Shipper {
         }
         self.local = local.position.lsn;
         self.last_send = now;
+        // A standby that holds the domain's uid completed a synchronization before (on an
+        // earlier stream): while it is resynced it is lagging, not never synchronized.
+        self.synchronized_once |= follow.uid.is_some();
         let answer = decide(follow, local, chain_at);
         let mut out = vec![ShipAction::Send(Message::Answer(answer.clone()))];
         match answer {
@@ -194,7 +197,16 @@ impl Shipper {
                 self.check_synced(now);
                 out.extend(self.poll());
             }
-            Answer::Snapshot { .. } => {
+            Answer::Snapshot { why } => {
+                if why == SnapshotWhy::BehindRetention {
+                    // Its records are ours (same history), only too old to stream from: it
+                    // lags by the rest.
+                    self.ack = Ack {
+                        received: follow.position.lsn,
+                        durable: follow.position.lsn,
+                        applied: follow.position.lsn,
+                    };
+                }
                 self.phase = Phase::Snapshot;
                 out.push(ShipAction::SendSnapshot);
             }
@@ -254,6 +266,13 @@ impl Shipper {
     ) -> Vec<ShipAction> {
         if self.phase != Phase::Streaming || last < self.next {
             return Vec::new();
+        }
+        if last > self.local {
+            // The log held more than the commits notified so far (the notification is on its
+            // way): what was read from the log is committed. Without this, the standby's ack
+            // of these records would look like an ack of records never committed.
+            self.local = last;
+            self.note_pending(now);
         }
         self.next = last.next();
         self.inflight.push_back((last, bytes));
@@ -491,4 +510,130 @@ pub fn fork_point(follow: &Follow, local: &LocalView) -> Lsn {
         }
     }
     fork.min(local.position.lsn).min(follow.position.lsn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DomainId, HistoryEntry};
+
+    fn node(n: &str) -> NodeId {
+        NodeId::new(n).unwrap()
+    }
+
+    fn epoch() -> Epoch {
+        Epoch {
+            term: 1,
+            node: node("a"),
+        }
+    }
+
+    fn position(lsn: u64) -> Position {
+        Position {
+            epoch: epoch(),
+            lsn: Lsn(lsn),
+            chain: lsn as u32,
+        }
+    }
+
+    /// A standby at `theirs` following an active at `ours` that keeps its whole log.
+    fn follow_at(theirs: u64, ours: u64) -> (Follow, LocalView) {
+        let uid = DomainUid([7; 16]);
+        let history = vec![HistoryEntry {
+            epoch: epoch(),
+            first_lsn: Lsn(1),
+        }];
+        let follow = Follow {
+            domain: DomainId::new("d").unwrap(),
+            uid: Some(uid),
+            position: position(theirs),
+            epoch: epoch(),
+            history_tail: history.clone(),
+        };
+        let local = LocalView {
+            node: node("a"),
+            role: Role::Active,
+            uid: Some(uid),
+            epoch: epoch(),
+            history,
+            position: position(ours),
+            log_start: Lsn(1),
+            log_base_chain: 0,
+        };
+        (follow, local)
+    }
+
+    /// Found by the simulation (tests/sim.rs): the driver hears of commits late, so a read of
+    /// the log can return records past the last commit the shipper was told of. The standby's
+    /// ack of them must not end the stream as an "ack of records never committed".
+    #[test]
+    fn records_read_past_the_notified_commit_count_as_committed() {
+        let now = Instant::now();
+        let mut s = Shipper::new(node("b"), ShipConfig::default(), now);
+        let (follow, local) = follow_at(2, 5);
+        let actions = s.on_follow(&follow, &local, |l| Some(l.0 as u32), now);
+        assert!(actions.contains(&ShipAction::SendRecords {
+            from: Lsn(3),
+            max_records: 256,
+            max_bytes: 1 << 20,
+        }));
+        // The log already holds lsn 8; the commits of 6..=8 are not notified yet.
+        assert!(s.records_sent(Lsn(8), 6, 600, now).is_empty());
+        let ack = Ack {
+            received: Lsn(8),
+            durable: Lsn(8),
+            applied: Lsn(8),
+        };
+        let actions = s.on_ack(ack, now);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, ShipAction::Close { .. })),
+            "{actions:?}"
+        );
+        assert_eq!(s.status(now).0, SyncStatus::Synchronized);
+        // The late notifications change nothing.
+        assert!(s.on_commit(Lsn(8), now).is_empty());
+        assert_eq!(s.status(now).0, SyncStatus::Synchronized);
+        // An ack past anything sent or committed still ends the stream.
+        let ack = Ack {
+            received: Lsn(9),
+            durable: Lsn(9),
+            applied: Lsn(9),
+        };
+        assert!(matches!(s.on_ack(ack, now)[..], [ShipAction::Close { .. }]));
+    }
+
+    /// Found by the simulation: a standby that synchronized before and comes back behind the
+    /// retained log is resynced by snapshot on a new stream (a new `Shipper`); meanwhile the
+    /// active must report it lagging, not `NeverSynchronized`.
+    #[test]
+    fn a_standby_resynced_after_falling_behind_retention_is_lagging() {
+        let now = Instant::now();
+        let mut s = Shipper::new(node("b"), ShipConfig::default(), now);
+        let (follow, mut local) = follow_at(2, 9);
+        local.log_start = Lsn(6);
+        let actions = s.on_follow(&follow, &local, |_| None, now);
+        assert_eq!(
+            actions,
+            vec![
+                ShipAction::Send(Message::Answer(Answer::Snapshot {
+                    why: SnapshotWhy::BehindRetention
+                })),
+                ShipAction::SendSnapshot
+            ]
+        );
+        assert!(
+            matches!(s.status(now).0, SyncStatus::Lagging { records: 7, .. }),
+            "{:?}",
+            s.status(now)
+        );
+
+        // A standby that never held the domain is NeverSynchronized until its snapshot is in.
+        let mut s = Shipper::new(node("c"), ShipConfig::default(), now);
+        let (mut follow, local) = follow_at(0, 9);
+        follow.uid = None;
+        s.on_follow(&follow, &local, |_| None, now);
+        assert_eq!(s.status(now).0, SyncStatus::NeverSynchronized);
+    }
 }

@@ -212,7 +212,7 @@ impl Follower {
     /// A message arrived from the active.
     pub fn on_message(&mut self, message: Message, now: Instant) -> Vec<FollowAction> {
         match (&self.phase, message) {
-            (Phase::AwaitAnswer, Message::Answer(answer)) => self.on_answer(answer),
+            (Phase::AwaitAnswer, Message::Answer(answer)) => self.on_answer(answer, now),
             (Phase::AwaitSnapshot { archive_after }, Message::SnapshotBegin(header)) => {
                 let archive_after = *archive_after;
                 self.begin_snapshot(header, archive_after)
@@ -272,16 +272,15 @@ impl Follower {
         }]
     }
 
-    fn on_answer(&mut self, answer: Answer) -> Vec<FollowAction> {
+    fn on_answer(&mut self, answer: Answer, now: Instant) -> Vec<FollowAction> {
         match answer {
             Answer::Stream { from } => {
                 if from != self.applied.next() {
-                    return vec![FollowAction::Close {
-                        why: format!(
-                            "the active offered records from lsn {from}, this replica needs {}",
-                            self.applied.next()
-                        ),
-                    }];
+                    let why = format!(
+                        "the active offered records from lsn {from}, this replica needs {}",
+                        self.applied.next()
+                    );
+                    return self.violation(&why, now);
                 }
                 self.attempt = 0;
                 self.divergence = None;
@@ -311,8 +310,8 @@ impl Follower {
                     ),
                     None => format!("the node refused to serve {}: {reason}", self.domain),
                 };
-                self.last_error = Some(why.clone());
-                vec![FollowAction::Close { why }]
+                // Like every other `Close`: the stream ends and is retried after the backoff.
+                self.violation(&why, now)
             }
         }
     }
@@ -445,5 +444,46 @@ fn phase_name(p: &Phase) -> &'static str {
         Phase::Snapshot { .. } => "receiving a snapshot",
         Phase::Installing => "installing a snapshot",
         Phase::Streaming => "streaming",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NodeId;
+    use crate::repl::message::RejectReason;
+
+    /// Found while writing the simulation's driver (tests/sim.rs): every `Close` must
+    /// leave the follower idle with a retry due, as `Close` documents. A refusal used to leave
+    /// it waiting for an answer forever unless the driver also called `disconnected`.
+    #[test]
+    fn a_refusal_closes_and_retries_after_the_backoff() {
+        let now = Instant::now();
+        let backoff = Backoff::default();
+        let mut f = Follower::new("d".parse().unwrap(), backoff, now);
+        assert_eq!(f.on_tick(now), vec![FollowAction::Connect]);
+        let view = StandbyView {
+            uid: None,
+            position: Position::empty(NodeId::new("b").unwrap()),
+            epoch: Position::empty(NodeId::new("b").unwrap()).epoch,
+            history: Vec::new(),
+        };
+        assert_eq!(f.connected(&view).len(), 1);
+        let reject = Message::Answer(Answer::Reject {
+            reason: RejectReason::NotActive,
+            active: Some(NodeId::new("c").unwrap()),
+        });
+        let actions = f.on_message(reject, now);
+        assert!(
+            matches!(actions[..], [FollowAction::Close { .. }]),
+            "{actions:?}"
+        );
+        assert!(!f.is_connected());
+        assert_eq!(f.next_attempt(), Some(now + backoff.delay(0)));
+        assert!(f.last_error().unwrap().contains("names c as active"));
+        assert_eq!(
+            f.on_tick(now + backoff.delay(0)),
+            vec![FollowAction::Connect]
+        );
     }
 }
