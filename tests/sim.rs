@@ -1278,9 +1278,30 @@ impl Sim {
                         .resync
                         .as_mut()
                         .unwrap_or_else(|| panic!("{at}: snapshot rows without a snapshot begun"));
-                    r.add(&rows)
-                        .unwrap_or_else(|e| panic!("{at}: resync add: {e}"));
-                    Vec::new()
+                    match r.add(&rows) {
+                        Ok(()) => Vec::new(),
+                        Err(e) => {
+                            // Only an injected corrupt row may be refused, and it changes nothing.
+                            let injected =
+                                self.standbys[i].stream.as_ref().is_some_and(|s| s.injected);
+                            assert!(
+                                injected && matches!(e, StoreError::InvalidWrite { .. }),
+                                "{at}: standby {i} refused a snapshot row that was not corrupted: {e}"
+                            );
+                            let before = d.status().unwrap().position;
+                            self.standbys[i].resync = None;
+                            self.standbys[i].target = None;
+                            assert_eq!(
+                                d.status().unwrap().position,
+                                before,
+                                "{at}: a refused snapshot changed the state (invariant 6)"
+                            );
+                            self.stats.snapshots_refused += 1;
+                            self.ev(&format!("follow {i}: snapshot row refused"));
+                            self.check_prefix(i, "after a refused snapshot row", true);
+                            self.follower(i).apply_failed(&e.to_string(), now)
+                        }
+                    }
                 }
                 FollowAction::FinishSnapshot { rows } => self.finish_snapshot(i, &d, rows),
                 FollowAction::AbortSnapshot => {
@@ -1699,15 +1720,13 @@ fn a_seed_replays_exactly() {
     }
 }
 
-/// A snapshot row whose policy content no longer matches the SHA-256 in its info must be
-/// refused like a corrupt user value (invariant 4). Today `Resync::finish` only checks the
-/// content digest, which covers the policy's info row and not its content, so the package
-/// is switched in and only `verify` finds it. Un-ignore once the store checks it.
+/// A snapshot row whose policy content no longer matches the SHA-256 in its info is refused
+/// like a corrupt user value (invariant 4): the content digest covers the policy's info row,
+/// and `Resync::add` checks the content against it.
 #[test]
-#[ignore = "store: Resync does not check policy content against its SHA-256"]
 fn a_snapshot_with_a_corrupt_policy_package_is_refused() {
     for seed in seeds() {
-        let test = "a_snapshot_with_a_corrupt_policy_package -- --include-ignored";
+        let test = "a_snapshot_with_a_corrupt_policy_package";
         run_seed_with(seed, false, test, |f| {
             f.corrupt_row = f.corrupt_row.max(0.05);
             f.corrupt_policy_content = true;

@@ -58,12 +58,16 @@ impl Node {
     /// a task connects, resumes from the local position (or resyncs) and applies records
     /// as they come, reconnecting with capped exponential backoff.
     pub fn follow(&self, domain: Domain, active: NodeId) {
+        let mut follower = Follower::new(
+            domain.id().clone(),
+            self.inner.config.backoff,
+            Instant::now(),
+        );
+        if let Ok(view) = standby_view(&domain) {
+            follower.restore(&view);
+        }
         let sd = Arc::new(StandbyDomain {
-            follower: Mutex::new(Follower::new(
-                domain.id().clone(),
-                self.inner.config.backoff,
-                Instant::now(),
-            )),
+            follower: Mutex::new(follower),
             domain: domain.clone(),
             active,
             resyncs: Mutex::new(0),
@@ -159,13 +163,8 @@ impl StandbyStream {
     async fn run(&mut self, recv: quinn::RecvStream) {
         let mut inbox = spawn_reader(recv);
         let mut shutdown = self.sd.stop.subscribe();
-        let view = match self.sd.domain.status() {
-            Ok(s) => StandbyView {
-                uid: s.uid,
-                position: s.position,
-                epoch: s.epoch,
-                history: s.history,
-            },
+        let view = match standby_view(&self.sd.domain) {
+            Ok(v) => v,
             Err(e) => {
                 tracing::error!(domain = %self.sd.domain.id(), error = %e, "cannot read the local replica");
                 return;
@@ -302,4 +301,15 @@ async fn blocking<T: Send + 'static>(
             detail: e.to_string(),
         }),
     }
+}
+
+/// What the standby's replica holds, for the follower.
+fn standby_view(domain: &Domain) -> Result<StandbyView, StoreError> {
+    let s = domain.status()?;
+    Ok(StandbyView {
+        uid: s.uid,
+        position: s.position,
+        epoch: s.epoch,
+        history: s.history,
+    })
 }

@@ -146,6 +146,15 @@ impl Follower {
         }
     }
 
+    /// Tells a new follower what its replica already holds (after a restart), so its status
+    /// is right before it first reaches the active.
+    pub fn restore(&mut self, local: &StandbyView) {
+        self.received = self.received.max(local.position.lsn);
+        self.applied = self.applied.max(local.position.lsn);
+        self.active_lsn = self.active_lsn.max(local.position.lsn);
+        self.ever_synced |= local.uid.is_some();
+    }
+
     /// Time passed: connects when an attempt is due.
     pub fn on_tick(&mut self, now: Instant) -> Vec<FollowAction> {
         match self.phase {

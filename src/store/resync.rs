@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use redb::{Database, Durability, ReadableTable};
+use sha2::{Digest as _, Sha256};
 
 use super::apply::{put_crl, put_kv, put_policy};
 use super::digest::StateDigest;
@@ -242,12 +243,20 @@ fn add_row(
     match item {
         SnapshotItem::Kv { key, value } => put_kv(id, t, key, value, digest),
         SnapshotItem::Policy(p) => {
-            crate::model::check_policy_name(&p.info.name).map_err(|reason| {
-                StoreError::InvalidWrite {
-                    domain: id.clone(),
-                    reason,
-                }
-            })?;
+            let refuse = |reason: String| StoreError::InvalidWrite {
+                domain: id.clone(),
+                reason: format!("snapshot row refused: {reason}"),
+            };
+            crate::model::check_policy_name(&p.info.name).map_err(refuse)?;
+            // The content digest covers the info row only: check the content against it.
+            if <[u8; 32]>::from(Sha256::digest(&p.content)) != p.info.sha256
+                || p.content.len() as u64 != p.info.size
+            {
+                return Err(refuse(format!(
+                    "content of policy {} does not match its size and SHA-256",
+                    p.info.name
+                )));
+            }
             put_policy(id, t, &p.info, &p.content, digest)
         }
         SnapshotItem::Crl(crl) => put_crl(id, t, crl, digest),
