@@ -549,3 +549,47 @@ async fn a_stalled_domain_does_not_block_another_on_the_same_connection() {
     let stalled = a.node.sync_status(&big_id);
     assert_ne!(stalled[0].status, SyncStatus::Synchronized);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_end_their_stream_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _nodes, active, replicas) = cluster(dir.path(), Durability::Local, &["b"]).await;
+    let pki_dir = dir.path().join("pki");
+    let client =
+        domsync::net::client_config_for(&creds(&pki_dir, "b"), domsync::net::ALPN_REPL, None)
+            .unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client);
+    let conn = endpoint
+        .connect(a.node.local_addr().unwrap(), domsync::net::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let mut hostile: Vec<Vec<u8>> = vec![
+        vec![1, 0xff, 0xff, 0xff, 0xff], // length far over the cap
+        vec![9, 1, 0, 0, 0, 0],          // unknown version
+        vec![1, 0, 0, 0, 4, 1, 2, 3, 4, 0, 0, 0, 0], // bad CRC
+    ];
+    // A frame that claims 60 MiB and then ends after a few bytes.
+    let mut short = vec![1];
+    short.extend_from_slice(&(60u32 << 20).to_le_bytes());
+    short.extend_from_slice(&[0u8; 100]);
+    hostile.push(short);
+    for bytes in hostile {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        // The node ends the stream without an answer.
+        let answer = tokio::time::timeout(GUARD, recv.read_to_end(1 << 20))
+            .await
+            .unwrap();
+        assert!(matches!(answer.as_deref(), Ok([]) | Err(_)), "{answer:?}");
+    }
+    // Replication of the domain goes on.
+    let p = a.node.write(&dom(), put(1)).await.unwrap();
+    reach(&replicas[0], p.lsn).await;
+    assert_eq!(
+        replicas[0].status().unwrap().digest,
+        active.status().unwrap().digest
+    );
+}

@@ -7,6 +7,9 @@ use crate::codec::{self, CodecError, FORMAT_VERSION, FRAME_OVERHEAD};
 /// Header bytes before the payload: version and length.
 const HEADER: usize = 5;
 
+/// Buffer reserved up front for a frame; larger frames grow as their bytes arrive.
+const INITIAL_CAPACITY: usize = 64 * 1024;
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -63,14 +66,18 @@ pub async fn read_frame(
         }
         .into());
     }
-    let mut frame = vec![0u8; FRAME_OVERHEAD + len];
-    frame[..HEADER].copy_from_slice(&header);
-    recv.read_exact(&mut frame[HEADER..])
-        .await
-        .map_err(|e| match e {
-            quinn::ReadExactError::FinishedEarly(_) => FrameError::Truncated,
-            quinn::ReadExactError::ReadError(e) => FrameError::Stream(e.to_string()),
-        })?;
+    // The buffer grows with the bytes that actually arrive (bounded by flow control), not
+    // with what the header claims: a peer cannot make us reserve the cap for free.
+    let total = FRAME_OVERHEAD + len;
+    let mut frame = Vec::with_capacity(total.min(INITIAL_CAPACITY));
+    frame.extend_from_slice(&header);
+    while frame.len() < total {
+        match recv.read_chunk(total - frame.len(), true).await {
+            Ok(Some(chunk)) => frame.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(FrameError::Truncated),
+            Err(e) => return Err(FrameError::Stream(e.to_string())),
+        }
+    }
     Ok(Some(frame))
 }
 

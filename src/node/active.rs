@@ -331,7 +331,8 @@ fn local_view(node: &Node, domain: &Domain) -> Result<LocalView, StoreError> {
 pub(super) fn spawn_reader(
     mut recv: quinn::RecvStream,
 ) -> mpsc::Receiver<Result<Message, FrameError>> {
-    let (tx, rx) = mpsc::channel(16);
+    // Two decoded frames at most wait here: memory per stream stays bounded.
+    let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
         loop {
             let item = match read_frame(&mut recv, MAX_MESSAGE_BYTES).await {

@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub snapshot_chunk_bytes: usize,
     /// How often the stream tasks look at the clock (heartbeats, reconnects).
     pub tick: Duration,
+    /// A standby whose active sends nothing (not even a heartbeat) for this long reconnects.
+    pub stream_idle: Duration,
 }
 
 impl NodeConfig {
@@ -74,6 +76,7 @@ impl NodeConfig {
             backoff: Backoff::default(),
             snapshot_chunk_bytes: 256 * 1024,
             tick: Duration::from_millis(100),
+            stream_idle: Duration::from_secs(15),
         }
     }
 }

@@ -118,6 +118,7 @@ impl Node {
                 match self.open_stream(&sd.active).await {
                     Ok((send, recv)) => {
                         let mut stream = StandbyStream {
+                            node_idle: self.inner.config.stream_idle,
                             sd: Arc::clone(&sd),
                             send,
                             resync: None,
@@ -154,6 +155,8 @@ impl Node {
 }
 
 struct StandbyStream {
+    /// How long the active may stay silent (it sends heartbeats when idle).
+    node_idle: std::time::Duration,
     sd: Arc<StandbyDomain>,
     send: quinn::SendStream,
     resync: Option<Resync>,
@@ -175,9 +178,14 @@ impl StandbyStream {
             if !self.execute(std::mem::take(&mut actions)).await {
                 return;
             }
+            let idle = self.node_idle;
             tokio::select! {
-                m = inbox.recv() => {
+                m = tokio::time::timeout(idle, inbox.recv()) => {
                     let now = Instant::now();
+                    let Ok(m) = m else {
+                        tracing::warn!(domain = %self.sd.domain.id(), active = %self.sd.active, "nothing from the active for {idle:?}; reconnecting");
+                        return;
+                    };
                     actions = match m {
                         Some(Ok(message)) => lock(&self.sd.follower).on_message(message, now),
                         Some(Err(FrameError::Codec(e))) => {
