@@ -76,3 +76,44 @@ pub fn chain_next(prev: u32, encoded_record: &[u8]) -> u32 {
     h.update(body);
     h.finalize()
 }
+
+/// The leading fields of a record (epoch, lsn, commit time), read without checking the CRC or
+/// decoding the ops: for bookkeeping on records whose full check comes later (the store checks
+/// every record before applying it).
+///
+/// ```
+/// use domsync::codec::{encode_record, record_head};
+/// use domsync::model::{Epoch, Lsn, NodeId, Record};
+/// let rec = Record {
+///     epoch: Epoch { term: 2, node: NodeId::new("a")? },
+///     lsn: Lsn(7), time: 42, prev_chain: 0, ops: vec![],
+/// };
+/// let head = record_head(&encode_record(&rec)?)?;
+/// assert_eq!((head.lsn, head.time), (Lsn(7), 42));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`CodecError::Truncated`] or [`CodecError::Payload`] when the fields cannot be read.
+pub fn record_head(bytes: &[u8]) -> Result<RecordHead, CodecError> {
+    let payload = bytes.get(5..).ok_or(CodecError::Truncated {
+        needed: 5,
+        got: bytes.len(),
+    })?;
+    postcard::take_from_bytes::<RecordHead>(payload)
+        .map(|(head, _)| head)
+        .map_err(|e| CodecError::Payload {
+            reason: e.to_string(),
+        })
+}
+
+/// The leading fields of a [`Record`] (same order, so postcard reads them as a prefix).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RecordHead {
+    /// The epoch of the active that wrote it.
+    pub epoch: crate::model::Epoch,
+    /// Its lsn.
+    pub lsn: crate::model::Lsn,
+    /// Commit time on the active, microseconds since the Unix epoch.
+    pub time: u64,
+}

@@ -4,11 +4,12 @@
 //! and when time passed; it answers with [`FollowAction`]s. Reconnection uses capped
 //! exponential backoff; after a reconnect the standby resumes from its own position.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::message::{Ack, Answer, Follow, Message, RecordBytes, SnapshotHeader, HISTORY_TAIL};
 use super::status::SyncStatus;
-use crate::codec::decode_record;
+use crate::codec::{decode_record, record_head};
 use crate::model::{DomainId, DomainUid, Epoch, HistoryEntry, Lsn, Position};
 use crate::store::SnapshotItem;
 
@@ -119,6 +120,12 @@ pub struct Follower {
     /// Last position the active told (heartbeat or records).
     active_lsn: Lsn,
     active_time: u64,
+    /// Received batches not yet applied: `(last lsn, its commit time, bytes)`.
+    pending: VecDeque<(Lsn, u64, u64)>,
+    /// Newest commit time (active's clock) of the records received.
+    newest_time: u64,
+    /// Commit time (active's clock) of the last applied record, when known.
+    applied_time: Option<u64>,
     last_sync: Option<Instant>,
     ever_synced: bool,
     divergence: Option<SyncStatus>,
@@ -138,6 +145,9 @@ impl Follower {
             applied: Lsn::ZERO,
             active_lsn: Lsn::ZERO,
             active_time: 0,
+            pending: VecDeque::new(),
+            newest_time: 0,
+            applied_time: None,
             last_sync: None,
             ever_synced: false,
             divergence: None,
@@ -185,6 +195,7 @@ impl Follower {
             return Vec::new();
         }
         self.phase = Phase::AwaitAnswer;
+        self.pending.clear();
         self.received = local.position.lsn;
         self.applied = local.position.lsn;
         if local.uid.is_some() {
@@ -350,6 +361,13 @@ impl Follower {
             );
         }
         self.received = Lsn(self.received.0 + records.len() as u64);
+        let bytes = records.iter().map(|r| r.0.len() as u64).sum();
+        let time = records
+            .last()
+            .and_then(|r| record_head(&r.0).ok())
+            .map_or(self.newest_time, |h| h.time);
+        self.newest_time = self.newest_time.max(time);
+        self.pending.push_back((self.received, time, bytes));
         self.active_lsn = self.active_lsn.max(self.received);
         vec![FollowAction::Apply(records)]
     }
@@ -357,6 +375,13 @@ impl Follower {
     /// The store applied (durably) up to `position`: acknowledges it.
     pub fn applied(&mut self, position: &Position, now: Instant) -> Vec<FollowAction> {
         self.applied = self.applied.max(position.lsn);
+        while let Some(&(last, time, _)) = self.pending.front() {
+            if last > self.applied {
+                break;
+            }
+            self.applied_time = Some(time);
+            self.pending.pop_front();
+        }
         self.ever_synced = true;
         if self.applied >= self.active_lsn {
             self.last_sync = Some(now);
@@ -372,6 +397,8 @@ impl Follower {
         self.phase = Phase::Streaming;
         self.received = position.lsn;
         self.applied = position.lsn;
+        self.pending.clear();
+        self.applied_time = None;
         self.ever_synced = true;
         self.last_sync = Some(now);
         vec![FollowAction::Send(Message::Ack(self.ack()))]
@@ -411,10 +438,14 @@ impl Follower {
         } else if self.applied >= self.active_lsn {
             SyncStatus::Synchronized
         } else {
+            // Bytes: of the records received and not applied yet (the rest is unknown here).
+            // Time: between the newest commit the active told of and the last one applied.
             SyncStatus::Lagging {
                 records: self.active_lsn.0 - self.applied.0,
-                bytes: 0,
-                behind: Duration::ZERO,
+                bytes: self.pending.iter().map(|(_, _, b)| b).sum(),
+                behind: self.applied_time.map_or(Duration::ZERO, |t| {
+                    Duration::from_micros(self.newest_time.saturating_sub(t))
+                }),
             }
         };
         (status, self.last_sync)
@@ -494,5 +525,60 @@ mod tests {
             f.on_tick(now + backoff.delay(0)),
             vec![FollowAction::Connect]
         );
+    }
+
+    fn record(lsn: u64, time: u64) -> RecordBytes {
+        let rec = crate::model::Record {
+            epoch: crate::model::Epoch {
+                term: 1,
+                node: NodeId::new("a").unwrap(),
+            },
+            lsn: Lsn(lsn),
+            time,
+            prev_chain: 0,
+            ops: vec![],
+        };
+        RecordBytes(crate::codec::encode_record(&rec).unwrap())
+    }
+
+    /// The standby reports how far behind it is: records, bytes received and not applied,
+    /// and the commit-time distance between the newest record received and the last applied.
+    #[test]
+    fn lag_on_the_standby_counts_records_bytes_and_time() {
+        let now = Instant::now();
+        let b = NodeId::new("b").unwrap();
+        let mut f = Follower::new("d".parse().unwrap(), Backoff::default(), now);
+        f.on_tick(now);
+        let view = StandbyView {
+            uid: Some(crate::model::DomainUid([1; 16])),
+            position: Position::empty(b.clone()),
+            epoch: Position::empty(b.clone()).epoch,
+            history: Vec::new(),
+        };
+        f.connected(&view);
+        f.on_message(Message::Answer(Answer::Stream { from: Lsn(1) }), now);
+        let first = vec![record(1, 1_000_000), record(2, 2_000_000)];
+        let second = vec![record(3, 3_500_000)];
+        let second_bytes = second[0].0.len() as u64;
+        assert!(matches!(
+            f.on_message(Message::Records(first), now)[..],
+            [FollowAction::Apply(_)]
+        ));
+        f.on_message(Message::Records(second), now);
+        let mut at_two = Position::empty(b);
+        at_two.lsn = Lsn(2);
+        f.applied(&at_two, now);
+        assert_eq!(
+            f.status().0,
+            SyncStatus::Lagging {
+                records: 1,
+                bytes: second_bytes,
+                behind: Duration::from_millis(1500),
+            }
+        );
+        let mut at_three = at_two.clone();
+        at_three.lsn = Lsn(3);
+        f.applied(&at_three, now);
+        assert_eq!(f.status().0, SyncStatus::Synchronized);
     }
 }
