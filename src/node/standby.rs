@@ -187,7 +187,11 @@ impl StandbyStream {
                         return;
                     };
                     actions = match m {
-                        Some(Ok(message)) => lock(&self.sd.follower).on_message(message, now),
+                        Some(Ok(message)) => {
+                            let mut actions = lock(&self.sd.follower).on_message(message, now);
+                            self.take_queued(&mut inbox, &mut actions, now);
+                            merge_applies(actions)
+                        }
                         Some(Err(FrameError::Codec(e))) => {
                             lock(&self.sd.follower).apply_failed(&format!("corrupt frame from the active refused: {e}"), now)
                         }
@@ -200,6 +204,51 @@ impl StandbyStream {
                 }
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+        }
+    }
+
+    /// While records are to be applied, takes the messages already waiting too, so one commit
+    /// (and one ack) covers them all: a standby that fell behind catches up in large batches
+    /// instead of one commit per message.
+    fn take_queued(
+        &self,
+        inbox: &mut tokio::sync::mpsc::Receiver<Result<crate::repl::Message, FrameError>>,
+        actions: &mut Vec<FollowAction>,
+        now: Instant,
+    ) {
+        let mut records: usize = actions
+            .iter()
+            .map(|a| match a {
+                FollowAction::Apply(r) => r.len(),
+                _ => 0,
+            })
+            .sum();
+        while records > 0
+            && records < MAX_MERGED_RECORDS
+            && actions.iter().all(|a| matches!(a, FollowAction::Apply(_)))
+        {
+            let more =
+                match inbox.try_recv() {
+                    Ok(Ok(message)) => lock(&self.sd.follower).on_message(message, now),
+                    Ok(Err(FrameError::Codec(e))) => {
+                        // Apply what came before the bad frame, then end the stream.
+                        actions.extend(lock(&self.sd.follower).apply_failed(
+                            &format!("corrupt frame from the active refused: {e}"),
+                            now,
+                        ));
+                        return;
+                    }
+                    // Nothing waiting; or the stream failed, which the next `recv` reports.
+                    Ok(Err(_)) | Err(_) => return,
+                };
+            records += more
+                .iter()
+                .map(|a| match a {
+                    FollowAction::Apply(r) => r.len(),
+                    _ => 0,
+                })
+                .sum::<usize>();
+            actions.extend(more);
         }
     }
 
@@ -320,4 +369,19 @@ fn standby_view(domain: &Domain) -> Result<StandbyView, StoreError> {
         epoch: s.epoch,
         history: s.history,
     })
+}
+
+/// Most records merged into one apply from queued messages.
+const MAX_MERGED_RECORDS: usize = 8192;
+
+/// Joins consecutive `Apply` actions into one (order kept).
+fn merge_applies(actions: Vec<FollowAction>) -> Vec<FollowAction> {
+    let mut out: Vec<FollowAction> = Vec::with_capacity(actions.len());
+    for action in actions {
+        match (out.last_mut(), action) {
+            (Some(FollowAction::Apply(batch)), FollowAction::Apply(more)) => batch.extend(more),
+            (_, action) => out.push(action),
+        }
+    }
+    out
 }

@@ -320,27 +320,19 @@ impl Domain {
             .map(|c| c.position)
     }
 
-    /// Applies a batch of records in order, queued together so they share group commits.
-    /// Returns the position after the last one; stops at the first refusal (the records
-    /// before it stay applied, durably).
+    /// Applies a batch of records in order in one durable commit (shared with whatever else is
+    /// queued). Returns the position after the last one. Stops at the first refusal: the
+    /// records before it are applied and committed, the refused one and those after are not.
     ///
     /// # Errors
     /// As [`Domain::apply`], for the first record refused.
     pub async fn apply_batch_async(&self, records: Vec<Vec<u8>>) -> Result<Position, StoreError> {
-        let sender = self.sender()?;
-        let mut replies = Vec::with_capacity(records.len());
-        for record in records {
-            replies.push(self.enqueue(&sender, Work::Apply(record)).await?);
+        if records.is_empty() {
+            return Ok(self.status()?.position);
         }
-        let mut last = None;
-        for rx in replies {
-            let committed = rx.await.map_err(|_| self.closed())??;
-            last = Some(committed.position);
-        }
-        match last {
-            Some(p) => Ok(p),
-            None => Ok(self.status()?.position),
-        }
+        self.submit_async(Work::ApplyBatch(records))
+            .await
+            .map(|c| c.position)
     }
 
     /// Drops log records below `below` (never past the last record). Returns the new first

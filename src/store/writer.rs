@@ -55,6 +55,8 @@ pub(crate) enum Work {
     Write(Vec<Op>),
     /// A record shipped from the active, applied on a standby.
     Apply(Vec<u8>),
+    /// Records applied in order in the same transaction, up to the first refused.
+    ApplyBatch(Vec<Vec<u8>>),
     /// Drop log records below this lsn.
     Truncate(Lsn),
     /// Switch in a database built aside by a resync. Always committed alone.
@@ -116,6 +118,7 @@ fn work_bytes(w: &Work) -> usize {
             })
             .sum(),
         Work::Apply(bytes) => bytes.len(),
+        Work::ApplyBatch(records) => records.iter().map(Vec::len).sum(),
         Work::Truncate(_) | Work::Install(_) => 0,
     }
 }
@@ -197,6 +200,16 @@ impl Writer {
                 let outcome = match work {
                     Work::Write(ops) => self.write(&mut t, &mut meta, ops)?,
                     Work::Apply(bytes) => self.apply(&mut t, &mut meta, &bytes)?,
+                    Work::ApplyBatch(records) => {
+                        let mut outcome = Self::committed(&meta);
+                        for bytes in &records {
+                            outcome = self.apply(&mut t, &mut meta, bytes)?;
+                            if outcome.is_err() {
+                                break;
+                            }
+                        }
+                        outcome
+                    }
                     Work::Truncate(below) => self.truncate(&mut t, &mut meta, below)?,
                     // Never batched: `step` handles it alone.
                     Work::Install(_) => Err(StoreError::Closed {
