@@ -103,32 +103,13 @@ impl Node {
                 _ = tick.tick() => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            let Ok(status) = ad.domain.status() else {
-                continue;
-            };
             let durable: Vec<Lsn> = lock(&ad.waiting)
                 .confirmations
                 .durable()
                 .map(|(_, l)| l)
                 .collect();
-            let cut = retention_cut(&RetentionInput {
-                position: status.position.lsn,
-                log_start: status.log_start,
-                log_bytes: status.log_bytes,
-                cap_bytes: ad.config.retention_bytes,
-                standby_durable: &durable,
-            });
-            if let Some(below) = cut {
-                let d = ad.domain.clone();
-                match tokio::task::spawn_blocking(move || d.truncate_log(below)).await {
-                    Ok(Ok(start)) => {
-                        tracing::debug!(domain = %ad.domain.id(), log_start = %start, "log trimmed")
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(domain = %ad.domain.id(), error = %e, "cannot trim the log")
-                    }
-                    Err(_) => return,
-                }
+            if !trim_log(&ad.domain, ad.config.retention_bytes, &durable).await {
+                return;
             }
         }
     }
@@ -573,4 +554,40 @@ fn item_size(item: &SnapshotItem) -> usize {
         SnapshotItem::Policy(p) => p.content.len() + p.info.name.len() + 64,
         SnapshotItem::Crl(c) => c.der.len() + c.issuer.len() + 64,
     }
+}
+
+/// Most records dropped by one trimming commit: a big cut is made in steps, so the writes
+/// queued meanwhile are never held behind one huge delete.
+const TRIM_STEP: u64 = 1024;
+
+/// Trims a replica's log as [`retention_cut`] allows, in steps. False when the store is gone.
+pub(super) async fn trim_log(domain: &Domain, cap_bytes: u64, standby_durable: &[Lsn]) -> bool {
+    let Ok(status) = domain.status() else {
+        return true;
+    };
+    let Some(cut) = retention_cut(&RetentionInput {
+        position: status.position.lsn,
+        log_start: status.log_start,
+        log_bytes: status.log_bytes,
+        cap_bytes,
+        standby_durable,
+    }) else {
+        return true;
+    };
+    let mut start = status.log_start;
+    while start < cut {
+        let below = Lsn(cut.0.min(start.0.saturating_add(TRIM_STEP)));
+        let d = domain.clone();
+        match tokio::task::spawn_blocking(move || d.truncate_log(below)).await {
+            Ok(Ok(new_start)) if new_start > start => start = new_start,
+            Ok(Ok(_)) => return true,
+            Ok(Err(e)) => {
+                tracing::warn!(domain = %domain.id(), error = %e, "cannot trim the log");
+                return true;
+            }
+            Err(_) => return false,
+        }
+    }
+    tracing::debug!(domain = %domain.id(), log_start = %start, "log trimmed");
+    true
 }

@@ -59,6 +59,11 @@ pub struct NodeConfig {
     pub tick: Duration,
     /// A standby whose active sends nothing (not even a heartbeat) for this long reconnects.
     pub stream_idle: Duration,
+    /// Most bytes of change log a standby replica keeps (for the standbys it would serve
+    /// after a promotion); checked every `standby_retention_interval`.
+    pub standby_retention_bytes: u64,
+    /// How often a standby replica's log is trimmed.
+    pub standby_retention_interval: Duration,
 }
 
 impl NodeConfig {
@@ -77,6 +82,8 @@ impl NodeConfig {
             snapshot_chunk_bytes: 256 * 1024,
             tick: Duration::from_millis(100),
             stream_idle: Duration::from_secs(15),
+            standby_retention_bytes: 256 << 20,
+            standby_retention_interval: Duration::from_secs(1),
         }
     }
 }

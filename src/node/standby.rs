@@ -76,6 +76,7 @@ impl Node {
         if let Some(old) = lock(&self.inner.standbys).insert(domain.id().clone(), Arc::clone(&sd)) {
             old.stop.send_replace(true);
         }
+        tokio::spawn(self.clone().standby_retention(Arc::clone(&sd)));
         tokio::spawn(self.clone().follow_loop(sd));
     }
 
@@ -141,6 +142,23 @@ impl Node {
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.max(now).into()) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Keeps a standby replica's log within its size cap.
+    async fn standby_retention(self, sd: Arc<StandbyDomain>) {
+        let mut stop = sd.stop.subscribe();
+        let mut tick = tokio::time::interval(self.inner.config.standby_retention_interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if !super::active::trim_log(&sd.domain, self.inner.config.standby_retention_bytes, &[])
+                .await
+            {
+                return;
             }
         }
     }

@@ -13,7 +13,8 @@ pub struct RetentionInput<'a> {
     pub log_bytes: u64,
     /// Most bytes to keep.
     pub cap_bytes: u64,
-    /// Each configured standby's durable lsn.
+    /// Each configured standby's durable lsn; empty on a standby replica or an active without
+    /// standbys (then only the size cap applies).
     pub standby_durable: &'a [Lsn],
 }
 
@@ -35,6 +36,10 @@ pub struct RetentionInput<'a> {
 /// // ...up to the size cap (5,000 bytes = the last 50 records here).
 /// let capped = RetentionInput { cap_bytes: 5_000, ..lagging };
 /// assert_eq!(retention_cut(&capped), Some(Lsn(951)));
+/// // Without standbys (or on a standby) only the cap applies.
+/// let alone = RetentionInput { standby_durable: &[], ..input.clone() };
+/// assert_eq!(retention_cut(&alone), None);
+/// assert_eq!(retention_cut(&RetentionInput { cap_bytes: 5_000, ..alone }), Some(Lsn(951)));
 /// ```
 pub fn retention_cut(input: &RetentionInput<'_>) -> Option<Lsn> {
     let end = input.position.next();
@@ -42,7 +47,7 @@ pub fn retention_cut(input: &RetentionInput<'_>) -> Option<Lsn> {
         .standby_durable
         .iter()
         .min()
-        .map_or(end, |l| l.next())
+        .map_or(Lsn::ZERO, |l| l.next())
         .min(end);
     let held = end.0.saturating_sub(input.log_start.0);
     let by_size = if input.log_bytes > input.cap_bytes && held > 0 {
