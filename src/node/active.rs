@@ -42,7 +42,7 @@ impl ActiveConfig {
             standbys,
             confirm_timeout: Duration::from_secs(5),
             retention_bytes: 256 << 20,
-            retention_interval: Duration::from_secs(1),
+            retention_interval: Duration::from_millis(200),
         }
     }
 }
@@ -556,9 +556,10 @@ fn item_size(item: &SnapshotItem) -> usize {
     }
 }
 
-/// Most records dropped by one trimming commit: a big cut is made in steps, so the writes
+/// Most records dropped by one trimming commit (256 records of 4 KiB = 1 MiB freed): a big cut
+/// is made in steps, so the writes
 /// queued meanwhile are never held behind one huge delete.
-const TRIM_STEP: u64 = 1024;
+const TRIM_STEP: u64 = 256;
 
 /// Trims a replica's log as [`retention_cut`] allows, in steps. False when the store is gone.
 pub(super) async fn trim_log(domain: &Domain, cap_bytes: u64, standby_durable: &[Lsn]) -> bool {
