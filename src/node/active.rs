@@ -556,9 +556,8 @@ fn item_size(item: &SnapshotItem) -> usize {
     }
 }
 
-/// Most records dropped by one trimming commit (256 records of 4 KiB = 1 MiB freed): a big cut
-/// is made in steps, so the writes
-/// queued meanwhile are never held behind one huge delete.
+/// Most records dropped by one trimming commit (256 records of 4 KiB free 1 MiB): a big cut is
+/// made in steps, so the writes queued meanwhile are never held behind one huge delete.
 const TRIM_STEP: u64 = 256;
 
 /// Trims a replica's log as [`retention_cut`] allows, in steps. False when the store is gone.
