@@ -53,6 +53,16 @@ fn start(dir: &Path, pki_dir: &Path, name: &str) -> TestNode {
     TestNode { node, store }
 }
 
+/// Node `a` of a fresh deployment with nodes `names`, serving the domain as active.
+fn active_node(dir: &Path, names: &[&str], config: ActiveConfig) -> (TestNode, Domain) {
+    let pki_dir = dir.join("pki");
+    deployment(&pki_dir, names);
+    let a = start(dir, &pki_dir, "a");
+    let active = a.store.create_domain(&dom()).unwrap();
+    a.node.serve_active(active.clone(), config);
+    (a, active)
+}
+
 /// Waits until `domain` reaches `lsn`.
 async fn reach(domain: &Domain, lsn: Lsn) {
     let mut positions = domain.subscribe();
@@ -175,13 +185,8 @@ async fn a_cut_connection_resumes_from_the_log_without_a_snapshot() {
 async fn a_standby_behind_retention_is_resynced_by_snapshot_then_streams() {
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
-    deployment(&pki_dir, &["a", "b"]);
-    let a = start(dir.path(), &pki_dir, "a");
-    let active = a.store.create_domain(&dom()).unwrap();
-    a.node.serve_active(
-        active.clone(),
-        ActiveConfig::new(Durability::Local, vec![nid("b")]),
-    );
+    let config = ActiveConfig::new(Durability::Local, vec![nid("b")]);
+    let (a, active) = active_node(dir.path(), &["a", "b"], config);
     for i in 0..3000 {
         a.node.write(&dom(), put(i)).await.unwrap();
     }
@@ -226,13 +231,9 @@ async fn standby_durability_acks_only_what_a_standby_made_durable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfirmed_write_says_it_is_committed_locally() {
     let dir = tempfile::tempdir().unwrap();
-    let pki_dir = dir.path().join("pki");
-    deployment(&pki_dir, &["a", "b"]);
-    let a = start(dir.path(), &pki_dir, "a");
-    let active = a.store.create_domain(&dom()).unwrap();
     let mut config = ActiveConfig::new(Durability::Standby, vec![nid("b")]);
     config.confirm_timeout = Duration::from_millis(200);
-    a.node.serve_active(active.clone(), config);
+    let (a, active) = active_node(dir.path(), &["a", "b"], config);
     // No standby is running: the write commits here and is reported unconfirmed.
     let err = a.node.write(&dom(), put(1)).await.unwrap_err();
     match &err {
@@ -275,13 +276,10 @@ async fn a_node_that_is_not_a_replica_is_refused() {
 async fn retention_keeps_what_standbys_need_within_the_size_cap() {
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
-    deployment(&pki_dir, &["a", "b"]);
-    let a = start(dir.path(), &pki_dir, "a");
-    let active = a.store.create_domain(&dom()).unwrap();
     let mut config = ActiveConfig::new(Durability::Local, vec![nid("b")]);
     config.retention_bytes = 40_000;
     config.retention_interval = Duration::from_millis(20);
-    a.node.serve_active(active.clone(), config);
+    let (a, active) = active_node(dir.path(), &["a", "b"], config);
     let b = start(dir.path(), &pki_dir, "b");
     b.node.set_peer(nid("a"), a.node.local_addr().unwrap());
     let standby = b.store.join_domain(&dom()).unwrap();

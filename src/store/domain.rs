@@ -376,16 +376,7 @@ impl Domain {
     }
 
     pub(crate) fn meta_in(&self, txn: &ReadTransaction) -> Result<DomainMeta, StoreError> {
-        let id = &self.inner.id;
-        let table = txn.open_table(META).or_storage(id)?;
-        let row = table
-            .get(META_KEY)
-            .or_storage(id)?
-            .ok_or_else(|| StoreError::Corrupt {
-                domain: id.clone(),
-                what: "metadata row is missing".into(),
-            })?;
-        DomainMeta::decode(id, row.value())
+        read_meta(txn, &self.inner.id)
     }
 
     /// Runs `f` in one read transaction and pairs its result with that state's position.
@@ -533,4 +524,17 @@ impl Domain {
             Ok(out)
         })
     }
+}
+
+/// Reads and checks the metadata row of a domain database.
+pub(crate) fn read_meta(txn: &ReadTransaction, id: &DomainId) -> Result<DomainMeta, StoreError> {
+    let table = txn.open_table(META).or_storage(id)?;
+    let row = table
+        .get(META_KEY)
+        .or_storage(id)?
+        .ok_or_else(|| StoreError::Corrupt {
+            domain: id.clone(),
+            what: "metadata row is missing".into(),
+        })?;
+    DomainMeta::decode(id, row.value())
 }

@@ -294,18 +294,7 @@ impl Store {
             })?;
         let db = Arc::new(db);
         let shared = Arc::new(std::sync::RwLock::new(Arc::clone(&db)));
-        let meta = {
-            let txn = db.begin_read().or_storage(id)?;
-            let table = txn.open_table(tables::META).or_storage(id)?;
-            let row = table
-                .get(META_KEY)
-                .or_storage(id)?
-                .ok_or_else(|| StoreError::Corrupt {
-                    domain: id.clone(),
-                    what: "metadata row is missing".into(),
-                })?;
-            DomainMeta::decode(id, row.value())?
-        };
+        let meta = domain::read_meta(&db.begin_read().or_storage(id)?, id)?;
         let (positions_tx, positions) = watch::channel(meta.position.clone());
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::sync_channel(self.options.queue.max(1));
