@@ -591,3 +591,79 @@ async fn hostile_frames_end_their_stream_and_nothing_else() {
         active.status().unwrap().digest
     );
 }
+
+const CHILD_ENV: &str = "DOMSYNC_REPL_STANDBY_CHILD";
+
+/// Runs only when re-executed by the test below: a standby node `b` that follows the domain
+/// from the active at the address given, until it is killed.
+#[test]
+fn standby_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (dir, addr) = spec.split_once('|').unwrap();
+    let dir = Path::new(dir);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let b = start(dir, &dir.join("pki"), "b");
+        b.node.set_peer(nid("a"), addr.parse().unwrap());
+        let standby = b.store.join_domain(&dom()).unwrap();
+        b.node.follow(standby, nid("a"));
+        std::future::pending::<()>().await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_process_killed_midway_through_a_snapshot_restarts_intact_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ActiveConfig::new(Durability::Local, vec![nid("b")]);
+    let (a, active) = active_node(dir.path(), &["a", "b"], config);
+    // About 32 MiB of state, so the snapshot takes a while to load.
+    for i in 0..512 {
+        active
+            .put(format!("blob-{i:04}"), vec![(i % 251) as u8; 64 * 1024])
+            .unwrap();
+    }
+    let addr = a.node.local_addr().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "standby_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, format!("{}|{addr}", dir.path().display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it while the snapshot is being built aside.
+    let half_built = dir.path().join("b/domains/.tenant-1.resync.redb");
+    until(|| half_built.exists()).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        half_built.exists(),
+        "killed midway: the half-built file is still there"
+    );
+
+    // Restarted: the previous (empty) state is intact, then the resync completes.
+    let b = start(dir.path(), &dir.path().join("pki"), "b");
+    assert!(
+        !half_built.exists(),
+        "the half-built file is removed on open"
+    );
+    let standby = b.store.domain(&dom()).unwrap();
+    let before = standby.status().unwrap();
+    assert_eq!(before.position.lsn, Lsn(0));
+    assert!(before.uid.is_none());
+    assert!(standby.verify().unwrap().is_clean());
+    b.node.set_peer(nid("a"), addr);
+    b.node.follow(standby.clone(), nid("a"));
+    reach(&standby, Lsn(512)).await;
+    assert_eq!(
+        standby.status().unwrap().digest,
+        active.status().unwrap().digest
+    );
+    assert!(standby.verify().unwrap().is_clean());
+}
