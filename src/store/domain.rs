@@ -335,6 +335,45 @@ impl Domain {
             .map(|c| c.position)
     }
 
+    /// Makes this standby replica active in a new epoch, above every epoch it has seen; the
+    /// epoch and history entry are durable before this returns, so no write of the new epoch
+    /// can exist without them. The checks that make promotion safe (synchronized, old active
+    /// gone) belong to the caller ([`crate::node`]).
+    ///
+    /// # Errors
+    /// [`StoreError::NotStandby`], [`StoreError::InvalidWrite`] for a replica that never
+    /// synchronized, or [`StoreError::Storage`].
+    pub fn promote(&self) -> Result<Epoch, StoreError> {
+        self.submit(Work::Promote)?;
+        Ok(self.status()?.epoch)
+    }
+
+    /// Fences this replica: `epoch` was seen elsewhere. If it is above the replica's own, no
+    /// write is accepted or acknowledged from now on (writes in flight are refused), and the
+    /// replica becomes standby, durably.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`].
+    pub fn demote(&self, epoch: &Epoch) -> Result<(), StoreError> {
+        {
+            let mut fence = self
+                .inner
+                .counters
+                .fence
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if fence.as_ref().is_none_or(|f| f < epoch) {
+                *fence = Some(epoch.clone());
+            }
+        }
+        let status = self.status()?;
+        if *epoch <= status.epoch {
+            // Not newer than what this replica holds: nothing to fence.
+            return Ok(());
+        }
+        self.submit(Work::Demote(epoch.clone())).map(|_| ())
+    }
+
     /// Drops log records below `below` (never past the last record). Returns the new first
     /// retained lsn. The replication layer decides what can go.
     ///

@@ -22,7 +22,7 @@ use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
 use super::tables::{Tables, META_KEY};
 use crate::codec::{chain_next, decode_record, encode_record, CodecError};
-use crate::model::{Crl, DomainId, Lsn, NodeId, Op, Position, Record, Role};
+use crate::model::{Crl, DomainId, Epoch, HistoryEntry, Lsn, NodeId, Op, Position, Record, Role};
 
 /// What a successful request reports.
 #[derive(Debug, Clone)]
@@ -61,6 +61,10 @@ pub(crate) enum Work {
     Truncate(Lsn),
     /// Switch in a database built aside by a resync. Always committed alone.
     Install(Box<Install>),
+    /// Become active in a new epoch above every epoch seen (manual promotion).
+    Promote,
+    /// Become standby: a higher epoch exists elsewhere.
+    Demote(Epoch),
 }
 
 /// A finished, durable database built aside, ready to replace the replica's file.
@@ -80,6 +84,9 @@ pub(crate) struct Request {
 pub(crate) struct Counters {
     pub commits: AtomicU64,
     pub records: AtomicU64,
+    /// Highest epoch this node has seen for the domain from elsewhere: once above the
+    /// replica's own epoch, no write is accepted or acknowledged any more (fencing).
+    pub fence: std::sync::Mutex<Option<Epoch>>,
 }
 
 /// Batch limits of a writer.
@@ -119,7 +126,7 @@ fn work_bytes(w: &Work) -> usize {
             .sum(),
         Work::Apply(bytes) => bytes.len(),
         Work::ApplyBatch(records) => records.iter().map(Vec::len).sum(),
-        Work::Truncate(_) | Work::Install(_) => 0,
+        Work::Truncate(_) | Work::Install(_) | Work::Promote | Work::Demote(_) => 0,
     }
 }
 
@@ -215,6 +222,14 @@ impl Writer {
                     Work::Install(_) => Err(StoreError::Closed {
                         domain: domain.clone(),
                     }),
+                    Work::Promote => self.promote(&mut meta),
+                    Work::Demote(epoch) => {
+                        if epoch > meta.epoch {
+                            meta.epoch = epoch;
+                        }
+                        meta.role = Role::Standby;
+                        Self::committed(&meta)
+                    }
                 };
                 outcomes.push(outcome);
             }
@@ -229,6 +244,17 @@ impl Writer {
         if meta == self.meta {
             txn.abort().or_storage(&domain)?;
             return Ok(outcomes);
+        }
+        if meta.role == Role::Active
+            && meta.position.lsn > self.meta.position.lsn
+            && self.fenced(&meta)
+        {
+            // A higher epoch was seen while the batch was built: none of it is acknowledged.
+            txn.abort().or_storage(&domain)?;
+            return Err(StoreError::NotActive {
+                domain,
+                active: None,
+            });
         }
         txn.commit().or_storage(&domain)?;
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -280,6 +306,50 @@ impl Writer {
         })
     }
 
+    /// True when a higher epoch than the replica's own was seen for the domain.
+    fn fenced(&self, meta: &DomainMeta) -> bool {
+        self.counters
+            .fence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|seen| *seen > meta.epoch)
+    }
+
+    /// Makes a standby active in a new epoch above every epoch it has seen; the new epoch and
+    /// its history entry are committed before any write can use them.
+    fn promote(&self, meta: &mut DomainMeta) -> Outcome {
+        if meta.role != Role::Standby {
+            return Err(StoreError::NotStandby {
+                domain: self.domain.clone(),
+            });
+        }
+        if meta.uid.is_none() {
+            return Err(StoreError::InvalidWrite {
+                domain: self.domain.clone(),
+                reason: "this replica never synchronized and holds nothing; it cannot be promoted (resync it from the active first)".into(),
+            });
+        }
+        let seen = self
+            .counters
+            .fence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |e| e.term);
+        let epoch = Epoch {
+            term: meta.epoch.term.max(seen) + 1,
+            node: self.node.clone(),
+        };
+        meta.history.push(HistoryEntry {
+            epoch: epoch.clone(),
+            first_lsn: meta.position.lsn.next(),
+        });
+        meta.epoch = epoch;
+        meta.role = Role::Active;
+        Self::committed(meta)
+    }
+
     /// Checks a write without changing anything.
     fn check_write(
         &self,
@@ -287,7 +357,7 @@ impl Writer {
         meta: &DomainMeta,
         ops: &[Op],
     ) -> Result<Option<StoreError>, StoreError> {
-        if meta.role != Role::Active {
+        if meta.role != Role::Active || self.fenced(meta) {
             return Ok(Some(StoreError::NotActive {
                 domain: self.domain.clone(),
                 active: meta.known_active(&self.node),
