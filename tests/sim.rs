@@ -122,6 +122,8 @@ fn describe(m: &Message) -> String {
         Message::SnapshotEnd { rows } => format!("snapshot-end {rows}"),
         Message::Heartbeat { position, .. } => format!("heartbeat {}", position.lsn),
         Message::Ack(a) => format!("ack {}/{}/{}", a.received, a.durable, a.applied),
+        Message::Probe { .. } => "probe".to_owned(),
+        Message::ProbeAnswer(a) => format!("probe-answer {}", a.is_some()),
     }
 }
 

@@ -68,6 +68,12 @@ struct Waiting {
     next_id: u64,
 }
 
+impl ActiveDomain {
+    pub(super) fn domain(&self) -> &Domain {
+        &self.domain
+    }
+}
+
 pub(super) struct ActiveDomain {
     domain: Domain,
     config: ActiveConfig,
@@ -214,6 +220,16 @@ impl Node {
         let first = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
         let follow = match first {
             Ok(Some(Ok(Message::Follow(f)))) => f,
+            Ok(Some(Ok(Message::Probe { domain }))) => {
+                let answer = Message::ProbeAnswer(self.probe_answer(&domain));
+                if let Ok(frame) = message::encode(&answer) {
+                    drop(write_frame(&mut send, &frame).await);
+                }
+                drop(send.finish());
+                // Wait for the peer to read the answer before the stream is dropped.
+                drop(tokio::time::timeout(Duration::from_secs(5), inbox.recv()).await);
+                return;
+            }
             Ok(Some(Ok(_))) => {
                 tracing::warn!(peer = %peer, "replication stream did not start with Follow; closed");
                 return;
@@ -246,6 +262,21 @@ impl Node {
             drop(send.finish());
             return;
         };
+        if let Ok(status) = ad.domain.status() {
+            if follow.epoch > status.epoch {
+                // Invariant 1: a higher epoch exists; stop taking writes at once.
+                tracing::warn!(domain = %domain_id, epoch = %follow.epoch, "a higher epoch exists: this replica is fenced and becomes standby");
+                if let Err(e) = ad.domain.demote(&follow.epoch) {
+                    tracing::error!(domain = %domain_id, error = %e, "cannot record the demotion");
+                }
+                lock(&self.inner.actives).remove(&domain_id);
+                if let Ok(frame) = reject(RejectReason::StaleEpoch) {
+                    drop(write_frame(&mut send, &frame).await);
+                }
+                drop(send.finish());
+                return;
+            }
+        }
         if !ad.config.standbys.contains(&peer) {
             tracing::warn!(domain = %domain_id, peer = %peer, "node is not a configured standby of the domain; refused");
             if let Ok(frame) = reject(RejectReason::NotReplica) {

@@ -23,6 +23,7 @@
 
 mod active;
 mod error;
+mod roles;
 mod standby;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 
 pub use active::{ActiveConfig, StandbyReport};
 pub use error::{NodeError, WriteError};
+pub use roles::{PromoteError, Promotion};
 pub use standby::FollowerReport;
 
 use crate::model::{DomainId, NodeId};

@@ -43,6 +43,25 @@ pub enum Message {
     },
     /// standby → active: what the standby holds.
     Ack(Ack),
+    /// any node → any node, first message of its own stream: where do you stand on `domain`?
+    /// Asked before a promotion (split-brain guard).
+    Probe {
+        /// The domain.
+        domain: DomainId,
+    },
+    /// The answer to [`Message::Probe`]; `None` when the node has no replica of the domain.
+    ProbeAnswer(Option<ProbeAnswer>),
+}
+
+/// How a replica stands, as told to a node that is about to promote its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeAnswer {
+    /// The answering node's role for the domain.
+    pub role: crate::model::Role,
+    /// The highest epoch it has seen.
+    pub epoch: Epoch,
+    /// Its position.
+    pub position: Position,
 }
 
 /// One encoded record, exactly as stored in the active's log (checked frame).

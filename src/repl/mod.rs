@@ -16,7 +16,9 @@ mod status;
 
 pub use active::{decide, fork_point, LocalView, ShipAction, ShipConfig, Shipper};
 pub use durability::{Confirmations, Durability, Unconfirmed};
-pub use message::{Ack, Answer, Follow, Message, RecordBytes, RejectReason, SnapshotHeader};
+pub use message::{
+    Ack, Answer, Follow, Message, ProbeAnswer, RecordBytes, RejectReason, SnapshotHeader,
+};
 pub use retention::{retention_cut, RetentionInput};
 pub use standby::{Backoff, FollowAction, Follower, StandbyView};
 pub use status::SyncStatus;

@@ -472,6 +472,8 @@ fn message_name(m: &Message) -> &'static str {
         Message::SnapshotEnd { .. } => "SnapshotEnd",
         Message::Heartbeat { .. } => "Heartbeat",
         Message::Ack(_) => "Ack",
+        Message::Probe { .. } => "Probe",
+        Message::ProbeAnswer(_) => "ProbeAnswer",
     }
 }
 

@@ -1,0 +1,200 @@
+//! Manual promotion of a standby replica (failover), with the split-brain guard.
+
+use std::time::Duration;
+
+use super::active::ActiveConfig;
+use super::{lock, Node};
+use crate::model::{DomainId, Epoch, Lsn, NodeId, Position, Role};
+use crate::net::frame::{open_frame, read_frame, write_frame};
+use crate::repl::message::{self, MAX_MESSAGE_BYTES};
+use crate::repl::{Message, ProbeAnswer, SyncStatus};
+use crate::store::StoreError;
+
+/// How long a peer may take to answer a probe before it counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a promotion did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Promotion {
+    /// The new epoch.
+    pub epoch: Epoch,
+    /// The position the new active starts from.
+    pub position: Position,
+    /// Records the most advanced peer held beyond this replica (0 when none); only non-zero
+    /// for a forced promotion.
+    pub behind_records: u64,
+    /// Peers that did not answer the probe.
+    pub unreachable: Vec<NodeId>,
+}
+
+/// Why a promotion was refused. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    /// The domain is not followed as standby on this node.
+    #[error("domain {domain} is not a standby on this node: nothing to promote")]
+    NotStandby {
+        /// The domain.
+        domain: DomainId,
+    },
+    /// Another node still answers as active.
+    #[error("node {node} still answers as active of {domain} in epoch {epoch}: stop it or use a switchover; --force promotes anyway (split brain)")]
+    ActiveAlive {
+        /// The domain.
+        domain: DomainId,
+        /// The node that answered.
+        node: NodeId,
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// This replica is behind another replica or the active it followed.
+    #[error("the replica of {domain} here is {records} records behind {node} (lsn {here} vs {there}): promote {node} instead, or use --force and lose those records to the collision archive")]
+    Behind {
+        /// The domain.
+        domain: DomainId,
+        /// The node that holds more.
+        node: NodeId,
+        /// Records behind.
+        records: u64,
+        /// Lsn here.
+        here: Lsn,
+        /// Lsn there.
+        there: Lsn,
+    },
+    /// The store refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Node {
+    /// Asks `peer` where it stands on `domain`.
+    ///
+    /// # Errors
+    /// A one-line description of what failed (connection, stream, answer).
+    pub async fn probe(
+        &self,
+        peer: &NodeId,
+        domain: &DomainId,
+    ) -> Result<Option<ProbeAnswer>, String> {
+        let ask = async {
+            let conn = self.connection(peer).await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let frame = message::encode(&Message::Probe {
+                domain: domain.clone(),
+            })
+            .map_err(|e| e.to_string())?;
+            write_frame(&mut send, &frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer = read_frame(&mut recv, MAX_MESSAGE_BYTES)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the peer ended the stream without answering")?;
+            drop(send.finish());
+            match open_frame::<Message>(&answer, MAX_MESSAGE_BYTES).map_err(|e| e.to_string())? {
+                Message::ProbeAnswer(a) => Ok(a),
+                other => Err(format!("unexpected answer {other:?}")),
+            }
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, ask)
+            .await
+            .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
+    }
+
+    /// How this node's replica of `domain` stands, for a peer's probe.
+    pub(super) fn probe_answer(&self, domain: &DomainId) -> Option<ProbeAnswer> {
+        let replica = lock(&self.inner.actives)
+            .get(domain)
+            .map(|ad| ad.domain().clone())
+            .or_else(|| {
+                lock(&self.inner.standbys)
+                    .get(domain)
+                    .map(|sd| sd.domain().clone())
+            })?;
+        let s = replica.status().ok()?;
+        Some(ProbeAnswer {
+            role: s.role,
+            epoch: s.epoch,
+            position: s.position,
+        })
+    }
+
+    /// Promotes this node's standby replica of `domain` (manual failover): stops following,
+    /// becomes active in an epoch above every epoch seen, and serves `config`'s standbys.
+    ///
+    /// Split-brain guard first, unless `force`: every peer in `peers` is probed; the promotion
+    /// is refused if one still answers as active in our epoch or above, or holds records this
+    /// replica lacks, or if this replica knows it lags its last active.
+    ///
+    /// # Errors
+    /// [`PromoteError`] naming what stands in the way.
+    pub async fn promote(
+        &self,
+        domain: &DomainId,
+        peers: &[NodeId],
+        config: ActiveConfig,
+        force: bool,
+    ) -> Result<Promotion, PromoteError> {
+        let sd = lock(&self.inner.standbys)
+            .get(domain)
+            .cloned()
+            .ok_or_else(|| PromoteError::NotStandby {
+                domain: domain.clone(),
+            })?;
+        let replica = sd.domain().clone();
+        let here = replica.status()?;
+        let mut unreachable = Vec::new();
+        let mut behind: Option<(NodeId, Lsn)> = None;
+        for peer in peers.iter().filter(|p| *p != self.id()) {
+            match self.probe(peer, domain).await {
+                Ok(Some(answer)) => {
+                    if answer.role == Role::Active && answer.epoch >= here.epoch && !force {
+                        return Err(PromoteError::ActiveAlive {
+                            domain: domain.clone(),
+                            node: peer.clone(),
+                            epoch: answer.epoch,
+                        });
+                    }
+                    if answer.position.lsn > here.position.lsn
+                        && behind
+                            .as_ref()
+                            .is_none_or(|(_, l)| answer.position.lsn > *l)
+                    {
+                        behind = Some((peer.clone(), answer.position.lsn));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::info!(domain = %domain, peer = %peer, "probe before promotion: {e}");
+                    unreachable.push(peer.clone());
+                }
+            }
+        }
+        if let (None, Some(report)) = (&behind, self.follower_status(domain)) {
+            if let SyncStatus::Lagging { records, .. } = report.status {
+                behind = Some((report.active, Lsn(here.position.lsn.0 + records)));
+            }
+        }
+        let behind_records = behind
+            .as_ref()
+            .map_or(0, |(_, l)| l.0 - here.position.lsn.0);
+        if let (Some((node, there)), false) = (&behind, force) {
+            return Err(PromoteError::Behind {
+                domain: domain.clone(),
+                node: node.clone(),
+                records: behind_records,
+                here: here.position.lsn,
+                there: *there,
+            });
+        }
+        self.unfollow(domain);
+        let epoch = replica.promote()?;
+        tracing::warn!(domain = %domain, epoch = %epoch, behind_records, forced = force, "promoted to active");
+        self.serve_active(replica.clone(), config);
+        Ok(Promotion {
+            epoch,
+            position: replica.status()?.position,
+            behind_records,
+            unreachable,
+        })
+    }
+}

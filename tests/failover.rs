@@ -1,0 +1,193 @@
+//! Manual promotion (failover) over real QUIC: the split-brain guard, the lag check and the
+//! writes a promoted standby keeps.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use domsync::model::{DomainId, Epoch, Lsn, NodeId, Op, Role};
+use domsync::net::{pki, Identity, PeerRole, TlsFiles};
+use domsync::node::{ActiveConfig, Node, NodeConfig, PromoteError};
+use domsync::repl::Durability;
+use domsync::store::{Domain, Store, StoreOptions};
+
+const GUARD: Duration = Duration::from_secs(60);
+
+fn nid(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+fn dom() -> DomainId {
+    "tenant-1".parse().unwrap()
+}
+
+struct TestNode {
+    node: Node,
+    store: Store,
+}
+
+fn start(dir: &Path, name: &str) -> TestNode {
+    let pki_dir = dir.join("pki");
+    let creds = TlsFiles::in_dir(&pki_dir, &Identity::new(PeerRole::Node, name).unwrap())
+        .load()
+        .unwrap();
+    let store = Store::open(dir.join(name), StoreOptions::new(nid(name))).unwrap();
+    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap(), creds, BTreeMap::new());
+    config.tick = Duration::from_millis(20);
+    TestNode {
+        node: Node::start(config).unwrap(),
+        store,
+    }
+}
+
+async fn reach(domain: &Domain, lsn: Lsn) {
+    let mut positions = domain.subscribe();
+    tokio::time::timeout(GUARD, positions.wait_for(|p| p.lsn >= lsn))
+        .await
+        .expect("replica did not reach the lsn in time")
+        .unwrap();
+}
+
+fn put(i: usize) -> Vec<Op> {
+    vec![Op::Put {
+        key: format!("key-{i:04}").into_bytes(),
+        value: vec![7; 64],
+    }]
+}
+
+/// Active `a` (standby durability) with standbys `b` and `c`, all peers of each other.
+async fn cluster(dir: &Path) -> (TestNode, TestNode, TestNode, Domain, Domain, Domain) {
+    let pki_dir = dir.join("pki");
+    pki::init_ca(&pki_dir).unwrap();
+    for n in ["a", "b", "c"] {
+        pki::issue(&pki_dir, PeerRole::Node, n, &pki_dir, 30).unwrap();
+    }
+    let (a, b, c) = (start(dir, "a"), start(dir, "b"), start(dir, "c"));
+    for x in [&a, &b, &c] {
+        for (name, y) in [("a", &a), ("b", &b), ("c", &c)] {
+            x.node.set_peer(nid(name), y.node.local_addr().unwrap());
+        }
+    }
+    let da = a.store.create_domain(&dom()).unwrap();
+    a.node.serve_active(
+        da.clone(),
+        ActiveConfig::new(Durability::Standby, vec![nid("b"), nid("c")]),
+    );
+    let db = b.store.join_domain(&dom()).unwrap();
+    let dc = c.store.join_domain(&dom()).unwrap();
+    b.node.follow(db.clone(), nid("a"));
+    c.node.follow(dc.clone(), nid("a"));
+    (a, b, c, da, db, dc)
+}
+
+fn config_for(standbys: &[&str]) -> ActiveConfig {
+    ActiveConfig::new(
+        Durability::Standby,
+        standbys.iter().map(|s| nid(s)).collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronized_standby_promoted_after_the_active_is_lost_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c, _da, db, dc) = cluster(dir.path()).await;
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        acked.push((i, a.node.write(&dom(), put(i)).await.unwrap()));
+    }
+    let last = acked.last().unwrap().1.lsn;
+    reach(&db, last).await;
+    reach(&dc, last).await;
+    a.node.shutdown().await;
+
+    // While the old active answers, promotion is refused naming it; now it is gone.
+    let promoted = b
+        .node
+        .promote(
+            &dom(),
+            &[nid("a"), nid("c")],
+            config_for(&["c", "a"]),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        promoted.epoch,
+        Epoch {
+            term: 2,
+            node: nid("b")
+        }
+    );
+    assert_eq!(promoted.behind_records, 0);
+    assert_eq!(promoted.unreachable, vec![nid("a")]);
+    assert_eq!(db.status().unwrap().role, Role::Active);
+    for (i, _) in &acked {
+        assert!(db
+            .get(format!("key-{i:04}").as_bytes())
+            .unwrap()
+            .value
+            .is_some());
+    }
+    // The other standby follows the new active; writes there are confirmed by it.
+    c.node.follow(dc.clone(), nid("b"));
+    let p = b.node.write(&dom(), put(999)).await.unwrap();
+    assert_eq!(p.epoch, promoted.epoch);
+    reach(&dc, p.lsn).await;
+    assert_eq!(dc.status().unwrap().digest, db.status().unwrap().digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_is_refused_while_the_old_active_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _c, _da, db, _dc) = cluster(dir.path()).await;
+    let p = a.node.write(&dom(), put(1)).await.unwrap();
+    reach(&db, p.lsn).await;
+    let err = b
+        .node
+        .promote(&dom(), &[nid("a"), nid("c")], config_for(&["c"]), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PromoteError::ActiveAlive { node, .. } if *node == nid("a")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("node a still answers as active"));
+    assert_eq!(db.status().unwrap().role, Role::Standby);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_standby_is_refused_and_a_forced_promotion_reports_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b, c, _da, db, dc) = cluster(dir.path()).await;
+    for i in 0..50 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    reach(&dc, Lsn(50)).await;
+    c.node.unfollow(&dom());
+    for i in 50..80 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    reach(&db, Lsn(80)).await;
+    a.node.shutdown().await;
+    c.node.follow(dc.clone(), nid("a"));
+
+    let err = c
+        .node
+        .promote(&dom(), &[nid("a"), nid("b")], config_for(&["b"]), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PromoteError::Behind { node, records: 30, .. } if *node == nid("b")),
+        "{err}"
+    );
+    assert_eq!(dc.status().unwrap().role, Role::Standby);
+
+    let forced = c
+        .node
+        .promote(&dom(), &[nid("a"), nid("b")], config_for(&["b"]), true)
+        .await
+        .unwrap();
+    assert_eq!(forced.behind_records, 30);
+    assert_eq!(forced.position.lsn, Lsn(50));
+    assert_eq!(dc.status().unwrap().role, Role::Active);
+}
