@@ -34,6 +34,7 @@ fn start(dir: &Path, name: &str) -> TestNode {
     let store = Store::open(dir.join(name), StoreOptions::new(nid(name))).unwrap();
     let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap(), creds, BTreeMap::new());
     config.tick = Duration::from_millis(20);
+    config.connect_timeout = Duration::from_millis(500);
     TestNode {
         node: Node::start(config).unwrap(),
         store,
@@ -69,10 +70,9 @@ async fn cluster(dir: &Path) -> (TestNode, TestNode, TestNode, Domain, Domain, D
         }
     }
     let da = a.store.create_domain(&dom()).unwrap();
-    a.node.serve_active(
-        da.clone(),
-        ActiveConfig::new(Durability::Standby, vec![nid("b"), nid("c")]),
-    );
+    let mut config = ActiveConfig::new(Durability::Standby, vec![nid("b"), nid("c")]);
+    config.confirm_timeout = Duration::from_millis(300);
+    a.node.serve_active(da.clone(), config);
     let db = b.store.join_domain(&dom()).unwrap();
     let dc = c.store.join_domain(&dom()).unwrap();
     b.node.follow(db.clone(), nid("a"));
@@ -190,4 +190,88 @@ async fn a_lagging_standby_is_refused_and_a_forced_promotion_reports_the_gap() {
     assert_eq!(forced.behind_records, 30);
     assert_eq!(forced.position.lsn, Lsn(50));
     assert_eq!(dc.status().unwrap().role, Role::Active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_active_back_from_a_partition_steps_down_and_archives_its_divergent_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c, da, db, dc) = cluster(dir.path()).await;
+    for i in 0..20 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    reach(&db, Lsn(20)).await;
+    reach(&dc, Lsn(20)).await;
+    // Partition: the standbys cannot reach `a`, which keeps writing (committed locally,
+    // unconfirmed).
+    let a_addr = a.node.local_addr().unwrap();
+    let nowhere: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for n in [&b, &c] {
+        n.node.set_peer(nid("a"), nowhere);
+        n.node.disconnect(&nid("a")).await;
+    }
+    let mut divergent = Vec::new();
+    for i in 100..105 {
+        match a.node.write(&dom(), put(i)).await {
+            Err(domsync::node::WriteError::Unconfirmed { position, .. }) => {
+                divergent.push(position.lsn)
+            }
+            other => panic!("expected an unconfirmed write, got {other:?}"),
+        }
+    }
+    assert_eq!(divergent, (21..=25).map(Lsn).collect::<Vec<_>>());
+    // `b` is promoted (`a` is unreachable from here) and takes writes.
+    let promoted = b
+        .node
+        .promote(
+            &dom(),
+            &[nid("a"), nid("c")],
+            config_for(&["a", "c"]),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(promoted.unreachable, vec![nid("a")]);
+    c.node.follow(dc.clone(), nid("b"));
+    let mut last = Lsn::ZERO;
+    for i in 200..210 {
+        last = b.node.write(&dom(), put(i)).await.unwrap().lsn;
+    }
+    assert_eq!(last, Lsn(30));
+    // Heal: `b` announces its epoch; `a` steps down, archives lsn 21..=25 and follows `b`.
+    b.node.set_peer(nid("a"), a_addr);
+    reach(&da, Lsn(30)).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while da.status().unwrap().digest != db.status().unwrap().digest {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old active did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sa = da.status().unwrap();
+    assert_eq!(sa.role, Role::Standby);
+    assert_eq!(sa.epoch, promoted.epoch);
+    let archived: Vec<Lsn> = da
+        .collisions()
+        .unwrap()
+        .iter()
+        .map(|e| e.record.lsn)
+        .collect();
+    assert_eq!(
+        archived, divergent,
+        "the divergent writes are archived, not lost"
+    );
+    assert!(da.get(b"key-0100").unwrap().value.is_none());
+    assert!(matches!(
+        a.node.write(&dom(), put(1)).await,
+        Err(domsync::node::WriteError::NotServed { .. })
+    ));
+    // Re-applying an archived write on the new active makes it visible everywhere.
+    let record = &da.collisions().unwrap()[0].record;
+    let p = b.node.write(&dom(), record.ops.clone()).await.unwrap();
+    reach(&da, p.lsn).await;
+    reach(&dc, p.lsn).await;
+    assert!(da.get(b"key-0100").unwrap().value.is_some());
+    assert_eq!(dc.status().unwrap().digest, db.status().unwrap().digest);
+    assert_eq!(da.status().unwrap().digest, db.status().unwrap().digest);
 }

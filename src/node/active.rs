@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::WriteError;
 use super::{lock, to_wall, wall_micros, Node};
@@ -72,6 +72,10 @@ impl ActiveDomain {
     pub(super) fn domain(&self) -> &Domain {
         &self.domain
     }
+
+    pub(super) fn stop(&self) {
+        self.stop.send_replace(true);
+    }
 }
 
 pub(super) struct ActiveDomain {
@@ -80,6 +84,8 @@ pub(super) struct ActiveDomain {
     waiting: Mutex<Waiting>,
     /// One shipper per standby, kept after its stream ends for status.
     shippers: Mutex<BTreeMap<NodeId, Arc<Mutex<Shipper>>>>,
+    /// Set when the domain stops being served as active here (step down, shutdown).
+    stop: watch::Sender<bool>,
 }
 
 impl Node {
@@ -95,14 +101,48 @@ impl Node {
             config,
             waiting: Mutex::new(waiting),
             shippers: Mutex::new(BTreeMap::new()),
+            stop: watch::channel(false).0,
         });
-        lock(&self.inner.actives).insert(domain.id().clone(), Arc::clone(&ad));
-        tokio::spawn(self.clone().retention_loop(ad));
+        if let Some(old) = lock(&self.inner.actives).insert(domain.id().clone(), Arc::clone(&ad)) {
+            old.stop();
+        }
+        tokio::spawn(self.clone().retention_loop(Arc::clone(&ad)));
+        tokio::spawn(self.clone().announce_loop(ad));
+    }
+
+    /// Tells configured standbys that are not following us of our epoch, once a second: an
+    /// old active among them (back from a partition) steps down and follows.
+    async fn announce_loop(self, ad: Arc<ActiveDomain>) {
+        let mut stop = ad.stop.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let Ok(status) = ad.domain.status() else {
+                continue;
+            };
+            let silent: Vec<NodeId> = {
+                let shippers = lock(&ad.shippers);
+                ad.config
+                    .standbys
+                    .iter()
+                    .filter(|n| shippers.get(*n).is_none_or(|s| lock(s).is_closed()))
+                    .cloned()
+                    .collect()
+            };
+            for peer in silent {
+                if let Err(e) = self.probe(&peer, ad.domain.id(), Some(&status.epoch)).await {
+                    tracing::debug!(domain = %ad.domain.id(), peer = %peer, "epoch announcement: {e}");
+                }
+            }
+        }
     }
 
     /// Trims the log of an active domain to what standbys still need, within the size cap.
     async fn retention_loop(self, ad: Arc<ActiveDomain>) {
-        let mut shutdown = self.inner.shutdown.subscribe();
+        let mut shutdown = ad.stop.subscribe();
         let mut tick = tokio::time::interval(ad.config.retention_interval);
         loop {
             tokio::select! {
@@ -220,7 +260,13 @@ impl Node {
         let first = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
         let follow = match first {
             Ok(Some(Ok(Message::Follow(f)))) => f,
-            Ok(Some(Ok(Message::Probe { domain }))) => {
+            Ok(Some(Ok(Message::Probe { domain, epoch }))) => {
+                if let Some(epoch) = epoch {
+                    let ours = self.probe_answer(&domain).map(|a| a.epoch);
+                    if ours.is_some_and(|o| epoch > o) {
+                        self.step_down(&domain, &epoch);
+                    }
+                }
                 let answer = Message::ProbeAnswer(self.probe_answer(&domain));
                 if let Ok(frame) = message::encode(&answer) {
                     drop(write_frame(&mut send, &frame).await);
@@ -265,11 +311,7 @@ impl Node {
         if let Ok(status) = ad.domain.status() {
             if follow.epoch > status.epoch {
                 // Invariant 1: a higher epoch exists; stop taking writes at once.
-                tracing::warn!(domain = %domain_id, epoch = %follow.epoch, "a higher epoch exists: this replica is fenced and becomes standby");
-                if let Err(e) = ad.domain.demote(&follow.epoch) {
-                    tracing::error!(domain = %domain_id, error = %e, "cannot record the demotion");
-                }
-                lock(&self.inner.actives).remove(&domain_id);
+                self.step_down(&domain_id, &follow.epoch);
                 if let Ok(frame) = reject(RejectReason::StaleEpoch) {
                     drop(write_frame(&mut send, &frame).await);
                 }
@@ -377,7 +419,7 @@ impl ActiveStream {
     ) {
         let mut commits = self.ad.domain.subscribe();
         let mut tick = tokio::time::interval(self.node.inner.config.tick);
-        let mut shutdown = self.node.inner.shutdown.subscribe();
+        let mut shutdown = self.ad.stop.subscribe();
         let mut actions = first;
         loop {
             if !self.execute(std::mem::take(&mut actions)).await {

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub tick: Duration,
     /// A standby whose active sends nothing (not even a heartbeat) for this long reconnects.
     pub stream_idle: Duration,
+    /// How long connecting to a peer may take.
+    pub connect_timeout: Duration,
     /// Most bytes of change log a standby replica keeps (for the standbys it would serve
     /// after a promotion); checked every `standby_retention_interval`.
     pub standby_retention_bytes: u64,
@@ -84,6 +86,7 @@ impl NodeConfig {
             snapshot_chunk_bytes: 256 * 1024,
             tick: Duration::from_millis(100),
             stream_idle: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
             standby_retention_bytes: 256 << 20,
             standby_retention_interval: Duration::from_secs(1),
         }
@@ -109,7 +112,9 @@ struct Inner {
     config: NodeConfig,
     peers: Mutex<BTreeMap<NodeId, SocketAddr>>,
     endpoint: quinn::Endpoint,
-    connections: tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>,
+    /// One slot per peer: connecting to a slow peer never holds up the others, and callers
+    /// for the same peer share one attempt.
+    connections: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     actives: Mutex<HashMap<DomainId, Arc<active::ActiveDomain>>>,
     standbys: Mutex<HashMap<DomainId, Arc<standby::StandbyDomain>>>,
     shutdown: watch::Sender<bool>,
@@ -162,7 +167,7 @@ impl Node {
                 peers: Mutex::new(config.peers.clone()),
                 config,
                 endpoint,
-                connections: tokio::sync::Mutex::new(HashMap::new()),
+                connections: Mutex::new(HashMap::new()),
                 actives: Mutex::new(HashMap::new()),
                 standbys: Mutex::new(HashMap::new()),
                 shutdown,
@@ -203,7 +208,9 @@ impl Node {
     /// Stops every task, closes the endpoint and waits (briefly) for peers to be told.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
-        lock(&self.inner.actives).clear();
+        for (_, ad) in std::mem::take(&mut *lock(&self.inner.actives)) {
+            ad.stop();
+        }
         for (_, sd) in std::mem::take(&mut *lock(&self.inner.standbys)) {
             sd.stop();
         }
@@ -217,8 +224,11 @@ impl Node {
     /// Drops the connection to `peer`, if any (streams on it end; followers reconnect after
     /// their backoff). For operators and tests of resumption.
     pub async fn disconnect(&self, peer: &NodeId) {
-        if let Some(conn) = self.inner.connections.lock().await.remove(peer) {
-            conn.close(0u32.into(), b"disconnected by the operator");
+        let slot = lock(&self.inner.connections).get(peer).cloned();
+        if let Some(slot) = slot {
+            if let Some(conn) = slot.lock().await.take() {
+                conn.close(0u32.into(), b"disconnected by the operator");
+            }
         }
     }
 
@@ -268,8 +278,13 @@ impl Node {
 
     /// The connection to `peer`, opened when missing or dead.
     async fn connection(&self, peer: &NodeId) -> Result<quinn::Connection, NodeError> {
-        let mut conns = self.inner.connections.lock().await;
-        if let Some(c) = conns.get(peer) {
+        let slot = Arc::clone(
+            lock(&self.inner.connections)
+                .entry(peer.clone())
+                .or_default(),
+        );
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
@@ -294,19 +309,20 @@ impl Node {
                 addr,
                 detail: e.to_string(),
             })?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+        let limit = self.inner.config.connect_timeout;
+        let conn = tokio::time::timeout(limit, connecting)
             .await
             .map_err(|_| NodeError::Connect {
                 node: peer.clone(),
                 addr,
-                detail: "no answer within 10 s".into(),
+                detail: format!("no answer within {limit:?}"),
             })?
             .map_err(|e| NodeError::Connect {
                 node: peer.clone(),
                 addr,
                 detail: e.to_string(),
             })?;
-        conns.insert(peer.clone(), conn.clone());
+        *slot = Some(conn.clone());
         Ok(conn)
     }
 }

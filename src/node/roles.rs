@@ -66,7 +66,8 @@ pub enum PromoteError {
 }
 
 impl Node {
-    /// Asks `peer` where it stands on `domain`.
+    /// Asks `peer` where it stands on `domain`, telling it our `epoch` when we are active (a
+    /// lower active that hears it steps down and follows us).
     ///
     /// # Errors
     /// A one-line description of what failed (connection, stream, answer).
@@ -74,12 +75,14 @@ impl Node {
         &self,
         peer: &NodeId,
         domain: &DomainId,
+        epoch: Option<&Epoch>,
     ) -> Result<Option<ProbeAnswer>, String> {
         let ask = async {
             let conn = self.connection(peer).await.map_err(|e| e.to_string())?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             let frame = message::encode(&Message::Probe {
                 domain: domain.clone(),
+                epoch: epoch.cloned(),
             })
             .map_err(|e| e.to_string())?;
             write_frame(&mut send, &frame)
@@ -98,6 +101,24 @@ impl Node {
         tokio::time::timeout(PROBE_TIMEOUT, ask)
             .await
             .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
+    }
+
+    /// A higher epoch for `domain` exists (heard from a peer): if the domain is active here it
+    /// is fenced at once, becomes standby durably, and follows the epoch's node, which moves
+    /// any records written here after the fork to the collision archive (invariants 1, 5).
+    pub(super) fn step_down(&self, domain: &DomainId, epoch: &Epoch) {
+        let Some(ad) = lock(&self.inner.actives).remove(domain) else {
+            return;
+        };
+        ad.stop();
+        let replica = ad.domain().clone();
+        match replica.demote(epoch) {
+            Ok(()) => {
+                tracing::warn!(domain = %domain, epoch = %epoch, active = %epoch.node, "a higher epoch exists: stepped down to standby, following the new active");
+                self.follow(replica, epoch.node.clone());
+            }
+            Err(e) => tracing::error!(domain = %domain, error = %e, "cannot record the demotion"),
+        }
     }
 
     /// How this node's replica of `domain` stands, for a peer's probe.
@@ -145,7 +166,7 @@ impl Node {
         let mut unreachable = Vec::new();
         let mut behind: Option<(NodeId, Lsn)> = None;
         for peer in peers.iter().filter(|p| *p != self.id()) {
-            match self.probe(peer, domain).await {
+            match self.probe(peer, domain, None).await {
                 Ok(Some(answer)) => {
                     if answer.role == Role::Active && answer.epoch >= here.epoch && !force {
                         return Err(PromoteError::ActiveAlive {

@@ -48,6 +48,8 @@ pub enum Message {
     Probe {
         /// The domain.
         domain: DomainId,
+        /// The asker's epoch when it is active: a lower active that hears it steps down.
+        epoch: Option<Epoch>,
     },
     /// The answer to [`Message::Probe`]; `None` when the node has no replica of the domain.
     ProbeAnswer(Option<ProbeAnswer>),
