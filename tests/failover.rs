@@ -266,9 +266,17 @@ async fn an_old_active_back_from_a_partition_steps_down_and_archives_its_diverge
         a.node.write(&dom(), put(1)).await,
         Err(domsync::node::WriteError::NotServed { .. })
     ));
-    // Re-applying an archived write on the new active makes it visible everywhere.
-    let record = &da.collisions().unwrap()[0].record;
-    let p = b.node.write(&dom(), record.ops.clone()).await.unwrap();
+    // Re-applying an archived write on the new active makes it visible everywhere; then the
+    // operator discards it from the archive.
+    let archived = da.collisions().unwrap()[0].clone();
+    let p = b
+        .node
+        .write(&dom(), archived.record.ops.clone())
+        .await
+        .unwrap();
+    assert!(da.discard_collision(archived.id).unwrap());
+    assert!(!da.discard_collision(archived.id).unwrap(), "already gone");
+    assert_eq!(da.collisions().unwrap().len(), divergent.len() - 1);
     reach(&da, p.lsn).await;
     reach(&dc, p.lsn).await;
     assert!(da.get(b"key-0100").unwrap().value.is_some());

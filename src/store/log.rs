@@ -19,6 +19,19 @@ pub struct LogEntry {
     pub bytes: Vec<u8>,
 }
 
+/// A record in the collision archive: written by a fenced active after the fork point of the
+/// new active's history. Its epoch, lsn, time and ops are in `record`; write its ops again on
+/// the current active to keep them, or discard it with [`Domain::discard_collision`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedRecord {
+    /// Archive id (stable until discarded).
+    pub id: u64,
+    /// The decoded record.
+    pub record: Record,
+    /// Its encoded frame, as it was written.
+    pub bytes: Vec<u8>,
+}
+
 /// A stored record with the result of decoding and checking it.
 pub type InspectedRecord = (Lsn, Result<Record, CodecError>);
 
@@ -97,22 +110,39 @@ impl Domain {
     ///
     /// # Errors
     /// [`StoreError::CorruptRecord`] or [`StoreError::Storage`].
-    pub fn collisions(&self) -> Result<Vec<LogEntry>, StoreError> {
+    pub fn collisions(&self) -> Result<Vec<ArchivedRecord>, StoreError> {
         let id = self.id();
         let txn = self.begin_read()?;
         let table = txn.open_table(super::tables::COLLISIONS).or_storage(id)?;
         let mut out = Vec::new();
         for entry in table.iter().or_storage(id)? {
-            let (_, v) = entry.or_storage(id)?;
+            let (k, v) = entry.or_storage(id)?;
             let bytes = v.value().to_vec();
             let record = decode_record(&bytes).map_err(|source| StoreError::CorruptRecord {
                 domain: id.clone(),
                 lsn: Lsn::ZERO,
                 source,
             })?;
-            out.push(LogEntry { record, bytes });
+            out.push(ArchivedRecord {
+                id: k.value(),
+                record,
+                bytes,
+            });
         }
         Ok(out)
+    }
+
+    /// Removes record `id` from the collision archive (once it was written again on the
+    /// active, or judged not worth keeping). Returns false when no such record is archived.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`].
+    pub fn discard_collision(&self, id: u64) -> Result<bool, StoreError> {
+        let known = self.collisions()?.iter().any(|a| a.id == id);
+        if known {
+            self.submit_work(super::writer::Work::Discard(id))?;
+        }
+        Ok(known)
     }
 
     /// The chain after `lsn`, when the retained log (or the position) still tells it; the

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 pub use digest::StateDigest;
 pub use domain::{Domain, DomainStatus, KeyValue, Policy, Read, WriterStats};
 pub use error::StoreError;
-pub use log::{Fault, InspectedRecord, LogEntry, VerifyReport};
+pub use log::{ArchivedRecord, Fault, InspectedRecord, LogEntry, VerifyReport};
 pub use resync::{Resync, ResyncTarget};
 pub use snapshot::{Snapshot, SnapshotItem};
 

@@ -20,7 +20,7 @@ use super::apply::apply_ops;
 use super::domain::SharedDb;
 use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
-use super::tables::{Tables, META_KEY};
+use super::tables::{Tables, COLLISIONS, META_KEY};
 use crate::codec::{chain_next, decode_record, encode_record, CodecError};
 use crate::model::{Crl, DomainId, Epoch, HistoryEntry, Lsn, NodeId, Op, Position, Record, Role};
 
@@ -65,6 +65,8 @@ pub(crate) enum Work {
     Promote,
     /// Become standby: a higher epoch exists elsewhere.
     Demote(Epoch),
+    /// Remove a record from the collision archive.
+    Discard(u64),
 }
 
 /// A finished, durable database built aside, ready to replace the replica's file.
@@ -126,7 +128,11 @@ fn work_bytes(w: &Work) -> usize {
             .sum(),
         Work::Apply(bytes) => bytes.len(),
         Work::ApplyBatch(records) => records.iter().map(Vec::len).sum(),
-        Work::Truncate(_) | Work::Install(_) | Work::Promote | Work::Demote(_) => 0,
+        Work::Truncate(_)
+        | Work::Install(_)
+        | Work::Promote
+        | Work::Demote(_)
+        | Work::Discard(_) => 0,
     }
 }
 
@@ -201,6 +207,7 @@ impl Writer {
         let mut meta = self.meta.clone();
         let mut outcomes = Vec::with_capacity(works.len());
         let mut records = 0u64;
+        let mut archive_changed = false;
         {
             let mut t = Tables::open(&txn, &domain)?;
             for work in works {
@@ -223,6 +230,11 @@ impl Writer {
                         domain: domain.clone(),
                     }),
                     Work::Promote => self.promote(&mut meta),
+                    Work::Discard(id) => {
+                        let mut archive = txn.open_table(COLLISIONS).or_storage(&domain)?;
+                        archive_changed |= archive.remove(id).or_storage(&domain)?.is_some();
+                        Self::committed(&meta)
+                    }
                     Work::Demote(epoch) => {
                         if epoch > meta.epoch {
                             meta.epoch = epoch;
@@ -241,7 +253,7 @@ impl Writer {
                     .or_storage(&domain)?;
             }
         }
-        if meta == self.meta {
+        if meta == self.meta && !archive_changed {
             txn.abort().or_storage(&domain)?;
             return Ok(outcomes);
         }
