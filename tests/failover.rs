@@ -283,3 +283,61 @@ async fn an_old_active_back_from_a_partition_steps_down_and_archives_its_diverge
     assert_eq!(dc.status().unwrap().digest, db.status().unwrap().digest);
     assert_eq!(da.status().unwrap().digest, db.status().unwrap().digest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_standbys_promoted_at_once_the_higher_epoch_wins_and_the_other_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c, _da, db, dc) = cluster(dir.path()).await;
+    for i in 0..10 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    reach(&db, Lsn(10)).await;
+    reach(&dc, Lsn(10)).await;
+    a.node.shutdown().await;
+    // Both are promoted by force without asking each other: epochs (2, b) and (2, c).
+    let pb = b
+        .node
+        .promote(&dom(), &[], config_for(&["a", "c"]), true)
+        .await
+        .unwrap();
+    let pc = c
+        .node
+        .promote(&dom(), &[], config_for(&["a", "b"]), true)
+        .await
+        .unwrap();
+    assert!(pc.epoch > pb.epoch);
+    let on_b = b.node.write(&dom(), put(500)).await;
+    // `c` announces (2, c) to `b`, which steps down and follows it; what `b` wrote in its
+    // epoch is archived, not lost, and every lsn holds one record on both.
+    let p = c.node.write(&dom(), put(600)).await.unwrap();
+    reach(&db, p.lsn).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while db.status().unwrap().digest != dc.status().unwrap().digest {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b did not converge on c"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sb = db.status().unwrap();
+    assert_eq!(
+        (sb.role, sb.epoch.clone()),
+        (Role::Standby, pc.epoch.clone())
+    );
+    assert_eq!(dc.status().unwrap().role, Role::Active);
+    if on_b.is_ok() || matches!(on_b, Err(domsync::node::WriteError::Unconfirmed { .. })) {
+        let archived: Vec<Epoch> = db
+            .collisions()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.record.epoch)
+            .collect();
+        assert_eq!(archived, vec![pb.epoch.clone()]);
+    }
+    let lb = db.read_log(sb.log_start, usize::MAX, usize::MAX).unwrap();
+    let lc = dc.read_log(sb.log_start, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(
+        lb.iter().map(|e| &e.bytes).collect::<Vec<_>>(),
+        lc.iter().map(|e| &e.bytes).collect::<Vec<_>>()
+    );
+}
