@@ -341,3 +341,77 @@ async fn of_two_standbys_promoted_at_once_the_higher_epoch_wins_and_the_other_is
         lc.iter().map(|e| &e.bytes).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_under_write_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c, da, db, dc) = cluster(dir.path()).await;
+    for i in 0..20 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    reach(&db, Lsn(20)).await;
+    // Writers keep writing to whoever they believe is active, following NotActive hints.
+    let nodes = [("a", a.node.clone()), ("b", b.node.clone())];
+    let writer = {
+        let nodes = nodes.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut target = 0;
+            for i in 1000..1400 {
+                loop {
+                    match nodes[target].1.write(&dom(), put(i)).await {
+                        Ok(p) => {
+                            acked.push((i, p));
+                            break;
+                        }
+                        Err(domsync::node::WriteError::Unconfirmed { position, .. }) => {
+                            acked.push((i, position));
+                            break;
+                        }
+                        // Not active (any more) here: the hint names the new active.
+                        Err(_) => {
+                            target = 1 - target;
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+            }
+            acked
+        })
+    };
+    // Switch over in the middle of the load.
+    reach(&da, Lsn(100)).await;
+    let done = a
+        .node
+        .switchover(&dom(), &nid("b"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.epoch,
+        Epoch {
+            term: 2,
+            node: nid("b")
+        }
+    );
+    let acked = writer.await.unwrap();
+    assert_eq!(acked.len(), 400);
+    // Every acknowledged write is on the new active, and every replica converges.
+    for (i, _) in &acked {
+        assert!(
+            db.get(format!("key-{i:04}").as_bytes())
+                .unwrap()
+                .value
+                .is_some(),
+            "write {i} lost"
+        );
+    }
+    assert_eq!(db.status().unwrap().role, Role::Active);
+    c.node.follow(dc.clone(), nid("b"));
+    let end = db.status().unwrap().position.lsn;
+    reach(&da, end).await;
+    reach(&dc, end).await;
+    assert_eq!(da.status().unwrap().role, Role::Standby);
+    assert_eq!(da.status().unwrap().digest, db.status().unwrap().digest);
+    assert_eq!(dc.status().unwrap().digest, db.status().unwrap().digest);
+    assert!(da.collisions().unwrap().is_empty(), "nothing diverged");
+}

@@ -124,6 +124,8 @@ fn describe(m: &Message) -> String {
         Message::Ack(a) => format!("ack {}/{}/{}", a.received, a.durable, a.applied),
         Message::Probe { .. } => "probe".to_owned(),
         Message::ProbeAnswer(a) => format!("probe-answer {}", a.is_some()),
+        Message::TakeOver(t) => format!("take-over {}", t.last.lsn),
+        Message::TookOver(r) => format!("took-over {}", r.is_ok()),
     }
 }
 

@@ -76,6 +76,19 @@ impl ActiveDomain {
     pub(super) fn stop(&self) {
         self.stop.send_replace(true);
     }
+
+    pub(super) fn config(&self) -> &ActiveConfig {
+        &self.config
+    }
+
+    /// The durable lsn `standby` acknowledged.
+    pub(super) fn durable_on(&self, standby: &NodeId) -> Lsn {
+        lock(&self.waiting)
+            .confirmations
+            .durable()
+            .find(|(n, _)| *n == standby)
+            .map_or(Lsn::ZERO, |(_, l)| l)
+    }
 }
 
 pub(super) struct ActiveDomain {
@@ -260,6 +273,15 @@ impl Node {
         let first = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
         let follow = match first {
             Ok(Some(Ok(Message::Follow(f)))) => f,
+            Ok(Some(Ok(Message::TakeOver(take)))) => {
+                let answer = Message::TookOver(self.take_over(&peer, &take));
+                if let Ok(frame) = message::encode(&answer) {
+                    drop(write_frame(&mut send, &frame).await);
+                }
+                drop(send.finish());
+                drop(tokio::time::timeout(Duration::from_secs(5), inbox.recv()).await);
+                return;
+            }
             Ok(Some(Ok(Message::Probe { domain, epoch }))) => {
                 if let Some(epoch) = epoch {
                     let ours = self.probe_answer(&domain).map(|a| a.epoch);

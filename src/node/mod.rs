@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 pub use active::{ActiveConfig, StandbyReport};
 pub use error::{NodeError, WriteError};
-pub use roles::{PromoteError, Promotion};
+pub use roles::{PromoteError, Promotion, Switchover, SwitchoverError};
 pub use standby::FollowerReport;
 
 use crate::model::{DomainId, NodeId};

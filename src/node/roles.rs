@@ -219,3 +219,191 @@ impl Node {
         })
     }
 }
+
+/// What a switchover did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Switchover {
+    /// The epoch the new active took.
+    pub epoch: Epoch,
+    /// The last position of the old active, now held by the new one.
+    pub position: Position,
+    /// How long writes were refused (from the stop to the hand-over).
+    pub pause: Duration,
+}
+
+/// Why a switchover did not happen; the old active then stays active (in a new epoch).
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchoverError {
+    /// The domain is not active on this node.
+    #[error("domain {domain} is not active on this node: run the switchover on its active")]
+    NotActive {
+        /// The domain.
+        domain: DomainId,
+    },
+    /// The target is not a configured standby.
+    #[error("node {node} is not a configured standby of {domain}: pick one of its standbys")]
+    NotStandby {
+        /// The domain.
+        domain: DomainId,
+        /// The node.
+        node: NodeId,
+    },
+    /// The target did not hold the last write in time, or refused.
+    #[error("switchover of {domain} to {node} failed: {why}; this node stays active")]
+    Failed {
+        /// The domain.
+        domain: DomainId,
+        /// The target.
+        node: NodeId,
+        /// What went wrong.
+        why: String,
+    },
+    /// The store refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Node {
+    /// Planned move of the active role to standby `to`: this node stops taking writes (they
+    /// get `NotActive` naming `to`), waits until `to` holds its last write durably, hands over
+    /// a new epoch, and follows `to`. No acknowledged write is lost. On failure within
+    /// `timeout` this node takes writes again, in a new epoch of its own.
+    ///
+    /// # Errors
+    /// [`SwitchoverError`].
+    pub async fn switchover(
+        &self,
+        domain: &DomainId,
+        to: &NodeId,
+        timeout: Duration,
+    ) -> Result<Switchover, SwitchoverError> {
+        let ad = lock(&self.inner.actives)
+            .get(domain)
+            .cloned()
+            .ok_or_else(|| SwitchoverError::NotActive {
+                domain: domain.clone(),
+            })?;
+        let config = ad.config().clone();
+        if !config.standbys.contains(to) {
+            return Err(SwitchoverError::NotStandby {
+                domain: domain.clone(),
+                node: to.clone(),
+            });
+        }
+        let replica = ad.domain().clone();
+        let started = std::time::Instant::now();
+        let epoch = Epoch {
+            term: replica.status()?.epoch.term + 1,
+            node: to.clone(),
+        };
+        // 1. No more writes here; writers are told the new active's name.
+        replica.demote(&epoch)?;
+        let last = replica.status()?.position;
+        let fail = |why: String| SwitchoverError::Failed {
+            domain: domain.clone(),
+            node: to.clone(),
+            why,
+        };
+        let outcome = async {
+            // 2. Wait until the target holds the last write durably.
+            let deadline = tokio::time::Instant::now() + timeout;
+            while ad.durable_on(to) < last.lsn {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(fail(format!(
+                        "it did not reach lsn {} in {timeout:?}",
+                        last.lsn
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // 3. Hand over.
+            let mut standbys: Vec<NodeId> = config
+                .standbys
+                .iter()
+                .filter(|n| *n != to)
+                .cloned()
+                .collect();
+            standbys.push(self.id().clone());
+            let take = crate::repl::TakeOver {
+                domain: domain.clone(),
+                epoch: epoch.clone(),
+                last: last.clone(),
+                durability: config.durability,
+                standbys,
+            };
+            self.ask(to, &Message::TakeOver(take))
+                .await
+                .map_err(fail)
+                .and_then(|m| match m {
+                    Message::TookOver(Ok(_)) => Ok(()),
+                    Message::TookOver(Err(why)) => Err(fail(why)),
+                    other => Err(fail(format!("unexpected answer {other:?}"))),
+                })
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                let pause = started.elapsed();
+                if let Some(ad) = lock(&self.inner.actives).remove(domain) {
+                    ad.stop();
+                }
+                self.follow(replica, to.clone());
+                tracing::info!(domain = %domain, to = %to, epoch = %epoch, pause_ms = pause.as_millis(), "switchover complete");
+                Ok(Switchover {
+                    epoch,
+                    position: last,
+                    pause,
+                })
+            }
+            Err(e) => {
+                // Take writes again, in an epoch above the one offered.
+                replica.promote()?;
+                tracing::warn!(domain = %domain, error = %e, "switchover failed; still active");
+                Err(e)
+            }
+        }
+    }
+
+    /// The target side of a switchover.
+    pub(super) fn take_over(
+        &self,
+        from: &NodeId,
+        take: &crate::repl::TakeOver,
+    ) -> Result<Position, String> {
+        let sd = lock(&self.inner.standbys)
+            .get(&take.domain)
+            .cloned()
+            .ok_or_else(|| format!("{} is not a standby of {} here", self.id(), take.domain))?;
+        let replica = sd.domain().clone();
+        let here = replica.status().map_err(|e| e.to_string())?;
+        if here.position != take.last {
+            return Err(format!(
+                "this replica is at {} and the old active at {}",
+                here.position, take.last
+            ));
+        }
+        self.unfollow(&take.domain);
+        replica.promote_to(&take.epoch).map_err(|e| e.to_string())?;
+        let config = ActiveConfig::new(take.durability, take.standbys.clone());
+        self.serve_active(replica, config);
+        tracing::info!(domain = %take.domain, from = %from, epoch = %take.epoch, "took over as active");
+        Ok(here.position)
+    }
+
+    /// Sends one message on a new stream to `peer` and reads one answer.
+    async fn ask(&self, peer: &NodeId, m: &Message) -> Result<Message, String> {
+        let conn = self.connection(peer).await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let frame = message::encode(m).map_err(|e| e.to_string())?;
+        write_frame(&mut send, &frame)
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = tokio::time::timeout(PROBE_TIMEOUT, read_frame(&mut recv, MAX_MESSAGE_BYTES))
+            .await
+            .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?
+            .ok_or("the peer ended the stream without answering")?;
+        drop(send.finish());
+        open_frame::<Message>(&answer, MAX_MESSAGE_BYTES).map_err(|e| e.to_string())
+    }
+}

@@ -53,6 +53,26 @@ pub enum Message {
     },
     /// The answer to [`Message::Probe`]; `None` when the node has no replica of the domain.
     ProbeAnswer(Option<ProbeAnswer>),
+    /// active → standby, first message of its own stream (switchover): the active stopped
+    /// taking writes at `last`; become active in `epoch` if you hold exactly `last`.
+    TakeOver(TakeOver),
+    /// The answer to [`Message::TakeOver`]: the new active's position, or why it refused.
+    TookOver(Result<Position, String>),
+}
+
+/// A planned hand-over of the active role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeOver {
+    /// The domain.
+    pub domain: DomainId,
+    /// The epoch the new active takes.
+    pub epoch: Epoch,
+    /// The old active's last position; the new active must hold exactly this.
+    pub last: Position,
+    /// Durability the new active serves with.
+    pub durability: super::Durability,
+    /// The new active's standbys (the old active among them).
+    pub standbys: Vec<NodeId>,
 }
 
 /// How a replica stands, as told to a node that is about to promote its own.

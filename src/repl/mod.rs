@@ -17,7 +17,7 @@ mod status;
 pub use active::{decide, fork_point, LocalView, ShipAction, ShipConfig, Shipper};
 pub use durability::{Confirmations, Durability, Unconfirmed};
 pub use message::{
-    Ack, Answer, Follow, Message, ProbeAnswer, RecordBytes, RejectReason, SnapshotHeader,
+    Ack, Answer, Follow, Message, ProbeAnswer, RecordBytes, RejectReason, SnapshotHeader, TakeOver,
 };
 pub use retention::{retention_cut, RetentionInput};
 pub use standby::{Backoff, FollowAction, Follower, StandbyView};

@@ -474,6 +474,8 @@ fn message_name(m: &Message) -> &'static str {
         Message::Ack(_) => "Ack",
         Message::Probe { .. } => "Probe",
         Message::ProbeAnswer(_) => "ProbeAnswer",
+        Message::TakeOver(_) => "TakeOver",
+        Message::TookOver(_) => "TookOver",
     }
 }
 

@@ -344,8 +344,17 @@ impl Domain {
     /// [`StoreError::NotStandby`], [`StoreError::InvalidWrite`] for a replica that never
     /// synchronized, or [`StoreError::Storage`].
     pub fn promote(&self) -> Result<Epoch, StoreError> {
-        self.submit(Work::Promote)?;
+        self.submit(Work::Promote(None))?;
         Ok(self.status()?.epoch)
+    }
+
+    /// Like [`Domain::promote`], in the epoch a switchover hands over (it must be this node's
+    /// and above every epoch seen here).
+    ///
+    /// # Errors
+    /// As [`Domain::promote`].
+    pub fn promote_to(&self, epoch: &Epoch) -> Result<(), StoreError> {
+        self.submit(Work::Promote(Some(epoch.clone()))).map(|_| ())
     }
 
     /// Fences this replica: `epoch` was seen elsewhere. If it is above the replica's own, no

@@ -61,8 +61,9 @@ pub(crate) enum Work {
     Truncate(Lsn),
     /// Switch in a database built aside by a resync. Always committed alone.
     Install(Box<Install>),
-    /// Become active in a new epoch above every epoch seen (manual promotion).
-    Promote,
+    /// Become active in a new epoch above every epoch seen (manual promotion), or in the given
+    /// epoch (handed over by a switchover; refused unless above every epoch seen).
+    Promote(Option<Epoch>),
     /// Become standby: a higher epoch exists elsewhere.
     Demote(Epoch),
     /// Remove a record from the collision archive.
@@ -130,7 +131,7 @@ fn work_bytes(w: &Work) -> usize {
         Work::ApplyBatch(records) => records.iter().map(Vec::len).sum(),
         Work::Truncate(_)
         | Work::Install(_)
-        | Work::Promote
+        | Work::Promote(_)
         | Work::Demote(_)
         | Work::Discard(_) => 0,
     }
@@ -229,7 +230,7 @@ impl Writer {
                     Work::Install(_) => Err(StoreError::Closed {
                         domain: domain.clone(),
                     }),
-                    Work::Promote => self.promote(&mut meta),
+                    Work::Promote(epoch) => self.promote(&mut meta, epoch),
                     Work::Discard(id) => {
                         let mut archive = txn.open_table(COLLISIONS).or_storage(&domain)?;
                         archive_changed |= archive.remove(id).or_storage(&domain)?.is_some();
@@ -330,7 +331,7 @@ impl Writer {
 
     /// Makes a standby active in a new epoch above every epoch it has seen; the new epoch and
     /// its history entry are committed before any write can use them.
-    fn promote(&self, meta: &mut DomainMeta) -> Outcome {
+    fn promote(&self, meta: &mut DomainMeta, given: Option<Epoch>) -> Outcome {
         if meta.role != Role::Standby {
             return Err(StoreError::NotStandby {
                 domain: self.domain.clone(),
@@ -349,9 +350,21 @@ impl Writer {
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .map_or(0, |e| e.term);
-        let epoch = Epoch {
-            term: meta.epoch.term.max(seen) + 1,
-            node: self.node.clone(),
+        let epoch = match given {
+            Some(e) if e.node == self.node && e > meta.epoch && e.term > seen => e,
+            Some(e) => {
+                return Err(StoreError::InvalidWrite {
+                    domain: self.domain.clone(),
+                    reason: format!(
+                        "epoch {e} handed over is not a new epoch of this node above {}",
+                        meta.epoch
+                    ),
+                })
+            }
+            None => Epoch {
+                term: meta.epoch.term.max(seen) + 1,
+                node: self.node.clone(),
+            },
         };
         meta.history.push(HistoryEntry {
             epoch: epoch.clone(),
