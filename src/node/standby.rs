@@ -36,7 +36,8 @@ pub struct FollowerReport {
 
 pub(super) struct StandbyDomain {
     domain: Domain,
-    active: NodeId,
+    /// The node followed; changed when a refusal names the domain's active.
+    active: Mutex<NodeId>,
     follower: Mutex<Follower>,
     resyncs: Mutex<u64>,
     /// Set to stop following (unfollow or node shutdown).
@@ -50,6 +51,10 @@ impl StandbyDomain {
 
     pub(super) fn stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    fn active(&self) -> NodeId {
+        lock(&self.active).clone()
     }
 }
 
@@ -69,7 +74,7 @@ impl Node {
         let sd = Arc::new(StandbyDomain {
             follower: Mutex::new(follower),
             domain: domain.clone(),
-            active,
+            active: Mutex::new(active),
             resyncs: Mutex::new(0),
             stop: watch::channel(false).0,
         });
@@ -96,7 +101,7 @@ impl Node {
         let f = lock(&sd.follower);
         let (status, last_sync) = f.status();
         Some(FollowerReport {
-            active: sd.active.clone(),
+            active: sd.active(),
             status,
             position,
             last_sync: last_sync.map(to_wall),
@@ -116,7 +121,7 @@ impl Node {
             let now = Instant::now();
             let actions = lock(&sd.follower).on_tick(now);
             if actions.contains(&FollowAction::Connect) {
-                match self.open_stream(&sd.active).await {
+                match self.open_stream(&sd.active()).await {
                     Ok((send, recv)) => {
                         let mut stream = StandbyStream {
                             node_idle: self.inner.config.stream_idle,
@@ -127,12 +132,19 @@ impl Node {
                         stream.run(recv).await;
                     }
                     Err(e) => {
-                        tracing::debug!(domain = %sd.domain.id(), active = %sd.active, error = %e, "cannot reach the active");
+                        tracing::debug!(domain = %sd.domain.id(), active = %sd.active(), error = %e, "cannot reach the active");
                     }
                 }
-                let mut f = lock(&sd.follower);
-                if f.is_connected() {
-                    drop(f.disconnected(Instant::now()));
+                let redirect = {
+                    let mut f = lock(&sd.follower);
+                    if f.is_connected() {
+                        drop(f.disconnected(Instant::now()));
+                    }
+                    f.take_redirect()
+                };
+                if let Some(next) = redirect.filter(|n| n != self.id()) {
+                    tracing::info!(domain = %sd.domain.id(), from = %sd.active(), to = %next, "the followed node names another active; following it");
+                    *lock(&sd.active) = next;
                 }
                 continue;
             }
@@ -201,7 +213,7 @@ impl StandbyStream {
                 m = tokio::time::timeout(idle, inbox.recv()) => {
                     let now = Instant::now();
                     let Ok(m) = m else {
-                        tracing::warn!(domain = %self.sd.domain.id(), active = %self.sd.active, "nothing from the active for {idle:?}; reconnecting");
+                        tracing::warn!(domain = %self.sd.domain.id(), active = %self.sd.active(), "nothing from the active for {idle:?}; reconnecting");
                         return;
                     };
                     actions = match m {
@@ -351,7 +363,7 @@ impl StandbyStream {
                         Vec::new()
                     }
                     FollowAction::Close { why } => {
-                        tracing::warn!(domain = %id, active = %self.sd.active, "replication stream closed: {why}");
+                        tracing::warn!(domain = %id, active = %self.sd.active(), "replication stream closed: {why}");
                         self.resync = None;
                         drop(self.send.finish());
                         return false;

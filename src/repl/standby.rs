@@ -7,10 +7,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::message::{Ack, Answer, Follow, Message, RecordBytes, SnapshotHeader, HISTORY_TAIL};
+use super::message::{
+    Ack, Answer, Follow, Message, RecordBytes, RejectReason, SnapshotHeader, HISTORY_TAIL,
+};
 use super::status::SyncStatus;
 use crate::codec::{decode_record, record_head};
-use crate::model::{DomainId, DomainUid, Epoch, HistoryEntry, Lsn, Position};
+use crate::model::{DomainId, DomainUid, Epoch, HistoryEntry, Lsn, NodeId, Position};
 use crate::store::SnapshotItem;
 
 /// Backoff between attempts to reach the active.
@@ -131,6 +133,8 @@ pub struct Follower {
     divergence: Option<SyncStatus>,
     last_error: Option<String>,
     refused: u64,
+    /// The active a refusal named, for the driver to follow instead.
+    redirect: Option<NodeId>,
 }
 
 impl Follower {
@@ -153,6 +157,7 @@ impl Follower {
             divergence: None,
             last_error: None,
             refused: 0,
+            redirect: None,
         }
     }
 
@@ -323,6 +328,9 @@ impl Follower {
                 Vec::new()
             }
             Answer::Reject { reason, active } => {
+                if matches!(reason, RejectReason::NotActive | RejectReason::StaleEpoch) {
+                    self.redirect.clone_from(&active);
+                }
                 let why = match active {
                     Some(n) => format!(
                         "the node refused to serve {}: {reason} (it names {n} as active)",
@@ -451,6 +459,12 @@ impl Follower {
         (status, self.last_sync)
     }
 
+    /// The active named by the last refusal (`NotActive` or `StaleEpoch`), once: the driver
+    /// follows that node instead.
+    pub fn take_redirect(&mut self) -> Option<NodeId> {
+        self.redirect.take()
+    }
+
     /// The last error or refusal seen, for the operator.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
@@ -495,7 +509,6 @@ fn phase_name(p: &Phase) -> &'static str {
 mod tests {
     use super::*;
     use crate::model::NodeId;
-    use crate::repl::message::RejectReason;
 
     /// Found while writing the simulation's driver (tests/sim.rs): every `Close` must
     /// leave the follower idle with a retry due, as `Close` documents. A refusal used to leave
