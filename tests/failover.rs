@@ -415,3 +415,66 @@ async fn a_switchover_under_write_load_loses_no_acknowledged_write() {
     assert_eq!(dc.status().unwrap().digest, db.status().unwrap().digest);
     assert!(da.collisions().unwrap().is_empty(), "nothing diverged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_comes_back_as_standby_and_nobody_follows_an_empty_incarnation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c, da, db, _dc) = cluster(dir.path()).await;
+    for i in 0..30 {
+        a.node.write(&dom(), put(i)).await.unwrap();
+    }
+    reach(&db, Lsn(30)).await;
+    let uid = da.status().unwrap().uid;
+
+    // `b` loses its disk: it rejoins as a standby that never synchronized; it cannot be
+    // promoted, and it takes no write, until its resync completes.
+    b.node.unfollow(&dom());
+    b.node.shutdown().await;
+    drop(db);
+    drop(b);
+    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
+    let b = start(dir.path(), "b");
+    b.node.set_peer(nid("a"), a.node.local_addr().unwrap());
+    b.node.set_peer(nid("c"), c.node.local_addr().unwrap());
+    let fresh = b.store.join_domain(&dom()).unwrap();
+    assert!(matches!(
+        fresh.put("x", "y"),
+        Err(domsync::store::StoreError::NotActive { .. })
+    ));
+    assert!(
+        fresh.promote().is_err(),
+        "an empty replica is never promoted"
+    );
+    b.node.follow(fresh.clone(), nid("a"));
+    reach(&fresh, Lsn(30)).await;
+    assert_eq!(fresh.status().unwrap().uid, uid);
+    assert_eq!(fresh.status().unwrap().digest, da.status().unwrap().digest);
+
+    // `a` loses its disk and someone recreates the domain there: a new incarnation (new uid)
+    // that the standby refuses to follow.
+    a.node.shutdown().await;
+    drop(da);
+    drop(a);
+    std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+    let a = start(dir.path(), "a");
+    let empty = a.store.create_domain(&dom()).unwrap();
+    assert_ne!(empty.status().unwrap().uid, uid);
+    a.node.serve_active(empty.clone(), config_for(&["b", "c"]));
+    b.node.set_peer(nid("a"), a.node.local_addr().unwrap());
+    b.node.follow(fresh.clone(), nid("a"));
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let report = b.node.follower_status(&dom()).unwrap();
+        if report
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.contains("another incarnation"))
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{report:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fresh.status().unwrap().position.lsn, Lsn(30));
+    assert_eq!(fresh.status().unwrap().uid, uid);
+}
