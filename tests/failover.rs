@@ -261,6 +261,24 @@ async fn an_old_active_back_from_a_partition_steps_down_and_archives_its_diverge
         archived, divergent,
         "the divergent writes are archived, not lost"
     );
+    // Both sides report the collision until the archive is resolved.
+    let fork = domsync::repl::SyncStatus::Collision { fork: Lsn(20) };
+    assert_eq!(a.node.follower_status(&dom()).unwrap().status, fork);
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while b
+        .node
+        .sync_status(&dom())
+        .iter()
+        .find(|r| r.node == nid("a"))
+        .map(|r| &r.status)
+        != Some(&fork)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the active does not report the collision"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(da.get(b"key-0100").unwrap().value.is_none());
     assert!(matches!(
         a.node.write(&dom(), put(1)).await,
@@ -277,6 +295,10 @@ async fn an_old_active_back_from_a_partition_steps_down_and_archives_its_diverge
     assert!(da.discard_collision(archived.id).unwrap());
     assert!(!da.discard_collision(archived.id).unwrap(), "already gone");
     assert_eq!(da.collisions().unwrap().len(), divergent.len() - 1);
+    for rest in da.collisions().unwrap() {
+        assert!(da.discard_collision(rest.id).unwrap());
+    }
+    assert_ne!(a.node.follower_status(&dom()).unwrap().status, fork);
     reach(&da, p.lsn).await;
     reach(&dc, p.lsn).await;
     assert!(da.get(b"key-0100").unwrap().value.is_some());

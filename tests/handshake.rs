@@ -60,6 +60,7 @@ fn follow(lsn: u64, chain: u32, epoch: Epoch, history: Vec<HistoryEntry>) -> Fol
         },
         epoch,
         history_tail: history,
+        collision_fork: None,
     }
 }
 

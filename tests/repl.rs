@@ -515,6 +515,7 @@ async fn a_stalled_domain_does_not_block_another_on_the_same_connection() {
                 node: nid("b"),
             },
             history_tail: vec![],
+            collision_fork: None,
         }))
         .unwrap()
     };

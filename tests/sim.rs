@@ -1347,6 +1347,7 @@ impl Sim {
             position: st.position,
             epoch: st.epoch,
             history: st.history,
+            collision_fork: None,
         };
         self.next_stream += 1;
         self.standbys[i].stream = Some(Stream {

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::active::spawn_reader;
 use super::{lock, to_wall, Node};
-use crate::model::{NodeId, Position};
+use crate::model::{Lsn, NodeId, Position};
 use crate::net::frame::{write_frame, FrameError};
 use crate::repl::message;
 use crate::repl::{FollowAction, Follower, StandbyView, SyncStatus};
@@ -98,7 +98,9 @@ impl Node {
         let sd = lock(&self.inner.standbys).get(domain).cloned()?;
         let position = sd.domain.subscribe().borrow().clone();
         let resyncs = *lock(&sd.resyncs);
-        let f = lock(&sd.follower);
+        let fork = collision_fork(&sd.domain).ok().flatten();
+        let mut f = lock(&sd.follower);
+        f.set_collision_fork(fork);
         let (status, last_sync) = f.status();
         Some(FollowerReport {
             active: sd.active(),
@@ -393,11 +395,13 @@ async fn blocking<T: Send + 'static>(
 /// What the standby's replica holds, for the follower.
 fn standby_view(domain: &Domain) -> Result<StandbyView, StoreError> {
     let s = domain.status()?;
+    let collision_fork = collision_fork(domain)?;
     Ok(StandbyView {
         uid: s.uid,
         position: s.position,
         epoch: s.epoch,
         history: s.history,
+        collision_fork,
     })
 }
 
@@ -414,4 +418,13 @@ fn merge_applies(actions: Vec<FollowAction>) -> Vec<FollowAction> {
         }
     }
     out
+}
+
+/// The fork point of the records in a replica's collision archive, if it holds any.
+fn collision_fork(domain: &Domain) -> Result<Option<Lsn>, StoreError> {
+    Ok(domain
+        .collisions()?
+        .iter()
+        .map(|a| Lsn(a.record.lsn.0.saturating_sub(1)))
+        .min())
 }

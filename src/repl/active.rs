@@ -118,6 +118,8 @@ pub struct Shipper {
     last_sync: Option<Instant>,
     synchronized_once: bool,
     divergence: Option<SyncStatus>,
+    /// Fork point of the standby's unresolved collision archive, if any.
+    collision: Option<Lsn>,
 }
 
 const MAX_PENDING_COMMITS: usize = 1 << 16;
@@ -140,6 +142,7 @@ impl Shipper {
             last_sync: None,
             synchronized_once: false,
             divergence: None,
+            collision: None,
         }
     }
 
@@ -182,6 +185,7 @@ impl Shipper {
         // A standby that holds the domain's uid completed a synchronization before (on an
         // earlier stream): while it is resynced it is lagging, not never synchronized.
         self.synchronized_once |= follow.uid.is_some();
+        self.collision = follow.collision_fork;
         let answer = decide(follow, local, chain_at);
         let mut out = vec![ShipAction::Send(Message::Answer(answer.clone()))];
         match answer {
@@ -211,6 +215,8 @@ impl Shipper {
                 out.push(ShipAction::SendSnapshot);
             }
             Answer::Rewind { fork } => {
+                // The standby archives its records after `fork`: a collision until resolved.
+                self.collision = Some(self.collision.map_or(fork, |c| c.min(fork)));
                 self.divergence = Some(
                     if follow.position.lsn > local.position.lsn && fork == local.position.lsn {
                         SyncStatus::Advanced {
@@ -383,6 +389,8 @@ impl Shipper {
     pub fn status(&self, now: Instant) -> (SyncStatus, Option<Instant>) {
         let status = if let Some(d) = &self.divergence {
             d.clone()
+        } else if let Some(fork) = self.collision {
+            SyncStatus::Collision { fork }
         } else if !self.synchronized_once && self.phase != Phase::Streaming {
             SyncStatus::NeverSynchronized
         } else if self.ack.applied >= self.local {
@@ -549,6 +557,7 @@ mod tests {
             position: position(theirs),
             epoch: epoch(),
             history_tail: history.clone(),
+            collision_fork: None,
         };
         let local = LocalView {
             node: node("a"),

@@ -103,6 +103,9 @@ pub struct Follow {
     pub epoch: Epoch,
     /// The last [`HISTORY_TAIL`] entries of the standby's history.
     pub history_tail: Vec<HistoryEntry>,
+    /// When the standby's collision archive holds records: the fork point they diverged
+    /// after. The active reports `Collision` until an operator resolves the archive.
+    pub collision_fork: Option<Lsn>,
 }
 
 /// The active's answer to [`Follow`].

@@ -53,6 +53,8 @@ pub struct StandbyView {
     pub epoch: Epoch,
     /// Full history.
     pub history: Vec<HistoryEntry>,
+    /// When the collision archive holds records: the fork point they diverged after.
+    pub collision_fork: Option<Lsn>,
 }
 
 /// What the driver must do for a [`Follower`].
@@ -130,11 +132,12 @@ pub struct Follower {
     applied_time: Option<u64>,
     last_sync: Option<Instant>,
     ever_synced: bool,
-    divergence: Option<SyncStatus>,
     last_error: Option<String>,
     refused: u64,
     /// The active a refusal named, for the driver to follow instead.
     redirect: Option<NodeId>,
+    /// Fork point of the records in the local collision archive, while it holds any.
+    archived: Option<Lsn>,
 }
 
 impl Follower {
@@ -154,10 +157,10 @@ impl Follower {
             applied_time: None,
             last_sync: None,
             ever_synced: false,
-            divergence: None,
             last_error: None,
             refused: 0,
             redirect: None,
+            archived: None,
         }
     }
 
@@ -168,6 +171,7 @@ impl Follower {
         self.applied = self.applied.max(local.position.lsn);
         self.active_lsn = self.active_lsn.max(local.position.lsn);
         self.ever_synced |= local.uid.is_some();
+        self.archived = local.collision_fork;
     }
 
     /// Time passed: connects when an attempt is due.
@@ -200,6 +204,7 @@ impl Follower {
             return Vec::new();
         }
         self.phase = Phase::AwaitAnswer;
+        self.archived = local.collision_fork;
         self.pending.clear();
         self.received = local.position.lsn;
         self.applied = local.position.lsn;
@@ -213,6 +218,7 @@ impl Follower {
             position: local.position.clone(),
             epoch: local.epoch.clone(),
             history_tail: local.history[skip..].to_vec(),
+            collision_fork: local.collision_fork,
         }))]
     }
 
@@ -308,7 +314,6 @@ impl Follower {
                     return self.violation(&why, now);
                 }
                 self.attempt = 0;
-                self.divergence = None;
                 self.phase = Phase::Streaming;
                 Vec::new()
             }
@@ -321,7 +326,8 @@ impl Follower {
             }
             Answer::Rewind { fork } => {
                 self.attempt = 0;
-                self.divergence = Some(SyncStatus::Collision { fork });
+                // Records after `fork` go to the archive: a collision until it is resolved.
+                self.archived = Some(self.archived.map_or(fork, |a| a.min(fork)));
                 self.phase = Phase::AwaitSnapshot {
                     archive_after: Some(fork),
                 };
@@ -439,8 +445,8 @@ impl Follower {
 
     /// The sync status as this standby sees it, with the time of its last successful sync.
     pub fn status(&self) -> (SyncStatus, Option<Instant>) {
-        let status = if let Some(d) = &self.divergence {
-            d.clone()
+        let status = if let Some(fork) = self.archived {
+            SyncStatus::Collision { fork }
         } else if !self.ever_synced {
             SyncStatus::NeverSynchronized
         } else if self.applied >= self.active_lsn {
@@ -457,6 +463,12 @@ impl Follower {
             }
         };
         (status, self.last_sync)
+    }
+
+    /// The local collision archive changed (records archived or discarded): `fork` is the
+    /// fork point of what it still holds.
+    pub fn set_collision_fork(&mut self, fork: Option<Lsn>) {
+        self.archived = fork;
     }
 
     /// The active named by the last refusal (`NotActive` or `StaleEpoch`), once: the driver
@@ -524,6 +536,7 @@ mod tests {
             position: Position::empty(NodeId::new("b").unwrap()),
             epoch: Position::empty(NodeId::new("b").unwrap()).epoch,
             history: Vec::new(),
+            collision_fork: None,
         };
         assert_eq!(f.connected(&view).len(), 1);
         let reject = Message::Answer(Answer::Reject {
@@ -571,6 +584,7 @@ mod tests {
             position: Position::empty(b.clone()),
             epoch: Position::empty(b.clone()).epoch,
             history: Vec::new(),
+            collision_fork: None,
         };
         f.connected(&view);
         f.on_message(Message::Answer(Answer::Stream { from: Lsn(1) }), now);
