@@ -274,7 +274,7 @@ impl Node {
         let follow = match first {
             Ok(Some(Ok(Message::Follow(f)))) => f,
             Ok(Some(Ok(Message::TakeOver(take)))) => {
-                let answer = Message::TookOver(self.take_over(&peer, &take));
+                let answer = Message::TookOver(self.take_over(&peer, &take).await);
                 if let Ok(frame) = message::encode(&answer) {
                     drop(write_frame(&mut send, &frame).await);
                 }
@@ -286,7 +286,7 @@ impl Node {
                 if let Some(epoch) = epoch {
                     let ours = self.probe_answer(&domain).map(|a| a.epoch);
                     if ours.is_some_and(|o| epoch > o) {
-                        self.step_down(&domain, &epoch);
+                        self.step_down(&domain, &epoch).await;
                     }
                 }
                 let answer = Message::ProbeAnswer(self.probe_answer(&domain));
@@ -333,7 +333,7 @@ impl Node {
         if let Ok(status) = ad.domain.status() {
             if follow.epoch > status.epoch {
                 // Invariant 1: a higher epoch exists; stop taking writes at once.
-                self.step_down(&domain_id, &follow.epoch);
+                self.step_down(&domain_id, &follow.epoch).await;
                 if let Ok(frame) = reject(RejectReason::StaleEpoch) {
                     drop(write_frame(&mut send, &frame).await);
                 }

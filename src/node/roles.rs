@@ -8,7 +8,7 @@ use crate::model::{DomainId, Epoch, Lsn, NodeId, Position, Role};
 use crate::net::frame::{open_frame, read_frame, write_frame};
 use crate::repl::message::{self, MAX_MESSAGE_BYTES};
 use crate::repl::{Message, ProbeAnswer, SyncStatus};
-use crate::store::StoreError;
+use crate::store::{Domain, StoreError};
 
 /// How long a peer may take to answer a probe before it counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -106,13 +106,18 @@ impl Node {
     /// A higher epoch for `domain` exists (heard from a peer): if the domain is active here it
     /// is fenced at once, becomes standby durably, and follows the epoch's node, which moves
     /// any records written here after the fork to the collision archive (invariants 1, 5).
-    pub(super) fn step_down(&self, domain: &DomainId, epoch: &Epoch) {
+    pub(super) async fn step_down(&self, domain: &DomainId, epoch: &Epoch) {
         let Some(ad) = lock(&self.inner.actives).remove(domain) else {
             return;
         };
         ad.stop();
         let replica = ad.domain().clone();
-        match replica.demote(epoch) {
+        match off_executor(&replica, {
+            let epoch = epoch.clone();
+            move |d| d.demote(&epoch)
+        })
+        .await
+        {
             Ok(()) => {
                 tracing::warn!(domain = %domain, epoch = %epoch, active = %epoch.node, "a higher epoch exists: stepped down to standby, following the new active");
                 self.follow(replica, epoch.node.clone());
@@ -208,7 +213,7 @@ impl Node {
             });
         }
         self.unfollow(domain);
-        let epoch = replica.promote()?;
+        let epoch = off_executor(&replica, Domain::promote).await?;
         tracing::warn!(domain = %domain, epoch = %epoch, behind_records, forced = force, "promoted to active");
         self.serve_active(replica.clone(), config);
         Ok(Promotion {
@@ -297,7 +302,11 @@ impl Node {
             node: to.clone(),
         };
         // 1. No more writes here; writers are told the new active's name.
-        replica.demote(&epoch)?;
+        off_executor(&replica, {
+            let epoch = epoch.clone();
+            move |d| d.demote(&epoch)
+        })
+        .await?;
         let last = replica.status()?.position;
         let fail = |why: String| SwitchoverError::Failed {
             domain: domain.clone(),
@@ -357,7 +366,7 @@ impl Node {
             }
             Err(e) => {
                 // Take writes again, in an epoch above the one offered.
-                replica.promote()?;
+                off_executor(&replica, Domain::promote).await?;
                 tracing::warn!(domain = %domain, error = %e, "switchover failed; still active");
                 Err(e)
             }
@@ -365,7 +374,7 @@ impl Node {
     }
 
     /// The target side of a switchover.
-    pub(super) fn take_over(
+    pub(super) async fn take_over(
         &self,
         from: &NodeId,
         take: &crate::repl::TakeOver,
@@ -383,7 +392,12 @@ impl Node {
             ));
         }
         self.unfollow(&take.domain);
-        replica.promote_to(&take.epoch).map_err(|e| e.to_string())?;
+        off_executor(&replica, {
+            let epoch = take.epoch.clone();
+            move |d| d.promote_to(&epoch)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         let config = ActiveConfig::new(take.durability, take.standbys.clone());
         self.serve_active(replica, config);
         tracing::info!(domain = %take.domain, from = %from, epoch = %take.epoch, "took over as active");
@@ -406,4 +420,22 @@ impl Node {
         drop(send.finish());
         open_frame::<Message>(&answer, MAX_MESSAGE_BYTES).map_err(|e| e.to_string())
     }
+}
+
+/// Runs a store call that waits for a durable commit on a blocking thread, not on the
+/// executor.
+async fn off_executor<T: Send + 'static>(
+    domain: &Domain,
+    f: impl FnOnce(&Domain) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let d = domain.clone();
+    tokio::task::spawn_blocking(move || f(&d))
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Io {
+                action: "run",
+                path: std::path::PathBuf::new(),
+                detail: e.to_string(),
+            })
+        })
 }
