@@ -454,6 +454,26 @@ async fn corrupt_records_and_frames_on_the_wire_are_refused_and_the_stream_recov
     assert!(standby.verify().unwrap().is_clean());
 }
 
+/// A bare QUIC connection with node `name`'s certificate, for tests that speak the protocol
+/// by hand. Keep the endpoint alive as long as the connection.
+async fn raw_connection(
+    pki_dir: &Path,
+    name: &str,
+    to: std::net::SocketAddr,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let client =
+        domsync::net::client_config_for(&creds(pki_dir, name), domsync::net::ALPN_REPL, None)
+            .unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client);
+    let conn = endpoint
+        .connect(to, domsync::net::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn)
+}
+
 /// The next message on a stream (hang-guarded).
 async fn next_message(recv: &mut quinn::RecvStream) -> domsync::repl::Message {
     use domsync::net::frame::{open_frame, read_frame};
@@ -492,19 +512,7 @@ async fn a_stalled_domain_does_not_block_another_on_the_same_connection() {
     }
 
     // A standby on one connection that follows both domains and never reads the big one.
-    let client = domsync::net::client_config_for(
-        &creds(&pki_dir, "b"),
-        domsync::net::ALPN_REPL,
-        Some(&Identity::new(PeerRole::Node, "a").unwrap()),
-    )
-    .unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(client);
-    let conn = endpoint
-        .connect(a.node.local_addr().unwrap(), domsync::net::SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
+    let (_endpoint, conn) = raw_connection(&pki_dir, "b", a.node.local_addr().unwrap()).await;
     let follow = |domain: DomainId| {
         encode(&Message::Follow(Follow {
             domain,
@@ -554,16 +562,7 @@ async fn hostile_frames_end_their_stream_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _nodes, active, replicas) = cluster(dir.path(), Durability::Local, &["b"]).await;
     let pki_dir = dir.path().join("pki");
-    let client =
-        domsync::net::client_config_for(&creds(&pki_dir, "b"), domsync::net::ALPN_REPL, None)
-            .unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(client);
-    let conn = endpoint
-        .connect(a.node.local_addr().unwrap(), domsync::net::SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
+    let (_endpoint, conn) = raw_connection(&pki_dir, "b", a.node.local_addr().unwrap()).await;
     let mut hostile: Vec<Vec<u8>> = vec![
         vec![1, 0xff, 0xff, 0xff, 0xff], // length far over the cap
         vec![9, 1, 0, 0, 0, 0],          // unknown version
