@@ -8,6 +8,7 @@ use std::time::Duration;
 use domsync::model::{DomainId, Epoch, Lsn, NodeId, Op, Role};
 use domsync::net::{pki, Identity, PeerRole, TlsFiles};
 use domsync::node::{ActiveConfig, Node, NodeConfig, PromoteError};
+use domsync::repl::promotion::Seer;
 use domsync::repl::Durability;
 use domsync::store::{Domain, Store, StoreOptions};
 
@@ -47,6 +48,18 @@ async fn reach(domain: &Domain, lsn: Lsn) {
         .await
         .expect("replica did not reach the lsn in time")
         .unwrap();
+}
+
+/// Waits until `n`'s follower of the domain has noticed that its stream to the active is gone
+/// (what a peer's split-brain guard asks it).
+async fn lost_contact(n: &TestNode) {
+    tokio::time::timeout(GUARD, async {
+        while n.node.follower_status(&dom()).is_some_and(|r| r.connected) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the standby did not notice the lost active in time");
 }
 
 fn put(i: usize) -> Vec<Op> {
@@ -99,6 +112,7 @@ async fn a_synchronized_standby_promoted_after_the_active_is_lost_keeps_every_ac
     reach(&db, last).await;
     reach(&dc, last).await;
     a.node.shutdown().await;
+    lost_contact(&c).await;
 
     // While the old active answers, promotion is refused naming it; now it is gone.
     let promoted = b
@@ -151,14 +165,88 @@ async fn promotion_is_refused_while_the_old_active_answers() {
         matches!(&err, PromoteError::ActiveAlive { node, .. } if *node == nid("a")),
         "{err}"
     );
-    assert!(err.to_string().contains("node a still answers as active"));
+    assert!(
+        err.to_string().contains("a was seen active for tenant-1")
+            && err.to_string().contains("by node a"),
+        "{err}"
+    );
     assert_eq!(db.status().unwrap().role, Role::Standby);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_is_refused_while_another_replica_or_a_gateway_still_reaches_the_old_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c, _da, db, dc) = cluster(dir.path()).await;
+    let p = a.node.write(&dom(), put(1)).await.unwrap();
+    reach(&db, p.lsn).await;
+    reach(&dc, p.lsn).await;
+    // `b` alone is cut off from `a`; `c` still follows it.
+    let nowhere: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    b.node.set_peer(nid("a"), nowhere);
+    b.node.disconnect(&nid("a")).await;
+    lost_contact(&b).await;
+    let err = b
+        .node
+        .promote(&dom(), &[nid("a"), nid("c")], config_for(&["c"]), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PromoteError::ActiveAlive { node, seen_by: Seer::Peer(by), .. }
+            if *node == nid("a") && *by == nid("c")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("by node c"), "{err}");
+
+    // `c` loses `a` too, but a gateway reported reaching `a` a moment ago.
+    c.node.set_peer(nid("a"), nowhere);
+    c.node.disconnect(&nid("a")).await;
+    lost_contact(&c).await;
+    let epoch = db.status().unwrap().epoch;
+    b.node.record_sighting(
+        &dom(),
+        "gw-7",
+        nid("a"),
+        epoch.clone(),
+        Duration::from_millis(200),
+    );
+    let err = b
+        .node
+        .promote(&dom(), &[nid("a"), nid("c")], config_for(&["c"]), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PromoteError::ActiveAlive { seen_by: Seer::Gateway(g), .. } if g == "gw-7"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("by gateway gw-7"), "{err}");
+    assert_eq!(db.status().unwrap().role, Role::Standby);
+
+    // A report older than the guard window is no evidence any more.
+    b.node
+        .record_sighting(&dom(), "gw-7", nid("a"), epoch, Duration::from_secs(30));
+    let err = b
+        .node
+        .promote(&dom(), &[nid("a"), nid("c")], config_for(&["c"]), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PromoteError::ActiveAlive { .. }),
+        "an older report does not replace a newer one: {err}"
+    );
+    b.node.record_sighting(
+        &dom(),
+        "gw-8",
+        nid("a"),
+        db.status().unwrap().epoch,
+        Duration::from_secs(30),
+    );
+    assert_eq!(b.node.sightings(&dom()).len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_standby_is_refused_and_a_forced_promotion_reports_the_gap() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, _b, c, _da, db, dc) = cluster(dir.path()).await;
+    let (a, b, c, _da, db, dc) = cluster(dir.path()).await;
     for i in 0..50 {
         a.node.write(&dom(), put(i)).await.unwrap();
     }
@@ -169,6 +257,7 @@ async fn a_lagging_standby_is_refused_and_a_forced_promotion_reports_the_gap() {
     }
     reach(&db, Lsn(80)).await;
     a.node.shutdown().await;
+    lost_contact(&b).await;
     c.node.follow(dc.clone(), nid("a"));
 
     let err = c
@@ -208,6 +297,7 @@ async fn an_old_active_back_from_a_partition_steps_down_and_archives_its_diverge
     for n in [&b, &c] {
         n.node.set_peer(nid("a"), nowhere);
         n.node.disconnect(&nid("a")).await;
+        lost_contact(n).await;
     }
     let mut divergent = Vec::new();
     for i in 100..105 {

@@ -38,7 +38,7 @@ pub use error::{NodeError, WriteError};
 pub use roles::{PromoteError, Promotion, Switchover, SwitchoverError};
 pub use standby::FollowerReport;
 
-use crate::model::{DomainId, NodeId};
+use crate::model::{DomainId, Epoch, NodeId};
 use crate::net::{self, Credentials, Identity, PeerRole, ALPN_REPL};
 use crate::repl::{Backoff, ShipConfig};
 
@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub standby_retention_bytes: u64,
     /// How often a standby replica's log is trimmed.
     pub standby_retention_interval: Duration,
+    /// Split-brain guard: an active heard from (by a peer or a gateway) within this window
+    /// counts as alive, and a promotion is refused without force.
+    pub guard_window: Duration,
 }
 
 impl NodeConfig {
@@ -89,6 +92,7 @@ impl NodeConfig {
             connect_timeout: Duration::from_secs(5),
             standby_retention_bytes: 256 << 20,
             standby_retention_interval: Duration::from_secs(1),
+            guard_window: Duration::from_secs(5),
         }
     }
 }
@@ -117,6 +121,8 @@ struct Inner {
     connections: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     actives: Mutex<HashMap<DomainId, Arc<active::ActiveDomain>>>,
     standbys: Mutex<HashMap<DomainId, Arc<standby::StandbyDomain>>>,
+    /// Gateways' latest report per domain: gateway id → (active, epoch, when it reached it).
+    sightings: Mutex<HashMap<DomainId, HashMap<String, (NodeId, Epoch, Instant)>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -170,6 +176,7 @@ impl Node {
                 connections: Mutex::new(HashMap::new()),
                 actives: Mutex::new(HashMap::new()),
                 standbys: Mutex::new(HashMap::new()),
+                sightings: Mutex::new(HashMap::new()),
                 shutdown,
             }),
         };

@@ -1,17 +1,21 @@
 //! Manual promotion of a standby replica (failover), with the split-brain guard.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::active::ActiveConfig;
 use super::{lock, Node};
-use crate::model::{DomainId, Epoch, Lsn, NodeId, Position, Role};
+use crate::model::{DomainId, Epoch, Lsn, NodeId, Position};
 use crate::net::frame::{open_frame, read_frame, write_frame};
 use crate::repl::message::{self, MAX_MESSAGE_BYTES};
+use crate::repl::promotion::{self, GuardInput, PeerProbe, Refusal, Seer, Sighting};
 use crate::repl::{Message, ProbeAnswer, SyncStatus};
 use crate::store::{Domain, StoreError};
 
 /// How long a peer may take to answer a probe before it counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most gateways whose sightings are kept per domain (bounded memory).
+const MAX_SIGHTINGS: usize = 4096;
 
 /// What a promotion did.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,15 +40,19 @@ pub enum PromoteError {
         /// The domain.
         domain: DomainId,
     },
-    /// Another node still answers as active.
-    #[error("node {node} still answers as active of {domain} in epoch {epoch}: stop it or use a switchover; --force promotes anyway (split brain)")]
+    /// An active of the domain was seen alive recently.
+    #[error("{node} was seen active for {domain} in epoch {epoch} by {seen_by} {age_ms} ms ago: stop it or use a switchover; --force promotes anyway (split brain)")]
     ActiveAlive {
         /// The domain.
         domain: DomainId,
-        /// The node that answered.
+        /// The active seen.
         node: NodeId,
         /// Its epoch.
         epoch: Epoch,
+        /// Who saw it.
+        seen_by: Seer,
+        /// How long ago, in milliseconds.
+        age_ms: u128,
     },
     /// This replica is behind another replica or the active it followed.
     #[error("the replica of {domain} here is {records} records behind {node} (lsn {here} vs {there}): promote {node} instead, or use --force and lose those records to the collision archive")]
@@ -126,6 +134,43 @@ impl Node {
         }
     }
 
+    /// Records a gateway's report that it reached `active` (epoch `epoch`) of `domain`
+    /// `ago` before its request arrived; the latest report per gateway is kept.
+    pub fn record_sighting(
+        &self,
+        domain: &DomainId,
+        gateway: &str,
+        active: NodeId,
+        epoch: Epoch,
+        ago: Duration,
+    ) {
+        let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+        let mut all = lock(&self.inner.sightings);
+        let per = all.entry(domain.clone()).or_default();
+        let newer = per.get(gateway).is_none_or(|(_, _, t)| at >= *t);
+        if newer && (per.len() < MAX_SIGHTINGS || per.contains_key(gateway)) {
+            per.insert(gateway.to_owned(), (active, epoch, at));
+        }
+    }
+
+    /// Gateways' latest reports of an active of `domain`, with their age now.
+    pub fn sightings(&self, domain: &DomainId) -> Vec<Sighting> {
+        let now = Instant::now();
+        lock(&self.inner.sightings)
+            .get(domain)
+            .map(|per| {
+                per.iter()
+                    .map(|(g, (active, epoch, at))| Sighting {
+                        seer: Seer::Gateway(g.clone()),
+                        active: active.clone(),
+                        epoch: epoch.clone(),
+                        age: now.saturating_duration_since(*at),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// How this node's replica of `domain` stands, for a peer's probe.
     pub(super) fn probe_answer(&self, domain: &DomainId) -> Option<ProbeAnswer> {
         let replica = lock(&self.inner.actives)
@@ -137,10 +182,12 @@ impl Node {
                     .map(|sd| sd.domain().clone())
             })?;
         let s = replica.status().ok()?;
+        let heard_active = self.heard_active(domain, &s.epoch);
         Some(ProbeAnswer {
             role: s.role,
             epoch: s.epoch,
             position: s.position,
+            heard_active,
         })
     }
 
@@ -168,50 +215,63 @@ impl Node {
             })?;
         let replica = sd.domain().clone();
         let here = replica.status()?;
-        let mut unreachable = Vec::new();
-        let mut behind: Option<(NodeId, Lsn)> = None;
+        let mut probes = Vec::new();
         for peer in peers.iter().filter(|p| *p != self.id()) {
-            match self.probe(peer, domain, None).await {
-                Ok(Some(answer)) => {
-                    if answer.role == Role::Active && answer.epoch >= here.epoch && !force {
-                        return Err(PromoteError::ActiveAlive {
-                            domain: domain.clone(),
-                            node: peer.clone(),
-                            epoch: answer.epoch,
-                        });
-                    }
-                    if answer.position.lsn > here.position.lsn
-                        && behind
-                            .as_ref()
-                            .is_none_or(|(_, l)| answer.position.lsn > *l)
-                    {
-                        behind = Some((peer.clone(), answer.position.lsn));
-                    }
-                }
-                Ok(None) => {}
+            let probe = match self.probe(peer, domain, None).await {
+                Ok(answer) => PeerProbe::Answered(answer),
                 Err(e) => {
                     tracing::info!(domain = %domain, peer = %peer, "probe before promotion: {e}");
-                    unreachable.push(peer.clone());
+                    PeerProbe::Unreachable(e)
                 }
-            }
+            };
+            probes.push((peer.clone(), probe));
         }
-        if let (None, Some(report)) = (&behind, self.follower_status(domain)) {
-            if let SyncStatus::Lagging { records, .. } = report.status {
-                behind = Some((report.active, Lsn(here.position.lsn.0 + records)));
-            }
-        }
-        let behind_records = behind
-            .as_ref()
-            .map_or(0, |(_, l)| l.0 - here.position.lsn.0);
-        if let (Some((node, there)), false) = (&behind, force) {
-            return Err(PromoteError::Behind {
+        let lag = self.follower_status(domain).map(|r| match r.status {
+            SyncStatus::Lagging { records, .. } => (r.active, records),
+            _ => (r.active, 0),
+        });
+        let sightings = self.sightings(domain);
+        let input = GuardInput {
+            me: self.id(),
+            epoch: &here.epoch,
+            lsn: here.position.lsn,
+            lag,
+            probes: &probes,
+            sightings: &sightings,
+            window: self.inner.config.guard_window,
+            force,
+        };
+        let verdict = promotion::check(&input).map_err(|r| match r {
+            Refusal::ActiveAlive {
+                node,
+                epoch,
+                seen_by,
+                age,
+            } => PromoteError::ActiveAlive {
                 domain: domain.clone(),
-                node: node.clone(),
-                records: behind_records,
-                here: here.position.lsn,
-                there: *there,
-            });
+                node,
+                epoch,
+                seen_by,
+                age_ms: age.as_millis(),
+            },
+            Refusal::Behind {
+                node,
+                records,
+                here,
+                there,
+            } => PromoteError::Behind {
+                domain: domain.clone(),
+                node,
+                records,
+                here,
+                there,
+            },
+        })?;
+        for s in &verdict.alive {
+            tracing::warn!(domain = %domain, active = %s.active, seen_by = %s.seer, age_ms = s.age.as_millis(), "forced promotion while an active was seen alive");
         }
+        let behind_records = verdict.behind_records;
+        let unreachable = verdict.unreachable;
         self.unfollow(domain);
         let epoch = off_executor(&replica, Domain::promote).await?;
         tracing::warn!(domain = %domain, epoch = %epoch, behind_records, forced = force, "promoted to active");

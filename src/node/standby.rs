@@ -93,6 +93,22 @@ impl Node {
         }
     }
 
+    /// The active this node follows for `domain` and how long ago it last heard from it,
+    /// while a stream to it is open (a peer's split-brain guard).
+    pub(super) fn heard_active(
+        &self,
+        domain: &crate::model::DomainId,
+        epoch: &crate::model::Epoch,
+    ) -> Option<crate::repl::promotion::Heard> {
+        let sd = lock(&self.inner.standbys).get(domain).cloned()?;
+        let at = lock(&sd.follower).last_heard()?;
+        Some(crate::repl::promotion::Heard {
+            node: sd.active(),
+            epoch: epoch.clone(),
+            ago_ms: u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
     /// How a standby domain of this node stands (`None` when not followed here).
     pub fn follower_status(&self, domain: &crate::model::DomainId) -> Option<FollowerReport> {
         let sd = lock(&self.inner.standbys).get(domain).cloned()?;

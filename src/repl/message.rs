@@ -84,6 +84,9 @@ pub struct ProbeAnswer {
     pub epoch: Epoch,
     /// Its position.
     pub position: Position,
+    /// When it is a standby connected to an active: that active, and how long ago it last
+    /// heard from it (split-brain guard).
+    pub heard_active: Option<super::promotion::Heard>,
 }
 
 /// One encoded record, exactly as stored in the active's log (checked frame).

@@ -10,6 +10,7 @@
 mod active;
 mod durability;
 pub mod message;
+pub mod promotion;
 mod retention;
 mod standby;
 mod status;

@@ -138,6 +138,8 @@ pub struct Follower {
     redirect: Option<NodeId>,
     /// Fork point of the records in the local collision archive, while it holds any.
     archived: Option<Lsn>,
+    /// When the active last sent anything on the current stream.
+    last_heard: Option<Instant>,
 }
 
 impl Follower {
@@ -161,6 +163,7 @@ impl Follower {
             refused: 0,
             redirect: None,
             archived: None,
+            last_heard: None,
         }
     }
 
@@ -228,6 +231,7 @@ impl Follower {
             self.phase,
             Phase::Snapshot { .. } | Phase::AwaitSnapshot { .. }
         );
+        self.last_heard = None;
         let delay = self.backoff.delay(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
         self.phase = Phase::Idle {
@@ -242,6 +246,7 @@ impl Follower {
 
     /// A message arrived from the active.
     pub fn on_message(&mut self, message: Message, now: Instant) -> Vec<FollowAction> {
+        self.last_heard = Some(now);
         match (&self.phase, message) {
             (Phase::AwaitAnswer, Message::Answer(answer)) => self.on_answer(answer, now),
             (Phase::AwaitSnapshot { archive_after }, Message::SnapshotBegin(header)) => {
@@ -463,6 +468,16 @@ impl Follower {
             }
         };
         (status, self.last_sync)
+    }
+
+    /// When the active last sent anything on the open stream (`None` while disconnected):
+    /// evidence that it is alive, for a peer's split-brain guard.
+    pub fn last_heard(&self) -> Option<Instant> {
+        if self.is_connected() {
+            self.last_heard
+        } else {
+            None
+        }
     }
 
     /// The local collision archive changed (records archived or discarded): `fork` is the

@@ -1,0 +1,361 @@
+//! The split-brain guard of a manual promotion (DESIGN.md §7), sans-IO.
+//!
+//! Before a standby makes itself active it gathers evidence that the old active is gone: what
+//! every other replica answers to a probe (its role, epoch, position, and when it last heard
+//! from an active it follows) and what gateways last reported (each gateway request says when
+//! it last reached which active). [`check`] weighs that evidence; the node only collects it.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::message::ProbeAnswer;
+use crate::model::{Epoch, Lsn, NodeId, Role};
+
+/// Who saw an active alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seer {
+    /// Another replica of the domain.
+    Peer(NodeId),
+    /// A gateway (its certificate id).
+    Gateway(String),
+}
+
+impl fmt::Display for Seer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seer::Peer(n) => write!(f, "node {n}"),
+            Seer::Gateway(g) => write!(f, "gateway {g}"),
+        }
+    }
+}
+
+/// A report that an active was reached: by a standby following it (in a probe answer) or by a
+/// gateway (in its requests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heard {
+    /// The active that was reached.
+    pub node: NodeId,
+    /// Its epoch then.
+    pub epoch: Epoch,
+    /// How long ago, in milliseconds, when the report was made.
+    pub ago_ms: u64,
+}
+
+/// A sighting of an active, with its age now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    /// Who saw it.
+    pub seer: Seer,
+    /// The active seen.
+    pub active: NodeId,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// How long ago.
+    pub age: Duration,
+}
+
+/// What one peer said to the probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerProbe {
+    /// It answered; `None` when it holds no replica of the domain.
+    Answered(Option<ProbeAnswer>),
+    /// It did not answer (the reason, for the operator).
+    Unreachable(String),
+}
+
+/// Everything the guard weighs.
+#[derive(Debug, Clone)]
+pub struct GuardInput<'a> {
+    /// The node about to promote itself.
+    pub me: &'a NodeId,
+    /// The highest epoch it has seen for the domain.
+    pub epoch: &'a Epoch,
+    /// Its lsn.
+    pub lsn: Lsn,
+    /// What its follower knows of its lag: the active it followed and how many records behind
+    /// that active it is (0 when synchronized).
+    pub lag: Option<(NodeId, u64)>,
+    /// Every other replica's answer.
+    pub probes: &'a [(NodeId, PeerProbe)],
+    /// Gateways' latest reports of an active of the domain.
+    pub sightings: &'a [Sighting],
+    /// A sighting younger than this means "alive".
+    pub window: Duration,
+    /// Promote even against the evidence.
+    pub force: bool,
+}
+
+/// Why the guard refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// An active in our epoch or above was seen alive recently.
+    ActiveAlive {
+        /// The active.
+        node: NodeId,
+        /// Its epoch.
+        epoch: Epoch,
+        /// Who saw it.
+        seen_by: Seer,
+        /// How long ago.
+        age: Duration,
+    },
+    /// Another replica (or the active we followed) holds records we lack.
+    Behind {
+        /// Who holds more.
+        node: NodeId,
+        /// How many more.
+        records: u64,
+        /// Our lsn.
+        here: Lsn,
+        /// Theirs.
+        there: Lsn,
+    },
+}
+
+/// What the guard let through (with `force`, what it overrode).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// The most advanced replica ahead of us and its lsn, if any.
+    pub ahead: Option<(NodeId, Lsn)>,
+    /// Records we lack against it (0 when none).
+    pub behind_records: u64,
+    /// Peers that did not answer.
+    pub unreachable: Vec<NodeId>,
+    /// Actives seen alive that `force` overrode.
+    pub alive: Vec<Sighting>,
+}
+
+/// Weighs the evidence for a promotion.
+///
+/// Refused without `force` when an active other than `me`, in our epoch or above, answered a
+/// probe itself, or was heard by a peer or a gateway within `window`; or when a peer (or the
+/// active we followed, by our follower's lag) holds records we lack.
+///
+/// # Errors
+/// [`Refusal`] naming the first reason (a live active before a lag).
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use domsync::model::{Epoch, Lsn, NodeId};
+/// use domsync::repl::promotion::{check, GuardInput, Refusal, Seer, Sighting};
+///
+/// let (a, b) = (NodeId::new("a")?, NodeId::new("b")?);
+/// let epoch = Epoch { term: 1, node: a.clone() };
+/// let seen = [Sighting {
+///     seer: Seer::Gateway("gw-7".into()),
+///     active: a.clone(),
+///     epoch: epoch.clone(),
+///     age: Duration::from_secs(1),
+/// }];
+/// let input = GuardInput {
+///     me: &b, epoch: &epoch, lsn: Lsn(10), lag: None, probes: &[], sightings: &seen,
+///     window: Duration::from_secs(5), force: false,
+/// };
+/// assert!(matches!(check(&input), Err(Refusal::ActiveAlive { .. })));
+/// assert_eq!(check(&GuardInput { force: true, ..input })?.alive.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn check(input: &GuardInput<'_>) -> Result<Verdict, Refusal> {
+    let mut verdict = Verdict::default();
+    let relevant = |node: &NodeId, epoch: &Epoch| node != input.me && epoch >= input.epoch;
+    for (peer, probe) in input.probes {
+        let answer = match probe {
+            PeerProbe::Answered(Some(answer)) => answer,
+            PeerProbe::Answered(None) => continue,
+            PeerProbe::Unreachable(_) => {
+                verdict.unreachable.push(peer.clone());
+                continue;
+            }
+        };
+        if answer.role == Role::Active && relevant(peer, &answer.epoch) {
+            verdict.alive.push(Sighting {
+                seer: Seer::Peer(peer.clone()),
+                active: peer.clone(),
+                epoch: answer.epoch.clone(),
+                age: Duration::ZERO,
+            });
+        }
+        if let Some(heard) = &answer.heard_active {
+            let age = Duration::from_millis(heard.ago_ms);
+            if relevant(&heard.node, &heard.epoch) && age <= input.window {
+                verdict.alive.push(Sighting {
+                    seer: Seer::Peer(peer.clone()),
+                    active: heard.node.clone(),
+                    epoch: heard.epoch.clone(),
+                    age,
+                });
+            }
+        }
+        let there = answer.position.lsn;
+        if there > input.lsn && verdict.ahead.as_ref().is_none_or(|(_, l)| there > *l) {
+            verdict.ahead = Some((peer.clone(), there));
+        }
+    }
+    for s in input.sightings {
+        if relevant(&s.active, &s.epoch) && s.age <= input.window {
+            verdict.alive.push(s.clone());
+        }
+    }
+    if let (None, Some((active, records))) = (&verdict.ahead, &input.lag) {
+        if *records > 0 {
+            verdict.ahead = Some((active.clone(), Lsn(input.lsn.0.saturating_add(*records))));
+        }
+    }
+    verdict.behind_records = verdict
+        .ahead
+        .as_ref()
+        .map_or(0, |(_, l)| l.0.saturating_sub(input.lsn.0));
+    if input.force {
+        return Ok(verdict);
+    }
+    if let Some(s) = verdict.alive.iter().min_by_key(|s| s.age) {
+        return Err(Refusal::ActiveAlive {
+            node: s.active.clone(),
+            epoch: s.epoch.clone(),
+            seen_by: s.seer.clone(),
+            age: s.age,
+        });
+    }
+    if let Some((node, there)) = verdict.ahead {
+        return Err(Refusal::Behind {
+            node,
+            records: verdict.behind_records,
+            here: input.lsn,
+            there,
+        });
+    }
+    Ok(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Position;
+
+    fn n(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn epoch(term: u64, node: &str) -> Epoch {
+        Epoch {
+            term,
+            node: n(node),
+        }
+    }
+
+    fn answer(role: Role, e: Epoch, lsn: u64, heard: Option<Heard>) -> PeerProbe {
+        PeerProbe::Answered(Some(ProbeAnswer {
+            role,
+            epoch: e,
+            position: Position {
+                epoch: epoch(1, "a"),
+                lsn: Lsn(lsn),
+                chain: 0,
+            },
+            heard_active: heard,
+        }))
+    }
+
+    fn input<'a>(
+        me: &'a NodeId,
+        e: &'a Epoch,
+        probes: &'a [(NodeId, PeerProbe)],
+        sightings: &'a [Sighting],
+    ) -> GuardInput<'a> {
+        GuardInput {
+            me,
+            epoch: e,
+            lsn: Lsn(10),
+            lag: None,
+            probes,
+            sightings,
+            window: Duration::from_secs(5),
+            force: false,
+        }
+    }
+
+    #[test]
+    fn a_quiet_synchronized_standby_may_promote() {
+        let (b, e) = (n("b"), epoch(1, "a"));
+        let probes = [
+            (n("a"), PeerProbe::Unreachable("timed out".into())),
+            (n("c"), answer(Role::Standby, e.clone(), 10, None)),
+        ];
+        let v = check(&input(&b, &e, &probes, &[])).unwrap();
+        assert_eq!(v.unreachable, vec![n("a")]);
+        assert_eq!(v.behind_records, 0);
+    }
+
+    #[test]
+    fn an_active_answering_or_recently_heard_refuses() {
+        let (b, e) = (n("b"), epoch(1, "a"));
+        let probes = [(n("a"), answer(Role::Active, e.clone(), 10, None))];
+        assert!(matches!(
+            check(&input(&b, &e, &probes, &[])),
+            Err(Refusal::ActiveAlive { seen_by: Seer::Peer(p), .. }) if p == n("a")
+        ));
+        let heard = Heard {
+            node: n("a"),
+            epoch: e.clone(),
+            ago_ms: 300,
+        };
+        let probes = [(n("c"), answer(Role::Standby, e.clone(), 10, Some(heard)))];
+        assert!(matches!(
+            check(&input(&b, &e, &probes, &[])),
+            Err(Refusal::ActiveAlive { seen_by: Seer::Peer(p), node, .. }) if p == n("c") && node == n("a")
+        ));
+    }
+
+    #[test]
+    fn old_or_stale_sightings_do_not_refuse() {
+        let (b, e) = (n("b"), epoch(2, "a"));
+        let stale = [Sighting {
+            seer: Seer::Gateway("g".into()),
+            active: n("a"),
+            epoch: e.clone(),
+            age: Duration::from_secs(6),
+        }];
+        assert!(check(&input(&b, &e, &[], &stale)).is_ok());
+        let older_epoch = [Sighting {
+            epoch: epoch(1, "a"),
+            age: Duration::from_secs(1),
+            ..stale[0].clone()
+        }];
+        assert!(check(&input(&b, &e, &[], &older_epoch)).is_ok());
+        let myself = [Sighting {
+            active: n("b"),
+            age: Duration::from_secs(1),
+            ..stale[0].clone()
+        }];
+        assert!(check(&input(&b, &e, &[], &myself)).is_ok());
+    }
+
+    #[test]
+    fn behind_a_peer_or_the_followed_active_refuses_and_force_reports_the_gap() {
+        let (b, e) = (n("b"), epoch(1, "a"));
+        let probes = [(n("c"), answer(Role::Standby, e.clone(), 14, None))];
+        let i = input(&b, &e, &probes, &[]);
+        assert_eq!(
+            check(&i),
+            Err(Refusal::Behind {
+                node: n("c"),
+                records: 4,
+                here: Lsn(10),
+                there: Lsn(14)
+            })
+        );
+        let forced = check(&GuardInput { force: true, ..i }).unwrap();
+        assert_eq!(forced.behind_records, 4);
+        let lag = GuardInput {
+            lag: Some((n("a"), 3)),
+            ..input(&b, &e, &[], &[])
+        };
+        assert!(matches!(
+            check(&lag),
+            Err(Refusal::Behind { records: 3, .. })
+        ));
+    }
+}
