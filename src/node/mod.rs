@@ -122,9 +122,12 @@ struct Inner {
     actives: Mutex<HashMap<DomainId, Arc<active::ActiveDomain>>>,
     standbys: Mutex<HashMap<DomainId, Arc<standby::StandbyDomain>>>,
     /// Gateways' latest report per domain: gateway id → (active, epoch, when it reached it).
-    sightings: Mutex<HashMap<DomainId, HashMap<String, (NodeId, Epoch, Instant)>>>,
+    sightings: Mutex<HashMap<DomainId, GatewaySightings>>,
     shutdown: watch::Sender<bool>,
 }
+
+/// Per gateway id: the active it last reached, its epoch, and when.
+type GatewaySightings = HashMap<String, (NodeId, Epoch, Instant)>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
