@@ -16,5 +16,5 @@ pub use op::{
     check_policy_name, Op, PolicyInfo, MAX_CRL_BYTES, MAX_KEY_BYTES, MAX_POLICY_BYTES,
     MAX_POLICY_NAME,
 };
-pub use position::{Epoch, HistoryEntry, Lsn, Position, Role};
+pub use position::{Epoch, HistoryEntry, Lsn, Position, Role, Version};
 pub use record::Record;

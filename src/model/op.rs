@@ -122,16 +122,31 @@ pub fn check_policy_name(name: &str) -> Result<(), String> {
 }
 
 /// What the store keeps about an installed policy package, besides its bytes.
+///
+/// Gateways compare packages by [`PolicyInfo::stamp`] (epoch, then lsn), never by `version`
+/// alone: after a forced failover a newer package can have a lower lsn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyInfo {
     /// Package name.
     pub name: String,
     /// Version: the lsn of the record that installed this content.
     pub version: u64,
+    /// The epoch of that record; see [`PolicyInfo::stamp`].
+    pub epoch: super::Epoch,
     /// Size of the content in bytes.
     pub size: u64,
     /// SHA-256 of the content.
     pub sha256: [u8; 32],
     /// When it was installed, in microseconds since the Unix epoch (the record's time).
     pub installed: u64,
+}
+
+impl PolicyInfo {
+    /// The package's version as gateways order it: epoch, then lsn.
+    pub fn stamp(&self) -> super::Version {
+        super::Version {
+            epoch: self.epoch.clone(),
+            lsn: super::Lsn(self.version),
+        }
+    }
 }

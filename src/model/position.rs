@@ -87,6 +87,32 @@ impl fmt::Display for Position {
     }
 }
 
+/// The version of a piece of data (a policy package): the epoch and lsn of the record that
+/// wrote it. Versions order by epoch first, so a package installed by a new active after a
+/// failover is newer than anything the old active served, even at a lower lsn, and a reader
+/// that compares versions never goes backwards (DESIGN.md §8).
+///
+/// ```
+/// use domsync::model::{Epoch, Lsn, NodeId, Version};
+/// let old = Version { epoch: Epoch { term: 1, node: NodeId::new("a")? }, lsn: Lsn(100) };
+/// let new = Version { epoch: Epoch { term: 2, node: NodeId::new("b")? }, lsn: Lsn(91) };
+/// assert!(new > old);
+/// # Ok::<(), domsync::model::NameError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    /// The epoch of the record that wrote it.
+    pub epoch: Epoch,
+    /// The lsn of that record.
+    pub lsn: Lsn,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.epoch, self.lsn)
+    }
+}
+
 /// One step of a domain's history: from `first_lsn` on, records were written in `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HistoryEntry {

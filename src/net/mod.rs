@@ -39,7 +39,8 @@ pub mod tls;
 pub use identity::{Identity, IdentityError, PeerRole};
 pub use pki::PkiError;
 pub use tls::{
-    accept, allowed_roles, authorize, client_config, client_config_for, negotiated_alpn,
-    peer_identity, refuse, server_config, transport_config, Credentials, NodeServerVerifier,
-    RefuseReason, TlsError, TlsFiles, ALPN_GATEWAY, ALPN_REPL, CLOSE_REFUSED, SERVER_NAME,
+    accept, accept_any, allowed_roles, authorize, client_config, client_config_for,
+    negotiated_alpn, peer_identity, refuse, server_config, transport_config, Credentials,
+    NodeServerVerifier, RefuseReason, TlsError, TlsFiles, ALPN_GATEWAY, ALPN_REPL, CLOSE_REFUSED,
+    SERVER_NAME,
 };

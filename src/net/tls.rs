@@ -9,7 +9,7 @@
 //!   [`SERVER_NAME`], to `quinn::Endpoint::connect`.
 //! * A server accepts any CA-signed client during the handshake and then decides with
 //!   [`authorize`] from the client's role and the application protocol (ALPN): only nodes
-//!   replicate ([`ALPN_REPL`]); gateways (and nodes) read ([`ALPN_GATEWAY`]). A refused
+//!   replicate ([`ALPN_REPL`]); only gateways read through [`ALPN_GATEWAY`]. A refused
 //!   connection is closed with [`CLOSE_REFUSED`] and a short reason ([`refuse`]).
 //! * TLS 1.3 only, one crypto provider (*ring*), no session resumption (every connection
 //!   checks the certificates afresh), no 0-RTT.
@@ -608,9 +608,7 @@ pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
 pub fn allowed_roles(alpn: &[u8]) -> &'static [PeerRole] {
     match alpn {
         ALPN_REPL => &[PeerRole::Node],
-        // A node may already read everything through replication: reading through the
-        // gateway service grants it nothing more.
-        ALPN_GATEWAY => &[PeerRole::Gateway, PeerRole::Node],
+        ALPN_GATEWAY => &[PeerRole::Gateway],
         _ => &[],
     }
 }
@@ -693,6 +691,36 @@ pub async fn accept(
     }
 }
 
+/// Like [`accept`] for an endpoint serving several protocols: the connection is authorized
+/// for the one it negotiated (one of `alpns`), which is returned with the peer's identity.
+///
+/// # Errors
+/// As [`accept`]; [`RefuseReason::WrongProtocol`] when the negotiated protocol is none of
+/// `alpns`.
+pub async fn accept_any(
+    incoming: quinn::Incoming,
+    alpns: &[&'static [u8]],
+) -> Result<(quinn::Connection, Identity, &'static [u8]), TlsError> {
+    let addr = incoming.remote_address();
+    let conn = incoming
+        .await
+        .map_err(|source| TlsError::Handshake { addr, source })?;
+    let negotiated = negotiated_alpn(&conn);
+    let alpn = alpns
+        .iter()
+        .copied()
+        .find(|a| negotiated.as_deref() == Some(*a))
+        .or_else(|| alpns.first().copied())
+        .unwrap_or(ALPN_REPL);
+    match authorize(&conn, alpn) {
+        Ok(identity) => Ok((conn, identity, alpn)),
+        Err(e) => {
+            refuse(&conn, &e);
+            Err(e)
+        }
+    }
+}
+
 fn protocol_name(alpn: &[u8]) -> String {
     String::from_utf8_lossy(alpn).into_owned()
 }
@@ -712,8 +740,7 @@ mod tests {
     #[test]
     fn roles_per_protocol() {
         assert_eq!(allowed_roles(ALPN_REPL), &[PeerRole::Node]);
-        assert!(allowed_roles(ALPN_GATEWAY).contains(&PeerRole::Gateway));
-        assert!(!allowed_roles(ALPN_GATEWAY).contains(&PeerRole::Admin));
+        assert_eq!(allowed_roles(ALPN_GATEWAY), &[PeerRole::Gateway]);
         assert!(allowed_roles(b"other").is_empty());
         assert_eq!(truncate("héllo", 2), "h");
     }

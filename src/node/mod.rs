@@ -23,6 +23,7 @@
 
 mod active;
 mod error;
+mod gateway;
 mod roles;
 mod standby;
 
@@ -35,11 +36,12 @@ use tokio::sync::watch;
 
 pub use active::{ActiveConfig, StandbyReport};
 pub use error::{NodeError, WriteError};
+pub use gateway::GatewayLimits;
 pub use roles::{PromoteError, Promotion, Switchover, SwitchoverError};
 pub use standby::FollowerReport;
 
 use crate::model::{DomainId, Epoch, NodeId};
-use crate::net::{self, Credentials, Identity, PeerRole, ALPN_REPL};
+use crate::net::{self, Credentials, Identity, PeerRole, ALPN_GATEWAY, ALPN_REPL};
 use crate::repl::{Backoff, ShipConfig};
 
 /// Settings of a [`Node`].
@@ -68,6 +70,8 @@ pub struct NodeConfig {
     pub standby_retention_bytes: u64,
     /// How often a standby replica's log is trimmed.
     pub standby_retention_interval: Duration,
+    /// Limits of the gateway service.
+    pub gateway: GatewayLimits,
     /// Split-brain guard: an active heard from (by a peer or a gateway) within this window
     /// counts as alive, and a promotion is refused without force.
     pub guard_window: Duration,
@@ -93,6 +97,7 @@ impl NodeConfig {
             standby_retention_bytes: 256 << 20,
             standby_retention_interval: Duration::from_secs(1),
             guard_window: Duration::from_secs(5),
+            gateway: GatewayLimits::default(),
         }
     }
 }
@@ -123,6 +128,8 @@ struct Inner {
     standbys: Mutex<HashMap<DomainId, Arc<standby::StandbyDomain>>>,
     /// Gateways' latest report per domain: gateway id → (active, epoch, when it reached it).
     sightings: Mutex<HashMap<DomainId, GatewaySightings>>,
+    grants: Mutex<gateway::Grants>,
+    gateway: gateway::GatewayCounters,
     shutdown: watch::Sender<bool>,
 }
 
@@ -161,7 +168,7 @@ impl Node {
             })?;
         let server = net::server_config(
             &config.credentials,
-            &[ALPN_REPL],
+            &[ALPN_REPL, ALPN_GATEWAY],
             Arc::new(net::transport_config()),
         )?;
         let endpoint =
@@ -180,6 +187,8 @@ impl Node {
                 actives: Mutex::new(HashMap::new()),
                 standbys: Mutex::new(HashMap::new()),
                 sightings: Mutex::new(HashMap::new()),
+                grants: Mutex::new(HashMap::new()),
+                gateway: gateway::GatewayCounters::default(),
                 shutdown,
             }),
         };
@@ -252,9 +261,10 @@ impl Node {
             let Some(incoming) = incoming else { return };
             let node = self.clone();
             tokio::spawn(async move {
-                match net::accept(incoming, ALPN_REPL).await {
-                    Ok((conn, peer)) => node.serve_connection(conn, peer).await,
-                    Err(e) => tracing::warn!(error = %e, "replication connection refused"),
+                match net::accept_any(incoming, &[ALPN_REPL, ALPN_GATEWAY]).await {
+                    Ok((conn, peer, ALPN_GATEWAY)) => node.serve_gateway(conn, peer).await,
+                    Ok((conn, peer, _)) => node.serve_connection(conn, peer).await,
+                    Err(e) => tracing::warn!(error = %e, "connection refused"),
                 }
             });
         }

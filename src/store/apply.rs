@@ -28,6 +28,7 @@ pub(crate) fn apply_ops(
                 let info = PolicyInfo {
                     name: name.clone(),
                     version: record.lsn.0,
+                    epoch: record.epoch.clone(),
                     size: content.len() as u64,
                     sha256: Sha256::digest(content).into(),
                     installed: record.time,

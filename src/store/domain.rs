@@ -43,6 +43,46 @@ pub struct Policy {
     pub content: Vec<u8>,
 }
 
+/// A policy package open for reading in pieces (see [`Domain::policy_reader`]).
+pub struct PolicyReader {
+    domain: DomainId,
+    /// Name, version, size and digest of the package.
+    pub info: PolicyInfo,
+    table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl std::fmt::Debug for PolicyReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyReader")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyReader {
+    /// Up to `len` bytes of the content from `offset` (empty at or past the end).
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`], or [`StoreError::Corrupt`] when the content is missing.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        let id = &self.domain;
+        let value = self
+            .table
+            .get(self.info.name.as_str())
+            .or_storage(id)?
+            .ok_or_else(|| StoreError::Corrupt {
+                domain: id.clone(),
+                what: format!("content of policy {} is missing", self.info.name),
+            })?;
+        let bytes = value.value();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let end = start.saturating_add(len).min(bytes.len());
+        Ok(bytes[start..end].to_vec())
+    }
+}
+
 /// Where a replica of a domain stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainStatus {
@@ -521,6 +561,31 @@ impl Domain {
                 });
             }
             Ok(Some(Policy { info, content }))
+        })
+    }
+
+    /// Opens a policy package for reading its content piece by piece, all from one read
+    /// transaction (one committed state, however long the reading takes): what a server
+    /// streaming large packages uses to keep its memory per reader to one piece.
+    ///
+    /// The content is not checked here; hash the pieces and compare with `info.sha256`.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn policy_reader(&self, name: &str) -> Result<Read<Option<PolicyReader>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let meta = txn.open_table(POLICY).or_storage(id)?;
+            let Some(row) = meta.get(name).or_storage(id)? else {
+                return Ok(None);
+            };
+            let info = decode_policy(id, name, row.value())?;
+            let table = txn.open_table(POLICY_CONTENT).or_storage(id)?;
+            Ok(Some(PolicyReader {
+                domain: id.clone(),
+                info,
+                table,
+            }))
         })
     }
 

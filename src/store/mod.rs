@@ -39,7 +39,7 @@ use redb::{Database, DatabaseError, ReadableDatabase};
 use tokio::sync::watch;
 
 pub use digest::StateDigest;
-pub use domain::{Domain, DomainStatus, KeyValue, Policy, Read, WriterStats};
+pub use domain::{Domain, DomainStatus, KeyValue, Policy, PolicyReader, Read, WriterStats};
 pub use error::StoreError;
 pub use log::{ArchivedRecord, Fault, InspectedRecord, LogEntry, VerifyReport};
 pub use resync::{Resync, ResyncTarget};
