@@ -1,0 +1,752 @@
+//! The node side of the gateway service over real QUIC on loopback, spoken to frame by frame:
+//! who may read what, answers from either role, hostile requests, limits, and 1,000 gateways
+//! at once.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domsync::gateway::protocol::{
+    self, Query, Refusal, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
+};
+use domsync::model::{DomainId, Lsn, NodeId, Role};
+use domsync::net::frame::{read_frame, write_frame};
+use domsync::net::{
+    self, pki, Credentials, Identity, NodeServerVerifier, PeerRole, TlsFiles, ALPN_GATEWAY,
+    ALPN_REPL, CLOSE_REFUSED, SERVER_NAME,
+};
+use domsync::node::{ActiveConfig, GatewayLimits, Node, NodeConfig};
+use domsync::repl::Durability;
+use domsync::store::{Domain, Store, StoreOptions};
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{ConnectionError, Endpoint};
+use sha2::{Digest as _, Sha256};
+use tokio::time::timeout;
+
+/// Hang guard only.
+const GUARD: Duration = Duration::from_secs(120);
+
+fn nid(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+fn dom(s: &str) -> DomainId {
+    s.parse().unwrap()
+}
+
+fn creds(pki_dir: &Path, role: PeerRole, name: &str) -> Credentials {
+    TlsFiles::in_dir(pki_dir, &Identity::new(role, name).unwrap())
+        .load()
+        .unwrap()
+}
+
+/// Active `a` and standby `b` of `tenant-a` and `tenant-b`; gateway `g1` is granted
+/// `tenant-a`, `g2` is granted `tenant-b`, on both nodes.
+struct Cluster {
+    dir: tempfile::TempDir,
+    a: Node,
+    b: Node,
+    on_a: BTreeMap<String, Domain>,
+    on_b: BTreeMap<String, Domain>,
+    _stores: (Store, Store),
+}
+
+async fn cluster(limits: GatewayLimits) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    pki::init_ca(&pki_dir).unwrap();
+    for (role, name) in [
+        (PeerRole::Node, "a"),
+        (PeerRole::Node, "b"),
+        (PeerRole::Gateway, "g1"),
+        (PeerRole::Gateway, "g2"),
+        (PeerRole::Admin, "ops"),
+    ] {
+        pki::issue(&pki_dir, role, name, &pki_dir, 30).unwrap();
+    }
+    let start = |name: &str| {
+        let mut config = NodeConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            creds(&pki_dir, PeerRole::Node, name),
+            BTreeMap::new(),
+        );
+        config.tick = Duration::from_millis(20);
+        config.gateway = limits.clone();
+        Node::start(config).unwrap()
+    };
+    let (a, b) = (start("a"), start("b"));
+    a.set_peer(nid("b"), b.local_addr().unwrap());
+    b.set_peer(nid("a"), a.local_addr().unwrap());
+    let sa = Store::open(dir.path().join("a"), StoreOptions::new(nid("a"))).unwrap();
+    let sb = Store::open(dir.path().join("b"), StoreOptions::new(nid("b"))).unwrap();
+    let (mut on_a, mut on_b) = (BTreeMap::new(), BTreeMap::new());
+    for (tenant, gateway) in [("tenant-a", "g1"), ("tenant-b", "g2")] {
+        let da = sa.create_domain(&dom(tenant)).unwrap();
+        a.serve_active(
+            da.clone(),
+            ActiveConfig::new(Durability::Local, vec![nid("b")]),
+        );
+        let db = sb.join_domain(&dom(tenant)).unwrap();
+        b.follow(db.clone(), nid("a"));
+        for n in [&a, &b] {
+            n.grant(&dom(tenant), gateway);
+        }
+        on_a.insert(tenant.to_owned(), da);
+        on_b.insert(tenant.to_owned(), db);
+    }
+    Cluster {
+        dir,
+        a,
+        b,
+        on_a,
+        on_b,
+        _stores: (sa, sb),
+    }
+}
+
+impl Cluster {
+    fn pki(&self) -> std::path::PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    async fn connect(&self, role: PeerRole, name: &str, node: &Node) -> quinn::Connection {
+        let endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        connect_on(&endpoint, &creds(&self.pki(), role, name), node).await
+    }
+}
+
+async fn connect_on(endpoint: &Endpoint, creds: &Credentials, node: &Node) -> quinn::Connection {
+    let config = net::client_config(creds, ALPN_GATEWAY).unwrap();
+    timeout(
+        GUARD,
+        endpoint
+            .connect_with(config, node.local_addr().unwrap(), SERVER_NAME)
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+async fn reach(domain: &Domain, lsn: Lsn) {
+    let mut positions = domain.subscribe();
+    timeout(GUARD, positions.wait_for(|p| p.lsn >= lsn))
+        .await
+        .expect("replica did not reach the lsn in time")
+        .unwrap();
+}
+
+fn request(domain: &str, query: Query) -> Request {
+    Request {
+        domain: dom(domain),
+        seen: Vec::new(),
+        query,
+    }
+}
+
+fn get(name: &str) -> Query {
+    Query::GetPolicy {
+        name: name.into(),
+        if_newer_than: None,
+        at_least: None,
+        wait_ms: 0,
+    }
+}
+
+/// Sends raw bytes as a request and reads every answer frame until the node finishes.
+async fn exchange_raw(
+    conn: &quinn::Connection,
+    bytes: &[u8],
+) -> Result<Vec<Response>, Box<dyn std::error::Error>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(bytes).await?;
+    send.finish()?;
+    let mut out = Vec::new();
+    while let Some(frame) = read_frame(&mut recv, MAX_RESPONSE_BYTES).await? {
+        out.push(protocol::decode(&frame, MAX_RESPONSE_BYTES)?);
+    }
+    Ok(out)
+}
+
+async fn exchange(conn: &quinn::Connection, r: &Request) -> Vec<Response> {
+    let frame = protocol::encode(r, MAX_REQUEST_BYTES).unwrap();
+    timeout(GUARD, exchange_raw(conn, &frame))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A whole package from `PolicyBegin`..`PolicyEnd`, checked against its size and SHA-256.
+fn package(answer: &[Response]) -> (domsync::gateway::Served, Vec<u8>) {
+    let Some(Response::PolicyBegin { served, info }) = answer.first() else {
+        panic!("expected a package, got {answer:?}");
+    };
+    let mut content = Vec::new();
+    for r in &answer[1..answer.len() - 1] {
+        match r {
+            Response::Chunk(c) => content.extend_from_slice(c),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(answer.last(), Some(&Response::PolicyEnd));
+    assert_eq!(content.len() as u64, info.size);
+    assert_eq!(<[u8; 32]>::from(Sha256::digest(&content)), info.sha256);
+    (served.clone(), content)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_roles_serve_packages_and_crls_and_name_themselves() {
+    let c = cluster(GatewayLimits::default()).await;
+    let da = &c.on_a["tenant-a"];
+    let content: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    da.install_policy("edge", content.clone()).unwrap();
+    let crl = std::fs::read("fixtures/crl/fixture-ca-2.der").unwrap();
+    let p = da.put_crl(&crl).unwrap();
+    reach(&c.on_b["tenant-a"], p.lsn).await;
+
+    for (node, role) in [(&c.a, Role::Active), (&c.b, Role::Standby)] {
+        let conn = c.connect(PeerRole::Gateway, "g1", node).await;
+        let (served, got) = package(&exchange(&conn, &request("tenant-a", get("edge"))).await);
+        assert_eq!(got, content);
+        assert_eq!((&served.node, served.role), (node.id(), role));
+        assert_eq!(served.position.lsn, p.lsn);
+        assert_eq!(served.epoch.node, nid("a"));
+
+        let list = exchange(&conn, &request("tenant-a", Query::ListCrls)).await;
+        let [Response::Crls { served, list }] = list.as_slice() else {
+            panic!("{list:?}")
+        };
+        assert_eq!((served.role, list.len()), (role, 1));
+        let issuer = list[0].issuer.clone();
+        let answer = exchange(
+            &conn,
+            &request(
+                "tenant-a",
+                Query::GetCrl {
+                    issuer: issuer.clone(),
+                    if_newer_than: None,
+                },
+            ),
+        )
+        .await;
+        let [Response::Crl { served, crl: got }] = answer.as_slice() else {
+            panic!("{answer:?}")
+        };
+        assert_eq!((served.role, &got.der), (role, &crl));
+        // Conditional reads.
+        let answer = exchange(
+            &conn,
+            &request(
+                "tenant-a",
+                Query::GetCrl {
+                    issuer,
+                    if_newer_than: Some(got.number.clone()),
+                },
+            ),
+        )
+        .await;
+        assert!(matches!(answer.as_slice(), [Response::NotModified { .. }]));
+        let info = da.policy("edge").unwrap().value.unwrap().info;
+        let answer = exchange(
+            &conn,
+            &request(
+                "tenant-a",
+                Query::GetPolicy {
+                    name: "edge".into(),
+                    if_newer_than: Some(info.stamp()),
+                    at_least: None,
+                    wait_ms: 0,
+                },
+            ),
+        )
+        .await;
+        assert!(matches!(answer.as_slice(), [Response::NotModified { .. }]));
+        let answer = exchange(&conn, &request("tenant-a", get("nope"))).await;
+        assert!(matches!(answer.as_slice(), [Response::NotFound { .. }]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_standby_waits_for_the_asked_position_or_says_it_is_behind() {
+    let c = cluster(GatewayLimits::default()).await;
+    let (da, db) = (&c.on_a["tenant-a"], &c.on_b["tenant-a"]);
+    let p = da.install_policy("edge", b"v1".to_vec()).unwrap();
+    reach(db, p.lsn).await;
+    c.b.unfollow(&dom("tenant-a"));
+    let newer = da.install_policy("edge", b"v2".to_vec()).unwrap();
+    // `b` follows again; the read asks for a position `b` holds only once it caught up.
+    c.b.follow(db.clone(), nid("a"));
+    let conn = c.connect(PeerRole::Gateway, "g1", &c.b).await;
+    let answer = exchange(
+        &conn,
+        &request(
+            "tenant-a",
+            Query::GetPolicy {
+                name: "edge".into(),
+                if_newer_than: None,
+                at_least: Some(newer.clone()),
+                wait_ms: 30_000,
+            },
+        ),
+    )
+    .await;
+    let (served, content) = package(&answer);
+    assert_eq!(content, b"v2");
+    assert!(served.position.lsn >= newer.lsn);
+
+    // A position no replica has reached yet: `Behind` after the wait, with where it stands.
+    let mut ahead = newer.clone();
+    ahead.lsn = Lsn(newer.lsn.0 + 100);
+    let answer = exchange(
+        &conn,
+        &request(
+            "tenant-a",
+            Query::GetPolicy {
+                name: "edge".into(),
+                if_newer_than: None,
+                at_least: Some(ahead),
+                wait_ms: 50,
+            },
+        ),
+    )
+    .await;
+    let [Response::Behind { served }] = answer.as_slice() else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(served.position.lsn, newer.lsn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_the_standby_is_pushed_each_new_version() {
+    let c = cluster(GatewayLimits::default()).await;
+    let (da, db) = (&c.on_a["tenant-a"], &c.on_b["tenant-a"]);
+    let first = da.install_policy("edge", b"v1".to_vec()).unwrap();
+    reach(db, first.lsn).await;
+    let conn = c.connect(PeerRole::Gateway, "g1", &c.b).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let watch = request(
+        "tenant-a",
+        Query::Watch {
+            policies: vec![("edge".into(), None)],
+            crls: Vec::new(),
+        },
+    );
+    write_frame(
+        &mut send,
+        &protocol::encode(&watch, MAX_REQUEST_BYTES).unwrap(),
+    )
+    .await
+    .unwrap();
+    send.finish().unwrap();
+    // The current version first, then each new one as the standby applies it.
+    let (served, content) = next_package(&mut recv).await;
+    assert_eq!(
+        (served.role, content.as_slice()),
+        (Role::Standby, &b"v1"[..])
+    );
+    for v in 2..=5 {
+        let p = da
+            .install_policy("edge", format!("v{v}").into_bytes())
+            .unwrap();
+        let (served, content) = next_package(&mut recv).await;
+        assert_eq!(content, format!("v{v}").into_bytes());
+        assert_eq!(served.position.lsn, p.lsn);
+        assert_eq!(served.node, nid("b"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_granted_gateways_read_and_only_gateways_connect() {
+    let c = cluster(GatewayLimits::default()).await;
+    let da = &c.on_a["tenant-b"];
+    da.install_policy("edge", b"secret".to_vec()).unwrap();
+
+    // g1 is granted tenant-a only: tenant-b and an unknown domain get the same answer.
+    let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+    for domain in ["tenant-b", "tenant-zz"] {
+        let answer = exchange(&conn, &request(domain, get("edge"))).await;
+        assert_eq!(answer, vec![Response::Refused(Refusal::Forbidden)]);
+    }
+    // A revoked grant is refused from the next request on.
+    let ok = exchange(&conn, &request("tenant-a", Query::ListPolicies)).await;
+    assert!(matches!(ok.as_slice(), [Response::Policies { .. }]));
+    c.a.revoke(&dom("tenant-a"), "g1");
+    let answer = exchange(&conn, &request("tenant-a", Query::ListPolicies)).await;
+    assert_eq!(answer, vec![Response::Refused(Refusal::Forbidden)]);
+    // g2 reads tenant-b.
+    let conn2 = c.connect(PeerRole::Gateway, "g2", &c.b).await;
+    reach(&c.on_b["tenant-b"], Lsn(1)).await;
+    let (_, content) = package(&exchange(&conn2, &request("tenant-b", get("edge"))).await);
+    assert_eq!(content, b"secret");
+
+    // A gateway cannot replicate (and so cannot write): refused on the replication protocol.
+    let endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let g = creds(&c.pki(), PeerRole::Gateway, "g1");
+    let config = net::client_config(&g, ALPN_REPL).unwrap();
+    let conn = timeout(
+        GUARD,
+        endpoint
+            .connect_with(config, c.a.local_addr().unwrap(), SERVER_NAME)
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_refused(&conn, "gateway certificate may not use domsync-repl/1").await;
+    // Replication messages sent on the gateway protocol are not requests.
+    let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+    let follow = domsync::repl::message::encode(&domsync::repl::Message::Probe {
+        domain: dom("tenant-a"),
+        epoch: None,
+    })
+    .unwrap();
+    let answer = timeout(GUARD, exchange_raw(&conn, &follow))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            answer.as_slice(),
+            [Response::Refused(Refusal::BadRequest(_))]
+        ),
+        "{answer:?}"
+    );
+
+    // Node and admin certificates are not gateways.
+    for (role, name, reason) in [
+        (
+            PeerRole::Node,
+            "b",
+            "node certificate may not use domsync-gw/1",
+        ),
+        (
+            PeerRole::Admin,
+            "ops",
+            "admin certificate may not use domsync-gw/1",
+        ),
+    ] {
+        let conn = c.connect(role, name, &c.a).await;
+        assert_refused(&conn, reason).await;
+    }
+
+    // A gateway of another CA fails the handshake.
+    let foreign = tempfile::tempdir().unwrap();
+    pki::init_ca(foreign.path()).unwrap();
+    pki::issue(foreign.path(), PeerRole::Gateway, "g1", foreign.path(), 30).unwrap();
+    let mut bundle = std::fs::read(foreign.path().join("ca.pem")).unwrap();
+    bundle.extend(std::fs::read(c.pki().join("ca.pem")).unwrap());
+    std::fs::write(foreign.path().join("both.pem"), bundle).unwrap();
+    let stranger = TlsFiles {
+        ca: foreign.path().join("both.pem"),
+        cert: foreign.path().join("gateway-g1.pem"),
+        key: foreign.path().join("gateway-g1.key"),
+    }
+    .load()
+    .unwrap();
+    let config = net::client_config(&stranger, ALPN_GATEWAY).unwrap();
+    let attempt = timeout(
+        GUARD,
+        endpoint
+            .connect_with(config, c.a.local_addr().unwrap(), SERVER_NAME)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    if let Ok(conn) = attempt {
+        let r = timeout(GUARD, exchange_raw(&conn, b"x")).await.unwrap();
+        assert!(r.is_err(), "a foreign gateway was served: {r:?}");
+    }
+
+    // No certificate at all.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NodeServerVerifier::new(g.roots.clone(), None)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN_GATEWAY.to_vec()];
+    let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+    let attempt = timeout(
+        GUARD,
+        endpoint
+            .connect_with(config, c.a.local_addr().unwrap(), SERVER_NAME)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    if let Ok(conn) = attempt {
+        let r = timeout(GUARD, exchange_raw(&conn, b"x")).await.unwrap();
+        assert!(
+            r.is_err(),
+            "a gateway without certificate was served: {r:?}"
+        );
+    }
+    // The node still serves the granted gateway.
+    let answer = exchange(&conn2, &request("tenant-b", Query::ListPolicies)).await;
+    assert!(matches!(answer.as_slice(), [Response::Policies { .. }]));
+}
+
+async fn assert_refused(conn: &quinn::Connection, reason: &str) {
+    let r = timeout(GUARD, exchange_raw(conn, b"x")).await.unwrap();
+    assert!(r.is_err(), "served: {r:?}");
+    match timeout(GUARD, conn.closed()).await.unwrap() {
+        ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, CLOSE_REFUSED);
+            let got = String::from_utf8_lossy(&close.reason);
+            assert!(got.contains(reason), "{got}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_truncated_requests_get_typed_errors_and_others_are_served() {
+    let limits = GatewayLimits {
+        max_streams_per_connection: 2,
+        max_connections: 3,
+        request_timeout: Duration::from_millis(300),
+        ..GatewayLimits::default()
+    };
+    let c = cluster(limits).await;
+    c.on_a["tenant-a"]
+        .install_policy("edge", b"v1".to_vec())
+        .unwrap();
+    let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+    let good = protocol::encode(&request("tenant-a", get("edge")), MAX_REQUEST_BYTES).unwrap();
+    let bad_request = |answer: &[Response], what: &str| match answer {
+        [Response::Refused(Refusal::BadRequest(why))] => {
+            assert!(why.contains(what), "{why} lacks {what}")
+        }
+        other => panic!("expected a bad request ({what}), got {other:?}"),
+    };
+
+    // Not a frame (unknown version).
+    let answer = exchange_raw(&conn, b"garbage").await.unwrap();
+    bad_request(&answer, "version");
+    // A header announcing 100 MB: refused before anything is allocated.
+    let mut huge = vec![good[0]];
+    huge.extend_from_slice(&100_000_000u32.to_le_bytes());
+    let answer = exchange_raw(&conn, &huge).await.unwrap();
+    bad_request(&answer, "at most");
+    // Truncated in the payload.
+    let answer = exchange_raw(&conn, &good[..good.len() - 3]).await.unwrap();
+    bad_request(&answer, "ended in the middle");
+    // A checked frame around bytes that are no request.
+    let junk = protocol::encode(&vec![0xFFu8; 40], MAX_REQUEST_BYTES).unwrap();
+    let answer = exchange_raw(&conn, &junk).await.unwrap();
+    bad_request(&answer, "undecodable");
+    // A bit flipped in flight.
+    let mut flipped = good.clone();
+    flipped[8] ^= 0x10;
+    let answer = exchange_raw(&conn, &flipped).await.unwrap();
+    bad_request(&answer, "");
+    // Out of bounds: a watch of too many names.
+    let names = (0..300).map(|i| (format!("p{i}"), None)).collect();
+    let answer = exchange(
+        &conn,
+        &request(
+            "tenant-a",
+            Query::Watch {
+                policies: names,
+                crls: Vec::new(),
+            },
+        ),
+    )
+    .await;
+    bad_request(&answer, "at most 256");
+    // A stream that never sends the rest of its request is reset after the request timeout.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&good[..2]).await.unwrap();
+    let silent = timeout(GUARD, recv.read_to_end(1024)).await.unwrap();
+    assert!(silent.is_err(), "{silent:?}");
+
+    // The connection still serves.
+    let (_, content) = package(
+        &timeout(GUARD, exchange_raw(&conn, &good))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(content, b"v1");
+
+    // Two requests in progress per connection: a third is told the node is busy.
+    let watch = protocol::encode(
+        &request(
+            "tenant-a",
+            Query::Watch {
+                policies: vec![("edge".into(), None)],
+                crls: Vec::new(),
+            },
+        ),
+        MAX_REQUEST_BYTES,
+    )
+    .unwrap();
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        write_frame(&mut send, &watch).await.unwrap();
+        // The first frame of the answer proves the watch is running.
+        timeout(GUARD, read_frame(&mut recv, MAX_RESPONSE_BYTES))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        open.push((send, recv));
+    }
+    let answer = exchange_raw(&conn, &good).await.unwrap();
+    assert!(
+        matches!(answer.as_slice(), [Response::Refused(Refusal::Busy(why))] if why.contains("2 requests")),
+        "{answer:?}"
+    );
+    drop(open);
+
+    // Three connections at most: a fourth is closed with the reason.
+    let _second = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+    let _third = c.connect(PeerRole::Gateway, "g2", &c.a).await;
+    timeout(GUARD, async {
+        while c.a.gateway_connections() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let fourth = c.connect(PeerRole::Gateway, "g2", &c.a).await;
+    assert_refused(&fourth, "too many gateway connections (limit 3)").await;
+    let (_, content) = package(
+        &timeout(GUARD, exchange_raw(&conn, &good))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(content, b"v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_reports_of_the_active_reach_the_promotion_guard() {
+    let c = cluster(GatewayLimits::default()).await;
+    let epoch = c.on_a["tenant-a"].status().unwrap().epoch;
+    let conn = c.connect(PeerRole::Gateway, "g1", &c.b).await;
+    let heard = domsync::repl::promotion::Heard {
+        node: nid("a"),
+        epoch: epoch.clone(),
+        ago_ms: 100,
+    };
+    let mut r = request("tenant-a", Query::ListPolicies);
+    // Reports for domains the gateway is not granted are ignored.
+    r.seen = vec![
+        (dom("tenant-a"), heard.clone()),
+        (dom("tenant-b"), heard.clone()),
+    ];
+    exchange(&conn, &r).await;
+    let seen = c.b.sightings(&dom("tenant-a"));
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].active, nid("a"));
+    assert!(seen[0].age >= Duration::from_millis(100));
+    assert!(c.b.sightings(&dom("tenant-b")).is_empty());
+    c.a.shutdown().await;
+    let err =
+        c.b.promote(
+            &dom("tenant-a"),
+            &[nid("a")],
+            ActiveConfig::new(Durability::Local, vec![nid("a")]),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("by gateway g1"), "{err}");
+}
+
+/// Reads the next whole package pushed on a watch stream.
+async fn next_package(recv: &mut quinn::RecvStream) -> (domsync::gateway::Served, Vec<u8>) {
+    let mut frames = Vec::new();
+    loop {
+        let frame = timeout(GUARD, read_frame(recv, MAX_RESPONSE_BYTES))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let r: Response = protocol::decode(&frame, MAX_RESPONSE_BYTES).unwrap();
+        let end = r == Response::PolicyEnd;
+        frames.push(r);
+        if end {
+            return package(&frames);
+        }
+    }
+}
+
+/// Peak resident memory of this process since the last reset, in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_gateways_fetch_a_256_kib_package_from_a_standby() {
+    const GATEWAYS: usize = 1000;
+    let c = cluster(GatewayLimits::default()).await;
+    let content: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let p = c.on_a["tenant-a"]
+        .install_policy("edge", content.clone())
+        .unwrap();
+    reach(&c.on_b["tenant-a"], p.lsn).await;
+    // Reset the peak so it covers the fetches only.
+    drop(std::fs::write("/proc/self/clear_refs", "5"));
+    let before = peak_rss_kib();
+    let g = creds(&c.pki(), PeerRole::Gateway, "g1");
+    // Ten client sockets with a hundred connections each.
+    let endpoints: Vec<Endpoint> = (0..10)
+        .map(|_| Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap())
+        .collect();
+    let mut conns = Vec::new();
+    for i in 0..GATEWAYS {
+        conns.push(connect_on(&endpoints[i % endpoints.len()], &g, &c.b).await);
+    }
+    timeout(GUARD, async {
+        while c.b.gateway_connections() < GATEWAYS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the node did not see every gateway connection");
+    let frame = protocol::encode(&request("tenant-a", get("edge")), MAX_REQUEST_BYTES).unwrap();
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for conn in &conns {
+        let (conn, frame) = (conn.clone(), frame.clone());
+        tasks.spawn(async move { exchange_raw(&conn, &frame).await.map_err(|e| e.to_string()) });
+    }
+    let mut errors = Vec::new();
+    let mut ok = 0;
+    while let Some(done) = timeout(GUARD, tasks.join_next()).await.unwrap() {
+        match done.unwrap() {
+            Ok(answer) => {
+                let (served, got) = package(&answer);
+                assert_eq!(served.role, Role::Standby);
+                assert!(got == content);
+                ok += 1;
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let took = started.elapsed();
+    let peak = peak_rss_kib();
+    println!(
+        "{ok} gateways fetched 256 KiB from the standby in {:.2} s; peak RSS of the process (node and all clients) {} MiB, {} MiB above the start",
+        took.as_secs_f64(),
+        peak / 1024,
+        peak.saturating_sub(before) / 1024
+    );
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert_eq!(ok, GATEWAYS);
+}
