@@ -20,7 +20,7 @@ use crate::gateway::protocol::{
     self, CrlInfo, Query, Refusal, Request, Response, Served, CHUNK_BYTES, MAX_NAMES,
     MAX_RESPONSE_BYTES, MAX_WAIT_MS,
 };
-use crate::model::{CrlNumber, DomainId, Position, Role, Version};
+use crate::model::{CrlNumber, DomainId, Epoch, Position, Role, Version};
 use crate::net::frame::{read_frame, write_frame, FrameError};
 use crate::net::{Identity, CLOSE_REFUSED};
 use crate::store::{Domain, StoreError};
@@ -247,7 +247,7 @@ impl Node {
         match request.query {
             Query::ListPolicies => {
                 let read = replica.policies().map_err(unavailable)?;
-                let served = self.served(&replica, read.role, read.position);
+                let served = self.served(read.role, read.epoch.clone(), read.position);
                 respond(
                     send,
                     &Response::Policies {
@@ -268,7 +268,8 @@ impl Node {
                     let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)));
                     if !reached(&replica, &at_least, wait).await {
                         let status = replica.status().map_err(unavailable)?;
-                        let served = self.served(&replica, status.role, status.position);
+                        let served =
+                            self.served(status.role, status.epoch.clone(), status.position);
                         respond(send, &Response::Behind { served }).await;
                         return Ok(());
                     }
@@ -279,7 +280,7 @@ impl Node {
             }
             Query::ListCrls => {
                 let read = replica.crls().map_err(unavailable)?;
-                let served = self.served(&replica, read.role, read.position);
+                let served = self.served(read.role, read.epoch.clone(), read.position);
                 let list = read.value.iter().map(CrlInfo::from).collect();
                 respond(send, &Response::Crls { served, list }).await;
                 Ok(())
@@ -289,7 +290,7 @@ impl Node {
                 if_newer_than,
             } => {
                 let read = replica.crl(&issuer).map_err(unavailable)?;
-                let served = self.served(&replica, read.role, read.position);
+                let served = self.served(read.role, read.epoch.clone(), read.position);
                 let response = match read.value {
                     None => Response::NotFound { served },
                     Some(crl) if if_newer_than.as_ref().is_some_and(|n| crl.number <= *n) => {
@@ -307,10 +308,7 @@ impl Node {
         }
     }
 
-    fn served(&self, replica: &Domain, role: Role, position: Position) -> Served {
-        let epoch = replica
-            .status()
-            .map_or_else(|_| position.epoch.clone(), |s| s.epoch);
+    fn served(&self, role: Role, epoch: Epoch, position: Position) -> Served {
         Served {
             node: self.id().clone(),
             role,
@@ -331,7 +329,7 @@ impl Node {
         let read = replica
             .policy_reader(name)
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
-        let served = self.served(replica, read.role, read.position);
+        let served = self.served(read.role, read.epoch.clone(), read.position);
         let Some(reader) = read.value else {
             respond(send, &Response::NotFound { served }).await;
             return Ok(None);
@@ -428,7 +426,8 @@ impl Node {
                         }
                     }
                     (None, Some(_)) => {
-                        let served = self.served(replica, read.role, read.position.clone());
+                        let served =
+                            self.served(read.role, read.epoch.clone(), read.position.clone());
                         let name = name.clone();
                         if !respond(send, &Response::Removed { served, name }).await {
                             return false;
@@ -445,7 +444,7 @@ impl Node {
             };
             for (issuer, held) in crls.iter_mut() {
                 let crl = read.value.iter().find(|c| &c.issuer == issuer);
-                let served = || self.served(replica, read.role, read.position.clone());
+                let served = || self.served(read.role, read.epoch.clone(), read.position.clone());
                 let response = match (crl, held.as_ref()) {
                     (Some(c), Some(h)) if c.number <= *h => continue,
                     (Some(c), _) => {

@@ -28,6 +28,8 @@ pub struct Read<T> {
     pub position: Position,
     /// The role of this replica when it was read.
     pub role: Role,
+    /// The highest epoch this replica had seen when it was read.
+    pub epoch: Epoch,
 }
 
 /// A user key and its value.
@@ -479,6 +481,7 @@ impl Domain {
             value,
             position: meta.position,
             role: meta.role,
+            epoch: meta.epoch,
         })
     }
 
