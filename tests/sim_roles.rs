@@ -1,0 +1,2608 @@
+//! Deterministic simulation of role changes (DESIGN.md §4, §6, §7): one domain replicated on
+//! three nodes `a`, `b` and `c`, each with a real [`Store`], driven through the sans-IO core
+//! ([`Shipper`], [`Follower`], [`decide`], the split-brain guard [`check`]) over an in-memory
+//! network. The simulation is the node glue of `src/node` (roles.rs, active.rs, standby.rs),
+//! in memory, on the test thread, with simulated time: a run is a function of its seed.
+//!
+//! `a` creates the domain and starts active; `b` and `c` follow it. At random times:
+//! - writes on whichever node is active (and stray writes on the others, which must be
+//!   refused), acknowledged with durability `standby`: once one standby's durable ack covers
+//!   them (what releases a writer in `Node::write`); writes made while the active is cut off
+//!   are committed locally and never acknowledged;
+//! - planned switchovers (`Node::switchover`): the active demotes itself to the epoch
+//!   `(term + 1, target)`, waits until the target is durable at its last lsn, hands over
+//!   (`TakeOver`: the target checks its position and `promote_to`s the epoch) and follows
+//!   the target; a switchover that times out, cannot reach the target, or whose `TookOver`
+//!   answer is lost rolls back to a new epoch of the old active's own (the lost answer makes
+//!   two actives: an unsafe promotion, see below);
+//! - manual promotions (`Node::promote`): a standby probes its peers (a reachable peer
+//!   answers its role, epoch, position and when it last heard its active; an unreachable one
+//!   is `PeerProbe::Unreachable`) and promotes only when the guard allows, or forced: a
+//!   lagging standby, or with the old active alive behind a partition (split brain on
+//!   purpose); the operator then points the other standbys at the new active;
+//! - healing: a node that learns of a higher epoch (a `Follow` carrying it, an active's
+//!   epoch announcement to a silent standby, a refusal naming the active) steps down at once
+//!   (`Domain::demote`) and follows the higher epoch's node; its records after the fork point
+//!   go to the collision archive (`Answer::Rewind`, `begin_resync` with `archive_after`) and
+//!   it resyncs;
+//! - an operator inspects collision archives, re-applies archived records on the active as
+//!   new writes and discards them, or discards them outright;
+//! - faults: stream cuts, partitions (one node isolated or one link cut) lasting random
+//!   steps, crashes of any node (store closed and reopened; a node that was active comes back
+//!   active, reading its role from its store; a node that was standby follows the active its
+//!   store names).
+//!
+//! Checked on every step (DESIGN.md §4):
+//! 1. single writer: a write succeeds exactly when the simulation's glue serves the node as
+//!    active (not while a switchover is under way, never after a demotion: a demoted node's
+//!    next write is tried at once and must fail with `NotActive`); each epoch has one writer
+//!    and holds one record per lsn;
+//! 2. no acknowledged loss: a write acknowledged while its writer was the highest active,
+//!    with no unsafe promotion since it was committed, is never archived and is in the final
+//!    state. A promotion is unsafe when forced, when the guard let it through with a peer
+//!    other than the old active unreachable (it cannot tell what that peer acknowledged), or
+//!    when a switchover's answer was lost;
+//! 3. exactly once, in order: every record a standby applies is the record its writer
+//!    committed at that lsn, byte for byte, applied in lsn order; after every apply, snapshot
+//!    and restart, a replica's position and content digest are those its writer had at that
+//!    lsn and epoch;
+//! 5. nothing silently dropped: what a resync archives is exactly the replica's log after the
+//!    fork point, on top of what the archive held; every archived record is a committed one.
+//!
+//! At the end of every seed, faults off, partitions healed, every node up (and an operator
+//! promoting the most advanced standby if no node is active): one active, two standbys at its
+//! position, acknowledged by both sides, with equal content digests and uids, `verify()`
+//! clean, equal log bytes over the range all three retain, every retained record the one its
+//! writer committed; every write ever committed is in the final state or in some node's
+//! collision archive, or was discarded by the operator after inspection; a node whose
+//! archive holds records reports `Collision` on both sides.
+//!
+//! `DOMSYNC_SIM_SEEDS=<n>` sets how many seeds run (default 200); `DOMSYNC_SIM_SEED=<n>`
+//! replays one seed; `DOMSYNC_SIM_TRACE=1` prints every event. A failing seed is printed with
+//! the command that replays it. Runs are reproducible event for event (checked by
+//! `a_seed_replays_exactly`); the bytes are not (records carry their wall-clock commit time
+//! and the domain uid is random), so nothing in the run depends on them.
+
+// Nodes are indexes into several arrays at once (nodes, names, links, acks).
+#![allow(clippy::needless_range_loop)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use domsync::codec::decode_record;
+use domsync::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
+use domsync::repl::promotion::{check, GuardInput, Heard, PeerProbe};
+use domsync::repl::{
+    decide, Answer, Backoff, FollowAction, Follower, LocalView, Message, ProbeAnswer, RecordBytes,
+    RejectReason, ShipAction, ShipConfig, Shipper, SnapshotHeader, StandbyView, SyncStatus,
+};
+use domsync::store::{
+    ArchivedRecord, Domain, DomainStatus, Resync, ResyncTarget, SnapshotItem, StateDigest, Store,
+    StoreError, StoreOptions,
+};
+
+const N: usize = 3;
+const NAMES: [&str; N] = ["a", "b", "c"];
+/// Simulated time per step.
+const DT: Duration = Duration::from_millis(10);
+/// Steps allowed to converge once faults stop.
+const SETTLE_STEPS: u64 = 6000;
+/// Split-brain guard window: an active heard from within it counts as alive.
+const GUARD_WINDOW: Duration = Duration::from_millis(1000);
+/// An active announces its epoch to silent standbys this often (once a second).
+const ANNOUNCE_STEPS: u64 = 100;
+/// How long a switchover waits for its target.
+const SWITCH_TIMEOUT_STEPS: u64 = 150;
+/// In the settle phase, the operator promotes a standby after this long without an active.
+const NO_ACTIVE_STEPS: u64 = 100;
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic randomness and tracing
+
+/// splitmix64: small, fast, good enough to drive a simulation.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0xA076_1D64_78BD_642F) ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    fn usize(&mut self, lo: usize, hi: usize) -> usize {
+        self.range(lo as u64, hi as u64) as usize
+    }
+
+    /// True with probability `p`.
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64) < p * (1u64 << 53) as f64
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+
+    fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
+        if from.is_empty() {
+            None
+        } else {
+            Some(from[self.below(from.len() as u64) as usize])
+        }
+    }
+}
+
+/// FNV-1a over the trace of a run: equal seeds must give equal hashes. With `keep`, the
+/// events themselves are kept too, to show where two runs part.
+struct Trace {
+    hash: u64,
+    keep: Option<Vec<String>>,
+}
+
+impl Trace {
+    fn add(&mut self, step: u64, event: &str) {
+        for b in step.to_le_bytes().iter().chain(event.as_bytes()) {
+            self.hash ^= u64::from(*b);
+            self.hash = self.hash.wrapping_mul(0x0100_0000_01B3);
+        }
+        if let Some(k) = self.keep.as_mut() {
+            k.push(format!("{step}: {event}"));
+        }
+    }
+}
+
+/// What a message is, without the bytes that differ between runs (record times, uid, chains).
+fn describe(m: &Message) -> String {
+    match m {
+        Message::Follow(f) => format!(
+            "follow {} epoch {} uid={}",
+            f.position.lsn,
+            f.epoch,
+            f.uid.is_some()
+        ),
+        Message::Answer(a) => format!("answer {a:?}"),
+        Message::Records(r) => format!("records x{}", r.len()),
+        Message::SnapshotBegin(h) => format!("snapshot-begin {}", h.position.lsn),
+        Message::SnapshotRows(r) => format!("snapshot-rows x{}", r.len()),
+        Message::SnapshotEnd { rows } => format!("snapshot-end {rows}"),
+        Message::Heartbeat { position, .. } => format!("heartbeat {}", position.lsn),
+        Message::Ack(a) => format!("ack {}/{}/{}", a.received, a.durable, a.applied),
+        Message::Probe { .. } => "probe".to_owned(),
+        Message::ProbeAnswer(a) => format!("probe-answer {}", a.is_some()),
+        Message::TakeOver(t) => format!("take-over {}", t.last.lsn),
+        Message::TookOver(r) => format!("took-over {}", r.is_ok()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulated world
+
+/// Rates of one seed (probabilities per step, unless noted).
+#[derive(Debug, Clone)]
+struct Faults {
+    /// The operator promotes only when the other standby answers.
+    careful: bool,
+    write: f64,
+    /// A write tried on a random node (refused unless it is active).
+    stray_write: f64,
+    /// Per stream.
+    cut: f64,
+    partition: f64,
+    /// Per node.
+    crash: f64,
+    /// An operator tries a promotion of a standby that lost its active.
+    promote: f64,
+    /// An operator tries a promotion of a standby that still hears its active.
+    promote_blind: f64,
+    /// Share of promotion attempts that are forced.
+    force: f64,
+    switchover: f64,
+    /// Per switchover hand-over: the `TookOver` answer is lost.
+    took_over_lost: f64,
+    /// An operator looks at a collision archive.
+    resolve: f64,
+}
+
+/// Counters of a run (summed over seeds for the summary line).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Stats {
+    seeds: u64,
+    steps: u64,
+    writes: u64,
+    acked: u64,
+    /// Writes committed and never acknowledged.
+    unacked: u64,
+    refused_writes: u64,
+    applied: u64,
+    promotions: u64,
+    forced: u64,
+    /// Promotions that could lose acknowledged writes (forced, unreachable peer, lost
+    /// switchover answer).
+    unsafe_promotions: u64,
+    guard_refusals: u64,
+    switchovers: u64,
+    switchovers_failed: u64,
+    took_over_lost: u64,
+    step_downs: u64,
+    announce_step_downs: u64,
+    follow_step_downs: u64,
+    redirects: u64,
+    rewinds: u64,
+    snapshots: u64,
+    archived: u64,
+    reapplied: u64,
+    discarded: u64,
+    /// Acknowledged writes that ended in an archive (lost to an unsafe promotion).
+    acked_archived: u64,
+    crashes: u64,
+    partitions: u64,
+    cuts: u64,
+    connects: u64,
+    /// Switchover rollbacks above another active.
+    unsafe_rollbacks: u64,
+    /// A node stepped down to an epoch naming itself and followed itself.
+    self_follows: u64,
+    /// The operator pointed a stuck standby at the active (settle phase).
+    repointed: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.seeds += o.seeds;
+        self.steps += o.steps;
+        self.writes += o.writes;
+        self.acked += o.acked;
+        self.unacked += o.unacked;
+        self.refused_writes += o.refused_writes;
+        self.applied += o.applied;
+        self.promotions += o.promotions;
+        self.forced += o.forced;
+        self.unsafe_promotions += o.unsafe_promotions;
+        self.guard_refusals += o.guard_refusals;
+        self.switchovers += o.switchovers;
+        self.switchovers_failed += o.switchovers_failed;
+        self.took_over_lost += o.took_over_lost;
+        self.step_downs += o.step_downs;
+        self.announce_step_downs += o.announce_step_downs;
+        self.follow_step_downs += o.follow_step_downs;
+        self.redirects += o.redirects;
+        self.rewinds += o.rewinds;
+        self.snapshots += o.snapshots;
+        self.archived += o.archived;
+        self.reapplied += o.reapplied;
+        self.discarded += o.discarded;
+        self.acked_archived += o.acked_archived;
+        self.crashes += o.crashes;
+        self.partitions += o.partitions;
+        self.cuts += o.cuts;
+        self.connects += o.connects;
+        self.self_follows += o.self_follows;
+        self.unsafe_rollbacks += o.unsafe_rollbacks;
+        self.repointed += o.repointed;
+    }
+}
+
+/// One replication stream, opened by a standby's follower to the node it follows: ordered
+/// and reliable while it lives.
+struct Stream {
+    standby: usize,
+    server: usize,
+    down: VecDeque<Message>,
+    up: VecDeque<Message>,
+    /// The server's side, once it serves the `Follow` as active.
+    shipper: Option<Shipper>,
+    /// Latest commit the shipper was told of.
+    notified: Lsn,
+    /// The server ended its side: the stream ends once what it sent is delivered.
+    closing: bool,
+}
+
+/// A planned hand-over in progress on the active.
+#[derive(Debug, Clone)]
+struct Switch {
+    /// The epoch the active served in before it stopped.
+    from: Epoch,
+    to: usize,
+    epoch: Epoch,
+    last: Position,
+    deadline: u64,
+}
+
+/// The domain served as active on a node (`ActiveDomain` of the glue).
+struct Serving {
+    /// Durable lsn each standby acknowledged (what releases writers).
+    durable: [Lsn; N],
+    /// Writes waiting for a standby's durable ack (indexes into `Sim::writes`).
+    pending: Vec<usize>,
+    switching: Option<Switch>,
+    next_announce: u64,
+}
+
+struct SimNode {
+    id: NodeId,
+    dir: PathBuf,
+    store: Option<Store>,
+    domain: Option<Domain>,
+    down_until: u64,
+    /// Standby side: the follower, the node it follows and its stream.
+    follower: Option<Follower>,
+    following: usize,
+    stream: Option<u64>,
+    resync: Option<Resync>,
+    /// The snapshot being built and the records its resync must archive.
+    target: Option<(SnapshotHeader, Vec<Vec<u8>>)>,
+    serving: Option<Serving>,
+    /// Highest epoch this node was demoted with.
+    fenced: Option<Epoch>,
+}
+
+/// A write committed on some node.
+#[derive(Debug, Clone)]
+struct Write {
+    marker: u64,
+    node: usize,
+    epoch: Epoch,
+    lsn: Lsn,
+    step: u64,
+    acked: bool,
+    /// Acknowledged while its writer was the active of the highest epoch.
+    acked_on_top: bool,
+}
+
+/// A committed record, as its writer left it.
+struct Committed {
+    bytes: Vec<u8>,
+    position: Position,
+    digest: StateDigest,
+    marker: u64,
+    write: usize,
+}
+
+/// What a seed's run produced.
+struct Outcome {
+    stats: Stats,
+    hash: u64,
+    events: Vec<String>,
+}
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    trace: Trace,
+    stats: Stats,
+    faults: Faults,
+    ship: ShipConfig,
+    backoff: Backoff,
+    base: Instant,
+    elapsed: Duration,
+    step: u64,
+    id: DomainId,
+    next_stream: u64,
+    nodes: Vec<SimNode>,
+    streams: BTreeMap<u64, Stream>,
+    /// Link `i`–`j` is cut until this step.
+    cut_until: [[u64; N]; N],
+    writes: Vec<Write>,
+    /// Every committed record by `(epoch, lsn)`: one writer per epoch, one record per lsn.
+    records: HashMap<(Epoch, Lsn), Committed>,
+    /// The node that wrote in each epoch.
+    writers: BTreeMap<Epoch, usize>,
+    next_marker: u64,
+    /// Highest epoch any node became active in.
+    top: Epoch,
+    /// Step of the latest unsafe promotion.
+    last_unsafe: Option<u64>,
+    /// Markers of archived records the operator discarded without re-applying.
+    discarded: BTreeSet<u64>,
+    /// Settle phase: since when no node is active.
+    no_active_since: Option<u64>,
+    verbose: bool,
+    _root: tempfile::TempDir,
+}
+
+fn temp_root() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let mut b = tempfile::Builder::new();
+    b.prefix("domsync-sim-roles-");
+    if shm.is_dir() {
+        if let Ok(d) = b.tempdir_in(shm) {
+            return d;
+        }
+    }
+    b.tempdir().expect("create a temporary directory")
+}
+
+fn open_store(dir: &Path, node: &NodeId) -> Store {
+    let mut o = StoreOptions::new(node.clone());
+    o.cache_bytes = 1 << 20;
+    Store::open(dir, o).expect("open a store")
+}
+
+fn replay_hint(seed: u64, test: &str) -> String {
+    format!("replay: DOMSYNC_SIM_SEED={seed} cargo test --test sim_roles {test}")
+}
+
+fn marker_key(marker: u64) -> Vec<u8> {
+    format!("u{marker:08}").into_bytes()
+}
+
+/// The marker of a write: its `Put` of a `u…` key.
+fn marker_of(ops: &[Op]) -> Option<u64> {
+    ops.iter().find_map(|op| match op {
+        Op::Put { key, .. } if key.first() == Some(&b'u') => {
+            std::str::from_utf8(&key[1..]).ok()?.parse().ok()
+        }
+        _ => None,
+    })
+}
+
+fn local_view(node: &NodeId, st: &DomainStatus) -> LocalView {
+    LocalView {
+        node: node.clone(),
+        role: st.role,
+        uid: st.uid,
+        epoch: st.epoch.clone(),
+        history: st.history.clone(),
+        position: st.position.clone(),
+        log_start: st.log_start,
+        log_base_chain: st.log_base_chain,
+    }
+}
+
+/// The fork point of the records in an archive (what the glue's `collision_fork` reports).
+fn collision_fork(archive: &[ArchivedRecord]) -> Option<Lsn> {
+    archive
+        .iter()
+        .map(|a| Lsn(a.record.lsn.0.saturating_sub(1)))
+        .min()
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let mut rng = Rng::new(seed);
+        let root = temp_root();
+        let id: DomainId = "sim".parse().unwrap();
+        let storm = rng.range(0, 3) as f64 / 2.0; // 0, 0.5, 1 or 1.5
+                                                  // A third of the seeds have a careful operator: no forced promotion, no promotion
+                                                  // while the other standby cannot be reached, no lost switchover answer; invariant 2
+                                                  // then covers nearly every acknowledged write.
+        let careful = rng.chance(0.34);
+        let faults = Faults {
+            careful,
+            write: 0.1 + rng.below(30) as f64 / 100.0,
+            stray_write: 0.02,
+            cut: 0.002 * storm,
+            partition: 0.004 * storm,
+            crash: 0.0008 * storm,
+            promote: [0.01, 0.03, 0.1][rng.usize(0, 2)],
+            promote_blind: 0.002,
+            force: if careful {
+                0.0
+            } else {
+                [0.05, 0.15, 0.4][rng.usize(0, 2)]
+            },
+            switchover: [0.0, 0.003, 0.01][rng.usize(0, 2)],
+            took_over_lost: if careful {
+                0.0
+            } else {
+                [0.0, 0.1, 0.3][rng.usize(0, 2)]
+            },
+            resolve: 0.01,
+        };
+        let ship = ShipConfig {
+            batch_records: rng.usize(1, 16),
+            // Byte limits stay wide: record sizes are not reproducible (see tests/sim.rs).
+            batch_bytes: ShipConfig::default().batch_bytes,
+            window_records: rng.range(1, 48),
+            window_bytes: ShipConfig::default().window_bytes,
+            heartbeat: Duration::from_millis(rng.range(30, 300)),
+        };
+        let backoff = Backoff {
+            initial: Duration::from_millis(rng.range(10, 40)),
+            max: Duration::from_millis(rng.range(80, 400)),
+        };
+        let base = Instant::now();
+        let nodes = NAMES
+            .iter()
+            .map(|n| {
+                let id = NodeId::new(*n).unwrap();
+                let dir = root.path().join(n);
+                SimNode {
+                    store: Some(open_store(&dir, &id)),
+                    id,
+                    dir,
+                    domain: None,
+                    down_until: 0,
+                    follower: None,
+                    following: 0,
+                    stream: None,
+                    resync: None,
+                    target: None,
+                    serving: None,
+                    fenced: None,
+                }
+            })
+            .collect();
+        let mut sim = Sim {
+            seed,
+            rng,
+            trace: Trace {
+                hash: 0xCBF2_9CE4_8422_2325,
+                keep: None,
+            },
+            stats: Stats {
+                seeds: 1,
+                ..Stats::default()
+            },
+            faults,
+            ship,
+            backoff,
+            base,
+            elapsed: Duration::ZERO,
+            step: 0,
+            id: id.clone(),
+            next_stream: 0,
+            nodes,
+            streams: BTreeMap::new(),
+            cut_until: [[0; N]; N],
+            writes: Vec::new(),
+            records: HashMap::new(),
+            writers: BTreeMap::new(),
+            next_marker: 0,
+            top: Epoch {
+                term: 1,
+                node: NodeId::new("a").unwrap(),
+            },
+            last_unsafe: None,
+            discarded: BTreeSet::new(),
+            no_active_since: None,
+            verbose: std::env::var_os("DOMSYNC_SIM_TRACE").is_some_and(|v| v != "0"),
+            _root: root,
+        };
+        let tuning = format!("{:?} {:?} {:?}", sim.faults, sim.ship, sim.backoff);
+        sim.ev(&tuning);
+        let a = sim.nodes[0].store.as_ref().unwrap().create_domain(&id);
+        sim.nodes[0].domain = Some(a.expect("create the domain"));
+        sim.serve(0);
+        for i in 1..N {
+            let d = sim.nodes[i].store.as_ref().unwrap().join_domain(&id);
+            sim.nodes[i].domain = Some(d.expect("join the domain"));
+            sim.start_following(i, 0);
+        }
+        sim
+    }
+
+    fn now(&self) -> Instant {
+        self.base + self.elapsed
+    }
+
+    /// Simulated wall clock for heartbeats (microseconds).
+    fn wall_micros(&self) -> u64 {
+        1_700_000_000_000_000 + self.elapsed.as_micros() as u64
+    }
+
+    fn at(&self) -> String {
+        format!("seed {} step {}", self.seed, self.step)
+    }
+
+    fn ev(&mut self, event: &str) {
+        if self.verbose {
+            eprintln!("[{} {:>5}] {event}", self.seed, self.step);
+        }
+        self.trace.add(self.step, event);
+    }
+
+    fn name(&self, i: usize) -> &'static str {
+        NAMES[i]
+    }
+
+    fn index_of(node: &NodeId) -> usize {
+        NAMES
+            .iter()
+            .position(|n| *n == node.as_str())
+            .expect("a node of the simulation")
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.nodes[i].domain.is_some()
+    }
+
+    fn link_up(&self, i: usize, j: usize) -> bool {
+        i != j && self.up(i) && self.up(j) && self.step >= self.cut_until[i][j]
+    }
+
+    fn domain(&self, i: usize) -> Domain {
+        self.nodes[i]
+            .domain
+            .clone()
+            .unwrap_or_else(|| panic!("{}: node {} is down", self.at(), NAMES[i]))
+    }
+
+    fn status(&self, i: usize) -> DomainStatus {
+        self.domain(i).status().unwrap()
+    }
+
+    // --- the run ---------------------------------------------------------------------------
+
+    fn run(mut self) -> Outcome {
+        let steps = self.rng.range(250, 700);
+        while self.step < steps {
+            self.step(true);
+        }
+        self.ev("settle");
+        self.cut_until = [[0; N]; N];
+        let settle_end = self.step + SETTLE_STEPS;
+        loop {
+            self.step(false);
+            if let Some(active) = self.converged() {
+                self.check_end(active);
+                break;
+            }
+            assert!(
+                self.step < settle_end,
+                "{}: the replicas did not converge within {SETTLE_STEPS} fault-free steps: {}",
+                self.at(),
+                self.describe_nodes()
+            );
+        }
+        self.stats.steps = self.step;
+        Outcome {
+            stats: self.stats.clone(),
+            hash: self.trace.hash,
+            events: self.trace.keep.take().unwrap_or_default(),
+        }
+    }
+
+    fn step(&mut self, faults: bool) {
+        self.step += 1;
+        self.elapsed += DT;
+        if faults {
+            self.inject_faults();
+        }
+        self.restarts(!faults);
+        if faults {
+            self.operator();
+        } else {
+            self.ensure_active();
+        }
+        self.switchovers(faults);
+        self.notify_commits();
+        self.deliver(faults);
+        self.ticks();
+        self.announce();
+    }
+
+    fn describe_nodes(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let st = n.domain.as_ref().and_then(|d| d.status().ok());
+            let f = n.follower.as_ref().map(|f| {
+                (
+                    f.status().0,
+                    f.is_connected(),
+                    f.last_error().map(str::to_owned),
+                )
+            });
+            let _ = write!(
+                out,
+                "[{} {:?} epoch {:?} at {:?} serving {} switching {:?} follows {} {:?} stream {:?}] ",
+                NAMES[i],
+                st.as_ref().map(|s| s.role),
+                st.as_ref().map(|s| s.epoch.to_string()),
+                st.as_ref().map(|s| s.position.lsn),
+                n.serving.is_some(),
+                n.serving.as_ref().and_then(|s| s.switching.clone()),
+                NAMES[n.following],
+                f,
+                n.stream
+            );
+        }
+        out
+    }
+
+    // --- the node glue: roles ------------------------------------------------------------------
+
+    /// Serves the node's replica as active (`Node::serve_active`): its store must say so.
+    fn serve(&mut self, i: usize) {
+        let st = self.status(i);
+        assert_eq!(st.role, Role::Active, "{}: serve a standby", self.at());
+        self.stop_following(i);
+        self.nodes[i].serving = Some(Serving {
+            durable: [Lsn::ZERO; N],
+            pending: Vec::new(),
+            switching: None,
+            next_announce: self.step,
+        });
+        if st.epoch > self.top {
+            self.top = st.epoch.clone();
+        }
+        self.ev(&format!(
+            "{} serves as active in {}",
+            self.name(i),
+            st.epoch
+        ));
+    }
+
+    /// Stops serving the node as active: its streams end, its waiting writers are never
+    /// acknowledged.
+    fn stop_serving(&mut self, i: usize) {
+        let Some(sv) = self.nodes[i].serving.take() else {
+            return;
+        };
+        self.stats.unacked += sv.pending.len() as u64;
+        let served: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.server == i && s.shipper.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in served {
+            self.end_stream(sid, "the active stopped serving");
+        }
+    }
+
+    /// Follows `active` from scratch (`Node::follow`): a new follower, told what the replica
+    /// holds.
+    fn start_following(&mut self, i: usize, active: usize) {
+        self.stop_following(i);
+        if i == active {
+            // The glue follows whatever node the epoch names, itself included: its follower
+            // then never reaches an active, until an operator points it elsewhere.
+            self.stats.self_follows += 1;
+        }
+        let view = self.standby_view(i);
+        let mut f = Follower::new(self.id.clone(), self.backoff, self.now());
+        f.restore(&view);
+        self.nodes[i].follower = Some(f);
+        self.nodes[i].following = active;
+        self.ev(&format!("{} follows {}", self.name(i), self.name(active)));
+    }
+
+    /// Stops following (`Node::unfollow`): the stream ends, a snapshot in progress is dropped.
+    fn stop_following(&mut self, i: usize) {
+        if let Some(sid) = self.nodes[i].stream.take() {
+            self.end_stream(sid, "unfollow");
+        }
+        self.nodes[i].follower = None;
+        self.nodes[i].resync = None;
+        self.nodes[i].target = None;
+    }
+
+    fn standby_view(&self, i: usize) -> StandbyView {
+        let d = self.domain(i);
+        let st = d.status().unwrap();
+        StandbyView {
+            uid: st.uid,
+            position: st.position,
+            epoch: st.epoch,
+            history: st.history,
+            collision_fork: collision_fork(&d.collisions().unwrap()),
+        }
+    }
+
+    /// A higher epoch exists (`Node::step_down`): fenced at once, standby durably, follows the
+    /// epoch's node. A write tried right after must be refused (invariant 1).
+    fn step_down(&mut self, i: usize, epoch: &Epoch, why: &str) {
+        if self.nodes[i].serving.is_none() {
+            return;
+        }
+        let d = self.domain(i);
+        let before = d.status().unwrap();
+        assert!(
+            *epoch > before.epoch,
+            "{}: step down to a lower epoch",
+            self.at()
+        );
+        self.ev(&format!(
+            "{} steps down from {} to {epoch} ({why})",
+            self.name(i),
+            before.epoch
+        ));
+        self.stop_serving(i);
+        d.demote(epoch)
+            .unwrap_or_else(|e| panic!("{}: demote: {e}", self.at()));
+        self.nodes[i].fenced = self.nodes[i].fenced.clone().max(Some(epoch.clone()));
+        let st = d.status().unwrap();
+        assert_eq!(st.role, Role::Standby, "{}: demoted", self.at());
+        assert_eq!(&st.epoch, epoch, "{}: demoted epoch", self.at());
+        self.check_refused(i, "after a demotion");
+        self.stats.step_downs += 1;
+        let to = Self::index_of(&epoch.node);
+        self.start_following(i, to);
+    }
+
+    /// A write on node `i` must be refused now (invariant 1).
+    fn check_refused(&mut self, i: usize, when: &str) {
+        let d = self.domain(i);
+        let before = d.status().unwrap().position;
+        match d.write(vec![Op::Put {
+            key: b"fenced".to_vec(),
+            value: b"x".to_vec(),
+        }]) {
+            Err(StoreError::NotActive { .. }) => {}
+            other => panic!(
+                "{}: node {} {when}: a write was not refused (invariant 1): {other:?}",
+                self.at(),
+                NAMES[i]
+            ),
+        }
+        assert_eq!(d.status().unwrap().position, before, "{}", self.at());
+        self.stats.refused_writes += 1;
+    }
+
+    /// How node `p` answers a probe (`Node::probe_answer`).
+    fn probe_answer(&self, p: usize) -> ProbeAnswer {
+        let st = self.status(p);
+        let heard_active = self.nodes[p].follower.as_ref().and_then(|f| {
+            let at = f.last_heard()?;
+            Some(Heard {
+                node: self.nodes[self.nodes[p].following].id.clone(),
+                epoch: st.epoch.clone(),
+                ago_ms: self.now().saturating_duration_since(at).as_millis() as u64,
+            })
+        });
+        ProbeAnswer {
+            role: st.role,
+            epoch: st.epoch,
+            position: st.position,
+            heard_active,
+        }
+    }
+
+    /// Manual promotion of standby `s` (`Node::promote`): probes, the guard, then
+    /// `Domain::promote`. Returns whether it was promoted.
+    fn promote(&mut self, s: usize, force: bool, why: &str) -> bool {
+        if !self.up(s) || self.nodes[s].serving.is_some() || self.nodes[s].follower.is_none() {
+            return false;
+        }
+        let d = self.domain(s);
+        let st = d.status().unwrap();
+        if st.uid.is_none() {
+            // Never synchronized: the store refuses whatever the guard says.
+            match d.promote() {
+                Err(StoreError::InvalidWrite { .. }) => {}
+                other => panic!("{}: promoted an empty replica: {other:?}", self.at()),
+            }
+            return false;
+        }
+        let mut probes = Vec::new();
+        for p in (0..N).filter(|p| *p != s) {
+            let probe = if self.link_up(s, p) {
+                PeerProbe::Answered(Some(self.probe_answer(p)))
+            } else {
+                PeerProbe::Unreachable("no route".into())
+            };
+            probes.push((self.nodes[p].id.clone(), probe));
+        }
+        let f = self.nodes[s].follower.as_ref().unwrap();
+        let followed = self.nodes[self.nodes[s].following].id.clone();
+        let lag = Some(match f.status().0 {
+            SyncStatus::Lagging { records, .. } => (followed, records),
+            _ => (followed, 0),
+        });
+        let me = self.nodes[s].id.clone();
+        let input = GuardInput {
+            me: &me,
+            epoch: &st.epoch,
+            lsn: st.position.lsn,
+            lag,
+            probes: &probes,
+            sightings: &[],
+            window: GUARD_WINDOW,
+            force,
+        };
+        let verdict = match check(&input) {
+            Ok(v) => v,
+            Err(refusal) => {
+                assert!(!force, "{}: a forced promotion was refused", self.at());
+                self.stats.guard_refusals += 1;
+                self.ev(&format!(
+                    "promote {} ({why}) refused: {refusal:?}",
+                    self.name(s)
+                ));
+                return false;
+            }
+        };
+        // Without force, the guard lets a promotion through only when no peer it reached is
+        // ahead and no active was heard: check what it says against what the peers hold.
+        if !force {
+            for (peer, probe) in &probes {
+                if let PeerProbe::Answered(Some(a)) = probe {
+                    assert!(
+                        a.position.lsn <= st.position.lsn,
+                        "{}: the guard promoted {} at lsn {} past {peer} at {}",
+                        self.at(),
+                        me,
+                        st.position.lsn,
+                        a.position.lsn
+                    );
+                    assert!(
+                        a.role != Role::Active || a.epoch < st.epoch,
+                        "{}: the guard promoted {me} while {peer} answers active",
+                        self.at()
+                    );
+                }
+            }
+        }
+        let unsafe_ = force || verdict.unreachable.iter().any(|p| *p != st.epoch.node);
+        self.stop_following(s);
+        let epoch = d
+            .promote()
+            .unwrap_or_else(|e| panic!("{}: promote: {e}", self.at()));
+        assert!(
+            epoch > st.epoch && epoch.node == me,
+            "{}: promoted to {epoch} from {}",
+            self.at(),
+            st.epoch
+        );
+        if force {
+            self.stats.forced += 1;
+        } else {
+            self.stats.promotions += 1;
+        }
+        if unsafe_ {
+            self.stats.unsafe_promotions += 1;
+            self.last_unsafe = Some(self.step);
+        }
+        self.ev(&format!(
+            "promote {} ({why}) force={force} unsafe={unsafe_}: {epoch}, behind {}, unreachable {:?}",
+            self.name(s),
+            verdict.behind_records,
+            verdict.unreachable
+        ));
+        self.serve(s);
+        // The operator points the other standbys at the new active (as after a failover).
+        for p in (0..N).filter(|p| *p != s) {
+            if self.up(p) && self.nodes[p].serving.is_none() && self.rng.chance(0.7) {
+                self.start_following(p, s);
+            }
+        }
+        true
+    }
+
+    /// Starts a planned switchover of active `i` to standby `to` (`Node::switchover`).
+    fn start_switchover(&mut self, i: usize, to: usize) {
+        let d = self.domain(i);
+        let st = d.status().unwrap();
+        let epoch = Epoch {
+            term: st.epoch.term + 1,
+            node: self.nodes[to].id.clone(),
+        };
+        d.demote(&epoch)
+            .unwrap_or_else(|e| panic!("{}: demote for a switchover: {e}", self.at()));
+        let last = d.status().unwrap().position;
+        match d.write(vec![Op::Delete {
+            key: b"k00".to_vec(),
+        }]) {
+            Err(StoreError::NotActive { active, .. }) => assert_eq!(
+                active.as_ref(),
+                Some(&self.nodes[to].id),
+                "{}: a write during a switchover names the target",
+                self.at()
+            ),
+            other => panic!(
+                "{}: a write during a switchover was not refused: {other:?}",
+                self.at()
+            ),
+        }
+        self.stats.refused_writes += 1;
+        self.ev(&format!(
+            "switchover {} -> {} in {epoch} at {}",
+            self.name(i),
+            self.name(to),
+            last.lsn
+        ));
+        let deadline = self.step + SWITCH_TIMEOUT_STEPS;
+        let sv = self.nodes[i].serving.as_mut().unwrap();
+        sv.switching = Some(Switch {
+            from: st.epoch,
+            to,
+            epoch,
+            last,
+            deadline,
+        });
+    }
+
+    /// Moves switchovers on: once the target is durable at the last lsn, hands over.
+    fn switchovers(&mut self, faults: bool) {
+        for i in 0..N {
+            let Some(sw) = self.nodes[i]
+                .serving
+                .as_ref()
+                .and_then(|s| s.switching.clone())
+            else {
+                continue;
+            };
+            let durable = self.nodes[i].serving.as_ref().unwrap().durable[sw.to];
+            if durable >= sw.last.lsn {
+                let answer = if self.link_up(i, sw.to) {
+                    self.take_over(sw.to, i, &sw)
+                } else {
+                    Err("the target cannot be reached".to_owned())
+                };
+                let lost = answer.is_ok() && faults && self.rng.chance(self.faults.took_over_lost);
+                match answer {
+                    Ok(()) if !lost => {
+                        self.stats.switchovers += 1;
+                        self.ev(&format!(
+                            "switchover {} -> {} done",
+                            self.name(i),
+                            self.name(sw.to)
+                        ));
+                        self.stop_serving(i);
+                        self.start_following(i, sw.to);
+                    }
+                    Ok(()) => {
+                        self.stats.took_over_lost += 1;
+                        self.rollback(i, &sw, "the answer to TakeOver was lost");
+                    }
+                    Err(why) => self.rollback(i, &sw, &why),
+                }
+            } else if self.step >= sw.deadline {
+                self.rollback(i, &sw, "the target did not reach the last lsn in time");
+            }
+        }
+    }
+
+    /// The target side of a switchover (`Node::take_over`).
+    fn take_over(&mut self, t: usize, from: usize, sw: &Switch) -> Result<(), String> {
+        if self.nodes[t].follower.is_none() {
+            return Err(format!("{} is not a standby here", self.name(t)));
+        }
+        let d = self.domain(t);
+        let st = d.status().unwrap();
+        if st.position != sw.last {
+            return Err(format!(
+                "this replica is at {} and the old active at {}",
+                st.position, sw.last
+            ));
+        }
+        self.stop_following(t);
+        if let Err(e) = d.promote_to(&sw.epoch) {
+            // The glue leaves the replica unfollowed here; the simulation follows again.
+            self.start_following(t, from);
+            return Err(e.to_string());
+        }
+        self.ev(&format!(
+            "{} takes over from {} in {}",
+            self.name(t),
+            self.name(from),
+            sw.epoch
+        ));
+        self.serve(t);
+        Ok(())
+    }
+
+    /// A switchover failed: the old active takes writes again in a new epoch of its own
+    /// (`Domain::promote`, without the guard). That is unsafe when another node became the
+    /// highest active meanwhile (the target took over but its answer was lost, or a failover
+    /// elsewhere): the new epoch supersedes it and its acknowledged writes.
+    fn rollback(&mut self, i: usize, sw: &Switch, why: &str) {
+        let d = self.domain(i);
+        let epoch = d
+            .promote()
+            .unwrap_or_else(|e| panic!("{}: switchover rollback: {e}", self.at()));
+        self.stats.switchovers_failed += 1;
+        if self.top != sw.from {
+            self.stats.unsafe_promotions += 1;
+            self.stats.unsafe_rollbacks += 1;
+            self.last_unsafe = Some(self.step);
+        }
+        if epoch > self.top {
+            self.top = epoch.clone();
+        }
+        self.ev(&format!(
+            "switchover of {} failed ({why}): active again in {epoch}",
+            self.name(i)
+        ));
+        if let Some(sv) = self.nodes[i].serving.as_mut() {
+            sv.switching = None;
+        }
+    }
+
+    /// Epoch announcements (`announce_loop`): an active probes the standbys that do not
+    /// follow it with its epoch; a lower active that hears it steps down.
+    fn announce(&mut self) {
+        for i in 0..N {
+            let due = self.nodes[i]
+                .serving
+                .as_ref()
+                .is_some_and(|s| self.step >= s.next_announce);
+            if !due {
+                continue;
+            }
+            self.nodes[i].serving.as_mut().unwrap().next_announce = self.step + ANNOUNCE_STEPS;
+            let epoch = self.status(i).epoch;
+            for p in (0..N).filter(|p| *p != i) {
+                let followed = self.streams.values().any(|s| {
+                    s.server == i
+                        && s.standby == p
+                        && s.shipper.as_ref().is_some_and(|x| !x.is_closed())
+                });
+                if followed || !self.link_up(i, p) {
+                    continue;
+                }
+                if self.nodes[p].serving.is_some() && epoch > self.status(p).epoch {
+                    self.stats.announce_step_downs += 1;
+                    self.step_down(p, &epoch, &format!("announcement from {}", NAMES[i]));
+                }
+            }
+        }
+    }
+
+    // --- workload and operator ---------------------------------------------------------------
+
+    fn random_op(&mut self) -> Op {
+        let key = |r: &mut Rng| format!("k{:02}", r.below(24)).into_bytes();
+        match self.rng.below(100) {
+            0..=64 => {
+                let key = key(&mut self.rng);
+                let len = self.rng.usize(0, 48);
+                Op::Put {
+                    key,
+                    value: self.rng.bytes(len),
+                }
+            }
+            65..=84 => Op::Delete {
+                key: key(&mut self.rng),
+            },
+            85..=95 => {
+                let name = format!("p{}", self.rng.below(3));
+                let len = self.rng.usize(0, 200);
+                Op::InstallPolicy {
+                    name,
+                    content: self.rng.bytes(len),
+                }
+            }
+            _ => Op::RemovePolicy {
+                name: format!("p{}", self.rng.below(3)),
+            },
+        }
+    }
+
+    /// A new write with a fresh marker, tried on node `i`.
+    fn write(&mut self, i: usize) {
+        let marker = self.next_marker;
+        let mut ops = vec![Op::Put {
+            key: marker_key(marker),
+            value: marker.to_le_bytes().to_vec(),
+        }];
+        let n = self.rng.usize(0, 2);
+        for _ in 0..n {
+            let op = self.random_op();
+            ops.push(op);
+        }
+        if self.write_ops(i, ops, marker) {
+            self.next_marker += 1;
+        }
+    }
+
+    /// Tries `ops` on node `i`: accepted exactly when the node is served as active and not
+    /// handing over (invariant 1). Returns whether it was committed.
+    fn write_ops(&mut self, i: usize, ops: Vec<Op>, marker: u64) -> bool {
+        let Some(d) = self.nodes[i].domain.clone() else {
+            return false;
+        };
+        let expect = self.nodes[i]
+            .serving
+            .as_ref()
+            .is_some_and(|s| s.switching.is_none());
+        let pos = match d.write(ops) {
+            Ok(pos) => pos,
+            Err(StoreError::NotActive { .. }) => {
+                assert!(
+                    !expect,
+                    "{}: the active {} refused a write",
+                    self.at(),
+                    self.name(i)
+                );
+                self.stats.refused_writes += 1;
+                return false;
+            }
+            Err(e) => panic!("{}: write on {}: {e}", self.at(), self.name(i)),
+        };
+        assert!(
+            expect,
+            "{}: {} accepted a write at {} while not active (invariant 1)",
+            self.at(),
+            self.name(i),
+            pos.lsn
+        );
+        let st = d.status().unwrap();
+        assert_eq!(st.position, pos, "{}", self.at());
+        assert_eq!(
+            pos.epoch,
+            st.epoch,
+            "{}: a write in an epoch below the highest seen (invariant 1)",
+            self.at()
+        );
+        assert_eq!(pos.epoch.node, self.nodes[i].id, "{}", self.at());
+        if let Some(f) = &self.nodes[i].fenced {
+            assert!(
+                pos.epoch > *f,
+                "{}: {} wrote in {} after being fenced by {f} (invariant 1)",
+                self.at(),
+                self.name(i),
+                pos.epoch
+            );
+        }
+        if let Some(w) = self.writers.insert(pos.epoch.clone(), i) {
+            assert_eq!(
+                w,
+                i,
+                "{}: two writers in epoch {} (invariant 1)",
+                self.at(),
+                pos.epoch
+            );
+        }
+        let bytes = d
+            .read_log(pos.lsn, 1, usize::MAX)
+            .unwrap_or_else(|e| panic!("{}: read back lsn {}: {e}", self.at(), pos.lsn))
+            .remove(0)
+            .bytes;
+        let w = self.writes.len();
+        let key = (pos.epoch.clone(), pos.lsn);
+        let old = self.records.insert(
+            key,
+            Committed {
+                bytes,
+                position: pos.clone(),
+                digest: st.digest,
+                marker,
+                write: w,
+            },
+        );
+        assert!(
+            old.is_none(),
+            "{}: epoch {} committed lsn {} twice (invariant 1)",
+            self.at(),
+            pos.epoch,
+            pos.lsn
+        );
+        self.writes.push(Write {
+            marker,
+            node: i,
+            epoch: pos.epoch.clone(),
+            lsn: pos.lsn,
+            step: self.step,
+            acked: false,
+            acked_on_top: false,
+        });
+        self.nodes[i].serving.as_mut().unwrap().pending.push(w);
+        self.stats.writes += 1;
+        self.ev(&format!(
+            "{} writes {} in {} (u{marker})",
+            self.name(i),
+            pos.lsn,
+            pos.epoch
+        ));
+        self.notify(i);
+        true
+    }
+
+    /// Operator and clients, while faults run.
+    fn operator(&mut self) {
+        if self.rng.chance(self.faults.write) {
+            let actives: Vec<usize> = (0..N)
+                .filter(|i| self.nodes[*i].serving.is_some())
+                .collect();
+            if let Some(i) = self.rng.pick(&actives) {
+                self.write(i);
+            }
+        }
+        if self.rng.chance(self.faults.stray_write) {
+            let i = self.rng.usize(0, N - 1);
+            self.write(i);
+        }
+        // Failover: a standby that lost its active (or, rarely, one that did not).
+        let candidates: Vec<usize> = (0..N)
+            .filter(|i| self.up(*i) && self.nodes[*i].follower.is_some())
+            .collect();
+        if let Some(s) = self.rng.pick(&candidates) {
+            let lost = self.nodes[s]
+                .follower
+                .as_ref()
+                .is_some_and(|f| f.last_heard().is_none());
+            let p = if lost {
+                self.faults.promote
+            } else {
+                self.faults.promote_blind
+            };
+            let known = Self::index_of(&self.status(s).epoch.node);
+            let blocked =
+                self.faults.careful && (0..N).any(|x| x != s && x != known && !self.link_up(s, x));
+            if !blocked && self.rng.chance(p) {
+                let force = self.rng.chance(self.faults.force);
+                self.promote(s, force, if lost { "active lost" } else { "blind" });
+            }
+        }
+        if self.rng.chance(self.faults.switchover) {
+            let actives: Vec<usize> = (0..N)
+                .filter(|i| {
+                    self.nodes[*i]
+                        .serving
+                        .as_ref()
+                        .is_some_and(|s| s.switching.is_none())
+                })
+                .collect();
+            if let Some(i) = self.rng.pick(&actives) {
+                let to = (i + self.rng.usize(1, N - 1)) % N;
+                self.start_switchover(i, to);
+            }
+        }
+        if self.rng.chance(self.faults.resolve) {
+            let i = self.rng.usize(0, N - 1);
+            self.resolve(i);
+        }
+    }
+
+    /// The operator looks at node `i`'s collision archive: checks every record is one some
+    /// node committed, then re-applies one on the active (as a new write) and discards it, or
+    /// discards it outright, or leaves it.
+    fn resolve(&mut self, i: usize) {
+        let Some(d) = self.nodes[i].domain.clone() else {
+            return;
+        };
+        let archive = d.collisions().unwrap();
+        if archive.is_empty() {
+            return;
+        }
+        for a in &archive {
+            self.check_archived(a, "in an archive");
+        }
+        let a = &archive[self.rng.below(archive.len() as u64) as usize];
+        let marker = marker_of(&a.record.ops).expect("an archived record with its marker");
+        let choice = self.rng.below(3);
+        if choice == 2 {
+            return;
+        }
+        if choice == 0 {
+            let actives: Vec<usize> = (0..N)
+                .filter(|x| {
+                    self.nodes[*x]
+                        .serving
+                        .as_ref()
+                        .is_some_and(|s| s.switching.is_none())
+                })
+                .collect();
+            let Some(t) = actives.into_iter().max_by_key(|x| self.status(*x).epoch) else {
+                return;
+            };
+            self.ev(&format!(
+                "operator re-applies u{marker} from {}'s archive on {}",
+                self.name(i),
+                self.name(t)
+            ));
+            if !self.write_ops(t, a.record.ops.clone(), marker) {
+                return;
+            }
+            self.stats.reapplied += 1;
+        } else {
+            self.ev(&format!(
+                "operator discards u{marker} from {}'s archive",
+                self.name(i)
+            ));
+            self.discarded.insert(marker);
+            self.stats.discarded += 1;
+        }
+        assert!(
+            d.discard_collision(a.id).unwrap(),
+            "{}: discard an archived record",
+            self.at()
+        );
+        let left = d.collisions().unwrap();
+        assert!(
+            left.iter().all(|x| x.id != a.id) && left.len() + 1 == archive.len(),
+            "{}: discard_collision",
+            self.at()
+        );
+        if let Some(f) = self.nodes[i].follower.as_mut() {
+            f.set_collision_fork(collision_fork(&left));
+        }
+    }
+
+    /// An archived record is one some node committed, byte for byte.
+    fn check_archived(&self, a: &ArchivedRecord, when: &str) -> usize {
+        let key = (a.record.epoch.clone(), a.record.lsn);
+        let c = self.records.get(&key).unwrap_or_else(|| {
+            panic!(
+                "{}: {when}: a record nobody committed ({} at {})",
+                self.at(),
+                key.0,
+                key.1
+            )
+        });
+        assert_eq!(c.bytes, a.bytes, "{}: {when}: archived bytes", self.at());
+        assert_eq!(marker_of(&a.record.ops), Some(c.marker), "{}", self.at());
+        c.write
+    }
+
+    /// Settle phase: with no active for a while, the operator promotes the most advanced
+    /// standby (without force: the guard must agree).
+    fn ensure_active(&mut self) {
+        let actives: Vec<usize> = (0..N)
+            .filter(|i| self.nodes[*i].serving.is_some())
+            .collect();
+        if let [t] = actives[..] {
+            // A standby that follows itself never finds the active on its own.
+            for s in 0..N {
+                if self.nodes[s].follower.is_some()
+                    && self.nodes[s].following == s
+                    && self.step % NO_ACTIVE_STEPS == 0
+                {
+                    self.stats.repointed += 1;
+                    self.ev(&format!(
+                        "operator points {} at {}",
+                        self.name(s),
+                        self.name(t)
+                    ));
+                    self.start_following(s, t);
+                }
+            }
+        }
+        if !actives.is_empty() {
+            self.no_active_since = None;
+            return;
+        }
+        let since = *self.no_active_since.get_or_insert(self.step);
+        if self.step < since + NO_ACTIVE_STEPS {
+            return;
+        }
+        let best = (0..N)
+            .filter(|i| self.up(*i) && self.status(*i).uid.is_some())
+            .max_by_key(|i| (self.status(*i).position.lsn, N - i));
+        if let Some(s) = best {
+            if self.promote(s, false, "no active") {
+                self.no_active_since = None;
+            } else {
+                self.no_active_since = Some(self.step);
+            }
+        }
+    }
+
+    // --- faults --------------------------------------------------------------------------------
+
+    fn inject_faults(&mut self) {
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for sid in ids {
+            if self.streams.contains_key(&sid) && self.rng.chance(self.faults.cut) {
+                self.stats.cuts += 1;
+                self.ev(&format!("cut stream {sid}"));
+                self.end_stream(sid, "cut");
+            }
+        }
+        if self.rng.chance(self.faults.partition) {
+            let steps = self.rng.range(5, 300);
+            let i = self.rng.usize(0, N - 1);
+            let pairs: Vec<(usize, usize)> = if self.rng.chance(0.6) {
+                (0..N).filter(|j| *j != i).map(|j| (i, j)).collect()
+            } else {
+                vec![(i, (i + 1) % N)]
+            };
+            self.stats.partitions += 1;
+            self.ev(&format!("partition {pairs:?} for {steps}"));
+            for (x, y) in pairs {
+                let until = self.cut_until[x][y].max(self.step + steps);
+                self.cut_until[x][y] = until;
+                self.cut_until[y][x] = until;
+                self.end_streams_between(x, y);
+            }
+        }
+        for i in 0..N {
+            if self.up(i) && self.rng.chance(self.faults.crash) {
+                self.crash(i);
+            }
+        }
+    }
+
+    fn end_streams_between(&mut self, x: usize, y: usize) {
+        let ids: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| (s.standby, s.server) == (x, y) || (s.standby, s.server) == (y, x))
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in ids {
+            self.end_stream(sid, "partition");
+        }
+    }
+
+    /// Stream `sid` is gone: both sides learn it, what was in flight vanishes.
+    fn end_stream(&mut self, sid: u64, why: &str) {
+        let Some(mut s) = self.streams.remove(&sid) else {
+            return;
+        };
+        if let Some(sh) = s.shipper.as_mut() {
+            sh.disconnected();
+        }
+        self.ev(&format!("stream {sid} ends: {why}"));
+        let i = s.standby;
+        if self.nodes[i].stream == Some(sid) {
+            self.nodes[i].stream = None;
+            let now = self.now();
+            if let Some(f) = self.nodes[i].follower.as_mut() {
+                if f.is_connected() {
+                    let actions = f.disconnected(now);
+                    self.run_follow(i, actions);
+                }
+            }
+            self.take_redirect(i);
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        let steps = self.rng.range(1, 150);
+        self.stats.crashes += 1;
+        self.ev(&format!("crash {} for {steps}", self.name(i)));
+        let ids: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.standby == i || s.server == i)
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in ids {
+            self.end_stream(sid, "crash");
+        }
+        self.stop_serving(i);
+        let n = &mut self.nodes[i];
+        n.follower = None;
+        n.resync = None;
+        n.target = None;
+        drop(n.domain.take());
+        n.store.take().expect("store open").close();
+        n.down_until = self.step + steps;
+    }
+
+    fn restarts(&mut self, all: bool) {
+        for i in 0..N {
+            if !self.up(i) && (all || self.step >= self.nodes[i].down_until) {
+                self.restart(i);
+            }
+        }
+    }
+
+    /// A node comes back: active if its store says so, else standby following the active
+    /// its store names.
+    fn restart(&mut self, i: usize) {
+        let store = open_store(&self.nodes[i].dir, &self.nodes[i].id);
+        let d = store.domain(&self.id).expect("reopen the domain");
+        self.nodes[i].store = Some(store);
+        self.nodes[i].domain = Some(d.clone());
+        let st = d.status().unwrap();
+        self.ev(&format!(
+            "restart {} as {} in {} at {}",
+            self.name(i),
+            st.role,
+            st.epoch,
+            st.position.lsn
+        ));
+        let v = d.verify().unwrap();
+        assert!(v.is_clean(), "{}: verify: {:?}", self.at(), v.faults);
+        self.check_state(i, "after a restart");
+        if st.role == Role::Active {
+            self.serve(i);
+        } else {
+            let known = (st.epoch.term > 0 && st.epoch.node != self.nodes[i].id)
+                .then(|| Self::index_of(&st.epoch.node));
+            let to = known.unwrap_or((i + 1) % N);
+            self.start_following(i, to);
+        }
+    }
+
+    // --- invariants on the way -------------------------------------------------------------------
+
+    /// Node `i` holds a state its writer went through: the position (chain included) and the
+    /// content digest the writer had at that lsn and epoch (invariants 3 and 6).
+    fn check_state(&self, i: usize, when: &str) {
+        let st = self.status(i);
+        if st.position.lsn == Lsn::ZERO {
+            assert_eq!(st.digest, StateDigest::default(), "{}: {when}", self.at());
+            return;
+        }
+        let c = self
+            .records
+            .get(&(st.position.epoch.clone(), st.position.lsn))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: {} {when} is at {} in {}, which nobody committed",
+                    self.at(),
+                    NAMES[i],
+                    st.position.lsn,
+                    st.position.epoch
+                )
+            });
+        assert_eq!(
+            st.position,
+            c.position,
+            "{}: {} {when}: position differs from its writer's",
+            self.at(),
+            NAMES[i]
+        );
+        assert_eq!(
+            st.digest,
+            c.digest,
+            "{}: {} {when}: content digest differs from its writer's at lsn {} (invariant 3)",
+            self.at(),
+            NAMES[i],
+            st.position.lsn
+        );
+    }
+
+    /// Write `w` was acknowledged while its writer was the highest active and no unsafe
+    /// promotion happened since it was committed: it must never be lost (invariant 2).
+    fn protected(&self, w: usize) -> bool {
+        let w = &self.writes[w];
+        w.acked && w.acked_on_top && self.last_unsafe.is_none_or(|u| u < w.step)
+    }
+
+    // --- commits, acks and ticks -------------------------------------------------------------------
+
+    fn notify_commits(&mut self) {
+        for i in 0..N {
+            if self.nodes[i].serving.is_some() {
+                self.notify(i);
+            }
+        }
+    }
+
+    /// Tells the shippers of active `i` of its latest commit.
+    fn notify(&mut self, i: usize) {
+        let lsn = self.status(i).position.lsn;
+        let now = self.now();
+        let ids: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.server == i && s.shipper.is_some() && s.notified < lsn)
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in ids {
+            let Some(s) = self.streams.get_mut(&sid) else {
+                continue;
+            };
+            s.notified = lsn;
+            let actions = s.shipper.as_mut().unwrap().on_commit(lsn, now);
+            self.run_ship(sid, actions);
+        }
+    }
+
+    /// Standby `s` holds active `i`'s history up to `durable`: writers waiting for it are
+    /// acknowledged.
+    fn release(&mut self, i: usize, s: usize, durable: Lsn) {
+        let on_top = self.status(i).epoch == self.top;
+        let Some(sv) = self.nodes[i].serving.as_mut() else {
+            return;
+        };
+        if durable <= sv.durable[s] {
+            return;
+        }
+        sv.durable[s] = durable;
+        let writes = &mut self.writes;
+        let mut acked = 0;
+        sv.pending.retain(|w| {
+            if writes[*w].lsn <= durable {
+                writes[*w].acked = true;
+                writes[*w].acked_on_top = on_top;
+                acked += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.stats.acked += acked;
+    }
+
+    fn ticks(&mut self) {
+        let now = self.now();
+        let wall = self.wall_micros();
+        let positions: Vec<Option<Position>> = (0..N)
+            .map(|i| {
+                self.nodes[i]
+                    .serving
+                    .as_ref()
+                    .map(|_| self.status(i).position)
+            })
+            .collect();
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for sid in ids {
+            let Some(server) = self.streams.get(&sid).map(|s| s.server) else {
+                continue;
+            };
+            if self.streams[&sid].shipper.is_none() {
+                continue;
+            }
+            let Some(position) = positions[server].clone() else {
+                continue;
+            };
+            let s = self.streams.get_mut(&sid).unwrap();
+            let actions = s.shipper.as_mut().unwrap().on_tick(&position, wall, now);
+            self.run_ship(sid, actions);
+        }
+        for i in 0..N {
+            if let Some(f) = self.nodes[i].follower.as_mut() {
+                let actions = f.on_tick(now);
+                self.run_follow(i, actions);
+            }
+        }
+    }
+
+    // --- the network ---------------------------------------------------------------------------
+
+    fn deliver(&mut self, faults: bool) {
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for sid in ids {
+            let (down, up) = if faults {
+                (self.rng.range(0, 4), self.rng.range(0, 4))
+            } else {
+                (8, 8)
+            };
+            if self.rng.chance(0.5) {
+                self.deliver_down(sid, down);
+                self.deliver_up(sid, up);
+            } else {
+                self.deliver_up(sid, up);
+                self.deliver_down(sid, down);
+            }
+            let done = self
+                .streams
+                .get(&sid)
+                .is_some_and(|s| s.closing && s.down.is_empty());
+            if done {
+                self.end_stream(sid, "closed by the server");
+            }
+        }
+    }
+
+    fn deliver_down(&mut self, sid: u64, n: u64) {
+        for _ in 0..n {
+            let Some(s) = self.streams.get_mut(&sid) else {
+                return;
+            };
+            let i = s.standby;
+            let Some(m) = s.down.pop_front() else {
+                return;
+            };
+            self.ev(&format!("{} <- {}", self.name(i), describe(&m)));
+            let now = self.now();
+            let f = self.nodes[i]
+                .follower
+                .as_mut()
+                .expect("a stream without a follower");
+            let actions = f.on_message(m, now);
+            self.run_follow(i, actions);
+        }
+    }
+
+    fn deliver_up(&mut self, sid: u64, n: u64) {
+        for _ in 0..n {
+            let Some(m) = self.streams.get_mut(&sid).and_then(|s| s.up.pop_front()) else {
+                return;
+            };
+            self.server_receives(sid, m);
+        }
+    }
+
+    /// The server side of a stream reads one message (`serve_stream` / `ActiveStream`).
+    fn server_receives(&mut self, sid: u64, m: Message) {
+        let now = self.now();
+        let (t, s) = {
+            let st = &self.streams[&sid];
+            (st.server, st.standby)
+        };
+        self.ev(&format!(
+            "{} -> {}: {}",
+            self.name(s),
+            self.name(t),
+            describe(&m)
+        ));
+        let has_shipper = self.streams[&sid].shipper.is_some();
+        match m {
+            Message::Follow(follow) if !has_shipper => {
+                let d = self.domain(t);
+                let st = d.status().unwrap();
+                if self.nodes[t].serving.is_none() {
+                    // Not active here: the answer comes from the store's view.
+                    let answer = decide(&follow, &local_view(&self.nodes[t].id, &st), |_| None);
+                    assert!(
+                        matches!(answer, Answer::Reject { .. }),
+                        "{}: a standby answered {answer:?}",
+                        self.at()
+                    );
+                    let stream = self.streams.get_mut(&sid).unwrap();
+                    stream.down.push_back(Message::Answer(answer));
+                    stream.closing = true;
+                    return;
+                }
+                if follow.epoch > st.epoch {
+                    // Invariant 1: a higher epoch exists; no more writes here.
+                    self.stats.follow_step_downs += 1;
+                    self.step_down(t, &follow.epoch, &format!("follow from {}", NAMES[s]));
+                    if let Some(stream) = self.streams.get_mut(&sid) {
+                        stream.down.push_back(Message::Answer(Answer::Reject {
+                            reason: RejectReason::StaleEpoch,
+                            active: None,
+                        }));
+                        stream.closing = true;
+                    }
+                    return;
+                }
+                let view = local_view(&self.nodes[t].id, &st);
+                let mut sh = Shipper::new(self.nodes[s].id.clone(), self.ship, now);
+                let actions = sh.on_follow(&follow, &view, |l| d.chain_at(l).ok().flatten(), now);
+                let held = sh.ack().durable;
+                let stream = self.streams.get_mut(&sid).unwrap();
+                stream.notified = view.position.lsn;
+                stream.shipper = Some(sh);
+                self.release(t, s, held);
+                self.run_ship(sid, actions);
+            }
+            Message::Ack(ack) if has_shipper => {
+                self.release(t, s, ack.durable);
+                let sh = self
+                    .streams
+                    .get_mut(&sid)
+                    .unwrap()
+                    .shipper
+                    .as_mut()
+                    .unwrap();
+                let actions = sh.on_ack(ack, now);
+                self.run_ship(sid, actions);
+            }
+            m => panic!(
+                "{}: {} got an unexpected {} from {}",
+                self.at(),
+                self.name(t),
+                describe(&m),
+                self.name(s)
+            ),
+        }
+    }
+
+    // --- the active's driver -------------------------------------------------------------------
+
+    fn run_ship(&mut self, sid: u64, actions: Vec<ShipAction>) {
+        let mut queue: VecDeque<ShipAction> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            let Some(stream) = self.streams.get(&sid) else {
+                return;
+            };
+            let (t, s) = (stream.server, stream.standby);
+            let d = self.domain(t);
+            let now = self.now();
+            let more = match action {
+                ShipAction::Send(m) => {
+                    self.ev(&format!(
+                        "{} ships to {}: {}",
+                        self.name(t),
+                        self.name(s),
+                        describe(&m)
+                    ));
+                    self.streams.get_mut(&sid).unwrap().down.push_back(m);
+                    Vec::new()
+                }
+                ShipAction::SendRecords {
+                    from,
+                    max_records,
+                    max_bytes,
+                } => match d.read_log(from, max_records, max_bytes) {
+                    Err(StoreError::LogTruncated { .. }) => {
+                        self.ev(&format!(
+                            "{} ships to {}: {from} truncated",
+                            self.name(t),
+                            self.name(s)
+                        ));
+                        self.shipper(sid).log_truncated()
+                    }
+                    Err(e) => panic!("{}: the active cannot read its log: {e}", self.at()),
+                    Ok(entries) => {
+                        let Some(last) = entries.last().map(|e| e.record.lsn) else {
+                            continue;
+                        };
+                        let n = entries.len() as u64;
+                        let bytes: u64 = entries.iter().map(|e| e.bytes.len() as u64).sum();
+                        self.ev(&format!(
+                            "{} ships to {}: records {from}..={last}",
+                            self.name(t),
+                            self.name(s)
+                        ));
+                        let m = Message::Records(
+                            entries.into_iter().map(|e| RecordBytes(e.bytes)).collect(),
+                        );
+                        self.streams.get_mut(&sid).unwrap().down.push_back(m);
+                        self.shipper(sid).records_sent(last, n, bytes, now)
+                    }
+                },
+                ShipAction::SendSnapshot => {
+                    let position = self.send_snapshot(sid, &d);
+                    self.shipper(sid).snapshot_sent(&position, now)
+                }
+                ShipAction::Close { why } => {
+                    // Only a refused Follow ends a stream from the active's side here.
+                    let refused = self.streams[&sid]
+                        .down
+                        .back()
+                        .is_some_and(|m| matches!(m, Message::Answer(Answer::Reject { .. })));
+                    assert!(
+                        refused,
+                        "{}: {} closed the stream of {}: {why}",
+                        self.at(),
+                        self.name(t),
+                        self.name(s)
+                    );
+                    self.streams.get_mut(&sid).unwrap().closing = true;
+                    Vec::new()
+                }
+            };
+            queue.extend(more);
+        }
+    }
+
+    fn shipper(&mut self, sid: u64) -> &mut Shipper {
+        self.streams
+            .get_mut(&sid)
+            .and_then(|s| s.shipper.as_mut())
+            .expect("shipper")
+    }
+
+    fn send_snapshot(&mut self, sid: u64, d: &Domain) -> Position {
+        let snap = d.snapshot().unwrap();
+        let header = SnapshotHeader {
+            uid: snap.uid.expect("the active has a uid"),
+            position: snap.position.clone(),
+            epoch: snap.epoch.clone(),
+            history: snap.history.clone(),
+            digest: snap.digest,
+        };
+        let mut rows = Vec::new();
+        snap.for_each::<StoreError>(|item| {
+            rows.push(item);
+            Ok(())
+        })
+        .unwrap();
+        drop(snap);
+        let total = rows.len() as u64;
+        self.ev(&format!(
+            "snapshot at {} on stream {sid}, {total} rows",
+            header.position.lsn
+        ));
+        let mut out = vec![Message::SnapshotBegin(header.clone())];
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let n = self.rng.usize(1, 8);
+            let chunk: Vec<SnapshotItem> = rows.by_ref().take(n).collect();
+            out.push(Message::SnapshotRows(chunk));
+        }
+        out.push(Message::SnapshotEnd { rows: total });
+        self.streams.get_mut(&sid).unwrap().down.extend(out);
+        header.position
+    }
+
+    // --- the standby's driver ------------------------------------------------------------------
+
+    fn run_follow(&mut self, i: usize, actions: Vec<FollowAction>) {
+        let mut queue: VecDeque<FollowAction> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            if self.nodes[i].follower.is_none() {
+                return;
+            }
+            let now = self.now();
+            let more = match action {
+                FollowAction::Connect => self.connect(i),
+                FollowAction::Send(m) => {
+                    self.ev(&format!("{} sends {}", self.name(i), describe(&m)));
+                    if let Some(s) = self.nodes[i]
+                        .stream
+                        .and_then(|sid| self.streams.get_mut(&sid))
+                    {
+                        s.up.push_back(m);
+                    }
+                    Vec::new()
+                }
+                FollowAction::Apply(records) => self.apply(i, records),
+                FollowAction::BeginSnapshot {
+                    header,
+                    archive_after,
+                } => {
+                    self.begin_snapshot(i, header, archive_after);
+                    Vec::new()
+                }
+                FollowAction::SnapshotRows(rows) => {
+                    let at = self.at();
+                    let r = self.nodes[i]
+                        .resync
+                        .as_mut()
+                        .unwrap_or_else(|| panic!("{at}: snapshot rows without a snapshot begun"));
+                    r.add(&rows)
+                        .unwrap_or_else(|e| panic!("{at}: snapshot rows refused: {e}"));
+                    Vec::new()
+                }
+                FollowAction::FinishSnapshot { rows } => self.finish_snapshot(i, rows),
+                FollowAction::AbortSnapshot => {
+                    self.ev(&format!("{} aborts its snapshot", self.name(i)));
+                    self.nodes[i].resync = None;
+                    self.nodes[i].target = None;
+                    Vec::new()
+                }
+                FollowAction::Close { why } => {
+                    self.ev(&format!("{} closes its stream: {why}", self.name(i)));
+                    self.nodes[i].resync = None;
+                    self.nodes[i].target = None;
+                    if let Some(sid) = self.nodes[i].stream.take() {
+                        if let Some(mut s) = self.streams.remove(&sid) {
+                            if let Some(sh) = s.shipper.as_mut() {
+                                sh.disconnected();
+                            }
+                        }
+                    }
+                    let f = self.nodes[i].follower.as_mut().unwrap();
+                    let more = if f.is_connected() {
+                        f.disconnected(now)
+                    } else {
+                        Vec::new()
+                    };
+                    self.take_redirect(i);
+                    more
+                }
+            };
+            queue.extend(more);
+        }
+    }
+
+    /// After a stream ends: follows the node a refusal named (`follow_loop`).
+    fn take_redirect(&mut self, i: usize) {
+        let Some(f) = self.nodes[i].follower.as_mut() else {
+            return;
+        };
+        let Some(next) = f.take_redirect() else {
+            return;
+        };
+        let to = Self::index_of(&next);
+        if to != i && to != self.nodes[i].following {
+            self.stats.redirects += 1;
+            self.ev(&format!(
+                "{} redirected from {} to {}",
+                self.name(i),
+                self.name(self.nodes[i].following),
+                self.name(to)
+            ));
+            self.nodes[i].following = to;
+        }
+    }
+
+    fn connect(&mut self, i: usize) -> Vec<FollowAction> {
+        let now = self.now();
+        let t = self.nodes[i].following;
+        assert!(
+            self.nodes[i].stream.is_none(),
+            "{}: connect with a stream open",
+            self.at()
+        );
+        if !self.link_up(i, t) {
+            self.ev(&format!("{} cannot reach {}", self.name(i), self.name(t)));
+            return self.nodes[i].follower.as_mut().unwrap().disconnected(now);
+        }
+        let view = self.standby_view(i);
+        self.next_stream += 1;
+        let sid = self.next_stream;
+        self.streams.insert(
+            sid,
+            Stream {
+                standby: i,
+                server: t,
+                down: VecDeque::new(),
+                up: VecDeque::new(),
+                shipper: None,
+                notified: Lsn::ZERO,
+                closing: false,
+            },
+        );
+        self.nodes[i].stream = Some(sid);
+        self.stats.connects += 1;
+        self.ev(&format!(
+            "{} connects to {} at {} (stream {sid})",
+            self.name(i),
+            self.name(t),
+            view.position.lsn
+        ));
+        self.nodes[i].follower.as_mut().unwrap().connected(&view)
+    }
+
+    fn apply(&mut self, i: usize, records: Vec<RecordBytes>) -> Vec<FollowAction> {
+        let now = self.now();
+        let d = self.domain(i);
+        let mut expected = d.status().unwrap().position.lsn.next();
+        let mut last = None;
+        for r in &records {
+            let rec = decode_record(&r.0)
+                .unwrap_or_else(|e| panic!("{}: a shipped record does not decode: {e}", self.at()));
+            let c = self
+                .records
+                .get(&(rec.epoch.clone(), rec.lsn))
+                .unwrap_or_else(|| {
+                    panic!("{}: {} got a record nobody committed", self.at(), NAMES[i])
+                });
+            assert_eq!(
+                c.bytes,
+                r.0,
+                "{}: {} got bytes that differ from what its writer committed at {}",
+                self.at(),
+                NAMES[i],
+                rec.lsn
+            );
+            let pos = d.apply(&r.0).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {} refused record {} of {}: {e}",
+                    self.at(),
+                    NAMES[i],
+                    rec.lsn,
+                    rec.epoch
+                )
+            });
+            assert_eq!(pos.lsn, expected, "{}: applied out of order", self.at());
+            expected = expected.next();
+            self.stats.applied += 1;
+            last = Some(pos);
+        }
+        self.check_state(i, "after applying");
+        match last {
+            Some(pos) => {
+                self.ev(&format!("{} applied to {}", self.name(i), pos.lsn));
+                self.nodes[i].follower.as_mut().unwrap().applied(&pos, now)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn begin_snapshot(&mut self, i: usize, header: SnapshotHeader, archive_after: Option<Lsn>) {
+        let d = self.domain(i);
+        let st = d.status().unwrap();
+        self.ev(&format!(
+            "{} begins a snapshot at {}, archive after {archive_after:?}",
+            self.name(i),
+            header.position.lsn
+        ));
+        if header.position.lsn > Lsn::ZERO {
+            let c = self
+                .records
+                .get(&(header.position.epoch.clone(), header.position.lsn))
+                .expect("a snapshot at a committed position");
+            assert_eq!(
+                c.position,
+                header.position,
+                "{}: snapshot position",
+                self.at()
+            );
+            assert_eq!(c.digest, header.digest, "{}: snapshot digest", self.at());
+        }
+        // Invariant 5: what goes to the archive is the log after the fork.
+        let expected = match archive_after {
+            Some(fork) => {
+                self.stats.rewinds += 1;
+                let from = fork.next().max(st.log_start);
+                if from > st.position.lsn {
+                    Vec::new()
+                } else {
+                    d.read_log(from, usize::MAX, usize::MAX)
+                        .unwrap()
+                        .into_iter()
+                        .map(|e| e.bytes)
+                        .collect()
+                }
+            }
+            None => Vec::new(),
+        };
+        let target = ResyncTarget {
+            uid: header.uid,
+            position: header.position.clone(),
+            epoch: header.epoch.clone(),
+            history: header.history.clone(),
+            digest: header.digest,
+        };
+        let r = d
+            .begin_resync(target, archive_after)
+            .unwrap_or_else(|e| panic!("{}: begin_resync: {e}", self.at()));
+        self.nodes[i].resync = Some(r);
+        self.nodes[i].target = Some((header, expected));
+    }
+
+    fn finish_snapshot(&mut self, i: usize, rows: u64) -> Vec<FollowAction> {
+        let now = self.now();
+        let at = self.at();
+        let d = self.domain(i);
+        let r = self.nodes[i]
+            .resync
+            .take()
+            .unwrap_or_else(|| panic!("{at}: snapshot end without a snapshot begun"));
+        let (header, expected) = self.nodes[i].target.take().expect("snapshot target");
+        assert_eq!(r.rows(), rows, "{at}: rows added");
+        let before = d.collisions().unwrap();
+        let pos = r
+            .finish()
+            .unwrap_or_else(|e| panic!("{at}: snapshot refused: {e}"));
+        assert_eq!(pos, header.position, "{at}: installed position");
+        self.stats.snapshots += 1;
+        let after = d.collisions().unwrap();
+        assert_eq!(
+            after.len(),
+            before.len() + expected.len(),
+            "{at}: {} archived {} records, its log held {} after the fork (invariant 5)",
+            NAMES[i],
+            after.len() - before.len(),
+            expected.len()
+        );
+        assert!(
+            after[..before.len()] == before[..],
+            "{at}: the archive lost records in a resync (invariant 5)"
+        );
+        for (a, bytes) in after[before.len()..].iter().zip(&expected) {
+            assert_eq!(&a.bytes, bytes, "{at}: archived bytes");
+            let w = self.check_archived(a, "archived");
+            assert!(
+                !self.protected(w),
+                "{at}: {} archived u{}, written by {} at {} in {} and acknowledged: an \
+                 acknowledged write is lost (invariant 2)",
+                NAMES[i],
+                self.writes[w].marker,
+                NAMES[self.writes[w].node],
+                self.writes[w].lsn,
+                self.writes[w].epoch
+            );
+        }
+        self.stats.archived += expected.len() as u64;
+        self.ev(&format!(
+            "{} installed a snapshot at {}, archived {}",
+            self.name(i),
+            pos.lsn,
+            expected.len()
+        ));
+        self.check_state(i, "after a snapshot");
+        self.nodes[i]
+            .follower
+            .as_mut()
+            .unwrap()
+            .snapshot_installed(&pos, now)
+    }
+
+    // --- the end -------------------------------------------------------------------------------
+
+    /// One active, not handing over; both others follow it, hold its position, and both sides
+    /// acknowledged it.
+    fn converged(&self) -> Option<usize> {
+        if !(0..N).all(|i| self.up(i)) {
+            return None;
+        }
+        let actives: Vec<usize> = (0..N)
+            .filter(|i| self.nodes[*i].serving.is_some())
+            .collect();
+        let [t] = actives[..] else {
+            return None;
+        };
+        if self.nodes[t].serving.as_ref().unwrap().switching.is_some() {
+            return None;
+        }
+        let target = self.status(t).position;
+        let ok = (0..N).filter(|s| *s != t).all(|s| {
+            let n = &self.nodes[s];
+            let Some(stream) = n.stream.and_then(|sid| self.streams.get(&sid)) else {
+                return false;
+            };
+            let Some(sh) = stream.shipper.as_ref() else {
+                return false;
+            };
+            let f = n.follower.as_ref().unwrap();
+            stream.server == t
+                && n.resync.is_none()
+                && self.status(s).position == target
+                && f.ack().applied == target.lsn
+                && sh.ack().applied == target.lsn
+                && !matches!(
+                    sh.status(self.now()).0,
+                    SyncStatus::Lagging { .. } | SyncStatus::NeverSynchronized
+                )
+        });
+        ok.then_some(t)
+    }
+
+    fn check_end(&mut self, t: usize) {
+        let at = self.at();
+        let da = self.domain(t);
+        let sa = da.status().unwrap();
+        assert_eq!(sa.role, Role::Active, "{at}");
+        let mut from = Lsn(1);
+        for i in 0..N {
+            let d = self.domain(i);
+            let st = d.status().unwrap();
+            let v = d.verify().unwrap();
+            assert!(v.is_clean(), "{at}: {} verify: {:?}", NAMES[i], v.faults);
+            self.check_state(i, "at the end");
+            // Invariant 3: same lsn, same position (chain) and same content.
+            assert_eq!(st.position, sa.position, "{at}: {} position", NAMES[i]);
+            assert_eq!(st.digest, sa.digest, "{at}: {} digest", NAMES[i]);
+            assert_eq!(st.uid, sa.uid, "{at}: {} uid", NAMES[i]);
+            if i != t {
+                assert_eq!(st.role, Role::Standby, "{at}: {}", NAMES[i]);
+            }
+            from = from.max(st.log_start);
+            // Every retained record is the one its writer committed.
+            if st.log_start <= st.position.lsn {
+                for e in d.read_log(st.log_start, usize::MAX, usize::MAX).unwrap() {
+                    let c = self
+                        .records
+                        .get(&(e.record.epoch.clone(), e.record.lsn))
+                        .unwrap_or_else(|| panic!("{at}: {} holds an unknown record", NAMES[i]));
+                    assert_eq!(
+                        c.bytes, e.bytes,
+                        "{at}: {} log at {}",
+                        NAMES[i], e.record.lsn
+                    );
+                }
+            }
+        }
+        // No lsn holds two different records on two replicas.
+        if from <= sa.position.lsn {
+            let logs: Vec<Vec<Vec<u8>>> = (0..N)
+                .map(|i| {
+                    self.domain(i)
+                        .read_log(from, usize::MAX, usize::MAX)
+                        .unwrap()
+                        .into_iter()
+                        .map(|e| e.bytes)
+                        .collect()
+                })
+                .collect();
+            assert!(
+                logs.iter().all(|l| *l == logs[0]),
+                "{at}: the replicas' logs differ from lsn {from}"
+            );
+        }
+        // Invariants 2 and 5: every write is in the final state, archived, or was discarded
+        // by the operator; an acknowledged write that was protected is in the final state.
+        let mut archived: BTreeMap<u64, usize> = BTreeMap::new();
+        for i in 0..N {
+            let d = self.domain(i);
+            let archive = d.collisions().unwrap();
+            for a in &archive {
+                self.check_archived(a, "at the end");
+                *archived
+                    .entry(marker_of(&a.record.ops).unwrap())
+                    .or_default() += 1;
+            }
+            if i != t {
+                // A node whose archive holds records reports it, and so does the active.
+                let f = self.nodes[i].follower.as_mut().unwrap();
+                f.set_collision_fork(collision_fork(&archive));
+                let status = f.status().0;
+                let sid = self.nodes[i].stream.unwrap();
+                let shipped = self.streams[&sid]
+                    .shipper
+                    .as_ref()
+                    .unwrap()
+                    .status(self.now())
+                    .0;
+                if archive.is_empty() {
+                    assert_eq!(status, SyncStatus::Synchronized, "{at}: {}", NAMES[i]);
+                } else {
+                    assert!(
+                        matches!(status, SyncStatus::Collision { .. })
+                            && matches!(shipped, SyncStatus::Collision { .. }),
+                        "{at}: {} holds {} archived records but reports {status} / {shipped}",
+                        NAMES[i],
+                        archive.len()
+                    );
+                }
+            } else if !archive.is_empty() {
+                // The active's own archive (from when it was a standby) is listed as well.
+                assert!(!archive.is_empty());
+            }
+        }
+        let present: BTreeSet<u64> = da
+            .list(b"u", usize::MAX)
+            .unwrap()
+            .value
+            .into_iter()
+            .map(|(k, v)| {
+                let m: u64 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
+                assert_eq!(v, m.to_le_bytes().to_vec(), "{at}: marker value");
+                m
+            })
+            .collect();
+        let mut acked_archived = 0;
+        for (w, write) in self.writes.iter().enumerate() {
+            let m = write.marker;
+            let here = present.contains(&m);
+            assert!(
+                here || archived.contains_key(&m) || self.discarded.contains(&m),
+                "{at}: u{m}, written by {} at {} in {}, is neither in the final state nor in \
+                 an archive nor discarded (invariant 5)",
+                NAMES[write.node],
+                write.lsn,
+                write.epoch
+            );
+            if self.protected(w) {
+                assert!(
+                    here,
+                    "{at}: u{m}, written by {} at {} in {} and acknowledged, is lost \
+                     (invariant 2)",
+                    NAMES[write.node], write.lsn, write.epoch
+                );
+            } else if write.acked && !here {
+                acked_archived += 1;
+            }
+        }
+        assert!(
+            present.iter().all(|m| *m < self.next_marker),
+            "{at}: a marker nobody wrote"
+        );
+        self.stats.acked_archived += acked_archived;
+        self.ev(&format!(
+            "converged on {} at {}: {} writes, {} archived",
+            self.name(t),
+            sa.position.lsn,
+            self.writes.len(),
+            archived.len()
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// Runs one seed (keeping its events if asked); a failure names the seed and how to replay it.
+fn run_seed(seed: u64, keep_events: bool, test: &str) -> Outcome {
+    let run = || {
+        let mut sim = Sim::new(seed);
+        if keep_events {
+            sim.trace.keep = Some(Vec::new());
+        }
+        sim.run()
+    };
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            eprintln!("simulation seed {seed} FAILED; {}", replay_hint(seed, test));
+            panic!(
+                "simulation seed {seed} failed: {msg}\n{}",
+                replay_hint(seed, test)
+            );
+        }
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+    )
+}
+
+/// `DOMSYNC_SIM_SEED` alone, or the first `DOMSYNC_SIM_SEEDS` (default 200).
+fn seeds() -> Vec<u64> {
+    match env_u64("DOMSYNC_SIM_SEED") {
+        Some(s) => vec![s],
+        None => (0..env_u64("DOMSYNC_SIM_SEEDS").unwrap_or(200)).collect(),
+    }
+}
+
+#[test]
+fn roles_change_without_losing_acknowledged_writes() {
+    let seeds = seeds();
+    let started = Instant::now();
+    let mut total = Stats::default();
+    for &seed in &seeds {
+        total.add(&run_seed(seed, false, "roles_change").stats);
+    }
+    eprintln!(
+        "sim_roles: {} seeds in {:.2} s: {} steps, {} writes ({} acknowledged, {} never \
+         acknowledged, {} refused), {} records applied, {} promotions + {} forced ({} unsafe, \
+         {} refused by the guard), {} switchovers ({} failed, {} answers lost), {} step-downs \
+         ({} on a follow, {} on an announcement), {} redirects, {} rewinds, {} snapshots, {} \
+         records archived ({} acknowledged, lost to unsafe promotions), {} re-applied, {} \
+         discarded, {} crashes, {} partitions, {} cuts, {} connects",
+        total.seeds,
+        started.elapsed().as_secs_f64(),
+        total.steps,
+        total.writes,
+        total.acked,
+        total.unacked,
+        total.refused_writes,
+        total.applied,
+        total.promotions,
+        total.forced,
+        total.unsafe_promotions,
+        total.guard_refusals,
+        total.switchovers,
+        total.switchovers_failed,
+        total.took_over_lost,
+        total.step_downs,
+        total.follow_step_downs,
+        total.announce_step_downs,
+        total.redirects,
+        total.rewinds,
+        total.snapshots,
+        total.archived,
+        total.acked_archived,
+        total.reapplied,
+        total.discarded,
+        total.crashes,
+        total.partitions,
+        total.cuts,
+        total.connects,
+    );
+    if seeds.len() >= 100 {
+        // The suite must exercise what it claims to.
+        assert!(total.promotions > 0 && total.forced > 0, "no promotion");
+        assert!(
+            total.guard_refusals > 0,
+            "no promotion refused by the guard"
+        );
+        assert!(
+            total.switchovers > 0 && total.switchovers_failed > 0,
+            "no switchover"
+        );
+        assert!(
+            total.step_downs > 0 && total.announce_step_downs > 0,
+            "no step-down"
+        );
+        assert!(total.archived > 0 && total.rewinds > 0, "nothing archived");
+        assert!(
+            total.reapplied > 0 && total.discarded > 0,
+            "no archive resolved"
+        );
+        assert!(
+            total.crashes > 0 && total.partitions > 0 && total.cuts > 0,
+            "no fault"
+        );
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [5, 23, 4242] {
+        let first = run_seed(seed, true, "a_seed_replays_exactly");
+        let second = run_seed(seed, true, "a_seed_replays_exactly");
+        if let Some((a, b)) = first
+            .events
+            .iter()
+            .zip(&second.events)
+            .find(|(a, b)| a != b)
+        {
+            panic!("seed {seed} did not replay identically: {a:?} then {b:?}");
+        }
+        assert_eq!(
+            first.events.len(),
+            second.events.len(),
+            "seed {seed} did not replay identically"
+        );
+        assert_eq!(first.hash, second.hash, "seed {seed}: trace hash");
+        assert_eq!(first.stats, second.stats, "seed {seed}: counters");
+        assert!(first.stats.writes > 0);
+    }
+}
