@@ -750,3 +750,19 @@ async fn a_thousand_gateways_fetch_a_256_kib_package_from_a_standby() {
     );
     assert_eq!(ok, GATEWAYS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_package_streams_in_pieces() {
+    let c = cluster(GatewayLimits::default()).await;
+    let content: Vec<u8> = (0..64u32 << 20).map(|i| (i % 241) as u8).collect();
+    c.on_a["tenant-a"]
+        .install_policy("big", content.clone())
+        .unwrap();
+    let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+    let answer = exchange(&conn, &request("tenant-a", get("big"))).await;
+    // Begin, 256 pieces of 256 KiB, end.
+    assert_eq!(answer.len(), 2 + 256);
+    let (served, got) = package(&answer);
+    assert_eq!(served.role, Role::Active);
+    assert!(got == content);
+}
