@@ -49,6 +49,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod daemon;
 pub mod gateway;
 pub mod model;
 pub mod net;

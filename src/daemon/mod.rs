@@ -1,0 +1,8 @@
+//! The daemon layer: what `domsyncd` runs (DESIGN.md §10). [`Config`] is its configuration
+//! file, parsed and checked as a whole before anything is opened or bound.
+
+mod config;
+
+pub use config::{
+    Config, ConfigError, DomainConfig, Limits, NodeSection, Problem, TlsSection, DEFAULT_PATH,
+};
