@@ -317,6 +317,7 @@ struct Inner {
     state: Mutex<State>,
     probed: Notify,
     cache: Option<Cache>,
+    written: Written,
 }
 
 #[derive(Default)]
@@ -377,7 +378,19 @@ struct Exchange {
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    lock_any(m)
+}
+
+fn lock_any<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The newest copy written to the disk cache per item, so that background writes finishing
+/// out of order never replace a newer copy.
+#[derive(Default)]
+struct Written {
+    policies: Mutex<HashMap<String, Version>>,
+    crls: Mutex<HashMap<String, CrlNumber>>,
 }
 
 /// A version as the position of the record that wrote it.
@@ -491,6 +504,7 @@ impl Client {
                 }),
                 probed: Notify::new(),
                 cache,
+                written: Written::default(),
                 nodes: config.nodes,
             }),
         })
@@ -1056,7 +1070,9 @@ impl Client {
                         "sent {name} {v} though the client holds it"
                     )));
                 }
-                self.accept_policy(&package).await;
+                if let Some(write) = self.accept_policy(&package) {
+                    let _ = write.await;
+                }
                 Got::Package(package)
             }
             Response::NotModified { served } => {
@@ -1086,7 +1102,9 @@ impl Client {
                         )));
                     }
                 }
-                self.forget_policy(name, &served).await;
+                if let Some(write) = self.forget_policy(name, &served) {
+                    let _ = write.await;
+                }
                 Got::PolicyNotFound(served)
             }
             Response::Behind { served } => {
@@ -1135,7 +1153,9 @@ impl Client {
                     served,
                     origin: Origin::Fetched,
                 };
-                self.accept_crl(&copy).await;
+                if let Some(write) = self.accept_crl(&copy) {
+                    let _ = write.await;
+                }
                 Got::Crl(copy)
             }
             Response::NotModified { served } => {
@@ -1166,7 +1186,9 @@ impl Client {
                         )));
                     }
                 }
-                self.forget_crl(issuer, &served).await;
+                if let Some(write) = self.forget_crl(issuer, &served) {
+                    let _ = write.await;
+                }
                 Got::CrlNotFound(served)
             }
             Response::Refused(r) => return Err(Fail::Refused(r)),
@@ -1175,8 +1197,9 @@ impl Client {
         Ok((got, ex.conn.rtt()))
     }
 
-    /// Records a verified package as the held copy (memory and disk).
-    async fn accept_policy(&self, p: &Package) {
+    /// Records a verified package as the held copy (memory now, disk in the background;
+    /// await the handle to wait for the disk).
+    fn accept_policy(&self, p: &Package) -> Option<tokio::task::JoinHandle<()>> {
         {
             let mut st = lock(&self.inner.state);
             self.note(&mut st, &p.served);
@@ -1189,24 +1212,30 @@ impl Client {
                 ps.held = Some(p.clone());
             }
         }
-        if let Some(cache) = self.inner.cache.clone() {
-            let domain = self.inner.domain.clone();
-            let entry = CachedPolicy {
-                info: p.info.clone(),
-                served: p.served.clone(),
-                content: p.content.to_vec(),
-            };
-            let done =
-                tokio::task::spawn_blocking(move || cache.store_policy(&domain, &entry)).await;
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "gateway cache not updated"),
+        let cache = self.inner.cache.clone()?;
+        let inner = Arc::clone(&self.inner);
+        let entry = CachedPolicy {
+            info: p.info.clone(),
+            served: p.served.clone(),
+            content: p.content.to_vec(),
+        };
+        Some(tokio::task::spawn_blocking(move || {
+            // Writes may run in any order: never replace a newer copy.
+            let mut written = lock_any(&inner.written.policies);
+            let v = entry.info.stamp();
+            if written.get(&entry.info.name).is_some_and(|w| *w >= v) {
+                return;
+            }
+            match cache.store_policy(&inner.domain, &entry) {
+                Ok(()) => {
+                    written.insert(entry.info.name.clone(), v);
+                }
                 Err(e) => tracing::warn!(error = %e, "gateway cache not updated"),
             }
-        }
+        }))
     }
 
-    async fn accept_crl(&self, c: &CrlCopy) {
+    fn accept_crl(&self, c: &CrlCopy) -> Option<tokio::task::JoinHandle<()>> {
         {
             let mut st = lock(&self.inner.state);
             self.note(&mut st, &c.served);
@@ -1218,23 +1247,29 @@ impl Client {
                 cs.held = Some(c.clone());
             }
         }
-        if let Some(cache) = self.inner.cache.clone() {
-            let domain = self.inner.domain.clone();
-            let entry = CachedCrl {
-                crl: c.crl.clone(),
-                served: c.served.clone(),
-            };
-            let done = tokio::task::spawn_blocking(move || cache.store_crl(&domain, &entry)).await;
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "gateway cache not updated"),
+        let cache = self.inner.cache.clone()?;
+        let inner = Arc::clone(&self.inner);
+        let entry = CachedCrl {
+            crl: c.crl.clone(),
+            served: c.served.clone(),
+        };
+        Some(tokio::task::spawn_blocking(move || {
+            let mut written = lock_any(&inner.written.crls);
+            let n = entry.crl.number.clone();
+            if written.get(&entry.crl.issuer).is_some_and(|w| *w >= n) {
+                return;
+            }
+            match cache.store_crl(&inner.domain, &entry) {
+                Ok(()) => {
+                    written.insert(entry.crl.issuer.clone(), n);
+                }
                 Err(e) => tracing::warn!(error = %e, "gateway cache not updated"),
             }
-        }
+        }))
     }
 
     /// A node not behind the client said the package is gone: drop the held copy.
-    async fn forget_policy(&self, name: &str, served: &Served) {
+    fn forget_policy(&self, name: &str, served: &Served) -> Option<tokio::task::JoinHandle<()>> {
         {
             let mut st = lock(&self.inner.state);
             self.note(&mut st, served);
@@ -1242,17 +1277,19 @@ impl Client {
                 ps.held = None;
             }
         }
-        if let Some(cache) = self.inner.cache.clone() {
-            let (domain, name) = (self.inner.domain.clone(), name.to_owned());
-            if let Ok(Err(e)) =
-                tokio::task::spawn_blocking(move || cache.remove_policy(&domain, &name)).await
-            {
+        let cache = self.inner.cache.clone()?;
+        let inner = Arc::clone(&self.inner);
+        let name = name.to_owned();
+        Some(tokio::task::spawn_blocking(move || {
+            let mut written = lock_any(&inner.written.policies);
+            written.remove(&name);
+            if let Err(e) = cache.remove_policy(&inner.domain, &name) {
                 tracing::warn!(error = %e, "gateway cache not updated");
             }
-        }
+        }))
     }
 
-    async fn forget_crl(&self, issuer: &str, served: &Served) {
+    fn forget_crl(&self, issuer: &str, served: &Served) -> Option<tokio::task::JoinHandle<()>> {
         {
             let mut st = lock(&self.inner.state);
             self.note(&mut st, served);
@@ -1260,14 +1297,16 @@ impl Client {
                 cs.held = None;
             }
         }
-        if let Some(cache) = self.inner.cache.clone() {
-            let (domain, issuer) = (self.inner.domain.clone(), issuer.to_owned());
-            if let Ok(Err(e)) =
-                tokio::task::spawn_blocking(move || cache.remove_crl(&domain, &issuer)).await
-            {
+        let cache = self.inner.cache.clone()?;
+        let inner = Arc::clone(&self.inner);
+        let issuer = issuer.to_owned();
+        Some(tokio::task::spawn_blocking(move || {
+            let mut written = lock_any(&inner.written.crls);
+            written.remove(&issuer);
+            if let Err(e) = cache.remove_crl(&inner.domain, &issuer) {
                 tracing::warn!(error = %e, "gateway cache not updated");
             }
-        }
+        }))
     }
 
     /// Loads the cached copy of a package once (the newer of memory and disk is kept).
@@ -1508,7 +1547,7 @@ impl Watch {
                 Event::Frame(f) => *f,
             };
             match event {
-                Some(Ok(response)) => match self.handle(response).await {
+                Some(Ok(response)) => match self.handle(response) {
                     Ok(Some(update)) => return Ok(update),
                     Ok(None) => {}
                     Err(fail) => self.drop_stream(&fail),
@@ -1625,7 +1664,7 @@ impl Watch {
     }
 
     /// One pushed frame: an update to yield, nothing yet, or a reason to leave the node.
-    async fn handle(&mut self, response: Response) -> Result<Option<Update>, Fail> {
+    fn handle(&mut self, response: Response) -> Result<Option<Update>, Fail> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(None);
         };
@@ -1658,7 +1697,7 @@ impl Watch {
                 if !fresh {
                     return Ok(None);
                 }
-                self.client.accept_policy(&package).await;
+                drop(self.client.accept_policy(&package));
                 Ok(Some(Update::Policy(package)))
             }
             Response::Crl { served, crl } => {
@@ -1681,7 +1720,7 @@ impl Watch {
                     served,
                     origin: Origin::Fetched,
                 };
-                self.client.accept_crl(&copy).await;
+                drop(self.client.accept_crl(&copy));
                 Ok(Some(Update::Crl(copy)))
             }
             Response::Removed { served, name } => {
@@ -1699,7 +1738,7 @@ impl Watch {
                     if behind || !held {
                         return Ok(None);
                     }
-                    self.client.forget_policy(&name, &served).await;
+                    drop(self.client.forget_policy(&name, &served));
                     Ok(Some(Update::PolicyRemoved { name, served }))
                 } else if self.crls.contains(&name) {
                     let (held, behind) = {
@@ -1714,7 +1753,7 @@ impl Watch {
                     if behind || !held {
                         return Ok(None);
                     }
-                    self.client.forget_crl(&name, &served).await;
+                    drop(self.client.forget_crl(&name, &served));
                     Ok(Some(Update::CrlRemoved {
                         issuer: name,
                         served,

@@ -3,6 +3,7 @@
 mod commands;
 mod demo;
 mod demo_cluster;
+mod gateway;
 mod pki;
 
 use std::path::PathBuf;
@@ -37,6 +38,9 @@ enum TopCommand {
     /// Deployment CA and certificates: `pki init`, `pki issue --role node --id NAME`.
     #[command(subcommand)]
     Pki(pki::PkiCmd),
+    /// Read a domain as a gateway: `gateway fetch|crl|watch|list --node ID=ADDR --id GW --domain D`.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCmd),
 }
 
 #[derive(Subcommand)]
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         TopCommand::Pki(cmd) => pki::run(cmd),
+        TopCommand::Gateway(cmd) => gateway::run(cmd),
         TopCommand::Store(Command::Demo { dir }) => demo::run(dir),
         TopCommand::Store(command) => commands::run(&cli.data, &cli.node, command),
     };
