@@ -2,7 +2,9 @@
 //! file, parsed and checked as a whole before anything is opened or bound.
 
 mod config;
+mod run;
 
 pub use config::{
     Config, ConfigError, DomainConfig, Limits, NodeSection, Problem, TlsSection, DEFAULT_PATH,
 };
+pub use run::{Daemon, DaemonError, Placement};

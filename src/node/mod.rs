@@ -224,6 +224,14 @@ impl Node {
         lock(&self.inner.peers).get(node).copied()
     }
 
+    /// Stops serving `domain` in whatever role it has here (its store is left as it is).
+    pub fn release(&self, domain: &DomainId) {
+        if let Some(ad) = lock(&self.inner.actives).remove(domain) {
+            ad.stop();
+        }
+        self.unfollow(domain);
+    }
+
     /// Stops every task, closes the endpoint and waits (briefly) for peers to be told.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);

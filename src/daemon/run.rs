@@ -1,0 +1,382 @@
+//! The daemon's runtime: one store, one node, every domain of the configuration placed in its
+//! role. Domains are independent: one that fails to open is reported and left out, the others
+//! serve.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::config::{Config, DomainConfig};
+use crate::model::{DomainId, NodeId, Role};
+use crate::net::{PeerRole, TlsFiles};
+use crate::node::{ActiveConfig, GatewayLimits, Node, NodeConfig, NodeError};
+use crate::repl::SyncStatus;
+use crate::store::{Domain, Store, StoreError, StoreOptions};
+
+/// The daemon could not start (a single domain's failure does not stop it).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The node's TLS files could not be used.
+    #[error("{0}")]
+    Tls(#[from] crate::net::TlsError),
+    /// The certificate does not belong to the configured node.
+    #[error("the certificate {cert} is for {found}, but node.id is {expected}: point tls.cert at this node's certificate")]
+    WrongCertificate {
+        /// The certificate file.
+        cert: String,
+        /// Its identity.
+        found: String,
+        /// The configured node.
+        expected: NodeId,
+    },
+    /// The store could not be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The node could not start.
+    #[error("{0}")]
+    Node(#[from] NodeError),
+    /// A reload changed something only a restart can change.
+    #[error("reload refused: {0} changed; restart the service to change it (the running configuration is kept)")]
+    NeedsRestart(&'static str),
+}
+
+/// How one configured domain stands on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// Serving in `role`.
+    Serving(Role),
+    /// This node is the primary of a domain that exists nowhere yet, waiting for every other
+    /// replica to answer before creating it (a wiped primary never creates a new incarnation
+    /// while a replica holds the old one).
+    Waiting(String),
+    /// The domain failed here; the others are unaffected.
+    Failed(String),
+}
+
+/// A running daemon: store, node, domains.
+pub struct Daemon {
+    config: Mutex<Config>,
+    store: Store,
+    node: Node,
+    placements: Mutex<BTreeMap<DomainId, Placement>>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("node", self.node.id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How long the primary waits between attempts to create a new domain.
+const CREATE_RETRY: Duration = Duration::from_secs(1);
+
+impl Daemon {
+    /// Opens the store, starts the node and places every domain of `config` that has a replica
+    /// here. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`DaemonError`] when the node as a whole cannot start.
+    pub async fn start(config: Config) -> Result<Arc<Daemon>, DaemonError> {
+        let files = TlsFiles {
+            ca: config.tls.ca.clone(),
+            cert: config.tls.cert.clone(),
+            key: config.tls.key.clone(),
+        };
+        let credentials = files.load()?;
+        if credentials.identity.role != PeerRole::Node
+            || credentials.identity.id != config.node.id.as_str()
+        {
+            return Err(DaemonError::WrongCertificate {
+                cert: config.tls.cert.display().to_string(),
+                found: credentials.identity.uri(),
+                expected: config.node.id.clone(),
+            });
+        }
+        let store = Store::open(
+            &config.node.state_dir,
+            StoreOptions::new(config.node.id.clone()),
+        )?;
+        let mut node_config =
+            NodeConfig::new(config.node.listen, credentials, config.peers.clone());
+        node_config.guard_window = config.limits.guard_window;
+        node_config.gateway = GatewayLimits {
+            max_connections: config.limits.gateway_connections,
+            max_streams_per_connection: config.limits.gateway_streams,
+            max_request_bytes: config.limits.gateway_request_bytes,
+            ..GatewayLimits::default()
+        };
+        let node = Node::start(node_config)?;
+        let daemon = Arc::new(Daemon {
+            config: Mutex::new(config.clone()),
+            store,
+            node,
+            placements: Mutex::new(BTreeMap::new()),
+        });
+        for dc in config.local_domains() {
+            Arc::clone(&daemon).place(dc.clone()).await;
+        }
+        Ok(daemon)
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        lock(&self.config).clone()
+    }
+
+    /// How every configured domain stands here.
+    pub fn placements(&self) -> BTreeMap<DomainId, Placement> {
+        lock(&self.placements).clone()
+    }
+
+    fn set(&self, domain: &DomainId, p: Placement) {
+        lock(&self.placements).insert(domain.clone(), p);
+    }
+
+    fn active_config(&self, dc: &DomainConfig) -> ActiveConfig {
+        let me = self.node.id();
+        let mut config = ActiveConfig::new(
+            dc.durability,
+            dc.replicas.iter().filter(|r| *r != me).cloned().collect(),
+        );
+        config.retention_bytes = dc.retention_bytes;
+        config.confirm_timeout = lock(&self.config).limits.confirm_timeout;
+        config
+    }
+
+    /// Puts one domain in its role: the role its store remembers, or a new replica (created on
+    /// the primary once no other replica holds it, joined as standby elsewhere).
+    async fn place(self: Arc<Self>, dc: DomainConfig) {
+        for g in &dc.gateways {
+            self.node.grant(&dc.name, g);
+        }
+        let me = self.node.id().clone();
+        match self.store.domain(&dc.name) {
+            Ok(domain) => self.serve(&dc, domain),
+            Err(StoreError::UnknownDomain { .. }) if dc.replicas == [me.clone()] => {
+                match self.store.create_domain(&dc.name) {
+                    Ok(d) => self.serve(&dc, d),
+                    Err(e) => self.failed(&dc.name, &e),
+                }
+            }
+            Err(StoreError::UnknownDomain { .. }) if *dc.primary() == me => {
+                self.set(
+                    &dc.name,
+                    Placement::Waiting("asking the other replicas".into()),
+                );
+                tokio::spawn(Arc::clone(&self).create_when_new(dc));
+            }
+            Err(StoreError::UnknownDomain { .. }) => match self.store.join_domain(&dc.name) {
+                Ok(domain) => self.serve(&dc, domain),
+                Err(e) => self.failed(&dc.name, &e),
+            },
+            Err(e) => self.failed(&dc.name, &e),
+        }
+    }
+
+    fn failed(&self, domain: &DomainId, e: &StoreError) {
+        tracing::error!(domain = %domain, error = %e, "domain not served; the others keep serving");
+        self.set(domain, Placement::Failed(e.to_string()));
+    }
+
+    fn serve(&self, dc: &DomainConfig, domain: Domain) {
+        let status = match domain.status() {
+            Ok(s) => s,
+            Err(e) => return self.failed(&dc.name, &e),
+        };
+        let me = self.node.id();
+        match status.role {
+            Role::Active => {
+                self.node.serve_active(domain, self.active_config(dc));
+            }
+            Role::Standby => {
+                // Follow the active of the highest epoch seen; the primary before any.
+                let active = if status.epoch.term > 0 && status.epoch.node != *me {
+                    status.epoch.node.clone()
+                } else {
+                    dc.replicas
+                        .iter()
+                        .find(|r| *r != me)
+                        .cloned()
+                        .unwrap_or_else(|| dc.primary().clone())
+                };
+                self.node.follow(domain, active);
+            }
+        }
+        tracing::info!(domain = %dc.name, role = %status.role, epoch = %status.epoch, lsn = %status.position.lsn, "domain serving");
+        self.set(&dc.name, Placement::Serving(status.role));
+    }
+
+    /// On the primary, a domain its store does not hold: created only once every other replica
+    /// answers that it holds nothing either; if one holds it, this node joins as standby.
+    async fn create_when_new(self: Arc<Self>, dc: DomainConfig) {
+        let me = self.node.id().clone();
+        loop {
+            if !lock(&self.config).domains.iter().any(|d| d.name == dc.name) {
+                return;
+            }
+            let mut waiting_for = Vec::new();
+            let mut holder = None;
+            for peer in dc.replicas.iter().filter(|r| **r != me) {
+                match self.node.probe(peer, &dc.name, None).await {
+                    Ok(None) => {}
+                    Ok(Some(a)) if a.position.lsn.0 == 0 && a.epoch.term == 0 => {}
+                    Ok(Some(_)) => holder = Some(peer.clone()),
+                    Err(e) => waiting_for.push(format!("{peer} ({e})")),
+                }
+            }
+            if let Some(holder) = holder {
+                tracing::warn!(domain = %dc.name, holder = %holder, "this primary holds nothing of a domain another replica holds: joining as standby to resync");
+                match self.store.join_domain(&dc.name) {
+                    Ok(d) => self.serve(&dc, d),
+                    Err(e) => self.failed(&dc.name, &e),
+                }
+                return;
+            }
+            if waiting_for.is_empty() {
+                match self.store.create_domain(&dc.name) {
+                    Ok(d) => {
+                        tracing::info!(domain = %dc.name, "domain created on its primary");
+                        self.serve(&dc, d);
+                    }
+                    Err(e) => self.failed(&dc.name, &e),
+                }
+                return;
+            }
+            let why = format!(
+                "waiting for {} to answer before creating the domain",
+                waiting_for.join(", ")
+            );
+            if lock(&self.placements).get(&dc.name) != Some(&Placement::Waiting(why.clone())) {
+                tracing::warn!(domain = %dc.name, "{why}");
+            }
+            self.set(&dc.name, Placement::Waiting(why));
+            tokio::time::sleep(CREATE_RETRY).await;
+        }
+    }
+
+    /// Applies a new configuration: domains added are placed, domains removed stop being
+    /// served (their files stay), grants follow the file.
+    ///
+    /// # Errors
+    /// [`DaemonError::NeedsRestart`] when the node id, listen address, state directory or TLS
+    /// files changed; the running configuration is then kept.
+    pub async fn reload(self: &Arc<Self>, new: Config) -> Result<(), DaemonError> {
+        let old = self.config();
+        if new.node.id != old.node.id {
+            return Err(DaemonError::NeedsRestart("node.id"));
+        }
+        if new.node.listen != old.node.listen {
+            return Err(DaemonError::NeedsRestart("node.listen"));
+        }
+        if new.node.state_dir != old.node.state_dir {
+            return Err(DaemonError::NeedsRestart("node.state_dir"));
+        }
+        if new.tls != old.tls {
+            return Err(DaemonError::NeedsRestart("tls"));
+        }
+        for (id, addr) in &new.peers {
+            self.node.set_peer(id.clone(), *addr);
+        }
+        let before: BTreeMap<DomainId, DomainConfig> = old
+            .local_domains()
+            .map(|d| (d.name.clone(), d.clone()))
+            .collect();
+        let after: BTreeMap<DomainId, DomainConfig> = new
+            .local_domains()
+            .map(|d| (d.name.clone(), d.clone()))
+            .collect();
+        *lock(&self.config) = new;
+        for (name, dc) in &before {
+            if !after.contains_key(name) {
+                self.node.release(name);
+                lock(&self.placements).remove(name);
+                for g in &dc.gateways {
+                    self.node.revoke(name, g);
+                }
+                tracing::info!(domain = %name, "domain removed from the configuration: no longer served (its files stay)");
+            }
+        }
+        for (name, dc) in &after {
+            match before.get(name) {
+                None => Arc::clone(self).place(dc.clone()).await,
+                Some(old_dc) => {
+                    for g in old_dc.gateways.iter().filter(|g| !dc.gateways.contains(g)) {
+                        self.node.revoke(name, g);
+                    }
+                    for g in &dc.gateways {
+                        self.node.grant(name, g);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A one-line summary for systemd's `STATUS=`: domains, actives, standbys, failures and
+    /// the worst lag.
+    pub fn summary(&self) -> String {
+        let placements = self.placements();
+        let count = |r: Role| {
+            placements
+                .values()
+                .filter(|p| **p == Placement::Serving(r))
+                .count()
+        };
+        let failed = placements
+            .values()
+            .filter(|p| matches!(p, Placement::Failed(_)))
+            .count();
+        let waiting = placements
+            .values()
+            .filter(|p| matches!(p, Placement::Waiting(_)))
+            .count();
+        let mut worst: Option<(u64, DomainId)> = None;
+        for name in placements.keys() {
+            let lags = self
+                .node
+                .sync_status(name)
+                .into_iter()
+                .map(|r| r.status)
+                .chain(self.node.follower_status(name).map(|r| r.status));
+            for s in lags {
+                if let SyncStatus::Lagging { records, .. } = s {
+                    if worst.as_ref().is_none_or(|(w, _)| records > *w) {
+                        worst = Some((records, name.clone()));
+                    }
+                }
+            }
+        }
+        let lag = worst.map_or_else(
+            || "all synchronized".to_owned(),
+            |(n, d)| format!("worst lag {n} records ({d})"),
+        );
+        format!(
+            "{} domains: {} active, {} standby, {waiting} waiting, {failed} failed; {lag}",
+            placements.len(),
+            count(Role::Active),
+            count(Role::Standby),
+        )
+    }
+
+    /// Stops serving: streams close, then the stores (in-flight commits finish first).
+    pub async fn shutdown(&self) {
+        self.node.shutdown().await;
+        self.store.close();
+    }
+}

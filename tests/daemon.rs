@@ -1,0 +1,198 @@
+//! `domsyncd` as systemd runs it: a real process with a configuration file, `NOTIFY_SOCKET`
+//! listened on by the test, signals for reload and stop.
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use domsync::net::{pki, PeerRole};
+
+/// Hang guard only.
+const GUARD: Duration = Duration::from_secs(60);
+
+fn write_config(dir: &Path, domains: &[&str], port: u16) -> std::path::PathBuf {
+    let pki_dir = dir.join("pki");
+    if !pki_dir.join("ca.pem").exists() {
+        pki::init_ca(&pki_dir).unwrap();
+        pki::issue(&pki_dir, PeerRole::Node, "a", &pki_dir, 30).unwrap();
+        pki::issue(&pki_dir, PeerRole::Node, "b", &pki_dir, 30).unwrap();
+    }
+    let mut text = format!(
+        r#"
+[node]
+id = "a"
+state_dir = "{state}"
+listen = "127.0.0.1:{port}"
+admin_socket = "{state}/admin.sock"
+
+[tls]
+ca = "{pki}/ca.pem"
+cert = "{pki}/node-a.pem"
+key = "{pki}/node-a.key"
+"#,
+        state = dir.join("state").display(),
+        pki = pki_dir.display(),
+    );
+    for d in domains {
+        text.push_str(&format!(
+            "\n[[domains]]\nname = \"{d}\"\nreplicas = [\"a\"]\ndurability = \"local\"\ngateways = [\"g\"]\n"
+        ));
+    }
+    let path = dir.join("domsync.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Notify {
+    socket: UnixDatagram,
+}
+
+impl Notify {
+    fn new(dir: &Path) -> (Notify, std::path::PathBuf) {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(GUARD)).unwrap();
+        (Notify { socket }, path)
+    }
+
+    /// Reads datagrams until one contains `want`; returns it.
+    fn until(&self, want: &str) -> String {
+        let deadline = Instant::now() + GUARD;
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < deadline {
+            let n = self.socket.recv(&mut buf).expect("no notification in time");
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.contains(want) {
+                return msg;
+            }
+        }
+        panic!("never saw {want}");
+    }
+}
+
+fn start(config: &Path, notify: &Path, watchdog_usec: Option<u64>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_domsyncd"));
+    cmd.arg("--config")
+        .arg(config)
+        .env("NOTIFY_SOCKET", notify)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(w) = watchdog_usec {
+        cmd.env("WATCHDOG_USEC", w.to_string());
+    }
+    cmd.spawn().unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn wait_exit(mut child: Child) -> (i32, String) {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut log = String::new();
+            if let Some(err) = child.stderr.take() {
+                for line in BufReader::new(err).lines() {
+                    log.push_str(&line.unwrap_or_default());
+                    log.push('\n');
+                }
+            }
+            return (status.code().unwrap_or(-1), log);
+        }
+        assert!(Instant::now() < deadline, "domsyncd did not stop in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ready_status_watchdog_reload_and_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &["t1", "t2"], free_port());
+    let (notify, sock) = Notify::new(dir.path());
+    let child = start(&config, &sock, Some(300_000));
+
+    let ready = notify.until("READY=1");
+    assert!(
+        ready.contains("STATUS=2 domains: 2 active, 0 standby"),
+        "{ready}"
+    );
+    notify.until("WATCHDOG=1");
+    assert!(dir.path().join("state/domains/t1.redb").exists());
+
+    // SIGHUP adds a domain.
+    let port = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse::<u16>().ok())
+        .unwrap();
+    write_config(dir.path(), &["t1", "t2", "t3"], port);
+    signal(&child, "HUP");
+    notify.until("RELOADING=1");
+    let ready = notify.until("READY=1");
+    assert!(ready.contains("STATUS=3 domains: 3 active"), "{ready}");
+
+    // A broken configuration is refused and the running one kept.
+    std::fs::write(&config, "[node]\nid = \"a\"\nlisten = \"bogus\"\n").unwrap();
+    signal(&child, "HUP");
+    notify.until("RELOADING=1");
+    let ready = notify.until("READY=1");
+    assert!(ready.contains("STATUS=3 domains: 3 active"), "{ready}");
+
+    signal(&child, "TERM");
+    notify.until("STOPPING=1");
+    let (code, log) = wait_exit(child);
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("reload refused, the running configuration is kept"),
+        "{log}"
+    );
+    assert!(log.contains("node.listen"), "{log}");
+}
+
+#[test]
+fn an_invalid_configuration_is_refused_with_every_problem_and_nothing_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[node]\nid = \"a\"\nlisten = \"nowhere\"\nstate_dir = \"{}\"\n[[domains]]\nname = \"t1\"\nreplicas = [\"a\", \"q\"]\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_domsyncd"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("domsyncd: error:"))
+        .unwrap_or_default();
+    for key in ["node.listen", "tls", "domains[0].replicas[1]"] {
+        assert!(line.contains(key), "{key} missing in {line}");
+    }
+    assert!(!dir.path().join("state").exists(), "something was opened");
+}
