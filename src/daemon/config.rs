@@ -538,6 +538,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let text = include_str!("../../fixtures/domsync.toml");
+        let c = Config::parse(text, Path::new("fixtures/domsync.toml")).unwrap();
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.domains[1].primary().as_str(), "b");
+        assert_eq!(c.limits.guard_window, Duration::from_secs(5));
+    }
+
+    #[test]
     fn every_problem_is_listed_with_its_key() {
         let bad = r#"
             [node]
