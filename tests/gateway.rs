@@ -625,3 +625,44 @@ async fn cli_gateway_fetch_crl_and_list_against_a_running_node() {
     assert!(out.trim_end().ends_with("origin=held"), "{out}");
     assert!(err.contains("cached copy"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_share_one_endpoint_and_a_watch_refused_everywhere_reports_instead_of_spinning() {
+    let c = cluster(&["a", "b"]).await;
+    let v1 = c.install("fw", content(1)).await;
+    c.reach("b", v1.lsn).await;
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let one = Client::with_endpoint(c.config(&["a", "b"]), endpoint.clone()).unwrap();
+    let two = Client::with_endpoint(c.config(&["b", "a"]), endpoint.clone()).unwrap();
+    let (p1, p2) = tokio::join!(one.fetch("fw"), two.fetch("fw"));
+    let (p1, p2) = (p1.unwrap(), p2.unwrap());
+    assert_eq!(
+        (p1.info.stamp(), p1.served.node.as_str()),
+        (v1.clone(), "a")
+    );
+    assert_eq!((p2.info.stamp(), p2.served.node.as_str()), (v1, "b"));
+
+    for n in c.nodes.values() {
+        n.revoke(&dom(), GW);
+    }
+    let mut watch = one.watch(&["fw"], &[]).unwrap();
+    let err = timeout(GUARD, watch.next()).await.unwrap().unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("forbidden"), "{msg}");
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    // Granted again: the same watch carries on.
+    for n in c.nodes.values() {
+        n.grant(&dom(), GW);
+    }
+    let v2 = c.install("fw", content(2)).await;
+    let update = loop {
+        match timeout(GUARD, watch.next()).await.unwrap() {
+            Ok(u) => break u,
+            Err(e) => assert!(e.to_string().contains("forbidden"), "{e}"),
+        }
+    };
+    let Update::Policy(p) = update else {
+        panic!("expected a package")
+    };
+    assert_eq!(p.info.stamp(), v2);
+}

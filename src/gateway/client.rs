@@ -251,7 +251,7 @@ pub enum Error {
         served: Box<Served>,
     },
     /// There is no CRL of this issuer (said by a node not behind what the client saw).
-    #[error("no CRL of issuer {issuer} in domain {domain} (node {}, {}, lsn {}); check the issuer with `domsync gateway crl --list`", .served.node, .served.role, .served.position.lsn)]
+    #[error("no CRL of issuer {issuer} in domain {domain} (node {}, {}, lsn {}); check the issuer with `domsync gateway list`", .served.node, .served.role, .served.position.lsn)]
     CrlNotFound {
         /// The domain.
         domain: DomainId,
@@ -709,6 +709,7 @@ impl Client {
             stream: None,
             recheck,
             pause: false,
+            failures: Vec::new(),
         })
     }
 
@@ -1472,6 +1473,8 @@ pub struct Watch {
     stream: Option<WatchStream>,
     recheck: tokio::time::Interval,
     pause: bool,
+    /// Streams that failed since the last good frame.
+    failures: Vec<(NodeId, Fail)>,
 }
 
 struct WatchStream {
@@ -1509,9 +1512,10 @@ impl Watch {
         Some(self.client.inner.nodes[s.node].0.clone())
     }
 
-    /// The next update. Failover is internal: an error means no node could be reached in a
-    /// whole round (the watch stays usable; call `next()` again to keep trying, after a
-    /// short pause).
+    /// The next update. Failover is internal: an error means no node could be reached, or
+    /// every node's stream failed in turn, in a whole round (the watch stays usable; call
+    /// `next()` again to keep trying, after a short pause). Cancel-safe: a `next()` dropped
+    /// before it returns loses no update.
     ///
     /// # Errors
     /// [`Error::Unavailable`] as above.
@@ -1546,27 +1550,39 @@ impl Watch {
                 }
                 Event::Frame(f) => *f,
             };
-            match event {
+            let fail = match event {
                 Some(Ok(response)) => match self.handle(response) {
-                    Ok(Some(update)) => return Ok(update),
-                    Ok(None) => {}
-                    Err(fail) => self.drop_stream(&fail),
+                    Ok(update) => {
+                        self.failures.clear();
+                        match update {
+                            Some(update) => return Ok(update),
+                            None => continue,
+                        }
+                    }
+                    Err(fail) => fail,
                 },
-                Some(Err(fail)) => self.drop_stream(&fail),
-                None => {
-                    self.drop_stream(&Fail::Stream("the watch stream ended".into()));
-                }
+                Some(Err(fail)) => fail,
+                None => Fail::Stream("the watch stream ended".into()),
+            };
+            self.drop_stream(fail);
+            // Every node failed in turn without one good frame (refused everywhere, say):
+            // report it rather than spin.
+            if self.failures.len() >= self.client.inner.nodes.len() {
+                self.pause = true;
+                let failures = std::mem::take(&mut self.failures);
+                return Err(self.client.unavailable(&failures));
             }
         }
     }
 
-    fn drop_stream(&mut self, fail: &Fail) {
+    fn drop_stream(&mut self, fail: Fail) {
         if let Some(s) = self.stream.take() {
-            let node = &self.client.inner.nodes[s.node].0;
+            let node = self.client.inner.nodes[s.node].0.clone();
             tracing::info!(%node, error = %fail, "gateway watch: moving to the next node");
             lock(&self.client.inner.state)
                 .selector
                 .failed(s.node, Instant::now());
+            self.failures.push((node, fail));
         }
     }
 
