@@ -354,6 +354,20 @@ async fn a_watch_on_the_standby_is_pushed_each_new_version() {
         assert_eq!(served.position.lsn, p.lsn);
         assert_eq!(served.node, nid("b"));
     }
+    // Revoking the grant ends the watch with `Forbidden`.
+    c.b.revoke(&dom("tenant-a"), "g1");
+    let frame = timeout(GUARD, read_frame(&mut recv, MAX_RESPONSE_BYTES))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let r: Response = protocol::decode(&frame, MAX_RESPONSE_BYTES).unwrap();
+    assert_eq!(r, Response::Refused(Refusal::Forbidden));
+    assert!(timeout(GUARD, read_frame(&mut recv, MAX_RESPONSE_BYTES))
+        .await
+        .unwrap()
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

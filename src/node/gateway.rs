@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use super::{lock, Node};
 use crate::gateway::protocol::{
@@ -53,10 +53,20 @@ impl Default for GatewayLimits {
 /// Gateway ids granted per domain.
 pub(super) type Grants = HashMap<DomainId, BTreeSet<String>>;
 
-/// Gateway connections open now.
-#[derive(Debug, Default)]
+/// Gateway connections open now, and a signal that grants changed (open watches re-check).
+#[derive(Debug)]
 pub(super) struct GatewayCounters {
     connections: AtomicUsize,
+    grants_changed: watch::Sender<u64>,
+}
+
+impl Default for GatewayCounters {
+    fn default() -> GatewayCounters {
+        GatewayCounters {
+            connections: AtomicUsize::new(0),
+            grants_changed: watch::Sender::new(0),
+        }
+    }
 }
 
 struct ConnectionSlot<'a>(&'a AtomicUsize);
@@ -81,11 +91,16 @@ impl Node {
             .insert(gateway.to_owned());
     }
 
-    /// Withdraws a grant; requests already in progress finish.
+    /// Withdraws a grant: requests in progress finish, open watches of that gateway on the
+    /// domain end with `Forbidden`.
     pub fn revoke(&self, domain: &DomainId, gateway: &str) {
         if let Some(set) = lock(&self.inner.grants).get_mut(domain) {
             set.remove(gateway);
         }
+        self.inner
+            .gateway
+            .grants_changed
+            .send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// The gateways granted `domain`.
@@ -302,8 +317,7 @@ impl Node {
                 Ok(())
             }
             Query::Watch { policies, crls } => {
-                self.watch(&replica, policies, crls, send).await;
-                Ok(())
+                self.watch(gateway, &replica, policies, crls, send).await
             }
         }
     }
@@ -368,18 +382,22 @@ impl Node {
         Ok(Some(version))
     }
 
-    /// Pushes every new version of the watched packages and CRLs until the gateway goes away
-    /// or the node shuts down.
+    /// Pushes the newest version of the watched packages and CRLs each time the domain
+    /// commits or applies, until the gateway goes away, its grant is revoked (`Forbidden`) or
+    /// the node shuts down. Versions committed faster than the gateway reads are coalesced:
+    /// each push is the newest, never an older one.
     async fn watch(
         &self,
+        gateway: &str,
         replica: &Domain,
         policies: Vec<(String, Option<Version>)>,
         crls: Vec<(String, Option<CrlNumber>)>,
         send: &mut quinn::SendStream,
-    ) {
+    ) -> Result<(), Refusal> {
         let mut policies: HashMap<String, Option<Version>> = policies.into_iter().collect();
         let mut crls: HashMap<String, Option<CrlNumber>> = crls.into_iter().collect();
         let mut commits = replica.subscribe();
+        let mut grants = self.inner.gateway.grants_changed.subscribe();
         let mut shutdown = self.inner.shutdown.subscribe();
         loop {
             commits.borrow_and_update();
@@ -387,12 +405,20 @@ impl Node {
                 .push_changes(replica, &mut policies, &mut crls, send)
                 .await
             {
-                return;
+                return Ok(());
             }
-            tokio::select! {
-                changed = commits.changed() => if changed.is_err() { return },
-                _ = send.stopped() => return,
-                _ = shutdown.wait_for(|s| *s) => return,
+            loop {
+                tokio::select! {
+                    changed = commits.changed() => if changed.is_err() { return Ok(()) } else { break },
+                    _ = grants.changed() => {
+                        if !self.granted(replica.id(), gateway) {
+                            tracing::info!(gateway, domain = %replica.id(), "grant revoked: watch ended");
+                            return Err(Refusal::Forbidden);
+                        }
+                    }
+                    _ = send.stopped() => return Ok(()),
+                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                }
             }
         }
     }
