@@ -53,6 +53,8 @@
 //!    lsn and epoch;
 //! 5. nothing silently dropped: what a resync archives is exactly the replica's log after the
 //!    fork point, on top of what the archive held; every archived record is a committed one.
+//!    (A rewind below the replica's retained log drops records the log no longer holds: a
+//!    known gap, counted and listed, see `REWIND_ARCHIVES_BELOW_LOG_START`.)
 //!
 //! At the end of every seed, faults off, partitions healed, every node up (and an operator
 //! promoting the most advanced standby if no node is active): one active, two standbys at its
