@@ -48,6 +48,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod codec;
 pub mod daemon;
 pub mod gateway;

@@ -35,6 +35,9 @@ pub enum DaemonError {
     /// The node could not start.
     #[error("{0}")]
     Node(#[from] NodeError),
+    /// The admin server could not start.
+    #[error("{0}")]
+    Admin(#[from] crate::admin::AdminServerError),
     /// A reload changed something only a restart can change.
     #[error("reload refused: {0} changed; restart the service to change it (the running configuration is kept)")]
     NeedsRestart(&'static str),
@@ -59,6 +62,8 @@ pub struct Daemon {
     store: Store,
     node: Node,
     placements: Mutex<BTreeMap<DomainId, Placement>>,
+    /// The admin server (local socket and remote ALPN), once started.
+    admin: Mutex<Option<crate::admin::AdminServer>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -117,9 +122,18 @@ impl Daemon {
             store,
             node,
             placements: Mutex::new(BTreeMap::new()),
+            admin: Mutex::new(None),
         });
         for dc in config.local_domains() {
             Arc::clone(&daemon).place(dc.clone()).await;
+        }
+        // Admin: the local socket and the remote ALPN, before READY.
+        match crate::admin::AdminServer::start(&daemon) {
+            Ok(admin) => *lock(&daemon.admin) = Some(admin),
+            Err(e) => {
+                daemon.shutdown().await;
+                return Err(e.into());
+            }
         }
         Ok(daemon)
     }
@@ -148,7 +162,14 @@ impl Daemon {
         lock(&self.placements).insert(domain.clone(), p);
     }
 
-    fn active_config(&self, dc: &DomainConfig) -> ActiveConfig {
+    /// Records a role change made by the admin server (promote, switchover).
+    pub(crate) fn set_placement(&self, domain: &DomainId, p: Placement) {
+        if lock(&self.placements).contains_key(domain) {
+            self.set(domain, p);
+        }
+    }
+
+    pub(crate) fn active_config(&self, dc: &DomainConfig) -> ActiveConfig {
         let me = self.node.id();
         let mut config = ActiveConfig::new(
             dc.durability,
@@ -290,6 +311,9 @@ impl Daemon {
         if new.tls != old.tls {
             return Err(DaemonError::NeedsRestart("tls"));
         }
+        if new.node.admin_socket != old.node.admin_socket {
+            return Err(DaemonError::NeedsRestart("node.admin_socket"));
+        }
         for (id, addr) in &new.peers {
             self.node.set_peer(id.clone(), *addr);
         }
@@ -376,6 +400,9 @@ impl Daemon {
 
     /// Stops serving: streams close, then the stores (in-flight commits finish first).
     pub async fn shutdown(&self) {
+        if let Some(admin) = lock(&self.admin).take() {
+            admin.stop(self);
+        }
         self.node.shutdown().await;
         self.store.close();
     }

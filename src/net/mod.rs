@@ -41,6 +41,6 @@ pub use pki::PkiError;
 pub use tls::{
     accept, accept_any, allowed_roles, authorize, client_config, client_config_for,
     negotiated_alpn, peer_identity, refuse, server_config, transport_config, Credentials,
-    NodeServerVerifier, RefuseReason, TlsError, TlsFiles, ALPN_GATEWAY, ALPN_REPL, CLOSE_REFUSED,
-    SERVER_NAME,
+    NodeServerVerifier, RefuseReason, TlsError, TlsFiles, ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL,
+    CLOSE_REFUSED, SERVER_NAME,
 };

@@ -9,8 +9,9 @@
 //!   [`SERVER_NAME`], to `quinn::Endpoint::connect`.
 //! * A server accepts any CA-signed client during the handshake and then decides with
 //!   [`authorize`] from the client's role and the application protocol (ALPN): only nodes
-//!   replicate ([`ALPN_REPL`]); only gateways read through [`ALPN_GATEWAY`]. A refused
-//!   connection is closed with [`CLOSE_REFUSED`] and a short reason ([`refuse`]).
+//!   replicate ([`ALPN_REPL`]); only gateways read through [`ALPN_GATEWAY`]; only admins
+//!   administer through [`ALPN_ADMIN`]. A refused connection is closed with
+//!   [`CLOSE_REFUSED`] and a short reason ([`refuse`]).
 //! * TLS 1.3 only, one crypto provider (*ring*), no session resumption (every connection
 //!   checks the certificates afresh), no 0-RTT.
 
@@ -36,6 +37,9 @@ use super::pki;
 pub const ALPN_REPL: &[u8] = b"domsync-repl/1";
 /// ALPN of the gateway read service. [`PeerRole::Gateway`] and [`PeerRole::Node`] may use it.
 pub const ALPN_GATEWAY: &[u8] = b"domsync-gw/1";
+/// ALPN of remote administration (`domsync --remote`). Only [`PeerRole::Admin`] may use it:
+/// node and gateway certificates cannot administer.
+pub const ALPN_ADMIN: &[u8] = b"domsync-admin/1";
 
 /// Application close code of a connection refused by [`authorize`] ("forbidden").
 pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(0x403);
@@ -609,6 +613,7 @@ pub fn allowed_roles(alpn: &[u8]) -> &'static [PeerRole] {
     match alpn {
         ALPN_REPL => &[PeerRole::Node],
         ALPN_GATEWAY => &[PeerRole::Gateway],
+        ALPN_ADMIN => &[PeerRole::Admin],
         _ => &[],
     }
 }
@@ -741,6 +746,7 @@ mod tests {
     fn roles_per_protocol() {
         assert_eq!(allowed_roles(ALPN_REPL), &[PeerRole::Node]);
         assert_eq!(allowed_roles(ALPN_GATEWAY), &[PeerRole::Gateway]);
+        assert_eq!(allowed_roles(ALPN_ADMIN), &[PeerRole::Admin]);
         assert!(allowed_roles(b"other").is_empty());
         assert_eq!(truncate("héllo", 2), "h");
     }

@@ -41,7 +41,7 @@ pub use roles::{PromoteError, Promotion, Switchover, SwitchoverError};
 pub use standby::FollowerReport;
 
 use crate::model::{DomainId, Epoch, NodeId};
-use crate::net::{self, Credentials, Identity, PeerRole, ALPN_GATEWAY, ALPN_REPL};
+use crate::net::{self, Credentials, Identity, PeerRole, ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL};
 use crate::repl::{Backoff, ShipConfig};
 
 /// Settings of a [`Node`].
@@ -130,8 +130,13 @@ struct Inner {
     sightings: Mutex<HashMap<DomainId, GatewaySightings>>,
     grants: Mutex<gateway::Grants>,
     gateway: gateway::GatewayCounters,
+    admin: Mutex<Option<AdminHandler>>,
     shutdown: watch::Sender<bool>,
 }
+
+/// Serves an authorized remote admin connection (ALPN `domsync-admin/1`, admin certificate);
+/// installed by whoever runs the node (the daemon) with [`Node::set_admin_handler`].
+pub type AdminHandler = Arc<dyn Fn(quinn::Connection, Identity) + Send + Sync>;
 
 /// Per gateway id: the active it last reached, its epoch, and when.
 type GatewaySightings = HashMap<String, (NodeId, Epoch, Instant)>;
@@ -168,7 +173,7 @@ impl Node {
             })?;
         let server = net::server_config(
             &config.credentials,
-            &[ALPN_REPL, ALPN_GATEWAY],
+            &[ALPN_REPL, ALPN_GATEWAY, ALPN_ADMIN],
             Arc::new(net::transport_config()),
         )?;
         let endpoint =
@@ -189,6 +194,7 @@ impl Node {
                 sightings: Mutex::new(HashMap::new()),
                 grants: Mutex::new(HashMap::new()),
                 gateway: gateway::GatewayCounters::default(),
+                admin: Mutex::new(None),
                 shutdown,
             }),
         };
@@ -269,12 +275,34 @@ impl Node {
             let Some(incoming) = incoming else { return };
             let node = self.clone();
             tokio::spawn(async move {
-                match net::accept_any(incoming, &[ALPN_REPL, ALPN_GATEWAY]).await {
+                match net::accept_any(incoming, &[ALPN_REPL, ALPN_GATEWAY, ALPN_ADMIN]).await {
                     Ok((conn, peer, ALPN_GATEWAY)) => node.serve_gateway(conn, peer).await,
+                    Ok((conn, peer, ALPN_ADMIN)) => node.serve_admin(conn, peer),
                     Ok((conn, peer, _)) => node.serve_connection(conn, peer).await,
                     Err(e) => tracing::warn!(error = %e, "connection refused"),
                 }
             });
+        }
+    }
+
+    /// Installs (or with `None` removes) the handler of remote admin connections. Without one,
+    /// admin connections are closed with a refusal.
+    pub fn set_admin_handler(&self, handler: Option<AdminHandler>) {
+        *lock(&self.inner.admin) = handler;
+    }
+
+    /// Hands an authorized admin connection to the installed handler.
+    fn serve_admin(&self, conn: quinn::Connection, peer: Identity) {
+        let handler = lock(&self.inner.admin).clone();
+        match handler {
+            Some(h) => h(conn, peer),
+            None => {
+                tracing::warn!(peer = %peer, addr = %conn.remote_address(), "admin connection refused: remote admin is not served by this node");
+                conn.close(
+                    net::CLOSE_REFUSED,
+                    b"remote admin is not served by this node",
+                );
+            }
         }
     }
 

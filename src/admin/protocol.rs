@@ -1,0 +1,457 @@
+//! The messages of administration: the same frames on the local Unix socket and on the remote
+//! QUIC protocol `domsync-admin/1`.
+//!
+//! A client sends one [`Request`] frame and reads one [`Answer`] frame. On the Unix socket a
+//! connection carries any number of request/answer pairs in turn; on QUIC each request has
+//! its own bidirectional stream (the client finishes its side after the request). Every frame
+//! is a checked frame (see [`crate::codec`]): version, `u32` length, postcard payload, CRC32;
+//! requests are capped at [`MAX_REQUEST_BYTES`] and answers at [`MAX_ANSWER_BYTES`], checked
+//! before anything is allocated. Only append enum variants, never reorder or remove them.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use crate::codec::{self, CodecError, FORMAT_VERSION, FRAME_OVERHEAD};
+use crate::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
+use crate::repl::SyncStatus;
+
+/// Largest encoded request: a write carrying a full-size policy package.
+pub const MAX_REQUEST_BYTES: usize = codec::MAX_RECORD_BYTES + 64 * 1024;
+
+/// Largest encoded answer: an archived record (as large as a record) plus its envelope, or
+/// the status of many domains.
+pub const MAX_ANSWER_BYTES: usize = codec::MAX_RECORD_BYTES + 1024 * 1024;
+
+/// Buffer reserved up front for a frame; larger frames grow as their bytes arrive.
+const INITIAL_CAPACITY: usize = 64 * 1024;
+
+/// Header bytes before the payload: version and length.
+const HEADER: usize = 5;
+
+/// One request of an administrator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// How every domain stands on this node: [`Answer::Status`].
+    Status,
+    /// Promote this node's standby replica of `domain` (manual failover):
+    /// [`Answer::Promoted`].
+    Promote {
+        /// The domain.
+        domain: DomainId,
+        /// Promote even when the split-brain guard or a lag says no.
+        force: bool,
+    },
+    /// Move the active role of `domain` from this node to its standby `to`:
+    /// [`Answer::SwitchedOver`].
+    Switchover {
+        /// The domain.
+        domain: DomainId,
+        /// The standby that becomes active.
+        to: NodeId,
+    },
+    /// Commit `ops` as one write on this node, which must be the domain's active:
+    /// [`Answer::Written`].
+    Write {
+        /// The domain.
+        domain: DomainId,
+        /// The changes, committed atomically as one record.
+        ops: Vec<Op>,
+    },
+    /// The collision archive of `domain` here: [`Answer::Collisions`].
+    Collisions {
+        /// The domain.
+        domain: DomainId,
+    },
+    /// One archived record with its ops: [`Answer::Collision`].
+    CollisionShow {
+        /// The domain.
+        domain: DomainId,
+        /// Archive id.
+        id: u64,
+    },
+    /// Write an archived record's ops again as a new write (this node must be the domain's
+    /// active), then remove it from the archive: [`Answer::Reapplied`]. When the archive is
+    /// on a standby, the client writes the ops on the active itself ([`Request::Write`]) and
+    /// then sends [`Request::Discard`] here.
+    Reapply {
+        /// The domain.
+        domain: DomainId,
+        /// Archive id.
+        id: u64,
+    },
+    /// Remove an archived record without writing it again: [`Answer::Discarded`].
+    Discard {
+        /// The domain.
+        domain: DomainId,
+        /// Archive id.
+        id: u64,
+    },
+}
+
+/// One answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Answer {
+    /// The node's status.
+    Status(NodeStatus),
+    /// The promotion happened.
+    Promoted {
+        /// The domain.
+        domain: DomainId,
+        /// The new epoch.
+        epoch: Epoch,
+        /// Where the new active starts.
+        position: Position,
+        /// Records a peer held beyond this replica (lost to the collision archive; only for a
+        /// forced promotion).
+        behind_records: u64,
+        /// Peers that did not answer the guard's probe.
+        unreachable: Vec<NodeId>,
+    },
+    /// The switchover happened.
+    SwitchedOver {
+        /// The domain.
+        domain: DomainId,
+        /// The new active.
+        to: NodeId,
+        /// The epoch it took.
+        epoch: Epoch,
+        /// The last position of the old active, held by the new one.
+        position: Position,
+        /// How long writes were refused, in milliseconds.
+        pause_ms: u64,
+    },
+    /// The write committed (and met the domain's durability).
+    Written {
+        /// The domain.
+        domain: DomainId,
+        /// Its position.
+        position: Position,
+    },
+    /// The collision archive.
+    Collisions {
+        /// The domain.
+        domain: DomainId,
+        /// The archived records, oldest first.
+        list: Vec<ArchivedInfo>,
+    },
+    /// One archived record.
+    Collision {
+        /// The domain.
+        domain: DomainId,
+        /// The record's summary.
+        info: ArchivedInfo,
+        /// Its ops.
+        ops: Vec<Op>,
+    },
+    /// The archived record was written again and removed from the archive.
+    Reapplied {
+        /// The domain.
+        domain: DomainId,
+        /// Archive id.
+        id: u64,
+        /// Position of the new write.
+        position: Position,
+    },
+    /// The archived record was removed.
+    Discarded {
+        /// The domain.
+        domain: DomainId,
+        /// Archive id.
+        id: u64,
+    },
+    /// The request failed; nothing (or what the message says) happened.
+    Error(AdminError),
+}
+
+/// Why a request failed: one line saying what happened and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AdminError {
+    /// The client may not administer this node.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The domain is not held by this node.
+    #[error("domain {domain} is not held by node {node}: `domsync status` lists the domains here")]
+    UnknownDomain {
+        /// The domain.
+        domain: DomainId,
+        /// This node.
+        node: NodeId,
+    },
+    /// A write reached a node that is not the domain's active; nothing was written.
+    #[error("domain {domain} is not active on node {node}: {}", match active { Some(a) => format!("its active is {a}: run the command against {a}"), None => "no active is known: promote a replica first".to_owned() })]
+    NotActive {
+        /// The domain.
+        domain: DomainId,
+        /// This node.
+        node: NodeId,
+        /// The active this node knows of.
+        active: Option<NodeId>,
+    },
+    /// No such record in the collision archive.
+    #[error("no record {id} in the collision archive of {domain} on node {node}: `domsync collisions list {domain}` shows the ids")]
+    NoSuchCollision {
+        /// The domain.
+        domain: DomainId,
+        /// This node.
+        node: NodeId,
+        /// Archive id.
+        id: u64,
+    },
+    /// The request was malformed or out of bounds.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The operation failed; the message says what happened and what to do.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How every domain stands on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node answering.
+    pub node: NodeId,
+    /// Every configured domain with a replica here, by name.
+    pub domains: Vec<DomainReport>,
+}
+
+/// How a configured domain is placed on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlacementState {
+    /// Open and served.
+    Serving,
+    /// The primary waits for the other replicas before creating the domain.
+    Waiting(String),
+    /// The domain failed here (the others are unaffected).
+    Failed(String),
+}
+
+/// One domain on the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainReport {
+    /// The domain.
+    pub domain: DomainId,
+    /// How it is placed.
+    pub placement: PlacementState,
+    /// Where the replica stands (`None` when it is not open).
+    pub replica: Option<ReplicaState>,
+    /// Per standby, on the active.
+    pub standbys: Vec<StandbyState>,
+    /// On a standby: how it follows its active.
+    pub follower: Option<FollowerState>,
+    /// Records in the collision archive here.
+    pub collisions: u64,
+}
+
+/// Where a replica stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// Its role.
+    pub role: Role,
+    /// The highest epoch it has seen.
+    pub epoch: Epoch,
+    /// Its last applied record.
+    pub position: Position,
+    /// Content digest at `position` (hex).
+    pub digest: String,
+}
+
+/// Lag of a standby behind the active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Lag {
+    /// Records behind.
+    pub records: u64,
+    /// Bytes of records behind.
+    pub bytes: u64,
+    /// Age of the oldest commit not yet held, milliseconds.
+    pub ms: u64,
+}
+
+impl Lag {
+    /// The lag a sync status tells (zero unless lagging).
+    pub fn of(status: &SyncStatus) -> Lag {
+        match status {
+            SyncStatus::Lagging {
+                records,
+                bytes,
+                behind,
+            } => Lag {
+                records: *records,
+                bytes: *bytes,
+                ms: u64::try_from(behind.as_millis()).unwrap_or(u64::MAX),
+            },
+            _ => Lag::default(),
+        }
+    }
+}
+
+/// One standby as its active sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StandbyState {
+    /// The standby node.
+    pub node: NodeId,
+    /// Its sync status.
+    pub status: SyncStatus,
+    /// Its lag.
+    pub lag: Lag,
+    /// The last lsn it acknowledged as durable.
+    pub durable: Lsn,
+    /// When it last held everything, milliseconds since the Unix epoch.
+    pub last_sync_ms: Option<u64>,
+    /// True while its stream is open.
+    pub connected: bool,
+}
+
+/// A standby replica following its active.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowerState {
+    /// The active followed.
+    pub active: NodeId,
+    /// Its sync status, from what the active told it.
+    pub status: SyncStatus,
+    /// Its lag.
+    pub lag: Lag,
+    /// When it last held everything, milliseconds since the Unix epoch.
+    pub last_sync_ms: Option<u64>,
+    /// The last error or refusal.
+    pub last_error: Option<String>,
+    /// True while a stream to the active is open.
+    pub connected: bool,
+}
+
+/// A record of the collision archive, without its ops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedInfo {
+    /// Archive id.
+    pub id: u64,
+    /// The epoch it was written in.
+    pub epoch: Epoch,
+    /// Its lsn in that epoch's history.
+    pub lsn: Lsn,
+    /// When it was written, microseconds since the Unix epoch.
+    pub time: u64,
+    /// Number of ops.
+    pub ops: u64,
+    /// Bytes of the record.
+    pub bytes: u64,
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer sent bytes that are not a valid frame.
+    #[error("bad admin frame: {0}")]
+    Codec(#[from] CodecError),
+    /// The stream ended in the middle of a frame.
+    #[error("the connection ended in the middle of a frame")]
+    Truncated,
+    /// The connection failed.
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes and writes one message as a checked frame of at most `cap` bytes.
+///
+/// # Errors
+/// [`FrameError::Codec`] when the message is too large, [`FrameError::Io`].
+pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    message: &T,
+    cap: usize,
+) -> Result<(), FrameError> {
+    let frame = codec::seal(message, cap)?;
+    w.write_all(&frame).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads and decodes one checked frame of at most `cap` payload bytes; `Ok(None)` when the
+/// peer closed cleanly between frames. The length is checked before anything is allocated,
+/// and the buffer grows only with bytes that actually arrive.
+///
+/// # Errors
+/// [`FrameError`].
+pub async fn read_message<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
+    r: &mut R,
+    cap: usize,
+) -> Result<Option<T>, FrameError> {
+    let mut header = [0u8; HEADER];
+    let mut got = 0;
+    while got < HEADER {
+        match r.read(&mut header[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(FrameError::Truncated),
+            n => got += n,
+        }
+    }
+    if header[0] != FORMAT_VERSION {
+        return Err(CodecError::UnknownVersion { version: header[0] }.into());
+    }
+    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > cap {
+        return Err(CodecError::TooLarge {
+            len: len as u64,
+            cap: cap as u64,
+        }
+        .into());
+    }
+    let total = FRAME_OVERHEAD + len;
+    let mut frame = Vec::with_capacity(total.min(INITIAL_CAPACITY));
+    frame.extend_from_slice(&header);
+    let mut buf = vec![0u8; INITIAL_CAPACITY.min(total)];
+    while frame.len() < total {
+        let want = (total - frame.len()).min(buf.len());
+        match r.read(&mut buf[..want]).await? {
+            0 => return Err(FrameError::Truncated),
+            n => frame.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(Some(codec::open(&frame, cap)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bad_ones_are_refused() {
+        let req = Request::Write {
+            domain: "t1".parse().unwrap(),
+            ops: vec![Op::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            }],
+        };
+        let mut buf = Vec::new();
+        write_message(&mut buf, &req, MAX_REQUEST_BYTES)
+            .await
+            .unwrap();
+        let back: Option<Request> = read_message(&mut buf.as_slice(), MAX_REQUEST_BYTES)
+            .await
+            .unwrap();
+        assert_eq!(back, Some(req));
+        // Too large a length is refused from the header alone.
+        let mut huge = vec![FORMAT_VERSION];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            read_message::<_, Request>(&mut huge.as_slice(), MAX_REQUEST_BYTES).await,
+            Err(FrameError::Codec(CodecError::TooLarge { .. }))
+        ));
+        // A flipped bit fails the CRC; a cut frame is truncated; nothing is a clean end.
+        let mut bad = buf.clone();
+        bad[6] ^= 1;
+        assert!(
+            read_message::<_, Request>(&mut bad.as_slice(), MAX_REQUEST_BYTES)
+                .await
+                .is_err()
+        );
+        assert!(matches!(
+            read_message::<_, Request>(&mut &buf[..buf.len() - 1], MAX_REQUEST_BYTES).await,
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            read_message::<_, Request>(&mut &[][..], MAX_REQUEST_BYTES).await,
+            Ok(None)
+        ));
+    }
+}
