@@ -1,19 +1,30 @@
-//! `domsync`: the operator command. Local mode works directly on a state directory (`--data`).
+//! `domsync`: the operator command. Local mode works directly on a state directory (`--data`);
+//! daemon mode talks to a running `domsyncd` (see [`admin`]).
 
+mod admin;
 mod commands;
 mod demo;
 mod demo_cluster;
 mod gateway;
 mod pki;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 /// Operator command of domsync: domains, keys, policy packages, CRLs, the change log.
+///
+/// Local mode (the default for domain, kv, policy, crl, log, verify) works on a state
+/// directory (--data) that no domsyncd has open. Daemon mode talks to a running domsyncd:
+/// `status`, `promote`, `switchover` and `collisions` always do, through the admin socket
+/// (--socket, default /run/domsync/admin.sock; only the service user and root may use it) or,
+/// with --remote ADDR, over QUIC with an admin certificate (--admin-pki, --admin-id). Giving
+/// --socket or --remote also sends the writes `kv put|del`, `policy install` and `crl put` to
+/// that daemon, which must be the domain's active (a standby refuses, naming the active).
 #[derive(Parser)]
-#[command(name = "domsync", version, about)]
+#[command(name = "domsync", version, about, long_about)]
 struct Cli {
     /// State directory of this node (local mode; the store must not be open in domsyncd).
     #[arg(
@@ -26,6 +37,31 @@ struct Cli {
     /// This node's id, used as the primary of domains created here.
     #[arg(long, global = true, env = "DOMSYNC_NODE", default_value = "local")]
     node: String,
+    /// Daemon mode: admin socket of a running domsyncd [default for status, promote,
+    /// switchover, collisions: /run/domsync/admin.sock]; given, writes go to the daemon too.
+    #[arg(long, global = true, env = "DOMSYNC_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Daemon mode over QUIC (ALPN domsync-admin/1): the node's address, with an admin
+    /// certificate (--admin-pki, --admin-id); writes go to the daemon too.
+    #[arg(
+        long,
+        global = true,
+        env = "DOMSYNC_REMOTE",
+        value_name = "ADDR",
+        conflicts_with = "socket"
+    )]
+    remote: Option<SocketAddr>,
+    /// Directory with ca.pem and admin-<id>.pem/.key, for --remote.
+    #[arg(
+        long,
+        global = true,
+        env = "DOMSYNC_ADMIN_PKI",
+        default_value = "./pki"
+    )]
+    admin_pki: PathBuf,
+    /// The admin's id (certificate domsync://admin/<id>), for --remote.
+    #[arg(long, global = true, env = "DOMSYNC_ADMIN_ID", value_name = "ID")]
+    admin_id: Option<String>,
     #[command(subcommand)]
     command: TopCommand,
 }
@@ -41,6 +77,32 @@ enum TopCommand {
     /// Read a domain as a gateway: `gateway fetch|crl|watch|list --node ID=ADDR --id GW --domain D`.
     #[command(subcommand)]
     Gateway(gateway::GatewayCmd),
+    /// (daemon) Every domain of the running domsyncd: role, epoch, position, placement, and
+    /// per standby its sync status, lag and last successful sync.
+    Status {
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// (daemon) Make this daemon's standby replica of DOMAIN active (manual failover);
+    /// refused while the old active is seen alive or a peer holds more, unless --force.
+    Promote {
+        domain: String,
+        /// Promote anyway (split brain possible; records only the old active holds go to
+        /// its collision archive).
+        #[arg(long)]
+        force: bool,
+    },
+    /// (daemon) Move the active role of DOMAIN from this daemon's node to a standby.
+    Switchover {
+        domain: String,
+        /// The standby node that becomes active.
+        #[arg(long, value_name = "NODE")]
+        to: String,
+    },
+    /// (daemon) The collision archive: list|show|reapply|discard DOMAIN [ID].
+    #[command(subcommand)]
+    Collisions(admin::CollisionsCmd),
 }
 
 #[derive(Subcommand)]
@@ -75,14 +137,78 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+impl Cli {
+    /// The daemon to talk to: `--remote`, else `--socket`, else (when `always`) the default
+    /// socket; `None` selects local mode.
+    fn target(&self, always: bool) -> Result<Option<admin::Target>, String> {
+        if let Some(addr) = self.remote {
+            let id = self.admin_id.clone().ok_or(
+                "--remote needs --admin-id ID (the admin certificate domsync://admin/<ID> in --admin-pki)",
+            )?;
+            return Ok(Some(admin::Target::Remote {
+                addr,
+                pki: self.admin_pki.clone(),
+                id,
+            }));
+        }
+        Ok(match &self.socket {
+            Some(p) => Some(admin::Target::Socket(p.clone())),
+            None if always => Some(admin::Target::Socket(admin::DEFAULT_SOCKET.into())),
+            None => None,
+        })
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let daemon = cli.target(false)?;
+    let target = cli
+        .target(true)?
+        .unwrap_or_else(|| admin::Target::Socket(admin::DEFAULT_SOCKET.into()));
+    match cli.command {
         TopCommand::Pki(cmd) => pki::run(cmd),
         TopCommand::Gateway(cmd) => gateway::run(cmd),
+        TopCommand::Status { json } => admin::status(&target, json),
+        TopCommand::Promote { domain, force } => admin::promote(&target, &domain, force),
+        TopCommand::Switchover { domain, to } => admin::switchover(&target, &domain, &to),
+        TopCommand::Collisions(cmd) => admin::collisions(&target, cmd),
         TopCommand::Store(Command::Demo { dir }) => demo::run(dir),
-        TopCommand::Store(command) => commands::run(&cli.data, &cli.node, command),
-    };
+        TopCommand::Store(command) => match (daemon, command) {
+            (Some(t), Command::Kv(commands::KvCmd::Put { domain, key, value })) => admin::write(
+                &t,
+                &domain,
+                admin::put_ops(key, value),
+                &admin::WriteKind::Put,
+            ),
+            (Some(t), Command::Kv(commands::KvCmd::Del { domain, key })) => admin::write(
+                &t,
+                &domain,
+                vec![domsync::model::Op::Delete {
+                    key: key.into_bytes(),
+                }],
+                &admin::WriteKind::Delete,
+            ),
+            (Some(t), Command::Policy(commands::PolicyCmd::Install { domain, name, file })) => {
+                let content = std::fs::read(&file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                let ops = vec![domsync::model::Op::InstallPolicy {
+                    name: name.clone(),
+                    content,
+                }];
+                admin::write(&t, &domain, ops, &admin::WriteKind::Policy(name))
+            }
+            (Some(t), Command::Crl(commands::CrlCmd::Put { domain, file })) => {
+                admin::write(&t, &domain, admin::crl_ops(&file)?, &admin::WriteKind::Crl)
+            }
+            (Some(_), _) => Err(
+                "only kv put|del, policy install and crl put are sent to a daemon; drop --socket/--remote to work locally on --data".into(),
+            ),
+            (None, command) => commands::run(&cli.data, &cli.node, command),
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let result = run(Cli::parse());
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -1,0 +1,789 @@
+//! Daemon mode: `domsync` talking to a running `domsyncd` over its admin socket (local) or
+//! `domsync-admin/1` (remote, with an admin certificate).
+//!
+//! `status`, `promote`, `switchover` and `collisions` always talk to a daemon: `--remote ADDR`
+//! when given, else the Unix socket (`--socket`, `DOMSYNC_SOCKET`, default
+//! `/run/domsync/admin.sock`). The writes `kv put|del`, `policy install` and `crl put` go to a
+//! daemon only when `--socket` or `--remote` is given (else they work locally on `--data`).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Subcommand;
+use domsync::admin::protocol::{
+    read_message, write_message, AdminError, Answer, ArchivedInfo, DomainReport, Lag, NodeStatus,
+    PlacementState, Request, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES,
+};
+use domsync::model::{Crl, DomainId, NodeId, Op, Position};
+use domsync::net::{self, Identity, PeerRole, TlsFiles, ALPN_ADMIN};
+use domsync::repl::SyncStatus;
+
+use crate::commands::describe_ops;
+
+type Res = Result<ExitCode, Box<dyn std::error::Error>>;
+
+/// Default admin socket of `domsyncd`.
+pub const DEFAULT_SOCKET: &str = "/run/domsync/admin.sock";
+
+/// Exit code when the domain or archived record does not exist.
+const EXIT_NOT_FOUND: u8 = 4;
+
+/// How long connecting to a daemon may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one request may take (a switchover waits for its target).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `domsync collisions ...`.
+#[derive(Subcommand)]
+pub enum CollisionsCmd {
+    /// List the records of a domain's collision archive on the daemon's node.
+    List { domain: String },
+    /// Show one archived record and its ops.
+    Show { domain: String, id: u64 },
+    /// Write an archived record's ops again on the domain's active, then remove it from the
+    /// archive. When the archive is on a standby, name the active's daemon with --on-socket
+    /// or --on-remote.
+    Reapply {
+        domain: String,
+        id: u64,
+        /// Admin socket of the active's daemon (when it is not the daemon holding the archive).
+        #[arg(long, value_name = "PATH", conflicts_with = "on_remote")]
+        on_socket: Option<PathBuf>,
+        /// Address of the active's node for remote admin (with --admin-pki and --admin-id).
+        #[arg(long, value_name = "ADDR")]
+        on_remote: Option<SocketAddr>,
+    },
+    /// Remove an archived record without writing it again.
+    Discard { domain: String, id: u64 },
+}
+
+/// Where the daemon is.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Its admin socket.
+    Socket(PathBuf),
+    /// Its QUIC address, with this admin certificate.
+    Remote {
+        addr: SocketAddr,
+        pki: PathBuf,
+        id: String,
+    },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Socket(p) => write!(f, "admin socket {}", p.display()),
+            Target::Remote { addr, .. } => write!(f, "remote admin {addr}"),
+        }
+    }
+}
+
+enum Conn {
+    Unix(tokio::net::UnixStream),
+    Quic {
+        endpoint: quinn::Endpoint,
+        conn: quinn::Connection,
+    },
+}
+
+/// One connection to a daemon.
+pub struct Session {
+    target: Target,
+    conn: Conn,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+impl Session {
+    async fn open(target: &Target) -> Result<Session, String> {
+        let conn = match target {
+            Target::Socket(path) => {
+                let s = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tokio::net::UnixStream::connect(path),
+                )
+                .await
+                .map_err(|_| format!("cannot reach domsyncd at {target}: no answer in time"))?
+                .map_err(|e| {
+                    format!("cannot reach domsyncd at {target}: {e}; is domsyncd running, and are you its service user or root? (--socket or DOMSYNC_SOCKET names another socket)")
+                })?;
+                Conn::Unix(s)
+            }
+            Target::Remote { addr, pki, id } => {
+                let me = Identity::new(PeerRole::Admin, id).map_err(|e| e.to_string())?;
+                let creds = TlsFiles::in_dir(pki, &me)
+                    .load()
+                    .map_err(|e| e.to_string())?;
+                let client =
+                    net::client_config_for(&creds, ALPN_ADMIN, None).map_err(|e| e.to_string())?;
+                let bind: SocketAddr = if addr.is_ipv4() {
+                    SocketAddr::from(([0, 0, 0, 0], 0))
+                } else {
+                    SocketAddr::from(([0u16; 8], 0))
+                };
+                let endpoint = quinn::Endpoint::client(bind)
+                    .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+                let connecting = endpoint
+                    .connect_with(client, *addr, net::SERVER_NAME)
+                    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+                let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| format!("cannot reach domsyncd at {target}: no answer in time"))?
+                    .map_err(|e| format!("cannot reach domsyncd at {target}: {e}"))?;
+                Conn::Quic { endpoint, conn }
+            }
+        };
+        Ok(Session {
+            target: target.clone(),
+            conn,
+        })
+    }
+
+    async fn call(&mut self, req: &Request) -> Result<Answer, String> {
+        let target = &self.target;
+        let fail = |e: &dyn std::fmt::Display| format!("{target}: {e}");
+        let answer = match &mut self.conn {
+            Conn::Unix(s) => {
+                write_message(s, req, MAX_REQUEST_BYTES)
+                    .await
+                    .map_err(|e| fail(&e))?;
+                read_message::<_, Answer>(s, MAX_ANSWER_BYTES)
+                    .await
+                    .map_err(|e| fail(&e))?
+            }
+            Conn::Quic { conn, .. } => {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| refusal(target, e))?;
+                write_message(&mut send, req, MAX_REQUEST_BYTES)
+                    .await
+                    .map_err(|e| match conn.close_reason() {
+                        Some(r) => refusal(target, r),
+                        None => fail(&e),
+                    })?;
+                let _ = send.finish();
+                read_message::<_, Answer>(&mut recv, MAX_ANSWER_BYTES)
+                    .await
+                    .map_err(|e| match conn.close_reason() {
+                        Some(r) => refusal(target, r),
+                        None => fail(&e),
+                    })?
+            }
+        };
+        answer.ok_or_else(|| format!("{target} closed the connection without an answer"))
+    }
+
+    async fn close(self) {
+        if let Conn::Quic { endpoint, conn } = self.conn {
+            conn.close(0u32.into(), b"done");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+    }
+}
+
+fn refusal(target: &Target, e: quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == net::CLOSE_REFUSED => {
+            format!("{target} refused: {}", String::from_utf8_lossy(&c.reason))
+        }
+        other => format!("{target}: {other}"),
+    }
+}
+
+/// Sends one request and returns the answer (`Answer::Error` included).
+fn call_one(target: &Target, req: &Request) -> Result<Answer, Box<dyn std::error::Error>> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut s = Session::open(target).await?;
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, s.call(req))
+            .await
+            .map_err(|_| format!("{target}: no answer within {REQUEST_TIMEOUT:?}"))??;
+        s.close().await;
+        Ok::<_, Box<dyn std::error::Error>>(answer)
+    })
+}
+
+/// Prints an admin error on one line and picks the exit code.
+fn failed(e: &AdminError) -> ExitCode {
+    eprintln!("domsync: error: {e}");
+    match e {
+        AdminError::UnknownDomain { .. } | AdminError::NoSuchCollision { .. } => {
+            ExitCode::from(EXIT_NOT_FOUND)
+        }
+        _ => ExitCode::from(1),
+    }
+}
+
+fn unexpected(a: &Answer) -> Box<dyn std::error::Error> {
+    format!("unexpected answer from the daemon: {a:?}").into()
+}
+
+fn domain(name: &str) -> Result<DomainId, Box<dyn std::error::Error>> {
+    Ok(name.parse()?)
+}
+
+/// `domsync status [--json]`.
+pub fn status(target: &Target, json: bool) -> Res {
+    match call_one(target, &Request::Status)? {
+        Answer::Status(s) => {
+            if json {
+                println!("{}", status_json(&s));
+            } else {
+                print!("{}", status_table(&s, SystemTime::now()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Answer::Error(e) => Ok(failed(&e)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `domsync promote DOMAIN [--force]`.
+pub fn promote(target: &Target, name: &str, force: bool) -> Res {
+    let req = Request::Promote {
+        domain: domain(name)?,
+        force,
+    };
+    match call_one(target, &req)? {
+        Answer::Promoted {
+            domain,
+            epoch,
+            position,
+            behind_records,
+            unreachable,
+        } => {
+            println!(
+                "promoted {domain}: active in epoch {epoch} from lsn {}",
+                position.lsn
+            );
+            if behind_records > 0 {
+                println!(
+                    "warning: forced while {behind_records} records behind; they go to the collision archive of the replica that holds them"
+                );
+            }
+            if !unreachable.is_empty() {
+                println!("not reached by the guard's probe: {}", join(&unreachable));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Answer::Error(e) => Ok(failed(&e)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `domsync switchover DOMAIN --to NODE`.
+pub fn switchover(target: &Target, name: &str, to: &str) -> Res {
+    let req = Request::Switchover {
+        domain: domain(name)?,
+        to: NodeId::new(to)?,
+    };
+    match call_one(target, &req)? {
+        Answer::SwitchedOver {
+            domain,
+            to,
+            epoch,
+            position,
+            pause_ms,
+        } => {
+            println!(
+                "switched {domain} over to {to}: active in epoch {epoch} at lsn {}, writes paused {pause_ms} ms",
+                position.lsn
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Answer::Error(e) => Ok(failed(&e)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// A write for the daemon: the ops and how to report it.
+pub enum WriteKind {
+    /// `kv put`.
+    Put,
+    /// `kv del`.
+    Delete,
+    /// `policy install NAME`.
+    Policy(String),
+    /// `crl put`.
+    Crl,
+}
+
+/// Builds the ops of `kv put`.
+pub fn put_ops(key: String, value: String) -> Vec<Op> {
+    vec![Op::Put {
+        key: key.into_bytes(),
+        value: value.into_bytes(),
+    }]
+}
+
+/// Builds the ops of `crl put` from a DER file.
+///
+/// # Errors
+/// When the file cannot be read or is not a CRL.
+pub fn crl_ops(file: &std::path::Path) -> Result<Vec<Op>, Box<dyn std::error::Error>> {
+    let der = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    Ok(vec![Op::PutCrl(Crl::from_der(&der)?)])
+}
+
+/// Sends a write to the daemon's active.
+pub fn write(target: &Target, name: &str, ops: Vec<Op>, kind: &WriteKind) -> Res {
+    let req = Request::Write {
+        domain: domain(name)?,
+        ops,
+    };
+    match call_one(target, &req)? {
+        Answer::Written { position, .. } => {
+            match kind {
+                WriteKind::Put => println!("put at {position}"),
+                WriteKind::Delete => println!("deleted at {position}"),
+                WriteKind::Policy(n) => {
+                    println!(
+                        "installed policy {n} version {} at {position}",
+                        position.lsn
+                    )
+                }
+                WriteKind::Crl => println!("CRL stored at {position}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Answer::Error(e) => Ok(failed(&e)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `domsync collisions ...`.
+pub fn collisions(target: &Target, cmd: CollisionsCmd) -> Res {
+    match cmd {
+        CollisionsCmd::List { domain: d } => {
+            match call_one(
+                target,
+                &Request::Collisions {
+                    domain: domain(&d)?,
+                },
+            )? {
+                Answer::Collisions { domain, list } => {
+                    println!(
+                        "{:>6}  {:<14} {:>8}  {:<26} {:>5} {:>9}",
+                        "ID", "EPOCH", "LSN", "WRITTEN", "OPS", "BYTES"
+                    );
+                    for a in &list {
+                        println!("{}", archived_line(a));
+                    }
+                    eprintln!("{} archived records in {domain}", list.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Answer::Error(e) => Ok(failed(&e)),
+                other => Err(unexpected(&other)),
+            }
+        }
+        CollisionsCmd::Show { domain: d, id } => {
+            let req = Request::CollisionShow {
+                domain: domain(&d)?,
+                id,
+            };
+            match call_one(target, &req)? {
+                Answer::Collision { info, ops, .. } => {
+                    println!("{}", archived_line(&info));
+                    for op in &ops {
+                        println!("  {}", describe_ops(std::slice::from_ref(op)));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Answer::Error(e) => Ok(failed(&e)),
+                other => Err(unexpected(&other)),
+            }
+        }
+        CollisionsCmd::Discard { domain: d, id } => {
+            let req = Request::Discard {
+                domain: domain(&d)?,
+                id,
+            };
+            match call_one(target, &req)? {
+                Answer::Discarded { domain, id } => {
+                    println!("discarded record {id} from the collision archive of {domain}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Answer::Error(e) => Ok(failed(&e)),
+                other => Err(unexpected(&other)),
+            }
+        }
+        CollisionsCmd::Reapply {
+            domain: d,
+            id,
+            on_socket,
+            on_remote,
+        } => {
+            let active = match (on_socket, on_remote, target) {
+                (Some(p), _, _) => Some(Target::Socket(p)),
+                (None, Some(addr), Target::Remote { pki, id, .. }) => Some(Target::Remote {
+                    addr,
+                    pki: pki.clone(),
+                    id: id.clone(),
+                }),
+                (None, Some(_), Target::Socket(_)) => {
+                    return Err("--on-remote needs --remote, --admin-pki and --admin-id for the admin certificate".into())
+                }
+                (None, None, _) => None,
+            };
+            reapply(target, active.as_ref(), &domain(&d)?, id)
+        }
+    }
+}
+
+/// Re-applies an archived record: on the archive's own node when it is the active, else the
+/// ops are written on `active` and then discarded from the archive.
+fn reapply(target: &Target, active: Option<&Target>, d: &DomainId, id: u64) -> Res {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut archive = Session::open(target).await?;
+        let here = archive
+            .call(&Request::Reapply {
+                domain: d.clone(),
+                id,
+            })
+            .await?;
+        let ops = match (here, active) {
+            (Answer::Reapplied { position, .. }, _) => {
+                println!("re-applied record {id} of {d} at {position} and removed it from the archive");
+                archive.close().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            (Answer::Error(AdminError::NotActive { active: who, .. }), Some(_)) => {
+                match archive
+                    .call(&Request::CollisionShow {
+                        domain: d.clone(),
+                        id,
+                    })
+                    .await?
+                {
+                    Answer::Collision { ops, .. } => {
+                        if let Some(who) = who {
+                            eprintln!("domsync: the archive's node is not active; writing record {id} on the active ({who})");
+                        }
+                        ops
+                    }
+                    Answer::Error(e) => return Ok(failed(&e)),
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            (Answer::Error(e @ AdminError::NotActive { .. }), None) => {
+                eprintln!("domsync: error: {e}; to re-apply there, add --on-socket PATH or --on-remote ADDR of the active's daemon");
+                return Ok(ExitCode::from(1));
+            }
+            (Answer::Error(e), _) => return Ok(failed(&e)),
+            (other, _) => return Err(unexpected(&other)),
+        };
+        let Some(active) = active else {
+            return Err("no active daemon given".into());
+        };
+        let mut writer = Session::open(active).await?;
+        let position: Position = match writer
+            .call(&Request::Write {
+                domain: d.clone(),
+                ops,
+            })
+            .await?
+        {
+            Answer::Written { position, .. } => position,
+            Answer::Error(e) => return Ok(failed(&e)),
+            other => return Err(unexpected(&other)),
+        };
+        writer.close().await;
+        match archive
+            .call(&Request::Discard {
+                domain: d.clone(),
+                id,
+            })
+            .await?
+        {
+            Answer::Discarded { .. } => {
+                println!("re-applied record {id} of {d} at {position} on {active} and removed it from the archive");
+                archive.close().await;
+                Ok(ExitCode::SUCCESS)
+            }
+            Answer::Error(e) => {
+                eprintln!("domsync: error: record {id} was written again at {position} but not removed from the archive: {e}; run `domsync collisions discard {d} {id}`");
+                Ok(ExitCode::from(1))
+            }
+            other => Err(unexpected(&other)),
+        }
+    })
+}
+
+fn archived_line(a: &ArchivedInfo) -> String {
+    format!(
+        "{:>6}  {:<14} {:>8}  {:<26} {:>5} {:>9}",
+        a.id,
+        a.epoch.to_string(),
+        a.lsn,
+        a.time,
+        a.ops,
+        a.bytes
+    )
+}
+
+fn join(nodes: &[NodeId]) -> String {
+    nodes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ago(now: SystemTime, ms: Option<u64>) -> String {
+    let Some(ms) = ms else {
+        return "never".into();
+    };
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let secs = now_ms.saturating_sub(ms) as f64 / 1000.0;
+    format!("{secs:.1}s ago")
+}
+
+fn lag_text(lag: &Lag) -> String {
+    format!(
+        "{} rec / {} B / {:.3} s",
+        lag.records,
+        lag.bytes,
+        lag.ms as f64 / 1000.0
+    )
+}
+
+/// The status as a table: one line per domain, one indented line per standby (or, on a
+/// standby, for the active it follows).
+pub fn status_table(s: &NodeStatus, now: SystemTime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "node {}", s.node);
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:<14} {:>10}  STATE",
+        "DOMAIN", "ROLE", "EPOCH", "POSITION"
+    );
+    for d in &s.domains {
+        domain_lines(&mut out, d, now);
+    }
+    out
+}
+
+fn domain_lines(out: &mut String, d: &DomainReport, now: SystemTime) {
+    let (role, epoch, lsn) = match &d.replica {
+        Some(r) => (
+            r.role.to_string(),
+            r.epoch.to_string(),
+            r.position.lsn.to_string(),
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    let mut state = match &d.placement {
+        PlacementState::Serving => "serving".to_owned(),
+        PlacementState::Waiting(w) => format!("waiting: {w}"),
+        PlacementState::Failed(f) => format!("FAILED: {f}"),
+    };
+    if d.collisions > 0 {
+        let _ = write!(
+            state,
+            ", {} archived collisions (domsync collisions list {})",
+            d.collisions, d.domain
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:<14} {:>10}  {state}",
+        d.domain.as_str(),
+        role,
+        epoch,
+        lsn
+    );
+    for sb in &d.standbys {
+        let _ = writeln!(
+            out,
+            "  standby {:<14} {:<18} lag {:<28} last sync {}{}",
+            sb.node.as_str(),
+            sb.status.name(),
+            lag_text(&sb.lag),
+            ago(now, sb.last_sync_ms),
+            if sb.connected { "" } else { ", disconnected" }
+        );
+    }
+    if let Some(f) = &d.follower {
+        let _ = writeln!(
+            out,
+            "  follows {:<14} {:<18} lag {:<28} last sync {}{}{}",
+            f.active.as_str(),
+            f.status.name(),
+            lag_text(&f.lag),
+            ago(now, f.last_sync_ms),
+            if f.connected { "" } else { ", disconnected" },
+            f.last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// A JSON value, enough for the status document.
+enum Json {
+    Null,
+    Bool(bool),
+    Num(u64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(&'static str, Json)>),
+}
+
+impl Json {
+    fn s(v: impl ToString) -> Json {
+        Json::Str(v.to_string())
+    }
+
+    fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Json) -> Json {
+        v.map_or(Json::Null, f)
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            Json::Null => out.push_str("null"),
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Json::Num(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Json::Str(s) => {
+                out.push('"');
+                for c in s.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        c if (c as u32) < 0x20 => {
+                            let _ = write!(out, "\\u{:04x}", c as u32);
+                        }
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+            }
+            Json::Arr(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    v.write(out);
+                }
+                out.push(']');
+            }
+            Json::Obj(fields) => {
+                out.push('{');
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    Json::s(k).write(out);
+                    out.push(':');
+                    v.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+fn lag_json(lag: &Lag) -> Json {
+    Json::Obj(vec![
+        ("records", Json::Num(lag.records)),
+        ("bytes", Json::Num(lag.bytes)),
+        ("ms", Json::Num(lag.ms)),
+    ])
+}
+
+fn sync_json(s: &SyncStatus) -> Json {
+    let mut fields = vec![("name", Json::s(s.name()))];
+    match s {
+        SyncStatus::Advanced { records } => fields.push(("records_ahead", Json::Num(*records))),
+        SyncStatus::Collision { fork } => fields.push(("fork_lsn", Json::Num(fork.0))),
+        _ => {}
+    }
+    Json::Obj(fields)
+}
+
+/// The status as one JSON document (for scripts).
+pub fn status_json(s: &NodeStatus) -> String {
+    let domains = s
+        .domains
+        .iter()
+        .map(|d| {
+            let (placement, detail) = match &d.placement {
+                PlacementState::Serving => ("serving", None),
+                PlacementState::Waiting(w) => ("waiting", Some(w)),
+                PlacementState::Failed(f) => ("failed", Some(f)),
+            };
+            let standbys = d
+                .standbys
+                .iter()
+                .map(|sb| {
+                    Json::Obj(vec![
+                        ("node", Json::s(&sb.node)),
+                        ("sync_status", sync_json(&sb.status)),
+                        ("lag", lag_json(&sb.lag)),
+                        ("durable_lsn", Json::Num(sb.durable.0)),
+                        ("last_sync_ms", Json::opt(sb.last_sync_ms, Json::Num)),
+                        ("connected", Json::Bool(sb.connected)),
+                    ])
+                })
+                .collect();
+            let follower = Json::opt(d.follower.as_ref(), |f| {
+                Json::Obj(vec![
+                    ("active", Json::s(&f.active)),
+                    ("sync_status", sync_json(&f.status)),
+                    ("lag", lag_json(&f.lag)),
+                    ("last_sync_ms", Json::opt(f.last_sync_ms, Json::Num)),
+                    ("last_error", Json::opt(f.last_error.as_ref(), Json::s)),
+                    ("connected", Json::Bool(f.connected)),
+                ])
+            });
+            let r = d.replica.as_ref();
+            Json::Obj(vec![
+                ("domain", Json::s(&d.domain)),
+                ("placement", Json::s(placement)),
+                ("placement_detail", Json::opt(detail, Json::s)),
+                ("role", Json::opt(r, |r| Json::s(r.role))),
+                (
+                    "epoch",
+                    Json::opt(r, |r| {
+                        Json::Obj(vec![
+                            ("term", Json::Num(r.epoch.term)),
+                            ("node", Json::s(&r.epoch.node)),
+                        ])
+                    }),
+                ),
+                ("lsn", Json::opt(r, |r| Json::Num(r.position.lsn.0))),
+                (
+                    "chain",
+                    Json::opt(r, |r| Json::Num(u64::from(r.position.chain))),
+                ),
+                ("digest", Json::opt(r, |r| Json::s(&r.digest))),
+                ("collisions", Json::Num(d.collisions)),
+                ("standbys", Json::Arr(standbys)),
+                ("follower", follower),
+            ])
+        })
+        .collect();
+    let doc = Json::Obj(vec![
+        ("node", Json::s(&s.node)),
+        ("domains", Json::Arr(domains)),
+    ]);
+    let mut out = String::new();
+    doc.write(&mut out);
+    out
+}
