@@ -41,8 +41,7 @@
 //!    with no unsafe promotion since it was committed, is never archived and is in the final
 //!    state. A promotion is unsafe when forced; when the guard let it through with a peer
 //!    other than the old active unreachable (it cannot tell what that peer acknowledged);
-//!    when a peer it reached holds records of a newer epoch at a lower lsn (the guard
-//!    compares lsns only, see `GUARD_COMPARES_EPOCHS`); or when it is a switchover's
+//!    or when it is a switchover's
 //!    rollback (`Domain::promote` without the guard) while another node became the highest
 //!    active (the target took over but its answer was lost, or a failover elsewhere). Every
 //!    other acknowledged write is checked; the unsafe ones are counted, and what they lose
@@ -104,12 +103,11 @@ const ANNOUNCE_STEPS: u64 = 100;
 /// How long a switchover waits for its target.
 const SWITCH_TIMEOUT_STEPS: u64 = 150;
 /// Whether the split-brain guard (`promotion::check`) weighs the epoch of a peer's last record,
-/// not only its lsn. It does not (yet): a standby that holds more records of an older epoch
-/// (an old active that stepped down and has not resynced yet) passes the guard against a peer
-/// that holds fewer records of the newer epoch, and its promotion loses the peer's
-/// acknowledged writes. Until it does, such promotions count as unsafe here; set this to
-/// true with the fix and the simulation asserts the guard refuses them.
-const GUARD_COMPARES_EPOCHS: bool = false;
+/// not only its lsn. It does: a standby that holds more records of an older epoch (an old
+/// active that stepped down and has not resynced yet) is refused against a peer holding fewer
+/// records of the newer epoch, whose acknowledged writes its promotion would lose. With this
+/// set the simulation asserts that every such promotion is refused.
+const GUARD_COMPARES_EPOCHS: bool = true;
 /// Whether a rewind archives every record after the fork point. It does not (yet) when the
 /// fork is below the replica's retained log: a replica that was itself resynced from a
 /// snapshot holds the records between the fork and its log start only as state, and a later
@@ -947,7 +945,7 @@ impl Sim {
         let input = GuardInput {
             me: &me,
             epoch: &st.epoch,
-            lsn: st.position.lsn,
+            position: &st.position,
             lag,
             probes: &probes,
             sightings: &[],
@@ -971,13 +969,15 @@ impl Sim {
         if !force {
             for (peer, probe) in &probes {
                 if let PeerProbe::Answered(Some(a)) = probe {
+                    // Positions order by their last record's epoch, then lsn.
                     assert!(
-                        a.position.lsn <= st.position.lsn,
-                        "{}: the guard promoted {} at lsn {} past {peer} at {}",
+                        (&a.position.epoch, a.position.lsn)
+                            <= (&st.position.epoch, st.position.lsn),
+                        "{}: the guard promoted {} at {} past {peer} at {}",
                         self.at(),
                         me,
-                        st.position.lsn,
-                        a.position.lsn
+                        st.position,
+                        a.position
                     );
                     assert!(
                         a.role != Role::Active || a.epoch < st.epoch,
@@ -987,9 +987,9 @@ impl Sim {
                 }
             }
         }
-        // The guard compares lsns only: a peer whose last record is in a newer epoch than
-        // ours holds records we lack even at a lower lsn (a stale active that stepped down
-        // holds more records of an older epoch). See `GUARD_COMPARES_EPOCHS`.
+        // A peer whose last record is in a newer epoch than ours holds records we lack even at
+        // a lower lsn (a stale active that stepped down holds more records of an older
+        // epoch): the guard must have refused. See `GUARD_COMPARES_EPOCHS`.
         let newer_elsewhere = probes.iter().any(|(_, probe)| {
             matches!(probe, PeerProbe::Answered(Some(a))
                 if a.position.epoch > st.position.epoch && a.position.lsn <= st.position.lsn)

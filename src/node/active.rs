@@ -2,6 +2,7 @@
 //! waiting for standby durability.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -9,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::WriteError;
 use super::{lock, to_wall, wall_micros, Node};
-use crate::model::{DomainId, Lsn, NodeId, Op, Position};
+use crate::model::{DomainId, Lsn, NodeId, Op, Position, Role};
 use crate::net::frame::{open_frame, read_frame, write_frame, FrameError};
 use crate::repl::message::{self, MAX_MESSAGE_BYTES};
 use crate::repl::{
@@ -99,6 +100,8 @@ pub(super) struct ActiveDomain {
     shippers: Mutex<BTreeMap<NodeId, Arc<Mutex<Shipper>>>>,
     /// Set when the domain stops being served as active here (step down, shutdown).
     stop: watch::Sender<bool>,
+    /// Records and bytes shipped to standbys since it became active here.
+    shipped: (AtomicU64, AtomicU64),
 }
 
 impl Node {
@@ -115,6 +118,7 @@ impl Node {
             waiting: Mutex::new(waiting),
             shippers: Mutex::new(BTreeMap::new()),
             stop: watch::channel(false).0,
+            shipped: (AtomicU64::new(0), AtomicU64::new(0)),
         });
         if let Some(old) = lock(&self.inner.actives).insert(domain.id().clone(), Arc::clone(&ad)) {
             old.stop();
@@ -136,6 +140,10 @@ impl Node {
             let Ok(status) = ad.domain.status() else {
                 continue;
             };
+            // A demoted active (handing over) announces nothing.
+            if status.role != Role::Active {
+                continue;
+            }
             let silent: Vec<NodeId> = {
                 let shippers = lock(&ad.shippers);
                 ad.config
@@ -227,6 +235,16 @@ impl Node {
         })
     }
 
+    /// Records and bytes shipped to the standbys of `domain` since it became active here
+    /// (`None` when it is not active here).
+    pub fn shipped(&self, domain: &DomainId) -> Option<(u64, u64)> {
+        let ad = self.active(domain)?;
+        Some((
+            ad.shipped.0.load(Ordering::Relaxed),
+            ad.shipped.1.load(Ordering::Relaxed),
+        ))
+    }
+
     /// The sync status of every standby of an active domain (empty when not active here).
     pub fn sync_status(&self, domain: &DomainId) -> Vec<StandbyReport> {
         let Some(ad) = self.active(domain) else {
@@ -286,7 +304,7 @@ impl Node {
                 if let Some(epoch) = epoch {
                     let ours = self.probe_answer(&domain).map(|a| a.epoch);
                     if ours.is_some_and(|o| epoch > o) {
-                        self.step_down(&domain, &epoch).await;
+                        self.learned_epoch(&domain, &epoch).await;
                     }
                 }
                 let answer = Message::ProbeAnswer(self.probe_answer(&domain));
@@ -576,6 +594,8 @@ impl ActiveStream {
         if !self.send_message(&Message::Records(records)).await {
             return None;
         }
+        self.ad.shipped.0.fetch_add(n, Ordering::Relaxed);
+        self.ad.shipped.1.fetch_add(bytes, Ordering::Relaxed);
         Some(lock(&self.shipper).records_sent(last, n, bytes, Instant::now()))
     }
 

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::active::ActiveConfig;
 use super::{lock, Node};
-use crate::model::{DomainId, Epoch, Lsn, NodeId, Position};
+use crate::model::{DomainId, Epoch, Lsn, NodeId, Position, Role};
 use crate::net::frame::{open_frame, read_frame, write_frame};
 use crate::repl::message::{self, MAX_MESSAGE_BYTES};
 use crate::repl::promotion::{self, GuardInput, PeerProbe, Refusal, Seer, Sighting};
@@ -234,7 +234,7 @@ impl Node {
         let input = GuardInput {
             me: self.id(),
             epoch: &here.epoch,
-            lsn: here.position.lsn,
+            position: &here.position,
             lag,
             probes: &probes,
             sightings: &sightings,
@@ -272,8 +272,15 @@ impl Node {
         }
         let behind_records = verdict.behind_records;
         let unreachable = verdict.unreachable;
+        let followed = sd.active();
         self.unfollow(domain);
-        let epoch = off_executor(&replica, Domain::promote).await?;
+        let epoch = match off_executor(&replica, Domain::promote).await {
+            Ok(e) => e,
+            Err(e) => {
+                self.follow(replica, followed);
+                return Err(e.into());
+            }
+        };
         tracing::warn!(domain = %domain, epoch = %epoch, behind_records, forced = force, "promoted to active");
         self.serve_active(replica.clone(), config);
         Ok(Promotion {
@@ -424,12 +431,78 @@ impl Node {
                     pause,
                 })
             }
-            Err(e) => {
-                // Take writes again, in an epoch above the one offered.
-                off_executor(&replica, Domain::promote).await?;
-                tracing::warn!(domain = %domain, error = %e, "switchover failed; still active");
-                Err(e)
+            Err(e) => self.switchover_failed(domain, to, &epoch, replica, e).await,
+        }
+    }
+
+    /// A switchover did not complete: find out who is active before taking writes again. If
+    /// the target did take over (only its answer was lost) or a higher epoch appeared
+    /// meanwhile, this node follows that active instead of making a second one.
+    async fn switchover_failed(
+        &self,
+        domain: &DomainId,
+        to: &NodeId,
+        offered: &Epoch,
+        replica: Domain,
+        error: SwitchoverError,
+    ) -> Result<Switchover, SwitchoverError> {
+        let status = replica.status()?;
+        let took_over = match self.probe(to, domain, None).await {
+            Ok(Some(a)) => a.role == Role::Active && a.epoch >= *offered,
+            _ => false,
+        };
+        let successor = if took_over {
+            Some(to.clone())
+        } else if status.epoch > *offered {
+            Some(status.epoch.node.clone())
+        } else {
+            None
+        };
+        if let Some(active) = successor.filter(|n| n != self.id()) {
+            if let Some(ad) = lock(&self.inner.actives).remove(domain) {
+                ad.stop();
             }
+            tracing::warn!(domain = %domain, active = %active, "switchover answer lost or overtaken: following {active}");
+            self.follow(replica, active);
+            return Err(error);
+        }
+        // Take writes again, in an epoch above the one offered.
+        off_executor(&replica, Domain::promote).await?;
+        tracing::warn!(domain = %domain, error = %error, "switchover failed; still active");
+        Err(error)
+    }
+
+    /// A peer told of a higher `epoch` for `domain`: an active here steps down; a standby
+    /// records the epoch (it acknowledges nothing to a lower active any more) and follows the
+    /// epoch's node. An epoch naming this node is one it is being handed (switchover) and is
+    /// left to the hand-over.
+    pub(super) async fn learned_epoch(&self, domain: &DomainId, epoch: &Epoch) {
+        if epoch.node == *self.id() {
+            return;
+        }
+        if lock(&self.inner.actives).contains_key(domain) {
+            self.step_down(domain, epoch).await;
+            return;
+        }
+        let Some(sd) = lock(&self.inner.standbys).get(domain).cloned() else {
+            return;
+        };
+        let replica = sd.domain().clone();
+        if replica.status().is_ok_and(|s| s.epoch >= *epoch) {
+            return;
+        }
+        let recorded = off_executor(&replica, {
+            let epoch = epoch.clone();
+            move |d| d.demote(&epoch)
+        })
+        .await;
+        if let Err(e) = recorded {
+            tracing::error!(domain = %domain, error = %e, "cannot record a higher epoch");
+            return;
+        }
+        if sd.active() != epoch.node {
+            tracing::info!(domain = %domain, epoch = %epoch, active = %epoch.node, "a higher epoch exists: following its active");
+            self.follow(replica, epoch.node.clone());
         }
     }
 
@@ -451,13 +524,17 @@ impl Node {
                 here.position, take.last
             ));
         }
+        let followed = sd.active();
         self.unfollow(&take.domain);
-        off_executor(&replica, {
+        let promoted = off_executor(&replica, {
             let epoch = take.epoch.clone();
             move |d| d.promote_to(&epoch)
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await;
+        if let Err(e) = promoted {
+            self.follow(replica, followed);
+            return Err(e.to_string());
+        }
         let config = ActiveConfig::new(take.durability, take.standbys.clone());
         self.serve_active(replica, config);
         tracing::info!(domain = %take.domain, from = %from, epoch = %take.epoch, "took over as active");

@@ -53,7 +53,7 @@ impl StandbyDomain {
         self.stop.send_replace(true);
     }
 
-    fn active(&self) -> NodeId {
+    pub(super) fn active(&self) -> NodeId {
         lock(&self.active).clone()
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::message::ProbeAnswer;
-use crate::model::{Epoch, Lsn, NodeId, Role};
+use crate::model::{Epoch, Lsn, NodeId, Position, Role};
 
 /// Who saw an active alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +72,8 @@ pub struct GuardInput<'a> {
     pub me: &'a NodeId,
     /// The highest epoch it has seen for the domain.
     pub epoch: &'a Epoch,
-    /// Its lsn.
-    pub lsn: Lsn,
+    /// Its position: its last record's epoch and lsn.
+    pub position: &'a Position,
     /// What its follower knows of its lag: the active it followed and how many records behind
     /// that active it is (0 when synchronized).
     pub lag: Option<(NodeId, u64)>,
@@ -101,7 +101,8 @@ pub enum Refusal {
         /// How long ago.
         age: Duration,
     },
-    /// Another replica (or the active we followed) holds records we lack.
+    /// Another replica (or the active we followed) holds records we lack: more of the same
+    /// epoch, or any of a newer one.
     Behind {
         /// Who holds more.
         node: NodeId,
@@ -131,7 +132,10 @@ pub struct Verdict {
 ///
 /// Refused without `force` when an active other than `me`, in our epoch or above, answered a
 /// probe itself, or was heard by a peer or a gateway within `window`; or when a peer (or the
-/// active we followed, by our follower's lag) holds records we lack.
+/// active we followed, by our follower's lag) holds records we lack. Positions compare by the
+/// epoch of their last record, then lsn: a peer holding fewer records of a newer epoch is
+/// ahead of a replica holding more of an older one (promoting the latter would lose the
+/// former's writes).
 ///
 /// # Errors
 /// [`Refusal`] naming the first reason (a live active before a lag).
@@ -139,7 +143,7 @@ pub struct Verdict {
 /// # Example
 /// ```
 /// use std::time::Duration;
-/// use domsync::model::{Epoch, Lsn, NodeId};
+/// use domsync::model::{Epoch, Lsn, NodeId, Position};
 /// use domsync::repl::promotion::{check, GuardInput, Refusal, Seer, Sighting};
 ///
 /// let (a, b) = (NodeId::new("a")?, NodeId::new("b")?);
@@ -150,8 +154,9 @@ pub struct Verdict {
 ///     epoch: epoch.clone(),
 ///     age: Duration::from_secs(1),
 /// }];
+/// let here = Position { epoch: epoch.clone(), lsn: Lsn(10), chain: 0 };
 /// let input = GuardInput {
-///     me: &b, epoch: &epoch, lsn: Lsn(10), lag: None, probes: &[], sightings: &seen,
+///     me: &b, epoch: &epoch, position: &here, lag: None, probes: &[], sightings: &seen,
 ///     window: Duration::from_secs(5), force: false,
 /// };
 /// assert!(matches!(check(&input), Err(Refusal::ActiveAlive { .. })));
@@ -160,6 +165,8 @@ pub struct Verdict {
 /// ```
 pub fn check(input: &GuardInput<'_>) -> Result<Verdict, Refusal> {
     let mut verdict = Verdict::default();
+    let here = (&input.position.epoch, input.position.lsn);
+    let mut best = here;
     let relevant = |node: &NodeId, epoch: &Epoch| node != input.me && epoch >= input.epoch;
     for (peer, probe) in input.probes {
         let answer = match probe {
@@ -189,9 +196,10 @@ pub fn check(input: &GuardInput<'_>) -> Result<Verdict, Refusal> {
                 });
             }
         }
-        let there = answer.position.lsn;
-        if there > input.lsn && verdict.ahead.as_ref().is_none_or(|(_, l)| there > *l) {
-            verdict.ahead = Some((peer.clone(), there));
+        let there = (&answer.position.epoch, answer.position.lsn);
+        if there > best {
+            best = there;
+            verdict.ahead = Some((peer.clone(), answer.position.lsn));
         }
     }
     for s in input.sightings {
@@ -201,13 +209,15 @@ pub fn check(input: &GuardInput<'_>) -> Result<Verdict, Refusal> {
     }
     if let (None, Some((active, records))) = (&verdict.ahead, &input.lag) {
         if *records > 0 {
-            verdict.ahead = Some((active.clone(), Lsn(input.lsn.0.saturating_add(*records))));
+            let lsn = input.position.lsn.0.saturating_add(*records);
+            verdict.ahead = Some((active.clone(), Lsn(lsn)));
         }
     }
+    // At least one record when ahead by epoch only (a fork: the count past it is unknown here).
     verdict.behind_records = verdict
         .ahead
         .as_ref()
-        .map_or(0, |(_, l)| l.0.saturating_sub(input.lsn.0));
+        .map_or(0, |(_, l)| l.0.saturating_sub(input.position.lsn.0).max(1));
     if input.force {
         return Ok(verdict);
     }
@@ -223,7 +233,7 @@ pub fn check(input: &GuardInput<'_>) -> Result<Verdict, Refusal> {
         return Err(Refusal::Behind {
             node,
             records: verdict.behind_records,
-            here: input.lsn,
+            here: input.position.lsn,
             there,
         });
     }
@@ -247,16 +257,24 @@ mod tests {
     }
 
     fn answer(role: Role, e: Epoch, lsn: u64, heard: Option<Heard>) -> PeerProbe {
+        answer_at(role, e, at(1, lsn), heard)
+    }
+
+    fn answer_at(role: Role, e: Epoch, position: Position, heard: Option<Heard>) -> PeerProbe {
         PeerProbe::Answered(Some(ProbeAnswer {
             role,
             epoch: e,
-            position: Position {
-                epoch: epoch(1, "a"),
-                lsn: Lsn(lsn),
-                chain: 0,
-            },
+            position,
             heard_active: heard,
         }))
+    }
+
+    fn at(term: u64, lsn: u64) -> Position {
+        Position {
+            epoch: epoch(term, "a"),
+            lsn: Lsn(lsn),
+            chain: 0,
+        }
     }
 
     fn input<'a>(
@@ -265,10 +283,11 @@ mod tests {
         probes: &'a [(NodeId, PeerProbe)],
         sightings: &'a [Sighting],
     ) -> GuardInput<'a> {
+        static TEN: std::sync::OnceLock<Position> = std::sync::OnceLock::new();
         GuardInput {
             me,
             epoch: e,
-            lsn: Lsn(10),
+            position: TEN.get_or_init(|| at(1, 10)),
             lag: None,
             probes,
             sightings,
@@ -357,5 +376,28 @@ mod tests {
             check(&lag),
             Err(Refusal::Behind { records: 3, .. })
         ));
+    }
+
+    #[test]
+    fn fewer_records_of_a_newer_epoch_are_ahead_of_more_of_an_older_one() {
+        let (b, e) = (n("b"), epoch(3, "c"));
+        // `b` holds lsn 12 of epoch 2; `c` holds lsn 10 of epoch 3.
+        let here = at(2, 12);
+        let probes = [(n("c"), answer_at(Role::Standby, e.clone(), at(3, 10), None))];
+        let i = GuardInput {
+            position: &here,
+            ..input(&b, &e, &probes, &[])
+        };
+        assert!(
+            matches!(check(&i), Err(Refusal::Behind { node, records: 1, .. }) if node == n("c"))
+        );
+        // And the other way round: more records of an older epoch are not ahead.
+        let newer = at(3, 10);
+        let probes = [(n("c"), answer_at(Role::Standby, e.clone(), at(2, 12), None))];
+        let i = GuardInput {
+            position: &newer,
+            ..input(&b, &e, &probes, &[])
+        };
+        assert!(check(&i).is_ok());
     }
 }
