@@ -111,12 +111,17 @@ pub struct DomainStatus {
 }
 
 /// Commit counters of a domain's writer since it was opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WriterStats {
     /// Durable redb commits made.
     pub commits: u64,
     /// Records appended to the log (writes and applies).
     pub records: u64,
+    /// Durable commits by latency: `(upper bound in microseconds, count)`, cumulative as
+    /// Prometheus histograms are; the last bound is `u64::MAX`.
+    pub commit_latency: Vec<(u64, u64)>,
+    /// Sum of the commit latencies, microseconds.
+    pub commit_micros: u64,
 }
 
 /// The database of a replica, shared by its readers and its writer.
@@ -454,9 +459,24 @@ impl Domain {
 
     /// Commit counters since the domain was opened.
     pub fn stats(&self) -> WriterStats {
+        let c = &self.inner.counters;
+        let mut total = 0;
+        let bounds = super::writer::COMMIT_BUCKETS_MICROS
+            .iter()
+            .copied()
+            .chain(std::iter::once(u64::MAX));
+        let commit_latency = bounds
+            .zip(c.commit_buckets.iter())
+            .map(|(bound, n)| {
+                total += n.load(Ordering::Relaxed);
+                (bound, total)
+            })
+            .collect();
         WriterStats {
-            commits: self.inner.counters.commits.load(Ordering::Relaxed),
-            records: self.inner.counters.records.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            commit_latency,
+            commit_micros: c.commit_micros.load(Ordering::Relaxed),
         }
     }
 

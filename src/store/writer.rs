@@ -82,11 +82,20 @@ pub(crate) struct Request {
     pub reply: Reply,
 }
 
+/// Upper bounds of the commit latency histogram, in microseconds.
+pub const COMMIT_BUCKETS_MICROS: [u64; 10] = [
+    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+];
+
 /// Counters of the writer, readable from any thread.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub commits: AtomicU64,
     pub records: AtomicU64,
+    /// Durable commit latency: counts per bucket of [`COMMIT_BUCKETS_MICROS`] (and one more
+    /// for slower), and the sum in microseconds.
+    pub commit_buckets: [AtomicU64; COMMIT_BUCKETS_MICROS.len() + 1],
+    pub commit_micros: AtomicU64,
     /// Highest epoch this node has seen for the domain from elsewhere: once above the
     /// replica's own epoch, no write is accepted or acknowledged any more (fencing).
     pub fence: std::sync::Mutex<Option<Epoch>>,
@@ -202,6 +211,7 @@ impl Writer {
     /// inner results are per request.
     fn commit(&mut self, works: Vec<Work>) -> Result<Vec<Outcome>, StoreError> {
         let domain = self.domain.clone();
+        let started = std::time::Instant::now();
         let mut txn = self.db.begin_write().or_storage(&domain)?;
         txn.set_durability(Durability::Immediate)
             .or_storage(&domain)?;
@@ -270,6 +280,15 @@ impl Writer {
             });
         }
         txn.commit().or_storage(&domain)?;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let bucket = COMMIT_BUCKETS_MICROS
+            .iter()
+            .position(|b| micros <= *b)
+            .unwrap_or(COMMIT_BUCKETS_MICROS.len());
+        self.counters.commit_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .commit_micros
+            .fetch_add(micros, Ordering::Relaxed);
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.counters.records.fetch_add(records, Ordering::Relaxed);
         if meta.position != self.meta.position {
