@@ -196,3 +196,49 @@ fn an_invalid_configuration_is_refused_with_every_problem_and_nothing_opened() {
     }
     assert!(!dir.path().join("state").exists(), "something was opened");
 }
+
+#[test]
+fn metrics_are_served_in_the_prometheus_text_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &["t1"], free_port());
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[tls]",
+        &format!("metrics = \"127.0.0.1:{metrics_port}\"\n\n[tls]"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let (notify, sock) = Notify::new(dir.path());
+    let child = start(&config, &sock, None);
+    notify.until("READY=1");
+
+    let get = |path: &str| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.set_read_timeout(Some(GUARD)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let page = get("/metrics");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    for want in [
+        "# TYPE domsync_domain_state gauge",
+        "domsync_domain_state{domain=\"t1\",state=\"active\"} 1",
+        "domsync_domain_epoch_term{domain=\"t1\",node=\"a\"} 1",
+        "domsync_domain_lsn{domain=\"t1\"} 0",
+        "# TYPE domsync_commit_seconds histogram",
+        "domsync_commit_seconds_bucket{domain=\"t1\",le=\"+Inf\"}",
+        "domsync_gateway_requests_total{result=\"forbidden\"} 0",
+        "domsync_gateway_connections 0",
+    ] {
+        assert!(page.contains(want), "{want} missing in\n{page}");
+    }
+    assert!(get("/other").starts_with("HTTP/1.1 404"));
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(child).0, 0);
+}

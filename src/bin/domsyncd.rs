@@ -83,6 +83,11 @@ async fn serve(path: PathBuf, config: Config) -> Result<(), Box<dyn std::error::
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let daemon = Daemon::start(config).await?;
+    if let Some(addr) = daemon.config().node.metrics {
+        domsync::daemon::metrics::serve(addr, Arc::clone(&daemon))
+            .await
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}; change node.metrics"))?;
+    }
     let summary = daemon.summary();
     tracing::info!(node = %daemon.node().id(), listen = ?daemon.node().local_addr().ok(), config = %path.display(), "domsyncd ready: {summary}");
     notify(&[NotifyState::Ready, NotifyState::Status(&summary)]);

@@ -2,6 +2,7 @@
 //! file, parsed and checked as a whole before anything is opened or bound.
 
 mod config;
+pub mod metrics;
 mod run;
 
 pub use config::{

@@ -8,7 +8,7 @@
 //! the domain and pushes what changed; nothing polls.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +58,7 @@ pub(super) type Grants = HashMap<DomainId, BTreeSet<String>>;
 pub(super) struct GatewayCounters {
     connections: AtomicUsize,
     grants_changed: watch::Sender<u64>,
+    results: [AtomicU64; RESULTS.len()],
 }
 
 impl Default for GatewayCounters {
@@ -65,6 +66,7 @@ impl Default for GatewayCounters {
         GatewayCounters {
             connections: AtomicUsize::new(0),
             grants_changed: watch::Sender::new(0),
+            results: Default::default(),
         }
     }
 }
@@ -116,14 +118,38 @@ impl Node {
         self.inner.gateway.connections.load(Ordering::Relaxed)
     }
 
+    /// Gateway answers sent since the node started, by result (see [`RESULTS`]).
+    pub fn gateway_requests(&self) -> Vec<(&'static str, u64)> {
+        RESULTS
+            .iter()
+            .zip(self.inner.gateway.results.iter())
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Writes one answer frame and counts it; `false` when the stream is gone or the answer
+    /// cannot be encoded.
+    async fn respond(&self, send: &mut quinn::SendStream, response: &Response) -> bool {
+        if let Some(i) = result_of(response) {
+            self.inner.gateway.results[i].fetch_add(1, Ordering::Relaxed);
+        }
+        match protocol::encode(response, MAX_RESPONSE_BYTES) {
+            Ok(frame) => write_frame(send, &frame).await.is_ok(),
+            Err(e) => {
+                tracing::error!(error = %e, "gateway answer could not be encoded");
+                false
+            }
+        }
+    }
+
     fn granted(&self, domain: &DomainId, gateway: &str) -> bool {
         lock(&self.inner.grants)
             .get(domain)
             .is_some_and(|s| s.contains(gateway))
     }
 
-    /// The replica of `domain` held here, active or standby.
-    fn replica(&self, domain: &DomainId) -> Option<Domain> {
+    /// The replica of `domain` served here, active or standby.
+    pub fn replica(&self, domain: &DomainId) -> Option<Domain> {
         lock(&self.inner.actives)
             .get(domain)
             .map(|ad| ad.domain().clone())
@@ -179,7 +205,8 @@ impl Node {
                             "{} requests in progress on this connection (the limit)",
                             limits.max_streams_per_connection
                         );
-                        respond(&mut send, &Response::Refused(Refusal::Busy(why))).await;
+                        node.respond(&mut send, &Response::Refused(Refusal::Busy(why)))
+                            .await;
                         drop(send.finish());
                         drop(recv);
                     });
@@ -203,7 +230,8 @@ impl Node {
                 Ok(Err(e @ (FrameError::Codec(_) | FrameError::Truncated))) => {
                     tracing::warn!(gateway, error = %e, "gateway request refused");
                     let why = format!("{e} (requests are at most {cap} bytes)");
-                    respond(&mut send, &Response::Refused(Refusal::BadRequest(why))).await;
+                    self.respond(&mut send, &Response::Refused(Refusal::BadRequest(why)))
+                        .await;
                     drop(send.finish());
                     drop(recv.stop(RESET_BAD_REQUEST.into()));
                     return;
@@ -219,14 +247,15 @@ impl Node {
             Err(e) => {
                 tracing::warn!(gateway, error = %e, "gateway request refused");
                 let why = format!("undecodable request: {e}");
-                respond(&mut send, &Response::Refused(Refusal::BadRequest(why))).await;
+                self.respond(&mut send, &Response::Refused(Refusal::BadRequest(why)))
+                    .await;
                 drop(send.finish());
                 return;
             }
         };
         let answer = self.answer(gateway, request, &mut send).await;
         if let Err(refusal) = answer {
-            respond(&mut send, &Response::Refused(refusal)).await;
+            self.respond(&mut send, &Response::Refused(refusal)).await;
         }
         drop(send.finish());
         // Let the gateway read the end of the answer before the stream is dropped.
@@ -263,7 +292,7 @@ impl Node {
             Query::ListPolicies => {
                 let read = replica.policies().map_err(unavailable)?;
                 let served = self.served(read.role, read.epoch.clone(), read.position);
-                respond(
+                self.respond(
                     send,
                     &Response::Policies {
                         served,
@@ -285,7 +314,7 @@ impl Node {
                         let status = replica.status().map_err(unavailable)?;
                         let served =
                             self.served(status.role, status.epoch.clone(), status.position);
-                        respond(send, &Response::Behind { served }).await;
+                        self.respond(send, &Response::Behind { served }).await;
                         return Ok(());
                     }
                 }
@@ -297,7 +326,7 @@ impl Node {
                 let read = replica.crls().map_err(unavailable)?;
                 let served = self.served(read.role, read.epoch.clone(), read.position);
                 let list = read.value.iter().map(CrlInfo::from).collect();
-                respond(send, &Response::Crls { served, list }).await;
+                self.respond(send, &Response::Crls { served, list }).await;
                 Ok(())
             }
             Query::GetCrl {
@@ -313,7 +342,7 @@ impl Node {
                     }
                     Some(crl) => Response::Crl { served, crl },
                 };
-                respond(send, &response).await;
+                self.respond(send, &response).await;
                 Ok(())
             }
             Query::Watch { policies, crls } => {
@@ -345,16 +374,19 @@ impl Node {
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         let served = self.served(read.role, read.epoch.clone(), read.position);
         let Some(reader) = read.value else {
-            respond(send, &Response::NotFound { served }).await;
+            self.respond(send, &Response::NotFound { served }).await;
             return Ok(None);
         };
         let version = reader.info.stamp();
         if held.is_some_and(|h| version <= *h) {
-            respond(send, &Response::NotModified { served }).await;
+            self.respond(send, &Response::NotModified { served }).await;
             return Ok(None);
         }
         let info = reader.info.clone();
-        if !respond(send, &Response::PolicyBegin { served, info }).await {
+        if !self
+            .respond(send, &Response::PolicyBegin { served, info })
+            .await
+        {
             return Ok(None);
         }
         let mut hash = Sha256::new();
@@ -368,7 +400,7 @@ impl Node {
             }
             offset += piece.len() as u64;
             hash.update(&piece);
-            if !respond(send, &Response::Chunk(piece)).await {
+            if !self.respond(send, &Response::Chunk(piece)).await {
                 return Ok(None);
             }
         }
@@ -378,7 +410,7 @@ impl Node {
                 "the stored content of package {name} is corrupt here"
             )));
         }
-        respond(send, &Response::PolicyEnd).await;
+        self.respond(send, &Response::PolicyEnd).await;
         Ok(Some(version))
     }
 
@@ -455,7 +487,10 @@ impl Node {
                         let served =
                             self.served(read.role, read.epoch.clone(), read.position.clone());
                         let name = name.clone();
-                        if !respond(send, &Response::Removed { served, name }).await {
+                        if !self
+                            .respond(send, &Response::Removed { served, name })
+                            .await
+                        {
                             return false;
                         }
                         *held = None;
@@ -489,7 +524,7 @@ impl Node {
                     }
                     (None, None) => continue,
                 };
-                if !respond(send, &response).await {
+                if !self.respond(send, &response).await {
                     return false;
                 }
             }
@@ -526,13 +561,36 @@ async fn reached(replica: &Domain, at_least: &Position, wait: Duration) -> bool 
         .is_ok_and(|r| r.is_ok())
 }
 
-/// Writes one answer frame; `false` when the stream is gone or the answer cannot be encoded.
-async fn respond(send: &mut quinn::SendStream, response: &Response) -> bool {
-    match protocol::encode(response, MAX_RESPONSE_BYTES) {
-        Ok(frame) => write_frame(send, &frame).await.is_ok(),
-        Err(e) => {
-            tracing::error!(error = %e, "gateway answer could not be encoded");
-            false
-        }
-    }
+/// What a gateway answer counts as, for metrics; `None` for the pieces of a package.
+fn result_of(response: &Response) -> Option<usize> {
+    let name = match response {
+        Response::Policies { .. } | Response::Crls { .. } => "list",
+        Response::PolicyBegin { .. } => "package",
+        Response::Crl { .. } => "crl",
+        Response::NotModified { .. } => "not_modified",
+        Response::NotFound { .. } => "not_found",
+        Response::Behind { .. } => "behind",
+        Response::Removed { .. } => "removed",
+        Response::Refused(Refusal::Forbidden) => "forbidden",
+        Response::Refused(Refusal::BadRequest(_)) => "bad_request",
+        Response::Refused(Refusal::Busy(_)) => "busy",
+        Response::Refused(Refusal::Unavailable(_)) => "unavailable",
+        Response::Chunk(_) | Response::PolicyEnd => return None,
+    };
+    RESULTS.iter().position(|r| *r == name)
 }
+
+/// The results gateway answers are counted by.
+pub const RESULTS: [&str; 11] = [
+    "list",
+    "package",
+    "crl",
+    "not_modified",
+    "not_found",
+    "behind",
+    "removed",
+    "forbidden",
+    "bad_request",
+    "busy",
+    "unavailable",
+];
