@@ -3,6 +3,7 @@
 
 mod config;
 pub mod metrics;
+pub mod placement;
 mod run;
 
 pub use config::{
