@@ -153,12 +153,14 @@ impl Session {
         let fail = |e: &dyn std::fmt::Display| format!("{target}: {e}");
         let answer = match &mut self.conn {
             Conn::Unix(s) => {
-                write_message(s, req, MAX_REQUEST_BYTES)
-                    .await
-                    .map_err(|e| fail(&e))?;
-                read_message::<_, Answer>(s, MAX_ANSWER_BYTES)
-                    .await
-                    .map_err(|e| fail(&e))?
+                let sent = write_message(s, req, MAX_REQUEST_BYTES).await;
+                // A refused client finds the refusal waiting even when its request bounced.
+                let read = read_message::<_, Answer>(s, MAX_ANSWER_BYTES).await;
+                match (sent, read) {
+                    (_, Ok(Some(answer))) => Some(answer),
+                    (Err(e), _) => return Err(fail(&e)),
+                    (Ok(()), r) => r.map_err(|e| fail(&e))?,
+                }
             }
             Conn::Quic { conn, .. } => {
                 let (mut send, mut recv) = conn.open_bi().await.map_err(|e| refusal(target, e))?;

@@ -1,0 +1,767 @@
+//! Administration of real `domsyncd` processes through the `domsync` CLI: status (table and
+//! JSON), writes sent to the active, promote and switchover on two nodes, and who may
+//! administer: the Unix socket (mode 0600, service user and root only) and the remote ALPN
+//! `domsync-admin/1` (admin certificates only; node and gateway certificates are refused).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use domsync::admin::protocol::{self, Answer, Request, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
+use domsync::net::{self, pki, Identity, PeerRole, TlsFiles, ALPN_ADMIN};
+
+/// Hang guard only.
+const GUARD: Duration = Duration::from_secs(60);
+
+const CRL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crl/fixture-ca-2.der");
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A test cluster's files: PKI, one config per node.
+struct Cluster {
+    dir: tempfile::TempDir,
+    ports: BTreeMap<&'static str, u16>,
+}
+
+impl Cluster {
+    fn new(nodes: &[&'static str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let pki_dir = dir.path().join("pki");
+        pki::init_ca(&pki_dir).unwrap();
+        for n in nodes {
+            pki::issue(&pki_dir, PeerRole::Node, n, &pki_dir, 30).unwrap();
+        }
+        pki::issue(&pki_dir, PeerRole::Gateway, "g", &pki_dir, 30).unwrap();
+        pki::issue(&pki_dir, PeerRole::Admin, "ops", &pki_dir, 30).unwrap();
+        let ports = nodes.iter().map(|n| (*n, free_port())).collect();
+        Cluster { dir, ports }
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    fn socket(&self, node: &str) -> PathBuf {
+        self.dir.path().join(node).join("run/admin.sock")
+    }
+
+    fn addr(&self, node: &str) -> String {
+        format!("127.0.0.1:{}", self.ports[node])
+    }
+
+    /// Writes the configuration of `me`: every domain as `(name, replicas)`.
+    fn config(&self, me: &str, domains: &[(&str, &[&str])]) -> PathBuf {
+        let pki = self.pki();
+        let mut text = format!(
+            r#"
+[node]
+id = "{me}"
+state_dir = "{state}"
+listen = "127.0.0.1:{port}"
+admin_socket = "{socket}"
+
+[tls]
+ca = "{pki}/ca.pem"
+cert = "{pki}/node-{me}.pem"
+key = "{pki}/node-{me}.key"
+
+[limits]
+guard_window_ms = 300
+"#,
+            state = self.dir.path().join(me).join("state").display(),
+            port = self.ports[me],
+            socket = self.socket(me).display(),
+            pki = pki.display(),
+        );
+        for (peer, port) in &self.ports {
+            if *peer != me {
+                text.push_str(&format!(
+                    "\n[[peers]]\nid = \"{peer}\"\naddress = \"127.0.0.1:{port}\"\n"
+                ));
+            }
+        }
+        for (name, replicas) in domains {
+            let list = replicas
+                .iter()
+                .map(|r| format!("\"{r}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            text.push_str(&format!(
+                "\n[[domains]]\nname = \"{name}\"\nreplicas = [{list}]\ndurability = \"local\"\ngateways = [\"g\"]\n"
+            ));
+        }
+        let path = self.dir.path().join(format!("{me}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts `domsyncd` for `me` and waits for READY=1.
+    fn start(&self, me: &str, domains: &[(&str, &[&str])]) -> Daemon {
+        let config = self.config(me, domains);
+        let notify_path = self.dir.path().join(format!("{me}-notify.sock"));
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(GUARD)).unwrap();
+        let log = self.dir.path().join(format!("{me}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_domsyncd"))
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            child,
+            log,
+            socket: self.socket(me),
+        };
+        let deadline = Instant::now() + GUARD;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "{me} not ready: {}",
+                daemon.log()
+            );
+            let n = notify
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("{me} not ready ({e}): {}", daemon.log()));
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                return daemon;
+            }
+        }
+    }
+}
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(mut cmd: Command) -> Out {
+    let out = cmd.output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn domsync_cmd(socket: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_domsync"));
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("DOMSYNC_SOCKET")
+        .env_remove("DOMSYNC_REMOTE");
+    cmd
+}
+
+/// `domsync --socket SOCKET ARGS`.
+fn domsync(socket: &Path, args: &[&str]) -> Out {
+    run(domsync_cmd(socket, args))
+}
+
+fn ok(socket: &Path, args: &[&str]) -> String {
+    let out = domsync(socket, args);
+    assert_eq!(
+        out.code, 0,
+        "domsync {args:?}: {}{}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
+
+/// A minimal JSON reader (the crate has no JSON dependency): enough to check that
+/// `status --json` is a well-formed document and to read its fields.
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn parse(text: &str) -> Json {
+        let b = text.trim().as_bytes();
+        let (v, rest) = Json::value(b);
+        assert!(rest.is_empty(), "trailing bytes after the JSON document");
+        v
+    }
+
+    fn ws(mut b: &[u8]) -> &[u8] {
+        while let [c, rest @ ..] = b {
+            if !c.is_ascii_whitespace() {
+                break;
+            }
+            b = rest;
+        }
+        b
+    }
+
+    fn value(b: &[u8]) -> (Json, &[u8]) {
+        let b = Json::ws(b);
+        match b.first() {
+            Some(b'n') if b.starts_with(b"null") => (Json::Null, &b[4..]),
+            Some(b't') if b.starts_with(b"true") => (Json::Bool(true), &b[4..]),
+            Some(b'f') if b.starts_with(b"false") => (Json::Bool(false), &b[5..]),
+            Some(b'"') => {
+                let (s, rest) = Json::string(b);
+                (Json::Str(s), rest)
+            }
+            Some(b'[') => {
+                let mut items = Vec::new();
+                let mut b = Json::ws(&b[1..]);
+                if let Some(rest) = b.strip_prefix(b"]") {
+                    return (Json::Arr(items), rest);
+                }
+                loop {
+                    let (v, rest) = Json::value(b);
+                    items.push(v);
+                    let rest = Json::ws(rest);
+                    match rest.first() {
+                        Some(b',') => b = &rest[1..],
+                        Some(b']') => return (Json::Arr(items), &rest[1..]),
+                        _ => panic!("bad JSON array"),
+                    }
+                }
+            }
+            Some(b'{') => {
+                let mut fields = Vec::new();
+                let mut b = Json::ws(&b[1..]);
+                if let Some(rest) = b.strip_prefix(b"}") {
+                    return (Json::Obj(fields), rest);
+                }
+                loop {
+                    let (k, rest) = Json::string(Json::ws(b));
+                    let rest = Json::ws(rest);
+                    assert_eq!(rest.first(), Some(&b':'), "bad JSON object");
+                    let (v, rest) = Json::value(&rest[1..]);
+                    fields.push((k, v));
+                    let rest = Json::ws(rest);
+                    match rest.first() {
+                        Some(b',') => b = &rest[1..],
+                        Some(b'}') => return (Json::Obj(fields), &rest[1..]),
+                        _ => panic!("bad JSON object"),
+                    }
+                }
+            }
+            _ => {
+                let end = b
+                    .iter()
+                    .position(|c| !(c.is_ascii_digit() || b"-+.eE".contains(c)))
+                    .unwrap_or(b.len());
+                assert!(end > 0, "bad JSON value");
+                let n = std::str::from_utf8(&b[..end]).unwrap().parse().unwrap();
+                (Json::Num(n), &b[end..])
+            }
+        }
+    }
+
+    fn string(b: &[u8]) -> (String, &[u8]) {
+        assert_eq!(b.first(), Some(&b'"'), "expected a JSON string");
+        let mut out = Vec::new();
+        let mut i = 1;
+        loop {
+            match b[i] {
+                b'"' => return (String::from_utf8(out).unwrap(), &b[i + 1..]),
+                b'\\' => {
+                    i += 1;
+                    match b[i] {
+                        b'n' => out.push(b'\n'),
+                        b't' => out.push(b'\t'),
+                        b'r' => out.push(b'\r'),
+                        b'u' => {
+                            let hex = std::str::from_utf8(&b[i + 1..i + 5]).unwrap();
+                            let c = char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap();
+                            out.extend_from_slice(c.to_string().as_bytes());
+                            i += 4;
+                        }
+                        c => out.push(c),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+    }
+
+    fn get(&self, key: &str) -> &Json {
+        match self {
+            Json::Obj(f) => &f.iter().find(|(k, _)| k == key).unwrap().1,
+            other => panic!("{other:?} is not an object"),
+        }
+    }
+
+    fn arr(&self) -> &[Json] {
+        match self {
+            Json::Arr(a) => a,
+            other => panic!("{other:?} is not an array"),
+        }
+    }
+
+    fn str(&self) -> &str {
+        match self {
+            Json::Str(s) => s,
+            other => panic!("{other:?} is not a string"),
+        }
+    }
+
+    fn num(&self) -> f64 {
+        match self {
+            Json::Num(n) => *n,
+            other => panic!("{other:?} is not a number"),
+        }
+    }
+}
+
+fn status_json(socket: &Path) -> Json {
+    Json::parse(&ok(socket, &["status", "--json"]))
+}
+
+fn domain_of<'a>(status: &'a Json, name: &str) -> &'a Json {
+    status
+        .get("domains")
+        .arr()
+        .iter()
+        .find(|d| d.get("domain").str() == name)
+        .unwrap_or_else(|| panic!("{name} not in {status:?}"))
+}
+
+/// Waits until `check` holds for the JSON status of `socket`.
+fn wait_status(socket: &Path, what: &str, check: impl Fn(&Json) -> bool) -> Json {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let s = status_json(socket);
+        if check(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn status_and_writes_through_the_admin_socket() {
+    let c = Cluster::new(&["a"]);
+    let a = c.start("a", &[("t1", &["a"]), ("t2", &["a"])]);
+    let sock = &a.socket;
+    let mode = std::fs::metadata(sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin socket mode {mode:o}");
+
+    // Writes through the CLI land on the daemon's active.
+    assert!(ok(sock, &["kv", "put", "t1", "k", "v"]).starts_with("put at lsn 1"));
+    let policy = c.dir.path().join("edge.pol");
+    std::fs::write(&policy, b"allow 443").unwrap();
+    let out = ok(
+        sock,
+        &["policy", "install", "t1", "edge", policy.to_str().unwrap()],
+    );
+    assert!(out.starts_with("installed policy edge version 2"), "{out}");
+    assert!(ok(sock, &["crl", "put", "t1", CRL]).starts_with("CRL stored at lsn 3"));
+    assert!(ok(sock, &["kv", "del", "t1", "k"]).starts_with("deleted at lsn 4"));
+
+    // The table names every domain with role, epoch and position.
+    let table = ok(sock, &["status"]);
+    assert!(table.starts_with("node a\n"), "{table}");
+    let line = |d: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(d))
+            .unwrap_or_else(|| panic!("{d} missing: {table}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(line("t1")[..5], ["t1", "active", "1@a", "4", "serving"]);
+    assert_eq!(line("t2")[..5], ["t2", "active", "1@a", "0", "serving"]);
+    let s = status_json(sock);
+    assert_eq!(s.get("node").str(), "a");
+    assert_eq!(s.get("domains").arr().len(), 2);
+    let t1 = domain_of(&s, "t1");
+    assert_eq!(t1.get("role").str(), "active");
+    assert_eq!(t1.get("lsn").num(), 4.0);
+    assert_eq!(t1.get("epoch").get("node").str(), "a");
+    assert_eq!(t1.get("digest").str().len(), 64);
+
+    // One-line errors and exit codes.
+    let out = domsync(sock, &["kv", "put", "nope", "k", "v"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("domsync: error: domain nope is not held by node a"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1);
+    let older = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crl/fixture-ca-1.der");
+    let out = domsync(sock, &["crl", "put", "t1", older]);
+    assert_eq!(out.code, 1);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("lower than the stored 2"),
+        "{}",
+        out.stderr
+    );
+    let out = domsync(sock, &["collisions", "show", "t1", "7"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let out = ok(sock, &["collisions", "list", "t1"]);
+    assert_eq!(out.lines().count(), 1, "only the header: {out}");
+    let gone = c.dir.path().join("nowhere.sock");
+    let out = domsync(&gone, &["status"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("cannot reach domsyncd"),
+        "{}",
+        out.stderr
+    );
+
+    // Without --socket, writes still work locally on a state directory.
+    let local = c.dir.path().join("local");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_domsync"));
+    cmd.env_remove("DOMSYNC_SOCKET").arg("--data").arg(&local);
+    let out = run({
+        let mut c2 = Command::new(env!("CARGO_BIN_EXE_domsync"));
+        c2.env_remove("DOMSYNC_SOCKET")
+            .arg("--data")
+            .arg(&local)
+            .args(["domain", "create", "x"]);
+        c2
+    });
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run({
+        cmd.args(["kv", "put", "x", "k", "v"]);
+        cmd
+    });
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // The socket goes away with the daemon.
+    let mut a = a;
+    let pid = a.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = a.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", a.log());
+    assert!(!a.socket.exists(), "socket left behind");
+}
+
+#[test]
+fn a_foreign_user_on_the_admin_socket_is_refused() {
+    let c = Cluster::new(&["a"]);
+    let a = c.start("a", &[("t1", &["a"])]);
+    let sock = &a.socket;
+    let mode = std::fs::metadata(sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin socket mode {mode:o}");
+    if !is_root() {
+        eprintln!("not root: cannot run the client as another user; only the mode was checked");
+        return;
+    }
+    // Let `nobody` reach the socket's directory: only the socket's own mode stops it.
+    for d in [
+        c.dir.path().to_path_buf(),
+        c.dir.path().join("a"),
+        c.dir.path().join("a/run"),
+    ] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    const NOBODY: u32 = 65534;
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = domsync_cmd(sock, args);
+        cmd.uid(NOBODY).gid(NOBODY);
+        run(cmd)
+    };
+    // Mode 0600: the kernel refuses the connection.
+    let out = as_nobody(&["status"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("cannot reach domsyncd"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.to_lowercase().contains("permission denied"),
+        "{}",
+        out.stderr
+    );
+    // Even with the socket opened up, the daemon checks the peer's uid and refuses.
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for args in [&["status"][..], &["kv", "put", "t1", "k", "v"]] {
+        let out = as_nobody(args);
+        assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(
+            out.stderr
+                .starts_with("domsync: error: refused: uid 65534 may not administer this node"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(
+        a.log()
+            .contains("admin connection refused: not the service user or root"),
+        "{}",
+        a.log()
+    );
+    // Root (the service user here) is served; nothing was written by the refused client.
+    let s = status_json(sock);
+    assert_eq!(domain_of(&s, "t1").get("lsn").num(), 0.0);
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Sends one admin request over QUIC with the certificate of `who`; the answer, or the reason
+/// the node closed the connection.
+async fn remote_request(pki: &Path, who: &Identity, addr: &str) -> Result<Answer, String> {
+    let creds = TlsFiles::in_dir(pki, who).load().unwrap();
+    let client = net::client_config_for(&creds, ALPN_ADMIN, None).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(client, addr.parse().unwrap(), net::SERVER_NAME)
+        .unwrap()
+        .await
+        .map_err(|e| e.to_string())?;
+    let attempt = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        protocol::write_message(&mut send, &Request::Status, MAX_REQUEST_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        protocol::read_message::<_, Answer>(&mut recv, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no answer".to_string())
+    };
+    let result = tokio::time::timeout(GUARD, attempt)
+        .await
+        .map_err(|_| "hang".to_string())?;
+    match (result, conn.close_reason()) {
+        (_, Some(quinn::ConnectionError::ApplicationClosed(c))) => Err(format!(
+            "closed {}: {}",
+            c.error_code,
+            String::from_utf8_lossy(&c.reason)
+        )),
+        (r, _) => r,
+    }
+}
+
+#[test]
+fn remote_admin_takes_admin_certificates_only() {
+    let c = Cluster::new(&["a", "b"]);
+    let a = c.start("a", &[("t1", &["a"])]);
+    let addr = c.addr("a");
+    let pki = c.pki();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = Identity::new(PeerRole::Admin, "ops").unwrap();
+    match rt.block_on(remote_request(&pki, &admin, &addr)) {
+        Ok(Answer::Status(s)) => assert_eq!(s.node.as_str(), "a"),
+        other => panic!("admin refused: {other:?}"),
+    }
+    for who in [
+        Identity::new(PeerRole::Gateway, "g").unwrap(),
+        Identity::new(PeerRole::Node, "b").unwrap(),
+    ] {
+        let got = rt.block_on(remote_request(&pki, &who, &addr));
+        let Err(why) = got else {
+            panic!("{who} was served: {got:?}");
+        };
+        assert!(
+            why.contains(&net::CLOSE_REFUSED.to_string()) && why.contains("admin"),
+            "{who}: {why}"
+        );
+    }
+    drop(rt);
+    let log = a.log();
+    assert!(
+        log.contains("domsync://gateway/g") && log.contains("domsync://node/b"),
+        "refusals not logged: {log}"
+    );
+
+    // The CLI over --remote: an admin works, a gateway's certificate is refused.
+    let remote = |id: &str, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_domsync"));
+        cmd.env_remove("DOMSYNC_SOCKET")
+            .args(["--remote", &addr, "--admin-pki"])
+            .arg(&pki)
+            .args(["--admin-id", id])
+            .args(args);
+        run(cmd)
+    };
+    let out = remote("ops", &["kv", "put", "t1", "k", "v"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = remote("ops", &["status"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("t1"), "{}", out.stdout);
+    // A gateway certificate under an admin's file name is still a gateway's.
+    std::fs::copy(pki.join("gateway-g.pem"), pki.join("admin-fake.pem")).unwrap();
+    std::fs::copy(pki.join("gateway-g.key"), pki.join("admin-fake.key")).unwrap();
+    let out = remote("fake", &["status"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("refused"), "{}", out.stderr);
+}
+
+/// Waits until both nodes report `t1` at the same lsn with the same digest.
+fn converged(a: &Path, b: &Path, lsn: f64) {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let (sa, sb) = (status_json(a), status_json(b));
+        let (da, db) = (domain_of(&sa, "t1"), domain_of(&sb, "t1"));
+        if da.get("lsn").num() == lsn
+            && db.get("lsn").num() == lsn
+            && da.get("digest") == db.get("digest")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence at lsn {lsn}: {da:?} {db:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn promote_and_switchover_through_the_cli_on_two_nodes() {
+    let c = Cluster::new(&["a", "b"]);
+    let domains: &[(&str, &[&str])] = &[("t1", &["a", "b"])];
+    let mut b = c.start("b", domains);
+    let a = c.start("a", domains);
+    let (sa, sb) = (a.socket.clone(), b.socket.clone());
+    wait_status(&sa, "t1 created on a", |s| {
+        domain_of(s, "t1").get("role") == &Json::Str("active".into())
+    });
+    for i in 0..5 {
+        ok(&sa, &["kv", "put", "t1", &format!("k{i}"), "v"]);
+    }
+    converged(&sa, &sb, 5.0);
+    // a's table shows b synchronized; b's shows it following a.
+    let s = wait_status(&sa, "b synchronized", |s| {
+        domain_of(s, "t1")
+            .get("standbys")
+            .arr()
+            .first()
+            .is_some_and(|sb| sb.get("sync_status").get("name").str() == "Synchronized")
+    });
+    let sbj = domain_of(&s, "t1").get("standbys").arr()[0].clone();
+    assert_eq!(sbj.get("node").str(), "b");
+    assert_eq!(sbj.get("lag").get("records").num(), 0.0);
+    assert!(matches!(sbj.get("last_sync_ms"), Json::Num(_)), "{sbj:?}");
+    let table = ok(&sa, &["status"]);
+    assert!(
+        table.contains("  standby b") && table.contains("Synchronized"),
+        "{table}"
+    );
+    let table = ok(&sb, &["status"]);
+    assert!(table.contains("  follows a"), "{table}");
+
+    // A write sent to the standby's daemon is refused, naming the active.
+    let out = domsync(&sb, &["kv", "put", "t1", "x", "y"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("domain t1 is not active on node b: its active is a"),
+        "{}",
+        out.stderr
+    );
+    let out = domsync(&sb, &["switchover", "t1", "--to", "a"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("not active on this node"),
+        "{}",
+        out.stderr
+    );
+
+    // Switchover a -> b through a's daemon.
+    let out = ok(&sa, &["switchover", "t1", "--to", "b"]);
+    assert!(out.starts_with("switched t1 over to b"), "{out}");
+    wait_status(&sb, "b active", |s| {
+        domain_of(s, "t1").get("role") == &Json::Str("active".into())
+    });
+    ok(&sb, &["kv", "put", "t1", "after-switchover", "1"]);
+    let out = domsync(&sa, &["kv", "put", "t1", "x", "y"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("its active is b"), "{}", out.stderr);
+    converged(&sa, &sb, 6.0);
+
+    // b is lost; a is promoted through its daemon once the guard no longer hears b.
+    b.kill();
+    let deadline = Instant::now() + GUARD;
+    let promoted = loop {
+        let out = domsync(&sa, &["promote", "t1"]);
+        if out.code == 0 {
+            break out.stdout;
+        }
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(Instant::now() < deadline, "never promoted: {}", out.stderr);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        promoted.starts_with("promoted t1: active in epoch"),
+        "{promoted}"
+    );
+    ok(&sa, &["kv", "put", "t1", "after-promote", "1"]);
+    let s = status_json(&sa);
+    assert_eq!(domain_of(&s, "t1").get("role").str(), "active");
+    assert_eq!(domain_of(&s, "t1").get("lsn").num(), 7.0);
+
+    // b comes back, learns the higher epoch, follows a: equal digests.
+    let b = c.start("b", domains);
+    converged(&sa, &b.socket, 7.0);
+    let s = wait_status(&b.socket, "b follows a", |s| {
+        domain_of(s, "t1").get("role") == &Json::Str("standby".into())
+    });
+    assert_eq!(domain_of(&s, "t1").get("collisions").num(), 0.0);
+}
