@@ -214,3 +214,99 @@ fn records_after_the_fork_go_to_the_collision_archive() {
     resync.finish().unwrap();
     assert_eq!(standby.collisions().unwrap().len(), held.len());
 }
+
+/// Builds `standby` anew from `active`'s snapshot; `fork` as a rewind gives it.
+fn resync_from(standby: &Domain, active: &Domain, fork: Option<Lsn>) {
+    let (target, rows) = snapshot_of(active);
+    let mut resync = standby.begin_resync(target, fork).unwrap();
+    resync.add(&rows).unwrap();
+    resync.finish().unwrap();
+}
+
+fn log_bytes(d: &Domain, from: u64, to: u64) -> Vec<Vec<u8>> {
+    d.read_log(Lsn(from), (to + 1 - from) as usize, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect()
+}
+
+fn archived(d: &Domain) -> Vec<Vec<u8>> {
+    d.collisions()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect()
+}
+
+/// Invariant 5 across two rewinds (the path of simulation seed 862 of `sim_roles`): `b` writes
+/// records that `a` then receives only as snapshot state; `b` is later resynced from `a` at a
+/// fork above them, so its log no longer holds them; a third replica that stopped below them
+/// wins. Its fork is below both `a`'s and `b`'s log start, and yet every record after it is
+/// archived somewhere, byte for byte.
+#[test]
+fn a_rewind_below_the_log_start_of_a_replica_resynced_by_snapshot_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"), "a")
+        .create_domain(&id())
+        .unwrap();
+    let b = store(&dir.path().join("b"), "b")
+        .join_domain(&id())
+        .unwrap();
+    let c = store(&dir.path().join("c"), "c")
+        .join_domain(&id())
+        .unwrap();
+    resync_from(&b, &a, None);
+    resync_from(&c, &a, None);
+    // 1@a writes 1..=5; b and c apply them.
+    for i in 0..5 {
+        a.put(format!("a{i}"), "1").unwrap();
+    }
+    for e in a.read_log(Lsn(1), 100, usize::MAX).unwrap() {
+        b.apply(&e.bytes).unwrap();
+        c.apply(&e.bytes).unwrap();
+    }
+    // b is promoted (2@b) and writes 6..=10; c follows it up to 7 only.
+    let eb = b.promote().unwrap();
+    for i in 0..5 {
+        b.put(format!("b{i}"), "1").unwrap();
+    }
+    let b_wrote = log_bytes(&b, 6, 10);
+    for bytes in &b_wrote[..2] {
+        c.apply(bytes).unwrap();
+    }
+    // a, fenced, rewinds to b (fork 5): it holds 6..=10 only as state.
+    a.demote(&eb).unwrap();
+    resync_from(&a, &b, Some(Lsn(5)));
+    assert_eq!(a.status().unwrap().log_start, Lsn(11));
+    // a is promoted (3@a) and writes 11..=12; b, fenced, rewinds to a (fork 10). No replica
+    // holds 6..=10 in its log any more.
+    let ea = a.promote().unwrap();
+    a.put("a-late", "1").unwrap();
+    a.put("a-later", "1").unwrap();
+    let a_wrote = log_bytes(&a, 11, 12);
+    b.demote(&ea).unwrap();
+    resync_from(&b, &a, Some(Lsn(10)));
+    assert_eq!(b.status().unwrap().log_start, Lsn(13));
+    assert!(archived(&b).is_empty(), "6..=10 are on a's history");
+    // c, which holds 2@b up to 7, is promoted (3@c, above 3@a) and writes 8. a and b rewind
+    // to it at fork 7: below both their log starts.
+    let ec = c.promote().unwrap();
+    assert!(ec > ea);
+    c.put("c0", "1").unwrap();
+    for d in [&a, &b] {
+        d.demote(&ec).unwrap();
+        resync_from(d, &c, Some(Lsn(7)));
+        assert_eq!(d.status().unwrap().digest, c.status().unwrap().digest);
+        assert!(d.verify().unwrap().is_clean());
+    }
+    // a archives what its log held (11..=12); b archives its own 8..=10, which it kept.
+    assert_eq!(archived(&a), a_wrote);
+    assert_eq!(archived(&b), b_wrote[2..].to_vec());
+    // Every record written after the fork is in c's state or archived: nothing dropped.
+    let mut kept = archived(&a);
+    kept.extend(archived(&b));
+    for r in b_wrote[2..].iter().chain(&a_wrote) {
+        assert!(kept.contains(r), "a record after the fork was dropped");
+    }
+}

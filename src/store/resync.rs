@@ -1,10 +1,17 @@
 //! Full resync of a standby: a snapshot is built aside in a new database file and switched in
 //! atomically (invariant 6). A crash midway leaves the previous state intact: the half-built
 //! file has a hidden name and is removed when the store is next opened.
+//!
+//! A resync replaces the replica's log with an empty one that starts after the snapshot. The
+//! records it held are not dropped: those after the fork a rewind names go to the collision
+//! archive (invariant 5), and those on the new history (at or below the fork) are kept, as
+//! they were written, in the `held` table (lsn -> record frame) of the new file. The snapshot
+//! holds them only as state, and a later rewind to a fork below the log start can only archive
+//! records whose bytes someone still holds: the replica that wrote them always does.
 
 use std::path::PathBuf;
 
-use redb::{Database, Durability, ReadableTable};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use sha2::{Digest as _, Sha256};
 
 use super::apply::{put_crl, put_kv, put_policy};
@@ -16,6 +23,10 @@ use super::snapshot::SnapshotItem;
 use super::tables::{Tables, COLLISIONS, LOG, META_KEY};
 use super::writer::{Install, Work};
 use crate::model::{DomainUid, Epoch, HistoryEntry, Lsn, Position, Role};
+
+/// Records of a replica's history below its log start, kept by lsn across resyncs (see the
+/// module documentation). Not part of the state, its digest or the log.
+pub(crate) const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held");
 
 /// What a snapshot was taken at, as the active described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +68,9 @@ impl std::fmt::Debug for Resync {
 impl Domain {
     /// Starts building a snapshot at `target` aside (standby only). If `archive_after` is set,
     /// this replica's records after that lsn diverged from the active's history: they are
-    /// moved to the collision archive of the new state, never dropped (invariant 5).
+    /// moved to the collision archive of the new state, never dropped (invariant 5), including
+    /// those below its log start that it still holds from an earlier resync. Its records at or
+    /// below the fork stay held in the new file.
     ///
     /// # Errors
     /// [`StoreError::NotStandby`], [`StoreError::Io`] or [`StoreError::Storage`].
@@ -168,7 +181,8 @@ impl Resync {
                 let row = meta.encode()?;
                 t.meta.insert(META_KEY, row.as_slice()).or_storage(&id)?;
                 let mut archive = txn.open_table(COLLISIONS).or_storage(&id)?;
-                self.carry_collisions(&mut archive)?;
+                let mut held = txn.open_table(HELD).or_storage(&id)?;
+                self.carry_records(&mut archive, &mut held)?;
             }
             txn.commit().or_storage(&id)?;
         }
@@ -180,13 +194,18 @@ impl Resync {
         Ok(position)
     }
 
-    /// Copies the old archive and, after a fork, the old divergent records into the new file.
-    fn carry_collisions(
+    /// Copies the old archive into the new file; moves the records the replica holds (held
+    /// below its log start, then its log) after the fork to the archive, and keeps those at or
+    /// below it as held. Reports, as an error, records after the fork that the replica holds
+    /// only as state: another replica (their writer) holds and archives them, or they are lost.
+    fn carry_records(
         &self,
         archive: &mut redb::Table<'_, u64, &'static [u8]>,
+        held: &mut redb::Table<'_, u64, &'static [u8]>,
     ) -> Result<(), StoreError> {
         let id = self.domain.id();
         let txn = self.domain.begin_read()?;
+        let old = self.domain.meta_in(&txn)?;
         let mut next = 0u64;
         for entry in txn
             .open_table(COLLISIONS)
@@ -198,23 +217,59 @@ impl Resync {
             archive.insert(k.value(), v.value()).or_storage(id)?;
             next = next.max(k.value() + 1);
         }
-        if let Some(fork) = self.archive_after {
-            let mut moved = 0u64;
-            for entry in txn
-                .open_table(LOG)
-                .or_storage(id)?
-                .range(fork.0 + 1..)
-                .or_storage(id)?
-            {
-                let (_, v) = entry.or_storage(id)?;
-                archive.insert(next, v.value()).or_storage(id)?;
+        // Without a fork the replica's records are all on the new history, up to the target.
+        let fork = self
+            .archive_after
+            .unwrap_or(self.target.position.lsn)
+            .min(self.target.position.lsn);
+        let old_held = match txn.open_table(HELD) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e).or_storage(id),
+        };
+        let mut moved = 0u64;
+        let mut held_after_fork = 0u64;
+        let mut carry = |lsn: u64, bytes: &[u8]| -> Result<(), StoreError> {
+            if lsn <= fork.0 {
+                held.insert(lsn, bytes).or_storage(id)?;
+            } else {
+                archive.insert(next, bytes).or_storage(id)?;
                 next += 1;
                 moved += 1;
             }
-            if moved > 0 {
-                tracing::warn!(domain = %id, fork = %fork, records = moved,
-                    "divergent records moved to the collision archive; resolve them with `domsync collisions`");
+            Ok(())
+        };
+        if let Some(t) = &old_held {
+            for entry in t.range(..old.log_start.0).or_storage(id)? {
+                let (k, v) = entry.or_storage(id)?;
+                if k.value() > fork.0 {
+                    held_after_fork += 1;
+                }
+                carry(k.value(), v.value())?;
             }
+        }
+        for entry in txn
+            .open_table(LOG)
+            .or_storage(id)?
+            .range(old.log_start.0..=old.position.lsn.0)
+            .or_storage(id)?
+        {
+            let (k, v) = entry.or_storage(id)?;
+            carry(k.value(), v.value())?;
+        }
+        if moved > 0 {
+            tracing::warn!(domain = %id, fork = %fork, records = moved,
+                "divergent records moved to the collision archive; resolve them with `domsync collisions`");
+        }
+        // Records after the fork below the log start that this replica does not hold.
+        let below_log = old.position.lsn.0.min(old.log_start.0.saturating_sub(1));
+        let missing = below_log
+            .saturating_sub(fork.0)
+            .saturating_sub(held_after_fork);
+        if missing > 0 {
+            tracing::error!(domain = %id, fork = %fork, from = fork.0 + 1, to = below_log, records = missing,
+                "records after the fork are held here only as state and cannot be archived here: \
+                 the replicas that wrote them archive them when they rejoin; if none does, they are lost");
         }
         Ok(())
     }
