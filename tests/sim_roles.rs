@@ -50,10 +50,12 @@
 //!    committed at that lsn, byte for byte, applied in lsn order; after every apply, snapshot
 //!    and restart, a replica's position and content digest are those its writer had at that
 //!    lsn and epoch;
-//! 5. nothing silently dropped: what a resync archives is exactly the replica's log after the
-//!    fork point, on top of what the archive held; every archived record is a committed one.
-//!    (A rewind below the replica's retained log drops records the log no longer holds: a
-//!    known gap, counted and listed, see `REWIND_ARCHIVES_BELOW_LOG_START`.)
+//! 5. nothing silently dropped: what a resync archives is, on top of what the archive held,
+//!    the records on the replica's history after the fork point that it held below its log
+//!    start (kept from an earlier resync), in lsn order, then exactly its log after the fork
+//!    point; every archived record is a committed one. Records after the fork that the
+//!    replica holds only as state (it was resynced from a snapshot past them) are counted: the
+//!    end checks that their writer archived them (see `REWIND_ARCHIVES_BELOW_LOG_START`).
 //!
 //! At the end of every seed, faults off, partitions healed, every node up (and an operator
 //! promoting the most advanced standby if no node is active): one active, two standbys at its
@@ -108,13 +110,17 @@ const SWITCH_TIMEOUT_STEPS: u64 = 150;
 /// records of the newer epoch, whose acknowledged writes its promotion would lose. With this
 /// set the simulation asserts that every such promotion is refused.
 const GUARD_COMPARES_EPOCHS: bool = true;
-/// Whether a rewind archives every record after the fork point. It does not (yet) when the
-/// fork is below the replica's retained log: a replica that was itself resynced from a
-/// snapshot holds the records between the fork and its log start only as state, and a later
-/// rewind below its log start drops them without a trace (`Resync::finish` archives what the
-/// log holds). Until it does, the simulation lists those records and accepts them missing at
-/// the end (invariant 5 fails for them); set this to true with the fix and it asserts.
-const REWIND_ARCHIVES_BELOW_LOG_START: bool = false;
+/// Whether every record written after a rewind's fork point ends in some archive (or the
+/// final state) even when the fork is below the rewound replica's log start. A replica
+/// resynced from a snapshot holds the records between the fork and its log start only as
+/// state. Seed 862 showed how they vanished: `b` wrote 66..=77 in epoch 3@b; `a` got them
+/// only as state (snapshot at 75); `b`'s rewind to `a` (fork 77) replaced `b`'s log, the last
+/// copy of their bytes, by `a`'s snapshot; then `c` (which held 3@b up to 65) won, and both
+/// rewinds to fork 65 were below the log start: nothing to archive. Since the fix a resync
+/// keeps the records it held at or below the fork (`held` table, `Resync::finish`) and a
+/// later rewind archives those after its fork: the writer of a record always holds its bytes.
+/// The simulation asserts it; set this to false to only count such records.
+const REWIND_ARCHIVES_BELOW_LOG_START: bool = true;
 /// In the settle phase, the operator promotes a standby after this long without an active.
 const NO_ACTIVE_STEPS: u64 = 100;
 
@@ -284,9 +290,11 @@ struct Stats {
     /// Non-forced promotions the guard let through past a peer holding records of a newer
     /// epoch (see `GUARD_COMPARES_EPOCHS`).
     stale_promotions: u64,
-    /// Records a rewind dropped below the replica's retained log (see
-    /// `REWIND_ARCHIVES_BELOW_LOG_START`).
+    /// Records after a rewind's fork below the replica's log start that it held only as state,
+    /// so could not archive (their writer must; see `REWIND_ARCHIVES_BELOW_LOG_START`).
     unarchivable: u64,
+    /// Records a rewind archived from below the replica's log start (kept by a resync).
+    archived_held: u64,
     /// Of those, records found nowhere at the end (invariant 5 broken by the product).
     lost_unarchived: u64,
     /// Switchover rollbacks above another active.
@@ -332,10 +340,15 @@ impl Stats {
         self.unsafe_rollbacks += o.unsafe_rollbacks;
         self.stale_promotions += o.stale_promotions;
         self.unarchivable += o.unarchivable;
+        self.archived_held += o.archived_held;
         self.lost_unarchived += o.lost_unarchived;
         self.repointed += o.repointed;
     }
 }
+
+/// A record on a rewound replica's history after the fork and below its log start:
+/// `(lsn, bytes, marker)`.
+type BelowLog = (Lsn, Vec<u8>, u64);
 
 /// One replication stream, opened by a standby's follower to the node it follows: ordered
 /// and reliable while it lives.
@@ -387,7 +400,9 @@ struct SimNode {
     stream: Option<u64>,
     resync: Option<Resync>,
     /// The snapshot being built and the records its resync must archive.
-    target: Option<(SnapshotHeader, Vec<Vec<u8>>)>,
+    /// The snapshot under way, the log after the fork, and the records on the replica's
+    /// history after the fork and below its log start.
+    target: Option<(SnapshotHeader, Vec<Vec<u8>>, Vec<BelowLog>)>,
     serving: Option<Serving>,
     /// Highest epoch this node was demoted with.
     fenced: Option<Epoch>,
@@ -2265,7 +2280,9 @@ impl Sim {
             );
             assert_eq!(c.digest, header.digest, "{}: snapshot digest", self.at());
         }
-        // Invariant 5: what goes to the archive is the log after the fork.
+        // Invariant 5: what goes to the archive is what the replica held below its log start
+        // after the fork, then the log after the fork.
+        let mut below = Vec::new();
         let expected = match archive_after {
             Some(fork) => {
                 self.stats.rewinds += 1;
@@ -2284,12 +2301,7 @@ impl Sim {
                         .records
                         .get(&(epoch, Lsn(lsn)))
                         .expect("a committed record on the replica's history");
-                    self.stats.unarchivable += 1;
-                    self.unarchivable.insert(c.marker);
-                    self.ev(&format!(
-                        "{} drops u{} at {lsn}: below its retained log",
-                        NAMES[i], c.marker
-                    ));
+                    below.push((Lsn(lsn), c.bytes.clone(), c.marker));
                 }
                 let from = fork.next().max(st.log_start);
                 if from > st.position.lsn {
@@ -2315,7 +2327,7 @@ impl Sim {
             .begin_resync(target, archive_after)
             .unwrap_or_else(|e| panic!("{}: begin_resync: {e}", self.at()));
         self.nodes[i].resync = Some(r);
-        self.nodes[i].target = Some((header, expected));
+        self.nodes[i].target = Some((header, expected, below));
     }
 
     fn finish_snapshot(&mut self, i: usize, rows: u64) -> Vec<FollowAction> {
@@ -2326,7 +2338,7 @@ impl Sim {
             .resync
             .take()
             .unwrap_or_else(|| panic!("{at}: snapshot end without a snapshot begun"));
-        let (header, expected) = self.nodes[i].target.take().expect("snapshot target");
+        let (header, expected, below) = self.nodes[i].target.take().expect("snapshot target");
         assert_eq!(r.rows(), rows, "{at}: rows added");
         let before = d.collisions().unwrap();
         let pos = r
@@ -2335,9 +2347,8 @@ impl Sim {
         assert_eq!(pos, header.position, "{at}: installed position");
         self.stats.snapshots += 1;
         let after = d.collisions().unwrap();
-        assert_eq!(
-            after.len(),
-            before.len() + expected.len(),
+        assert!(
+            after.len() >= before.len() + expected.len(),
             "{at}: {} archived {} records, its log held {} after the fork (invariant 5)",
             NAMES[i],
             after.len() - before.len(),
@@ -2347,8 +2358,36 @@ impl Sim {
             after[..before.len()] == before[..],
             "{at}: the archive lost records in a resync (invariant 5)"
         );
-        for (a, bytes) in after[before.len()..].iter().zip(&expected) {
+        let added = &after[before.len()..];
+        let (held, logged) = added.split_at(added.len() - expected.len());
+        for (a, bytes) in logged.iter().zip(&expected) {
             assert_eq!(&a.bytes, bytes, "{at}: archived bytes");
+        }
+        // Records below the log start: those of its history it held, in lsn order.
+        let mut rest = below.iter();
+        for a in held {
+            let found = rest.by_ref().find(|(lsn, _, _)| *lsn == a.record.lsn);
+            let Some((lsn, bytes, _)) = found else {
+                panic!(
+                    "{at}: {} archived a record at {} in {} that is not on its history below its \
+                     log start, in lsn order",
+                    NAMES[i], a.record.lsn, a.record.epoch
+                );
+            };
+            assert_eq!(&a.bytes, bytes, "{at}: archived bytes at {lsn}");
+        }
+        for (lsn, _, marker) in &below {
+            if !held.iter().any(|a| a.record.lsn == *lsn) {
+                self.stats.unarchivable += 1;
+                self.unarchivable.insert(*marker);
+                self.ev(&format!(
+                    "{} holds u{marker} at {lsn} only as state: below its log, not archived here",
+                    NAMES[i]
+                ));
+            }
+        }
+        self.stats.archived_held += held.len() as u64;
+        for a in added {
             let w = self.check_archived(a, "archived");
             assert!(
                 !self.protected(w),
@@ -2361,12 +2400,13 @@ impl Sim {
                 self.writes[w].epoch
             );
         }
-        self.stats.archived += expected.len() as u64;
+        self.stats.archived += added.len() as u64;
         self.ev(&format!(
-            "{} installed a snapshot at {}, archived {}",
+            "{} installed a snapshot at {}, archived {} ({} from below its log start)",
             self.name(i),
             pos.lsn,
-            expected.len()
+            added.len(),
+            held.len()
         ));
         self.check_state(i, "after a snapshot");
         self.nodes[i]
@@ -2621,8 +2661,9 @@ fn roles_change_without_losing_acknowledged_writes() {
          epoch, {} switchover rollbacks), {} switchovers ({} failed, {} answers lost), {} \
          self-follows ({} re-pointed), {} step-downs \
          ({} on a follow, {} on an announcement), {} redirects, {} rewinds, {} snapshots, {} \
-         records archived ({} acknowledged, lost to unsafe promotions), {} records dropped by \
-         rewinds below the retained log ({} of them nowhere at the end), {} re-applied, {} \
+         records archived ({} acknowledged, lost to unsafe promotions; {} from below a log \
+         start), {} records after a fork held only as state by the rewound replica ({} of them \
+         nowhere at the end), {} re-applied, {} \
          discarded, {} crashes, {} partitions, {} cuts, {} connects",
         total.seeds,
         started.elapsed().as_secs_f64(),
@@ -2652,6 +2693,7 @@ fn roles_change_without_losing_acknowledged_writes() {
         total.snapshots,
         total.archived,
         total.acked_archived,
+        total.archived_held,
         total.unarchivable,
         total.lost_unarchived,
         total.reapplied,
