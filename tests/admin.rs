@@ -765,3 +765,80 @@ fn promote_and_switchover_through_the_cli_on_two_nodes() {
     });
     assert_eq!(domain_of(&s, "t1").get("collisions").num(), 0.0);
 }
+
+#[test]
+fn collisions_are_listed_reapplied_on_the_new_active_and_discarded() {
+    let c = Cluster::new(&["a", "b"]);
+    let domains: &[(&str, &[&str])] = &[("t1", &["a", "b"])];
+    let mut b = c.start("b", domains);
+    let mut a = c.start("a", domains);
+    let (sa, sb) = (a.socket.clone(), b.socket.clone());
+    wait_status(&sa, "t1 created on a", |s| {
+        domain_of(s, "t1").get("role") == &Json::Str("active".into())
+    });
+    ok(&sa, &["kv", "put", "t1", "shared", "1"]);
+    converged(&sa, &sb, 1.0);
+    // b is lost; a goes on alone (durability local), then is lost too.
+    b.kill();
+    ok(&sa, &["kv", "put", "t1", "lost-1", "x"]);
+    ok(&sa, &["kv", "put", "t1", "lost-2", "y"]);
+    a.kill();
+    // b comes back first and is promoted (forced: a cannot be asked).
+    let _b_again = c.start("b", domains);
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let out = domsync(&sb, &["promote", "t1", "--force"]);
+        if out.code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never promoted: {}", out.stderr);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(&sb, &["kv", "put", "t1", "new", "z"]);
+    // a comes back, steps down, archives its two divergent records and follows b.
+    let a = c.start("a", domains);
+    let s = wait_status(&a.socket, "a archives its divergent records", |s| {
+        let d = domain_of(s, "t1");
+        d.get("role") == &Json::Str("standby".into()) && d.get("collisions").num() == 2.0
+    });
+    assert!(
+        ok(&a.socket, &["status"]).contains("2 archived collisions"),
+        "{s:?}"
+    );
+    let list = ok(&a.socket, &["collisions", "list", "t1"]);
+    let ids: Vec<String> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    let show = ok(&a.socket, &["collisions", "show", "t1", &ids[0]]);
+    assert!(show.contains("put \"lost-1\""), "{show}");
+    // Re-applying needs the active: a standby's daemon says so and names it.
+    let out = domsync(&a.socket, &["collisions", "reapply", "t1", &ids[0]]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("its active is b") && out.stderr.contains("--on-socket"),
+        "{}",
+        out.stderr
+    );
+    let sb_path = sb.to_str().unwrap();
+    let out = ok(
+        &a.socket,
+        &[
+            "collisions",
+            "reapply",
+            "t1",
+            &ids[0],
+            "--on-socket",
+            sb_path,
+        ],
+    );
+    assert!(out.starts_with("re-applied record"), "{out}");
+    ok(&a.socket, &["collisions", "discard", "t1", &ids[1]]);
+    let out = domsync(&a.socket, &["collisions", "discard", "t1", &ids[1]]);
+    assert_eq!(out.code, 4, "already gone: {}", out.stderr);
+    converged(&a.socket, &sb, 3.0);
+    let s = status_json(&a.socket);
+    assert_eq!(domain_of(&s, "t1").get("collisions").num(), 0.0);
+}
