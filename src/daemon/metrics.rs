@@ -80,11 +80,13 @@ pub fn render(daemon: &Daemon) -> String {
         "1 for the state each domain is in here: active, standby, waiting or failed.",
     );
     for (name, p) in &placements {
-        let state = match p {
-            Placement::Serving(Role::Active) => "active",
-            Placement::Serving(Role::Standby) => "standby",
-            Placement::Waiting(_) => "waiting",
-            Placement::Failed(_) => "failed",
+        // The role is read live: a domain can step down on its own.
+        let live = node.replica(name).and_then(|r| r.status().ok()).map(|s| s.role);
+        let state = match (p, live) {
+            (Placement::Serving(_), Some(Role::Active)) => "active",
+            (Placement::Serving(_), _) => "standby",
+            (Placement::Waiting(_), _) => "waiting",
+            (Placement::Failed(_), _) => "failed",
         };
         for s in ["active", "standby", "waiting", "failed"] {
             o.line(

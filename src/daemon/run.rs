@@ -356,12 +356,13 @@ impl Daemon {
     /// the worst lag.
     pub fn summary(&self) -> String {
         let placements = self.placements();
-        let count = |r: Role| {
-            placements
-                .values()
-                .filter(|p| **p == Placement::Serving(r))
-                .count()
-        };
+        // Roles are read live: a domain can step down on its own (a higher epoch elsewhere).
+        let roles: Vec<Role> = placements
+            .iter()
+            .filter(|(_, p)| matches!(p, Placement::Serving(_)))
+            .filter_map(|(d, _)| self.node.replica(d)?.status().ok().map(|s| s.role))
+            .collect();
+        let count = |r: Role| roles.iter().filter(|x| **x == r).count();
         let failed = placements
             .values()
             .filter(|p| matches!(p, Placement::Failed(_)))
