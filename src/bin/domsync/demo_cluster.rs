@@ -81,8 +81,8 @@ async fn start(dir: &Path, me: &str) -> DemoResult<Arc<Daemon>> {
 fn table(title: &str, daemons: &[&Arc<Daemon>]) {
     println!("\n== {title}");
     println!(
-        "{:<10} {:<8} {:<8} {:<10} {:>5}  {}",
-        "domain", "node", "role", "epoch", "lsn", "sync"
+        "{:<10} {:<8} {:<8} {:<10} {:>5}  sync",
+        "domain", "node", "role", "epoch", "lsn"
     );
     let reports: Vec<_> = daemons.iter().map(|d| status(d)).collect();
     for d in DOMAINS {
