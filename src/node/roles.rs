@@ -106,9 +106,15 @@ impl Node {
                 other => Err(format!("unexpected answer {other:?}")),
             }
         };
-        tokio::time::timeout(PROBE_TIMEOUT, ask)
-            .await
-            .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
+        match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // A connection to a peer that restarted looks alive until its idle timeout:
+                // dial afresh next time.
+                self.disconnect(peer).await;
+                Err(format!("no answer within {PROBE_TIMEOUT:?}"))
+            }
+        }
     }
 
     /// A higher epoch for `domain` exists (heard from a peer): if the domain is active here it
@@ -549,9 +555,13 @@ impl Node {
         write_frame(&mut send, &frame)
             .await
             .map_err(|e| e.to_string())?;
-        let answer = tokio::time::timeout(PROBE_TIMEOUT, read_frame(&mut recv, MAX_MESSAGE_BYTES))
-            .await
-            .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
+        let Ok(answer) =
+            tokio::time::timeout(PROBE_TIMEOUT, read_frame(&mut recv, MAX_MESSAGE_BYTES)).await
+        else {
+            self.disconnect(peer).await;
+            return Err(format!("no answer within {PROBE_TIMEOUT:?}"));
+        };
+        let answer = answer
             .map_err(|e| e.to_string())?
             .ok_or("the peer ended the stream without answering")?;
         drop(send.finish());

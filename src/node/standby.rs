@@ -146,8 +146,14 @@ impl Node {
                             sd: Arc::clone(&sd),
                             send,
                             resync: None,
+                            went_silent: false,
                         };
                         stream.run(recv).await;
+                        if stream.went_silent {
+                            // The connection may be dead without knowing it (the peer
+                            // restarted): dial afresh instead of waiting out its idle timeout.
+                            self.disconnect(&sd.active()).await;
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(domain = %sd.domain.id(), active = %sd.active(), error = %e, "cannot reach the active");
@@ -208,6 +214,8 @@ struct StandbyStream {
     sd: Arc<StandbyDomain>,
     send: quinn::SendStream,
     resync: Option<Resync>,
+    /// The active sent nothing for `node_idle`.
+    went_silent: bool,
 }
 
 impl StandbyStream {
@@ -232,6 +240,7 @@ impl StandbyStream {
                     let now = Instant::now();
                     let Ok(m) = m else {
                         tracing::warn!(domain = %self.sd.domain.id(), active = %self.sd.active(), "nothing from the active for {idle:?}; reconnecting");
+                        self.went_silent = true;
                         return;
                     };
                     actions = match m {
