@@ -81,7 +81,10 @@ pub fn render(daemon: &Daemon) -> String {
     );
     for (name, p) in &placements {
         // The role is read live: a domain can step down on its own.
-        let live = node.replica(name).and_then(|r| r.status().ok()).map(|s| s.role);
+        let live = node
+            .replica(name)
+            .and_then(|r| r.status().ok())
+            .map(|s| s.role);
         let state = match (p, live) {
             (Placement::Serving(_), Some(Role::Active)) => "active",
             (Placement::Serving(_), _) => "standby",
