@@ -9,6 +9,7 @@
 //! | `log`            | lsn            | checked record frame (see `codec`)      |
 //! | `meta`           | `"domain"`     | checked frame of the domain metadata    |
 //! | `collisions`     | archive id     | archived records (filled by failover)   |
+//! | `held`           | lsn            | own records kept across a resync (see `resync`): not state, not log, not in the digest |
 
 use redb::{ReadableTable, TableDefinition};
 
