@@ -86,6 +86,18 @@ pub enum Request {
         /// Archive id.
         id: u64,
     },
+    /// Add a domain at runtime (checked like a `[[domains]]` entry, kept in
+    /// `<state_dir>/admin-domains.toml`, placed at once): [`Answer::DomainAdded`]. Every
+    /// replica's daemon must be told.
+    DomainAdd(DomainSpec),
+    /// Stop serving a domain added at runtime and forget it (its store files stay):
+    /// [`Answer::DomainRemoved`]. A domain of the configuration file is refused.
+    DomainRemove {
+        /// The domain.
+        domain: DomainId,
+    },
+    /// The placement plan of every configured domain: [`Answer::Plan`].
+    Plan,
 }
 
 /// One answer.
@@ -161,6 +173,96 @@ pub enum Answer {
     },
     /// The request failed; nothing (or what the message says) happened.
     Error(AdminError),
+    /// The domain was added.
+    DomainAdded {
+        /// The domain.
+        domain: DomainId,
+        /// True when this node is one of its replicas (it is being placed here); false when
+        /// it is only recorded (for placement).
+        replica_here: bool,
+    },
+    /// The domain is no longer served here (its store files stay).
+    DomainRemoved {
+        /// The domain.
+        domain: DomainId,
+    },
+    /// The placement plan.
+    Plan(PlanReport),
+}
+
+/// A placement plan as a daemon sees it (see [`crate::daemon::placement::plan`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanReport {
+    /// The node answering.
+    pub node: NodeId,
+    /// Every node (this one and its peers) with its region, its admin-reachable address and
+    /// its load once the plan is carried out.
+    pub nodes: Vec<PlanNode>,
+    /// Every configured domain: where it is active now and where the plan puts it.
+    pub domains: Vec<PlanDomain>,
+    /// The switchovers that carry the plan out, heaviest domain first.
+    pub moves: Vec<PlanMove>,
+}
+
+/// One node of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanNode {
+    /// The node.
+    pub id: NodeId,
+    /// Its region, if configured.
+    pub region: Option<String>,
+    /// Its QUIC address (replication, gateways and remote admin), as configured.
+    pub address: std::net::SocketAddr,
+    /// Total weight of the actives it holds now.
+    pub load_now: u64,
+    /// Total weight of the actives it holds once the plan is carried out.
+    pub load: u64,
+}
+
+/// One domain of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanDomain {
+    /// The domain.
+    pub domain: DomainId,
+    /// Its weight.
+    pub weight: u32,
+    /// Its region, if configured.
+    pub region: Option<String>,
+    /// Where it is active now (`None`: no replica answered as active).
+    pub active: Option<NodeId>,
+    /// Where the plan puts it.
+    pub planned: Option<NodeId>,
+}
+
+/// One switchover of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanMove {
+    /// The domain.
+    pub domain: DomainId,
+    /// Where it is active now (`None` when unknown: then no switchover can move it).
+    pub from: Option<NodeId>,
+    /// Where it should be active.
+    pub to: NodeId,
+}
+
+/// A domain to add at runtime, as `domsync domain add` gives it: checked exactly like a
+/// `[[domains]]` entry of the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DomainSpec {
+    /// The domain.
+    pub name: String,
+    /// Replica nodes in order, the primary first.
+    pub replicas: Vec<String>,
+    /// `local`, `standby` (default) or `all`.
+    pub durability: Option<String>,
+    /// Gateways granted the domain.
+    pub gateways: Vec<String>,
+    /// Most bytes of change log kept.
+    pub retention_bytes: Option<u64>,
+    /// Relative load (placement), default 1.
+    pub weight: Option<u32>,
+    /// Region whose node should hold the active (placement).
+    pub region: Option<String>,
 }
 
 /// Why a request failed: one line saying what happened and what to do.

@@ -20,8 +20,8 @@ use tokio::sync::{watch, Semaphore};
 
 use super::protocol::{
     read_message, write_message, AdminError, Answer, ArchivedInfo, DomainReport, FollowerState,
-    Lag, NodeStatus, PlacementState, ReplicaState, Request, StandbyState, MAX_ANSWER_BYTES,
-    MAX_REQUEST_BYTES,
+    Lag, NodeStatus, PlacementState, PlanDomain, PlanMove, PlanNode, PlanReport, ReplicaState,
+    Request, StandbyState, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES,
 };
 use crate::daemon::{Daemon, Placement};
 use crate::model::{DomainId, NodeId, Op, Role};
@@ -365,6 +365,13 @@ fn describe(req: &Request) -> String {
         Request::CollisionShow { domain, id } => format!("collisions show {domain} {id}"),
         Request::Reapply { domain, id } => format!("collisions reapply {domain} {id}"),
         Request::Discard { domain, id } => format!("collisions discard {domain} {id}"),
+        Request::DomainAdd(spec) => format!(
+            "domain add {} (replicas {})",
+            spec.name,
+            spec.replicas.join(",")
+        ),
+        Request::DomainRemove { domain } => format!("domain remove {domain}"),
+        Request::Plan => "plan".into(),
     }
 }
 
@@ -373,7 +380,10 @@ async fn handle(daemon: &Arc<Daemon>, client: &Client, req: Request) -> Answer {
     let what = describe(&req);
     let changes = !matches!(
         req,
-        Request::Status | Request::Collisions { .. } | Request::CollisionShow { .. }
+        Request::Status
+            | Request::Collisions { .. }
+            | Request::CollisionShow { .. }
+            | Request::Plan
     );
     let answer = match req {
         Request::Status => Ok(Answer::Status(status(daemon))),
@@ -406,6 +416,20 @@ async fn handle(daemon: &Arc<Daemon>, client: &Client, req: Request) -> Answer {
                 Err(e) => Err(AdminError::Failed(e.to_string())),
             })
         }
+        Request::DomainAdd(spec) => daemon.add_domain(&spec).await.and_then(|replica_here| {
+            Ok(Answer::DomainAdded {
+                domain: spec
+                    .name
+                    .parse()
+                    .map_err(|e| AdminError::BadRequest(format!("domain add refused: {e}")))?,
+                replica_here,
+            })
+        }),
+        Request::DomainRemove { domain } => daemon
+            .remove_domain(&domain)
+            .await
+            .map(|()| Answer::DomainRemoved { domain }),
+        Request::Plan => Ok(Answer::Plan(plan(daemon).await)),
     };
     match answer {
         Ok(a) => {
@@ -666,5 +690,131 @@ async fn reapply(daemon: &Daemon, domain: DomainId, id: u64) -> Result<Answer, A
         Err(e) => Err(AdminError::Failed(format!(
             "record {id} was written again at {position} but could not be removed from the archive ({e}): run `domsync collisions discard {domain} {id}`"
         ))),
+    }
+}
+
+/// Where `domain` is active now: this node's replica when it is active, else the replica
+/// answering a probe as active (the highest epoch wins); `None` when no replica says so.
+async fn current_active(daemon: &Arc<Daemon>, dc: &crate::daemon::DomainConfig) -> Option<NodeId> {
+    let me = me(daemon);
+    if let Some(s) = daemon
+        .node()
+        .replica(&dc.name)
+        .and_then(|d| d.status().ok())
+    {
+        if s.role == Role::Active {
+            return Some(me);
+        }
+    }
+    let mut probes = tokio::task::JoinSet::new();
+    for peer in dc.replicas.iter().filter(|r| **r != me).cloned() {
+        let daemon = Arc::clone(daemon);
+        let domain = dc.name.clone();
+        probes.spawn(async move {
+            let answer = daemon.node().probe(&peer, &domain, None).await;
+            (peer, answer)
+        });
+    }
+    let mut best: Option<(crate::model::Epoch, NodeId)> = None;
+    while let Some(joined) = probes.join_next().await {
+        let Ok((peer, answer)) = joined else { continue };
+        match answer {
+            Ok(Some(a)) if a.role == Role::Active => {
+                if best.as_ref().is_none_or(|(e, _)| a.epoch > *e) {
+                    best = Some((a.epoch, peer));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(domain = %dc.name, peer = %peer, error = %e, "plan: peer did not answer its probe");
+            }
+        }
+    }
+    best.map(|(_, n)| n)
+}
+
+/// The placement plan of every domain of the configuration in force (file and added
+/// domains): where each is active now (asked of the replicas), where
+/// [`placement::plan`](crate::daemon::placement::plan) puts it, and the switchovers.
+pub async fn plan(daemon: &Arc<Daemon>) -> PlanReport {
+    use crate::daemon::placement;
+    let config = daemon.config();
+    let me = me(daemon);
+    let mut nodes = vec![placement::Node {
+        id: me.clone(),
+        region: config.node.region.clone(),
+    }];
+    nodes.extend(config.peers.keys().map(|id| placement::Node {
+        id: id.clone(),
+        region: config.peer_regions.get(id).cloned(),
+    }));
+    let mut lookups = tokio::task::JoinSet::new();
+    for dc in config.domains.iter().cloned() {
+        let daemon = Arc::clone(daemon);
+        lookups.spawn(async move {
+            let active = current_active(&daemon, &dc).await;
+            (dc.name, active)
+        });
+    }
+    let mut now = std::collections::BTreeMap::new();
+    while let Some(joined) = lookups.join_next().await {
+        if let Ok((name, Some(active))) = joined {
+            now.insert(name, active);
+        }
+    }
+    let wants: Vec<placement::Want> = config
+        .domains
+        .iter()
+        .map(|d| placement::Want {
+            domain: d.name.clone(),
+            replicas: d.replicas.clone(),
+            weight: d.weight,
+            region: d.region.clone(),
+        })
+        .collect();
+    let p = placement::plan(&wants, &nodes, &now);
+    let load_now = |id: &NodeId| -> u64 {
+        wants
+            .iter()
+            .filter(|w| now.get(&w.domain) == Some(id))
+            .map(|w| u64::from(w.weight))
+            .sum()
+    };
+    PlanReport {
+        node: me.clone(),
+        nodes: nodes
+            .iter()
+            .map(|n| PlanNode {
+                id: n.id.clone(),
+                region: n.region.clone(),
+                address: if n.id == me {
+                    config.node.listen
+                } else {
+                    config.peers[&n.id]
+                },
+                load_now: load_now(&n.id),
+                load: p.load.get(&n.id).copied().unwrap_or(0),
+            })
+            .collect(),
+        domains: config
+            .domains
+            .iter()
+            .map(|d| PlanDomain {
+                domain: d.name.clone(),
+                weight: d.weight,
+                region: d.region.clone(),
+                active: now.get(&d.name).cloned(),
+                planned: p.active.get(&d.name).cloned(),
+            })
+            .collect(),
+        moves: p
+            .moves
+            .into_iter()
+            .map(|m| PlanMove {
+                domain: m.domain,
+                from: m.from,
+                to: m.to,
+            })
+            .collect(),
     }
 }

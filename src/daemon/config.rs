@@ -37,11 +37,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::admin::protocol::DomainSpec;
 use crate::model::{DomainId, NodeId};
 use crate::repl::Durability;
 
 /// The default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/domsync/domsync.toml";
+
+/// The file, under `node.state_dir`, holding the domains added at runtime with
+/// `domsync domain add` (a `[[domains]]` list like the configuration file's).
+pub const ADDED_DOMAINS_FILE: &str = "admin-domains.toml";
 
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +57,8 @@ pub struct Config {
     pub tls: TlsSection,
     /// The other nodes, by id.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Regions of the peers that have one (`[[peers]] region`, placement).
+    pub peer_regions: BTreeMap<NodeId, String>,
     /// The domains this node holds a replica of (others' domains are ignored).
     pub domains: Vec<DomainConfig>,
     /// Limits.
@@ -229,6 +236,7 @@ struct RawTls {
 struct RawPeer {
     id: Option<String>,
     address: Option<String>,
+    region: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +251,13 @@ struct RawDomain {
     retention_bytes: Option<u64>,
     weight: Option<u32>,
     region: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdded {
+    #[serde(default)]
+    domains: Vec<RawDomain>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +312,91 @@ impl Checker {
             }
         }
     }
+}
+
+/// Checks `[[domains]]` entries (`section` names them in problems): names valid and unique,
+/// replicas this node or listed peers, durability and gateway ids valid.
+fn check_domains(
+    c: &mut Checker,
+    raw: Vec<RawDomain>,
+    self_id: Option<&NodeId>,
+    peers: &BTreeMap<NodeId, SocketAddr>,
+    section: &str,
+) -> Vec<DomainConfig> {
+    let mut domains = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, d) in raw.into_iter().enumerate() {
+        let key = format!("{section}[{i}]");
+        let name = c.required(&format!("{key}.name"), d.name);
+        let name = name.and_then(|s| match s.parse::<DomainId>() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                c.problem(format!("{key}.name"), format!("{e}"));
+                None
+            }
+        });
+        if let Some(n) = &name {
+            if !names.insert(n.clone()) {
+                c.problem(format!("{key}.name"), format!("domain {n} is listed twice"));
+            }
+        }
+        let mut replicas = Vec::new();
+        if d.replicas.is_empty() {
+            c.problem(
+                format!("{key}.replicas"),
+                "missing; list the replica nodes, primary first",
+            );
+        }
+        for (j, r) in d.replicas.iter().enumerate() {
+            let rkey = format!("{key}.replicas[{j}]");
+            let Some(r) = c.node_id(&rkey, r) else {
+                continue;
+            };
+            let known = self_id == Some(&r) || peers.contains_key(&r);
+            if !known {
+                c.problem(
+                    &rkey,
+                    format!("node {r} is neither this node nor a listed peer; add it to [[peers]]"),
+                );
+            }
+            if replicas.contains(&r) {
+                c.problem(&rkey, format!("node {r} is listed twice"));
+            }
+            replicas.push(r);
+        }
+        let durability = match d.durability.as_deref() {
+            None | Some("standby") => Some(Durability::Standby),
+            Some("local") => Some(Durability::Local),
+            Some("all") => Some(Durability::All),
+            Some(other) => {
+                c.problem(
+                    format!("{key}.durability"),
+                    format!("{other:?} is not a durability; use local, standby or all"),
+                );
+                None
+            }
+        };
+        for (j, g) in d.gateways.iter().enumerate() {
+            if crate::net::Identity::new(crate::net::PeerRole::Gateway, g.clone()).is_err() {
+                c.problem(
+                    format!("{key}.gateways[{j}]"),
+                    format!("{g:?} is not a gateway id (letters, digits, '-', '_', '.')"),
+                );
+            }
+        }
+        if let (Some(name), Some(durability), false) = (name, durability, replicas.is_empty()) {
+            domains.push(DomainConfig {
+                name,
+                replicas,
+                durability,
+                gateways: d.gateways,
+                retention_bytes: d.retention_bytes.unwrap_or(256 << 20),
+                weight: d.weight.unwrap_or(1),
+                region: d.region,
+            });
+        }
+    }
+    domains
 }
 
 impl Config {
@@ -363,6 +463,7 @@ impl Config {
             })
         });
         let mut peers = BTreeMap::new();
+        let mut peer_regions = BTreeMap::new();
         for (i, p) in raw.peers.into_iter().enumerate() {
             let key = format!("peers[{i}]");
             let id = c.required(&format!("{key}.id"), p.id);
@@ -377,84 +478,12 @@ impl Config {
                     );
                 } else if peers.insert(id.clone(), addr).is_some() {
                     c.problem(format!("{key}.id"), format!("peer {id} is listed twice"));
+                } else if let Some(region) = p.region {
+                    peer_regions.insert(id, region);
                 }
             }
         }
-        let mut domains = Vec::new();
-        let mut names = BTreeSet::new();
-        for (i, d) in raw.domains.into_iter().enumerate() {
-            let key = format!("domains[{i}]");
-            let name = c.required(&format!("{key}.name"), d.name);
-            let name = name.and_then(|s| match s.parse::<DomainId>() {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    c.problem(format!("{key}.name"), format!("{e}"));
-                    None
-                }
-            });
-            if let Some(n) = &name {
-                if !names.insert(n.clone()) {
-                    c.problem(format!("{key}.name"), format!("domain {n} is listed twice"));
-                }
-            }
-            let mut replicas = Vec::new();
-            if d.replicas.is_empty() {
-                c.problem(
-                    format!("{key}.replicas"),
-                    "missing; list the replica nodes, primary first",
-                );
-            }
-            for (j, r) in d.replicas.iter().enumerate() {
-                let rkey = format!("{key}.replicas[{j}]");
-                let Some(r) = c.node_id(&rkey, r) else {
-                    continue;
-                };
-                let known = self_id.as_ref() == Some(&r) || peers.contains_key(&r);
-                if !known {
-                    c.problem(
-                        &rkey,
-                        format!(
-                            "node {r} is neither this node nor a listed peer; add it to [[peers]]"
-                        ),
-                    );
-                }
-                if replicas.contains(&r) {
-                    c.problem(&rkey, format!("node {r} is listed twice"));
-                }
-                replicas.push(r);
-            }
-            let durability = match d.durability.as_deref() {
-                None | Some("standby") => Some(Durability::Standby),
-                Some("local") => Some(Durability::Local),
-                Some("all") => Some(Durability::All),
-                Some(other) => {
-                    c.problem(
-                        format!("{key}.durability"),
-                        format!("{other:?} is not a durability; use local, standby or all"),
-                    );
-                    None
-                }
-            };
-            for (j, g) in d.gateways.iter().enumerate() {
-                if crate::net::Identity::new(crate::net::PeerRole::Gateway, g.clone()).is_err() {
-                    c.problem(
-                        format!("{key}.gateways[{j}]"),
-                        format!("{g:?} is not a gateway id (letters, digits, '-', '_', '.')"),
-                    );
-                }
-            }
-            if let (Some(name), Some(durability), false) = (name, durability, replicas.is_empty()) {
-                domains.push(DomainConfig {
-                    name,
-                    replicas,
-                    durability,
-                    gateways: d.gateways,
-                    retention_bytes: d.retention_bytes.unwrap_or(256 << 20),
-                    weight: d.weight.unwrap_or(1),
-                    region: d.region,
-                });
-            }
-        }
+        let domains = check_domains(&mut c, raw.domains, self_id.as_ref(), &peers, "domains");
         let defaults = Limits::default();
         let limits = raw.limits.map_or(defaults.clone(), |l| Limits {
             gateway_connections: l
@@ -485,11 +514,122 @@ impl Config {
                 node,
                 tls,
                 peers,
+                peer_regions,
                 domains,
                 limits,
             }),
             _ => Err(invalid(c.problems)),
         }
+    }
+
+    /// Where the domains added at runtime are kept: `<state_dir>/admin-domains.toml`.
+    pub fn added_domains_path(&self) -> PathBuf {
+        self.node.state_dir.join(ADDED_DOMAINS_FILE)
+    }
+
+    /// Reads the domains added at runtime (`admin-domains.toml`, see
+    /// [`Config::added_domains_path`]); none when the file does not exist. They are checked
+    /// against this configuration (node id, peers) like the file's own `[[domains]]`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Invalid`] listing every problem.
+    pub fn load_added_domains(&self) -> Result<Vec<DomainConfig>, ConfigError> {
+        let path = self.added_domains_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => self.parse_added_domains(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(ConfigError::Read {
+                path,
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Parses and checks the text of an added-domains file (`path` names it in errors).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem.
+    pub fn parse_added_domains(
+        &self,
+        text: &str,
+        path: &Path,
+    ) -> Result<Vec<DomainConfig>, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        };
+        let raw: RawAdded = toml::from_str(text).map_err(|e| {
+            invalid(vec![Problem {
+                key: String::new(),
+                message: e.message().replace('\n', " "),
+            }])
+        })?;
+        let mut c = Checker {
+            problems: Vec::new(),
+        };
+        let domains = check_domains(
+            &mut c,
+            raw.domains,
+            Some(&self.node.id),
+            &self.peers,
+            "domains",
+        );
+        if c.problems.is_empty() {
+            Ok(domains)
+        } else {
+            Err(invalid(c.problems))
+        }
+    }
+
+    /// Checks one domain to add at runtime, exactly like a `[[domains]]` entry.
+    ///
+    /// # Errors
+    /// Every problem on one line, each with the option it concerns.
+    pub fn check_spec(&self, spec: &DomainSpec) -> Result<DomainConfig, String> {
+        let raw = RawDomain {
+            name: Some(spec.name.clone()),
+            replicas: spec.replicas.clone(),
+            durability: spec.durability.clone(),
+            gateways: spec.gateways.clone(),
+            retention_bytes: spec.retention_bytes,
+            weight: spec.weight,
+            region: spec.region.clone(),
+        };
+        let mut c = Checker {
+            problems: Vec::new(),
+        };
+        let mut domains = check_domains(
+            &mut c,
+            vec![raw],
+            Some(&self.node.id),
+            &self.peers,
+            "domain",
+        );
+        match (domains.pop(), c.problems.is_empty()) {
+            (Some(d), true) => Ok(d),
+            _ => Err(c
+                .problems
+                .iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")),
+        }
+    }
+
+    /// This configuration (the file's) with the domains added at runtime merged in. The
+    /// configuration file wins: an added domain whose name the file also defines is left out,
+    /// and its name returned in the second list.
+    pub fn merged(&self, added: &[DomainConfig]) -> (Config, Vec<DomainId>) {
+        let mut out = self.clone();
+        let mut shadowed = Vec::new();
+        for d in added {
+            if self.domains.iter().any(|f| f.name == d.name) {
+                shadowed.push(d.name.clone());
+            } else {
+                out.domains.push(d.clone());
+            }
+        }
+        (out, shadowed)
     }
 
     /// The domains this node holds a replica of.
@@ -498,6 +638,57 @@ impl Config {
             .iter()
             .filter(|d| d.replicas.contains(&self.node.id))
     }
+}
+
+/// The text of an added-domains file (`admin-domains.toml`) holding `domains`: a
+/// `[[domains]]` list that [`Config::parse_added_domains`] reads back.
+pub fn added_domains_toml(domains: &[DomainConfig]) -> String {
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .map(|s| toml_string(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = String::from(
+        "# Domains added with `domsync domain add` (written by domsyncd; the configuration\n\
+         # file wins over an entry of the same name). Remove them with `domsync domain remove`.\n",
+    );
+    for d in domains {
+        let replicas: Vec<String> = d.replicas.iter().map(ToString::to_string).collect();
+        let durability = match d.durability {
+            Durability::Local => "local",
+            Durability::Standby => "standby",
+            Durability::All => "all",
+        };
+        out.push_str(&format!(
+            "\n[[domains]]\nname = {}\nreplicas = [{}]\ndurability = \"{durability}\"\ngateways = [{}]\nretention_bytes = {}\nweight = {}\n",
+            toml_string(d.name.as_str()),
+            list(&replicas),
+            list(&d.gateways),
+            d.retention_bytes,
+            d.weight,
+        ));
+        if let Some(r) = &d.region {
+            out.push_str(&format!("region = {}\n", toml_string(r)));
+        }
+    }
+    out
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -592,5 +783,58 @@ mod tests {
         assert!(err.to_string().contains("idd"), "{err}");
         let err = Config::parse("[node\n", Path::new("x.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }));
+    }
+
+    #[test]
+    fn peers_may_name_their_region() {
+        let text = GOOD.replace(
+            "address = \"127.0.0.1:7401\"",
+            "address = \"127.0.0.1:7401\"\nregion = \"eu-west\"",
+        );
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.peer_regions[&NodeId::new("b").unwrap()], "eu-west");
+        let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        assert!(c.peer_regions.is_empty());
+    }
+
+    #[test]
+    fn added_domains_round_trip_are_checked_and_the_file_wins() {
+        let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        let spec = |name: &str, replicas: &[&str]| DomainSpec {
+            name: name.into(),
+            replicas: replicas.iter().map(|r| (*r).to_owned()).collect(),
+            durability: Some("all".into()),
+            gateways: vec!["gw-1".into()],
+            weight: Some(3),
+            region: Some("eu \"west\"\\1".into()),
+            ..DomainSpec::default()
+        };
+        let t3 = c.check_spec(&spec("t3", &["b", "a"])).unwrap();
+        assert_eq!(t3.weight, 3);
+        assert_eq!(t3.durability, Durability::All);
+        let err = c.check_spec(&spec("t 4", &["a", "zz"])).unwrap_err();
+        assert!(err.contains("zz") && err.contains("[[peers]]"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // The same file text reads back the same domains.
+        let t1 = c.check_spec(&spec("t1", &["a"])).unwrap();
+        let text = added_domains_toml(&[t3.clone(), t1.clone()]);
+        let back = c
+            .parse_added_domains(&text, Path::new("admin-domains.toml"))
+            .unwrap();
+        assert_eq!(back, vec![t3.clone(), t1.clone()]);
+        // The configuration file wins on a name clash.
+        let (merged, shadowed) = c.merged(&back);
+        assert_eq!(shadowed, vec![t1.name.clone()]);
+        assert_eq!(merged.domains.len(), 3);
+        assert_eq!(merged.domains[0].replicas.len(), 2);
+        assert_eq!(merged.domains[2], t3);
+        // A broken file is refused with its key.
+        let err = c
+            .parse_added_domains(
+                "[[domains]]\nname = \"x\"\nreplicas = [\"q\"]\n",
+                Path::new("f"),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("domains[0].replicas[0]"), "{err}");
     }
 }

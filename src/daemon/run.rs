@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::config::{Config, DomainConfig};
+use super::config::{added_domains_toml, Config, ConfigError, DomainConfig};
+use crate::admin::protocol::{AdminError, DomainSpec};
 use crate::model::{DomainId, NodeId, Role};
 use crate::net::{PeerRole, TlsFiles};
 use crate::node::{ActiveConfig, GatewayLimits, Node, NodeConfig, NodeError};
@@ -38,6 +39,10 @@ pub enum DaemonError {
     /// The admin server could not start.
     #[error("{0}")]
     Admin(#[from] crate::admin::AdminServerError),
+    /// The domains added at runtime (`<state_dir>/admin-domains.toml`) do not fit the
+    /// configuration.
+    #[error("{0} (domains added with `domsync domain add`): fix the file or the configuration")]
+    AddedDomains(ConfigError),
     /// A reload changed something only a restart can change.
     #[error("reload refused: {0} changed; restart the service to change it (the running configuration is kept)")]
     NeedsRestart(&'static str),
@@ -58,7 +63,14 @@ pub enum Placement {
 
 /// A running daemon: store, node, domains.
 pub struct Daemon {
+    /// The configuration in force: the file's, merged with the domains added at runtime.
     config: Mutex<Config>,
+    /// The configuration file as last loaded (without the added domains).
+    file: Mutex<Config>,
+    /// The domains added at runtime (`admin-domains.toml`), the file's clashes included.
+    added: Mutex<Vec<DomainConfig>>,
+    /// Serializes reloads, domain adds and removes.
+    changes: tokio::sync::Mutex<()>,
     store: Store,
     node: Node,
     placements: Mutex<BTreeMap<DomainId, Placement>>,
@@ -78,6 +90,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The configuration file's `file` merged with the domains added at runtime; the file wins
+/// on a name clash (the added entry is ignored, with a warning).
+fn merge(file: &Config, added: &[DomainConfig]) -> Config {
+    let (merged, shadowed) = file.merged(added);
+    for name in shadowed {
+        tracing::warn!(domain = %name, "domain defined both in the configuration file and in admin-domains.toml: the configuration file wins; `domsync domain remove` cannot remove it, drop the admin-domains.toml entry by hand");
+    }
+    merged
+}
+
 /// How long the primary waits between attempts to create a new domain.
 const CREATE_RETRY: Duration = Duration::from_secs(1);
 
@@ -87,7 +109,11 @@ impl Daemon {
     ///
     /// # Errors
     /// [`DaemonError`] when the node as a whole cannot start.
-    pub async fn start(config: Config) -> Result<Arc<Daemon>, DaemonError> {
+    pub async fn start(file: Config) -> Result<Arc<Daemon>, DaemonError> {
+        let added = file
+            .load_added_domains()
+            .map_err(DaemonError::AddedDomains)?;
+        let config = merge(&file, &added);
         let files = TlsFiles {
             ca: config.tls.ca.clone(),
             cert: config.tls.cert.clone(),
@@ -119,6 +145,9 @@ impl Daemon {
         let node = Node::start(node_config)?;
         let daemon = Arc::new(Daemon {
             config: Mutex::new(config.clone()),
+            file: Mutex::new(file),
+            added: Mutex::new(added),
+            changes: tokio::sync::Mutex::new(()),
             store,
             node,
             placements: Mutex::new(BTreeMap::new()),
@@ -291,13 +320,27 @@ impl Daemon {
         }
     }
 
-    /// Applies a new configuration: domains added are placed, domains removed stop being
-    /// served (their files stay), grants follow the file.
+    /// Applies a new configuration file: merged again with the domains added at runtime
+    /// (`admin-domains.toml`, read again; the file wins on a name clash), domains added are
+    /// placed, domains removed stop being served (their files stay), grants follow the file.
     ///
     /// # Errors
     /// [`DaemonError::NeedsRestart`] when the node id, listen address, state directory or TLS
-    /// files changed; the running configuration is then kept.
+    /// files changed, [`DaemonError::AddedDomains`] when the added domains no longer fit (a
+    /// replica no longer a peer); the running configuration is then kept.
     pub async fn reload(self: &Arc<Self>, new: Config) -> Result<(), DaemonError> {
+        let _serial = self.changes.lock().await;
+        let added = new
+            .load_added_domains()
+            .map_err(DaemonError::AddedDomains)?;
+        self.apply(merge(&new, &added)).await?;
+        *lock(&self.file) = new;
+        *lock(&self.added) = added;
+        Ok(())
+    }
+
+    /// Puts a merged configuration in force (see [`Daemon::reload`]).
+    async fn apply(self: &Arc<Self>, new: Config) -> Result<(), DaemonError> {
         let old = self.config();
         if new.node.id != old.node.id {
             return Err(DaemonError::NeedsRestart("node.id"));
@@ -348,6 +391,106 @@ impl Daemon {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    // ---- Domains added and removed at runtime (`domsync domain add|remove`) ----
+
+    /// Adds a domain at runtime: checked like a `[[domains]]` entry of the configuration
+    /// file, kept in `<state_dir>/admin-domains.toml` (written atomically), placed at once
+    /// when this node is one of its replicas. Adding the same domain again with the same
+    /// settings changes nothing. Returns whether this node is a replica.
+    ///
+    /// # Errors
+    /// A one-line [`AdminError`]: bad settings, a name the configuration file or an earlier
+    /// add already uses with other settings, the file not written.
+    pub async fn add_domain(self: &Arc<Self>, spec: &DomainSpec) -> Result<bool, AdminError> {
+        let _serial = self.changes.lock().await;
+        let file = lock(&self.file).clone();
+        let dc = file
+            .check_spec(spec)
+            .map_err(|e| AdminError::BadRequest(format!("domain add refused: {e}")))?;
+        let here = dc.replicas.contains(&file.node.id);
+        if file.domains.iter().any(|d| d.name == dc.name) {
+            return Err(AdminError::Failed(format!(
+                "domain {} is already defined in the configuration file: change it there and send SIGHUP to domsyncd",
+                dc.name
+            )));
+        }
+        let mut added = lock(&self.added).clone();
+        if let Some(old) = added.iter().find(|d| d.name == dc.name) {
+            if *old == dc {
+                return Ok(here);
+            }
+            return Err(AdminError::Failed(format!(
+                "domain {} was already added with other settings: `domsync domain remove {}` first, then add it again",
+                dc.name, dc.name
+            )));
+        }
+        added.push(dc);
+        self.save_added(&file, &added)?;
+        self.apply(merge(&file, &added))
+            .await
+            .map_err(|e| AdminError::Failed(e.to_string()))?;
+        *lock(&self.added) = added;
+        Ok(here)
+    }
+
+    /// Removes a domain added at runtime: it stops being served here (its store files stay,
+    /// under the state directory) and leaves `admin-domains.toml`.
+    ///
+    /// # Errors
+    /// A one-line [`AdminError`]: a domain of the configuration file (edit the file and send
+    /// SIGHUP), an unknown domain, the file not written.
+    pub async fn remove_domain(self: &Arc<Self>, domain: &DomainId) -> Result<(), AdminError> {
+        let _serial = self.changes.lock().await;
+        let file = lock(&self.file).clone();
+        if file.domains.iter().any(|d| d.name == *domain) {
+            return Err(AdminError::Failed(format!(
+                "domain {domain} is defined in the configuration file, not added with `domsync domain add`: remove it from the file and send SIGHUP to domsyncd (systemctl reload domsyncd)"
+            )));
+        }
+        let mut added = lock(&self.added).clone();
+        let before = added.len();
+        added.retain(|d| d.name != *domain);
+        if added.len() == before {
+            return Err(AdminError::UnknownDomain {
+                domain: domain.clone(),
+                node: file.node.id.clone(),
+            });
+        }
+        self.save_added(&file, &added)?;
+        self.apply(merge(&file, &added))
+            .await
+            .map_err(|e| AdminError::Failed(e.to_string()))?;
+        *lock(&self.added) = added;
+        Ok(())
+    }
+
+    /// Writes `admin-domains.toml`: a temporary file, fsynced, renamed into place, then the
+    /// directory fsynced.
+    fn save_added(&self, file: &Config, added: &[DomainConfig]) -> Result<(), AdminError> {
+        use std::io::Write as _;
+        let path = file.added_domains_path();
+        let tmp = path.with_extension("toml.tmp");
+        let fail = |e: std::io::Error| {
+            AdminError::Failed(format!(
+                "cannot write {}: {e}; check the state directory's space and permissions (nothing changed)",
+                path.display()
+            ))
+        };
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(added_domains_toml(added).as_bytes())?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&file.node.state_dir)?.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(e));
         }
         Ok(())
     }

@@ -18,7 +18,8 @@ use clap::{Parser, Subcommand};
 ///
 /// Local mode (the default for domain, kv, policy, crl, log, verify) works on a state
 /// directory (--data) that no domsyncd has open. Daemon mode talks to a running domsyncd:
-/// `status`, `promote`, `switchover` and `collisions` always do, through the admin socket
+/// `status`, `promote`, `switchover`, `collisions`, `domain add|remove`, `plan` and
+/// `rebalance` always do, through the admin socket
 /// (--socket, default /run/domsync/admin.sock; only the service user and root may use it) or,
 /// with --remote ADDR, over QUIC with an admin certificate (--admin-pki, --admin-id). Giving
 /// --socket or --remote also sends the writes `kv put|del`, `policy install` and `crl put` to
@@ -103,12 +104,52 @@ enum TopCommand {
     /// (daemon) The collision archive: list|show|reapply|discard DOMAIN [ID].
     #[command(subcommand)]
     Collisions(admin::CollisionsCmd),
+    /// Domains: `create|list` work locally on --data; `add|remove` change a running domsyncd.
+    #[command(subcommand)]
+    Domain(DomainTop),
+    /// (daemon) Which node should be active for each domain so actives are balanced by
+    /// weight (and kept in their region): load per node now and once done, and the moves.
+    Plan {
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// (daemon) Carry the plan out: one switchover at a time, each sent to the daemon active
+    /// for its domain (others than the one asked are reached over remote admin: give
+    /// --admin-pki DIR and --admin-id ID); stops at the first failure.
+    Rebalance {
+        /// Print the steps without moving anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `domsync domain ...`.
+#[derive(Subcommand)]
+enum DomainTop {
+    #[command(flatten)]
+    Local(commands::DomainCmd),
+    /// (daemon) Add a domain to the running domsyncd without editing its configuration file:
+    /// checked like a [[domains]] entry, kept in <state_dir>/admin-domains.toml (merged with
+    /// the configuration file at start and on SIGHUP; the file wins on a name clash), placed
+    /// at once. Run the same command on every replica's daemon, or add --all.
+    Add(admin::DomainAddArgs),
+    /// (daemon) Stop serving a domain added with `domain add` and forget it (its store files
+    /// stay in the state directory). A domain of the configuration file is refused: remove
+    /// it from the file and send SIGHUP. Run it on every replica's daemon, or add --all.
+    Remove {
+        domain: String,
+        /// Also on every other node of the daemon's configuration, over remote admin (needs
+        /// --admin-pki DIR and --admin-id ID).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create or list domains.
-    #[command(subcommand)]
+    /// Create or list domains (parsed as `TopCommand::Domain`, handled here).
+    #[command(skip)]
     Domain(commands::DomainCmd),
     /// User keys and values of a domain.
     #[command(subcommand)]
@@ -164,6 +205,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let target = cli
         .target(true)?
         .unwrap_or_else(|| admin::Target::Socket(admin::DEFAULT_SOCKET.into()));
+    let cert = admin::AdminCert {
+        pki: cli.admin_pki.clone(),
+        id: cli.admin_id.clone(),
+    };
     match cli.command {
         TopCommand::Pki(cmd) => pki::run(cmd),
         TopCommand::Gateway(cmd) => gateway::run(cmd),
@@ -171,6 +216,18 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         TopCommand::Promote { domain, force } => admin::promote(&target, &domain, force),
         TopCommand::Switchover { domain, to } => admin::switchover(&target, &domain, &to),
         TopCommand::Collisions(cmd) => admin::collisions(&target, cmd),
+        TopCommand::Domain(DomainTop::Add(args)) => admin::domain_add(&target, &cert, args),
+        TopCommand::Domain(DomainTop::Remove { domain, all }) => {
+            admin::domain_remove(&target, &cert, &domain, all)
+        }
+        TopCommand::Plan { json } => admin::plan(&target, json),
+        TopCommand::Rebalance { dry_run } => admin::rebalance(&target, &cert, dry_run),
+        TopCommand::Domain(DomainTop::Local(cmd)) => match daemon {
+            Some(_) => Err(
+                "domain create|list work locally on --data; drop --socket/--remote (a daemon takes domains with `domain add`)".into(),
+            ),
+            None => commands::run(&cli.data, &cli.node, Command::Domain(cmd)),
+        },
         TopCommand::Store(Command::Demo { dir }) => demo::run(dir),
         TopCommand::Store(command) => match (daemon, command) {
             (Some(t), Command::Kv(commands::KvCmd::Put { domain, key, value })) => admin::write(
