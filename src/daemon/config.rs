@@ -733,6 +733,7 @@ mod tests {
         let text = include_str!("../../fixtures/domsync.toml");
         let c = Config::parse(text, Path::new("fixtures/domsync.toml")).unwrap();
         assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.peer_regions[&NodeId::new("b").unwrap()], "eu-west");
         assert_eq!(c.domains[1].primary().as_str(), "b");
         assert_eq!(c.limits.guard_window, Duration::from_secs(5));
     }
