@@ -88,9 +88,10 @@ pub struct GuardInput<'a> {
 }
 
 /// Why the guard refuses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// An active in our epoch or above was seen alive recently.
+    #[error("{node} was seen active in epoch {epoch} by {seen_by} {} ms ago", age.as_millis())]
     ActiveAlive {
         /// The active.
         node: NodeId,
@@ -103,6 +104,7 @@ pub enum Refusal {
     },
     /// Another replica (or the active we followed) holds records we lack: more of the same
     /// epoch, or any of a newer one.
+    #[error("{node} holds {records} records this replica lacks (lsn {here} here, {there} there)")]
     Behind {
         /// Who holds more.
         node: NodeId,
