@@ -144,6 +144,26 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + GUARD;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{status}: {}", self.log());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -661,7 +681,9 @@ fn domains_added_at_runtime_are_served_kept_and_removed() {
     assert_eq!(plan.get("domains").arr().len(), 6, "{plan:?}");
 
     // A restart of `a` (its configuration file still without t5, t6) serves them again.
-    nodes.remove("a");
+    if let Some(mut a) = nodes.remove("a") {
+        a.stop();
+    }
     nodes.insert("a", c.start("a", &DOMAINS));
     let s = wait_status(&c.socket("a"), "t5 and t6 served after restart", |s| {
         role(s, "t5").as_deref() == Some("standby") && role(s, "t6").as_deref() == Some("standby")
