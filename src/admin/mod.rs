@@ -8,8 +8,10 @@
 //!   for admin certificates (`domsync://admin/<id>`) only.
 //!
 //! Requests: status, promote, switchover, writes (sent to the active; a standby answers
-//! [`protocol::AdminError::NotActive`] naming the active and forwards nothing), and the
-//! collision archive (list, show, reapply, discard).
+//! [`protocol::AdminError::NotActive`] naming the active and forwards nothing), the
+//! collision archive (list, show, reapply, discard), domains added and removed at runtime
+//! (kept in `<state_dir>/admin-domains.toml`, merged with the configuration file, which wins
+//! on a name clash) and the placement plan of every configured domain.
 
 pub mod protocol;
 pub mod server;
