@@ -92,7 +92,7 @@ impl NodeConfig {
             backoff: Backoff::default(),
             snapshot_chunk_bytes: 256 * 1024,
             tick: Duration::from_millis(100),
-            stream_idle: Duration::from_secs(15),
+            stream_idle: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             standby_retention_bytes: 256 << 20,
             standby_retention_interval: Duration::from_secs(1),
