@@ -10,7 +10,8 @@
 //! down, its restart; and at the end every replica of every domain at the same lsn and digest.
 //!
 //! Readiness is `READY=1` on a `NOTIFY_SOCKET` the test listens on; every other wait polls
-//! `domsync status --json` up to a deadline.
+//! `domsync status --json` up to a deadline. Diagnostics: `CLUSTER_TRACE=1` prints why each
+//! convergence poll is not there yet, `CLUSTER_KEEP_LOGS=DIR` keeps the three daemons' logs.
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
@@ -266,11 +267,16 @@ confirm_timeout_ms = 5000
                 .collect();
             match check_converged(&statuses) {
                 Ok(actives) => return (actives, statuses),
-                Err(why) => assert!(
-                    Instant::now() < deadline,
-                    "not converged: {why}\n{statuses:#?}\n{}",
-                    self.logs()
-                ),
+                Err(why) => {
+                    if std::env::var_os("CLUSTER_TRACE").is_some() {
+                        eprintln!("  {:?} left: {why}", deadline - Instant::now());
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "not converged: {why}\n{statuses:#?}\n{}",
+                        self.logs()
+                    )
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -704,6 +710,7 @@ fn three_daemons_driven_through_the_cli() {
     assert!(!b.wait_exit().success());
     drop(b);
     let kill_time = Instant::now();
+    eprintln!("killed b at {:?}", started.elapsed());
     let results = parallel(
         &[("c", "t2", false), ("a", "t1", true), ("a", "t5", true)],
         |(node, domain, force)| {
@@ -837,5 +844,12 @@ fn three_daemons_driven_through_the_cli() {
         assert!(status.success(), "{}: {status}: {}", d.node, d.log());
     }
     lap("final convergence and stop");
+    if let Some(keep) = std::env::var_os("CLUSTER_KEEP_LOGS") {
+        std::fs::create_dir_all(&keep).unwrap();
+        for n in NODES {
+            let log = c.dir.path().join(format!("{n}.log"));
+            std::fs::copy(&log, Path::new(&keep).join(format!("{n}.log"))).unwrap();
+        }
+    }
     eprintln!("cluster test: {:?}", started.elapsed());
 }
