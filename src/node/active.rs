@@ -137,13 +137,6 @@ impl Node {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let Ok(status) = ad.domain.status() else {
-                continue;
-            };
-            // A demoted active (handing over) announces nothing.
-            if status.role != Role::Active {
-                continue;
-            }
             let silent: Vec<NodeId> = {
                 let shippers = lock(&ad.shippers);
                 ad.config
@@ -153,6 +146,16 @@ impl Node {
                     .cloned()
                     .collect()
             };
+            if silent.is_empty() {
+                continue;
+            }
+            let Ok(status) = ad.domain.status() else {
+                continue;
+            };
+            // A demoted active (handing over) announces nothing.
+            if status.role != Role::Active {
+                continue;
+            }
             for peer in silent {
                 if let Err(e) = self.probe(&peer, ad.domain.id(), Some(&status.epoch)).await {
                     tracing::debug!(domain = %ad.domain.id(), peer = %peer, "epoch announcement: {e}");
@@ -164,12 +167,19 @@ impl Node {
     /// Trims the log of an active domain to what standbys still need, within the size cap.
     async fn retention_loop(self, ad: Arc<ActiveDomain>) {
         let mut shutdown = ad.stop.subscribe();
-        let mut tick = tokio::time::interval(ad.config.retention_interval);
+        let mut positions = ad.domain.subscribe();
         loop {
+            // Nothing to trim until the log grows: no wake-ups while idle. Commits are then
+            // batched into one pass per `retention_interval`.
             tokio::select! {
-                _ = tick.tick() => {}
+                changed = positions.changed() => if changed.is_err() { return },
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+            tokio::select! {
+                () = tokio::time::sleep(ad.config.retention_interval) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            positions.borrow_and_update();
             let durable: Vec<Lsn> = lock(&ad.waiting)
                 .confirmations
                 .durable()

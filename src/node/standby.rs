@@ -185,12 +185,18 @@ impl Node {
     /// Keeps a standby replica's log within its size cap.
     async fn standby_retention(self, sd: Arc<StandbyDomain>) {
         let mut stop = sd.stop.subscribe();
-        let mut tick = tokio::time::interval(self.inner.config.standby_retention_interval);
+        let mut positions = sd.domain.subscribe();
         loop {
+            // Nothing to trim until the log grows: no wake-ups while idle.
             tokio::select! {
-                _ = tick.tick() => {}
+                changed = positions.changed() => if changed.is_err() { return },
                 _ = stop.wait_for(|s| *s) => return,
             }
+            tokio::select! {
+                () = tokio::time::sleep(self.inner.config.standby_retention_interval) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            positions.borrow_and_update();
             if !super::active::trim_log(&sd.domain, self.inner.config.standby_retention_bytes, &[])
                 .await
             {
