@@ -18,6 +18,7 @@ fn write_config(dir: &Path, domains: &[&str], port: u16) -> std::path::PathBuf {
         pki::init_ca(&pki_dir).unwrap();
         pki::issue(&pki_dir, PeerRole::Node, "a", &pki_dir, 30).unwrap();
         pki::issue(&pki_dir, PeerRole::Node, "b", &pki_dir, 30).unwrap();
+        pki::issue(&pki_dir, PeerRole::Gateway, "g", &pki_dir, 30).unwrap();
     }
     let mut text = format!(
         r#"
@@ -239,6 +240,80 @@ fn metrics_are_served_in_the_prometheus_text_format() {
         assert!(page.contains(want), "{want} missing in\n{page}");
     }
     assert!(get("/other").starts_with("HTTP/1.1 404"));
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(child).0, 0);
+}
+
+/// One gateway request on an open connection: the list of packages of `domain`.
+async fn list_policies(conn: &quinn::Connection, domain: &str) -> Result<(), String> {
+    use domsync::gateway::protocol::{self, Query, Request, Response};
+    use domsync::net::frame::{read_frame, write_frame};
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let request = Request {
+        domain: domain.parse().map_err(|e| format!("{e}"))?,
+        seen: Vec::new(),
+        query: Query::ListPolicies,
+    };
+    let frame =
+        protocol::encode(&request, protocol::MAX_REQUEST_BYTES).map_err(|e| e.to_string())?;
+    write_frame(&mut send, &frame)
+        .await
+        .map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    let answer = read_frame(&mut recv, protocol::MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no answer")?;
+    match protocol::decode::<Response>(&answer, protocol::MAX_RESPONSE_BYTES) {
+        Ok(Response::Policies { .. }) => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[test]
+fn a_reload_adds_a_domain_without_dropping_gateway_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &["t1"], port);
+    let (notify, sock) = Notify::new(dir.path());
+    let child = start(&config, &sock, None);
+    notify.until("READY=1");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let creds = domsync::net::TlsFiles::in_dir(
+        &dir.path().join("pki"),
+        &domsync::net::Identity::new(PeerRole::Gateway, "g").unwrap(),
+    )
+    .load()
+    .unwrap();
+    let endpoint =
+        rt.block_on(async { quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap() });
+    let conn = rt.block_on(async {
+        let config = domsync::net::client_config(&creds, domsync::net::ALPN_GATEWAY).unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        tokio::time::timeout(
+            GUARD,
+            endpoint
+                .connect_with(config, addr, domsync::net::SERVER_NAME)
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    });
+    rt.block_on(list_policies(&conn, "t1")).unwrap();
+    // t2 is not there yet.
+    assert!(rt.block_on(list_policies(&conn, "t2")).is_err());
+
+    write_config(dir.path(), &["t1", "t2"], port);
+    signal(&child, "HUP");
+    let ready = notify.until("READY=1");
+    assert!(ready.contains("STATUS=2 domains"), "{ready}");
+    // The same connection serves the old domain and the new one.
+    rt.block_on(list_policies(&conn, "t1")).unwrap();
+    rt.block_on(list_policies(&conn, "t2")).unwrap();
+    assert!(conn.close_reason().is_none());
+
     signal(&child, "TERM");
     assert_eq!(wait_exit(child).0, 0);
 }
