@@ -780,3 +780,53 @@ async fn a_64_mib_package_streams_in_pieces() {
     assert_eq!(served.role, Role::Active);
     assert!(got == content);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_gateway_address_serves_gateways_and_the_main_one_no_longer_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    pki::init_ca(&pki_dir).unwrap();
+    pki::issue(&pki_dir, PeerRole::Node, "a", &pki_dir, 30).unwrap();
+    pki::issue(&pki_dir, PeerRole::Gateway, "g1", &pki_dir, 30).unwrap();
+    let mut config = NodeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        creds(&pki_dir, PeerRole::Node, "a"),
+        BTreeMap::new(),
+    );
+    config.gateway_listen = Some("127.0.0.1:0".parse().unwrap());
+    let a = Node::start(config).unwrap();
+    let store = Store::open(dir.path().join("a"), StoreOptions::new(nid("a"))).unwrap();
+    let d = store.create_domain(&dom("tenant-a")).unwrap();
+    d.install_policy("edge", b"v1".to_vec()).unwrap();
+    a.serve_active(d, ActiveConfig::new(Durability::Local, Vec::new()));
+    a.grant(&dom("tenant-a"), "g1");
+    assert_ne!(a.gateway_addr().unwrap(), a.local_addr().unwrap());
+
+    let g = creds(&pki_dir, PeerRole::Gateway, "g1");
+    let endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = net::client_config(&g, ALPN_GATEWAY).unwrap();
+    let conn = timeout(
+        GUARD,
+        endpoint
+            .connect_with(config.clone(), a.gateway_addr().unwrap(), SERVER_NAME)
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (_, content) = package(&exchange(&conn, &request("tenant-a", get("edge"))).await);
+    assert_eq!(content, b"v1");
+    // The main address does not offer the gateway protocol any more.
+    let attempt = timeout(
+        GUARD,
+        endpoint
+            .connect_with(config, a.local_addr().unwrap(), SERVER_NAME)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    if let Ok(conn) = attempt {
+        let r = timeout(GUARD, exchange_raw(&conn, b"x")).await.unwrap();
+        assert!(r.is_err(), "the main address served a gateway: {r:?}");
+    }
+}

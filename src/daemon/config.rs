@@ -76,6 +76,9 @@ pub struct NodeSection {
     pub listen: SocketAddr,
     /// Unix socket of local admin.
     pub admin_socket: PathBuf,
+    /// A separate UDP address for gateways only (e.g. on the gateways' network); without it
+    /// gateways use `listen`.
+    pub gateway_listen: Option<SocketAddr>,
     /// Prometheus metrics over HTTP (local address), if wanted.
     pub metrics: Option<SocketAddr>,
     /// Region of this node (placement).
@@ -219,6 +222,7 @@ struct RawNode {
     state_dir: Option<PathBuf>,
     listen: Option<String>,
     admin_socket: Option<PathBuf>,
+    gateway_listen: Option<String>,
     metrics: Option<String>,
     region: Option<String>,
 }
@@ -440,6 +444,9 @@ impl Config {
             let listen = c.required("node.listen", n.listen);
             let listen = listen.and_then(|s| c.addr("node.listen", &s));
             let metrics = n.metrics.and_then(|s| c.addr("node.metrics", &s));
+            let gateway_listen = n
+                .gateway_listen
+                .and_then(|s| c.addr("node.gateway_listen", &s));
             let state_dir = n
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/domsync"));
@@ -451,6 +458,7 @@ impl Config {
                 state_dir,
                 listen: listen?,
                 admin_socket,
+                gateway_listen,
                 metrics,
                 region: n.region,
             })

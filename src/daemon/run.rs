@@ -136,6 +136,7 @@ impl Daemon {
         let mut node_config =
             NodeConfig::new(config.node.listen, credentials, config.peers.clone());
         node_config.guard_window = config.limits.guard_window;
+        node_config.gateway_listen = config.node.gateway_listen;
         node_config.gateway = GatewayLimits {
             max_connections: config.limits.gateway_connections,
             max_streams_per_connection: config.limits.gateway_streams,
@@ -347,6 +348,9 @@ impl Daemon {
         }
         if new.node.listen != old.node.listen {
             return Err(DaemonError::NeedsRestart("node.listen"));
+        }
+        if new.node.gateway_listen != old.node.gateway_listen {
+            return Err(DaemonError::NeedsRestart("node.gateway_listen"));
         }
         if new.node.state_dir != old.node.state_dir {
             return Err(DaemonError::NeedsRestart("node.state_dir"));

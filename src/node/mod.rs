@@ -47,8 +47,12 @@ use crate::repl::{Backoff, ShipConfig};
 /// Settings of a [`Node`].
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// UDP address to listen on.
+    /// UDP address to listen on: replication, remote admin, and gateways unless
+    /// `gateway_listen` is set.
     pub listen: SocketAddr,
+    /// A separate UDP address for gateways only (e.g. on the gateways' network); when set,
+    /// `listen` no longer serves gateways.
+    pub gateway_listen: Option<SocketAddr>,
     /// This node's certificate, key and CA.
     pub credentials: Credentials,
     /// Where the other nodes listen.
@@ -86,6 +90,7 @@ impl NodeConfig {
     ) -> NodeConfig {
         NodeConfig {
             listen,
+            gateway_listen: None,
             credentials,
             peers,
             ship: ShipConfig::default(),
@@ -121,6 +126,8 @@ struct Inner {
     config: NodeConfig,
     peers: Mutex<BTreeMap<NodeId, SocketAddr>>,
     endpoint: quinn::Endpoint,
+    /// Gateways' own endpoint, when `gateway_listen` is set.
+    gateway_endpoint: Option<quinn::Endpoint>,
     /// One slot per peer: connecting to a slow peer never holds up the others, and callers
     /// for the same peer share one attempt.
     connections: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
@@ -171,9 +178,14 @@ impl Node {
             .ok_or_else(|| NodeError::NotANode {
                 identity: config.credentials.identity.uri(),
             })?;
+        let main_alpns: &[&[u8]] = if config.gateway_listen.is_some() {
+            &[ALPN_REPL, ALPN_ADMIN]
+        } else {
+            &[ALPN_REPL, ALPN_GATEWAY, ALPN_ADMIN]
+        };
         let server = net::server_config(
             &config.credentials,
-            &[ALPN_REPL, ALPN_GATEWAY, ALPN_ADMIN],
+            main_alpns,
             Arc::new(net::transport_config()),
         )?;
         let endpoint =
@@ -181,6 +193,22 @@ impl Node {
                 addr: config.listen,
                 detail: e.to_string(),
             })?;
+        let gateway_endpoint = match config.gateway_listen {
+            None => None,
+            Some(addr) => {
+                let server = net::server_config(
+                    &config.credentials,
+                    &[ALPN_GATEWAY],
+                    Arc::new(net::transport_config()),
+                )?;
+                Some(
+                    quinn::Endpoint::server(server, addr).map_err(|e| NodeError::Bind {
+                        addr,
+                        detail: e.to_string(),
+                    })?,
+                )
+            }
+        };
         let (shutdown, _) = watch::channel(false);
         let node = Node {
             inner: Arc::new(Inner {
@@ -188,6 +216,7 @@ impl Node {
                 peers: Mutex::new(config.peers.clone()),
                 config,
                 endpoint,
+                gateway_endpoint,
                 connections: Mutex::new(HashMap::new()),
                 actives: Mutex::new(HashMap::new()),
                 standbys: Mutex::new(HashMap::new()),
@@ -198,7 +227,10 @@ impl Node {
                 shutdown,
             }),
         };
-        tokio::spawn(node.clone().accept_loop());
+        tokio::spawn(node.clone().accept_loop(node.inner.endpoint.clone()));
+        if let Some(e) = &node.inner.gateway_endpoint {
+            tokio::spawn(node.clone().accept_loop(e.clone()));
+        }
         Ok(node)
     }
 
@@ -219,6 +251,21 @@ impl Node {
                 addr: self.inner.config.listen,
                 detail: e.to_string(),
             })
+    }
+
+    /// The address gateways reach this node at: the gateway endpoint's when `gateway_listen`
+    /// is set, else [`Node::local_addr`].
+    ///
+    /// # Errors
+    /// [`NodeError::Bind`] when the socket cannot tell.
+    pub fn gateway_addr(&self) -> Result<SocketAddr, NodeError> {
+        match &self.inner.gateway_endpoint {
+            Some(e) => e.local_addr().map_err(|e| NodeError::Bind {
+                addr: self.inner.config.gateway_listen.unwrap_or(self.inner.config.listen),
+                detail: e.to_string(),
+            }),
+            None => self.local_addr(),
+        }
     }
 
     /// Sets (or changes) where a peer node listens.
@@ -250,6 +297,9 @@ impl Node {
         self.inner
             .endpoint
             .close(0u32.into(), b"node shutting down");
+        if let Some(e) = &self.inner.gateway_endpoint {
+            e.close(0u32.into(), b"node shutting down");
+        }
         // Bounded: a peer that does not answer is not waited for.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
     }
@@ -265,11 +315,11 @@ impl Node {
         }
     }
 
-    async fn accept_loop(self) {
+    async fn accept_loop(self, endpoint: quinn::Endpoint) {
         let mut shutdown = self.inner.shutdown.subscribe();
         loop {
             let incoming = tokio::select! {
-                i = self.inner.endpoint.accept() => i,
+                i = endpoint.accept() => i,
                 _ = shutdown.wait_for(|s| *s) => return,
             };
             let Some(incoming) = incoming else { return };
