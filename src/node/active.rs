@@ -156,11 +156,18 @@ impl Node {
             if status.role != Role::Active {
                 continue;
             }
+            // Concurrently: a dead standby's timeout must not hold up telling a live one.
+            let mut probes = tokio::task::JoinSet::new();
             for peer in silent {
-                if let Err(e) = self.probe(&peer, ad.domain.id(), Some(&status.epoch)).await {
-                    tracing::debug!(domain = %ad.domain.id(), peer = %peer, "epoch announcement: {e}");
-                }
+                let (node, domain, epoch) =
+                    (self.clone(), ad.domain.id().clone(), status.epoch.clone());
+                probes.spawn(async move {
+                    if let Err(e) = node.probe(&peer, &domain, Some(&epoch)).await {
+                        tracing::debug!(domain = %domain, peer = %peer, "epoch announcement: {e}");
+                    }
+                });
             }
+            while probes.join_next().await.is_some() {}
         }
     }
 

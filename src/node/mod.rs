@@ -261,7 +261,11 @@ impl Node {
     pub fn gateway_addr(&self) -> Result<SocketAddr, NodeError> {
         match &self.inner.gateway_endpoint {
             Some(e) => e.local_addr().map_err(|e| NodeError::Bind {
-                addr: self.inner.config.gateway_listen.unwrap_or(self.inner.config.listen),
+                addr: self
+                    .inner
+                    .config
+                    .gateway_listen
+                    .unwrap_or(self.inner.config.listen),
                 detail: e.to_string(),
             }),
             None => self.local_addr(),
@@ -309,8 +313,13 @@ impl Node {
     pub async fn disconnect(&self, peer: &NodeId) {
         let slot = lock(&self.inner.connections).get(peer).cloned();
         if let Some(slot) = slot {
-            if let Some(conn) = slot.lock().await.take() {
-                conn.close(0u32.into(), b"disconnected by the operator");
+            // A task holding the slot is dialing afresh already: nothing to drop, and waiting
+            // for its handshake (up to the connect timeout) would only delay the caller.
+            let Ok(mut slot) = slot.try_lock() else {
+                return;
+            };
+            if let Some(conn) = slot.take() {
+                conn.close(0u32.into(), b"disconnected");
             }
         }
     }
