@@ -317,3 +317,32 @@ fn a_reload_adds_a_domain_without_dropping_gateway_connections() {
     signal(&child, "TERM");
     assert_eq!(wait_exit(child).0, 0);
 }
+
+#[test]
+fn a_domain_that_fails_to_open_is_reported_and_the_others_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &["t1", "t2"], free_port());
+    let (notify, sock) = Notify::new(dir.path());
+    let child = start(&config, &sock, None);
+    notify.until("READY=1");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(child).0, 0);
+
+    // t2's database is destroyed while the daemon is down.
+    let t2 = dir.path().join("state/domains/t2.redb");
+    assert!(t2.exists());
+    std::fs::write(&t2, vec![0x5a; 8192]).unwrap();
+    let child = start(&config, &sock, None);
+    let ready = notify.until("READY=1");
+    assert!(
+        ready.contains("STATUS=2 domains: 1 active, 0 standby, 0 waiting, 1 failed"),
+        "{ready}"
+    );
+    signal(&child, "TERM");
+    let (code, log) = wait_exit(child);
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("domain not served; the others keep serving"),
+        "{log}"
+    );
+}
