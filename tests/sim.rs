@@ -24,110 +24,28 @@
 //! their wall-clock commit time and the domain uid is random), so nothing in the run
 //! depends on them.
 
+mod sim_support;
+
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use domsync::model::{DomainId, Lsn, NodeId, Op, Position, Role};
 use domsync::repl::message::{decode, encode};
 use domsync::repl::{
-    Backoff, FollowAction, Follower, LocalView, Message, RecordBytes, ShipAction, ShipConfig,
-    Shipper, SnapshotHeader, StandbyView, SyncStatus,
+    Backoff, FollowAction, Follower, Message, RecordBytes, ShipAction, ShipConfig, Shipper,
+    SnapshotHeader, SyncStatus,
 };
-use domsync::store::{
-    Domain, Resync, ResyncTarget, SnapshotItem, StateDigest, Store, StoreError, StoreOptions,
+use domsync::store::{Domain, Resync, SnapshotItem, StateDigest, Store, StoreError};
+use sim_support::{
+    assert_replayed, counters, describe, local_view, open_store, resync_target, run_replayable,
+    run_seeds, seeds, snapshot_messages, standby_view, take_snapshot, temp_root, Clock, Rng,
 };
 
-/// Simulated time per step.
-const DT: Duration = Duration::from_millis(10);
+/// Salt of this simulation's seeds.
+const RNG_SALT: u64 = 0xE703_7ED1_A0B4_28DB;
 /// Steps allowed for the standbys to catch up once faults stop.
 const SETTLE_STEPS: u64 = 4000;
-
-// ---------------------------------------------------------------------------------------------
-// Deterministic randomness and tracing
-
-/// splitmix64: small, fast, good enough to drive a simulation.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0xA076_1D64_78BD_642F) ^ 0xE703_7ED1_A0B4_28DB)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn usize(&mut self, lo: usize, hi: usize) -> usize {
-        self.range(lo as u64, hi as u64) as usize
-    }
-
-    /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64) < p * (1u64 << 53) as f64
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
-
-/// FNV-1a over the trace of a run: equal seeds must give equal hashes. With `keep`, the
-/// events themselves are kept too, to show where two runs part.
-struct Trace {
-    hash: u64,
-    keep: Option<Vec<String>>,
-}
-
-impl Trace {
-    fn add(&mut self, step: u64, event: &str) {
-        for b in step.to_le_bytes().iter().chain(event.as_bytes()) {
-            self.hash ^= u64::from(*b);
-            self.hash = self.hash.wrapping_mul(0x0100_0000_01B3);
-        }
-        if let Some(k) = self.keep.as_mut() {
-            k.push(format!("{step}: {event}"));
-        }
-    }
-}
-
-/// What a message is, without the bytes that differ between runs (record times, uid, chains).
-fn describe(m: &Message) -> String {
-    match m {
-        Message::Follow(f) => format!("follow {} uid={}", f.position.lsn, f.uid.is_some()),
-        Message::Answer(a) => format!("answer {a:?}"),
-        Message::Records(r) => format!("records x{}", r.len()),
-        Message::SnapshotBegin(h) => format!("snapshot-begin {}", h.position.lsn),
-        Message::SnapshotRows(r) => format!("snapshot-rows x{}", r.len()),
-        Message::SnapshotEnd { rows } => format!("snapshot-end {rows}"),
-        Message::Heartbeat { position, .. } => format!("heartbeat {}", position.lsn),
-        Message::Ack(a) => format!("ack {}/{}/{}", a.received, a.durable, a.applied),
-        Message::Probe { .. } => "probe".to_owned(),
-        Message::ProbeAnswer(a) => format!("probe-answer {}", a.is_some()),
-        Message::TakeOver(t) => format!("take-over {}", t.last.lsn),
-        Message::TookOver(r) => format!("took-over {}", r.is_ok()),
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The simulated world
@@ -155,57 +73,34 @@ struct Faults {
     notify: f64,
 }
 
-/// Counters of a run (summed over seeds for the summary line).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Stats {
-    seeds: u64,
-    steps: u64,
-    writes: u64,
-    applied: u64,
-    truncations: u64,
-    snapshots_sent: u64,
-    snapshots_installed: u64,
-    snapshots_refused: u64,
-    cuts: u64,
-    partitions: u64,
-    standby_crashes: u64,
-    half_built_removed: u64,
-    mid_snapshot_crashes: u64,
-    active_crashes: u64,
-    connects: u64,
-    corrupt_frames: u64,
-    corrupt_records: u64,
-    corrupt_rows: u64,
-    corrupt_up: u64,
-    refused_records: u64,
-    lost_in_flight: u64,
+counters! {
+    /// Counters of a run (summed over seeds for the summary line).
+    struct Stats {
+        seeds,
+        steps,
+        writes,
+        applied,
+        truncations,
+        snapshots_sent,
+        snapshots_installed,
+        snapshots_refused,
+        cuts,
+        partitions,
+        standby_crashes,
+        half_built_removed,
+        mid_snapshot_crashes,
+        active_crashes,
+        connects,
+        corrupt_frames,
+        corrupt_records,
+        corrupt_rows,
+        corrupt_up,
+        refused_records,
+        lost_in_flight,
+    }
 }
 
 impl Stats {
-    fn add(&mut self, o: &Stats) {
-        self.seeds += o.seeds;
-        self.steps += o.steps;
-        self.writes += o.writes;
-        self.applied += o.applied;
-        self.truncations += o.truncations;
-        self.snapshots_sent += o.snapshots_sent;
-        self.snapshots_installed += o.snapshots_installed;
-        self.snapshots_refused += o.snapshots_refused;
-        self.cuts += o.cuts;
-        self.partitions += o.partitions;
-        self.standby_crashes += o.standby_crashes;
-        self.half_built_removed += o.half_built_removed;
-        self.mid_snapshot_crashes += o.mid_snapshot_crashes;
-        self.active_crashes += o.active_crashes;
-        self.connects += o.connects;
-        self.corrupt_frames += o.corrupt_frames;
-        self.corrupt_records += o.corrupt_records;
-        self.corrupt_rows += o.corrupt_rows;
-        self.corrupt_up += o.corrupt_up;
-        self.refused_records += o.refused_records;
-        self.lost_in_flight += o.lost_in_flight;
-    }
-
     fn corruptions(&self) -> u64 {
         self.corrupt_frames + self.corrupt_records + self.corrupt_rows + self.corrupt_up
     }
@@ -251,25 +146,15 @@ struct StandbyNode {
 }
 
 /// What a seed's run produced.
-struct Outcome {
-    stats: Stats,
-    /// Hash of every event, in order.
-    hash: u64,
-    /// The events, when kept.
-    events: Vec<String>,
-}
+type Outcome = sim_support::Outcome<Stats>;
 
 struct Sim {
-    seed: u64,
+    clock: Clock,
     rng: Rng,
-    trace: Trace,
     stats: Stats,
     faults: Faults,
     ship: ShipConfig,
     backoff: Backoff,
-    base: Instant,
-    elapsed: Duration,
-    step: u64,
     id: DomainId,
     next_stream: u64,
     active: ActiveNode,
@@ -280,41 +165,18 @@ struct Sim {
     records: Vec<Vec<u8>>,
     /// Record bytes corrupted in flight: none may ever be applied.
     injected: HashSet<Vec<u8>>,
-    /// `DOMSYNC_SIM_TRACE=1`: print every event.
-    verbose: bool,
     _root: tempfile::TempDir,
-}
-
-fn temp_root() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    let mut b = tempfile::Builder::new();
-    b.prefix("domsync-sim-");
-    if shm.is_dir() {
-        if let Ok(d) = b.tempdir_in(shm) {
-            return d;
-        }
-    }
-    b.tempdir().expect("create a temporary directory")
-}
-
-fn open_store(dir: &Path, node: &NodeId) -> Store {
-    let mut o = StoreOptions::new(node.clone());
-    o.cache_bytes = 1 << 20;
-    Store::open(dir, o).expect("open a store")
 }
 
 fn resync_file(dir: &Path, id: &DomainId) -> PathBuf {
     dir.join("domains").join(format!(".{id}.resync.redb"))
 }
 
-fn replay_hint(seed: u64, test: &str) -> String {
-    format!("replay: DOMSYNC_SIM_SEED={seed} cargo test --test sim {test}")
-}
-
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let mut rng = Rng::new(seed);
-        let root = temp_root();
+        let clock = Clock::new(seed);
+        let mut rng = Rng::new(seed, RNG_SALT);
+        let root = temp_root("domsync-sim-");
         let id: DomainId = "sim".parse().unwrap();
         let a = NodeId::new("a").unwrap();
         let adir = root.path().join("a");
@@ -339,21 +201,8 @@ impl Sim {
             corrupt_up: 0.002 * storm,
             notify: [1.0, 1.0, 0.5, 0.2][rng.usize(0, 3)],
         };
-        let ship = ShipConfig {
-            batch_records: rng.usize(1, 16),
-            // Byte limits are left wide: record sizes are not reproducible (each record holds
-            // its wall-clock commit time, and the varint of its chain varies with it), so a
-            // binding byte limit would cut batches differently on each run of a seed.
-            batch_bytes: ShipConfig::default().batch_bytes,
-            window_records: rng.range(1, 48),
-            window_bytes: ShipConfig::default().window_bytes,
-            heartbeat: Duration::from_millis(rng.range(30, 300)),
-        };
-        let backoff = Backoff {
-            initial: Duration::from_millis(rng.range(10, 40)),
-            max: Duration::from_millis(rng.range(80, 400)),
-        };
-        let base = Instant::now();
+        let (ship, backoff) = rng.ship_and_backoff();
+        let base = clock.base;
         let standbys = ["b", "c"]
             .iter()
             .map(|n| {
@@ -378,12 +227,8 @@ impl Sim {
             })
             .collect();
         let mut sim = Sim {
-            seed,
+            clock,
             rng,
-            trace: Trace {
-                hash: 0xCBF2_9CE4_8422_2325,
-                keep: None,
-            },
             stats: Stats {
                 seeds: 1,
                 ..Stats::default()
@@ -391,9 +236,6 @@ impl Sim {
             faults,
             ship,
             backoff,
-            base,
-            elapsed: Duration::ZERO,
-            step: 0,
             id,
             next_stream: 0,
             active: ActiveNode {
@@ -406,32 +248,11 @@ impl Sim {
             history: vec![(s0.position, s0.digest)],
             records: vec![Vec::new()],
             injected: HashSet::new(),
-            verbose: std::env::var_os("DOMSYNC_SIM_TRACE").is_some_and(|v| v != "0"),
             _root: root,
         };
         let tuning = format!("{:?} {:?} {:?}", sim.faults, sim.ship, sim.backoff);
-        sim.ev(&tuning);
+        sim.clock.ev(&tuning);
         sim
-    }
-
-    fn now(&self) -> Instant {
-        self.base + self.elapsed
-    }
-
-    /// Simulated wall clock for heartbeats (microseconds).
-    fn wall_micros(&self) -> u64 {
-        1_700_000_000_000_000 + self.elapsed.as_micros() as u64
-    }
-
-    fn at(&self) -> String {
-        format!("seed {} step {}", self.seed, self.step)
-    }
-
-    fn ev(&mut self, event: &str) {
-        if self.verbose {
-            eprintln!("[{} {:>5}] {event}", self.seed, self.step);
-        }
-        self.trace.add(self.step, event);
     }
 
     fn active_lsn(&self) -> Lsn {
@@ -447,41 +268,36 @@ impl Sim {
     fn run(mut self) -> Outcome {
         let writes = self.rng.range(20, 120);
         let max_steps = writes * 8 + 200;
-        while self.stats.writes < writes && self.step < max_steps {
+        while self.stats.writes < writes && self.clock.step < max_steps {
             self.step(true);
         }
-        self.ev("settle");
+        self.clock.ev("settle");
         // Faults off: heal, restart what is down, let the standbys catch up.
         for i in 0..self.standbys.len() {
             self.standbys[i].partitioned_until = 0;
         }
-        let settle_end = self.step + SETTLE_STEPS;
+        let settle_end = self.clock.step + SETTLE_STEPS;
         loop {
             self.step(false);
             if self.converged() {
                 break;
             }
             assert!(
-                self.step < settle_end,
+                self.clock.step < settle_end,
                 "{}: standbys did not catch up with the active at lsn {} within {SETTLE_STEPS} \
                  fault-free steps: {}",
-                self.at(),
+                self.clock.at(),
                 self.active_lsn(),
                 self.describe_standbys()
             );
         }
         self.check_end();
-        self.stats.steps = self.step;
-        Outcome {
-            stats: self.stats.clone(),
-            hash: self.trace.hash,
-            events: self.trace.keep.take().unwrap_or_default(),
-        }
+        self.stats.steps = self.clock.step;
+        self.clock.outcome(self.stats.clone())
     }
 
     fn step(&mut self, faults: bool) {
-        self.step += 1;
-        self.elapsed += DT;
+        self.clock.tick();
         if faults {
             self.inject_faults();
         }
@@ -495,7 +311,7 @@ impl Sim {
     }
 
     fn describe_standbys(&self) -> String {
-        let now = self.now();
+        let now = self.clock.now();
         let mut out = String::new();
         for s in &self.standbys {
             let pos = s
@@ -524,34 +340,6 @@ impl Sim {
 
     // --- workload ----------------------------------------------------------------------------
 
-    fn random_op(&mut self) -> Op {
-        let key = |r: &mut Rng| format!("k{:02}", r.below(24)).into_bytes();
-        match self.rng.below(100) {
-            0..=64 => {
-                let key = key(&mut self.rng);
-                let len = self.rng.usize(0, 48);
-                Op::Put {
-                    key,
-                    value: self.rng.bytes(len),
-                }
-            }
-            65..=84 => Op::Delete {
-                key: key(&mut self.rng),
-            },
-            85..=95 => {
-                let name = format!("p{}", self.rng.below(3));
-                let len = self.rng.usize(0, 200);
-                Op::InstallPolicy {
-                    name,
-                    content: self.rng.bytes(len),
-                }
-            }
-            _ => Op::RemovePolicy {
-                name: format!("p{}", self.rng.below(3)),
-            },
-        }
-    }
-
     fn write(&mut self) {
         let Some(d) = self.active_domain() else {
             return;
@@ -561,22 +349,22 @@ impl Sim {
         } else {
             1
         };
-        let ops: Vec<Op> = (0..n).map(|_| self.random_op()).collect();
+        let ops: Vec<Op> = (0..n).map(|_| self.rng.op()).collect();
         let pos = d
             .write(ops)
-            .unwrap_or_else(|e| panic!("{}: write refused: {e}", self.at()));
-        assert_eq!(pos.lsn, self.active_lsn().next(), "{}", self.at());
+            .unwrap_or_else(|e| panic!("{}: write refused: {e}", self.clock.at()));
+        assert_eq!(pos.lsn, self.active_lsn().next(), "{}", self.clock.at());
         let st = d.status().unwrap();
-        assert_eq!(st.position, pos, "{}", self.at());
+        assert_eq!(st.position, pos, "{}", self.clock.at());
         let bytes = d
             .read_log(pos.lsn, 1, usize::MAX)
-            .unwrap_or_else(|e| panic!("{}: read back lsn {}: {e}", self.at(), pos.lsn))
+            .unwrap_or_else(|e| panic!("{}: read back lsn {}: {e}", self.clock.at(), pos.lsn))
             .remove(0)
             .bytes;
         self.history.push((pos.clone(), st.digest));
         self.records.push(bytes);
         self.stats.writes += 1;
-        self.ev(&format!("write {}", pos.lsn));
+        self.clock.ev(&format!("write {}", pos.lsn));
         if self.faults.notify >= 1.0 {
             self.notify_all();
         }
@@ -590,9 +378,9 @@ impl Sim {
         let below = Lsn(self.rng.range(st.log_start.0, st.position.lsn.0 + 1));
         let start = d
             .truncate_log(below)
-            .unwrap_or_else(|e| panic!("{}: truncate: {e}", self.at()));
+            .unwrap_or_else(|e| panic!("{}: truncate: {e}", self.clock.at()));
         self.stats.truncations += 1;
-        self.ev(&format!("truncate below {below} -> {start}"));
+        self.clock.ev(&format!("truncate below {below} -> {start}"));
     }
 
     // --- faults ------------------------------------------------------------------------------
@@ -607,14 +395,14 @@ impl Sim {
         for i in 0..self.standbys.len() {
             if self.standbys[i].stream.is_some() && self.rng.chance(self.faults.cut) {
                 self.stats.cuts += 1;
-                self.ev(&format!("cut {i}"));
+                self.clock.ev(&format!("cut {i}"));
                 self.reset_stream(i);
             }
             if self.rng.chance(self.faults.partition) {
                 let steps = self.rng.range(3, 120);
                 self.stats.partitions += 1;
-                self.ev(&format!("partition {i} for {steps}"));
-                self.standbys[i].partitioned_until = self.step + steps;
+                self.clock.ev(&format!("partition {i} for {steps}"));
+                self.standbys[i].partitioned_until = self.clock.step + steps;
                 self.reset_stream(i);
             }
             // Snapshots go by in a few steps: crashes aim at them on purpose too.
@@ -636,9 +424,9 @@ impl Sim {
             if let Some(sh) = s.shipper.as_mut() {
                 sh.disconnected();
             }
-            self.ev(&format!("stream {} of {i} lost", s.id));
+            self.clock.ev(&format!("stream {} of {i} lost", s.id));
         }
-        let now = self.now();
+        let now = self.clock.now();
         if let Some(f) = self.standbys[i].follower.as_mut() {
             if f.is_connected() {
                 let actions = f.disconnected(now);
@@ -653,7 +441,7 @@ impl Sim {
         self.stats.standby_crashes += 1;
         let mid_snapshot = self.standbys[i].resync.is_some();
         self.stats.mid_snapshot_crashes += u64::from(mid_snapshot);
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "crash standby {i} mode {mode} for {steps} mid-snapshot={mid_snapshot}"
         ));
         // The process is gone: its follower, stream and snapshot in progress with it.
@@ -665,7 +453,7 @@ impl Sim {
         }
         self.standbys[i].follower = None;
         self.standbys[i].target = None;
-        self.standbys[i].down_until = Some(self.step + steps);
+        self.standbys[i].down_until = Some(self.clock.step + steps);
         if mode == 0 {
             // The store stays open (the replica's files are as they were).
             self.standbys[i].resync = None;
@@ -696,33 +484,43 @@ impl Sim {
     fn crash_active(&mut self) {
         let steps = self.rng.range(1, 40);
         self.stats.active_crashes += 1;
-        self.ev(&format!("crash active for {steps}"));
+        self.clock.ev(&format!("crash active for {steps}"));
         for i in 0..self.standbys.len() {
             self.reset_stream(i);
         }
         drop(self.active.domain.take());
         self.active.store.take().expect("active store").close();
-        self.active.down_until = self.step + steps;
+        self.active.down_until = self.clock.step + steps;
     }
 
     fn restarts(&mut self, all: bool) {
-        if self.active.domain.is_none() && (all || self.step >= self.active.down_until) {
-            self.ev("restart active");
+        if self.active.domain.is_none() && (all || self.clock.step >= self.active.down_until) {
+            self.clock.ev("restart active");
             let store = open_store(&self.active.dir, &NodeId::new("a").unwrap());
             let d = store.domain(&self.id).expect("reopen the active's domain");
             let st = d.status().unwrap();
             let (pos, digest) = self.history.last().unwrap();
-            assert_eq!(&st.position, pos, "{}: active lost a commit", self.at());
-            assert_eq!(&st.digest, digest, "{}", self.at());
-            assert_eq!(st.role, Role::Active, "{}", self.at());
+            assert_eq!(
+                &st.position,
+                pos,
+                "{}: active lost a commit",
+                self.clock.at()
+            );
+            assert_eq!(&st.digest, digest, "{}", self.clock.at());
+            assert_eq!(st.role, Role::Active, "{}", self.clock.at());
             let v = d.verify().unwrap();
-            assert!(v.is_clean(), "{}: active verify: {:?}", self.at(), v.faults);
+            assert!(
+                v.is_clean(),
+                "{}: active verify: {:?}",
+                self.clock.at(),
+                v.faults
+            );
             self.active.store = Some(store);
             self.active.domain = Some(d);
         }
         for i in 0..self.standbys.len() {
             let due = match self.standbys[i].down_until {
-                Some(t) => all || self.step >= t,
+                Some(t) => all || self.clock.step >= t,
                 None => false,
             };
             if due {
@@ -732,8 +530,8 @@ impl Sim {
     }
 
     fn restart_standby(&mut self, i: usize) {
-        self.ev(&format!("restart standby {i}"));
-        let now = self.now();
+        self.clock.ev(&format!("restart standby {i}"));
+        let now = self.clock.now();
         let s = &mut self.standbys[i];
         s.down_until = None;
         if s.store.is_none() {
@@ -743,7 +541,7 @@ impl Sim {
             assert!(
                 !half_built.exists(),
                 "seed {}: the half-built resync file survived reopening",
-                self.seed
+                self.clock.seed
             );
             if had_half_built {
                 self.stats.half_built_removed += 1;
@@ -754,7 +552,7 @@ impl Sim {
                 Some(&pos),
                 s.before_crash.as_ref(),
                 "seed {}: a standby crash changed its state (invariant 6)",
-                self.seed
+                self.clock.seed
             );
             s.store = Some(store);
             s.domain = Some(d);
@@ -775,7 +573,7 @@ impl Sim {
         assert!(
             lsn <= self.active_lsn(),
             "{}: standby {} {when} is at lsn {lsn}, past the active's {}",
-            self.at(),
+            self.clock.at(),
             self.standbys[i].node,
             self.active_lsn()
         );
@@ -785,7 +583,7 @@ impl Sim {
                 &st.position,
                 pos,
                 "{}: standby {} {when}: position differs from the active's at lsn {lsn}",
-                self.at(),
+                self.clock.at(),
                 self.standbys[i].node
             );
         }
@@ -794,7 +592,7 @@ impl Sim {
             digest,
             "{}: standby {} {when}: content digest differs from the active's at lsn {lsn} \
              (invariant 3)",
-            self.at(),
+            self.clock.at(),
             self.standbys[i].node
         );
         if verify {
@@ -802,7 +600,7 @@ impl Sim {
             assert!(
                 v.is_clean(),
                 "{}: standby {} {when}: verify: {:?}",
-                self.at(),
+                self.clock.at(),
                 self.standbys[i].node,
                 v.faults
             );
@@ -819,7 +617,7 @@ impl Sim {
 
     fn notify(&mut self, i: usize) {
         let lsn = self.active_lsn();
-        let now = self.now();
+        let now = self.clock.now();
         let Some(s) = self.standbys[i].stream.as_mut() else {
             return;
         };
@@ -844,8 +642,8 @@ impl Sim {
     }
 
     fn ticks(&mut self) {
-        let now = self.now();
-        let wall = self.wall_micros();
+        let now = self.clock.now();
+        let wall = self.clock.wall_micros();
         let position = self.history.last().unwrap().0.clone();
         for i in 0..self.standbys.len() {
             if let Some(sh) = self.standbys[i]
@@ -886,7 +684,7 @@ impl Sim {
                 s.stream
                     .as_ref()
                     .and_then(|x| x.shipper.as_ref())
-                    .map(|sh| sh.status(self.now()).0),
+                    .map(|sh| sh.status(self.clock.now()).0),
             ),
         ];
         for (side, status) in statuses {
@@ -895,7 +693,7 @@ impl Sim {
                 st.uid.is_none() || status != SyncStatus::NeverSynchronized,
                 "{}: the {side} reports standby {i} NeverSynchronized, but it holds the domain \
                  at lsn {}",
-                self.at(),
+                self.clock.at(),
                 st.position.lsn
             );
             assert!(
@@ -904,17 +702,17 @@ impl Sim {
                     SyncStatus::Advanced { .. } | SyncStatus::Collision { .. }
                 ),
                 "{}: the {side} reports standby {i} {status}: nothing diverges here",
-                self.at()
+                self.clock.at()
             );
         }
         if let Some(x) = s.stream.as_ref() {
             if let Some(sh) = x.shipper.as_ref() {
-                if sh.status(self.now()).0 == SyncStatus::Synchronized {
+                if sh.status(self.clock.now()).0 == SyncStatus::Synchronized {
                     assert!(
                         st.position.lsn >= x.notified,
                         "{}: the shipper reports standby {i} Synchronized at lsn {} but the \
                          active committed {}",
-                        self.at(),
+                        self.clock.at(),
                         st.position.lsn,
                         x.notified
                     );
@@ -956,10 +754,10 @@ impl Sim {
             if faults {
                 frame = self.corrupt_down(i, frame);
             }
-            let now = self.now();
+            let now = self.clock.now();
             let actions = match decode(&frame) {
                 Ok(m) => {
-                    self.ev(&format!("{i} <- {}", describe(&m)));
+                    self.clock.ev(&format!("{i} <- {}", describe(&m)));
                     let records = matches!(m, Message::Records(_));
                     let refused = self.follower(i).refused();
                     let actions = self.follower(i).on_message(m, now);
@@ -970,7 +768,7 @@ impl Sim {
                     actions
                 }
                 Err(e) => {
-                    self.ev(&format!("{i} <- undecodable"));
+                    self.clock.ev(&format!("{i} <- undecodable"));
                     self.follower(i)
                         .apply_failed(&format!("corrupt frame from the active refused: {e}"), now)
                 }
@@ -994,7 +792,7 @@ impl Sim {
             let at = self.rng.below(frame.len() as u64) as usize;
             frame[at] ^= 1 << self.rng.below(8);
             self.stats.corrupt_frames += 1;
-            self.ev(&format!("corrupt a frame to {i}"));
+            self.clock.ev(&format!("corrupt a frame to {i}"));
             self.mark_injected(i);
             return frame;
         }
@@ -1011,7 +809,7 @@ impl Sim {
                 bytes[at] ^= 1 << self.rng.below(8);
                 self.injected.insert(bytes.clone());
                 self.stats.corrupt_records += 1;
-                self.ev(&format!("corrupt record {r} to {i}"));
+                self.clock.ev(&format!("corrupt record {r} to {i}"));
                 self.mark_injected(i);
                 encode(&Message::Records(records)).unwrap()
             }
@@ -1030,7 +828,7 @@ impl Sim {
                     None => value.push(0),
                 }
                 self.stats.corrupt_rows += 1;
-                self.ev(&format!("corrupt snapshot row to {i}"));
+                self.clock.ev(&format!("corrupt snapshot row to {i}"));
                 self.mark_injected(i);
                 encode(&Message::SnapshotRows(rows)).unwrap()
             }
@@ -1058,7 +856,7 @@ impl Sim {
                 let at = self.rng.below(frame.len() as u64) as usize;
                 frame[at] ^= 1 << self.rng.below(8);
                 self.stats.corrupt_up += 1;
-                self.ev(&format!("corrupt a frame from {i}"));
+                self.clock.ev(&format!("corrupt a frame from {i}"));
             }
             self.active_receives(i, &frame);
         }
@@ -1066,17 +864,17 @@ impl Sim {
 
     /// The active reads one frame from standby `i`'s stream.
     fn active_receives(&mut self, i: usize, frame: &[u8]) {
-        let now = self.now();
+        let now = self.clock.now();
         let m = match decode(frame) {
             Ok(m) => m,
             Err(_) => {
                 // A decode error ends the stream (invariant 8).
-                self.ev(&format!("{i} -> undecodable: reset"));
+                self.clock.ev(&format!("{i} -> undecodable: reset"));
                 self.reset_stream(i);
                 return;
             }
         };
-        self.ev(&format!("{i} -> {}", describe(&m)));
+        self.clock.ev(&format!("{i} -> {}", describe(&m)));
         let d = self.active_domain().expect("a stream to a crashed active");
         let node = self.standbys[i].node.clone();
         let ship = self.ship;
@@ -1084,16 +882,7 @@ impl Sim {
         let actions = match (m, stream.shipper.as_mut()) {
             (Message::Follow(follow), None) => {
                 let st = d.status().unwrap();
-                let view = LocalView {
-                    node: NodeId::new("a").unwrap(),
-                    role: st.role,
-                    uid: st.uid,
-                    epoch: st.epoch,
-                    history: st.history,
-                    position: st.position,
-                    log_start: st.log_start,
-                    log_base_chain: st.log_base_chain,
-                };
+                let view = local_view(&NodeId::new("a").unwrap(), &st);
                 stream.notified = view.position.lsn;
                 let mut sh = Shipper::new(node, ship, now);
                 let actions = sh.on_follow(&follow, &view, |l| d.chain_at(l).ok().flatten(), now);
@@ -1103,7 +892,7 @@ impl Sim {
             (Message::Ack(ack), Some(sh)) => sh.on_ack(ack, now),
             (m, _) => panic!(
                 "{}: the active got an unexpected {} from standby {i}",
-                self.at(),
+                self.clock.at(),
                 describe(&m)
             ),
         };
@@ -1128,10 +917,10 @@ impl Sim {
             let d = self
                 .active_domain()
                 .expect("active up while it has streams");
-            let now = self.now();
+            let now = self.clock.now();
             let more = match action {
                 ShipAction::Send(m) => {
-                    self.ev(&format!("ship {i}: {}", describe(&m)));
+                    self.clock.ev(&format!("ship {i}: {}", describe(&m)));
                     self.send_down(i, &m);
                     Vec::new()
                 }
@@ -1141,23 +930,23 @@ impl Sim {
                     max_bytes,
                 } => match d.read_log(from, max_records, max_bytes) {
                     Err(StoreError::LogTruncated { .. }) => {
-                        self.ev(&format!("ship {i}: {from} truncated"));
+                        self.clock.ev(&format!("ship {i}: {from} truncated"));
                         self.shipper(i).log_truncated()
                     }
-                    Err(e) => panic!("{}: the active cannot read its log: {e}", self.at()),
+                    Err(e) => panic!("{}: the active cannot read its log: {e}", self.clock.at()),
                     Ok(entries) => {
                         let Some(last) = entries.last().map(|e| e.record.lsn) else {
-                            self.ev(&format!("ship {i}: nothing from {from}"));
+                            self.clock.ev(&format!("ship {i}: nothing from {from}"));
                             continue;
                         };
                         assert!(
                             entries.len() <= max_records,
                             "{}: read_log gave too much",
-                            self.at()
+                            self.clock.at()
                         );
                         let n = entries.len() as u64;
                         let bytes: u64 = entries.iter().map(|e| e.bytes.len() as u64).sum();
-                        self.ev(&format!("ship {i}: records {from}..={last}"));
+                        self.clock.ev(&format!("ship {i}: records {from}..={last}"));
                         let m = Message::Records(
                             entries.into_iter().map(|e| RecordBytes(e.bytes)).collect(),
                         );
@@ -1174,7 +963,7 @@ impl Sim {
                 }
                 ShipAction::Close { why } => panic!(
                     "{}: the active closed the stream of standby {i} for no injected fault: {why}",
-                    self.at()
+                    self.clock.at()
                 ),
             };
             queue.extend(more);
@@ -1190,40 +979,22 @@ impl Sim {
     }
 
     fn send_snapshot(&mut self, i: usize, d: &Domain) -> Position {
-        let snap = d.snapshot().unwrap();
-        let lsn = snap.position.lsn;
+        let (header, rows) = take_snapshot(d);
+        let lsn = header.position.lsn;
         assert_eq!(
-            snap.digest,
+            header.digest,
             self.history[lsn.0 as usize].1,
             "{}: snapshot digest",
-            self.at()
+            self.clock.at()
         );
-        let header = SnapshotHeader {
-            uid: snap.uid.expect("the active has a uid"),
-            position: snap.position.clone(),
-            epoch: snap.epoch.clone(),
-            history: snap.history.clone(),
-            digest: snap.digest,
-        };
-        let mut rows = Vec::new();
-        snap.for_each::<StoreError>(|item| {
-            rows.push(item);
-            Ok(())
-        })
-        .unwrap();
-        drop(snap);
         self.stats.snapshots_sent += 1;
-        self.ev(&format!("ship {i}: snapshot at {lsn}, {} rows", rows.len()));
-        self.send_down(i, &Message::SnapshotBegin(header.clone()));
-        let total = rows.len() as u64;
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let n = self.rng.usize(1, 8);
-            let chunk: Vec<SnapshotItem> = rows.by_ref().take(n).collect();
-            self.send_down(i, &Message::SnapshotRows(chunk));
+        self.clock
+            .ev(&format!("ship {i}: snapshot at {lsn}, {} rows", rows.len()));
+        let position = header.position.clone();
+        for m in snapshot_messages(&mut self.rng, header, rows) {
+            self.send_down(i, &m);
         }
-        self.send_down(i, &Message::SnapshotEnd { rows: total });
-        header.position
+        position
     }
 
     // --- the standby's driver ------------------------------------------------------------------
@@ -1238,12 +1009,12 @@ impl Sim {
     fn run_follow(&mut self, i: usize, actions: Vec<FollowAction>) {
         let mut queue: VecDeque<FollowAction> = actions.into();
         while let Some(action) = queue.pop_front() {
-            let now = self.now();
+            let now = self.clock.now();
             let d = self.standbys[i].domain.clone().expect("standby open");
             let more = match action {
                 FollowAction::Connect => self.connect(i),
                 FollowAction::Send(m) => {
-                    self.ev(&format!("follow {i}: {}", describe(&m)));
+                    self.clock.ev(&format!("follow {i}: {}", describe(&m)));
                     self.send_up(i, &m);
                     Vec::new()
                 }
@@ -1252,7 +1023,7 @@ impl Sim {
                     header,
                     archive_after,
                 } => {
-                    self.ev(&format!(
+                    self.clock.ev(&format!(
                         "follow {i}: begin snapshot {} {archive_after:?}",
                         header.position.lsn
                     ));
@@ -1260,24 +1031,17 @@ impl Sim {
                         archive_after,
                         None,
                         "{}: nothing diverges in this simulation",
-                        self.at()
+                        self.clock.at()
                     );
-                    let target = ResyncTarget {
-                        uid: header.uid,
-                        position: header.position.clone(),
-                        epoch: header.epoch.clone(),
-                        history: header.history.clone(),
-                        digest: header.digest,
-                    };
                     let r = d
-                        .begin_resync(target, archive_after)
-                        .unwrap_or_else(|e| panic!("{}: begin_resync: {e}", self.at()));
+                        .begin_resync(resync_target(&header), archive_after)
+                        .unwrap_or_else(|e| panic!("{}: begin_resync: {e}", self.clock.at()));
                     self.standbys[i].resync = Some(r);
                     self.standbys[i].target = Some(header);
                     Vec::new()
                 }
                 FollowAction::SnapshotRows(rows) => {
-                    let at = self.at();
+                    let at = self.clock.at();
                     let r = self.standbys[i]
                         .resync
                         .as_mut()
@@ -1301,7 +1065,7 @@ impl Sim {
                                 "{at}: a refused snapshot changed the state (invariant 6)"
                             );
                             self.stats.snapshots_refused += 1;
-                            self.ev(&format!("follow {i}: snapshot row refused"));
+                            self.clock.ev(&format!("follow {i}: snapshot row refused"));
                             self.check_prefix(i, "after a refused snapshot row", true);
                             self.follower(i).apply_failed(&e.to_string(), now)
                         }
@@ -1309,13 +1073,13 @@ impl Sim {
                 }
                 FollowAction::FinishSnapshot { rows } => self.finish_snapshot(i, &d, rows),
                 FollowAction::AbortSnapshot => {
-                    self.ev(&format!("follow {i}: abort snapshot"));
+                    self.clock.ev(&format!("follow {i}: abort snapshot"));
                     self.standbys[i].resync = None;
                     self.standbys[i].target = None;
                     Vec::new()
                 }
                 FollowAction::Close { why } => {
-                    self.ev(&format!("follow {i}: close"));
+                    self.clock.ev(&format!("follow {i}: close"));
                     self.standby_closes(i, &why);
                     let f = self.follower(i);
                     if f.is_connected() {
@@ -1330,25 +1094,19 @@ impl Sim {
     }
 
     fn connect(&mut self, i: usize) -> Vec<FollowAction> {
-        let now = self.now();
+        let now = self.clock.now();
         let s = &self.standbys[i];
         assert!(
             s.stream.is_none(),
             "{}: connect with a stream open",
-            self.at()
+            self.clock.at()
         );
-        if self.active.domain.is_none() || s.partitioned_until > self.step {
-            self.ev(&format!("follow {i}: cannot connect"));
+        if self.active.domain.is_none() || s.partitioned_until > self.clock.step {
+            self.clock.ev(&format!("follow {i}: cannot connect"));
             return self.follower(i).disconnected(now);
         }
         let st = s.domain.as_ref().unwrap().status().unwrap();
-        let view = StandbyView {
-            uid: st.uid,
-            position: st.position,
-            epoch: st.epoch,
-            history: st.history,
-            collision_fork: None,
-        };
+        let view = standby_view(st, None);
         self.next_stream += 1;
         self.standbys[i].stream = Some(Stream {
             id: self.next_stream,
@@ -1360,12 +1118,13 @@ impl Sim {
         });
         self.stats.connects += 1;
         self.standbys[i].has_connected = true;
-        self.ev(&format!("follow {i}: connected at {}", view.position.lsn));
+        self.clock
+            .ev(&format!("follow {i}: connected at {}", view.position.lsn));
         self.follower(i).connected(&view)
     }
 
     fn apply(&mut self, i: usize, d: &Domain, records: Vec<RecordBytes>) -> Vec<FollowAction> {
-        let now = self.now();
+        let now = self.clock.now();
         let mut last = None;
         let mut expected = d.status().unwrap().position.lsn.next();
         for r in &records {
@@ -1374,15 +1133,20 @@ impl Sim {
                     assert!(
                         !self.injected.contains(&r.0),
                         "{}: standby {i} applied a corrupted record at lsn {} (invariant 4)",
-                        self.at(),
+                        self.clock.at(),
                         pos.lsn
                     );
-                    assert_eq!(pos.lsn, expected, "{}: applied out of order", self.at());
+                    assert_eq!(
+                        pos.lsn,
+                        expected,
+                        "{}: applied out of order",
+                        self.clock.at()
+                    );
                     assert_eq!(
                         r.0,
                         self.records[pos.lsn.0 as usize],
                         "{}: standby {i} applied bytes that differ from the active's at lsn {}",
-                        self.at(),
+                        self.clock.at(),
                         pos.lsn
                     );
                     self.stats.applied += 1;
@@ -1394,10 +1158,11 @@ impl Sim {
                     assert!(
                         injected && matches!(e, StoreError::CorruptRecord { .. }),
                         "{}: standby {i} refused a record that was not corrupted: {e}",
-                        self.at()
+                        self.clock.at()
                     );
                     self.stats.refused_records += 1;
-                    self.ev(&format!("follow {i}: refused a corrupt record"));
+                    self.clock
+                        .ev(&format!("follow {i}: refused a corrupt record"));
                     self.check_prefix(i, "after a refused record", false);
                     return self.follower(i).apply_failed(&e.to_string(), now);
                 }
@@ -1406,7 +1171,8 @@ impl Sim {
         self.check_prefix(i, "after applying", false);
         match last {
             Some(pos) => {
-                self.ev(&format!("follow {i}: applied to {}", pos.lsn));
+                self.clock
+                    .ev(&format!("follow {i}: applied to {}", pos.lsn));
                 self.follower(i).applied(&pos, now)
             }
             None => Vec::new(),
@@ -1414,8 +1180,8 @@ impl Sim {
     }
 
     fn finish_snapshot(&mut self, i: usize, d: &Domain, rows: u64) -> Vec<FollowAction> {
-        let now = self.now();
-        let at = self.at();
+        let now = self.clock.now();
+        let at = self.clock.at();
         let r = self.standbys[i]
             .resync
             .take()
@@ -1427,7 +1193,8 @@ impl Sim {
             Ok(pos) => {
                 assert_eq!(pos, header.position, "{at}: installed position");
                 self.stats.snapshots_installed += 1;
-                self.ev(&format!("follow {i}: snapshot installed at {}", pos.lsn));
+                self.clock
+                    .ev(&format!("follow {i}: snapshot installed at {}", pos.lsn));
                 self.check_prefix(i, "after a snapshot", true);
                 self.follower(i).snapshot_installed(&pos, now)
             }
@@ -1443,7 +1210,7 @@ impl Sim {
                     "{at}: a refused snapshot changed the state (invariant 6)"
                 );
                 self.stats.snapshots_refused += 1;
-                self.ev(&format!("follow {i}: snapshot refused"));
+                self.clock.ev(&format!("follow {i}: snapshot refused"));
                 self.check_prefix(i, "after a refused snapshot", true);
                 self.follower(i).apply_failed(&e.to_string(), now)
             }
@@ -1459,7 +1226,7 @@ impl Sim {
         assert!(
             stream.injected,
             "{}: standby {i} closed its stream for no injected fault: {why}",
-            self.at()
+            self.clock.at()
         );
         self.standbys[i].resync = None;
         self.standbys[i].target = None;
@@ -1490,7 +1257,7 @@ impl Sim {
     // --- the end -------------------------------------------------------------------------------
 
     fn converged(&self) -> bool {
-        let now = self.now();
+        let now = self.clock.now();
         let Some(a) = self.active.domain.as_ref() else {
             return false;
         };
@@ -1520,10 +1287,15 @@ impl Sim {
         assert!(
             va.is_clean(),
             "{}: active verify: {:?}",
-            self.at(),
+            self.clock.at(),
             va.faults
         );
-        assert_eq!(sa.position, self.history.last().unwrap().0, "{}", self.at());
+        assert_eq!(
+            sa.position,
+            self.history.last().unwrap().0,
+            "{}",
+            self.clock.at()
+        );
         for (i, s) in self.standbys.iter().enumerate() {
             let d = s.domain.as_ref().unwrap();
             let ss = d.status().unwrap();
@@ -1532,28 +1304,38 @@ impl Sim {
                 ss.position,
                 sa.position,
                 "{}: standby {i} position",
-                self.at()
+                self.clock.at()
             );
-            assert_eq!(ss.digest, sa.digest, "{}: standby {i} digest", self.at());
-            assert_eq!(ss.uid, sa.uid, "{}: standby {i} uid", self.at());
-            assert_eq!(ss.role, Role::Standby, "{}", self.at());
+            assert_eq!(
+                ss.digest,
+                sa.digest,
+                "{}: standby {i} digest",
+                self.clock.at()
+            );
+            assert_eq!(ss.uid, sa.uid, "{}: standby {i} uid", self.clock.at());
+            assert_eq!(ss.role, Role::Standby, "{}", self.clock.at());
             let v = d.verify().unwrap();
             assert!(
                 v.is_clean(),
                 "{}: standby {i} verify: {:?}",
-                self.at(),
+                self.clock.at(),
                 v.faults
             );
             // Exactly once, in order: the standby's log is the active's, byte for byte.
             let mine = d.read_log(ss.log_start, usize::MAX, usize::MAX).unwrap();
             let mut expected = ss.log_start;
             for e in &mine {
-                assert_eq!(e.record.lsn, expected, "{}: standby {i} log gap", self.at());
+                assert_eq!(
+                    e.record.lsn,
+                    expected,
+                    "{}: standby {i} log gap",
+                    self.clock.at()
+                );
                 assert_eq!(
                     e.bytes,
                     self.records[expected.0 as usize],
                     "{}: standby {i} log differs at lsn {expected}",
-                    self.at()
+                    self.clock.at()
                 );
                 expected = expected.next();
             }
@@ -1561,7 +1343,7 @@ impl Sim {
                 expected,
                 ss.position.lsn.next(),
                 "{}: standby {i} log end",
-                self.at()
+                self.clock.at()
             );
             let from = sa.log_start.max(ss.log_start);
             if from <= sa.position.lsn {
@@ -1573,24 +1355,29 @@ impl Sim {
                         .map(|e| &e.bytes)
                         .eq(ours.iter().map(|e| &e.bytes)),
                     "{}: standby {i} log differs from the active's",
-                    self.at()
+                    self.clock.at()
                 );
             }
             // Both sides agree the standby is synchronized.
             let f = s.follower.as_ref().unwrap();
-            assert_eq!(f.status().0, SyncStatus::Synchronized, "{}", self.at());
+            assert_eq!(
+                f.status().0,
+                SyncStatus::Synchronized,
+                "{}",
+                self.clock.at()
+            );
             let sh = s
                 .stream
                 .as_ref()
                 .and_then(|st| st.shipper.as_ref())
                 .unwrap();
             assert_eq!(
-                sh.status(self.now()).0,
+                sh.status(self.clock.now()).0,
                 SyncStatus::Synchronized,
                 "{}",
-                self.at()
+                self.clock.at()
             );
-            assert_eq!(sh.ack().applied, sa.position.lsn, "{}", self.at());
+            assert_eq!(sh.ack().applied, sa.position.lsn, "{}", self.clock.at());
         }
     }
 }
@@ -1605,56 +1392,20 @@ fn run_seed(seed: u64, keep_events: bool) -> Outcome {
 
 /// [`run_seed`] with the seed's fault rates adjusted; `test` goes in the replay hint.
 fn run_seed_with(seed: u64, keep_events: bool, test: &str, tune: impl Fn(&mut Faults)) -> Outcome {
-    let run = || {
+    run_replayable(seed, test, || {
         let mut sim = Sim::new(seed);
         tune(&mut sim.faults);
         if keep_events {
-            sim.trace.keep = Some(Vec::new());
+            sim.clock.trace.keep = Some(Vec::new());
         }
         sim.run()
-    };
-    match catch_unwind(AssertUnwindSafe(run)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            eprintln!("simulation seed {seed} FAILED; {}", replay_hint(seed, test));
-            panic!(
-                "simulation seed {seed} failed: {msg}\n{}",
-                replay_hint(seed, test)
-            );
-        }
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    Some(
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-    )
-}
-
-/// `DOMSYNC_SIM_SEED` alone, or the first `DOMSYNC_SIM_SEEDS` (default 200).
-fn seeds() -> Vec<u64> {
-    match env_u64("DOMSYNC_SIM_SEED") {
-        Some(s) => vec![s],
-        None => (0..env_u64("DOMSYNC_SIM_SEEDS").unwrap_or(200)).collect(),
-    }
+    })
 }
 
 #[test]
 fn replication_survives_partitions_loss_crashes_and_corruption() {
     let seeds = seeds();
-    let started = Instant::now();
-    let mut total = Stats::default();
-    for &seed in &seeds {
-        total.add(&run_seed(seed, false).stats);
-    }
+    let (total, secs) = run_seeds(&seeds, |seed| run_seed(seed, false).stats);
     eprintln!(
         "sim: {} seeds in {:.2} s: {} steps, {} writes, {} records applied, {} truncations, \
          {} snapshots sent / {} installed / {} refused, {} corruptions injected \
@@ -1662,7 +1413,7 @@ fn replication_survives_partitions_loss_crashes_and_corruption() {
          {} cuts, {} partitions, {} standby crashes ({} mid-snapshot, {} half-built files removed), \
          {} active crashes, {} connects, {} frames lost in flight",
         total.seeds,
-        started.elapsed().as_secs_f64(),
+        secs,
         total.steps,
         total.writes,
         total.applied,
@@ -1706,21 +1457,7 @@ fn a_seed_replays_exactly() {
     for seed in [3, 17, 4242] {
         let first = run_seed(seed, true);
         let second = run_seed(seed, true);
-        if let Some((a, b)) = first
-            .events
-            .iter()
-            .zip(&second.events)
-            .find(|(a, b)| a != b)
-        {
-            panic!("seed {seed} did not replay identically: {a:?} then {b:?}");
-        }
-        assert_eq!(
-            first.events.len(),
-            second.events.len(),
-            "seed {seed} did not replay identically"
-        );
-        assert_eq!(first.hash, second.hash, "seed {seed}: trace hash");
-        assert_eq!(first.stats, second.stats, "seed {seed}: counters");
+        assert_replayed(seed, &first, &second);
         assert!(first.stats.writes > 0);
     }
 }

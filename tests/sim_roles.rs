@@ -74,28 +74,32 @@
 // Nodes are indexes into several arrays at once (nodes, names, links, acks).
 #![allow(clippy::needless_range_loop)]
 
+mod sim_support;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use domsync::codec::decode_record;
 use domsync::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
 use domsync::repl::promotion::{check, GuardInput, Heard, PeerProbe};
 use domsync::repl::{
-    decide, Answer, Backoff, FollowAction, Follower, LocalView, Message, ProbeAnswer, RecordBytes,
+    decide, Answer, Backoff, FollowAction, Follower, Message, ProbeAnswer, RecordBytes,
     RejectReason, ShipAction, ShipConfig, Shipper, SnapshotHeader, StandbyView, SyncStatus,
 };
 use domsync::store::{
-    ArchivedRecord, Domain, DomainStatus, Resync, ResyncTarget, SnapshotItem, StateDigest, Store,
-    StoreError, StoreOptions,
+    ArchivedRecord, Domain, DomainStatus, Resync, StateDigest, Store, StoreError,
+};
+use sim_support::{
+    assert_replayed, counters, local_view, open_store, resync_target, run_replayable, run_seeds,
+    seeds, snapshot_messages, take_snapshot, temp_root, Clock, Rng,
 };
 
 const N: usize = 3;
 const NAMES: [&str; N] = ["a", "b", "c"];
-/// Simulated time per step.
-const DT: Duration = Duration::from_millis(10);
+/// Salt of this simulation's seeds.
+const RNG_SALT: u64 = 0x5DEE_CE66_D1CE_4E5B;
 /// Steps allowed to converge once faults stop.
 const SETTLE_STEPS: u64 = 6000;
 /// Split-brain guard window: an active heard from within it counts as alive.
@@ -124,81 +128,7 @@ const REWIND_ARCHIVES_BELOW_LOG_START: bool = true;
 /// In the settle phase, the operator promotes a standby after this long without an active.
 const NO_ACTIVE_STEPS: u64 = 100;
 
-// ---------------------------------------------------------------------------------------------
-// Deterministic randomness and tracing
-
-/// splitmix64: small, fast, good enough to drive a simulation.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0xA076_1D64_78BD_642F) ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn usize(&mut self, lo: usize, hi: usize) -> usize {
-        self.range(lo as u64, hi as u64) as usize
-    }
-
-    /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64) < p * (1u64 << 53) as f64
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-
-    fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
-        if from.is_empty() {
-            None
-        } else {
-            Some(from[self.below(from.len() as u64) as usize])
-        }
-    }
-}
-
-/// FNV-1a over the trace of a run: equal seeds must give equal hashes. With `keep`, the
-/// events themselves are kept too, to show where two runs part.
-struct Trace {
-    hash: u64,
-    keep: Option<Vec<String>>,
-}
-
-impl Trace {
-    fn add(&mut self, step: u64, event: &str) {
-        for b in step.to_le_bytes().iter().chain(event.as_bytes()) {
-            self.hash ^= u64::from(*b);
-            self.hash = self.hash.wrapping_mul(0x0100_0000_01B3);
-        }
-        if let Some(k) = self.keep.as_mut() {
-            k.push(format!("{step}: {event}"));
-        }
-    }
-}
-
-/// What a message is, without the bytes that differ between runs (record times, uid, chains).
+/// What a message is (see [`sim_support::describe`]), a `Follow` with its epoch.
 fn describe(m: &Message) -> String {
     match m {
         Message::Follow(f) => format!(
@@ -207,17 +137,7 @@ fn describe(m: &Message) -> String {
             f.epoch,
             f.uid.is_some()
         ),
-        Message::Answer(a) => format!("answer {a:?}"),
-        Message::Records(r) => format!("records x{}", r.len()),
-        Message::SnapshotBegin(h) => format!("snapshot-begin {}", h.position.lsn),
-        Message::SnapshotRows(r) => format!("snapshot-rows x{}", r.len()),
-        Message::SnapshotEnd { rows } => format!("snapshot-end {rows}"),
-        Message::Heartbeat { position, .. } => format!("heartbeat {}", position.lsn),
-        Message::Ack(a) => format!("ack {}/{}/{}", a.received, a.durable, a.applied),
-        Message::Probe { .. } => "probe".to_owned(),
-        Message::ProbeAnswer(a) => format!("probe-answer {}", a.is_some()),
-        Message::TakeOver(t) => format!("take-over {}", t.last.lsn),
-        Message::TookOver(r) => format!("took-over {}", r.is_ok()),
+        m => sim_support::describe(m),
     }
 }
 
@@ -250,99 +170,59 @@ struct Faults {
     resolve: f64,
 }
 
-/// Counters of a run (summed over seeds for the summary line).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Stats {
-    seeds: u64,
-    steps: u64,
-    writes: u64,
-    acked: u64,
-    /// Writes committed and never acknowledged.
-    unacked: u64,
-    refused_writes: u64,
-    applied: u64,
-    promotions: u64,
-    forced: u64,
-    /// Promotions that could lose acknowledged writes (forced, unreachable peer, lost
-    /// switchover answer).
-    unsafe_promotions: u64,
-    guard_refusals: u64,
-    switchovers: u64,
-    switchovers_failed: u64,
-    took_over_lost: u64,
-    step_downs: u64,
-    announce_step_downs: u64,
-    follow_step_downs: u64,
-    redirects: u64,
-    rewinds: u64,
-    snapshots: u64,
-    archived: u64,
-    reapplied: u64,
-    discarded: u64,
-    /// Acknowledged writes invariant 2 covers (checked in the final state).
-    protected: u64,
-    /// Acknowledged writes that ended in an archive (lost to an unsafe promotion).
-    acked_archived: u64,
-    crashes: u64,
-    partitions: u64,
-    cuts: u64,
-    connects: u64,
-    /// Non-forced promotions the guard let through past a peer holding records of a newer
-    /// epoch (see `GUARD_COMPARES_EPOCHS`).
-    stale_promotions: u64,
-    /// Records after a rewind's fork below the replica's log start that it held only as state,
-    /// so could not archive (their writer must; see `REWIND_ARCHIVES_BELOW_LOG_START`).
-    unarchivable: u64,
-    /// Records a rewind archived from below the replica's log start (kept by a resync).
-    archived_held: u64,
-    /// Of those, records found nowhere at the end (invariant 5 broken by the product).
-    lost_unarchived: u64,
-    /// Switchover rollbacks above another active.
-    unsafe_rollbacks: u64,
-    /// A node stepped down to an epoch naming itself and followed itself.
-    self_follows: u64,
-    /// The operator pointed a stuck standby at the active (settle phase).
-    repointed: u64,
-}
-
-impl Stats {
-    fn add(&mut self, o: &Stats) {
-        self.seeds += o.seeds;
-        self.steps += o.steps;
-        self.writes += o.writes;
-        self.acked += o.acked;
-        self.unacked += o.unacked;
-        self.refused_writes += o.refused_writes;
-        self.applied += o.applied;
-        self.promotions += o.promotions;
-        self.forced += o.forced;
-        self.unsafe_promotions += o.unsafe_promotions;
-        self.guard_refusals += o.guard_refusals;
-        self.switchovers += o.switchovers;
-        self.switchovers_failed += o.switchovers_failed;
-        self.took_over_lost += o.took_over_lost;
-        self.step_downs += o.step_downs;
-        self.announce_step_downs += o.announce_step_downs;
-        self.follow_step_downs += o.follow_step_downs;
-        self.redirects += o.redirects;
-        self.rewinds += o.rewinds;
-        self.snapshots += o.snapshots;
-        self.archived += o.archived;
-        self.reapplied += o.reapplied;
-        self.discarded += o.discarded;
-        self.acked_archived += o.acked_archived;
-        self.protected += o.protected;
-        self.crashes += o.crashes;
-        self.partitions += o.partitions;
-        self.cuts += o.cuts;
-        self.connects += o.connects;
-        self.self_follows += o.self_follows;
-        self.unsafe_rollbacks += o.unsafe_rollbacks;
-        self.stale_promotions += o.stale_promotions;
-        self.unarchivable += o.unarchivable;
-        self.archived_held += o.archived_held;
-        self.lost_unarchived += o.lost_unarchived;
-        self.repointed += o.repointed;
+counters! {
+    /// Counters of a run (summed over seeds for the summary line).
+    struct Stats {
+        seeds,
+        steps,
+        writes,
+        acked,
+        /// Writes committed and never acknowledged.
+        unacked,
+        refused_writes,
+        applied,
+        promotions,
+        forced,
+        /// Promotions that could lose acknowledged writes (forced, unreachable peer, lost
+        /// switchover answer).
+        unsafe_promotions,
+        guard_refusals,
+        switchovers,
+        switchovers_failed,
+        took_over_lost,
+        step_downs,
+        announce_step_downs,
+        follow_step_downs,
+        redirects,
+        rewinds,
+        snapshots,
+        archived,
+        reapplied,
+        discarded,
+        /// Acknowledged writes invariant 2 covers (checked in the final state).
+        protected,
+        /// Acknowledged writes that ended in an archive (lost to an unsafe promotion).
+        acked_archived,
+        crashes,
+        partitions,
+        cuts,
+        connects,
+        /// Non-forced promotions the guard let through past a peer holding records of a newer
+        /// epoch (see `GUARD_COMPARES_EPOCHS`).
+        stale_promotions,
+        /// Records after a rewind's fork below the replica's log start that it held only as state,
+        /// so could not archive (their writer must; see `REWIND_ARCHIVES_BELOW_LOG_START`).
+        unarchivable,
+        /// Records a rewind archived from below the replica's log start (kept by a resync).
+        archived_held,
+        /// Of those, records found nowhere at the end (invariant 5 broken by the product).
+        lost_unarchived,
+        /// Switchover rollbacks above another active.
+        unsafe_rollbacks,
+        /// A node stepped down to an epoch naming itself and followed itself.
+        self_follows,
+        /// The operator pointed a stuck standby at the active (settle phase).
+        repointed,
     }
 }
 
@@ -431,23 +311,15 @@ struct Committed {
 }
 
 /// What a seed's run produced.
-struct Outcome {
-    stats: Stats,
-    hash: u64,
-    events: Vec<String>,
-}
+type Outcome = sim_support::Outcome<Stats>;
 
 struct Sim {
-    seed: u64,
+    clock: Clock,
     rng: Rng,
-    trace: Trace,
     stats: Stats,
     faults: Faults,
     ship: ShipConfig,
     backoff: Backoff,
-    base: Instant,
-    elapsed: Duration,
-    step: u64,
     id: DomainId,
     next_stream: u64,
     nodes: Vec<SimNode>,
@@ -470,30 +342,7 @@ struct Sim {
     unarchivable: BTreeSet<u64>,
     /// Settle phase: since when no node is active.
     no_active_since: Option<u64>,
-    verbose: bool,
     _root: tempfile::TempDir,
-}
-
-fn temp_root() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    let mut b = tempfile::Builder::new();
-    b.prefix("domsync-sim-roles-");
-    if shm.is_dir() {
-        if let Ok(d) = b.tempdir_in(shm) {
-            return d;
-        }
-    }
-    b.tempdir().expect("create a temporary directory")
-}
-
-fn open_store(dir: &Path, node: &NodeId) -> Store {
-    let mut o = StoreOptions::new(node.clone());
-    o.cache_bytes = 1 << 20;
-    Store::open(dir, o).expect("open a store")
-}
-
-fn replay_hint(seed: u64, test: &str) -> String {
-    format!("replay: DOMSYNC_SIM_SEED={seed} cargo test --test sim_roles {test}")
 }
 
 fn marker_key(marker: u64) -> Vec<u8> {
@@ -510,19 +359,6 @@ fn marker_of(ops: &[Op]) -> Option<u64> {
     })
 }
 
-fn local_view(node: &NodeId, st: &DomainStatus) -> LocalView {
-    LocalView {
-        node: node.clone(),
-        role: st.role,
-        uid: st.uid,
-        epoch: st.epoch.clone(),
-        history: st.history.clone(),
-        position: st.position.clone(),
-        log_start: st.log_start,
-        log_base_chain: st.log_base_chain,
-    }
-}
-
 /// The fork point of the records in an archive (what the glue's `collision_fork` reports).
 fn collision_fork(archive: &[ArchivedRecord]) -> Option<Lsn> {
     archive
@@ -533,8 +369,9 @@ fn collision_fork(archive: &[ArchivedRecord]) -> Option<Lsn> {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let mut rng = Rng::new(seed);
-        let root = temp_root();
+        let clock = Clock::new(seed);
+        let mut rng = Rng::new(seed, RNG_SALT);
+        let root = temp_root("domsync-sim-roles-");
         let id: DomainId = "sim".parse().unwrap();
         let storm = rng.range(1, 3) as f64 / 2.0; // 0.5, 1 or 1.5
                                                   // A third of the seeds have a careful operator: no forced promotion, no promotion
@@ -563,19 +400,7 @@ impl Sim {
             },
             resolve: 0.01,
         };
-        let ship = ShipConfig {
-            batch_records: rng.usize(1, 16),
-            // Byte limits stay wide: record sizes are not reproducible (see tests/sim.rs).
-            batch_bytes: ShipConfig::default().batch_bytes,
-            window_records: rng.range(1, 48),
-            window_bytes: ShipConfig::default().window_bytes,
-            heartbeat: Duration::from_millis(rng.range(30, 300)),
-        };
-        let backoff = Backoff {
-            initial: Duration::from_millis(rng.range(10, 40)),
-            max: Duration::from_millis(rng.range(80, 400)),
-        };
-        let base = Instant::now();
+        let (ship, backoff) = rng.ship_and_backoff();
         let nodes = NAMES
             .iter()
             .map(|n| {
@@ -598,12 +423,8 @@ impl Sim {
             })
             .collect();
         let mut sim = Sim {
-            seed,
+            clock,
             rng,
-            trace: Trace {
-                hash: 0xCBF2_9CE4_8422_2325,
-                keep: None,
-            },
             stats: Stats {
                 seeds: 1,
                 ..Stats::default()
@@ -611,9 +432,6 @@ impl Sim {
             faults,
             ship,
             backoff,
-            base,
-            elapsed: Duration::ZERO,
-            step: 0,
             id: id.clone(),
             next_stream: 0,
             nodes,
@@ -631,11 +449,10 @@ impl Sim {
             discarded: BTreeSet::new(),
             unarchivable: BTreeSet::new(),
             no_active_since: None,
-            verbose: std::env::var_os("DOMSYNC_SIM_TRACE").is_some_and(|v| v != "0"),
             _root: root,
         };
         let tuning = format!("{:?} {:?} {:?}", sim.faults, sim.ship, sim.backoff);
-        sim.ev(&tuning);
+        sim.clock.ev(&tuning);
         let a = sim.nodes[0].store.as_ref().unwrap().create_domain(&id);
         sim.nodes[0].domain = Some(a.expect("create the domain"));
         sim.serve(0);
@@ -645,26 +462,6 @@ impl Sim {
             sim.start_following(i, 0);
         }
         sim
-    }
-
-    fn now(&self) -> Instant {
-        self.base + self.elapsed
-    }
-
-    /// Simulated wall clock for heartbeats (microseconds).
-    fn wall_micros(&self) -> u64 {
-        1_700_000_000_000_000 + self.elapsed.as_micros() as u64
-    }
-
-    fn at(&self) -> String {
-        format!("seed {} step {}", self.seed, self.step)
-    }
-
-    fn ev(&mut self, event: &str) {
-        if self.verbose {
-            eprintln!("[{} {:>5}] {event}", self.seed, self.step);
-        }
-        self.trace.add(self.step, event);
     }
 
     fn name(&self, i: usize) -> &'static str {
@@ -683,14 +480,14 @@ impl Sim {
     }
 
     fn link_up(&self, i: usize, j: usize) -> bool {
-        i != j && self.up(i) && self.up(j) && self.step >= self.cut_until[i][j]
+        i != j && self.up(i) && self.up(j) && self.clock.step >= self.cut_until[i][j]
     }
 
     fn domain(&self, i: usize) -> Domain {
         self.nodes[i]
             .domain
             .clone()
-            .unwrap_or_else(|| panic!("{}: node {} is down", self.at(), NAMES[i]))
+            .unwrap_or_else(|| panic!("{}: node {} is down", self.clock.at(), NAMES[i]))
     }
 
     fn status(&self, i: usize) -> DomainStatus {
@@ -701,12 +498,12 @@ impl Sim {
 
     fn run(mut self) -> Outcome {
         let steps = self.rng.range(250, 700);
-        while self.step < steps {
+        while self.clock.step < steps {
             self.step(true);
         }
-        self.ev("settle");
+        self.clock.ev("settle");
         self.cut_until = [[0; N]; N];
-        let settle_end = self.step + SETTLE_STEPS;
+        let settle_end = self.clock.step + SETTLE_STEPS;
         loop {
             self.step(false);
             if let Some(active) = self.converged() {
@@ -714,23 +511,18 @@ impl Sim {
                 break;
             }
             assert!(
-                self.step < settle_end,
+                self.clock.step < settle_end,
                 "{}: the replicas did not converge within {SETTLE_STEPS} fault-free steps: {}",
-                self.at(),
+                self.clock.at(),
                 self.describe_nodes()
             );
         }
-        self.stats.steps = self.step;
-        Outcome {
-            stats: self.stats.clone(),
-            hash: self.trace.hash,
-            events: self.trace.keep.take().unwrap_or_default(),
-        }
+        self.stats.steps = self.clock.step;
+        self.clock.outcome(self.stats.clone())
     }
 
     fn step(&mut self, faults: bool) {
-        self.step += 1;
-        self.elapsed += DT;
+        self.clock.tick();
         if faults {
             self.inject_faults();
         }
@@ -780,19 +572,24 @@ impl Sim {
     /// Serves the node's replica as active (`Node::serve_active`): its store must say so.
     fn serve(&mut self, i: usize) {
         let st = self.status(i);
-        assert_eq!(st.role, Role::Active, "{}: serve a standby", self.at());
+        assert_eq!(
+            st.role,
+            Role::Active,
+            "{}: serve a standby",
+            self.clock.at()
+        );
         self.stop_following(i);
         self.nodes[i].serving = Some(Serving {
             epoch: st.epoch.clone(),
             durable: [Lsn::ZERO; N],
             pending: Vec::new(),
             switching: None,
-            next_announce: self.step,
+            next_announce: self.clock.step,
         });
         if st.epoch > self.top {
             self.top = st.epoch.clone();
         }
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "{} serves as active in {}",
             self.name(i),
             st.epoch
@@ -827,11 +624,12 @@ impl Sim {
             self.stats.self_follows += 1;
         }
         let view = self.standby_view(i);
-        let mut f = Follower::new(self.id.clone(), self.backoff, self.now());
+        let mut f = Follower::new(self.id.clone(), self.backoff, self.clock.now());
         f.restore(&view);
         self.nodes[i].follower = Some(f);
         self.nodes[i].following = active;
-        self.ev(&format!("{} follows {}", self.name(i), self.name(active)));
+        self.clock
+            .ev(&format!("{} follows {}", self.name(i), self.name(active)));
     }
 
     /// Stops following (`Node::unfollow`): the stream ends, a snapshot in progress is dropped.
@@ -846,14 +644,8 @@ impl Sim {
 
     fn standby_view(&self, i: usize) -> StandbyView {
         let d = self.domain(i);
-        let st = d.status().unwrap();
-        StandbyView {
-            uid: st.uid,
-            position: st.position,
-            epoch: st.epoch,
-            history: st.history,
-            collision_fork: collision_fork(&d.collisions().unwrap()),
-        }
+        let fork = collision_fork(&d.collisions().unwrap());
+        sim_support::standby_view(d.status().unwrap(), fork)
     }
 
     /// A higher epoch exists (`Node::step_down`): fenced at once, standby durably, follows the
@@ -867,20 +659,20 @@ impl Sim {
         assert!(
             *epoch > before.epoch,
             "{}: step down to a lower epoch",
-            self.at()
+            self.clock.at()
         );
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "{} steps down from {} to {epoch} ({why})",
             self.name(i),
             before.epoch
         ));
         self.stop_serving(i);
         d.demote(epoch)
-            .unwrap_or_else(|e| panic!("{}: demote: {e}", self.at()));
+            .unwrap_or_else(|e| panic!("{}: demote: {e}", self.clock.at()));
         self.nodes[i].fenced = self.nodes[i].fenced.clone().max(Some(epoch.clone()));
         let st = d.status().unwrap();
-        assert_eq!(st.role, Role::Standby, "{}: demoted", self.at());
-        assert_eq!(&st.epoch, epoch, "{}: demoted epoch", self.at());
+        assert_eq!(st.role, Role::Standby, "{}: demoted", self.clock.at());
+        assert_eq!(&st.epoch, epoch, "{}: demoted epoch", self.clock.at());
         self.check_refused(i, "after a demotion");
         self.stats.step_downs += 1;
         let to = Self::index_of(&epoch.node);
@@ -898,11 +690,11 @@ impl Sim {
             Err(StoreError::NotActive { .. }) => {}
             other => panic!(
                 "{}: node {} {when}: a write was not refused (invariant 1): {other:?}",
-                self.at(),
+                self.clock.at(),
                 NAMES[i]
             ),
         }
-        assert_eq!(d.status().unwrap().position, before, "{}", self.at());
+        assert_eq!(d.status().unwrap().position, before, "{}", self.clock.at());
         self.stats.refused_writes += 1;
     }
 
@@ -914,7 +706,7 @@ impl Sim {
             Some(Heard {
                 node: self.nodes[self.nodes[p].following].id.clone(),
                 epoch: st.epoch.clone(),
-                ago_ms: self.now().saturating_duration_since(at).as_millis() as u64,
+                ago_ms: self.clock.now().saturating_duration_since(at).as_millis() as u64,
             })
         });
         ProbeAnswer {
@@ -937,7 +729,7 @@ impl Sim {
             // Never synchronized: the store refuses whatever the guard says.
             match d.promote() {
                 Err(StoreError::InvalidWrite { .. }) => {}
-                other => panic!("{}: promoted an empty replica: {other:?}", self.at()),
+                other => panic!("{}: promoted an empty replica: {other:?}", self.clock.at()),
             }
             return false;
         }
@@ -970,9 +762,13 @@ impl Sim {
         let verdict = match check(&input) {
             Ok(v) => v,
             Err(refusal) => {
-                assert!(!force, "{}: a forced promotion was refused", self.at());
+                assert!(
+                    !force,
+                    "{}: a forced promotion was refused",
+                    self.clock.at()
+                );
                 self.stats.guard_refusals += 1;
-                self.ev(&format!(
+                self.clock.ev(&format!(
                     "promote {} ({why}) refused: {refusal:?}",
                     self.name(s)
                 ));
@@ -989,7 +785,7 @@ impl Sim {
                         (&a.position.epoch, a.position.lsn)
                             <= (&st.position.epoch, st.position.lsn),
                         "{}: the guard promoted {} at {} past {peer} at {}",
-                        self.at(),
+                        self.clock.at(),
                         me,
                         st.position,
                         a.position
@@ -997,7 +793,7 @@ impl Sim {
                     assert!(
                         a.role != Role::Active || a.epoch < st.epoch,
                         "{}: the guard promoted {me} while {peer} answers active",
-                        self.at()
+                        self.clock.at()
                     );
                 }
             }
@@ -1014,7 +810,7 @@ impl Sim {
                 panic!(
                     "{}: the guard promoted {me} at {} past a peer holding records of a newer \
                      epoch (invariant 2)",
-                    self.at(),
+                    self.clock.at(),
                     st.position
                 );
             }
@@ -1025,11 +821,11 @@ impl Sim {
         self.stop_following(s);
         let epoch = d
             .promote()
-            .unwrap_or_else(|e| panic!("{}: promote: {e}", self.at()));
+            .unwrap_or_else(|e| panic!("{}: promote: {e}", self.clock.at()));
         assert!(
             epoch > st.epoch && epoch.node == me,
             "{}: promoted to {epoch} from {}",
-            self.at(),
+            self.clock.at(),
             st.epoch
         );
         if force {
@@ -1039,9 +835,9 @@ impl Sim {
         }
         if unsafe_ {
             self.stats.unsafe_promotions += 1;
-            self.last_unsafe = Some(self.step);
+            self.last_unsafe = Some(self.clock.step);
         }
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "promote {} ({why}) force={force} unsafe={unsafe_}: {epoch}, behind {}, unreachable {:?}",
             self.name(s),
             verdict.behind_records,
@@ -1066,7 +862,7 @@ impl Sim {
             node: self.nodes[to].id.clone(),
         };
         d.demote(&epoch)
-            .unwrap_or_else(|e| panic!("{}: demote for a switchover: {e}", self.at()));
+            .unwrap_or_else(|e| panic!("{}: demote for a switchover: {e}", self.clock.at()));
         let last = d.status().unwrap().position;
         match d.write(vec![Op::Delete {
             key: b"k00".to_vec(),
@@ -1075,21 +871,21 @@ impl Sim {
                 active.as_ref(),
                 Some(&self.nodes[to].id),
                 "{}: a write during a switchover names the target",
-                self.at()
+                self.clock.at()
             ),
             other => panic!(
                 "{}: a write during a switchover was not refused: {other:?}",
-                self.at()
+                self.clock.at()
             ),
         }
         self.stats.refused_writes += 1;
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "switchover {} -> {} in {epoch} at {}",
             self.name(i),
             self.name(to),
             last.lsn
         ));
-        let deadline = self.step + SWITCH_TIMEOUT_STEPS;
+        let deadline = self.clock.step + SWITCH_TIMEOUT_STEPS;
         let sv = self.nodes[i].serving.as_mut().unwrap();
         sv.switching = Some(Switch {
             from: st.epoch,
@@ -1121,7 +917,7 @@ impl Sim {
                 match answer {
                     Ok(()) if !lost => {
                         self.stats.switchovers += 1;
-                        self.ev(&format!(
+                        self.clock.ev(&format!(
                             "switchover {} -> {} done",
                             self.name(i),
                             self.name(sw.to)
@@ -1135,7 +931,7 @@ impl Sim {
                     }
                     Err(why) => self.rollback(i, &sw, &why),
                 }
-            } else if self.step >= sw.deadline {
+            } else if self.clock.step >= sw.deadline {
                 self.rollback(i, &sw, "the target did not reach the last lsn in time");
             }
         }
@@ -1160,7 +956,7 @@ impl Sim {
             self.start_following(t, from);
             return Err(e.to_string());
         }
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "{} takes over from {} in {}",
             self.name(t),
             self.name(from),
@@ -1178,17 +974,17 @@ impl Sim {
         let d = self.domain(i);
         let epoch = d
             .promote()
-            .unwrap_or_else(|e| panic!("{}: switchover rollback: {e}", self.at()));
+            .unwrap_or_else(|e| panic!("{}: switchover rollback: {e}", self.clock.at()));
         self.stats.switchovers_failed += 1;
         if self.top != sw.from {
             self.stats.unsafe_promotions += 1;
             self.stats.unsafe_rollbacks += 1;
-            self.last_unsafe = Some(self.step);
+            self.last_unsafe = Some(self.clock.step);
         }
         if epoch > self.top {
             self.top = epoch.clone();
         }
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "switchover of {} failed ({why}): active again in {epoch}",
             self.name(i)
         ));
@@ -1205,11 +1001,12 @@ impl Sim {
             let due = self.nodes[i]
                 .serving
                 .as_ref()
-                .is_some_and(|s| self.step >= s.next_announce);
+                .is_some_and(|s| self.clock.step >= s.next_announce);
             if !due {
                 continue;
             }
-            self.nodes[i].serving.as_mut().unwrap().next_announce = self.step + ANNOUNCE_STEPS;
+            self.nodes[i].serving.as_mut().unwrap().next_announce =
+                self.clock.step + ANNOUNCE_STEPS;
             let epoch = self.status(i).epoch;
             for p in (0..N).filter(|p| *p != i) {
                 let followed = self.streams.values().any(|s| {
@@ -1230,34 +1027,6 @@ impl Sim {
 
     // --- workload and operator ---------------------------------------------------------------
 
-    fn random_op(&mut self) -> Op {
-        let key = |r: &mut Rng| format!("k{:02}", r.below(24)).into_bytes();
-        match self.rng.below(100) {
-            0..=64 => {
-                let key = key(&mut self.rng);
-                let len = self.rng.usize(0, 48);
-                Op::Put {
-                    key,
-                    value: self.rng.bytes(len),
-                }
-            }
-            65..=84 => Op::Delete {
-                key: key(&mut self.rng),
-            },
-            85..=95 => {
-                let name = format!("p{}", self.rng.below(3));
-                let len = self.rng.usize(0, 200);
-                Op::InstallPolicy {
-                    name,
-                    content: self.rng.bytes(len),
-                }
-            }
-            _ => Op::RemovePolicy {
-                name: format!("p{}", self.rng.below(3)),
-            },
-        }
-    }
-
     /// A new write with a fresh marker, tried on node `i`.
     fn write(&mut self, i: usize) {
         let marker = self.next_marker;
@@ -1267,7 +1036,7 @@ impl Sim {
         }];
         let n = self.rng.usize(0, 2);
         for _ in 0..n {
-            let op = self.random_op();
+            let op = self.rng.op();
             ops.push(op);
         }
         if self.write_ops(i, ops, marker) {
@@ -1291,35 +1060,35 @@ impl Sim {
                 assert!(
                     !expect,
                     "{}: the active {} refused a write",
-                    self.at(),
+                    self.clock.at(),
                     self.name(i)
                 );
                 self.stats.refused_writes += 1;
                 return false;
             }
-            Err(e) => panic!("{}: write on {}: {e}", self.at(), self.name(i)),
+            Err(e) => panic!("{}: write on {}: {e}", self.clock.at(), self.name(i)),
         };
         assert!(
             expect,
             "{}: {} accepted a write at {} while not active (invariant 1)",
-            self.at(),
+            self.clock.at(),
             self.name(i),
             pos.lsn
         );
         let st = d.status().unwrap();
-        assert_eq!(st.position, pos, "{}", self.at());
+        assert_eq!(st.position, pos, "{}", self.clock.at());
         assert_eq!(
             pos.epoch,
             st.epoch,
             "{}: a write in an epoch below the highest seen (invariant 1)",
-            self.at()
+            self.clock.at()
         );
-        assert_eq!(pos.epoch.node, self.nodes[i].id, "{}", self.at());
+        assert_eq!(pos.epoch.node, self.nodes[i].id, "{}", self.clock.at());
         if let Some(f) = &self.nodes[i].fenced {
             assert!(
                 pos.epoch > *f,
                 "{}: {} wrote in {} after being fenced by {f} (invariant 1)",
-                self.at(),
+                self.clock.at(),
                 self.name(i),
                 pos.epoch
             );
@@ -1329,13 +1098,13 @@ impl Sim {
                 w,
                 i,
                 "{}: two writers in epoch {} (invariant 1)",
-                self.at(),
+                self.clock.at(),
                 pos.epoch
             );
         }
         let bytes = d
             .read_log(pos.lsn, 1, usize::MAX)
-            .unwrap_or_else(|e| panic!("{}: read back lsn {}: {e}", self.at(), pos.lsn))
+            .unwrap_or_else(|e| panic!("{}: read back lsn {}: {e}", self.clock.at(), pos.lsn))
             .remove(0)
             .bytes;
         let w = self.writes.len();
@@ -1353,7 +1122,7 @@ impl Sim {
         assert!(
             old.is_none(),
             "{}: epoch {} committed lsn {} twice (invariant 1)",
-            self.at(),
+            self.clock.at(),
             pos.epoch,
             pos.lsn
         );
@@ -1362,13 +1131,13 @@ impl Sim {
             node: i,
             epoch: pos.epoch.clone(),
             lsn: pos.lsn,
-            step: self.step,
+            step: self.clock.step,
             acked: false,
             acked_on_top: false,
         });
         self.nodes[i].serving.as_mut().unwrap().pending.push(w);
         self.stats.writes += 1;
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "{} writes {} in {} (u{marker})",
             self.name(i),
             pos.lsn,
@@ -1474,7 +1243,7 @@ impl Sim {
             let Some(t) = actives.into_iter().max_by_key(|x| self.status(*x).epoch) else {
                 return;
             };
-            self.ev(&format!(
+            self.clock.ev(&format!(
                 "operator re-applies u{marker} from {}'s archive on {}",
                 self.name(i),
                 self.name(t)
@@ -1484,7 +1253,7 @@ impl Sim {
             }
             self.stats.reapplied += 1;
         } else {
-            self.ev(&format!(
+            self.clock.ev(&format!(
                 "operator discards u{marker} from {}'s archive",
                 self.name(i)
             ));
@@ -1494,13 +1263,13 @@ impl Sim {
         assert!(
             d.discard_collision(a.id).unwrap(),
             "{}: discard an archived record",
-            self.at()
+            self.clock.at()
         );
         let left = d.collisions().unwrap();
         assert!(
             left.iter().all(|x| x.id != a.id) && left.len() + 1 == archive.len(),
             "{}: discard_collision",
-            self.at()
+            self.clock.at()
         );
         if let Some(f) = self.nodes[i].follower.as_mut() {
             f.set_collision_fork(collision_fork(&left));
@@ -1513,13 +1282,23 @@ impl Sim {
         let c = self.records.get(&key).unwrap_or_else(|| {
             panic!(
                 "{}: {when}: a record nobody committed ({} at {})",
-                self.at(),
+                self.clock.at(),
                 key.0,
                 key.1
             )
         });
-        assert_eq!(c.bytes, a.bytes, "{}: {when}: archived bytes", self.at());
-        assert_eq!(marker_of(&a.record.ops), Some(c.marker), "{}", self.at());
+        assert_eq!(
+            c.bytes,
+            a.bytes,
+            "{}: {when}: archived bytes",
+            self.clock.at()
+        );
+        assert_eq!(
+            marker_of(&a.record.ops),
+            Some(c.marker),
+            "{}",
+            self.clock.at()
+        );
         c.write
     }
 
@@ -1534,10 +1313,10 @@ impl Sim {
             for s in 0..N {
                 if self.nodes[s].follower.is_some()
                     && self.nodes[s].following == s
-                    && self.step % NO_ACTIVE_STEPS == 0
+                    && self.clock.step % NO_ACTIVE_STEPS == 0
                 {
                     self.stats.repointed += 1;
-                    self.ev(&format!(
+                    self.clock.ev(&format!(
                         "operator points {} at {}",
                         self.name(s),
                         self.name(t)
@@ -1550,8 +1329,8 @@ impl Sim {
             self.no_active_since = None;
             return;
         }
-        let since = *self.no_active_since.get_or_insert(self.step);
-        if self.step < since + NO_ACTIVE_STEPS {
+        let since = *self.no_active_since.get_or_insert(self.clock.step);
+        if self.clock.step < since + NO_ACTIVE_STEPS {
             return;
         }
         let best = (0..N)
@@ -1561,7 +1340,7 @@ impl Sim {
             if self.promote(s, false, "no active") {
                 self.no_active_since = None;
             } else {
-                self.no_active_since = Some(self.step);
+                self.no_active_since = Some(self.clock.step);
             }
         }
     }
@@ -1573,7 +1352,7 @@ impl Sim {
         for sid in ids {
             if self.streams.contains_key(&sid) && self.rng.chance(self.faults.cut) {
                 self.stats.cuts += 1;
-                self.ev(&format!("cut stream {sid}"));
+                self.clock.ev(&format!("cut stream {sid}"));
                 self.end_stream(sid, "cut");
             }
         }
@@ -1586,9 +1365,9 @@ impl Sim {
                 vec![(i, (i + 1) % N)]
             };
             self.stats.partitions += 1;
-            self.ev(&format!("partition {pairs:?} for {steps}"));
+            self.clock.ev(&format!("partition {pairs:?} for {steps}"));
             for (x, y) in pairs {
-                let until = self.cut_until[x][y].max(self.step + steps);
+                let until = self.cut_until[x][y].max(self.clock.step + steps);
                 self.cut_until[x][y] = until;
                 self.cut_until[y][x] = until;
                 self.end_streams_between(x, y);
@@ -1621,11 +1400,11 @@ impl Sim {
         if let Some(sh) = s.shipper.as_mut() {
             sh.disconnected();
         }
-        self.ev(&format!("stream {sid} ends: {why}"));
+        self.clock.ev(&format!("stream {sid} ends: {why}"));
         let i = s.standby;
         if self.nodes[i].stream == Some(sid) {
             self.nodes[i].stream = None;
-            let now = self.now();
+            let now = self.clock.now();
             if let Some(f) = self.nodes[i].follower.as_mut() {
                 if f.is_connected() {
                     let actions = f.disconnected(now);
@@ -1639,7 +1418,8 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         let steps = self.rng.range(1, 150);
         self.stats.crashes += 1;
-        self.ev(&format!("crash {} for {steps}", self.name(i)));
+        self.clock
+            .ev(&format!("crash {} for {steps}", self.name(i)));
         let ids: Vec<u64> = self
             .streams
             .iter()
@@ -1656,12 +1436,12 @@ impl Sim {
         n.target = None;
         drop(n.domain.take());
         n.store.take().expect("store open").close();
-        n.down_until = self.step + steps;
+        n.down_until = self.clock.step + steps;
     }
 
     fn restarts(&mut self, all: bool) {
         for i in 0..N {
-            if !self.up(i) && (all || self.step >= self.nodes[i].down_until) {
+            if !self.up(i) && (all || self.clock.step >= self.nodes[i].down_until) {
                 self.restart(i);
             }
         }
@@ -1675,7 +1455,7 @@ impl Sim {
         self.nodes[i].store = Some(store);
         self.nodes[i].domain = Some(d.clone());
         let st = d.status().unwrap();
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "restart {} as {} in {} at {}",
             self.name(i),
             st.role,
@@ -1683,7 +1463,7 @@ impl Sim {
             st.position.lsn
         ));
         let v = d.verify().unwrap();
-        assert!(v.is_clean(), "{}: verify: {:?}", self.at(), v.faults);
+        assert!(v.is_clean(), "{}: verify: {:?}", self.clock.at(), v.faults);
         self.check_state(i, "after a restart");
         if st.role == Role::Active {
             self.serve(i);
@@ -1702,7 +1482,12 @@ impl Sim {
     fn check_state(&self, i: usize, when: &str) {
         let st = self.status(i);
         if st.position.lsn == Lsn::ZERO {
-            assert_eq!(st.digest, StateDigest::default(), "{}: {when}", self.at());
+            assert_eq!(
+                st.digest,
+                StateDigest::default(),
+                "{}: {when}",
+                self.clock.at()
+            );
             return;
         }
         let c = self
@@ -1711,7 +1496,7 @@ impl Sim {
             .unwrap_or_else(|| {
                 panic!(
                     "{}: {} {when} is at {} in {}, which nobody committed",
-                    self.at(),
+                    self.clock.at(),
                     NAMES[i],
                     st.position.lsn,
                     st.position.epoch
@@ -1721,14 +1506,14 @@ impl Sim {
             st.position,
             c.position,
             "{}: {} {when}: position differs from its writer's",
-            self.at(),
+            self.clock.at(),
             NAMES[i]
         );
         assert_eq!(
             st.digest,
             c.digest,
             "{}: {} {when}: content digest differs from its writer's at lsn {} (invariant 3)",
-            self.at(),
+            self.clock.at(),
             NAMES[i],
             st.position.lsn
         );
@@ -1754,7 +1539,7 @@ impl Sim {
     /// Tells the shippers of active `i` of its latest commit.
     fn notify(&mut self, i: usize) {
         let lsn = self.status(i).position.lsn;
-        let now = self.now();
+        let now = self.clock.now();
         let ids: Vec<u64> = self
             .streams
             .iter()
@@ -1799,8 +1584,8 @@ impl Sim {
     }
 
     fn ticks(&mut self) {
-        let now = self.now();
-        let wall = self.wall_micros();
+        let now = self.clock.now();
+        let wall = self.clock.wall_micros();
         let positions: Vec<Option<Position>> = (0..N)
             .map(|i| {
                 self.nodes[i]
@@ -1868,8 +1653,9 @@ impl Sim {
             let Some(m) = s.down.pop_front() else {
                 return;
             };
-            self.ev(&format!("{} <- {}", self.name(i), describe(&m)));
-            let now = self.now();
+            self.clock
+                .ev(&format!("{} <- {}", self.name(i), describe(&m)));
+            let now = self.clock.now();
             let f = self.nodes[i]
                 .follower
                 .as_mut()
@@ -1890,12 +1676,12 @@ impl Sim {
 
     /// The server side of a stream reads one message (`serve_stream` / `ActiveStream`).
     fn server_receives(&mut self, sid: u64, m: Message) {
-        let now = self.now();
+        let now = self.clock.now();
         let (t, s) = {
             let st = &self.streams[&sid];
             (st.server, st.standby)
         };
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "{} -> {}: {}",
             self.name(s),
             self.name(t),
@@ -1912,7 +1698,7 @@ impl Sim {
                     assert!(
                         matches!(answer, Answer::Reject { .. }),
                         "{}: a standby answered {answer:?}",
-                        self.at()
+                        self.clock.at()
                     );
                     let stream = self.streams.get_mut(&sid).unwrap();
                     stream.down.push_back(Message::Answer(answer));
@@ -1956,7 +1742,7 @@ impl Sim {
             }
             m => panic!(
                 "{}: {} got an unexpected {} from {}",
-                self.at(),
+                self.clock.at(),
                 self.name(t),
                 describe(&m),
                 self.name(s)
@@ -1974,10 +1760,10 @@ impl Sim {
             };
             let (t, s) = (stream.server, stream.standby);
             let d = self.domain(t);
-            let now = self.now();
+            let now = self.clock.now();
             let more = match action {
                 ShipAction::Send(m) => {
-                    self.ev(&format!(
+                    self.clock.ev(&format!(
                         "{} ships to {}: {}",
                         self.name(t),
                         self.name(s),
@@ -1992,21 +1778,21 @@ impl Sim {
                     max_bytes,
                 } => match d.read_log(from, max_records, max_bytes) {
                     Err(StoreError::LogTruncated { .. }) => {
-                        self.ev(&format!(
+                        self.clock.ev(&format!(
                             "{} ships to {}: {from} truncated",
                             self.name(t),
                             self.name(s)
                         ));
                         self.shipper(sid).log_truncated()
                     }
-                    Err(e) => panic!("{}: the active cannot read its log: {e}", self.at()),
+                    Err(e) => panic!("{}: the active cannot read its log: {e}", self.clock.at()),
                     Ok(entries) => {
                         let Some(last) = entries.last().map(|e| e.record.lsn) else {
                             continue;
                         };
                         let n = entries.len() as u64;
                         let bytes: u64 = entries.iter().map(|e| e.bytes.len() as u64).sum();
-                        self.ev(&format!(
+                        self.clock.ev(&format!(
                             "{} ships to {}: records {from}..={last}",
                             self.name(t),
                             self.name(s)
@@ -2031,7 +1817,7 @@ impl Sim {
                     assert!(
                         refused,
                         "{}: {} closed the stream of {}: {why}",
-                        self.at(),
+                        self.clock.at(),
                         self.name(t),
                         self.name(s)
                     );
@@ -2051,36 +1837,16 @@ impl Sim {
     }
 
     fn send_snapshot(&mut self, sid: u64, d: &Domain) -> Position {
-        let snap = d.snapshot().unwrap();
-        let header = SnapshotHeader {
-            uid: snap.uid.expect("the active has a uid"),
-            position: snap.position.clone(),
-            epoch: snap.epoch.clone(),
-            history: snap.history.clone(),
-            digest: snap.digest,
-        };
-        let mut rows = Vec::new();
-        snap.for_each::<StoreError>(|item| {
-            rows.push(item);
-            Ok(())
-        })
-        .unwrap();
-        drop(snap);
-        let total = rows.len() as u64;
-        self.ev(&format!(
-            "snapshot at {} on stream {sid}, {total} rows",
-            header.position.lsn
+        let (header, rows) = take_snapshot(d);
+        let position = header.position.clone();
+        self.clock.ev(&format!(
+            "snapshot at {} on stream {sid}, {} rows",
+            position.lsn,
+            rows.len()
         ));
-        let mut out = vec![Message::SnapshotBegin(header.clone())];
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let n = self.rng.usize(1, 8);
-            let chunk: Vec<SnapshotItem> = rows.by_ref().take(n).collect();
-            out.push(Message::SnapshotRows(chunk));
-        }
-        out.push(Message::SnapshotEnd { rows: total });
+        let out = snapshot_messages(&mut self.rng, header, rows);
         self.streams.get_mut(&sid).unwrap().down.extend(out);
-        header.position
+        position
     }
 
     // --- the standby's driver ------------------------------------------------------------------
@@ -2091,11 +1857,12 @@ impl Sim {
             if self.nodes[i].follower.is_none() {
                 return;
             }
-            let now = self.now();
+            let now = self.clock.now();
             let more = match action {
                 FollowAction::Connect => self.connect(i),
                 FollowAction::Send(m) => {
-                    self.ev(&format!("{} sends {}", self.name(i), describe(&m)));
+                    self.clock
+                        .ev(&format!("{} sends {}", self.name(i), describe(&m)));
                     if let Some(s) = self.nodes[i]
                         .stream
                         .and_then(|sid| self.streams.get_mut(&sid))
@@ -2113,7 +1880,7 @@ impl Sim {
                     Vec::new()
                 }
                 FollowAction::SnapshotRows(rows) => {
-                    let at = self.at();
+                    let at = self.clock.at();
                     let r = self.nodes[i]
                         .resync
                         .as_mut()
@@ -2124,13 +1891,15 @@ impl Sim {
                 }
                 FollowAction::FinishSnapshot { rows } => self.finish_snapshot(i, rows),
                 FollowAction::AbortSnapshot => {
-                    self.ev(&format!("{} aborts its snapshot", self.name(i)));
+                    self.clock
+                        .ev(&format!("{} aborts its snapshot", self.name(i)));
                     self.nodes[i].resync = None;
                     self.nodes[i].target = None;
                     Vec::new()
                 }
                 FollowAction::Close { why } => {
-                    self.ev(&format!("{} closes its stream: {why}", self.name(i)));
+                    self.clock
+                        .ev(&format!("{} closes its stream: {why}", self.name(i)));
                     self.nodes[i].resync = None;
                     self.nodes[i].target = None;
                     if let Some(sid) = self.nodes[i].stream.take() {
@@ -2165,7 +1934,7 @@ impl Sim {
         let to = Self::index_of(&next);
         if to != i && to != self.nodes[i].following {
             self.stats.redirects += 1;
-            self.ev(&format!(
+            self.clock.ev(&format!(
                 "{} redirected from {} to {}",
                 self.name(i),
                 self.name(self.nodes[i].following),
@@ -2176,15 +1945,16 @@ impl Sim {
     }
 
     fn connect(&mut self, i: usize) -> Vec<FollowAction> {
-        let now = self.now();
+        let now = self.clock.now();
         let t = self.nodes[i].following;
         assert!(
             self.nodes[i].stream.is_none(),
             "{}: connect with a stream open",
-            self.at()
+            self.clock.at()
         );
         if !self.link_up(i, t) {
-            self.ev(&format!("{} cannot reach {}", self.name(i), self.name(t)));
+            self.clock
+                .ev(&format!("{} cannot reach {}", self.name(i), self.name(t)));
             return self.nodes[i].follower.as_mut().unwrap().disconnected(now);
         }
         let view = self.standby_view(i);
@@ -2204,7 +1974,7 @@ impl Sim {
         );
         self.nodes[i].stream = Some(sid);
         self.stats.connects += 1;
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "{} connects to {} at {} (stream {sid})",
             self.name(i),
             self.name(t),
@@ -2214,37 +1984,47 @@ impl Sim {
     }
 
     fn apply(&mut self, i: usize, records: Vec<RecordBytes>) -> Vec<FollowAction> {
-        let now = self.now();
+        let now = self.clock.now();
         let d = self.domain(i);
         let mut expected = d.status().unwrap().position.lsn.next();
         let mut last = None;
         for r in &records {
-            let rec = decode_record(&r.0)
-                .unwrap_or_else(|e| panic!("{}: a shipped record does not decode: {e}", self.at()));
+            let rec = decode_record(&r.0).unwrap_or_else(|e| {
+                panic!("{}: a shipped record does not decode: {e}", self.clock.at())
+            });
             let c = self
                 .records
                 .get(&(rec.epoch.clone(), rec.lsn))
                 .unwrap_or_else(|| {
-                    panic!("{}: {} got a record nobody committed", self.at(), NAMES[i])
+                    panic!(
+                        "{}: {} got a record nobody committed",
+                        self.clock.at(),
+                        NAMES[i]
+                    )
                 });
             assert_eq!(
                 c.bytes,
                 r.0,
                 "{}: {} got bytes that differ from what its writer committed at {}",
-                self.at(),
+                self.clock.at(),
                 NAMES[i],
                 rec.lsn
             );
             let pos = d.apply(&r.0).unwrap_or_else(|e| {
                 panic!(
                     "{}: {} refused record {} of {}: {e}",
-                    self.at(),
+                    self.clock.at(),
                     NAMES[i],
                     rec.lsn,
                     rec.epoch
                 )
             });
-            assert_eq!(pos.lsn, expected, "{}: applied out of order", self.at());
+            assert_eq!(
+                pos.lsn,
+                expected,
+                "{}: applied out of order",
+                self.clock.at()
+            );
             expected = expected.next();
             self.stats.applied += 1;
             last = Some(pos);
@@ -2252,7 +2032,8 @@ impl Sim {
         self.check_state(i, "after applying");
         match last {
             Some(pos) => {
-                self.ev(&format!("{} applied to {}", self.name(i), pos.lsn));
+                self.clock
+                    .ev(&format!("{} applied to {}", self.name(i), pos.lsn));
                 self.nodes[i].follower.as_mut().unwrap().applied(&pos, now)
             }
             None => Vec::new(),
@@ -2262,7 +2043,7 @@ impl Sim {
     fn begin_snapshot(&mut self, i: usize, header: SnapshotHeader, archive_after: Option<Lsn>) {
         let d = self.domain(i);
         let st = d.status().unwrap();
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "{} begins a snapshot at {}, archive after {archive_after:?}",
             self.name(i),
             header.position.lsn
@@ -2276,9 +2057,14 @@ impl Sim {
                 c.position,
                 header.position,
                 "{}: snapshot position",
-                self.at()
+                self.clock.at()
             );
-            assert_eq!(c.digest, header.digest, "{}: snapshot digest", self.at());
+            assert_eq!(
+                c.digest,
+                header.digest,
+                "{}: snapshot digest",
+                self.clock.at()
+            );
         }
         // Invariant 5: what goes to the archive is what the replica held below its log start
         // after the fork, then the log after the fork.
@@ -2316,23 +2102,16 @@ impl Sim {
             }
             None => Vec::new(),
         };
-        let target = ResyncTarget {
-            uid: header.uid,
-            position: header.position.clone(),
-            epoch: header.epoch.clone(),
-            history: header.history.clone(),
-            digest: header.digest,
-        };
         let r = d
-            .begin_resync(target, archive_after)
-            .unwrap_or_else(|e| panic!("{}: begin_resync: {e}", self.at()));
+            .begin_resync(resync_target(&header), archive_after)
+            .unwrap_or_else(|e| panic!("{}: begin_resync: {e}", self.clock.at()));
         self.nodes[i].resync = Some(r);
         self.nodes[i].target = Some((header, expected, below));
     }
 
     fn finish_snapshot(&mut self, i: usize, rows: u64) -> Vec<FollowAction> {
-        let now = self.now();
-        let at = self.at();
+        let now = self.clock.now();
+        let at = self.clock.at();
         let d = self.domain(i);
         let r = self.nodes[i]
             .resync
@@ -2380,7 +2159,7 @@ impl Sim {
             if !held.iter().any(|a| a.record.lsn == *lsn) {
                 self.stats.unarchivable += 1;
                 self.unarchivable.insert(*marker);
-                self.ev(&format!(
+                self.clock.ev(&format!(
                     "{} holds u{marker} at {lsn} only as state: below its log, not archived here",
                     NAMES[i]
                 ));
@@ -2401,7 +2180,7 @@ impl Sim {
             );
         }
         self.stats.archived += added.len() as u64;
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "{} installed a snapshot at {}, archived {} ({} from below its log start)",
             self.name(i),
             pos.lsn,
@@ -2449,7 +2228,7 @@ impl Sim {
                 && f.ack().applied == target.lsn
                 && sh.ack().applied == target.lsn
                 && !matches!(
-                    sh.status(self.now()).0,
+                    sh.status(self.clock.now()).0,
                     SyncStatus::Lagging { .. } | SyncStatus::NeverSynchronized
                 )
         });
@@ -2457,7 +2236,7 @@ impl Sim {
     }
 
     fn check_end(&mut self, t: usize) {
-        let at = self.at();
+        let at = self.clock.at();
         let da = self.domain(t);
         let sa = da.status().unwrap();
         assert_eq!(sa.role, Role::Active, "{at}");
@@ -2530,7 +2309,7 @@ impl Sim {
                     .shipper
                     .as_ref()
                     .unwrap()
-                    .status(self.now())
+                    .status(self.clock.now())
                     .0;
                 if archive.is_empty() {
                     assert_eq!(status, SyncStatus::Synchronized, "{at}: {}", NAMES[i]);
@@ -2590,7 +2369,7 @@ impl Sim {
             "{at}: a marker nobody wrote"
         );
         self.stats.acked_archived += acked_archived;
-        self.ev(&format!(
+        self.clock.ev(&format!(
             "converged on {} at {}: {} writes, {} archived",
             self.name(t),
             sa.position.lsn,
@@ -2605,55 +2384,19 @@ impl Sim {
 
 /// Runs one seed (keeping its events if asked); a failure names the seed and how to replay it.
 fn run_seed(seed: u64, keep_events: bool, test: &str) -> Outcome {
-    let run = || {
+    run_replayable(seed, test, || {
         let mut sim = Sim::new(seed);
         if keep_events {
-            sim.trace.keep = Some(Vec::new());
+            sim.clock.trace.keep = Some(Vec::new());
         }
         sim.run()
-    };
-    match catch_unwind(AssertUnwindSafe(run)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            eprintln!("simulation seed {seed} FAILED; {}", replay_hint(seed, test));
-            panic!(
-                "simulation seed {seed} failed: {msg}\n{}",
-                replay_hint(seed, test)
-            );
-        }
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    Some(
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-    )
-}
-
-/// `DOMSYNC_SIM_SEED` alone, or the first `DOMSYNC_SIM_SEEDS` (default 200).
-fn seeds() -> Vec<u64> {
-    match env_u64("DOMSYNC_SIM_SEED") {
-        Some(s) => vec![s],
-        None => (0..env_u64("DOMSYNC_SIM_SEEDS").unwrap_or(200)).collect(),
-    }
+    })
 }
 
 #[test]
 fn roles_change_without_losing_acknowledged_writes() {
     let seeds = seeds();
-    let started = Instant::now();
-    let mut total = Stats::default();
-    for &seed in &seeds {
-        total.add(&run_seed(seed, false, "roles_change").stats);
-    }
+    let (total, secs) = run_seeds(&seeds, |seed| run_seed(seed, false, "roles_change").stats);
     eprintln!(
         "sim_roles: {} seeds in {:.2} s: {} steps, {} writes ({} acknowledged, {} of them \
          covered by invariant 2; {} never acknowledged; {} refused), {} records applied, {} \
@@ -2666,7 +2409,7 @@ fn roles_change_without_losing_acknowledged_writes() {
          nowhere at the end), {} re-applied, {} \
          discarded, {} crashes, {} partitions, {} cuts, {} connects",
         total.seeds,
-        started.elapsed().as_secs_f64(),
+        secs,
         total.steps,
         total.writes,
         total.acked,
@@ -2735,21 +2478,7 @@ fn a_seed_replays_exactly() {
     for seed in [5, 23, 4242] {
         let first = run_seed(seed, true, "a_seed_replays_exactly");
         let second = run_seed(seed, true, "a_seed_replays_exactly");
-        if let Some((a, b)) = first
-            .events
-            .iter()
-            .zip(&second.events)
-            .find(|(a, b)| a != b)
-        {
-            panic!("seed {seed} did not replay identically: {a:?} then {b:?}");
-        }
-        assert_eq!(
-            first.events.len(),
-            second.events.len(),
-            "seed {seed} did not replay identically"
-        );
-        assert_eq!(first.hash, second.hash, "seed {seed}: trace hash");
-        assert_eq!(first.stats, second.stats, "seed {seed}: counters");
+        assert_replayed(seed, &first, &second);
         assert!(first.stats.writes > 0);
     }
 }
