@@ -14,10 +14,12 @@
 //! convergence poll is not there yet, `CLUSTER_KEEP_LOGS=DIR` keeps the three daemons' logs.
 
 use std::collections::BTreeMap;
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{domsync_cmd, poll, report, run, status_json, Daemon, Json, Out, GATEWAY};
 
 /// Hang guard only: every wait polls a condition up to this deadline.
 const GUARD: Duration = Duration::from_secs(90);
@@ -34,66 +36,20 @@ const DOMAINS: [(&str, [&str; 3], &str); 6] = [
     ("t6", ["c", "b", "a"], "local"),
 ];
 
-/// The gateway granted every domain.
-const GATEWAY: &str = "g";
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\nstdout: {}\nstderr: {}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-fn run(cmd: &mut Command) -> Out {
-    let out = cmd.output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// `domsync ARGS` with no daemon named by the environment.
-fn domsync_cmd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_domsync"));
-    cmd.args(args)
-        .env_remove("DOMSYNC_SOCKET")
-        .env_remove("DOMSYNC_REMOTE")
-        .env_remove("DOMSYNC_DATA");
-    cmd
-}
-
 /// The cluster's files: PKI, one configuration and state directory per node.
-struct Cluster {
-    dir: tempfile::TempDir,
-    ports: BTreeMap<&'static str, u16>,
+struct Cluster(common::Cluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = common::Cluster;
+    fn deref(&self) -> &common::Cluster {
+        &self.0
+    }
 }
 
 impl Cluster {
     /// A deployment CA and certificates made with `domsync pki`, one config file per node.
     fn new() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Cluster {
-            ports: NODES.iter().map(|n| (*n, free_port())).collect(),
-            dir,
-        };
+        let c = Cluster(common::Cluster::without_pki(&NODES));
         let pki = c.pki().display().to_string();
         let out = run(&mut domsync_cmd(&["pki", "init", "--dir", &pki]));
         assert_eq!(out.code, 0, "pki init: {out}");
@@ -112,93 +68,22 @@ impl Cluster {
         }
         issue("gateway", GATEWAY);
         for n in NODES {
-            c.write_config(n);
+            let domains = DOMAINS
+                .iter()
+                .map(|(name, replicas, durability)| {
+                    let replicas = replicas.iter().map(|r| r.to_string()).collect();
+                    (name.to_string(), replicas, durability.to_string())
+                })
+                .collect();
+            let limits = "guard_window_ms = 1000\nconfirm_timeout_ms = 5000";
+            c.node_config(n, limits, domains).write(c.config_path(n));
         }
         c
     }
 
-    fn pki(&self) -> PathBuf {
-        self.dir.path().join("pki")
-    }
-
-    fn socket(&self, node: &str) -> PathBuf {
-        self.dir.path().join(format!("{node}.sock"))
-    }
-
-    fn addr(&self, node: &str) -> String {
-        format!("127.0.0.1:{}", self.ports[node])
-    }
-
-    fn config(&self, node: &str) -> PathBuf {
-        self.dir.path().join(format!("{node}.toml"))
-    }
-
-    fn write_config(&self, me: &str) {
-        let pki = self.pki();
-        let mut text = format!(
-            r#"[node]
-id = "{me}"
-state_dir = "{state}"
-listen = "{listen}"
-admin_socket = "{socket}"
-
-[tls]
-ca = "{pki}/ca.pem"
-cert = "{pki}/node-{me}.pem"
-key = "{pki}/node-{me}.key"
-
-[limits]
-guard_window_ms = 1000
-confirm_timeout_ms = 5000
-"#,
-            state = self.dir.path().join(me).display(),
-            listen = self.addr(me),
-            socket = self.socket(me).display(),
-            pki = pki.display(),
-        );
-        for peer in NODES.iter().filter(|p| **p != me) {
-            text.push_str(&format!(
-                "\n[[peers]]\nid = \"{peer}\"\naddress = \"{}\"\n",
-                self.addr(peer)
-            ));
-        }
-        for (name, replicas, durability) in DOMAINS {
-            let list = replicas.map(|r| format!("\"{r}\"")).join(", ");
-            text.push_str(&format!(
-                "\n[[domains]]\nname = \"{name}\"\nreplicas = [{list}]\ndurability = \"{durability}\"\ngateways = [\"{GATEWAY}\"]\n"
-            ));
-        }
-        std::fs::write(self.config(me), text).unwrap();
-    }
-
     /// Spawns `domsyncd --config` for `node` with a `NOTIFY_SOCKET` of the test's.
     fn spawn(&self, node: &'static str) -> Daemon {
-        let notify_path = self.dir.path().join(format!("{node}-notify.sock"));
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(GUARD)).unwrap();
-        let log = self.dir.path().join(format!("{node}.log"));
-        // Appended: a restarted node's log follows its previous run's.
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_domsyncd"))
-            .arg("--config")
-            .arg(self.config(node))
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Daemon {
-            node,
-            child,
-            log,
-            notify,
-        }
+        Daemon::spawn(node, self.dir.path(), &self.config_path(node), GUARD, &[])
     }
 
     /// Starts `node` and waits for its `READY=1`.
@@ -210,21 +95,16 @@ confirm_timeout_ms = 5000
 
     /// `domsync --socket <node's admin socket> ARGS`.
     fn domsync(&self, node: &str, args: &[&str]) -> Out {
-        let socket = self.socket(node).display().to_string();
-        let mut all = vec!["--socket", socket.as_str()];
-        all.extend_from_slice(args);
-        run(&mut domsync_cmd(&all))
+        common::domsync(&self.socket(node), args)
     }
 
     /// Like [`Cluster::domsync`], asserting exit 0; returns stdout.
     fn ok(&self, node: &str, args: &[&str]) -> String {
-        let out = self.domsync(node, args);
-        assert_eq!(out.code, 0, "domsync {args:?} on {node}: {out}");
-        out.stdout
+        common::ok(&self.socket(node), args)
     }
 
     fn status(&self, node: &str) -> Json {
-        Json::parse(&self.ok(node, &["status", "--json"]))
+        status_json(&self.socket(node))
     }
 
     /// `domsync gateway fetch NAME` of domain `domain` as gateway `g`, asking `nodes` in order.
@@ -260,26 +140,27 @@ confirm_timeout_ms = 5000
     /// and the last statuses.
     fn converged(&self, up: &[&str]) -> (BTreeMap<String, String>, BTreeMap<String, Json>) {
         let deadline = Instant::now() + GUARD;
-        loop {
+        poll(GUARD, Duration::from_millis(50), || {
             let statuses: BTreeMap<String, Json> = up
                 .iter()
                 .map(|n| ((*n).to_owned(), self.status(n)))
                 .collect();
             match check_converged(&statuses) {
-                Ok(actives) => return (actives, statuses),
+                Ok(actives) => Ok((actives, statuses)),
                 Err(why) => {
                     if std::env::var_os("CLUSTER_TRACE").is_some() {
-                        eprintln!("  {:?} left: {why}", deadline - Instant::now());
+                        eprintln!(
+                            "  {:?} left: {why}",
+                            deadline.saturating_duration_since(Instant::now())
+                        );
                     }
-                    assert!(
-                        Instant::now() < deadline,
+                    Err(format!(
                         "not converged: {why}\n{statuses:#?}\n{}",
                         self.logs()
-                    )
+                    ))
                 }
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     fn logs(&self) -> String {
@@ -296,15 +177,6 @@ confirm_timeout_ms = 5000
             })
             .collect()
     }
-}
-
-/// One domain as a node's `status --json` reports it.
-fn report<'a>(status: &'a Json, domain: &str) -> Option<&'a Json> {
-    status
-        .get("domains")
-        .arr()
-        .iter()
-        .find(|d| d.get("domain").str() == domain)
 }
 
 fn check_converged(statuses: &BTreeMap<String, Json>) -> Result<BTreeMap<String, String>, String> {
@@ -358,216 +230,6 @@ fn check_converged(statuses: &BTreeMap<String, Json>) -> Result<BTreeMap<String,
         actives.insert(domain.to_owned(), active);
     }
     Ok(actives)
-}
-
-struct Daemon {
-    node: &'static str,
-    child: Child,
-    log: PathBuf,
-    notify: UnixDatagram,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Reads the notifications until `READY=1`.
-    fn ready(&self) {
-        let deadline = Instant::now() + GUARD;
-        let mut buf = vec![0u8; 4096];
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready: {}",
-                self.node,
-                self.log()
-            );
-            let n = self
-                .notify
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("{} not ready ({e}): {}", self.node, self.log()));
-            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                return;
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{sig}"), pid.as_str()])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -{sig} {pid}");
-    }
-
-    /// Waits (bounded) for the process to exit; its exit status.
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + GUARD;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit: {}",
-                self.node,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A minimal JSON reader (the crate has no JSON dependency): enough for `status --json`.
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn parse(text: &str) -> Json {
-        let (v, rest) = Json::value(text.trim().as_bytes());
-        assert!(rest.is_empty(), "trailing bytes after the JSON document");
-        v
-    }
-
-    fn ws(b: &[u8]) -> &[u8] {
-        let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
-        &b[n..]
-    }
-
-    fn value(b: &[u8]) -> (Json, &[u8]) {
-        let b = Json::ws(b);
-        match b.first() {
-            Some(b'n') if b.starts_with(b"null") => (Json::Null, &b[4..]),
-            Some(b't') if b.starts_with(b"true") => (Json::Bool(true), &b[4..]),
-            Some(b'f') if b.starts_with(b"false") => (Json::Bool(false), &b[5..]),
-            Some(b'"') => {
-                let (s, rest) = Json::string(b);
-                (Json::Str(s), rest)
-            }
-            Some(b'[') => {
-                let mut items = Vec::new();
-                let mut b = Json::ws(&b[1..]);
-                if let Some(rest) = b.strip_prefix(b"]") {
-                    return (Json::Arr(items), rest);
-                }
-                loop {
-                    let (v, rest) = Json::value(b);
-                    items.push(v);
-                    let rest = Json::ws(rest);
-                    match rest.first() {
-                        Some(b',') => b = &rest[1..],
-                        Some(b']') => return (Json::Arr(items), &rest[1..]),
-                        _ => panic!("bad JSON array"),
-                    }
-                }
-            }
-            Some(b'{') => {
-                let mut fields = Vec::new();
-                let mut b = Json::ws(&b[1..]);
-                if let Some(rest) = b.strip_prefix(b"}") {
-                    return (Json::Obj(fields), rest);
-                }
-                loop {
-                    let (k, rest) = Json::string(Json::ws(b));
-                    let rest = Json::ws(rest);
-                    assert_eq!(rest.first(), Some(&b':'), "bad JSON object");
-                    let (v, rest) = Json::value(&rest[1..]);
-                    fields.push((k, v));
-                    let rest = Json::ws(rest);
-                    match rest.first() {
-                        Some(b',') => b = &rest[1..],
-                        Some(b'}') => return (Json::Obj(fields), &rest[1..]),
-                        _ => panic!("bad JSON object"),
-                    }
-                }
-            }
-            _ => {
-                let end = b
-                    .iter()
-                    .position(|c| !(c.is_ascii_digit() || b"-+.eE".contains(c)))
-                    .unwrap_or(b.len());
-                assert!(end > 0, "bad JSON value");
-                let n = std::str::from_utf8(&b[..end]).unwrap().parse().unwrap();
-                (Json::Num(n), &b[end..])
-            }
-        }
-    }
-
-    fn string(b: &[u8]) -> (String, &[u8]) {
-        assert_eq!(b.first(), Some(&b'"'), "expected a JSON string");
-        let mut out = Vec::new();
-        let mut i = 1;
-        loop {
-            match b[i] {
-                b'"' => return (String::from_utf8(out).unwrap(), &b[i + 1..]),
-                b'\\' => {
-                    i += 1;
-                    match b[i] {
-                        b'n' => out.push(b'\n'),
-                        b't' => out.push(b'\t'),
-                        b'r' => out.push(b'\r'),
-                        b'u' => {
-                            let hex = std::str::from_utf8(&b[i + 1..i + 5]).unwrap();
-                            let c = char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap();
-                            out.extend_from_slice(c.to_string().as_bytes());
-                            i += 4;
-                        }
-                        c => out.push(c),
-                    }
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-    }
-
-    fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(f) => f
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v)
-                .unwrap_or_else(|| panic!("no {key} in {self:?}")),
-            other => panic!("{other:?} is not an object"),
-        }
-    }
-
-    fn arr(&self) -> &[Json] {
-        match self {
-            Json::Arr(a) => a,
-            other => panic!("{other:?} is not an array"),
-        }
-    }
-
-    fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            other => panic!("{other:?} is not a string"),
-        }
-    }
-
-    fn num(&self) -> f64 {
-        match self {
-            Json::Num(n) => *n,
-            other => panic!("{other:?} is not a number"),
-        }
-    }
 }
 
 fn lsn(status: &Json, domain: &str) -> f64 {
@@ -841,7 +503,7 @@ fn three_daemons_driven_through_the_cli() {
     }
     for d in daemons.values_mut() {
         let status = d.wait_exit();
-        assert!(status.success(), "{}: {status}: {}", d.node, d.log());
+        assert!(status.success(), "{}: {status}: {}", d.name, d.log());
     }
     lap("final convergence and stop");
     if let Some(keep) = std::env::var_os("CLUSTER_KEEP_LOGS") {

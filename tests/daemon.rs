@@ -1,141 +1,69 @@
 //! `domsyncd` as systemd runs it: a real process with a configuration file, `NOTIFY_SOCKET`
 //! listened on by the test, signals for reload and stop.
 
-use std::io::{BufRead as _, BufReader};
-use std::os::unix::net::UnixDatagram;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use domsync::net::{pki, PeerRole};
+use domsync::net::PeerRole;
 
-/// Hang guard only.
-const GUARD: Duration = Duration::from_secs(60);
+mod common;
 
-fn write_config(dir: &Path, domains: &[&str], port: u16) -> std::path::PathBuf {
+use common::{creds, free_port, init_pki, Daemon, NodeConfig, GUARD};
+
+fn write_config(dir: &Path, domains: &[&str], port: u16) -> PathBuf {
     let pki_dir = dir.join("pki");
     if !pki_dir.join("ca.pem").exists() {
-        pki::init_ca(&pki_dir).unwrap();
-        pki::issue(&pki_dir, PeerRole::Node, "a", &pki_dir, 30).unwrap();
-        pki::issue(&pki_dir, PeerRole::Node, "b", &pki_dir, 30).unwrap();
-        pki::issue(&pki_dir, PeerRole::Gateway, "g", &pki_dir, 30).unwrap();
+        init_pki(
+            &pki_dir,
+            &[
+                (PeerRole::Node, "a"),
+                (PeerRole::Node, "b"),
+                (PeerRole::Gateway, "g"),
+            ],
+        );
     }
-    let mut text = format!(
-        r#"
-[node]
-id = "a"
-state_dir = "{state}"
-listen = "127.0.0.1:{port}"
-admin_socket = "{state}/admin.sock"
-
-[tls]
-ca = "{pki}/ca.pem"
-cert = "{pki}/node-a.pem"
-key = "{pki}/node-a.key"
-"#,
-        state = dir.join("state").display(),
-        pki = pki_dir.display(),
-    );
-    for d in domains {
-        text.push_str(&format!(
-            "\n[[domains]]\nname = \"{d}\"\nreplicas = [\"a\"]\ndurability = \"local\"\ngateways = [\"g\"]\n"
-        ));
-    }
-    let path = dir.join("domsync.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let state = dir.join("state");
+    let config = NodeConfig {
+        id: "a".to_owned(),
+        admin_socket: state.join("admin.sock"),
+        state_dir: state,
+        listen: format!("127.0.0.1:{port}"),
+        pki: pki_dir,
+        limits: String::new(),
+        peers: Vec::new(),
+        domains: domains
+            .iter()
+            .map(|d| (d.to_string(), vec!["a".to_owned()], "local".to_owned()))
+            .collect(),
+    };
+    config.write(dir.join("domsync.toml"))
 }
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Starts `domsyncd` as node `a` in `dir`, with `WATCHDOG_USEC` if given.
+fn start(dir: &Path, config: &Path, watchdog_usec: Option<u64>) -> Daemon {
+    let usec = watchdog_usec.map(|w| w.to_string());
+    let env: Vec<(&str, &str)> = usec.iter().map(|w| ("WATCHDOG_USEC", w.as_str())).collect();
+    Daemon::spawn("a", dir, config, GUARD, &env)
 }
 
-struct Notify {
-    socket: UnixDatagram,
-}
-
-impl Notify {
-    fn new(dir: &Path) -> (Notify, std::path::PathBuf) {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket.set_read_timeout(Some(GUARD)).unwrap();
-        (Notify { socket }, path)
-    }
-
-    /// Reads datagrams until one contains `want`; returns it.
-    fn until(&self, want: &str) -> String {
-        let deadline = Instant::now() + GUARD;
-        let mut buf = vec![0u8; 4096];
-        while Instant::now() < deadline {
-            let n = self.socket.recv(&mut buf).expect("no notification in time");
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if msg.contains(want) {
-                return msg;
-            }
-        }
-        panic!("never saw {want}");
-    }
-}
-
-fn start(config: &Path, notify: &Path, watchdog_usec: Option<u64>) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_domsyncd"));
-    cmd.arg("--config")
-        .arg(config)
-        .env("NOTIFY_SOCKET", notify)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(w) = watchdog_usec {
-        cmd.env("WATCHDOG_USEC", w.to_string());
-    }
-    cmd.spawn().unwrap()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
-fn wait_exit(mut child: Child) -> (i32, String) {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut log = String::new();
-            if let Some(err) = child.stderr.take() {
-                for line in BufReader::new(err).lines() {
-                    log.push_str(&line.unwrap_or_default());
-                    log.push('\n');
-                }
-            }
-            return (status.code().unwrap_or(-1), log);
-        }
-        assert!(Instant::now() < deadline, "domsyncd did not stop in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits (bounded) for the exit: its code (-1 for a signal) and everything it logged.
+fn wait_exit(mut d: Daemon) -> (i32, String) {
+    let status = d.wait_exit();
+    (status.code().unwrap_or(-1), d.log())
 }
 
 #[test]
 fn ready_status_watchdog_reload_and_a_clean_stop() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &["t1", "t2"], free_port());
-    let (notify, sock) = Notify::new(dir.path());
-    let child = start(&config, &sock, Some(300_000));
+    let child = start(dir.path(), &config, Some(300_000));
 
-    let ready = notify.until("READY=1");
+    let ready = child.until("READY=1");
     assert!(
         ready.contains("STATUS=2 domains: 2 active, 0 standby"),
         "{ready}"
     );
-    notify.until("WATCHDOG=1");
+    child.until("WATCHDOG=1");
     assert!(dir.path().join("state/domains/t1.redb").exists());
 
     // SIGHUP adds a domain.
@@ -146,20 +74,20 @@ fn ready_status_watchdog_reload_and_a_clean_stop() {
         .and_then(|p| p.trim_end_matches('"').parse::<u16>().ok())
         .unwrap();
     write_config(dir.path(), &["t1", "t2", "t3"], port);
-    signal(&child, "HUP");
-    notify.until("RELOADING=1");
-    let ready = notify.until("READY=1");
+    child.signal("HUP");
+    child.until("RELOADING=1");
+    let ready = child.until("READY=1");
     assert!(ready.contains("STATUS=3 domains: 3 active"), "{ready}");
 
     // A broken configuration is refused and the running one kept.
     std::fs::write(&config, "[node]\nid = \"a\"\nlisten = \"bogus\"\n").unwrap();
-    signal(&child, "HUP");
-    notify.until("RELOADING=1");
-    let ready = notify.until("READY=1");
+    child.signal("HUP");
+    child.until("RELOADING=1");
+    let ready = child.until("READY=1");
     assert!(ready.contains("STATUS=3 domains: 3 active"), "{ready}");
 
-    signal(&child, "TERM");
-    notify.until("STOPPING=1");
+    child.signal("TERM");
+    child.until("STOPPING=1");
     let (code, log) = wait_exit(child);
     assert_eq!(code, 0, "{log}");
     assert!(
@@ -212,9 +140,8 @@ fn metrics_are_served_in_the_prometheus_text_format() {
         &format!("metrics = \"127.0.0.1:{metrics_port}\"\n\n[tls]"),
     );
     std::fs::write(&config, text).unwrap();
-    let (notify, sock) = Notify::new(dir.path());
-    let child = start(&config, &sock, None);
-    notify.until("READY=1");
+    let child = start(dir.path(), &config, None);
+    child.until("READY=1");
 
     let get = |path: &str| {
         use std::io::{Read as _, Write as _};
@@ -240,7 +167,7 @@ fn metrics_are_served_in_the_prometheus_text_format() {
         assert!(page.contains(want), "{want} missing in\n{page}");
     }
     assert!(get("/other").starts_with("HTTP/1.1 404"));
-    signal(&child, "TERM");
+    child.signal("TERM");
     assert_eq!(wait_exit(child).0, 0);
 }
 
@@ -275,17 +202,11 @@ fn a_reload_adds_a_domain_without_dropping_gateway_connections() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(dir.path(), &["t1"], port);
-    let (notify, sock) = Notify::new(dir.path());
-    let child = start(&config, &sock, None);
-    notify.until("READY=1");
+    let child = start(dir.path(), &config, None);
+    child.until("READY=1");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let creds = domsync::net::TlsFiles::in_dir(
-        &dir.path().join("pki"),
-        &domsync::net::Identity::new(PeerRole::Gateway, "g").unwrap(),
-    )
-    .load()
-    .unwrap();
+    let creds = creds(&dir.path().join("pki"), PeerRole::Gateway, "g");
     let endpoint =
         rt.block_on(async { quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap() });
     let conn = rt.block_on(async {
@@ -306,15 +227,15 @@ fn a_reload_adds_a_domain_without_dropping_gateway_connections() {
     assert!(rt.block_on(list_policies(&conn, "t2")).is_err());
 
     write_config(dir.path(), &["t1", "t2"], port);
-    signal(&child, "HUP");
-    let ready = notify.until("READY=1");
+    child.signal("HUP");
+    let ready = child.until("READY=1");
     assert!(ready.contains("STATUS=2 domains"), "{ready}");
     // The same connection serves the old domain and the new one.
     rt.block_on(list_policies(&conn, "t1")).unwrap();
     rt.block_on(list_policies(&conn, "t2")).unwrap();
     assert!(conn.close_reason().is_none());
 
-    signal(&child, "TERM");
+    child.signal("TERM");
     assert_eq!(wait_exit(child).0, 0);
 }
 
@@ -322,23 +243,22 @@ fn a_reload_adds_a_domain_without_dropping_gateway_connections() {
 fn a_domain_that_fails_to_open_is_reported_and_the_others_serve() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &["t1", "t2"], free_port());
-    let (notify, sock) = Notify::new(dir.path());
-    let child = start(&config, &sock, None);
-    notify.until("READY=1");
-    signal(&child, "TERM");
+    let child = start(dir.path(), &config, None);
+    child.until("READY=1");
+    child.signal("TERM");
     assert_eq!(wait_exit(child).0, 0);
 
     // t2's database is destroyed while the daemon is down.
     let t2 = dir.path().join("state/domains/t2.redb");
     assert!(t2.exists());
     std::fs::write(&t2, vec![0x5a; 8192]).unwrap();
-    let child = start(&config, &sock, None);
-    let ready = notify.until("READY=1");
+    let child = start(dir.path(), &config, None);
+    let ready = child.until("READY=1");
     assert!(
         ready.contains("STATUS=2 domains: 1 active, 0 standby, 0 waiting, 1 failed"),
         "{ready}"
     );
-    signal(&child, "TERM");
+    child.signal("TERM");
     let (code, log) = wait_exit(child);
     assert_eq!(code, 0, "{log}");
     assert!(

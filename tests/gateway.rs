@@ -10,21 +10,21 @@ use std::time::{Duration, Instant};
 
 use domsync::gateway::cache::Cache;
 use domsync::gateway::{Client, ClientConfig, Error, Origin, Update};
-use domsync::model::{Crl, CrlNumber, DomainId, Lsn, NodeId, Role, Version};
-use domsync::net::{pki, Credentials, Identity, PeerRole, TlsFiles};
+use domsync::model::{Crl, CrlNumber, DomainId, Lsn, Role, Version};
+use domsync::net::PeerRole;
 use domsync::node::{ActiveConfig, Node, NodeConfig};
 use domsync::repl::Durability;
 use domsync::store::{Domain, Store, StoreOptions};
 use tokio::time::timeout;
 
+mod common;
+
+use common::{creds, domsync_cmd, init_pki, nid, run};
+
 /// Hang guard only.
 const GUARD: Duration = Duration::from_secs(60);
 
 const GW: &str = "gw";
-
-fn nid(s: &str) -> NodeId {
-    NodeId::new(s).unwrap()
-}
 
 fn dom() -> DomainId {
     "tenant-1".parse().unwrap()
@@ -44,12 +44,6 @@ fn issuer() -> String {
 
 fn number(n: u8) -> CrlNumber {
     CrlNumber::from_be_bytes(&[n])
-}
-
-fn creds(pki_dir: &Path, role: PeerRole, name: &str) -> Credentials {
-    TlsFiles::in_dir(pki_dir, &Identity::new(role, name).unwrap())
-        .load()
-        .unwrap()
 }
 
 /// Active `a` (local durability) and standbys following it; gateway `gw` granted everywhere.
@@ -74,11 +68,9 @@ fn start_node(pki_dir: &Path, name: &str) -> Node {
 async fn cluster(names: &[&'static str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
-    pki::init_ca(&pki_dir).unwrap();
-    for n in names {
-        pki::issue(&pki_dir, PeerRole::Node, n, &pki_dir, 30).unwrap();
-    }
-    pki::issue(&pki_dir, PeerRole::Gateway, GW, &pki_dir, 30).unwrap();
+    let mut certs: Vec<(PeerRole, &str)> = names.iter().map(|n| (PeerRole::Node, *n)).collect();
+    certs.push((PeerRole::Gateway, GW));
+    init_pki(&pki_dir, &certs);
     let mut nodes = BTreeMap::new();
     for n in names {
         nodes.insert(*n, start_node(&pki_dir, n));
@@ -531,15 +523,8 @@ async fn with_every_node_down_a_fresh_client_returns_the_cached_copy_and_ignores
 }
 
 fn domsync(args: Vec<String>) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_domsync"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = run(domsync_cmd(&args));
+    (out.code, out.stdout, out.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,18 +3,17 @@
 //! at once.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use domsync::gateway::protocol::{
     self, Query, Refusal, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
 };
-use domsync::model::{DomainId, Lsn, NodeId, Role};
+use domsync::model::{DomainId, Lsn, Role};
 use domsync::net::frame::{read_frame, write_frame};
 use domsync::net::{
-    self, pki, Credentials, Identity, NodeServerVerifier, PeerRole, TlsFiles, ALPN_GATEWAY,
-    ALPN_REPL, CLOSE_REFUSED, SERVER_NAME,
+    self, pki, Credentials, NodeServerVerifier, PeerRole, TlsFiles, ALPN_GATEWAY, ALPN_REPL,
+    CLOSE_REFUSED, SERVER_NAME,
 };
 use domsync::node::{ActiveConfig, GatewayLimits, Node, NodeConfig};
 use domsync::repl::Durability;
@@ -24,21 +23,15 @@ use quinn::{ConnectionError, Endpoint};
 use sha2::{Digest as _, Sha256};
 use tokio::time::timeout;
 
+mod common;
+
+use common::{creds, init_pki, nid};
+
 /// Hang guard only.
 const GUARD: Duration = Duration::from_secs(120);
 
-fn nid(s: &str) -> NodeId {
-    NodeId::new(s).unwrap()
-}
-
 fn dom(s: &str) -> DomainId {
     s.parse().unwrap()
-}
-
-fn creds(pki_dir: &Path, role: PeerRole, name: &str) -> Credentials {
-    TlsFiles::in_dir(pki_dir, &Identity::new(role, name).unwrap())
-        .load()
-        .unwrap()
 }
 
 /// Active `a` and standby `b` of `tenant-a` and `tenant-b`; gateway `g1` is granted
@@ -55,16 +48,16 @@ struct Cluster {
 async fn cluster(limits: GatewayLimits) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
-    pki::init_ca(&pki_dir).unwrap();
-    for (role, name) in [
-        (PeerRole::Node, "a"),
-        (PeerRole::Node, "b"),
-        (PeerRole::Gateway, "g1"),
-        (PeerRole::Gateway, "g2"),
-        (PeerRole::Admin, "ops"),
-    ] {
-        pki::issue(&pki_dir, role, name, &pki_dir, 30).unwrap();
-    }
+    init_pki(
+        &pki_dir,
+        &[
+            (PeerRole::Node, "a"),
+            (PeerRole::Node, "b"),
+            (PeerRole::Gateway, "g1"),
+            (PeerRole::Gateway, "g2"),
+            (PeerRole::Admin, "ops"),
+        ],
+    );
     let start = |name: &str| {
         let mut config = NodeConfig::new(
             "127.0.0.1:0".parse().unwrap(),

@@ -6,378 +6,11 @@
 //! `domain remove` refuses a domain of the configuration file and removes an added one.
 
 use std::collections::BTreeMap;
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use domsync::net::{pki, PeerRole};
+mod common;
 
-/// Hang guard only: every wait polls a condition up to this deadline.
-const GUARD: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A test cluster's files: PKI, one config per node.
-struct Cluster {
-    dir: tempfile::TempDir,
-    ports: BTreeMap<&'static str, u16>,
-}
-
-impl Cluster {
-    fn new(nodes: &[&'static str]) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let pki_dir = dir.path().join("pki");
-        pki::init_ca(&pki_dir).unwrap();
-        for n in nodes {
-            pki::issue(&pki_dir, PeerRole::Node, n, &pki_dir, 30).unwrap();
-        }
-        pki::issue(&pki_dir, PeerRole::Gateway, "g", &pki_dir, 30).unwrap();
-        pki::issue(&pki_dir, PeerRole::Admin, "ops", &pki_dir, 30).unwrap();
-        let ports = nodes.iter().map(|n| (*n, free_port())).collect();
-        Cluster { dir, ports }
-    }
-
-    fn pki(&self) -> PathBuf {
-        self.dir.path().join("pki")
-    }
-
-    fn socket(&self, node: &str) -> PathBuf {
-        self.dir.path().join(node).join("run/admin.sock")
-    }
-
-    /// Writes the configuration of `me`: every domain as `(name, replicas)`.
-    fn config(&self, me: &str, domains: &[(&str, &[&str])]) -> PathBuf {
-        let pki = self.pki();
-        let mut text = format!(
-            r#"
-[node]
-id = "{me}"
-state_dir = "{state}"
-listen = "127.0.0.1:{port}"
-admin_socket = "{socket}"
-
-[tls]
-ca = "{pki}/ca.pem"
-cert = "{pki}/node-{me}.pem"
-key = "{pki}/node-{me}.key"
-
-[limits]
-guard_window_ms = 300
-"#,
-            state = self.dir.path().join(me).join("state").display(),
-            port = self.ports[me],
-            socket = self.socket(me).display(),
-            pki = pki.display(),
-        );
-        for (peer, port) in &self.ports {
-            if *peer != me {
-                text.push_str(&format!(
-                    "\n[[peers]]\nid = \"{peer}\"\naddress = \"127.0.0.1:{port}\"\n"
-                ));
-            }
-        }
-        for (name, replicas) in domains {
-            let list = replicas
-                .iter()
-                .map(|r| format!("\"{r}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            text.push_str(&format!(
-                "\n[[domains]]\nname = \"{name}\"\nreplicas = [{list}]\ndurability = \"local\"\ngateways = [\"g\"]\n"
-            ));
-        }
-        let path = self.dir.path().join(format!("{me}.toml"));
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// Starts `domsyncd` for `me` and waits for READY=1.
-    fn start(&self, me: &str, domains: &[(&str, &[&str])]) -> Daemon {
-        let config = self.config(me, domains);
-        let notify_path = self.dir.path().join(format!("{me}-notify.sock"));
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(GUARD)).unwrap();
-        let log = self.dir.path().join(format!("{me}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_domsyncd"))
-            .arg("--config")
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let daemon = Daemon { child, log };
-        let deadline = Instant::now() + GUARD;
-        let mut buf = vec![0u8; 4096];
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "{me} not ready: {}",
-                daemon.log()
-            );
-            let n = notify
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("{me} not ready ({e}): {}", daemon.log()));
-            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                return daemon;
-            }
-        }
-    }
-}
-
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    fn stop(&mut self) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + GUARD;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "{status}: {}", self.log());
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit after SIGTERM: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(mut cmd: Command) -> Out {
-    let out = cmd.output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn domsync_cmd(socket: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_domsync"));
-    cmd.arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("DOMSYNC_SOCKET")
-        .env_remove("DOMSYNC_REMOTE");
-    cmd
-}
-
-/// `domsync --socket SOCKET ARGS`.
-fn domsync(socket: &Path, args: &[&str]) -> Out {
-    run(domsync_cmd(socket, args))
-}
-
-fn ok(socket: &Path, args: &[&str]) -> String {
-    let out = domsync(socket, args);
-    assert_eq!(
-        out.code, 0,
-        "domsync {args:?}: {}{}",
-        out.stdout, out.stderr
-    );
-    out.stdout
-}
-
-/// A minimal JSON reader (the crate has no JSON dependency): enough to check that
-/// `status --json` is a well-formed document and to read its fields.
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn parse(text: &str) -> Json {
-        let b = text.trim().as_bytes();
-        let (v, rest) = Json::value(b);
-        assert!(rest.is_empty(), "trailing bytes after the JSON document");
-        v
-    }
-
-    fn ws(mut b: &[u8]) -> &[u8] {
-        while let [c, rest @ ..] = b {
-            if !c.is_ascii_whitespace() {
-                break;
-            }
-            b = rest;
-        }
-        b
-    }
-
-    fn value(b: &[u8]) -> (Json, &[u8]) {
-        let b = Json::ws(b);
-        match b.first() {
-            Some(b'n') if b.starts_with(b"null") => (Json::Null, &b[4..]),
-            Some(b't') if b.starts_with(b"true") => (Json::Bool(true), &b[4..]),
-            Some(b'f') if b.starts_with(b"false") => (Json::Bool(false), &b[5..]),
-            Some(b'"') => {
-                let (s, rest) = Json::string(b);
-                (Json::Str(s), rest)
-            }
-            Some(b'[') => {
-                let mut items = Vec::new();
-                let mut b = Json::ws(&b[1..]);
-                if let Some(rest) = b.strip_prefix(b"]") {
-                    return (Json::Arr(items), rest);
-                }
-                loop {
-                    let (v, rest) = Json::value(b);
-                    items.push(v);
-                    let rest = Json::ws(rest);
-                    match rest.first() {
-                        Some(b',') => b = &rest[1..],
-                        Some(b']') => return (Json::Arr(items), &rest[1..]),
-                        _ => panic!("bad JSON array"),
-                    }
-                }
-            }
-            Some(b'{') => {
-                let mut fields = Vec::new();
-                let mut b = Json::ws(&b[1..]);
-                if let Some(rest) = b.strip_prefix(b"}") {
-                    return (Json::Obj(fields), rest);
-                }
-                loop {
-                    let (k, rest) = Json::string(Json::ws(b));
-                    let rest = Json::ws(rest);
-                    assert_eq!(rest.first(), Some(&b':'), "bad JSON object");
-                    let (v, rest) = Json::value(&rest[1..]);
-                    fields.push((k, v));
-                    let rest = Json::ws(rest);
-                    match rest.first() {
-                        Some(b',') => b = &rest[1..],
-                        Some(b'}') => return (Json::Obj(fields), &rest[1..]),
-                        _ => panic!("bad JSON object"),
-                    }
-                }
-            }
-            _ => {
-                let end = b
-                    .iter()
-                    .position(|c| !(c.is_ascii_digit() || b"-+.eE".contains(c)))
-                    .unwrap_or(b.len());
-                assert!(end > 0, "bad JSON value");
-                let n = std::str::from_utf8(&b[..end]).unwrap().parse().unwrap();
-                (Json::Num(n), &b[end..])
-            }
-        }
-    }
-
-    fn string(b: &[u8]) -> (String, &[u8]) {
-        assert_eq!(b.first(), Some(&b'"'), "expected a JSON string");
-        let mut out = Vec::new();
-        let mut i = 1;
-        loop {
-            match b[i] {
-                b'"' => return (String::from_utf8(out).unwrap(), &b[i + 1..]),
-                b'\\' => {
-                    i += 1;
-                    match b[i] {
-                        b'n' => out.push(b'\n'),
-                        b't' => out.push(b'\t'),
-                        b'r' => out.push(b'\r'),
-                        b'u' => {
-                            let hex = std::str::from_utf8(&b[i + 1..i + 5]).unwrap();
-                            let c = char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap();
-                            out.extend_from_slice(c.to_string().as_bytes());
-                            i += 4;
-                        }
-                        c => out.push(c),
-                    }
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-    }
-
-    fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(f) => &f.iter().find(|(k, _)| k == key).unwrap().1,
-            other => panic!("{other:?} is not an object"),
-        }
-    }
-
-    fn arr(&self) -> &[Json] {
-        match self {
-            Json::Arr(a) => a,
-            other => panic!("{other:?} is not an array"),
-        }
-    }
-
-    fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            other => panic!("{other:?} is not a string"),
-        }
-    }
-
-    fn num(&self) -> f64 {
-        match self {
-            Json::Num(n) => *n,
-            other => panic!("{other:?} is not a number"),
-        }
-    }
-}
-
-fn status_json(socket: &Path) -> Json {
-    Json::parse(&ok(socket, &["status", "--json"]))
-}
-
-/// Waits until `check` holds for the JSON status of `socket`.
-fn wait_status(socket: &Path, what: &str, check: impl Fn(&Json) -> bool) -> Json {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        let s = status_json(socket);
-        if check(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what}: {s:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::{domsync, ok, poll, report, status_json, wait_status, Cluster, Daemon, Json, GUARD};
 
 const NODES: [&str; 3] = ["a", "b", "c"];
 
@@ -395,11 +28,7 @@ fn start_all(c: &Cluster) -> BTreeMap<&'static str, Daemon> {
 
 /// Role of `domain` on a node's status (`None`: not listed or not open).
 fn role(status: &Json, domain: &str) -> Option<String> {
-    let d = status
-        .get("domains")
-        .arr()
-        .iter()
-        .find(|d| d.get("domain").str() == domain)?;
+    let d = report(status, domain)?;
     match d.get("role") {
         Json::Str(r) => Some(r.clone()),
         _ => None,
@@ -410,8 +39,7 @@ fn role(status: &Json, domain: &str) -> Option<String> {
 /// every standby is synchronized with the same lsn and digest as its active. Returns the
 /// active of each domain.
 fn wait_converged(c: &Cluster, domains: &[&str]) -> BTreeMap<String, String> {
-    let deadline = Instant::now() + GUARD;
-    loop {
+    poll(GUARD, Duration::from_millis(100), || {
         let statuses: Vec<(&str, Json)> = NODES
             .iter()
             .map(|n| (*n, status_json(&c.socket(n))))
@@ -421,12 +49,7 @@ fn wait_converged(c: &Cluster, domains: &[&str]) -> BTreeMap<String, String> {
         for d in domains {
             let mut states = Vec::new();
             for (node, s) in &statuses {
-                let Some(r) = s
-                    .get("domains")
-                    .arr()
-                    .iter()
-                    .find(|x| x.get("domain").str() == *d)
-                else {
+                let Some(r) = report(s, d) else {
                     good = false;
                     continue;
                 };
@@ -459,15 +82,13 @@ fn wait_converged(c: &Cluster, domains: &[&str]) -> BTreeMap<String, String> {
             }
         }
         if good {
-            return actives;
+            return Ok(actives);
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "not converged: {:?}",
             statuses.iter().map(|(n, s)| (n, s)).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ))
+    })
 }
 
 fn admin_args(c: &Cluster) -> Vec<String> {
