@@ -117,6 +117,13 @@ impl Crl {
             });
         }
         let issuer = crl.issuer().to_string();
+        if issuer.is_empty() {
+            // The issuer is the CRL's key in the store: an empty or unrenderable name would
+            // make every such CRL collide.
+            return Err(CrlError::Malformed {
+                reason: "the issuer name is empty or has no printable attribute".into(),
+            });
+        }
         let number = crl
             .crl_number()
             .map(|n| CrlNumber::from_be_bytes(&n.to_bytes_be()))

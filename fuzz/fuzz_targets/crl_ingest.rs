@@ -1,0 +1,8 @@
+//! CRL ingestion on arbitrary DER: see `checks::crl`.
+
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::crl(data));
