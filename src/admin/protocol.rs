@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use crate::codec::{self, CodecError, FORMAT_VERSION, FRAME_OVERHEAD};
+use crate::codec::{self, CodecError, FRAME_HEADER};
 use crate::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
 use crate::repl::SyncStatus;
 
@@ -24,9 +24,6 @@ pub const MAX_ANSWER_BYTES: usize = codec::MAX_RECORD_BYTES + 1024 * 1024;
 
 /// Buffer reserved up front for a frame; larger frames grow as their bytes arrive.
 const INITIAL_CAPACITY: usize = 64 * 1024;
-
-/// Header bytes before the payload: version and length.
-const HEADER: usize = 5;
 
 /// One request of an administrator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -476,28 +473,16 @@ pub async fn read_message<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
     r: &mut R,
     cap: usize,
 ) -> Result<Option<T>, FrameError> {
-    let mut header = [0u8; HEADER];
+    let mut header = [0u8; FRAME_HEADER];
     let mut got = 0;
-    while got < HEADER {
+    while got < FRAME_HEADER {
         match r.read(&mut header[got..]).await? {
             0 if got == 0 => return Ok(None),
             0 => return Err(FrameError::Truncated),
             n => got += n,
         }
     }
-    if header[0] != FORMAT_VERSION {
-        return Err(CodecError::UnknownVersion { version: header[0] }.into());
-    }
-    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
-    let len = usize::try_from(len).unwrap_or(usize::MAX);
-    if len > cap {
-        return Err(CodecError::TooLarge {
-            len: len as u64,
-            cap: cap as u64,
-        }
-        .into());
-    }
-    let total = FRAME_OVERHEAD + len;
+    let total = codec::frame_len(&header, cap)?;
     let mut frame = Vec::with_capacity(total.min(INITIAL_CAPACITY));
     frame.extend_from_slice(&header);
     let mut buf = vec![0u8; INITIAL_CAPACITY.min(total)];
@@ -533,7 +518,7 @@ mod tests {
             .unwrap();
         assert_eq!(back, Some(req));
         // Too large a length is refused from the header alone.
-        let mut huge = vec![FORMAT_VERSION];
+        let mut huge = vec![codec::FORMAT_VERSION];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             read_message::<_, Request>(&mut huge.as_slice(), MAX_REQUEST_BYTES).await,

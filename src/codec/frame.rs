@@ -8,8 +8,30 @@ use super::CodecError;
 /// Format version written in byte 0 of every frame.
 pub const FORMAT_VERSION: u8 = 1;
 /// Header (version + length) plus trailer (CRC32) in bytes.
-pub const FRAME_OVERHEAD: usize = HEADER + 4;
-const HEADER: usize = 5;
+pub const FRAME_OVERHEAD: usize = FRAME_HEADER + 4;
+/// Bytes before the payload: version and `u32` length.
+pub const FRAME_HEADER: usize = 5;
+const HEADER: usize = FRAME_HEADER;
+
+/// Checks a frame header read from a stream (version, then the length against `cap`) before
+/// anything is allocated; returns the whole frame's length, header and trailer included.
+///
+/// # Errors
+/// [`CodecError::UnknownVersion`] or [`CodecError::TooLarge`].
+pub fn frame_len(header: &[u8; FRAME_HEADER], cap: usize) -> Result<usize, CodecError> {
+    if header[0] != FORMAT_VERSION {
+        return Err(CodecError::UnknownVersion { version: header[0] });
+    }
+    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > cap {
+        return Err(CodecError::TooLarge {
+            len: len as u64,
+            cap: cap as u64,
+        });
+    }
+    Ok(FRAME_OVERHEAD + len)
+}
 
 /// Encodes `value` with postcard into a checked frame.
 ///

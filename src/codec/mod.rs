@@ -18,7 +18,7 @@ mod error;
 mod frame;
 
 pub use error::CodecError;
-pub use frame::{open, seal, FORMAT_VERSION, FRAME_OVERHEAD};
+pub use frame::{frame_len, open, seal, FORMAT_VERSION, FRAME_HEADER, FRAME_OVERHEAD};
 
 use crate::model::Record;
 

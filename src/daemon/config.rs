@@ -274,6 +274,17 @@ struct RawLimits {
     confirm_timeout_ms: Option<u64>,
 }
 
+/// TOML text into its raw shape; a syntax error or an unknown key is the file's one problem.
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        path: path.to_owned(),
+        problems: vec![Problem {
+            key: String::new(),
+            message: e.message().replace('\n', " "),
+        }],
+    })
+}
+
 /// Collects problems while checking.
 struct Checker {
     problems: Vec<Problem>,
@@ -425,12 +436,7 @@ impl Config {
             path: path.to_owned(),
             problems,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            invalid(vec![Problem {
-                key: String::new(),
-                message: e.message().replace('\n', " "),
-            }])
-        })?;
+        let raw: RawConfig = parse_toml(text, path)?;
         let mut c = Checker {
             problems: Vec::new(),
         };
@@ -566,12 +572,7 @@ impl Config {
             path: path.to_owned(),
             problems,
         };
-        let raw: RawAdded = toml::from_str(text).map_err(|e| {
-            invalid(vec![Problem {
-                key: String::new(),
-                message: e.message().replace('\n', " "),
-            }])
-        })?;
+        let raw: RawAdded = parse_toml(text, path)?;
         let mut c = Checker {
             problems: Vec::new(),
         };

@@ -2,10 +2,7 @@
 //! `u32` length, payload, CRC32. The length is checked against a cap before anything is
 //! allocated; a bad frame ends the stream with a typed error, never a panic.
 
-use crate::codec::{self, CodecError, FORMAT_VERSION, FRAME_OVERHEAD};
-
-/// Header bytes before the payload: version and length.
-const HEADER: usize = 5;
+use crate::codec::{self, CodecError, FRAME_HEADER};
 
 /// Buffer reserved up front for a frame; larger frames grow as their bytes arrive.
 const INITIAL_CAPACITY: usize = 64 * 1024;
@@ -44,9 +41,9 @@ pub async fn read_frame(
     recv: &mut quinn::RecvStream,
     cap: usize,
 ) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut header = [0u8; HEADER];
+    let mut header = [0u8; FRAME_HEADER];
     let mut got = 0;
-    while got < HEADER {
+    while got < FRAME_HEADER {
         match recv.read(&mut header[got..]).await {
             Ok(Some(n)) => got += n,
             Ok(None) if got == 0 => return Ok(None),
@@ -54,21 +51,9 @@ pub async fn read_frame(
             Err(e) => return Err(FrameError::Stream(e.to_string())),
         }
     }
-    if header[0] != FORMAT_VERSION {
-        return Err(CodecError::UnknownVersion { version: header[0] }.into());
-    }
-    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
-    let len = usize::try_from(len).unwrap_or(usize::MAX);
-    if len > cap {
-        return Err(CodecError::TooLarge {
-            len: len as u64,
-            cap: cap as u64,
-        }
-        .into());
-    }
+    let total = codec::frame_len(&header, cap)?;
     // The buffer grows with the bytes that actually arrive (bounded by flow control), not
     // with what the header claims: a peer cannot make us reserve the cap for free.
-    let total = FRAME_OVERHEAD + len;
     let mut frame = Vec::with_capacity(total.min(INITIAL_CAPACITY));
     frame.extend_from_slice(&header);
     while frame.len() < total {

@@ -564,26 +564,29 @@ impl Domain {
     /// [`StoreError::Corrupt`] when the content does not match its digest, or
     /// [`StoreError::Storage`].
     pub fn policy(&self, name: &str) -> Result<Read<Option<Policy>>, StoreError> {
-        let id = &self.inner.id;
-        self.read(|txn| {
-            let meta = txn.open_table(POLICY).or_storage(id)?;
-            let Some(row) = meta.get(name).or_storage(id)? else {
-                return Ok(None);
-            };
-            let info = decode_policy(id, name, row.value())?;
-            let table = txn.open_table(POLICY_CONTENT).or_storage(id)?;
-            let content = table
-                .get(name)
-                .or_storage(id)?
-                .map(|v| v.value().to_vec())
-                .unwrap_or_default();
-            if <[u8; 32]>::from(Sha256::digest(&content)) != info.sha256 {
-                return Err(StoreError::Corrupt {
-                    domain: id.clone(),
-                    what: format!("content of policy {name} does not match its SHA-256"),
-                });
+        let read = self.policy_reader(name)?;
+        let value = match read.value {
+            None => None,
+            Some(reader) => {
+                let size = usize::try_from(reader.info.size).unwrap_or(usize::MAX);
+                let content = reader.read_at(0, size)?;
+                if <[u8; 32]>::from(Sha256::digest(&content)) != reader.info.sha256 {
+                    return Err(StoreError::Corrupt {
+                        domain: self.inner.id.clone(),
+                        what: format!("content of policy {name} does not match its SHA-256"),
+                    });
+                }
+                Some(Policy {
+                    info: reader.info,
+                    content,
+                })
             }
-            Ok(Some(Policy { info, content }))
+        };
+        Ok(Read {
+            value,
+            position: read.position,
+            role: read.role,
+            epoch: read.epoch,
         })
     }
 
