@@ -153,6 +153,20 @@ impl Daemon {
         guard: Duration,
         env: &[(&str, &str)],
     ) -> Daemon {
+        Daemon::spawn_wrapped(name, dir, config, guard, env, &[])
+    }
+
+    /// Like [`Daemon::spawn`], with the command run through `wrapper` (a program and its
+    /// arguments, e.g. `ip netns exec NS`), which must exec `domsyncd` in its own process so
+    /// that signals reach the daemon. An empty `wrapper` runs `domsyncd` directly.
+    pub fn spawn_wrapped(
+        name: &str,
+        dir: &Path,
+        config: &Path,
+        guard: Duration,
+        env: &[(&str, &str)],
+        wrapper: &[String],
+    ) -> Daemon {
         let notify_path = dir.join(format!("{name}-notify.sock"));
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -163,7 +177,15 @@ impl Daemon {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_domsyncd"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_domsyncd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_domsyncd")),
+        };
+        let child = command
             .arg("--config")
             .arg(config)
             .env("NOTIFY_SOCKET", &notify_path)
