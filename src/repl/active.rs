@@ -239,7 +239,9 @@ impl Shipper {
     /// The domain committed up to `lsn` locally.
     pub fn on_commit(&mut self, lsn: Lsn, now: Instant) -> Vec<ShipAction> {
         if lsn <= self.local {
-            return Vec::new();
+            // `local` may have been advanced already by a status read (`Node::sync_status`),
+            // whose actions are dropped: what is committed but not sent still goes out.
+            return self.poll();
         }
         self.local = lsn;
         self.note_pending(now);
