@@ -40,7 +40,7 @@ pub use identity::{Identity, IdentityError, PeerRole};
 pub use pki::PkiError;
 pub use tls::{
     accept, accept_any, allowed_roles, authorize, client_config, client_config_for,
-    negotiated_alpn, peer_identity, refuse, server_config, transport_config, Credentials,
-    NodeServerVerifier, RefuseReason, TlsError, TlsFiles, ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL,
-    CLOSE_REFUSED, SERVER_NAME,
+    negotiated_alpn, peer_identity, refuse, server_config, server_transport_config,
+    transport_config, Credentials, NodeServerVerifier, RefuseReason, TlsError, TlsFiles,
+    ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL, CLOSE_REFUSED, SERVER_NAME,
 };

@@ -56,6 +56,11 @@ pub const MAX_UNI_STREAMS: u32 = 100;
 pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
 /// Bytes a peer may send on all streams of a connection beyond what the application has read.
 pub const CONNECTION_RECEIVE_WINDOW: u32 = 32 << 20;
+/// [`STREAM_RECEIVE_WINDOW`] on connections a node accepts (see [`server_transport_config`]).
+pub const SERVER_STREAM_RECEIVE_WINDOW: u32 = 1 << 20;
+/// [`CONNECTION_RECEIVE_WINDOW`] on connections a node accepts (see
+/// [`server_transport_config`]).
+pub const SERVER_CONNECTION_RECEIVE_WINDOW: u32 = 4 << 20;
 /// Unacknowledged bytes this side keeps in flight on one connection.
 pub const SEND_WINDOW: u64 = 32 << 20;
 /// Interval of keep-alive packets on an otherwise idle connection.
@@ -91,6 +96,18 @@ pub fn transport_config() -> TransportConfig {
             // Fits: 30 000 ms.
             IDLE_TIMEOUT.as_millis() as u32,
         ))));
+    t
+}
+
+/// [`transport_config`] for the connections a node accepts, with smaller receive windows
+/// ([`SERVER_STREAM_RECEIVE_WINDOW`], [`SERVER_CONNECTION_RECEIVE_WINDOW`]): on an accepted
+/// connection the peer only sends requests (follow, acks, probes, gateway queries, admin
+/// requests); bulk data (records, snapshots, packages) flows towards the side that opened the
+/// stream. A small window bounds what each connected peer can make the node buffer.
+pub fn server_transport_config() -> TransportConfig {
+    let mut t = transport_config();
+    t.stream_receive_window(VarInt::from_u32(SERVER_STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(SERVER_CONNECTION_RECEIVE_WINDOW));
     t
 }
 

@@ -12,7 +12,7 @@ use super::error::WriteError;
 use super::{lock, to_wall, wall_micros, Node};
 use crate::model::{DomainId, Lsn, NodeId, Op, Position, Role};
 use crate::net::frame::{open_frame, read_frame, write_frame, FrameError};
-use crate::repl::message::{self, MAX_MESSAGE_BYTES};
+use crate::repl::message::{self, MAX_INBOUND_BYTES};
 use crate::repl::{
     retention_cut, Ack, Answer, Confirmations, Durability, LocalView, Message, RecordBytes,
     RejectReason, RetentionInput, ShipAction, Shipper, SnapshotHeader, SyncStatus,
@@ -304,7 +304,7 @@ impl Node {
         mut send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) {
-        let mut inbox = spawn_reader(recv);
+        let mut inbox = spawn_reader(recv, MAX_INBOUND_BYTES);
         let first = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
         let follow = match first {
             Ok(Some(Ok(Message::Follow(f)))) => f,
@@ -437,17 +437,24 @@ fn local_view(node: &Node, domain: &Domain) -> Result<LocalView, StoreError> {
     })
 }
 
-/// Reads frames off a stream in a task of its own (reading is not cancel-safe) and hands
-/// decoded messages over a small channel.
+/// Reads frames of at most `cap` bytes off a stream in a task of its own (reading is not
+/// cancel-safe) and hands decoded messages over a small channel. The task ends with the
+/// stream, at the first bad frame, or as soon as the receiver is dropped (a half-read frame
+/// is then discarded with the stream).
 pub(super) fn spawn_reader(
     mut recv: quinn::RecvStream,
+    cap: usize,
 ) -> mpsc::Receiver<Result<Message, FrameError>> {
     // Two decoded frames at most wait here: memory per stream stays bounded.
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
         loop {
-            let item = match read_frame(&mut recv, MAX_MESSAGE_BYTES).await {
-                Ok(Some(frame)) => open_frame::<Message>(&frame, MAX_MESSAGE_BYTES),
+            let read = tokio::select! {
+                r = read_frame(&mut recv, cap) => r,
+                () = tx.closed() => return,
+            };
+            let item = match read {
+                Ok(Some(frame)) => open_frame::<Message>(&frame, cap),
                 Ok(None) => return,
                 Err(e) => Err(e),
             };

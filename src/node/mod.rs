@@ -186,7 +186,7 @@ impl Node {
         let server = net::server_config(
             &config.credentials,
             main_alpns,
-            Arc::new(net::transport_config()),
+            Arc::new(net::server_transport_config()),
         )?;
         let endpoint =
             quinn::Endpoint::server(server, config.listen).map_err(|e| NodeError::Bind {
@@ -199,7 +199,7 @@ impl Node {
                 let server = net::server_config(
                     &config.credentials,
                     &[ALPN_GATEWAY],
-                    Arc::new(net::transport_config()),
+                    Arc::new(net::server_transport_config()),
                 )?;
                 Some(
                     quinn::Endpoint::server(server, addr).map_err(|e| NodeError::Bind {

@@ -226,7 +226,7 @@ struct StandbyStream {
 
 impl StandbyStream {
     async fn run(&mut self, recv: quinn::RecvStream) {
-        let mut inbox = spawn_reader(recv);
+        let mut inbox = spawn_reader(recv, message::MAX_MESSAGE_BYTES);
         let mut shutdown = self.sd.stop.subscribe();
         let view = match standby_view(&self.sd.domain) {
             Ok(v) => v,

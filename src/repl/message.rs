@@ -13,6 +13,13 @@ use crate::store::{SnapshotItem, StateDigest};
 /// Largest encoded message: one full-size record (or snapshot row) plus its envelope.
 pub const MAX_MESSAGE_BYTES: usize = MAX_RECORD_BYTES + 64 * 1024;
 
+/// Largest message a node reads on a stream its peer opened: [`Follow`], [`Ack`],
+/// [`Message::Probe`] and [`TakeOver`] are a few hundred bytes (a `Follow` carries at most
+/// [`HISTORY_TAIL`] history entries). Bulk data (records, snapshot rows) only flows towards the
+/// side that opened a stream, so this small cap bounds what a peer can make a node buffer per
+/// stream.
+pub const MAX_INBOUND_BYTES: usize = 64 * 1024;
+
 /// How many history entries a standby sends in [`Follow`].
 pub const HISTORY_TAIL: usize = 16;
 
