@@ -117,6 +117,9 @@ pub struct Shipper {
     last_send: Instant,
     last_sync: Option<Instant>,
     synchronized_once: bool,
+    /// Position of the snapshot sent on this stream, if one was: once the standby has applied
+    /// it, it holds the domain.
+    snapshot_at: Option<Lsn>,
     divergence: Option<SyncStatus>,
     /// Fork point of the standby's unresolved collision archive, if any.
     collision: Option<Lsn>,
@@ -141,6 +144,7 @@ impl Shipper {
             last_send: now,
             last_sync: None,
             synchronized_once: false,
+            snapshot_at: None,
             divergence: None,
             collision: None,
         }
@@ -310,6 +314,7 @@ impl Shipper {
         }
         self.phase = Phase::Streaming;
         self.next = position.lsn.next();
+        self.snapshot_at = Some(position.lsn);
         self.last_send = now;
         self.local = self.local.max(position.lsn);
         self.poll()
@@ -347,6 +352,12 @@ impl Shipper {
     fn check_synced(&mut self, now: Instant) {
         if self.phase == Phase::Streaming && self.ack.applied >= self.local {
             self.last_sync = Some(now);
+            self.synchronized_once = true;
+        }
+        // A standby that applied its snapshot holds the domain, even while it is still
+        // catching up: if the log is truncated past it now, it is lagging, not never
+        // synchronized.
+        if self.snapshot_at.is_some_and(|at| self.ack.applied >= at) {
             self.synchronized_once = true;
         }
     }
@@ -641,10 +652,38 @@ mod tests {
         );
 
         // A standby that never held the domain is NeverSynchronized until its snapshot is in.
+        // (The stream below goes on in `a_standby_that_applied_its_snapshot_...`.)
         let mut s = Shipper::new(node("c"), ShipConfig::default(), now);
         let (mut follow, local) = follow_at(0, 9);
         follow.uid = None;
         s.on_follow(&follow, &local, |_| None, now);
         assert_eq!(s.status(now).0, SyncStatus::NeverSynchronized);
+    }
+
+    /// Found by the 10,000-seed simulation soak (tests/sim.rs seed 336): a fresh standby
+    /// applies its snapshot, streams behind a fast writer without ever catching up, and the
+    /// log is truncated past it. It holds the domain: it is lagging, not never synchronized.
+    #[test]
+    fn a_standby_that_applied_its_snapshot_is_lagging_after_a_truncation() {
+        let now = Instant::now();
+        let mut s = Shipper::new(node("c"), ShipConfig::default(), now);
+        let (mut follow, local) = follow_at(0, 9);
+        follow.uid = None;
+        s.on_follow(&follow, &local, |_| None, now);
+        s.snapshot_sent(&position(9), now);
+        s.on_commit(Lsn(12), now);
+        let ack = Ack {
+            received: Lsn(10),
+            durable: Lsn(10),
+            applied: Lsn(10),
+        };
+        s.on_ack(ack, now);
+        assert!(matches!(s.status(now).0, SyncStatus::Lagging { .. }));
+        assert_eq!(s.log_truncated(), vec![ShipAction::SendSnapshot]);
+        assert!(
+            matches!(s.status(now).0, SyncStatus::Lagging { records: 2, .. }),
+            "{:?}",
+            s.status(now)
+        );
     }
 }
