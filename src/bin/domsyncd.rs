@@ -2,8 +2,10 @@
 //!
 //! Reads its configuration (`/etc/domsync/domsync.toml`, or `--config FILE`), refuses it with
 //! every problem listed if it is not clean, then opens every domain, binds its listeners and
-//! tells systemd `READY=1`, with a one-line `STATUS=` kept current and `WATCHDOG=1` from the
-//! main loop when `WatchdogSec` is set. SIGTERM stops it gracefully; SIGHUP reloads the
+//! tells systemd `READY=1`, with a one-line `STATUS=` kept current and `WATCHDOG=1` when
+//! `WatchdogSec` is set: both from a status gathering off the main loop, so a wedged node
+//! stops pinging (systemd restarts it) while signals are still handled. Notifications never
+//! block: one the service manager's queue has no room for is dropped. SIGTERM stops it gracefully; SIGHUP reloads the
 //! configuration (a bad one is refused and the running one kept).
 //!
 //! With no `--config` and no file at the default path it starts a single-node development
@@ -75,7 +77,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(serve(path, config))
+    let served = rt.block_on(serve(path, config));
+    // A status gathering stuck on a wedged node must not hold the exit (dropping the runtime
+    // would wait for its blocking thread).
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served
 }
 
 async fn serve(path: PathBuf, config: Config) -> Result<(), Box<dyn std::error::Error>> {
@@ -96,29 +102,57 @@ async fn serve(path: PathBuf, config: Config) -> Result<(), Box<dyn std::error::
         (w / 2).max(Duration::from_millis(100))
     });
     let mut ticks = tokio::time::interval(beat);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = summary;
+    // Status is gathered on a blocking thread, one gathering at a time: this loop never waits
+    // on the node's locks, so signals are always handled. A gathering that does not finish
+    // means the node is wedged: no watchdog ping is sent then, and systemd restarts it.
+    let mut gathering: Option<(tokio::time::Instant, tokio::task::JoinHandle<String>)> = None;
     loop {
         tokio::select! {
-            _ = ticks.tick() => {
-                if watchdog.is_some() {
-                    notify(&[NotifyState::Watchdog]);
+            _ = ticks.tick() => match &gathering {
+                None => {
+                    let d = Arc::clone(&daemon);
+                    let job = tokio::task::spawn_blocking(move || d.summary());
+                    gathering = Some((tokio::time::Instant::now(), job));
                 }
-                let now = daemon.summary();
-                if now != last {
-                    notify(&[NotifyState::Status(&now)]);
-                    last = now;
+                Some((since, _)) => tracing::warn!(
+                    "status gathering has not finished for {:?}: the node may be wedged; no watchdog ping",
+                    since.elapsed()
+                ),
+            },
+            done = async { gathering.as_mut().map(|(_, job)| job).expect("guarded").await }, if gathering.is_some() => {
+                gathering = None;
+                if let Ok(now) = done {
+                    if watchdog.is_some() {
+                        notify(&[NotifyState::Watchdog]);
+                    }
+                    if now != last {
+                        notify(&[NotifyState::Status(&now)]);
+                        last = now;
+                    }
                 }
             }
-            _ = hup.recv() => reload(&daemon, &path).await,
+            _ = hup.recv() => {
+                reload(&daemon, &path).await;
+                // The next gathering tells the status again.
+                last.clear();
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     tracing::info!("stopping: closing streams and domain stores");
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-    tokio::time::timeout(Duration::from_secs(20), daemon.shutdown())
+    // On a task of its own: a wedged worker cannot hold this thread past the timeout.
+    let stopping = tokio::spawn({
+        let daemon = Arc::clone(&daemon);
+        async move { daemon.shutdown().await }
+    });
+    tokio::time::timeout(Duration::from_secs(20), stopping)
         .await
-        .map_err(|_| "streams did not close within 20 s; stopped anyway")?;
+        .map_err(|_| "streams did not close within 20 s; stopped anyway")?
+        .map_err(|e| format!("shutdown failed: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -127,20 +161,50 @@ async fn reload(daemon: &Arc<Daemon>, path: &Path) {
     notify(&[NotifyState::Reloading]);
     match Config::load(path) {
         Ok(new) => match daemon.reload(new).await {
-            Ok(()) => {
-                tracing::info!(config = %path.display(), "configuration reloaded: {}", daemon.summary())
-            }
+            Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
             Err(e) => tracing::error!("{e}"),
         },
         Err(e) => tracing::error!("reload refused, the running configuration is kept: {e}"),
     }
-    notify(&[NotifyState::Ready, NotifyState::Status(&daemon.summary())]);
+    // Bounded: a wedged node leaves the status out rather than the signals unhandled.
+    let d = Arc::clone(daemon);
+    let gathered = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::task::spawn_blocking(move || d.summary()),
+    )
+    .await;
+    match gathered {
+        Ok(Ok(status)) => notify(&[NotifyState::Ready, NotifyState::Status(&status)]),
+        _ => notify(&[NotifyState::Ready]),
+    }
 }
 
+/// Tells the service manager `states`, when it listens (`NOTIFY_SOCKET`).
 fn notify(states: &[NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = notify_to(Path::new(&socket), states) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
+}
+
+/// Sends one notification to `socket` without ever waiting: when the listener's queue is
+/// full the notification is dropped (`WouldBlock`). A blocking send (as `sd_notify::notify`
+/// does) waits as long as nobody reads, and the main loop, signals included, with it.
+fn notify_to(socket: &Path, states: &[NotifyState<'_>]) -> std::io::Result<()> {
+    let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
+    sock.connect(socket)?;
+    let sent = sock.send(message.as_bytes())?;
+    if sent != message.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "incomplete notification",
+        ));
+    }
+    Ok(())
 }
 
 /// A single-node development instance: state, PKI and configuration under the temporary
@@ -194,4 +258,38 @@ gateways = ["dev-gateway"]
         pki_dir.display()
     );
     Ok((path, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener that never reads fills its queue (`net.unix.max_dgram_qlen`, often 10):
+    /// every later notification must be dropped at once, never waited on (the daemon once
+    /// ignored SIGTERM, its main loop blocked in a notification nobody read).
+    #[test]
+    fn notifications_never_block_on_a_full_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut dropped = 0;
+            for _ in 0..5000 {
+                if let Err(e) = notify_to(&path, &[NotifyState::Status("2 domains")]) {
+                    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+                    dropped += 1;
+                }
+            }
+            done.send(dropped).unwrap();
+        });
+        // Hang guard only: 5000 non-blocking sends take milliseconds.
+        let dropped = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a notification blocked on a listener that does not read");
+        assert!(dropped > 0, "the listener's queue never filled");
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=2 domains\n");
+    }
 }

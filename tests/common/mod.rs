@@ -246,14 +246,52 @@ impl Daemon {
         assert!(sent.success(), "kill -{sig} {pid}");
     }
 
-    /// Waits (bounded) for the process to exit; its exit status.
+    /// Waits (bounded) for the process to exit; its exit status. A daemon that does not exit
+    /// in time has every thread's backtrace taken by `gdb` (when installed) before the panic.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        poll(self.guard, Duration::from_millis(20), || {
-            match self.child.try_wait().unwrap() {
-                Some(status) => Ok(status),
-                None => Err(format!("{} did not exit: {}", self.name, self.log())),
+        let deadline = Instant::now() + self.guard;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
             }
-        })
+            if Instant::now() >= deadline {
+                let backtraces = self.backtraces();
+                eprintln!("{} did not exit; its threads:\n{backtraces}", self.name);
+                panic!("{} did not exit: {}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every thread's backtrace (`gdb -p PID`), also written next to the log; a note instead
+    /// when gdb cannot be run.
+    pub fn backtraces(&self) -> String {
+        let pid = self.child.id().to_string();
+        // Files are read from this mount namespace: a daemon run by `ip netns exec` has its
+        // own, where gdb finds neither the program nor libc.
+        let out = Command::new("gdb")
+            .args([
+                "-q",
+                "-batch",
+                "-iex",
+                "set sysroot /",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .arg(env!("CARGO_BIN_EXE_domsyncd"))
+            .arg(&pid)
+            .stdin(Stdio::null())
+            .output();
+        let text = match out {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("no backtraces: gdb: {e}"),
+        };
+        let _ = std::fs::write(self.log.with_extension("gdb"), &text);
+        text
     }
 
     /// SIGTERM, then waits (bounded) for a clean exit.
