@@ -300,7 +300,10 @@ impl Follower {
         header: SnapshotHeader,
         archive_after: Option<Lsn>,
     ) -> Vec<FollowAction> {
-        self.active_lsn = self.active_lsn.max(header.position.lsn);
+        // The snapshot is the active's state now, possibly on another history than the
+        // positions heard before (a rewind to a new active): it replaces them, it is not
+        // compared with them.
+        self.active_lsn = header.position.lsn;
         self.phase = Phase::Snapshot { rows: 0 };
         vec![FollowAction::BeginSnapshot {
             header,
@@ -625,6 +628,49 @@ mod tests {
         let mut at_three = at_two.clone();
         at_three.lsn = Lsn(3);
         f.applied(&at_three, now);
+        assert_eq!(f.status().0, SyncStatus::Synchronized);
+    }
+
+    /// Found by the 10,000-seed soak of tests/sim_roles.rs (seed 2101): a standby that heard
+    /// an old active at lsn 17 is rewound by the new active onto its history at lsn 16. Once
+    /// that snapshot is in, it holds everything the active has: synchronized, not one record
+    /// behind a position of a history it left.
+    #[test]
+    fn a_snapshot_from_a_new_active_replaces_the_position_heard_from_the_old_one() {
+        let now = Instant::now();
+        let a = NodeId::new("a").unwrap();
+        let mut f = Follower::new("d".parse().unwrap(), Backoff::default(), now);
+        f.on_tick(now);
+        let mut at_17 = Position::empty(a.clone());
+        at_17.lsn = Lsn(17);
+        let view = StandbyView {
+            uid: Some(crate::model::DomainUid([1; 16])),
+            position: at_17.clone(),
+            epoch: at_17.epoch.clone(),
+            history: Vec::new(),
+            collision_fork: None,
+        };
+        f.connected(&view);
+        f.on_message(Message::Answer(Answer::Stream { from: Lsn(18) }), now);
+        assert_eq!(f.status().0, SyncStatus::Synchronized);
+        f.disconnected(now);
+        f.on_tick(now + Duration::from_secs(60));
+        f.connected(&view);
+        f.on_message(Message::Answer(Answer::Rewind { fork: Lsn(2) }), now);
+        let mut at_16 = Position::empty(NodeId::new("b").unwrap());
+        at_16.lsn = Lsn(16);
+        let header = SnapshotHeader {
+            uid: crate::model::DomainUid([1; 16]),
+            position: at_16.clone(),
+            epoch: at_16.epoch.clone(),
+            history: Vec::new(),
+            digest: crate::store::StateDigest([0; 32]),
+        };
+        f.on_message(Message::SnapshotBegin(header), now);
+        f.on_message(Message::SnapshotEnd { rows: 0 }, now);
+        f.snapshot_installed(&at_16, now);
+        // Nothing was archived (the records after the fork were below the local log).
+        f.set_collision_fork(None);
         assert_eq!(f.status().0, SyncStatus::Synchronized);
     }
 }
