@@ -240,3 +240,43 @@ fn a_full_disk_is_reported_and_writes_resume_once_space_is_freed() {
     drop(store);
     drop(tmpfs);
 }
+
+/// redb latches a failed read as it does a failed write; a domain that is only read must
+/// recover too: the reader that meets the fault asks the writer to reopen the database.
+#[test]
+fn a_failed_read_recovers_without_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let mut acked = Vec::new();
+    {
+        let store = Store::open(dir.path(), options(None)).unwrap();
+        let d = store.create_domain(&id()).unwrap();
+        for i in 0..50 {
+            let (k, v) = (format!("k{i:03}"), vec![i as u8; 500]);
+            d.put(k.as_bytes(), v.clone()).unwrap();
+            acked.push((k, v));
+        }
+    }
+    // Reopened without a read cache: the next get reads from the backend.
+    let mut cold = options(Some(&plan));
+    cold.cache_bytes = 0;
+    let store = Store::open(dir.path(), cold).unwrap();
+    let d = store.domain(&id()).unwrap();
+    plan.fail_after(0, FaultKind::Eio);
+    let err = d.get(acked[25].0.as_bytes()).unwrap_err();
+    assert!(err.is_storage_fault(), "{err:?}");
+    assert!(plan.injected() > 0);
+    plan.disarm();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let read = loop {
+        match d.get(acked[25].0.as_bytes()) {
+            Ok(r) => break r,
+            Err(e) if e.is_storage_fault() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("reads did not recover: {e}"),
+        }
+    };
+    assert_eq!(read.value.as_deref(), Some(acked[25].1.as_slice()));
+    assert_consistent(&d, &acked);
+}

@@ -1,29 +1,6 @@
 //! Storage backends for the store's databases: the hook ([`BackendFactory`]) through which
 //! every domain database file is opened, and a fault-injecting backend ([`FaultyBackend`],
 //! driven by a [`FaultPlan`]) for tests and fuzzing of the store under I/O errors.
-//!
-//! ```
-//! use domsync::model::NodeId;
-//! use domsync::store::{FaultKind, FaultPlan, Store, StoreError, StoreOptions};
-//!
-//! let dir = tempfile::tempdir()?;
-//! let plan = FaultPlan::new();
-//! let mut options = StoreOptions::new(NodeId::new("node-a")?);
-//! options.backend = Some(plan.factory());
-//! let store = Store::open(dir.path(), options)?;
-//! let domain = store.create_domain(&"tenant-1".parse()?)?;
-//! domain.put("k", "v1")?;
-//!
-//! // The next fsync fails: the write is not acknowledged.
-//! plan.fail_sync_after(0, FaultKind::Eio);
-//! assert!(matches!(domain.put("k", "v2"), Err(StoreError::Storage { .. })));
-//!
-//! // Once the disk is healthy again the domain reopens its database and writes go on.
-//! plan.disarm();
-//! domain.put("k", "v3")?;
-//! assert!(domain.verify()?.is_clean());
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -172,6 +149,29 @@ struct PlanState {
 /// `after = N`, the next N calls go through and then either every call fails
 /// ([`FaultPlan::fail_after`]) or only `sync_data` does ([`FaultPlan::fail_sync_after`]),
 /// until [`FaultPlan::disarm`]. Lock calls and `close` always go through.
+///
+/// ```
+/// use domsync::model::NodeId;
+/// use domsync::store::{FaultKind, FaultPlan, Store, StoreError, StoreOptions};
+///
+/// let dir = tempfile::tempdir()?;
+/// let plan = FaultPlan::new();
+/// let mut options = StoreOptions::new(NodeId::new("node-a")?);
+/// options.backend = Some(plan.factory());
+/// let store = Store::open(dir.path(), options)?;
+/// let domain = store.create_domain(&"tenant-1".parse()?)?;
+/// domain.put("k", "v1")?;
+///
+/// // The next fsync fails: the write is not acknowledged.
+/// plan.fail_sync_after(0, FaultKind::Eio);
+/// assert!(matches!(domain.put("k", "v2"), Err(StoreError::Storage { .. })));
+///
+/// // Once the disk is healthy again the domain reopens its database and writes go on.
+/// plan.disarm();
+/// domain.put("k", "v3")?;
+/// assert!(domain.verify()?.is_clean());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct FaultPlan {
     state: Arc<PlanState>,
