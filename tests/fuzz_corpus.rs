@@ -1,10 +1,13 @@
 //! Replays every committed fuzz input through the same checks the fuzz targets run
 //! (`fuzz/checks.rs`), on stable, in the normal suite: the seed corpora under `fixtures/`
 //! (record frames, CRLs, the example configuration) and every finding kept in
-//! `fixtures/fuzz/<target>/`.
+//! `fixtures/fuzz/<target>/`, including the operation sequences of the store model
+//! (`fuzz/store_model.rs`) in `fixtures/fuzz/store_model/`.
 
 #[path = "../fuzz/checks.rs"]
 mod checks;
+#[path = "../fuzz/store_model.rs"]
+mod store_model;
 
 use std::path::Path;
 
@@ -57,5 +60,15 @@ fn crl_der() {
     for (name, bytes) in inputs {
         eprintln!("{name}");
         checks::crl(&bytes);
+    }
+}
+
+#[test]
+fn store_model_sequences() {
+    let inputs = files("fixtures/fuzz/store_model");
+    assert!(inputs.len() >= 5, "the seed inputs are missing");
+    for (name, bytes) in inputs {
+        eprintln!("{name}");
+        store_model::store_model(&bytes);
     }
 }

@@ -125,14 +125,15 @@ pub struct WriterStats {
 }
 
 /// The database of a replica, shared by its readers and its writer.
-pub(crate) type SharedDb = Arc<RwLock<Arc<Database>>>;
+/// `None` while the writer reopens it after a storage error.
+pub(crate) type SharedDb = Arc<RwLock<Option<Arc<Database>>>>;
 
 pub(crate) struct Inner {
     pub id: DomainId,
     pub path: PathBuf,
     /// The current database; replaced when a resync is switched in.
     pub db: SharedDb,
-    pub cache_bytes: usize,
+    pub opener: super::Opener,
     pub tx: Mutex<Option<mpsc::SyncSender<Request>>>,
     pub positions: watch::Receiver<Position>,
     pub counters: Arc<Counters>,
@@ -258,7 +259,10 @@ impl Domain {
     /// # Errors
     /// [`StoreError::NotActive`] on a standby; [`StoreError::InvalidWrite`],
     /// [`StoreError::CrlOutdated`] or [`StoreError::CrlConflict`] when a check refuses it (nothing
-    /// is committed); [`StoreError::Storage`] when the commit failed (nothing is committed).
+    /// is committed); [`StoreError::Storage`], [`StoreError::DiskFull`] or
+    /// [`StoreError::Reopening`] when the storage failed: the write is not acknowledged (a
+    /// failure of the final fsync can leave it durable nonetheless; the position read back
+    /// tells), and the domain reopens its database so that later writes can succeed.
     pub fn write(&self, ops: Vec<Op>) -> Result<Position, StoreError> {
         self.submit(Work::Write(ops)).map(|c| c.position)
     }
@@ -480,9 +484,57 @@ impl Domain {
         }
     }
 
+    /// Passes `r` on; a storage fault in it asks the writer (once) to reopen the database:
+    /// redb latches a failed read as it does a failed write, and a domain that is only read
+    /// would otherwise never recover.
+    pub(crate) fn noted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &r {
+            if e.is_storage_fault()
+                && !self
+                    .inner
+                    .counters
+                    .reopen_requested
+                    .swap(true, Ordering::SeqCst)
+            {
+                let (tx, _answer_unwanted) = mpsc::sync_channel(1);
+                let queued = self.sender().is_ok_and(|s| {
+                    s.try_send(Request {
+                        work: Work::Reopen,
+                        reply: Reply::Blocking(tx),
+                    })
+                    .is_ok()
+                });
+                if !queued {
+                    self.inner
+                        .counters
+                        .reopen_requested
+                        .store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        r
+    }
+
     pub(crate) fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
-        let db = Arc::clone(&self.inner.db.read().unwrap_or_else(PoisonError::into_inner));
-        db.begin_read().or_storage(&self.inner.id)
+        let r = self.begin_read_inner();
+        self.noted(r)
+    }
+
+    fn begin_read_inner(&self) -> Result<ReadTransaction, StoreError> {
+        let db = self
+            .inner
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::Reopening {
+                domain: self.inner.id.clone(),
+                path: self.inner.path.clone(),
+                detail: "the last reopen failed or is under way".into(),
+            })?;
+        db.begin_read()
+            .or_storage(&self.inner.id)
+            .map_err(|e| e.at(&self.inner.path))
     }
 
     pub(crate) fn meta_in(&self, txn: &ReadTransaction) -> Result<DomainMeta, StoreError> {
@@ -494,15 +546,18 @@ impl Domain {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<Read<T>, StoreError> {
-        let txn = self.begin_read()?;
-        let meta = self.meta_in(&txn)?;
-        let value = f(&txn)?;
-        Ok(Read {
-            value,
-            position: meta.position,
-            role: meta.role,
-            epoch: meta.epoch,
-        })
+        let r = (|| {
+            let txn = self.begin_read()?;
+            let meta = self.meta_in(&txn)?;
+            let value = f(&txn)?;
+            Ok(Read {
+                value,
+                position: meta.position,
+                role: meta.role,
+                epoch: meta.epoch,
+            })
+        })();
+        self.noted(r)
     }
 
     /// Where this replica stands: role, epoch, history, position, retained log, digest.
@@ -511,7 +566,7 @@ impl Domain {
     /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
     pub fn status(&self) -> Result<DomainStatus, StoreError> {
         let txn = self.begin_read()?;
-        let m = self.meta_in(&txn)?;
+        let m = self.noted(self.meta_in(&txn))?;
         Ok(DomainStatus {
             domain: m.domain,
             uid: m.uid,

@@ -152,12 +152,35 @@ pub enum StoreError {
         /// First lsn retained.
         log_start: Lsn,
     },
-    /// The database reported an error; nothing of the failed operation was committed.
-    #[error("storage error in domain {domain}: {detail}; nothing was committed, check the disk and the state directory")]
+    /// The database reported an error. The failed operation was not acknowledged: if the
+    /// failure hit the final fsync, its commit may still have reached the disk; the domain's
+    /// position (read back from disk) tells. After a failed commit the domain reopens its
+    /// database, so a later write can succeed once the cause is gone.
+    #[error("storage error in domain {domain}: {detail}; the operation was not acknowledged (it may or may not have reached the disk); check the disk and the state directory, then retry")]
     Storage {
         /// The domain.
         domain: DomainId,
         /// The database's message.
+        detail: String,
+    },
+    /// The file system holding the domain's database is full (`ENOSPC`). The write was not
+    /// acknowledged; writes resume by themselves once space is freed.
+    #[error("domain {domain}: the file system holding {} is full; the write was not acknowledged; free space there and retry", shown(path))]
+    DiskFull {
+        /// The domain.
+        domain: DomainId,
+        /// The database file (empty when not known where the error was seen).
+        path: PathBuf,
+    },
+    /// The domain's database is closed after a storage error and could not be reopened yet;
+    /// the domain retries at the next request (and every second).
+    #[error("domain {domain} is unavailable: its database {} is being reopened after a storage error ({detail}); the operation was not acknowledged; retry shortly", shown(path))]
+    Reopening {
+        /// The domain.
+        domain: DomainId,
+        /// The database file.
+        path: PathBuf,
+        /// Why the last reopen failed.
         detail: String,
     },
     /// A file system operation on the state directory failed.
@@ -178,12 +201,73 @@ pub enum StoreError {
     },
 }
 
+fn shown(path: &std::path::Path) -> String {
+    if path.as_os_str().is_empty() {
+        "the state directory".to_string()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// True when `e` is `ENOSPC`, however the backend wrapped it.
+fn io_is_disk_full(e: &std::io::Error) -> bool {
+    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+        return true;
+    }
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        .is_some_and(io_is_disk_full)
+}
+
+/// True when redb reports `ENOSPC` from its backend.
+pub(crate) fn is_disk_full(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::Io(io) => io_is_disk_full(io),
+        redb::Error::Backend(b) => b
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(io_is_disk_full),
+        _ => false,
+    }
+}
+
 impl StoreError {
     pub(crate) fn storage(domain: &DomainId) -> impl Fn(redb::Error) -> StoreError + '_ {
-        move |e| StoreError::Storage {
-            domain: domain.clone(),
-            detail: e.to_string(),
+        move |e| {
+            if is_disk_full(&e) {
+                StoreError::DiskFull {
+                    domain: domain.clone(),
+                    path: PathBuf::new(),
+                }
+            } else {
+                StoreError::Storage {
+                    domain: domain.clone(),
+                    detail: e.to_string(),
+                }
+            }
         }
+    }
+
+    /// Names the database file in a [`StoreError::DiskFull`] that was raised without it.
+    #[must_use]
+    pub(crate) fn at(self, file: &std::path::Path) -> StoreError {
+        match self {
+            StoreError::DiskFull { domain, path } if path.as_os_str().is_empty() => {
+                StoreError::DiskFull {
+                    domain,
+                    path: file.to_path_buf(),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// True for a failure of the storage underneath (as opposed to a refusal): after one, a
+    /// domain's writer reopens its database.
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Storage { .. } | StoreError::DiskFull { .. } | StoreError::Reopening { .. }
+        )
     }
 
     pub(crate) fn io(

@@ -23,6 +23,7 @@ mod apply;
 mod digest;
 mod domain;
 mod error;
+mod faults;
 mod log;
 mod meta;
 mod resync;
@@ -36,11 +37,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use redb::{Database, DatabaseError, ReadableDatabase};
+
+use faults::Boxed;
 use tokio::sync::watch;
 
 pub use digest::StateDigest;
 pub use domain::{Domain, DomainStatus, KeyValue, Policy, PolicyReader, Read, WriterStats};
 pub use error::StoreError;
+pub use faults::{open_file, BackendFactory, FaultKind, FaultPlan, FaultyBackend};
 pub use log::{ArchivedRecord, Fault, InspectedRecord, LogEntry, VerifyReport};
 pub use resync::{Resync, ResyncTarget};
 pub use snapshot::{Snapshot, SnapshotItem};
@@ -68,6 +72,10 @@ pub struct StoreOptions {
     pub max_batch_bytes: usize,
     /// Requests that may queue for a domain's writer before writers block (default 4096).
     pub queue: usize,
+    /// Opens the storage under every database of the store (default `None`: plain files).
+    /// Tests and fuzzing give a [`FaultPlan::factory`] to inject I/O errors; embedders can
+    /// give their own [`BackendFactory`].
+    pub backend: Option<Arc<dyn BackendFactory>>,
 }
 
 impl StoreOptions {
@@ -79,6 +87,48 @@ impl StoreOptions {
             max_batch: 512,
             max_batch_bytes: 16 * 1024 * 1024,
             queue: 4096,
+            backend: None,
+        }
+    }
+
+    pub(crate) fn opener(&self) -> Opener {
+        Opener {
+            cache_bytes: self.cache_bytes,
+            backend: self.backend.clone(),
+        }
+    }
+}
+
+/// Opens domain database files: through the configured [`BackendFactory`], or as plain files.
+#[derive(Debug, Clone)]
+pub(crate) struct Opener {
+    cache_bytes: usize,
+    backend: Option<Arc<dyn BackendFactory>>,
+}
+
+impl Opener {
+    /// Creates (or opens, when it exists) the database at `path`.
+    pub fn create(&self, path: &Path) -> Result<Database, DatabaseError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(self.cache_bytes);
+        match &self.backend {
+            None => builder.create(path),
+            Some(f) => builder.create_with_backend(Boxed(f.backend(path)?)),
+        }
+    }
+
+    /// Opens the existing database at `path`, repairing it if it was not closed cleanly.
+    pub fn open(&self, path: &Path) -> Result<Database, DatabaseError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(self.cache_bytes);
+        match &self.backend {
+            None => builder.open(path),
+            Some(f) => {
+                if !path.exists() {
+                    return Err(std::io::Error::from(std::io::ErrorKind::NotFound).into());
+                }
+                builder.create_with_backend(Boxed(f.backend(path)?))
+            }
         }
     }
 }
@@ -212,20 +262,21 @@ impl Store {
     }
 
     fn create(&self, id: &DomainId, meta: DomainMeta) -> Result<Domain, StoreError> {
+        let tmp = self.domains_dir.join(format!(".{id}.redb.tmp"));
+        self.create_at(id, meta, &tmp).map_err(|e| e.at(&tmp))
+    }
+
+    fn create_at(&self, id: &DomainId, meta: DomainMeta, tmp: &Path) -> Result<Domain, StoreError> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let path = self.path_of(id);
         if open.contains_key(id) || path.exists() {
             return Err(StoreError::DomainExists { domain: id.clone() });
         }
-        let tmp = self.domains_dir.join(format!(".{id}.redb.tmp"));
         if tmp.exists() {
-            fs::remove_file(&tmp).map_err(StoreError::io("remove", &tmp))?;
+            fs::remove_file(tmp).map_err(StoreError::io("remove", tmp))?;
         }
         {
-            let db = Database::builder()
-                .set_cache_size(self.options.cache_bytes)
-                .create(&tmp)
-                .or_storage(id)?;
+            let db = self.options.opener().create(tmp).or_storage(id)?;
             let txn = db.begin_write().or_storage(id)?;
             {
                 let mut tables = Tables::open(&txn, id)?;
@@ -237,7 +288,7 @@ impl Store {
             }
             txn.commit().or_storage(id)?;
         }
-        fs::rename(&tmp, &path).map_err(StoreError::io("rename into place", &path))?;
+        fs::rename(tmp, &path).map_err(StoreError::io("rename into place", &path))?;
         fsync_dir(&self.domains_dir)?;
         tracing::info!(domain = %id, role = %meta.role, "domain created");
         let domain = self.start(id, path)?;
@@ -282,18 +333,16 @@ impl Store {
 
     /// Opens the database at `path` and starts the domain's writer thread.
     fn start(&self, id: &DomainId, path: PathBuf) -> Result<Domain, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(self.options.cache_bytes)
-            .open(&path)
-            .map_err(|e| match e {
-                DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-                    domain: id.clone(),
-                    path: path.clone(),
-                },
-                other => StoreError::storage(id)(other.into()),
-            })?;
+        let opener = self.options.opener();
+        let db = opener.open(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                domain: id.clone(),
+                path: path.clone(),
+            },
+            other => StoreError::storage(id)(other.into()).at(&path),
+        })?;
         let db = Arc::new(db);
-        let shared = Arc::new(std::sync::RwLock::new(Arc::clone(&db)));
+        let shared = Arc::new(std::sync::RwLock::new(Some(Arc::clone(&db))));
         let meta = domain::read_meta(&db.begin_read().or_storage(id)?, id)?;
         let (positions_tx, positions) = watch::channel(meta.position.clone());
         let counters = Arc::new(Counters::default());
@@ -301,8 +350,9 @@ impl Store {
         let writer = Writer {
             domain: id.clone(),
             node: self.options.node.clone(),
-            db: Arc::clone(&db),
+            db: Some(db),
             shared: Arc::clone(&shared),
+            opener: opener.clone(),
             path: path.clone(),
             pending: None,
             meta,
@@ -322,7 +372,7 @@ impl Store {
                 id: id.clone(),
                 path,
                 db: shared,
-                cache_bytes: self.options.cache_bytes,
+                opener,
                 tx: Mutex::new(Some(tx)),
                 positions,
                 counters,
@@ -365,8 +415,9 @@ mod tests {
         let mut w = Writer {
             domain: id.clone(),
             node: NodeId::new("n").unwrap(),
-            db: Arc::clone(&db),
-            shared: Arc::new(std::sync::RwLock::new(Arc::clone(&db))),
+            db: Some(Arc::clone(&db)),
+            shared: Arc::new(std::sync::RwLock::new(Some(Arc::clone(&db)))),
+            opener: StoreOptions::new(NodeId::new("n").unwrap()).opener(),
             path: path.clone(),
             pending: None,
             meta,

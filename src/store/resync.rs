@@ -88,10 +88,12 @@ impl Domain {
         if tmp.exists() {
             std::fs::remove_file(&tmp).map_err(StoreError::io("remove", &tmp))?;
         }
-        let db = Database::builder()
-            .set_cache_size(self.inner.cache_bytes)
+        let db = self
+            .inner
+            .opener
             .create(&tmp)
-            .or_storage(self.id())?;
+            .or_storage(self.id())
+            .map_err(|e| e.at(&tmp))?;
         Ok(Resync {
             domain: self.clone(),
             target,
@@ -122,6 +124,11 @@ impl Resync {
     /// [`StoreError::InvalidWrite`] for a row no write could have made, or
     /// [`StoreError::Storage`].
     pub fn add(&mut self, items: &[SnapshotItem]) -> Result<(), StoreError> {
+        let tmp = self.tmp.clone();
+        self.add_rows(items).map_err(|e| e.at(&tmp))
+    }
+
+    fn add_rows(&mut self, items: &[SnapshotItem]) -> Result<(), StoreError> {
         let id = self.domain.id().clone();
         let db = self
             .db
@@ -148,7 +155,12 @@ impl Resync {
     /// [`StoreError::SnapshotMismatch`] when the rows do not add up to the target digest (the
     /// previous state stays), [`StoreError::NotStandby`] when the replica was promoted
     /// meanwhile, [`StoreError::Io`] or [`StoreError::Storage`].
-    pub fn finish(mut self) -> Result<Position, StoreError> {
+    pub fn finish(self) -> Result<Position, StoreError> {
+        let tmp = self.tmp.clone();
+        self.finish_install().map_err(|e| e.at(&tmp))
+    }
+
+    fn finish_install(mut self) -> Result<Position, StoreError> {
         let id = self.domain.id().clone();
         if self.digest != self.target.digest {
             return Err(StoreError::SnapshotMismatch {

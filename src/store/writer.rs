@@ -5,15 +5,24 @@
 //! transaction; a request refused by its checks changes nothing and the others go on. A
 //! storage error aborts the whole transaction and every request of the batch gets it: nobody
 //! is answered before the commit (and its fsync) has returned.
+//!
+//! Recovery from storage errors: redb latches any I/O failure (every later operation on that
+//! `Database` fails) until the database is dropped and reopened. So after a failed commit the
+//! writer drops every handle of the database (its own and the one readers share), reopens the
+//! file (redb repairs it if needed) and takes the metadata — position, epoch, role — from disk,
+//! never from what the failed batch meant to commit: a commit whose final fsync failed may be
+//! durable nonetheless, and then the position read back includes it. When the reopen fails
+//! (disk still full, a reader still holding the old handle), requests fail with a typed error
+//! and the reopen is tried again at the next request and every second.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, Durability, ReadableTable};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable};
 use tokio::sync::{oneshot, watch};
 
 use super::apply::apply_ops;
@@ -68,6 +77,9 @@ pub(crate) enum Work {
     Demote(Epoch),
     /// Remove a record from the collision archive.
     Discard(u64),
+    /// A reader met a storage error: reopen the database if redb latched a failure (a failed
+    /// read latches it too). Always handled alone.
+    Reopen,
 }
 
 /// A finished, durable database built aside, ready to replace the replica's file.
@@ -99,6 +111,8 @@ pub(crate) struct Counters {
     /// Highest epoch this node has seen for the domain from elsewhere: once above the
     /// replica's own epoch, no write is accepted or acknowledged any more (fencing).
     pub fence: std::sync::Mutex<Option<Epoch>>,
+    /// A [`Work::Reopen`] is queued (readers ask once, not once each).
+    pub reopen_requested: std::sync::atomic::AtomicBool,
 }
 
 /// Batch limits of a writer.
@@ -111,9 +125,12 @@ pub(crate) struct BatchLimits {
 pub(crate) struct Writer {
     pub domain: DomainId,
     pub node: NodeId,
-    pub db: Arc<Database>,
-    /// The handle readers use; swapped when a resync is installed.
+    /// `None` after a storage error until the database is reopened.
+    pub db: Option<Arc<Database>>,
+    /// The handle readers use; swapped when a resync is installed, emptied while reopening.
     pub shared: SharedDb,
+    /// Reopens the database after a storage error.
+    pub opener: super::Opener,
     /// The replica's database file.
     pub path: PathBuf,
     /// A request taken from the queue that must be handled in a batch of its own.
@@ -142,7 +159,8 @@ fn work_bytes(w: &Work) -> usize {
         | Work::Install(_)
         | Work::Promote(_)
         | Work::Demote(_)
-        | Work::Discard(_) => 0,
+        | Work::Discard(_)
+        | Work::Reopen => 0,
     }
 }
 
@@ -164,21 +182,46 @@ impl Writer {
     pub fn step(&mut self, rx: &mpsc::Receiver<Request>) -> bool {
         let first = match self.pending.take() {
             Some(req) => req,
+            None if self.db.is_none() => match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(req) => req,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Readers wait on the reopen too: retry it without waiting for a write.
+                    if let Err(e) = self.reopen() {
+                        tracing::debug!(domain = %self.domain, error = %e, "database not reopened yet");
+                    }
+                    return true;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+            },
             None => match rx.recv() {
                 Ok(req) => req,
                 Err(_) => return false,
             },
         };
-        if let Work::Install(install) = first.work {
-            let outcome = self.install(*install);
-            first.reply.send(outcome);
-            return true;
-        }
+        let first = match first.work {
+            Work::Install(install) => {
+                let outcome = self.install(*install);
+                first.reply.send(outcome);
+                return true;
+            }
+            Work::Reopen => {
+                self.counters
+                    .reopen_requested
+                    .store(false, Ordering::SeqCst);
+                let outcome = self.probe().and_then(|()| Self::committed(&self.meta));
+                first.reply.send(outcome);
+                return true;
+            }
+            work => Request {
+                work,
+                reply: first.reply,
+            },
+        };
         let mut bytes = work_bytes(&first.work);
         let mut batch = vec![first];
         while batch.len() < self.limits.max_requests && bytes < self.limits.max_bytes {
             match rx.try_recv() {
-                Ok(req) if matches!(req.work, Work::Install(_)) => {
+                Ok(req) if matches!(req.work, Work::Install(_) | Work::Reopen) => {
                     self.pending = Some(req);
                     break;
                 }
@@ -198,7 +241,21 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::error!(domain = %self.domain, error = %e, "commit failed; batch rolled back");
+                let e = e.at(&self.path);
+                tracing::error!(domain = %self.domain, error = %e, "commit failed; nothing of the batch acknowledged");
+                if e.is_storage_fault() && self.db.is_some() {
+                    // redb latched the failure: start over from a fresh handle and from what
+                    // the disk holds.
+                    self.close_db();
+                    match self.reopen() {
+                        Ok(()) => {
+                            tracing::info!(domain = %self.domain, position = %self.meta.position, "database reopened after a storage error")
+                        }
+                        Err(r) => {
+                            tracing::warn!(domain = %self.domain, error = %r, "database not reopened yet; retrying at the next request")
+                        }
+                    }
+                }
                 for reply in replies {
                     reply.send(Err(e.clone()));
                 }
@@ -207,12 +264,85 @@ impl Writer {
         true
     }
 
+    /// Reopens the database if it is closed or redb latched an I/O failure.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        let latched = match &self.db {
+            None => true,
+            Some(db) => db.begin_write().is_err(),
+        };
+        if latched {
+            tracing::warn!(domain = %self.domain, "a reader met a storage error: reopening the database");
+            self.reopen()?;
+        }
+        Ok(())
+    }
+
+    /// Drops every handle of the database: the writer's and the one readers share.
+    fn close_db(&mut self) {
+        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = None;
+        self.db = None;
+    }
+
+    /// The open database, reopening it first if a storage error closed it.
+    fn database(&mut self) -> Result<Arc<Database>, StoreError> {
+        if self.db.is_none() {
+            self.reopen()?;
+        }
+        self.db.clone().ok_or_else(|| StoreError::Reopening {
+            domain: self.domain.clone(),
+            path: self.path.clone(),
+            detail: "the database is closed".into(),
+        })
+    }
+
+    /// Reopens the database file and takes the metadata from it. Leaves the database closed
+    /// on failure.
+    pub(crate) fn reopen(&mut self) -> Result<(), StoreError> {
+        self.close_db();
+        let reopening = |detail: String| StoreError::Reopening {
+            domain: self.domain.clone(),
+            path: self.path.clone(),
+            detail,
+        };
+        let db = match self.opener.open(&self.path) {
+            Ok(db) => Arc::new(db),
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(reopening(
+                    "the previous handle is still in use by a reader".into(),
+                ))
+            }
+            Err(e) => {
+                return Err(match StoreError::storage(&self.domain)(e.into()) {
+                    full @ StoreError::DiskFull { .. } => full.at(&self.path),
+                    other => reopening(other.to_string()),
+                })
+            }
+        };
+        let meta = db
+            .begin_read()
+            .or_storage(&self.domain)
+            .and_then(|txn| super::domain::read_meta(&txn, &self.domain))
+            .map_err(|e| match e {
+                full @ StoreError::DiskFull { .. } => full.at(&self.path),
+                other => reopening(other.to_string()),
+            })?;
+        if meta.position != self.meta.position {
+            tracing::warn!(domain = %self.domain, before = %self.meta.position, on_disk = %meta.position, "position read back after a storage error differs: a commit reported failed is durable");
+            self.positions.send_replace(meta.position.clone());
+        }
+        self.meta = meta;
+        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&db));
+        self.db = Some(db);
+        Ok(())
+    }
+
     /// One durable transaction for the whole batch. The outer error aborts everything; the
     /// inner results are per request.
     fn commit(&mut self, works: Vec<Work>) -> Result<Vec<Outcome>, StoreError> {
         let domain = self.domain.clone();
         let started = std::time::Instant::now();
-        let mut txn = self.db.begin_write().or_storage(&domain)?;
+        let db = self.database()?;
+        let mut txn = db.begin_write().or_storage(&domain)?;
         txn.set_durability(Durability::Immediate)
             .or_storage(&domain)?;
         let mut meta = self.meta.clone();
@@ -236,8 +366,8 @@ impl Writer {
                         outcome
                     }
                     Work::Truncate(below) => self.truncate(&mut t, &mut meta, below)?,
-                    // Never batched: `step` handles it alone.
-                    Work::Install(_) => Err(StoreError::Closed {
+                    // Never batched: `step` handles them alone.
+                    Work::Install(_) | Work::Reopen => Err(StoreError::Closed {
                         domain: domain.clone(),
                     }),
                     Work::Promote(epoch) => self.promote(&mut meta, epoch),
@@ -317,8 +447,8 @@ impl Writer {
             super::fsync_dir(dir)?;
         }
         let db = Arc::new(db);
-        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&db);
-        self.db = db;
+        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&db));
+        self.db = Some(db);
         self.meta = meta;
         self.positions.send_replace(self.meta.position.clone());
         Self::committed(&self.meta)
