@@ -10,7 +10,7 @@ use domsync::net::{pki, Identity, PeerRole, TlsFiles};
 use domsync::node::{ActiveConfig, Node, NodeConfig, PromoteError};
 use domsync::repl::promotion::Seer;
 use domsync::repl::Durability;
-use domsync::store::{Domain, Store, StoreOptions};
+use domsync::store::{open_file, BackendFactory, Domain, Store, StoreOptions};
 
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -28,11 +28,21 @@ struct TestNode {
 }
 
 fn start(dir: &Path, name: &str) -> TestNode {
+    start_with(dir, name, None)
+}
+
+fn start_with(
+    dir: &Path,
+    name: &str,
+    backend: Option<std::sync::Arc<dyn BackendFactory>>,
+) -> TestNode {
     let pki_dir = dir.join("pki");
     let creds = TlsFiles::in_dir(&pki_dir, &Identity::new(PeerRole::Node, name).unwrap())
         .load()
         .unwrap();
-    let store = Store::open(dir.join(name), StoreOptions::new(nid(name))).unwrap();
+    let mut options = StoreOptions::new(nid(name));
+    options.backend = backend;
+    let store = Store::open(dir.join(name), options).unwrap();
     let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap(), creds, BTreeMap::new());
     config.tick = Duration::from_millis(20);
     config.connect_timeout = Duration::from_millis(500);
@@ -589,4 +599,184 @@ async fn a_wiped_node_comes_back_as_standby_and_nobody_follows_an_empty_incarnat
     }
     assert_eq!(fresh.status().unwrap().position.lsn, Lsn(30));
     assert_eq!(fresh.status().unwrap().uid, uid);
+}
+
+/// A disk whose fsyncs wait while the gate is closed: a commit can be held in the middle.
+#[derive(Debug, Default)]
+struct Gate {
+    closed: std::sync::atomic::AtomicBool,
+    /// fsyncs waiting at the closed gate.
+    waiting: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct GatedFile {
+    file: redb::backends::FileBackend,
+    gate: std::sync::Arc<Gate>,
+}
+
+#[derive(Debug)]
+struct GatedDisk(std::sync::Arc<Gate>);
+
+impl BackendFactory for GatedDisk {
+    fn backend(&self, path: &Path) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        let file =
+            redb::backends::FileBackend::new(open_file(path)?).map_err(std::io::Error::other)?;
+        Ok(Box::new(GatedFile {
+            file,
+            gate: self.0.clone(),
+        }))
+    }
+}
+
+impl redb::StorageBackend for GatedFile {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.file.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.file.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.file.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.gate.closed.load(SeqCst) {
+            self.gate.waiting.fetch_add(1, SeqCst);
+            while self.gate.closed.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.gate.waiting.fetch_sub(1, SeqCst);
+        }
+        self.file.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.file.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.file.close()
+    }
+}
+
+/// Found by the torture test `partitions` (seed 16458350657125441115, round 58): a standby
+/// that learns of a new active replaces its follower while the old one is still applying a
+/// batch from the old, fenced active. If the new follower tells the new active its position
+/// before that batch lands, the new active streams from there, the standby ends up holding a
+/// record the new active never had, and nothing rewinds it while the new active is idle (the
+/// replicas never converge). The new follower must start only once the old one is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_still_applying_from_the_old_active_is_rewound_by_the_new_one() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    pki::init_ca(&pki_dir).unwrap();
+    for n in ["a", "b", "c"] {
+        pki::issue(&pki_dir, PeerRole::Node, n, &pki_dir, 30).unwrap();
+    }
+    let gate = std::sync::Arc::new(Gate::default());
+    let (a, b) = (start(dir.path(), "a"), start(dir.path(), "b"));
+    let c = start_with(
+        dir.path(),
+        "c",
+        Some(std::sync::Arc::new(GatedDisk(gate.clone()))),
+    );
+    for x in [&a, &b, &c] {
+        for (name, y) in [("a", &a), ("b", &b), ("c", &c)] {
+            x.node.set_peer(nid(name), y.node.local_addr().unwrap());
+        }
+    }
+    let da = a.store.create_domain(&dom()).unwrap();
+    let mut config = config_for(&["b", "c"]);
+    config.confirm_timeout = Duration::from_millis(300);
+    a.node.serve_active(da.clone(), config);
+    let db = b.store.join_domain(&dom()).unwrap();
+    let dc = c.store.join_domain(&dom()).unwrap();
+    b.node.follow(db.clone(), nid("a"));
+    c.node.follow(dc.clone(), nid("a"));
+    let mut last = Lsn::ZERO;
+    for i in 0..20 {
+        last = a.node.write(&dom(), put(i)).await.unwrap().lsn;
+    }
+    reach(&db, last).await;
+    reach(&dc, last).await;
+
+    // `b` stops following `a` (cut off).
+    b.node.unfollow(&dom());
+    tokio::time::timeout(GUARD, async {
+        while a
+            .node
+            .sync_status(&dom())
+            .iter()
+            .any(|s| s.node == nid("b") && s.connected)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a did not notice b leaving");
+    // `b` is promoted at `last`, and `c` learns of the new epoch (a standby records it at
+    // once) while its follower of `a` still runs.
+    let epoch = db.promote().unwrap();
+    dc.demote(&epoch).unwrap();
+    // `a`, not fenced yet, writes one more record; `c` is applying it when its disk stalls.
+    gate.closed.store(true, SeqCst);
+    let writer = {
+        let node = a.node.clone();
+        tokio::spawn(async move { node.write(&dom(), put(20)).await })
+    };
+    tokio::time::timeout(GUARD, async {
+        while gate.waiting.load(SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("c did not start applying the record");
+    b.node.serve_active(db.clone(), config_for(&["a", "c"]));
+
+    // `c` follows the new active while the old batch is still in flight.
+    c.node.follow(dc.clone(), nid("b"));
+    // Without waiting for the old follower, `b` serves `c` from `last` at once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline
+        && !b
+            .node
+            .sync_status(&dom())
+            .iter()
+            .any(|s| s.node == nid("c") && s.connected)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gate.closed.store(false, SeqCst);
+    drop(writer.await.unwrap());
+
+    // The stalled batch lands on `c`, which holds lsn `last + 1` of the old epoch.
+    tokio::time::timeout(GUARD, async {
+        while dc.status().unwrap().position.lsn == last && dc.collisions().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the stalled batch never landed");
+    // `b` writes nothing more: `c` must still end where `b` is, its extra record archived.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (here, there) = (dc.status().unwrap(), db.status().unwrap());
+        if here.position == there.position
+            && here.digest == there.digest
+            && !dc.collisions().unwrap().is_empty()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "c at {} never rewound to b at {}",
+            here.position,
+            there.position
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(db.status().unwrap().position.lsn, last);
+    let archived = dc.collisions().unwrap();
+    assert_eq!(archived.len(), 1, "{archived:?}");
+    assert_eq!(archived[0].record.lsn, last.next());
 }

@@ -42,6 +42,9 @@ pub(super) struct StandbyDomain {
     resyncs: Mutex<u64>,
     /// Set to stop following (unfollow or node shutdown).
     stop: watch::Sender<bool>,
+    /// The task following the domain: a follower that replaces this one starts only once it
+    /// ended (see [`Node::follow`]).
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl StandbyDomain {
@@ -77,12 +80,35 @@ impl Node {
             active: Mutex::new(active),
             resyncs: Mutex::new(0),
             stop: watch::channel(false).0,
+            task: Mutex::new(None),
         });
-        if let Some(old) = lock(&self.inner.standbys).insert(domain.id().clone(), Arc::clone(&sd)) {
-            old.stop.send_replace(true);
-        }
+        let mut standbys = lock(&self.inner.standbys);
+        // A follower that replaces another (a higher epoch names a new active) first waits for
+        // the old one's task to end: a batch from the old active that it is still applying
+        // would otherwise land after the new follower told the new active its position, past
+        // what the new active holds, and nothing would ever rewind it (a silent divergence
+        // while the new active stays idle: torture `partitions`, seed 16458350657125441115).
+        let previous = standbys
+            .insert(domain.id().clone(), Arc::clone(&sd))
+            .and_then(|old| {
+                old.stop.send_replace(true);
+                lock(&old.task).take()
+            });
         tokio::spawn(self.clone().standby_retention(Arc::clone(&sd)));
-        tokio::spawn(self.clone().follow_loop(sd));
+        let task = tokio::spawn(self.clone().follow_after(previous, Arc::clone(&sd)));
+        *lock(&sd.task) = Some(task);
+        drop(standbys);
+    }
+
+    async fn follow_after(
+        self,
+        previous: Option<tokio::task::JoinHandle<()>>,
+        sd: Arc<StandbyDomain>,
+    ) {
+        if let Some(previous) = previous {
+            drop(previous.await);
+        }
+        self.follow_loop(sd).await;
     }
 
     /// Stops following a domain: its task ends and its stream closes. The replica keeps its
@@ -139,7 +165,12 @@ impl Node {
             let now = Instant::now();
             let actions = lock(&sd.follower).on_tick(now);
             if actions.contains(&FollowAction::Connect) {
-                match self.open_stream(&sd.active()).await {
+                let active = sd.active();
+                let opened = tokio::select! {
+                    opened = self.open_stream(&active) => opened,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                };
+                match opened {
                     Ok((send, recv)) => {
                         let mut stream = StandbyStream {
                             node_idle: self.inner.config.stream_idle,
@@ -321,6 +352,11 @@ impl StandbyStream {
         while !actions.is_empty() {
             let mut next = Vec::new();
             for action in actions {
+                if *self.sd.stop.borrow() {
+                    // Replaced or unfollowed: nothing more from this stream is applied.
+                    self.resync = None;
+                    return false;
+                }
                 let now = Instant::now();
                 let more = match action {
                     FollowAction::Connect => Vec::new(),
