@@ -213,7 +213,7 @@ async fn run(args: Args) -> Result<()> {
             &bins,
             &base,
             3,
-            &[("repl".into(), "standby"), ("big".into(), "standby")],
+            &[("repl".into(), "standby")],
         )
         .await?;
         let mut et = Etcd::start(&etcd, &base, 3).await?;
@@ -235,7 +235,6 @@ async fn run(args: Args) -> Result<()> {
                 ("--concurrency", "64".into()),
                 ("--value-size", "100".into()),
                 ("--duration", secs.to_string()),
-                ("--durability", "standby".into()),
             ]));
             let perf = if args.perf {
                 report::perf_start(ds.procs[0].pid(), &base)
@@ -263,7 +262,7 @@ async fn run(args: Args) -> Result<()> {
                 a.extend(bench_opts(&[
                     ("--domain", "repl".into()),
                     ("--concurrency", c.to_string()),
-                    ("--size", "4096".into()),
+                    ("--value-size", "4096".into()),
                     ("--duration", secs.to_string()),
                 ]));
                 let (run, _) = bench(&ds, &a);
@@ -297,11 +296,11 @@ async fn run(args: Args) -> Result<()> {
         if args.runs("lag") {
             say("4. replication lag at fixed write rates: domsync standby vs Redis replica vs etcd follower");
             for rate in args.lag_rates() {
+                // `bench lag` runs its own embedded cluster (active + 2 standbys in one
+                // process): it observes the standby's position in process.
                 let mut a = vec!["lag".to_owned()];
-                a.extend(ds.remote_admin(0));
-                a.extend(ds.gateway(1));
                 a.extend(bench_opts(&[
-                    ("--domain", "repl".into()),
+                    ("--durability", "local".into()),
                     ("--rate", rate.to_string()),
                     ("--value-size", "100".into()),
                     ("--duration", secs.to_string()),
@@ -329,15 +328,19 @@ async fn run(args: Args) -> Result<()> {
         if args.runs("resync") {
             let size = args.resync_size();
             say(&format!("5. full resync of a {size} domain vs cp of its redb file"));
+            // `bench resync` runs its own embedded cluster (active + 1 standby); its files are
+            // kept in `dir` so the active's redb file can be copied afterwards.
+            let dir = base.join("resync");
             let mut a = vec!["resync".to_owned()];
-            a.extend(ds.remote_admin(0));
-            a.extend(bench_opts(&[("--domain", "big".into()), ("--size", size.clone())]));
+            a.extend(bench_opts(&[
+                ("--size", size.clone()),
+                ("--dir", dir.display().to_string()),
+            ]));
             let (run, json) = bench(&ds, &a);
-            let file = ds.state_dir(0).join("domains/big.redb");
-            let file_bytes = json["file_bytes"]
-                .as_u64()
-                .or_else(|| std::fs::metadata(&file).ok().map(|m| m.len()))
-                .unwrap_or(0);
+            let file_bytes = json["file_bytes"].as_u64().unwrap_or(0);
+            let file = find_redb(&dir, file_bytes)
+                .with_context(|| format!("no domain file under {}", dir.display()))?;
+            let file_bytes = std::fs::metadata(&file)?.len();
             report.add(Entry::new(Group::Resync, file_bytes as f64, "domsync", run));
             let cp = copy_file(&file, &base)?;
             report.add(Entry::new(Group::Resync, file_bytes as f64, "cp", cp));
@@ -414,6 +417,27 @@ fn which(bin: &Path) -> Result<PathBuf> {
         bail!("{} not found (benches/compare.sh installs it)", bin.display());
     }
     Ok(PathBuf::from(path))
+}
+
+/// The `.redb` file under `dir` of `bytes` bytes (the active's), else the largest.
+fn find_redb(dir: &Path, bytes: u64) -> Option<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "redb")
+                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                let len = e.metadata().map_or(0, |m| m.len());
+                found.push((len == bytes, len, p));
+            }
+        }
+    }
+    found.sort();
+    found.pop().map(|(_, _, p)| p)
 }
 
 /// `cp` of the domain's redb file to a new file, then fsync of the copy (`sync FILE`).

@@ -118,7 +118,16 @@ pub struct Pair {
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
     pub text: String,
-    pub met: bool,
+    /// None: a side of the pair failed to run.
+    pub met: Option<bool>,
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "missed",
+        None => "no data (a run failed)",
+    }
 }
 
 pub struct Report {
@@ -286,6 +295,15 @@ impl Report {
                     (Group::Resync, "cp") => Some(("≤ 2x cp", ratio <= 2.0)),
                     _ => None,
                 };
+                // A failed run is no evidence either way.
+                let failed = |r: &Run| r.errors > 0 && g.value(r) == 0.0;
+                let target = target.map(|(t, met)| {
+                    if failed(&d.run) || failed(&o.run) {
+                        (t, None)
+                    } else {
+                        (t, Some(met))
+                    }
+                });
                 out.push(Pair {
                     comparison: format!("{}. {}", g.number(), g.x_label(d.x)),
                     group: g,
@@ -325,7 +343,7 @@ impl Report {
                 if s.is_empty() { String::new() } else { format!(" ({s})") }
             };
             let target = p.target.as_ref().map_or("".into(), |t| {
-                format!("{} — **{}**", t.text, if t.met { "met" } else { "missed" })
+                format!("{} — **{}**", t.text, verdict(t.met))
             });
             let cpu = if matches!(p.group, Group::Memory | Group::Resync) {
                 "–".into()
@@ -488,7 +506,7 @@ impl Report {
                 p.other,
                 num(p.other_value),
                 p.ratio,
-                if t.met { "met" } else { "missed" }
+                verdict(t.met)
             );
         }
         m.push_str("\n## Details per point\n\n");
@@ -557,7 +575,8 @@ pub fn plot(report: &Report, path: &Path) -> Result<()> {
             .entries
             .iter()
             .filter(|e| e.group == g && e.system == system)
-            .map(|e| (e.x, if p99 { e.run.latency_ms.p99 } else { e.run.latency_ms.p50 }.max(0.001)))
+            .map(|e| (e.x, if p99 { e.run.latency_ms.p99 } else { e.run.latency_ms.p50 }))
+            .filter(|(_, v)| *v > 0.0)
             .collect()
     };
     let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();

@@ -25,9 +25,46 @@ fn value(head: &str, size: usize) -> Vec<u8> {
     v
 }
 
-fn parse_stamp(v: &[u8]) -> Option<u64> {
+/// The write index at the head of a lag value (`<index>:...`).
+fn parse_index(v: &[u8]) -> Option<u64> {
     let end = v.iter().position(|b| *b == b':').unwrap_or(v.len());
     std::str::from_utf8(&v[..end]).ok()?.parse().ok()
+}
+
+/// Times of the lag writes: sent and acknowledged by the writer, seen on the replica.
+#[derive(Default)]
+pub struct LagBook {
+    /// index -> (sent, acknowledged) in [`now_micros`].
+    sent: std::sync::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+    /// (index, seen)
+    seen: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl LagBook {
+    fn sent(&self, i: u64, sent: u64, acked: u64) {
+        self.sent.lock().unwrap().insert(i, (sent, acked));
+    }
+    fn seen(&self, i: u64) {
+        self.seen.lock().unwrap().push((i, now_micros()));
+    }
+    fn seen_count(&self) -> u64 {
+        self.seen.lock().unwrap().len() as u64
+    }
+    /// Lags from the acknowledgement (as `domsync bench lag` measures: from the write's return
+    /// to visible on the standby; 0 when the replica saw it before the writer heard back) and
+    /// from the send.
+    fn lags(&self) -> (Vec<u64>, Vec<u64>) {
+        let sent = self.sent.lock().unwrap();
+        let mut from_ack = Vec::new();
+        let mut from_send = Vec::new();
+        for (i, at) in self.seen.lock().unwrap().iter() {
+            if let Some((s, a)) = sent.get(i) {
+                from_ack.push(at.saturating_sub(*a));
+                from_send.push(at.saturating_sub(*s));
+            }
+        }
+        (from_ack, from_send)
+    }
 }
 
 // ---------------------------------------------------------------- etcd
@@ -198,8 +235,7 @@ pub async fn etcd_reads(
     Ok(run)
 }
 
-/// Puts at `rate`/s on the leader, each value stamped with its send time; a watch on the
-/// follower `follower` measures when each one arrives there.
+/// Puts at `rate`/s on the leader; a watch on the follower `follower` sees each one arrive.
 pub async fn etcd_lag(
     leader: &str,
     follower: &str,
@@ -211,14 +247,13 @@ pub async fn etcd_lag(
     let (_watcher, mut stream) = w
         .watch("lag/", Some(WatchOptions::new().with_prefix()))
         .await?;
-    let lags = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let got = lags.clone();
+    let book = Arc::new(LagBook::default());
+    let b = book.clone();
     let receiver = tokio::spawn(async move {
         while let Ok(Some(resp)) = stream.message().await {
-            let now = now_micros();
             for ev in resp.events() {
-                if let Some(stamp) = ev.kv().and_then(|kv| parse_stamp(kv.value())) {
-                    got.lock().unwrap().push(now.saturating_sub(stamp));
+                if let Some(i) = ev.kv().and_then(|kv| parse_index(kv.value())) {
+                    b.seen(i);
                 }
             }
         }
@@ -228,14 +263,17 @@ pub async fn etcd_lag(
     let cpu = CpuWindow::start(servers);
     let c0 = crate::procs::self_cpu();
     let t0 = Instant::now();
-    let err = errors.clone();
+    let (err, b) = (errors.clone(), book.clone());
     let fired = load::open_loop(rate, secs, move |i| {
         let mut c = clients[i as usize % clients.len()].kv_client();
-        let err = err.clone();
+        let (err, b) = (err.clone(), b.clone());
         async move {
-            let v = value(&now_micros().to_string(), 100);
-            if c.put(format!("lag/{}", i % 1000), v, None).await.is_err() {
-                err.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let sent = now_micros();
+            match c.put(format!("lag/{}", i % 1000), value(&i.to_string(), 100), None).await {
+                Ok(_) => b.sent(i, sent, now_micros()),
+                Err(_) => {
+                    err.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
     })
@@ -244,30 +282,36 @@ pub async fn etcd_lag(
         / t0.elapsed().as_secs_f64();
     let server = cpu.finish();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while (lags.lock().unwrap().len() as u64) < fired && Instant::now() < deadline {
+    while book.seen_count() < fired && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     receiver.abort();
-    let samples = std::mem::take(&mut *lags.lock().unwrap());
-    let mut run = lag_run(fired, samples, secs, 100.0 * gen_cpu, server);
+    let mut run = lag_run(fired, &book, secs, 100.0 * gen_cpu, server);
     run.errors += errors.load(std::sync::atomic::Ordering::Relaxed);
     run.notes
         .push("put on the leader (4 gRPC connections) -> watch event on a follower".into());
     Ok(run)
 }
 
-fn lag_run(fired: u64, samples: Vec<u64>, secs: f64, gen: f64, server: Vec<(String, f64)>) -> Run {
-    let received = samples.len() as u64;
+fn lag_run(fired: u64, book: &LagBook, secs: f64, gen: f64, server: Vec<(String, f64)>) -> Run {
+    let (from_ack, from_send) = book.lags();
+    let received = from_ack.len() as u64;
+    let send = Lat::from_micros(from_send);
     let mut run = Run {
         ops: received,
         errors: fired.saturating_sub(received),
         seconds: secs,
         ops_per_sec: received as f64 / secs,
-        latency_ms: Lat::from_micros(samples),
+        latency_ms: Lat::from_micros(from_ack),
         generator_cpu_percent: gen,
         server_cpu_percent: server,
         ..Run::default()
     };
+    run.notes.push(format!(
+        "lag from the write's acknowledgement (compared); from its send: p50 {:.3} / p99 {:.3} ms",
+        send.p50, send.p99
+    ));
     if received < fired {
         run.notes
             .push(format!("{} of {fired} writes never seen", fired - received));
@@ -367,8 +411,9 @@ pub async fn redis_reads(
     Ok(run)
 }
 
-/// `SET` then `PUBLISH <send time>` on the master at `rate`/s; a subscriber on the replica
-/// sees each PUBLISH after the SET before it was applied there (one replication stream).
+/// `SET` then `PUBLISH <index>` on the master at `rate`/s (one MULTI/EXEC, so they replicate
+/// together); a subscriber on the replica sees each PUBLISH once the SET before it was applied
+/// there (one replication stream).
 pub async fn redis_lag(
     master: &str,
     replica: &str,
@@ -378,13 +423,12 @@ pub async fn redis_lag(
 ) -> Result<Run> {
     let mut sub = Conn::connect(replica).await?;
     sub.cmd(&[b"SUBSCRIBE", b"lag"]).await?;
-    let lags = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let got = lags.clone();
+    let book = Arc::new(LagBook::default());
+    let b = book.clone();
     let receiver = tokio::spawn(async move {
         while let Ok(v) = sub.read().await {
-            let now = now_micros();
-            if let Some(stamp) = v.message_payload().and_then(|p| parse_stamp(&p)) {
-                got.lock().unwrap().push(now.saturating_sub(stamp));
+            if let Some(i) = v.message_payload().and_then(|p| parse_index(&p)) {
+                b.seen(i);
             }
         }
     });
@@ -397,22 +441,28 @@ pub async fn redis_lag(
     let cpu = CpuWindow::start(servers);
     let c0 = crate::procs::self_cpu();
     let t0 = Instant::now();
-    let err = errors.clone();
+    let (err, b) = (errors.clone(), book.clone());
     let fired = load::open_loop(rate, secs, move |i| {
         let conn = conns[i as usize % conns.len()].clone();
-        let err = err.clone();
+        let (err, b) = (err.clone(), b.clone());
         async move {
             let mut c = conn.lock().await;
-            let stamp = now_micros().to_string();
+            let sent = now_micros();
+            let index = i.to_string();
             let key = format!("lag/{}", i % 1000);
             let r = async {
-                c.cmd(&[b"SET", key.as_bytes(), &value(&stamp, 100)]).await?;
-                c.cmd(&[b"PUBLISH", b"lag", stamp.as_bytes()]).await?;
+                c.cmd(&[b"MULTI"]).await?;
+                c.cmd(&[b"SET", key.as_bytes(), &value(&index, 100)]).await?;
+                c.cmd(&[b"PUBLISH", b"lag", index.as_bytes()]).await?;
+                c.cmd(&[b"EXEC"]).await?;
                 anyhow::Ok(())
             }
             .await;
-            if r.is_err() {
-                err.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match r {
+                Ok(()) => b.sent(i, sent, now_micros()),
+                Err(_) => {
+                    err.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
     })
@@ -421,16 +471,15 @@ pub async fn redis_lag(
         / t0.elapsed().as_secs_f64();
     let server = cpu.finish();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while (lags.lock().unwrap().len() as u64) < fired && Instant::now() < deadline {
+    while book.seen_count() < fired && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     receiver.abort();
-    let samples = std::mem::take(&mut *lags.lock().unwrap());
-    let mut run = lag_run(fired, samples, secs, 100.0 * gen_cpu, server);
+    let mut run = lag_run(fired, &book, secs, 100.0 * gen_cpu, server);
     run.errors += errors.load(std::sync::atomic::Ordering::Relaxed);
     run.notes.push(
-        "SET + PUBLISH on the master (4 connections) -> message on a replica subscriber; \
-         send time taken before the SET"
+        "MULTI SET + PUBLISH EXEC on the master (4 connections) -> message on a replica subscriber"
             .into(),
     );
     Ok(run)
@@ -546,10 +595,6 @@ impl Domsync {
 
     pub fn socket(&self, node: usize) -> PathBuf {
         self.dir.join(&self.nodes[node].0).join("admin.sock")
-    }
-
-    pub fn state_dir(&self, node: usize) -> PathBuf {
-        self.dir.join(&self.nodes[node].0).join("state")
     }
 
     pub fn procs(&self) -> Vec<&Proc> {
