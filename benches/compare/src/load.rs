@@ -59,6 +59,9 @@ pub struct Run {
     pub command: Option<String>,
     /// Resident memory (idle-memory comparison), MiB.
     pub rss_mib: f64,
+    /// The servers ran inside the generator's process (`domsync bench`'s embedded cluster), so
+    /// the generator CPU includes them.
+    pub embedded: bool,
 }
 
 /// Microseconds since the start of this process's clock (shared by writers and watchers).
@@ -95,7 +98,9 @@ where
                     break;
                 }
                 if t >= measure_from {
-                    cpu_mark.get_or_init(|| async { (Instant::now(), self_cpu()) }).await;
+                    cpu_mark
+                        .get_or_init(|| async { (Instant::now(), self_cpu()) })
+                        .await;
                 }
                 let r = op(client, i).await;
                 i += 1;

@@ -43,7 +43,11 @@ pub struct Args {
     #[arg(long)]
     tmp: Option<PathBuf>,
     /// Comparisons to run, comma-separated: writes,replicated,reads,lag,resync,memory.
-    #[arg(long, value_delimiter = ',', default_value = "writes,replicated,reads,lag,resync,memory")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "writes,replicated,reads,lag,resync,memory"
+    )]
     only: Vec<String>,
     /// Concurrent clients for the single-node write comparison.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
@@ -146,8 +150,7 @@ fn chrono_now() -> String {
 async fn run(args: Args) -> Result<()> {
     // SIGTERM too (Ctrl-C is handled in main).
     tokio::spawn(async {
-        if let Ok(mut s) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         {
             s.recv().await;
             procs::cleanup_all();
@@ -165,15 +168,15 @@ async fn run(args: Args) -> Result<()> {
     };
     for b in [&bins.domsync, &bins.domsyncd] {
         if !b.exists() {
-            bail!("{} missing: build with `cargo build --release` or pass --bin-dir", b.display());
+            bail!(
+                "{} missing: build with `cargo build --release` or pass --bin-dir",
+                b.display()
+            );
         }
     }
     let etcd = which(&args.etcd)?;
     let redis = which(&args.redis)?;
-    let base = args
-        .tmp
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
+    let base = args.tmp.clone().unwrap_or_else(std::env::temp_dir);
     let base = procs::temp_dir(&base, "domsync-compare-")?;
     let mut report = Report::new(&args, &repo, &base, &bins, &etcd, &redis);
     let secs = args.secs();
@@ -183,7 +186,10 @@ async fn run(args: Args) -> Result<()> {
         say("1. durable writes on one node: domsync (durability local) vs etcd (one member)");
         let ds = Domsync::start(&bins, &base, 1, &[("w".into(), "local")]).await?;
         let mut et = Etcd::start(&etcd, &base, 1).await?;
-        ds.procs().into_iter().chain(et.procs()).for_each(|p| report.server(p));
+        ds.procs()
+            .into_iter()
+            .chain(et.procs())
+            .for_each(|p| report.server(p));
         for &c in &args.write_clients {
             let mut a = ds.remote_admin(0);
             a.splice(0..0, ["write".to_owned()]);
@@ -209,13 +215,7 @@ async fn run(args: Args) -> Result<()> {
         .any(|w| args.runs(w));
     if need_cluster {
         say("starting domsync (3 nodes), etcd (3 members), Redis (master + replica)");
-        let ds = Domsync::start(
-            &bins,
-            &base,
-            3,
-            &[("repl".into(), "standby")],
-        )
-        .await?;
+        let ds = Domsync::start(&bins, &base, 3, &[("repl".into(), "standby")]).await?;
         let mut et = Etcd::start(&etcd, &base, 3).await?;
         let leader = et.leader().await?;
         let follower = (leader + 1) % 3;
@@ -246,8 +246,8 @@ async fn run(args: Args) -> Result<()> {
                 report.profile = report::perf_finish(p);
             }
             report.add(Entry::new(Group::Replicated, 64.0, "domsync", run));
-            let run = systems::etcd_writes(&et.urls[leader], 64, 100, warmup, secs, &et.procs())
-                .await?;
+            let run =
+                systems::etcd_writes(&et.urls[leader], 64, 100, warmup, secs, &et.procs()).await?;
             et.check()?;
             report.add(Entry::new(Group::Replicated, 64.0, "etcd", run));
             say(&report.last_line());
@@ -327,7 +327,9 @@ async fn run(args: Args) -> Result<()> {
 
         if args.runs("resync") {
             let size = args.resync_size();
-            say(&format!("5. full resync of a {size} domain vs cp of its redb file"));
+            say(&format!(
+                "5. full resync of a {size} domain vs cp of its redb file"
+            ));
             // `bench resync` runs its own embedded cluster (active + 1 standby); its files are
             // kept in `dir` so the active's redb file can be copied afterwards.
             let dir = base.join("resync");
@@ -362,13 +364,21 @@ async fn run(args: Args) -> Result<()> {
             .chain(rd.procs())
             .for_each(|p| report.server(p));
         tokio::time::sleep(settle).await;
-        for (name, p) in [("domsync", &ds.procs[0]), ("etcd", &et.procs[0]), ("redis", &rd.procs[0])] {
+        for (name, p) in [
+            ("domsync", &ds.procs[0]),
+            ("etcd", &et.procs[0]),
+            ("redis", &rd.procs[0]),
+        ] {
             let run = Run {
                 rss_mib: p.rss_kib() as f64 / 1024.0,
                 notes: vec![format!(
                     "VmRSS after {:.0} s idle{}",
                     settle.as_secs_f64(),
-                    if name == "domsync" { ", 100 domains" } else { ", empty" }
+                    if name == "domsync" {
+                        ", 100 domains"
+                    } else {
+                        ", empty"
+                    }
                 )],
                 ..Run::default()
             };
@@ -414,7 +424,10 @@ fn which(bin: &Path) -> Result<PathBuf> {
         .output()?;
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if path.is_empty() {
-        bail!("{} not found (benches/compare.sh installs it)", bin.display());
+        bail!(
+            "{} not found (benches/compare.sh installs it)",
+            bin.display()
+        );
     }
     Ok(PathBuf::from(path))
 }
@@ -429,7 +442,9 @@ fn find_redb(dir: &Path, bytes: u64) -> Option<PathBuf> {
             if p.is_dir() {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "redb")
-                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
             {
                 let len = e.metadata().map_or(0, |m| m.len());
                 found.push((len == bytes, len, p));
@@ -447,7 +462,12 @@ fn copy_file(file: &Path, base: &Path) -> Result<Run> {
         .arg(file)
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().ok());
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
     let size = std::fs::metadata(file)?.len();
     let dst = base.join("cp-of-domain.redb");
     let t = Instant::now();

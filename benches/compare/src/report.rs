@@ -158,8 +158,17 @@ fn first_line(cmd: &mut Command) -> String {
     cmd.output()
         .ok()
         .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_owned()
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
         })
         .unwrap_or_else(|| "?".into())
 }
@@ -190,16 +199,30 @@ impl Report {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        let fs = first_line(Command::new("df").args(["--output=fstype,source"]).arg(base).arg("--no-sync"))
-            .to_string();
+        let fs = first_line(
+            Command::new("df")
+                .args(["--output=fstype,source"])
+                .arg(base)
+                .arg("--no-sync"),
+        )
+        .to_string();
         let fs = Command::new("df")
             .args(["--output=fstype,source"])
             .arg(base)
             .output()
             .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" on ")))
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .nth(1)
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" on "))
+            })
             .unwrap_or(fs);
-        let rev = first_line(Command::new("git").arg("-C").arg(repo).args(["rev-parse", "--short=12", "HEAD"]));
+        let rev = first_line(Command::new("git").arg("-C").arg(repo).args([
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ]));
         let dirty = Command::new("git")
             .arg("-C")
             .arg(repo)
@@ -212,16 +235,35 @@ impl Report {
             ("cores".into(), cores.to_string()),
             ("RAM".into(), mem),
             ("kernel".into(), kernel),
-            ("temp dir filesystem".into(), format!("{fs} ({})", base.parent().unwrap_or(base).display())),
+            (
+                "temp dir filesystem".into(),
+                format!("{fs} ({})", base.parent().unwrap_or(base).display()),
+            ),
         ];
         let versions = vec![
             (
                 "domsync".into(),
-                format!("git {rev}{}", if dirty { " (with uncommitted changes)" } else { "" }),
+                format!(
+                    "git {rev}{}",
+                    if dirty {
+                        " (with uncommitted changes)"
+                    } else {
+                        ""
+                    }
+                ),
             ),
-            ("etcd".into(), first_line(Command::new(etcd).arg("--version"))),
-            ("redis".into(), first_line(Command::new(redis).arg("--version"))),
-            ("rustc".into(), first_line(Command::new("rustc").arg("--version"))),
+            (
+                "etcd".into(),
+                first_line(Command::new(etcd).arg("--version")),
+            ),
+            (
+                "redis".into(),
+                first_line(Command::new(redis).arg("--version")),
+            ),
+            (
+                "rustc".into(),
+                first_line(Command::new("rustc").arg("--version")),
+            ),
         ];
         let _ = bins;
         Report {
@@ -231,9 +273,10 @@ impl Report {
             versions,
             servers: Vec::new(),
             base: base.to_owned(),
-            invocation: args.invocation.clone().unwrap_or_else(|| {
-                std::env::args().collect::<Vec<_>>().join(" ")
-            }),
+            invocation: args
+                .invocation
+                .clone()
+                .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
         }
     }
 
@@ -290,8 +333,12 @@ impl Report {
                 let target = match (g, o.system.as_str()) {
                     (Group::Writes, "etcd") if d.x == 64.0 => Some(("≥ 3x etcd", ratio >= 3.0)),
                     (Group::Replicated, "etcd") => Some(("≥ 3x the etcd cluster", ratio >= 3.0)),
-                    (Group::Reads, "etcd") => Some(("≥ 1.5x etcd serializable reads", ratio >= 1.5)),
-                    (Group::Lag, "redis") if d.x == 1000.0 => Some(("p99 ≤ 2x Redis's", ratio <= 2.0)),
+                    (Group::Reads, "etcd") => {
+                        Some(("≥ 1.5x etcd serializable reads", ratio >= 1.5))
+                    }
+                    (Group::Lag, "redis") if d.x == 1000.0 => {
+                        Some(("p99 ≤ 2x Redis's", ratio <= 2.0))
+                    }
                     (Group::Resync, "cp") => Some(("≤ 2x cp", ratio <= 2.0)),
                     _ => None,
                 };
@@ -313,8 +360,16 @@ impl Report {
                     other: o.system.clone(),
                     other_value: ov,
                     ratio,
-                    better: if g.higher_is_better() { "higher is better" } else { "lower is better" }.into(),
-                    target: target.map(|(t, met)| Target { text: t.into(), met }),
+                    better: if g.higher_is_better() {
+                        "higher is better"
+                    } else {
+                        "lower is better"
+                    }
+                    .into(),
+                    target: target.map(|(t, met)| Target {
+                        text: t.into(),
+                        met,
+                    }),
                 });
             }
         }
@@ -322,12 +377,21 @@ impl Report {
     }
 
     fn cpu_cell(r: &Run) -> String {
-        let flag = if r.generator_cpu_percent > 90.0 { " ⚠ generator-bound" } else { "" };
+        if r.embedded {
+            return format!("{:.0}% (with its embedded nodes)", r.generator_cpu_percent);
+        }
+        let flag = if r.generator_cpu_percent > 90.0 {
+            " ⚠ generator-bound"
+        } else {
+            ""
+        };
         format!("{:.0}%{flag}", r.generator_cpu_percent)
     }
 
     fn entry(&self, g: Group, x: f64, system: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.group == g && e.x == x && e.system == system)
+        self.entries
+            .iter()
+            .find(|e| e.group == g && e.x == x && e.system == system)
     }
 
     /// The results table (Markdown, readable as plain text too).
@@ -340,7 +404,11 @@ impl Report {
             let o = self.entry(p.group, p.x, &p.other).unwrap();
             let detail = |e: &Entry| {
                 let s = p.group.detail(&e.run);
-                if s.is_empty() { String::new() } else { format!(" ({s})") }
+                if s.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({s})")
+                }
             };
             let target = p.target.as_ref().map_or("".into(), |t| {
                 format!("{} — **{}**", t.text, verdict(t.met))
@@ -373,8 +441,8 @@ impl Report {
     /// Per point: every system's server CPU, errors and notes.
     fn details(&self) -> String {
         let mut t = String::new();
-        t.push_str("| # | point | system | ops | errors | server CPU (% of one core) | generator CPU | notes |\n");
-        t.push_str("|---|---|---|---|---|---|---|---|\n");
+        t.push_str("| # | point | system | ops | errors | server CPU (% of one core) | generator CPU | machine total | notes |\n");
+        t.push_str("|---|---|---|---|---|---|---|---|---|\n");
         for e in &self.entries {
             let cpu = e
                 .run
@@ -383,9 +451,19 @@ impl Report {
                 .map(|(n, c)| format!("{n} {c:.0}%"))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let total: f64 = e.run.server_cpu_percent.iter().map(|(_, c)| c).sum::<f64>()
+                + e.run.generator_cpu_percent;
+            let cores = 100.0 * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let total = if e.run.server_cpu_percent.is_empty() && !e.run.embedded {
+                "–".to_owned()
+            } else if total > 0.9 * cores {
+                format!("{total:.0}% (CPU-saturated)")
+            } else {
+                format!("{total:.0}%")
+            };
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {} | {} | {} | {:.0}% | {} |",
+                "| {} | {} | {} | {} | {} | {} | {:.0}% | {} | {} |",
                 e.group.number(),
                 e.group.x_label(e.x),
                 e.system,
@@ -393,7 +471,8 @@ impl Report {
                 e.run.errors,
                 cpu,
                 e.run.generator_cpu_percent,
-                e.run.notes.join("; ").replace('|', "/")
+                total,
+                e.run.notes.join("; ").replace('|', "/").replace('\n', " ")
             );
         }
         t
@@ -411,7 +490,7 @@ impl Report {
         } else {
             println!("\n{}", self.table());
             for e in &self.entries {
-                if e.run.generator_cpu_percent > 90.0 {
+                if e.run.generator_cpu_percent > 90.0 && !e.run.embedded {
                     println!(
                         "WARNING: {} {} {}: the load generator used {:.0}% of a core; it may be the bottleneck",
                         e.group.number(),
@@ -481,8 +560,18 @@ impl Report {
         }
         m.push_str("```\n\n");
         m.push_str("## Results\n\nComparisons: ");
-        let groups = [Group::Writes, Group::Replicated, Group::Reads, Group::Lag, Group::Resync, Group::Memory];
-        let list: Vec<String> = groups.iter().map(|g| format!("{}. {}", g.number(), g.title())).collect();
+        let groups = [
+            Group::Writes,
+            Group::Replicated,
+            Group::Reads,
+            Group::Lag,
+            Group::Resync,
+            Group::Memory,
+        ];
+        let list: Vec<String> = groups
+            .iter()
+            .map(|g| format!("{}. {}", g.number(), g.title()))
+            .collect();
         m.push_str(&list.join("; "));
         m.push_str(".\n\n");
         m.push_str("Ratio = domsync ÷ other for the metric of the row; the `better` column says which direction wins. \
@@ -490,7 +579,11 @@ impl Report {
         m.push_str(&self.table());
         if let Some(p) = plot {
             let rel = p.strip_prefix(repo).unwrap_or(p);
-            let _ = write!(m, "\n![commit latency and replication lag against load]({})\n", rel.display());
+            let _ = write!(
+                m,
+                "\n![commit latency and replication lag against load]({})\n",
+                rel.display()
+            );
         }
         m.push_str("\n## Targets\n\n");
         let pairs = self.pairs();
@@ -516,7 +609,7 @@ impl Report {
         }
         let analysis = repo.join("benches/compare/ANALYSIS.md");
         if let Ok(text) = std::fs::read_to_string(&analysis) {
-            m.push_str("\n");
+            m.push('\n');
             m.push_str(&text);
         }
         m
@@ -541,7 +634,18 @@ pub fn perf_finish((mut p, data): (Proc, PathBuf)) -> Option<String> {
     let _ = p.child.wait();
     p.stop();
     let out = Command::new("perf")
-        .args(["report", "--stdio", "--no-children", "-g", "none", "--sort", "dso,sym", "--percent-limit", "1.5", "-i"])
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "-g",
+            "none",
+            "--sort",
+            "dso,sym",
+            "--percent-limit",
+            "1.5",
+            "-i",
+        ])
         .arg(&data)
         .output()
         .ok()?;
@@ -575,15 +679,33 @@ pub fn plot(report: &Report, path: &Path) -> Result<()> {
             .entries
             .iter()
             .filter(|e| e.group == g && e.system == system)
-            .map(|e| (e.x, if p99 { e.run.latency_ms.p99 } else { e.run.latency_ms.p50 }))
+            .map(|e| {
+                (
+                    e.x,
+                    if p99 {
+                        e.run.latency_ms.p99
+                    } else {
+                        e.run.latency_ms.p50
+                    },
+                )
+            })
             .filter(|(_, v)| *v > 0.0)
             .collect()
     };
     let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(700);
-    let colors = [("domsync", RGBColor(0, 114, 178)), ("etcd", RGBColor(213, 94, 0)), ("redis", RGBColor(0, 158, 115))];
-    let color = |s: &str| colors.iter().find(|(n, _)| *n == s).map_or(BLACK, |(_, c)| *c);
+    let colors = [
+        ("domsync", RGBColor(0, 114, 178)),
+        ("etcd", RGBColor(213, 94, 0)),
+        ("redis", RGBColor(0, 158, 115)),
+    ];
+    let color = |s: &str| {
+        colors
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map_or(BLACK, |(_, c)| *c)
+    };
 
     // Left: commit latency against clients.
     let lat_groups = [Group::Writes, Group::Replicated];
@@ -596,7 +718,10 @@ pub fn plot(report: &Report, path: &Path) -> Result<()> {
         .collect();
     let (lo, hi) = bounds(&all);
     let mut chart = ChartBuilder::on(&left)
-        .caption("durable write (commit) latency vs concurrent clients", ("sans-serif", 20))
+        .caption(
+            "durable write (commit) latency vs concurrent clients",
+            ("sans-serif", 20),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -615,7 +740,11 @@ pub fn plot(report: &Report, path: &Path) -> Result<()> {
             }
             let c = color(system);
             let label = format!("{system} 1 node {}", if p99 { "p99" } else { "p50" });
-            let style = if dash { c.stroke_width(1) } else { c.stroke_width(3) };
+            let style = if dash {
+                c.stroke_width(1)
+            } else {
+                c.stroke_width(3)
+            };
             chart
                 .draw_series(LineSeries::new(pts.clone(), style))?
                 .label(label)
@@ -630,7 +759,10 @@ pub fn plot(report: &Report, path: &Path) -> Result<()> {
             let c = color(system);
             chart
                 .draw_series(pts.iter().map(|p| TriangleMarker::new(*p, 8, c.filled())))?
-                .label(format!("{system} 3 nodes {}", if p99 { "p99" } else { "p50" }))
+                .label(format!(
+                    "{system} 3 nodes {}",
+                    if p99 { "p99" } else { "p50" }
+                ))
                 .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, c.filled()));
         }
     }
@@ -650,8 +782,18 @@ pub fn plot(report: &Report, path: &Path) -> Result<()> {
         .flat_map(|e| [e.run.latency_ms.p50, e.run.latency_ms.p99])
         .filter(|v| *v > 0.0)
         .collect();
-    let rates: Vec<f64> = report.entries.iter().filter(|e| e.group == Group::Lag).map(|e| e.x).collect();
-    let rmin = rates.iter().cloned().fold(f64::INFINITY, f64::min).min(1000.0) * 0.7;
+    let rates: Vec<f64> = report
+        .entries
+        .iter()
+        .filter(|e| e.group == Group::Lag)
+        .map(|e| e.x)
+        .collect();
+    let rmin = rates
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min)
+        .min(1000.0)
+        * 0.7;
     let rmax = rates.iter().cloned().fold(0.0, f64::max).max(1000.0) * 1.4;
     let (lo, hi) = bounds(&all);
     let mut chart = ChartBuilder::on(&right)
@@ -673,7 +815,11 @@ pub fn plot(report: &Report, path: &Path) -> Result<()> {
                 continue;
             }
             let c = color(system);
-            let style = if p99 { c.stroke_width(1) } else { c.stroke_width(3) };
+            let style = if p99 {
+                c.stroke_width(1)
+            } else {
+                c.stroke_width(3)
+            };
             chart
                 .draw_series(LineSeries::new(pts.clone(), style))?
                 .label(format!("{system} {}", if p99 { "p99" } else { "p50" }))

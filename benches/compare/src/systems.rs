@@ -92,11 +92,16 @@ impl Etcd {
             let url = format!("http://127.0.0.1:{client}");
             let mut cmd = Command::new(bin);
             cmd.arg(format!("--name=m{i}"))
-                .arg(format!("--data-dir={}", dir.join(format!("m{i}")).display()))
+                .arg(format!(
+                    "--data-dir={}",
+                    dir.join(format!("m{i}")).display()
+                ))
                 .arg(format!("--listen-client-urls={url}"))
                 .arg(format!("--advertise-client-urls={url}"))
                 .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-                .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                ))
                 .arg(format!("--initial-cluster={cluster}"))
                 .arg("--initial-cluster-state=new")
                 .arg("--initial-cluster-token=compare")
@@ -269,7 +274,14 @@ pub async fn etcd_lag(
         let (err, b) = (err.clone(), b.clone());
         async move {
             let sent = now_micros();
-            match c.put(format!("lag/{}", i % 1000), value(&i.to_string(), 100), None).await {
+            match c
+                .put(
+                    format!("lag/{}", i % 1000),
+                    value(&i.to_string(), 100),
+                    None,
+                )
+                .await
+            {
                 Ok(_) => b.sent(i, sent, now_micros()),
                 Err(_) => {
                     err.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -278,8 +290,8 @@ pub async fn etcd_lag(
         }
     })
     .await;
-    let gen_cpu = crate::procs::self_cpu().saturating_sub(c0).as_secs_f64()
-        / t0.elapsed().as_secs_f64();
+    let gen_cpu =
+        crate::procs::self_cpu().saturating_sub(c0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let server = cpu.finish();
     let deadline = Instant::now() + Duration::from_secs(5);
     while book.seen_count() < fired && Instant::now() < deadline {
@@ -345,9 +357,15 @@ impl Redis {
                 .arg("--dir")
                 .arg(&d);
             if i > 0 {
-                cmd.arg("--replicaof").arg("127.0.0.1").arg(&addrs[0]["127.0.0.1:".len()..]);
+                cmd.arg("--replicaof")
+                    .arg("127.0.0.1")
+                    .arg(&addrs[0]["127.0.0.1:".len()..]);
             }
-            let name = if i == 0 { "redis-master".to_owned() } else { format!("redis-replica{i}") };
+            let name = if i == 0 {
+                "redis-master".to_owned()
+            } else {
+                format!("redis-replica{i}")
+            };
             procs.push(Proc::spawn(&name, cmd, dir.join(format!("r{i}.log")))?);
             addrs.push(format!("127.0.0.1:{port}"));
         }
@@ -359,7 +377,9 @@ impl Redis {
                     c.cmd(&[b"PING"]).await?;
                     return Ok(true);
                 }
-                Ok(c.info("replication").await?.contains("master_link_status:up"))
+                Ok(c.info("replication")
+                    .await?
+                    .contains("master_link_status:up"))
             })
             .await?;
         }
@@ -452,7 +472,8 @@ pub async fn redis_lag(
             let key = format!("lag/{}", i % 1000);
             let r = async {
                 c.cmd(&[b"MULTI"]).await?;
-                c.cmd(&[b"SET", key.as_bytes(), &value(&index, 100)]).await?;
+                c.cmd(&[b"SET", key.as_bytes(), &value(&index, 100)])
+                    .await?;
                 c.cmd(&[b"PUBLISH", b"lag", index.as_bytes()]).await?;
                 c.cmd(&[b"EXEC"]).await?;
                 anyhow::Ok(())
@@ -467,8 +488,8 @@ pub async fn redis_lag(
         }
     })
     .await;
-    let gen_cpu = crate::procs::self_cpu().saturating_sub(c0).as_secs_f64()
-        / t0.elapsed().as_secs_f64();
+    let gen_cpu =
+        crate::procs::self_cpu().saturating_sub(c0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let server = cpu.finish();
     let deadline = Instant::now() + Duration::from_secs(5);
     while book.seen_count() < fired && Instant::now() < deadline {
@@ -519,17 +540,50 @@ impl Domsync {
         let pki = dir.join("pki");
         let cli = |args: &[&str]| output(Command::new(&bins.domsync).args(args));
         cli(&["pki", "init", "--dir", pki.to_str().unwrap()])?;
-        let ids: Vec<String> = (0..nodes).map(|i| ((b'a' + i as u8) as char).to_string()).collect();
+        let ids: Vec<String> = (0..nodes)
+            .map(|i| ((b'a' + i as u8) as char).to_string())
+            .collect();
         for id in &ids {
-            cli(&["pki", "issue", "--role", "node", "--id", id, "--dir", pki.to_str().unwrap()])?;
+            cli(&[
+                "pki",
+                "issue",
+                "--role",
+                "node",
+                "--id",
+                id,
+                "--dir",
+                pki.to_str().unwrap(),
+            ])?;
         }
-        cli(&["pki", "issue", "--role", "gateway", "--id", GATEWAY, "--dir", pki.to_str().unwrap()])?;
-        cli(&["pki", "issue", "--role", "admin", "--id", ADMIN, "--dir", pki.to_str().unwrap()])?;
+        cli(&[
+            "pki",
+            "issue",
+            "--role",
+            "gateway",
+            "--id",
+            GATEWAY,
+            "--dir",
+            pki.to_str().unwrap(),
+        ])?;
+        cli(&[
+            "pki",
+            "issue",
+            "--role",
+            "admin",
+            "--id",
+            ADMIN,
+            "--dir",
+            pki.to_str().unwrap(),
+        ])?;
         let addrs: Vec<String> = ids
             .iter()
             .map(|_| Ok(format!("127.0.0.1:{}", free_port()?)))
             .collect::<Result<_>>()?;
-        let replicas = ids.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ");
+        let replicas = ids
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut procs = Vec::new();
         let mut notifies = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -545,7 +599,10 @@ impl Domsync {
             );
             for (j, peer) in ids.iter().enumerate() {
                 if j != i {
-                    text.push_str(&format!("\n[[peers]]\nid = \"{peer}\"\naddress = \"{}\"\n", addrs[j]));
+                    text.push_str(&format!(
+                        "\n[[peers]]\nid = \"{peer}\"\naddress = \"{}\"\n",
+                        addrs[j]
+                    ));
                 }
             }
             for (name, durability) in domains {
@@ -563,7 +620,11 @@ impl Domsync {
                 .arg(&config)
                 .env("NOTIFY_SOCKET", &notify_path)
                 .env("RUST_LOG", "warn");
-            procs.push(Proc::spawn(&format!("domsyncd-{id}"), cmd, dir.join(format!("{id}.log")))?);
+            procs.push(Proc::spawn(
+                &format!("domsyncd-{id}"),
+                cmd,
+                dir.join(format!("{id}.log")),
+            )?);
             notifies.push(notify);
         }
         let mut d = Domsync {
@@ -614,23 +675,29 @@ impl Domsync {
 
     /// Until node `a` is active for `domains` domains, each with `standbys` synchronized.
     pub async fn wait_synchronized(&self, domains: usize, standbys: usize) -> Result<()> {
-        wait_until("domsync domains active and synchronized", START_LIMIT, || async {
-            let s = self.status()?;
-            let list = s["domains"].as_array().cloned().unwrap_or_default();
-            let ready = list
-                .iter()
-                .filter(|d| {
-                    d["role"].as_str().is_some_and(|r| r.eq_ignore_ascii_case("active"))
-                        && d["standbys"].as_array().is_some_and(|sb| {
-                            sb.iter()
-                                .filter(|x| x["sync_status"]["name"] == "Synchronized")
-                                .count()
-                                >= standbys
-                        })
-                })
-                .count();
-            Ok(ready >= domains)
-        })
+        wait_until(
+            "domsync domains active and synchronized",
+            START_LIMIT,
+            || async {
+                let s = self.status()?;
+                let list = s["domains"].as_array().cloned().unwrap_or_default();
+                let ready = list
+                    .iter()
+                    .filter(|d| {
+                        d["role"]
+                            .as_str()
+                            .is_some_and(|r| r.eq_ignore_ascii_case("active"))
+                            && d["standbys"].as_array().is_some_and(|sb| {
+                                sb.iter()
+                                    .filter(|x| x["sync_status"]["name"] == "Synchronized")
+                                    .count()
+                                    >= standbys
+                            })
+                    })
+                    .count();
+                Ok(ready >= domains)
+            },
+        )
         .await
     }
 
@@ -696,10 +763,15 @@ impl Domsync {
             server_cpu_percent: server,
             notes: json["notes"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default(),
             command: Some(line.replace(&self.dir.display().to_string(), "$TMP")),
             rss_mib: 0.0,
+            embedded: json["target"] == "embedded",
         };
         Ok((run, json))
     }
