@@ -104,7 +104,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
 }
 
 impl Session {
-    async fn open(target: &Target) -> Result<Session, String> {
+    /// Connects to the daemon at `target` (one Unix socket connection or one QUIC connection).
+    ///
+    /// # Errors
+    /// One line saying why the daemon cannot be reached and what to check.
+    pub(crate) async fn open(target: &Target) -> Result<Session, String> {
         let conn = match target {
             Target::Socket(path) => {
                 let s = tokio::time::timeout(
@@ -148,7 +152,11 @@ impl Session {
         })
     }
 
-    async fn call(&mut self, req: &Request) -> Result<Answer, String> {
+    /// Sends one request and reads its answer (`Answer::Error` included).
+    ///
+    /// # Errors
+    /// When the connection fails or closes without an answer.
+    pub(crate) async fn call(&mut self, req: &Request) -> Result<Answer, String> {
         let target = &self.target;
         let fail = |e: &dyn std::fmt::Display| format!("{target}: {e}");
         let answer = match &mut self.conn {
@@ -182,7 +190,8 @@ impl Session {
         answer.ok_or_else(|| format!("{target} closed the connection without an answer"))
     }
 
-    async fn close(self) {
+    /// Closes the connection (QUIC: waits briefly for the close to be sent).
+    pub(crate) async fn close(self) {
         if let Conn::Quic { endpoint, conn } = self.conn {
             conn.close(0u32.into(), b"done");
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

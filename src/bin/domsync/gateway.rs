@@ -87,7 +87,8 @@ pub struct Opts {
     connect_timeout: f64,
 }
 
-fn parse_node(text: &str) -> Result<(NodeId, SocketAddr), Box<dyn std::error::Error>> {
+/// Parses `ID=ADDRESS` of `--node`.
+pub(crate) fn parse_node(text: &str) -> Result<(NodeId, SocketAddr), Box<dyn std::error::Error>> {
     let (id, addr) = text.split_once('=').ok_or_else(|| {
         format!("--node {text:?}: expected ID=ADDRESS, for example a=10.0.0.1:7400")
     })?;

@@ -2,6 +2,7 @@
 //! daemon mode talks to a running `domsyncd` (see [`admin`]).
 
 mod admin;
+mod bench;
 mod commands;
 mod demo;
 mod demo_cluster;
@@ -122,6 +123,9 @@ enum TopCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Generate load and measure: write, read, lag, watch, resync, failover, switchover;
+    /// against an embedded cluster (default) or a running one (--socket/--remote, --node).
+    Bench(bench::BenchArgs),
 }
 
 /// `domsync domain ...`.
@@ -222,6 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         TopCommand::Plan { json } => admin::plan(&target, json),
         TopCommand::Rebalance { dry_run } => admin::rebalance(&target, &cert, dry_run),
+        TopCommand::Bench(args) => bench::run(args, daemon),
         TopCommand::Domain(DomainTop::Local(cmd)) => match daemon {
             Some(_) => Err(
                 "domain create|list work locally on --data; drop --socket/--remote (a daemon takes domains with `domain add`)".into(),
