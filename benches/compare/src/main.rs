@@ -181,6 +181,7 @@ async fn run(args: Args) -> Result<()> {
     let mut report = Report::new(&args, &repo, &base, &bins, &etcd, &redis);
     let secs = args.secs();
     let warmup = args.warmup();
+    report.load_average("at the start");
 
     if args.runs("writes") {
         say("1. durable writes on one node: domsync (durability local) vs etcd (one member)");
@@ -190,6 +191,16 @@ async fn run(args: Args) -> Result<()> {
             .into_iter()
             .chain(et.procs())
             .for_each(|p| report.server(p));
+        // Warm-up, not counted: the domain file and etcd's WAL grow past their first pages.
+        let mut a = vec!["write".to_owned()];
+        a.extend(ds.remote_admin(0));
+        a.extend(bench_opts(&[
+            ("--domain", "w".into()),
+            ("--concurrency", "16".into()),
+            ("--duration", warmup.max(0.5).to_string()),
+        ]));
+        let _ = bench(&ds, &a);
+        let _ = systems::etcd_writes(&et.urls[0], 16, 100, 0.0, warmup.max(0.5), &[]).await?;
         for &c in &args.write_clients {
             let mut a = ds.remote_admin(0);
             a.splice(0..0, ["write".to_owned()]);
@@ -338,11 +349,19 @@ async fn run(args: Args) -> Result<()> {
                 ("--size", size.clone()),
                 ("--dir", dir.display().to_string()),
             ]));
-            let (run, json) = bench(&ds, &a);
+            let (mut run, json) = bench(&ds, &a);
             let file_bytes = json["file_bytes"].as_u64().unwrap_or(0);
             let file = find_redb(&dir, file_bytes)
                 .with_context(|| format!("no domain file under {}", dir.display()))?;
             let file_bytes = std::fs::metadata(&file)?.len();
+            if run.seconds > 0.0 {
+                run.ops_per_sec = file_bytes as f64 / run.seconds;
+                run.notes.push(format!(
+                    "domain data {} bytes, active's file {} bytes",
+                    json["bytes"].as_u64().unwrap_or(0),
+                    file_bytes
+                ));
+            }
             report.add(Entry::new(Group::Resync, file_bytes as f64, "domsync", run));
             let cp = copy_file(&file, &base)?;
             report.add(Entry::new(Group::Resync, file_bytes as f64, "cp", cp));
@@ -387,6 +406,7 @@ async fn run(args: Args) -> Result<()> {
         say(&report.last_line());
     }
 
+    report.load_average("at the end");
     report.finish(&args, &repo)?;
     Ok(())
 }

@@ -75,7 +75,7 @@ impl Group {
                 num(r.latency_ms.p99)
             ),
             Group::Lag => format!("p50 {} ms", num(r.latency_ms.p50)),
-            Group::Resync => format!("{:.0} MiB/s", r.ops_per_sec / (1 << 20) as f64),
+            Group::Resync => format!("{:.0} MiB/s of file", r.ops_per_sec / (1 << 20) as f64),
             Group::Memory => String::new(),
         }
     }
@@ -278,6 +278,14 @@ impl Report {
                 .clone()
                 .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
         }
+    }
+
+    /// Records the load average (other work on the machine) at this moment.
+    pub fn load_average(&mut self, when: &str) {
+        let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let l: Vec<&str> = l.split_whitespace().take(3).collect();
+        self.machine
+            .push((format!("load average (1, 5, 15 min) {when}"), l.join(", ")));
     }
 
     pub fn add(&mut self, e: Entry) {
