@@ -773,6 +773,12 @@ impl Domsync {
             rss_mib: 0.0,
             embedded: json["target"] == "embedded",
         };
+        let mut run = run;
+        if run.embedded {
+            // Its own cluster in its own process: the daemons started here were idle.
+            run.server_cpu_percent.clear();
+            run.command = run.command.map(|c| format!("{c}   # embedded cluster"));
+        }
         Ok((run, json))
     }
 }
