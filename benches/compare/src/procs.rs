@@ -57,7 +57,14 @@ impl Proc {
         let err = out.try_clone()?;
         let cmdline = std::iter::once(cmd.get_program())
             .chain(cmd.get_args())
-            .map(|a| a.to_string_lossy().into_owned())
+            .map(|a| {
+                let a = a.to_string_lossy();
+                if a.is_empty() {
+                    "\"\"".to_owned()
+                } else {
+                    a.into_owned()
+                }
+            })
             .collect::<Vec<_>>()
             .join(" ");
         let child = cmd

@@ -137,6 +137,7 @@ pub struct Report {
     versions: Vec<(String, String)>,
     servers: Vec<String>,
     base: PathBuf,
+    repo: PathBuf,
     invocation: String,
 }
 
@@ -273,11 +274,18 @@ impl Report {
             versions,
             servers: Vec::new(),
             base: base.to_owned(),
+            repo: repo.to_owned(),
             invocation: args
                 .invocation
                 .clone()
                 .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
         }
+    }
+
+    /// Paths made readable: the run's temporary directory is `$TMP`, the repository `.`.
+    fn scrub(&self, text: &str) -> String {
+        text.replace(&self.base.display().to_string(), "$TMP")
+            .replace(&self.repo.display().to_string(), ".")
     }
 
     /// Records the load average (other work on the machine) at this moment.
@@ -299,7 +307,7 @@ impl Report {
 
     /// Remembers how a server was started (for the report).
     pub fn server(&mut self, p: &Proc) {
-        let line = p.cmdline.replace(&self.base.display().to_string(), "$TMP");
+        let line = self.scrub(&p.cmdline);
         if !self.servers.iter().any(|s| s == &line) {
             self.servers.push(line);
         }
@@ -558,7 +566,7 @@ impl Report {
         m.push_str("domsync side (`domsync bench`, one process per point; `$TMP` is the run's temporary directory):\n\n```sh\n");
         for e in &self.entries {
             if let Some(c) = &e.run.command {
-                let c = c.replace(&repo.display().to_string(), ".");
+                let c = self.scrub(c);
                 let _ = writeln!(m, "{c}");
             }
         }
