@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use domsync::gateway::protocol::{
     self, Query, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
 };
-use domsync::model::{DomainId, NodeId, Op};
+use domsync::model::{DomainId, NodeId, Op, Position};
 use domsync::net::frame::{read_frame, write_frame};
 use domsync::net::{self, Credentials, Identity, PeerRole, TlsFiles, ALPN_GATEWAY, SERVER_NAME};
 use quinn::Endpoint;
@@ -85,13 +85,13 @@ async fn setup(ctx: &Ctx, role: RoleArg) -> BenchResult<Setup> {
     })
 }
 
-/// Installs `content` as package `name` through the active's admin API; returns its version.
+/// Installs `content` as package `name` through the active's admin API; returns where.
 async fn install(
     admin: &Target,
     domain: &DomainId,
     name: &str,
     content: Vec<u8>,
-) -> BenchResult<u64> {
+) -> BenchResult<Position> {
     let mut s = target::connect(admin).await?;
     let op = Op::InstallPolicy {
         name: name.to_owned(),
@@ -99,7 +99,7 @@ async fn install(
     };
     let r = target::write(&mut s, domain, vec![op]).await?;
     s.close().await;
-    Ok(r?.lsn.0)
+    Ok(r?)
 }
 
 /// `count` connections to `node`, failing fast with one line when it does not answer.
@@ -138,7 +138,8 @@ async fn connect(
     Ok((endpoints, conns))
 }
 
-fn get_policy(domain: &DomainId, name: &str) -> BenchResult<Vec<u8>> {
+/// The frame of a fetch of `name`, read at `at_least` or later (waiting up to 5 s for it).
+fn get_policy(domain: &DomainId, name: &str, at_least: Option<Position>) -> BenchResult<Vec<u8>> {
     Ok(protocol::encode(
         &Request {
             domain: domain.clone(),
@@ -146,8 +147,8 @@ fn get_policy(domain: &DomainId, name: &str) -> BenchResult<Vec<u8>> {
             query: Query::GetPolicy {
                 name: name.to_owned(),
                 if_newer_than: None,
-                at_least: None,
-                wait_ms: 0,
+                wait_ms: if at_least.is_some() { 5000 } else { 0 },
+                at_least,
             },
         },
         MAX_REQUEST_BYTES,
@@ -174,6 +175,12 @@ async fn fetch(conn: &quinn::Connection, frame: &[u8]) -> Result<u64, String> {
             Response::NotFound { served } => {
                 return Err(format!("package not found on node {}", served.node))
             }
+            Response::Behind { served } => {
+                return Err(format!(
+                    "node {} is behind (at lsn {}) and did not catch up in time",
+                    served.node, served.position.lsn
+                ))
+            }
             Response::Refused(r) => return Err(r.to_string()),
             other => return Err(format!("unexpected answer {other:?}")),
         }
@@ -190,17 +197,20 @@ pub async fn read(ctx: &Ctx) -> BenchResult<Outcome> {
         .package
         .clone()
         .unwrap_or_else(|| format!("bench-{size}"));
+    let mut installed = None;
     if let Some(admin) = &s.admin {
         let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-        install(admin, &ctx.domain, &name, content).await?;
+        installed = Some(install(admin, &ctx.domain, &name, content).await?);
         if let Some(c) = &s.cluster {
             c.converge().await?;
         }
     }
     let (_endpoints, conns) = connect(&s.node, &s.creds, ctx.concurrency()).await?;
-    let frame = get_policy(&ctx.domain, &name)?;
-    // One fetch first: a missing package or a refusal is one clear line.
-    fetch(&conns[0], &frame).await.map_err(|e| {
+    let frame = get_policy(&ctx.domain, &name, None)?;
+    // One fetch first, once the node holds the install: a missing package or a refusal is
+    // one clear line.
+    let first = get_policy(&ctx.domain, &name, installed)?;
+    fetch(&conns[0], &first).await.map_err(|e| {
         format!(
             "{e}: give an existing --package NAME, or --socket/--remote of the active to install one"
         )
@@ -300,7 +310,7 @@ pub async fn watch(ctx: &Ctx) -> BenchResult<Outcome> {
         c[..8].copy_from_slice(&i.to_le_bytes());
         c
     };
-    let first = install(&admin, &ctx.domain, &name, content(0)).await?;
+    let first = install(&admin, &ctx.domain, &name, content(0)).await?.lsn.0;
     let (_endpoints, conns) = connect(&s.node, &s.creds, 1).await?;
     let (mut send, mut recv) = conns[0].open_bi().await?;
     let req = Request {

@@ -271,10 +271,16 @@ impl Embedded {
             .map(|r| r.path().to_path_buf())
     }
 
-    /// Stops every node.
+    /// Stops every node, all at once (each waits up to 2 s for its connections to close).
     pub async fn shutdown(mut self) {
-        for i in 0..self.len() {
-            self.stop(i).await;
+        let stops: Vec<_> = self
+            .daemons
+            .iter_mut()
+            .filter_map(Option::take)
+            .map(|d| tokio::spawn(async move { d.shutdown().await }))
+            .collect();
+        for s in stops {
+            let _ = s.await;
         }
     }
 }
