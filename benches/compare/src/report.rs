@@ -773,13 +773,15 @@ pub fn plot(report: &Report, path: &Path) -> Result<()> {
                 continue;
             }
             let c = color(system);
+            // p50 filled, p99 hollow.
+            let style = if p99 { c.stroke_width(2) } else { c.filled() };
             chart
-                .draw_series(pts.iter().map(|p| TriangleMarker::new(*p, 8, c.filled())))?
+                .draw_series(pts.iter().map(|p| TriangleMarker::new(*p, 8, style)))?
                 .label(format!(
                     "{system} 3 nodes {}",
                     if p99 { "p99" } else { "p50" }
                 ))
-                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, c.filled()));
+                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, style));
         }
     }
     chart
