@@ -213,12 +213,20 @@ impl CpuWindow {
     }
 }
 
-/// Runs a command to its end; its stdout, or an error naming it with its stderr.
+/// Runs a command to its end (registered, so Ctrl-C stops it too); its stdout, or an error
+/// naming it with its stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
+    let child = cmd
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    let pid = child.id();
+    PIDS.lock().unwrap().push(pid);
+    let out = child.wait_with_output();
+    PIDS.lock().unwrap().retain(|p| *p != pid);
+    let out = out?;
     if !out.status.success() {
         bail!(
             "{:?} {:?} failed ({}): {}",
