@@ -649,29 +649,37 @@ pub fn perf_finish((mut p, data): (Proc, PathBuf)) -> Option<String> {
     unsafe { libc::kill(p.pid() as i32, libc::SIGINT) };
     let _ = p.child.wait();
     p.stop();
-    let out = Command::new("perf")
-        .args([
-            "report",
-            "--stdio",
-            "--no-children",
-            "-g",
-            "none",
-            "--sort",
-            "dso,sym",
-            "--percent-limit",
-            "1.5",
-            "-i",
-        ])
-        .arg(&data)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .take(30)
-        .collect();
-    (!lines.is_empty()).then(|| lines.join("\n"))
+    let report = |sort: &str, limit: &str| -> String {
+        let out = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "-g",
+                "none",
+                "--sort",
+                sort,
+            ])
+            .args(["--percent-limit", limit, "-i"])
+            .arg(&data)
+            .output();
+        let Ok(out) = out else {
+            return String::new();
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .take(25)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let by_dso = report("dso", "0.5");
+    let by_sym = report("dso,sym", "1");
+    (!by_dso.is_empty()).then(|| {
+        format!(
+            "by object (the release build is stripped: domsyncd's own code is one line):\n{by_dso}\n\nby symbol:\n{by_sym}"
+        )
+    })
 }
 
 const FONTS: [&str; 3] = [
