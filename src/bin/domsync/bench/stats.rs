@@ -54,7 +54,9 @@ fn upper(i: usize) -> u64 {
     }
     let shift = i / HALF - 1;
     let m = i - shift * HALF;
-    ((m + 1) << shift).saturating_sub(1)
+    // In u128: the top bucket's bound is 2^64.
+    let bound = (u128::from(m + 1) << shift) - 1;
+    u64::try_from(bound).unwrap_or(u64::MAX)
 }
 
 /// Percentiles of a histogram, in milliseconds.
