@@ -266,13 +266,21 @@ fn silent(conn: quinn::Connection, cap: usize, what: &'static str) -> tokio::tas
     })
 }
 
+/// What a [`flood`] left: the bytes claimed by its headers and handed to its connections,
+/// and its connections and streams, still open (silent) until dropped.
+struct Flood {
+    claimed: u64,
+    written: u64,
+    _conns: Vec<quinn::Connection>,
+    _streams: Vec<(quinn::SendStream, quinn::RecvStream)>,
+}
+
 /// How long a flooding stream keeps pushing bytes the node does not take.
 const FLOOD_PUSH: Duration = Duration::from_secs(5);
 
 /// Many streams on several connections, each claiming the largest frame the protocol allows
 /// and pushing `per_stream` bytes of it (as far as the node's flow control lets it within
-/// [`FLOOD_PUSH`]), then going silent. Returns the bytes claimed by the headers, the bytes
-/// handed to the connections, and the connections, still open.
+/// [`FLOOD_PUSH`]), then going silent.
 async fn flood(
     endpoint: &quinn::Endpoint,
     pki_dir: &Path,
@@ -281,7 +289,7 @@ async fn flood(
     addr: &str,
     claim: usize,
     per_stream: usize,
-) -> (u64, u64, Vec<quinn::Connection>) {
+) -> Flood {
     let mut tasks = Vec::new();
     let mut conns = Vec::new();
     for c in 0..4u64 {
@@ -312,11 +320,14 @@ async fn flood(
         let (c, w, s) = t.await.unwrap();
         claimed += c;
         written += w;
-        streams.push(s);
+        streams.extend(s);
     }
-    // Streams stay open (silent) until the caller drops the connections.
-    std::mem::forget(streams);
-    (claimed, written, conns)
+    Flood {
+        claimed,
+        written,
+        _conns: conns,
+        _streams: streams,
+    }
 }
 
 /// The hostile side of the replication protocol, with a valid node certificate of a node that
@@ -634,11 +645,10 @@ fn bad_peers_on_every_protocol_leave_normal_traffic_alone() {
                     .chain([(&ops, ALPN_ADMIN, MAX_ADMIN_REQUEST - 64)])
             {
                 let n = traffic.writes.load(Ordering::Relaxed);
-                let (c, w, conns) =
-                    flood(&endpoint, &pki_dir, who, alpn, addr, claim, 1 << 20).await;
-                claimed += c;
-                pushed += w;
-                open.extend(conns);
+                let f = flood(&endpoint, &pki_dir, who, alpn, addr, claim, 1 << 20).await;
+                claimed += f.claimed;
+                pushed += f.written;
+                open.push(f);
                 progress(&traffic, n, "floods").await;
             }
         }

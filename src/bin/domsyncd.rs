@@ -121,7 +121,12 @@ async fn serve(path: PathBuf, config: Config) -> Result<(), Box<dyn std::error::
                     since.elapsed()
                 ),
             },
-            done = async { gathering.as_mut().map(|(_, job)| job).expect("guarded").await }, if gathering.is_some() => {
+            done = async {
+                match gathering.as_mut() {
+                    Some((_, job)) => job.await,
+                    None => std::future::pending().await,
+                }
+            }, if gathering.is_some() => {
                 gathering = None;
                 if let Ok(now) = done {
                     if watchdog.is_some() {

@@ -242,8 +242,8 @@ impl Shipper {
     /// The domain committed up to `lsn` locally.
     pub fn on_commit(&mut self, lsn: Lsn, now: Instant) -> Vec<ShipAction> {
         if lsn <= self.local {
-            // `local` may have been advanced already by a status read (`Node::sync_status`),
-            // whose actions are dropped: what is committed but not sent still goes out.
+            // Idempotent: a commit already known (a status read, `Node::sync_status`, tells it
+            // too and drops the actions) still answers with what is committed and not sent.
             return self.poll();
         }
         self.local = lsn;
