@@ -76,6 +76,10 @@ async fn pair() -> Pair {
     a.serve_active(da, ActiveConfig::new(Durability::Standby, vec![nid("b")]));
     let db = sb.join_domain(&dom()).expect("join");
     b.follow(db.clone(), nid("a"));
+    b.configure(
+        &dom(),
+        ActiveConfig::new(Durability::Standby, vec![nid("a")]),
+    );
     for i in 0..100 {
         a.write(&dom(), put(i)).await.expect("write");
     }

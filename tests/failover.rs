@@ -100,6 +100,9 @@ async fn cluster(dir: &Path) -> (TestNode, TestNode, TestNode, Domain, Domain, D
     let dc = c.store.join_domain(&dom()).unwrap();
     b.node.follow(db.clone(), nid("a"));
     c.node.follow(dc.clone(), nid("a"));
+    // Each replica's local configuration of the domain (who its replicas are).
+    b.node.configure(&dom(), config_for(&["a", "c"]));
+    c.node.configure(&dom(), config_for(&["a", "b"]));
     (a, b, c, da, db, dc)
 }
 
@@ -231,7 +234,15 @@ async fn promotion_is_refused_while_another_replica_or_a_gateway_still_reaches_t
     assert!(err.to_string().contains("by gateway gw-7"), "{err}");
     assert_eq!(db.status().unwrap().role, Role::Standby);
 
-    // A report older than the guard window is no evidence any more.
+    // A report older than the guard window does not replace a newer one (probes take their
+    // budget while `a` is out of reach: the newer one is given again first).
+    b.node.record_sighting(
+        &dom(),
+        "gw-7",
+        nid("a"),
+        epoch.clone(),
+        Duration::from_millis(200),
+    );
     b.node
         .record_sighting(&dom(), "gw-7", nid("a"), epoch, Duration::from_secs(30));
     let err = b
@@ -579,6 +590,9 @@ async fn a_wiped_node_comes_back_as_standby_and_nobody_follows_an_empty_incarnat
     drop(a);
     std::fs::remove_dir_all(dir.path().join("a")).unwrap();
     let a = start(dir.path(), "a");
+    // Only listed peers are served.
+    a.node.set_peer(nid("b"), b.node.local_addr().unwrap());
+    a.node.set_peer(nid("c"), c.node.local_addr().unwrap());
     let empty = a.store.create_domain(&dom()).unwrap();
     assert_ne!(empty.status().unwrap().uid, uid);
     a.node.serve_active(empty.clone(), config_for(&["b", "c"]));
@@ -665,7 +679,7 @@ impl redb::StorageBackend for GatedFile {
 /// record the new active never had, and nothing rewinds it while the new active is idle (the
 /// replicas never converge). The new follower must start only once the old one is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_still_applying_from_the_old_active_is_rewound_by_the_new_one() {
+async fn a_fenced_standby_neither_acknowledges_nor_applies_a_batch_of_the_old_active_in_flight() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
@@ -693,6 +707,9 @@ async fn a_batch_still_applying_from_the_old_active_is_rewound_by_the_new_one() 
     let dc = c.store.join_domain(&dom()).unwrap();
     b.node.follow(db.clone(), nid("a"));
     c.node.follow(dc.clone(), nid("a"));
+    // Each replica's local configuration of the domain (who its replicas are).
+    b.node.configure(&dom(), config_for(&["a", "c"]));
+    c.node.configure(&dom(), config_for(&["a", "b"]));
     let mut last = Lsn::ZERO;
     for i in 0..20 {
         last = a.node.write(&dom(), put(i)).await.unwrap().lsn;
@@ -714,13 +731,9 @@ async fn a_batch_still_applying_from_the_old_active_is_rewound_by_the_new_one() 
     })
     .await
     .expect("a did not notice b leaving");
-    // `b` is promoted at `last`, and `c` learns of the new epoch (a standby records it at
-    // once) while its follower of `a` still runs.
-    let epoch = db.promote().unwrap();
-    dc.demote(&epoch).unwrap();
-    // `a`, not fenced yet, writes one more record; `c` is applying it when its disk stalls.
+    // `a`, not fenced yet, writes one more record; `c` is committing it when its disk stalls.
     gate.closed.store(true, SeqCst);
-    let writer = {
+    let first = {
         let node = a.node.clone();
         tokio::spawn(async move { node.write(&dom(), put(20)).await })
     };
@@ -731,33 +744,49 @@ async fn a_batch_still_applying_from_the_old_active_is_rewound_by_the_new_one() 
     })
     .await
     .expect("c did not start applying the record");
-    b.node.serve_active(db.clone(), config_for(&["a", "c"]));
-
-    // `c` follows the new active while the old batch is still in flight.
-    c.node.follow(dc.clone(), nid("b"));
-    // Without waiting for the old follower, `b` serves `c` from `last` at once.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while tokio::time::Instant::now() < deadline
-        && !b
-            .node
-            .sync_status(&dom())
-            .iter()
-            .any(|s| s.node == nid("c") && s.connected)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    gate.closed.store(false, SeqCst);
-    drop(writer.await.unwrap());
-
-    // The stalled batch lands on `c`, which holds lsn `last + 1` of the old epoch.
+    // Meanwhile `b` is promoted and `c` learns of the new epoch (its durable record waits
+    // behind the stalled commit; the fence holds at once).
+    let epoch = db.promote().unwrap();
+    let fencing = {
+        let (dc, epoch) = (dc.clone(), epoch.clone());
+        std::thread::spawn(move || dc.demote(&epoch))
+    };
     tokio::time::timeout(GUARD, async {
-        while dc.status().unwrap().position.lsn == last && dc.collisions().unwrap().is_empty() {
+        while dc.highest_epoch().unwrap() != epoch {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await
-    .expect("the stalled batch never landed");
-    // `b` writes nothing more: `c` must still end where `b` is, its extra record archived.
+    .expect("c did not take the new epoch into account");
+    // `a` writes another record, shipped to `c` while the first is still committing.
+    let second = {
+        let node = a.node.clone();
+        tokio::spawn(async move { node.write(&dom(), put(21)).await })
+    };
+    gate.closed.store(false, SeqCst);
+    fencing.join().unwrap().unwrap();
+    // Neither write was acknowledged by `c`: the first committed before the fence but is not
+    // acknowledged after it, the second is never applied (invariant 1).
+    for w in [first, second] {
+        assert!(
+            matches!(
+                w.await.unwrap(),
+                Err(domsync::node::WriteError::Unconfirmed { .. })
+            ),
+            "a write of the fenced active was confirmed"
+        );
+    }
+    assert!(a
+        .node
+        .sync_status(&dom())
+        .iter()
+        .all(|s| s.node != nid("c") || s.ack.durable <= last.next()));
+    assert_eq!(dc.status().unwrap().position.lsn, last.next());
+
+    // `c` follows the new active: its one record of the old epoch past the fork is archived
+    // and it ends where `b` is.
+    b.node.serve_active(db.clone(), config_for(&["a", "c"]));
+    c.node.follow(dc.clone(), nid("b"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (here, there) = (dc.status().unwrap(), db.status().unwrap());

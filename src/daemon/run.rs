@@ -251,6 +251,7 @@ impl Daemon {
             Err(e) => return self.failed(&dc.name, &e),
         };
         let me = self.node.id();
+        self.node.configure(&dc.name, self.active_config(dc));
         match status.role {
             Role::Active => {
                 self.node.serve_active(domain, self.active_config(dc));
@@ -361,9 +362,7 @@ impl Daemon {
         if new.node.admin_socket != old.node.admin_socket {
             return Err(DaemonError::NeedsRestart("node.admin_socket"));
         }
-        for (id, addr) in &new.peers {
-            self.node.set_peer(id.clone(), *addr);
-        }
+        self.node.set_peers(new.peers.clone());
         let before: BTreeMap<DomainId, DomainConfig> = old
             .local_domains()
             .map(|d| (d.name.clone(), d.clone()))
@@ -387,6 +386,12 @@ impl Daemon {
             match before.get(name) {
                 None => Arc::clone(self).place(dc.clone()).await,
                 Some(old_dc) => {
+                    // Durability, replicas, retention, timeouts: in force at once (an active
+                    // domain is served again with them; its standbys reconnect).
+                    self.node.configure(name, self.active_config(dc));
+                    if old_dc != dc {
+                        tracing::info!(domain = %name, durability = %dc.durability, replicas = ?dc.replicas, "domain settings reloaded and in force");
+                    }
                     for g in old_dc.gateways.iter().filter(|g| !dc.gateways.contains(g)) {
                         self.node.revoke(name, g);
                     }

@@ -12,6 +12,7 @@ use super::error::WriteError;
 use super::{lock, to_wall, wall_micros, Node};
 use crate::model::{DomainId, Lsn, NodeId, Op, Position, Role};
 use crate::net::frame::{open_frame, read_frame, write_frame, FrameError};
+use crate::repl::authorize::{check_epoch, Ask};
 use crate::repl::message::{self, MAX_INBOUND_BYTES};
 use crate::repl::{
     retention_cut, Ack, Answer, Confirmations, Durability, LocalView, Message, RecordBytes,
@@ -20,7 +21,7 @@ use crate::repl::{
 use crate::store::{Domain, SnapshotItem, StoreError};
 
 /// How a domain is served as active.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveConfig {
     /// When writes are acknowledged.
     pub durability: Durability,
@@ -107,6 +108,7 @@ pub(super) struct ActiveDomain {
 impl Node {
     /// Serves `domain` as active: standbys listed in `config` may follow it.
     pub fn serve_active(&self, domain: Domain, config: ActiveConfig) {
+        lock(&self.inner.configs).insert(domain.id().clone(), config.clone());
         let waiting = Waiting {
             confirmations: Confirmations::new(config.standbys.iter().cloned()),
             writers: HashMap::new(),
@@ -198,7 +200,7 @@ impl Node {
         }
     }
 
-    fn active(&self, domain: &DomainId) -> Option<Arc<ActiveDomain>> {
+    pub(super) fn active(&self, domain: &DomainId) -> Option<Arc<ActiveDomain>> {
         lock(&self.inner.actives).get(domain).cloned()
     }
 
@@ -318,13 +320,8 @@ impl Node {
                 return;
             }
             Ok(Some(Ok(Message::Probe { domain, epoch }))) => {
-                if let Some(epoch) = epoch {
-                    let ours = self.probe_answer(&domain).map(|a| a.epoch);
-                    if ours.is_some_and(|o| epoch > o) {
-                        self.learned_epoch(&domain, &epoch).await;
-                    }
-                }
-                let answer = Message::ProbeAnswer(self.probe_answer(&domain));
+                let answer =
+                    Message::ProbeAnswer(self.answer_probe(&peer, &domain, epoch.as_ref()).await);
                 if let Ok(frame) = message::encode(&answer) {
                     drop(write_frame(&mut send, &frame).await);
                 }
@@ -350,6 +347,16 @@ impl Node {
                 active: None,
             }))
         };
+        let replicas = self.replicas(&domain_id);
+        if let Err(refusal) = self.authorize(&peer, Ask::Follow, &domain_id, &replicas) {
+            // Exactly what an unknown domain gets: nothing about the domain is revealed.
+            tracing::warn!(domain = %domain_id, peer = %peer, "follow refused: {refusal}");
+            if let Ok(frame) = reject(RejectReason::UnknownDomain) {
+                drop(write_frame(&mut send, &frame).await);
+            }
+            drop(send.finish());
+            return;
+        }
         let Some(ad) = self.active(&domain_id) else {
             // Not active here: answer from the store's view when it has the domain.
             let answer = match self.store_view(&domain_id) {
@@ -367,22 +374,19 @@ impl Node {
         };
         if let Ok(status) = ad.domain.status() {
             if follow.epoch > status.epoch {
-                // Invariant 1: a higher epoch exists; stop taking writes at once.
-                self.step_down(&domain_id, &follow.epoch).await;
+                match check_epoch(&follow.epoch, &status.epoch, &replicas) {
+                    // Invariant 1: a higher epoch exists; stop taking writes at once.
+                    Ok(()) => self.step_down(&domain_id, &follow.epoch).await,
+                    Err(e) => {
+                        tracing::warn!(domain = %domain_id, peer = %peer, "follow refused, epoch ignored: {e}");
+                    }
+                }
                 if let Ok(frame) = reject(RejectReason::StaleEpoch) {
                     drop(write_frame(&mut send, &frame).await);
                 }
                 drop(send.finish());
                 return;
             }
-        }
-        if !ad.config.standbys.contains(&peer) {
-            tracing::warn!(domain = %domain_id, peer = %peer, "node is not a configured standby of the domain; refused");
-            if let Ok(frame) = reject(RejectReason::NotReplica) {
-                drop(write_frame(&mut send, &frame).await);
-            }
-            drop(send.finish());
-            return;
         }
         let now = Instant::now();
         let shipper = Arc::new(Mutex::new(Shipper::new(

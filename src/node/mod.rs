@@ -133,6 +133,9 @@ struct Inner {
     connections: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>>,
     actives: Mutex<HashMap<DomainId, Arc<active::ActiveDomain>>>,
     standbys: Mutex<HashMap<DomainId, Arc<standby::StandbyDomain>>>,
+    /// The local configuration of each domain (see [`Node::configure`]): its replicas, and
+    /// how it is served when this node is its active.
+    configs: Mutex<HashMap<DomainId, ActiveConfig>>,
     /// Gateways' latest report per domain: gateway id → (active, epoch, when it reached it).
     sightings: Mutex<HashMap<DomainId, GatewaySightings>>,
     grants: Mutex<gateway::Grants>,
@@ -220,6 +223,7 @@ impl Node {
                 connections: Mutex::new(HashMap::new()),
                 actives: Mutex::new(HashMap::new()),
                 standbys: Mutex::new(HashMap::new()),
+                configs: Mutex::new(HashMap::new()),
                 sightings: Mutex::new(HashMap::new()),
                 grants: Mutex::new(HashMap::new()),
                 gateway: gateway::GatewayCounters::default(),
@@ -277,8 +281,82 @@ impl Node {
         lock(&self.inner.peers).insert(node, addr);
     }
 
+    /// Replaces the set of peer nodes (a reloaded configuration): a node no longer listed is
+    /// refused from its next connection on, and the connection to it is dropped.
+    pub fn set_peers(&self, peers: BTreeMap<NodeId, SocketAddr>) {
+        let gone: Vec<NodeId> = {
+            let mut current = lock(&self.inner.peers);
+            let gone = current
+                .keys()
+                .filter(|n| !peers.contains_key(*n))
+                .cloned()
+                .collect();
+            *current = peers;
+            gone
+        };
+        for node in gone {
+            if let Some(slot) = lock(&self.inner.connections).remove(&node) {
+                if let Ok(mut slot) = slot.try_lock() {
+                    if let Some(conn) = slot.take() {
+                        conn.close(net::CLOSE_REFUSED, b"no longer a configured peer");
+                    }
+                }
+            }
+        }
+    }
+
     fn peer_addr(&self, node: &NodeId) -> Option<SocketAddr> {
         lock(&self.inner.peers).get(node).copied()
+    }
+
+    /// Sets the local configuration of `domain`: `config.standbys` are its other replicas
+    /// (this node is one), and the rest says how it is served when this node is its active
+    /// (after a promotion or a hand-over too: durability, standbys, retention and timeouts
+    /// always come from here, never from a peer's message). Only the domain's replicas may
+    /// follow, probe, fence or hand over for it (invariant 9). [`Node::serve_active`] sets it
+    /// too; a node that only follows a domain should be given it before a switchover can
+    /// hand the domain to it.
+    ///
+    /// A domain served as active here with other settings is served again with these
+    /// (its standbys reconnect).
+    pub fn configure(&self, domain: &DomainId, config: ActiveConfig) {
+        lock(&self.inner.configs).insert(domain.clone(), config.clone());
+        let running = self.active(domain);
+        if let Some(ad) = running {
+            if *ad.config() != config {
+                tracing::info!(domain = %domain, durability = %config.durability, standbys = ?config.standbys, "domain settings changed: serving it as active with them");
+                self.serve_active(ad.domain().clone(), config);
+            }
+        }
+    }
+
+    /// The local configuration of `domain`, if set.
+    pub fn configuration(&self, domain: &DomainId) -> Option<ActiveConfig> {
+        lock(&self.inner.configs).get(domain).cloned()
+    }
+
+    /// The replicas of `domain` in the local configuration (this node first), with the active
+    /// this node follows for it when that one was named by [`Node::follow`] only. Empty when
+    /// the domain is not held here.
+    pub(crate) fn replicas(&self, domain: &DomainId) -> Vec<NodeId> {
+        let held = lock(&self.inner.actives).contains_key(domain)
+            || lock(&self.inner.standbys).contains_key(domain);
+        if !held {
+            return Vec::new();
+        }
+        let mut all = vec![self.id().clone()];
+        let mut add = |n: &NodeId| {
+            if !all.contains(n) {
+                all.push(n.clone());
+            }
+        };
+        if let Some(c) = lock(&self.inner.configs).get(domain) {
+            c.standbys.iter().for_each(&mut add);
+        }
+        if let Some(sd) = lock(&self.inner.standbys).get(domain) {
+            add(&sd.active());
+        }
+        all
     }
 
     /// Stops serving `domain` in whatever role it has here (its store is left as it is).
@@ -365,11 +443,18 @@ impl Node {
         }
     }
 
-    /// Serves the streams a peer opens on its connection.
+    /// Serves the streams a peer opens on its connection. Only nodes listed as peers in the
+    /// local configuration are served (invariant 9): another node certificate of the
+    /// deployment is refused as soon as its handshake completes, and logged.
     async fn serve_connection(self, conn: quinn::Connection, peer: Identity) {
         let Some(peer_id) = peer.node_id().filter(|_| peer.role == PeerRole::Node) else {
             return;
         };
+        if self.peer_addr(&peer_id).is_none() {
+            tracing::warn!(peer = %peer_id, addr = %conn.remote_address(), "replication connection refused: node {peer_id} is not listed in [[peers]] of the local configuration");
+            conn.close(net::CLOSE_REFUSED, b"not a configured peer of this node");
+            return;
+        }
         tracing::debug!(peer = %peer_id, addr = %conn.remote_address(), "replication peer connected");
         let mut shutdown = self.inner.shutdown.subscribe();
         loop {

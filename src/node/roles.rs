@@ -6,13 +6,27 @@ use super::active::ActiveConfig;
 use super::{lock, Node};
 use crate::model::{DomainId, Epoch, Lsn, NodeId, Position, Role};
 use crate::net::frame::{open_frame, read_frame, write_frame};
+use crate::repl::authorize::{
+    authorize, check_epoch, next_epoch, Ask, EpochRefusal, LocalDomain, PeerRefusal,
+};
 use crate::repl::message::{self, MAX_MESSAGE_BYTES};
-use crate::repl::promotion::{self, GuardInput, PeerProbe, Refusal, Seer, Sighting};
+use crate::repl::promotion::{
+    self, check_fence, FenceInput, FenceRefusal, FenceReply, GuardInput, PeerProbe, Refusal, Seer,
+    Sighting,
+};
 use crate::repl::{Message, ProbeAnswer, SyncStatus};
 use crate::store::{Domain, StoreError};
 
-/// How long a peer may take to answer a probe before it counts as unreachable.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer may take to answer a probe, fresh connections and retries included,
+/// before it counts as unreachable.
+pub const PROBE_BUDGET: Duration = Duration::from_secs(3);
+
+/// How long the first attempt of a probe waits (on the cached connection) before the
+/// connection is replaced and the probe tried again.
+const PROBE_ATTEMPT: Duration = Duration::from_millis(1000);
+
+/// How long a hand-over may take to be answered.
+const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most gateways whose sightings are kept per domain (bounded memory).
 const MAX_SIGHTINGS: usize = 4096;
@@ -27,8 +41,11 @@ pub struct Promotion {
     /// Records the most advanced peer held beyond this replica (0 when none); only non-zero
     /// for a forced promotion.
     pub behind_records: u64,
-    /// Peers that did not answer the probe.
+    /// Replicas not reached (without force, only the old active can be among them).
     pub unreachable: Vec<NodeId>,
+    /// Replicas that held records this replica lacks (only with force): what they hold
+    /// past the fork goes to their collision archive when they follow the new active.
+    pub holders: Vec<NodeId>,
 }
 
 /// Why a promotion was refused. Each message says what to do.
@@ -68,6 +85,22 @@ pub enum PromoteError {
         /// Lsn there.
         there: Lsn,
     },
+    /// The fencing round found a replica in the way.
+    #[error("promotion of {domain} refused: {refusal}")]
+    Fence {
+        /// The domain.
+        domain: DomainId,
+        /// Who is in the way.
+        refusal: FenceRefusal,
+    },
+    /// No epoch above the highest known can be taken.
+    #[error("promotion of {domain} refused: {refusal}")]
+    Epoch {
+        /// The domain.
+        domain: DomainId,
+        /// Why.
+        refusal: EpochRefusal,
+    },
     /// The store refused.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -75,7 +108,12 @@ pub enum PromoteError {
 
 impl Node {
     /// Asks `peer` where it stands on `domain`, telling it our `epoch` when we are active (a
-    /// lower active that hears it steps down and follows us).
+    /// lower active that hears it steps down and follows us) or a candidate epoch to record
+    /// (the fencing round of a promotion).
+    ///
+    /// "Reached" means a fresh exchange: a connection that does not answer (a peer restarted
+    /// a moment ago looks alive until its idle timeout) is dropped and the probe is tried
+    /// again on a new one, within [`PROBE_BUDGET`].
     ///
     /// # Errors
     /// A one-line description of what failed (connection, stream, answer).
@@ -85,36 +123,122 @@ impl Node {
         domain: &DomainId,
         epoch: Option<&Epoch>,
     ) -> Result<Option<ProbeAnswer>, String> {
-        let ask = async {
-            let conn = self.connection(peer).await.map_err(|e| e.to_string())?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            let frame = message::encode(&Message::Probe {
-                domain: domain.clone(),
-                epoch: epoch.cloned(),
-            })
-            .map_err(|e| e.to_string())?;
-            write_frame(&mut send, &frame)
-                .await
-                .map_err(|e| e.to_string())?;
-            let answer = read_frame(&mut recv, MAX_MESSAGE_BYTES)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the peer ended the stream without answering")?;
-            drop(send.finish());
-            match open_frame::<Message>(&answer, MAX_MESSAGE_BYTES).map_err(|e| e.to_string())? {
-                Message::ProbeAnswer(a) => Ok(a),
-                other => Err(format!("unexpected answer {other:?}")),
-            }
+        let deadline = tokio::time::Instant::now() + PROBE_BUDGET;
+        // First on the connection in place (if any), then once on a fresh one.
+        let first = tokio::time::timeout(PROBE_ATTEMPT, self.probe_once(peer, domain, epoch)).await;
+        let why = match first {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {PROBE_ATTEMPT:?}"),
         };
-        match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                // A connection to a peer that restarted looks alive until its idle timeout:
-                // dial afresh next time.
-                self.disconnect(peer).await;
-                Err(format!("no answer within {PROBE_TIMEOUT:?}"))
+        // The connection may be dead without knowing it (the peer restarted): dial afresh.
+        self.disconnect(peer).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, self.probe_once(peer, domain, epoch)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(format!("{e} (first attempt: {why})")),
+            Err(_) => Err(format!(
+                "no answer within {PROBE_BUDGET:?} on a fresh connection (first attempt: {why})"
+            )),
+        }
+    }
+
+    async fn probe_once(
+        &self,
+        peer: &NodeId,
+        domain: &DomainId,
+        epoch: Option<&Epoch>,
+    ) -> Result<Option<ProbeAnswer>, String> {
+        let conn = self.connection(peer).await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let frame = message::encode(&Message::Probe {
+            domain: domain.clone(),
+            epoch: epoch.cloned(),
+        })
+        .map_err(|e| e.to_string())?;
+        write_frame(&mut send, &frame)
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = read_frame(&mut recv, MAX_MESSAGE_BYTES)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the peer ended the stream without answering")?;
+        drop(send.finish());
+        match open_frame::<Message>(&answer, MAX_MESSAGE_BYTES).map_err(|e| e.to_string())? {
+            Message::ProbeAnswer(a) => Ok(a),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// Probes every node of `peers` at once (a dead one's budget does not hold up the others).
+    async fn probe_all(
+        &self,
+        peers: &[NodeId],
+        domain: &DomainId,
+        epoch: Option<&Epoch>,
+    ) -> Vec<(NodeId, Result<Option<ProbeAnswer>, String>)> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, peer) in peers.iter().enumerate() {
+            let (node, peer, domain, epoch) =
+                (self.clone(), peer.clone(), domain.clone(), epoch.cloned());
+            set.spawn(async move {
+                let r = node.probe(&peer, &domain, epoch.as_ref()).await;
+                (i, peer, r)
+            });
+        }
+        let mut out = Vec::with_capacity(peers.len());
+        while let Some(joined) = set.join_next().await {
+            if let Ok(one) = joined {
+                out.push(one);
             }
         }
+        out.sort_by_key(|(i, _, _)| *i);
+        out.into_iter().map(|(_, p, r)| (p, r)).collect()
+    }
+
+    /// Checks that `peer` may `ask` about `domain` (invariant 9), logging a refusal.
+    pub(super) fn authorize(
+        &self,
+        peer: &NodeId,
+        ask: Ask,
+        domain: &DomainId,
+        replicas: &[NodeId],
+    ) -> Result<(), PeerRefusal> {
+        let followed = lock(&self.inner.standbys).get(domain).map(|sd| sd.active());
+        let local = (!replicas.is_empty()).then_some(LocalDomain {
+            replicas,
+            followed: followed.as_ref(),
+        });
+        authorize(peer, ask, local)
+    }
+
+    /// Answers a peer's probe: only a replica of the domain learns anything (others get the
+    /// answer of an unknown domain). An epoch in the probe above the highest known here is
+    /// recorded first (a standby fences itself against lower actives, an active steps down),
+    /// once it passes [`check_epoch`].
+    pub(super) async fn answer_probe(
+        &self,
+        peer: &NodeId,
+        domain: &DomainId,
+        epoch: Option<&Epoch>,
+    ) -> Option<ProbeAnswer> {
+        let replicas = self.replicas(domain);
+        if let Err(refusal) = self.authorize(peer, Ask::Probe, domain, &replicas) {
+            tracing::warn!(domain = %domain, peer = %peer, "probe refused: {refusal}");
+            return None;
+        }
+        if let Some(epoch) = epoch {
+            let known = self.probe_answer(domain)?.epoch;
+            if *epoch > known {
+                match check_epoch(epoch, &known, &replicas) {
+                    Ok(()) => self.learned_epoch(domain, epoch).await,
+                    Err(e) => {
+                        tracing::warn!(domain = %domain, peer = %peer, "epoch from a probe ignored: {e}");
+                    }
+                }
+            }
+        }
+        self.probe_answer(domain)
     }
 
     /// A higher epoch for `domain` exists (heard from a peer): if the domain is active here it
@@ -198,14 +322,26 @@ impl Node {
     }
 
     /// Promotes this node's standby replica of `domain` (manual failover): stops following,
-    /// becomes active in an epoch above every epoch seen, and serves `config`'s standbys.
+    /// becomes active in an epoch above every epoch seen, and serves the domain with its
+    /// local configuration ([`Node::configure`]; `config` when none was set).
     ///
-    /// Split-brain guard first, unless `force`: every peer in `peers` is probed; the promotion
-    /// is refused if one still answers as active in our epoch or above, or holds records this
-    /// replica lacks, or if this replica knows it lags its last active.
+    /// Unless `force`:
+    /// 1. Split-brain guard: every other replica (`peers` and the configured ones) is probed
+    ///    with a fresh exchange; refused if one still answers as active in our epoch or
+    ///    above, was heard from recently, holds records this replica lacks, or if this
+    ///    replica knows it lags its last active; refused too if a replica other than the old
+    ///    active cannot be reached.
+    /// 2. Fencing: this replica records the candidate epoch, then every other replica is
+    ///    asked to record it durably (from then on it applies and acknowledges nothing of a
+    ///    lower epoch) and answers with its final position; the promotion proceeds only if
+    ///    every one but the old active was reached and fenced and none holds a record this
+    ///    replica lacks.
+    ///
+    /// With `force` both rounds still run (every replica reached is fenced) and the answer
+    /// lists who was not reached and who held more.
     ///
     /// # Errors
-    /// [`PromoteError`] naming what stands in the way.
+    /// [`PromoteError`] naming what stands in the way and what to do.
     pub async fn promote(
         &self,
         domain: &DomainId,
@@ -221,16 +357,35 @@ impl Node {
             })?;
         let replica = sd.domain().clone();
         let here = replica.status()?;
-        let mut probes = Vec::new();
-        for peer in peers.iter().filter(|p| *p != self.id()) {
-            let probe = match self.probe(peer, domain, None).await {
-                Ok(answer) => PeerProbe::Answered(answer),
+        let followed = sd.active();
+        let mut others: Vec<NodeId> = Vec::new();
+        for n in peers.iter().chain(self.replicas(domain).iter()) {
+            if n != self.id() && !others.contains(n) {
+                others.push(n.clone());
+            }
+        }
+        // 1. The split-brain guard, on fresh answers.
+        let asked = self.probe_all(&others, domain, None).await;
+        let mut probes = Vec::with_capacity(asked.len());
+        let mut highest = here.epoch.clone();
+        for (peer, r) in asked {
+            let probe = match r {
+                Ok(answer) => {
+                    if let Some(a) = &answer {
+                        if a.epoch > highest
+                            && check_epoch(&a.epoch, &highest, &self.replicas(domain)).is_ok()
+                        {
+                            highest = a.epoch.clone();
+                        }
+                    }
+                    PeerProbe::Answered(answer)
+                }
                 Err(e) => {
                     tracing::info!(domain = %domain, peer = %peer, "probe before promotion: {e}");
                     PeerProbe::Unreachable(e)
                 }
             };
-            probes.push((peer.clone(), probe));
+            probes.push((peer, probe));
         }
         let lag = self.follower_status(domain).map(|r| match r.status {
             SyncStatus::Lagging { records, .. } => (r.active, records),
@@ -247,54 +402,129 @@ impl Node {
             window: self.inner.config.guard_window,
             force,
         };
-        let verdict = promotion::check(&input).map_err(|r| match r {
-            Refusal::ActiveAlive {
-                node,
-                epoch,
-                seen_by,
-                age,
-            } => PromoteError::ActiveAlive {
-                domain: domain.clone(),
-                node,
-                epoch,
-                seen_by,
-                age_ms: age.as_millis(),
-            },
-            Refusal::Behind {
-                node,
-                records,
-                here,
-                there,
-            } => PromoteError::Behind {
-                domain: domain.clone(),
-                node,
-                records,
-                here,
-                there,
-            },
-        })?;
+        let verdict = promotion::check(&input).map_err(|r| refused(domain, r))?;
+        if !force {
+            // Nothing is fenced while a replica that may hold acknowledged writes is out of
+            // reach: the refusal leaves the domain as it was.
+            if let Some((node, PeerProbe::Unreachable(why))) = probes
+                .iter()
+                .find(|(n, p)| *n != followed && matches!(p, PeerProbe::Unreachable(_)))
+            {
+                return Err(PromoteError::Fence {
+                    domain: domain.clone(),
+                    refusal: FenceRefusal::Unreachable {
+                        node: node.clone(),
+                        why: why.clone(),
+                    },
+                });
+            }
+        }
         for s in &verdict.alive {
             tracing::warn!(domain = %domain, active = %s.active, seen_by = %s.seer, age_ms = s.age.as_millis(), "forced promotion while an active was seen alive");
         }
-        let behind_records = verdict.behind_records;
-        let unreachable = verdict.unreachable;
-        let followed = sd.active();
+        // 2. Fencing: this replica first (nothing more from the old active lands here), then
+        // every other replica, which answers with its final position.
+        let candidate = next_epoch(&highest, self.id()).map_err(|refusal| PromoteError::Epoch {
+            domain: domain.clone(),
+            refusal,
+        })?;
+        off_executor(&replica, {
+            let candidate = candidate.clone();
+            move |d| d.demote(&candidate)
+        })
+        .await?;
         self.unfollow(domain);
-        let epoch = match off_executor(&replica, Domain::promote).await {
-            Ok(e) => e,
-            Err(e) => {
+        let here = replica.status()?;
+        let replies: Vec<(NodeId, FenceReply)> = self
+            .probe_all(&others, domain, Some(&candidate))
+            .await
+            .into_iter()
+            .map(|(n, r)| {
+                let reply = match r {
+                    Ok(a) => FenceReply::Answered(a),
+                    Err(e) => FenceReply::Unreachable(e),
+                };
+                (n, reply)
+            })
+            .collect();
+        let fence = check_fence(&FenceInput {
+            candidate: &candidate,
+            position: &here.position,
+            history: &here.history,
+            old_active: Some(&followed),
+            replies: &replies,
+            force,
+        });
+        let fence = match fence {
+            Ok(f) => f,
+            Err(refusal) => {
+                tracing::warn!(domain = %domain, candidate = %candidate, "promotion refused after fencing: {refusal}");
+                // The replicas reached keep the candidate epoch: the old active gets no more
+                // confirmations from them. This replica waits for the next active.
                 self.follow(replica, followed);
-                return Err(e.into());
+                return Err(PromoteError::Fence {
+                    domain: domain.clone(),
+                    refusal,
+                });
             }
         };
-        tracing::warn!(domain = %domain, epoch = %epoch, behind_records, forced = force, "promoted to active");
+        let mut behind_records = verdict.behind_records;
+        if !fence.holders.is_empty() {
+            behind_records = behind_records.max(1);
+            tracing::warn!(domain = %domain, holders = ?fence.holders, "forced promotion: these replicas hold records this one lacks; they go to their collision archive");
+        }
+        let mut unreachable = fence.unreachable;
+        unreachable.sort();
+        unreachable.dedup();
+        if let Err(e) = off_executor(&replica, {
+            let candidate = candidate.clone();
+            move |d| d.promote_to(&candidate)
+        })
+        .await
+        {
+            self.follow(replica, followed);
+            return Err(e.into());
+        }
+        tracing::warn!(domain = %domain, epoch = %candidate, behind_records, forced = force, "promoted to active");
+        let config = self.configuration(domain).unwrap_or(config);
         self.serve_active(replica.clone(), config);
         Ok(Promotion {
-            epoch,
+            epoch: candidate,
             position: replica.status()?.position,
             behind_records,
             unreachable,
+            holders: fence.holders,
         })
+    }
+}
+
+/// A guard refusal as the operator reads it.
+fn refused(domain: &DomainId, r: Refusal) -> PromoteError {
+    match r {
+        Refusal::ActiveAlive {
+            node,
+            epoch,
+            seen_by,
+            age,
+        } => PromoteError::ActiveAlive {
+            domain: domain.clone(),
+            node,
+            epoch,
+            seen_by,
+            age_ms: age.as_millis(),
+        },
+        Refusal::Behind {
+            node,
+            records,
+            here,
+            there,
+        } => PromoteError::Behind {
+            domain: domain.clone(),
+            node,
+            records,
+            here,
+            there,
+        },
     }
 }
 
@@ -336,6 +566,17 @@ pub enum SwitchoverError {
         /// What went wrong.
         why: String,
     },
+    /// The hand-over failed and this node could not establish that the target did not take
+    /// over: it stays standby (following the target) rather than risk two actives.
+    #[error("switchover of {domain} to {node} failed ({why}); it is not known whether {node} took over, so this node stays standby: look at `domsync status` on {node}, and promote a replica if no node is active")]
+    Unknown {
+        /// The domain.
+        domain: DomainId,
+        /// The target.
+        node: NodeId,
+        /// What went wrong.
+        why: String,
+    },
     /// The store refused.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -370,10 +611,12 @@ impl Node {
         }
         let replica = ad.domain().clone();
         let started = std::time::Instant::now();
-        let epoch = Epoch {
-            term: replica.status()?.epoch.term + 1,
-            node: to.clone(),
-        };
+        let epoch =
+            next_epoch(&replica.status()?.epoch, to).map_err(|e| SwitchoverError::Failed {
+                domain: domain.clone(),
+                node: to.clone(),
+                why: e.to_string(),
+            })?;
         // 1. No more writes here; writers are told the new active's name.
         off_executor(&replica, {
             let epoch = epoch.clone();
@@ -398,7 +641,19 @@ impl Node {
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            // 3. Hand over.
+            // 3. Hand over, on a connection that just answered: a target restarted a moment
+            // ago is reached on a fresh one (its old connection only dies at its idle timeout).
+            match self.probe(to, domain, None).await {
+                Ok(Some(a)) if a.position == last && a.role == Role::Standby => {}
+                Ok(Some(a)) => {
+                    return Err(fail(format!(
+                        "it stands at {} as {} instead of {last}",
+                        a.position, a.role
+                    )))
+                }
+                Ok(None) => return Err(fail("it holds no replica of the domain".into())),
+                Err(e) => return Err(fail(e)),
+            }
             let mut standbys: Vec<NodeId> = config
                 .standbys
                 .iter()
@@ -443,7 +698,10 @@ impl Node {
 
     /// A switchover did not complete: find out who is active before taking writes again. If
     /// the target did take over (only its answer was lost) or a higher epoch appeared
-    /// meanwhile, this node follows that active instead of making a second one.
+    /// meanwhile, this node follows that active instead of making a second one. Writes are
+    /// taken again only once the target is known not to have taken over and unable to: every
+    /// other replica (the target among them) recorded a new epoch of this node, higher than
+    /// the one offered, and none holds more. Otherwise this node stays standby and says so.
     async fn switchover_failed(
         &self,
         domain: &DomainId,
@@ -453,28 +711,86 @@ impl Node {
         error: SwitchoverError,
     ) -> Result<Switchover, SwitchoverError> {
         let status = replica.status()?;
-        let took_over = match self.probe(to, domain, None).await {
-            Ok(Some(a)) => a.role == Role::Active && a.epoch >= *offered,
-            _ => false,
+        let answer = self.probe(to, domain, None).await;
+        let successor = match &answer {
+            Ok(Some(a)) if a.role == Role::Active && a.epoch >= *offered => Some(to.clone()),
+            Ok(Some(a)) if a.epoch > *offered => Some(a.epoch.node.clone()),
+            _ if status.epoch > *offered => Some(status.epoch.node.clone()),
+            _ => None,
         };
-        let successor = if took_over {
-            Some(to.clone())
-        } else if status.epoch > *offered {
-            Some(status.epoch.node.clone())
-        } else {
-            None
-        };
-        if let Some(active) = successor.filter(|n| n != self.id()) {
-            if let Some(ad) = lock(&self.inner.actives).remove(domain) {
+        let stand_by = |node: &Node, active: NodeId| {
+            if let Some(ad) = lock(&node.inner.actives).remove(domain) {
                 ad.stop();
             }
+            node.follow(replica.clone(), active);
+        };
+        if let Some(active) = successor.filter(|n| n != self.id()) {
             tracing::warn!(domain = %domain, active = %active, "switchover answer lost or overtaken: following {active}");
-            self.follow(replica, active);
+            stand_by(self, active);
             return Err(error);
         }
-        // Take writes again, in an epoch above the one offered.
-        off_executor(&replica, Domain::promote).await?;
-        tracing::warn!(domain = %domain, error = %error, "switchover failed; still active");
+        if let Err(why) = answer {
+            tracing::error!(domain = %domain, target = %to, "switchover outcome unknown: {why}; staying standby");
+            stand_by(self, to.clone());
+            return Err(SwitchoverError::Unknown {
+                domain: domain.clone(),
+                node: to.clone(),
+                why: error.to_string(),
+            });
+        }
+        // The target did not take over: fence everyone above the offered epoch, then take
+        // writes again in that epoch.
+        let highest = status.epoch.clone().max(offered.clone());
+        let others: Vec<NodeId> = self
+            .replicas(domain)
+            .into_iter()
+            .filter(|n| n != self.id())
+            .collect();
+        let again = match next_epoch(&highest, self.id()) {
+            Ok(e) => e,
+            Err(e) => {
+                stand_by(self, to.clone());
+                return Err(SwitchoverError::Unknown {
+                    domain: domain.clone(),
+                    node: to.clone(),
+                    why: e.to_string(),
+                });
+            }
+        };
+        let replies: Vec<(NodeId, FenceReply)> = self
+            .probe_all(&others, domain, Some(&again))
+            .await
+            .into_iter()
+            .map(|(n, r)| {
+                (
+                    n,
+                    r.map_or_else(FenceReply::Unreachable, FenceReply::Answered),
+                )
+            })
+            .collect();
+        let fenced = check_fence(&FenceInput {
+            candidate: &again,
+            position: &status.position,
+            history: &status.history,
+            old_active: None,
+            replies: &replies,
+            force: false,
+        });
+        if let Err(refusal) = fenced {
+            tracing::error!(domain = %domain, "switchover failed and this node cannot take writes again: {refusal}");
+            stand_by(self, to.clone());
+            return Err(SwitchoverError::Unknown {
+                domain: domain.clone(),
+                node: to.clone(),
+                why: format!("{error}; taking writes back was refused: {refusal}"),
+            });
+        }
+        off_executor(&replica, {
+            let again = again.clone();
+            move |d| d.promote_to(&again)
+        })
+        .await?;
+        tracing::warn!(domain = %domain, error = %error, epoch = %again, "switchover failed; still active");
         Err(error)
     }
 
@@ -512,38 +828,65 @@ impl Node {
         }
     }
 
-    /// The target side of a switchover.
+    /// The target side of a switchover: accepted only from the active this replica follows,
+    /// for a replica of the domain in the local configuration, in a new epoch of this node
+    /// within [`check_epoch`]'s bounds, at exactly the old active's last position. The new
+    /// active serves with its local configuration; what the message says of durability and
+    /// standbys is not used.
     pub(super) async fn take_over(
         &self,
         from: &NodeId,
         take: &crate::repl::TakeOver,
     ) -> Result<Position, String> {
+        let domain = &take.domain;
+        let replicas = self.replicas(domain);
+        if let Err(refusal) = self.authorize(from, Ask::TakeOver, domain, &replicas) {
+            tracing::warn!(domain = %domain, peer = %from, "hand-over refused: {refusal}");
+            return Err(format!("{} is not a standby of {domain} here", self.id()));
+        }
         let sd = lock(&self.inner.standbys)
-            .get(&take.domain)
+            .get(domain)
             .cloned()
-            .ok_or_else(|| format!("{} is not a standby of {} here", self.id(), take.domain))?;
+            .ok_or_else(|| format!("{} is not a standby of {domain} here", self.id()))?;
+        let config = self.configuration(domain).ok_or_else(|| {
+            format!(
+                "{} has no local configuration of {domain} to serve it with (durability, standbys): configure the domain on {} first",
+                self.id(),
+                self.id()
+            )
+        })?;
         let replica = sd.domain().clone();
         let here = replica.status().map_err(|e| e.to_string())?;
+        if take.epoch.node != *self.id() || take.epoch <= here.epoch {
+            return Err(format!(
+                "epoch {} is not a new epoch of {} above {}",
+                take.epoch,
+                self.id(),
+                here.epoch
+            ));
+        }
+        if let Err(e) = check_epoch(&take.epoch, &here.epoch, &replicas) {
+            tracing::warn!(domain = %domain, peer = %from, "hand-over refused: {e}");
+            return Err(e.to_string());
+        }
         if here.position != take.last {
             return Err(format!(
                 "this replica is at {} and the old active at {}",
                 here.position, take.last
             ));
         }
-        let followed = sd.active();
-        self.unfollow(&take.domain);
+        self.unfollow(domain);
         let promoted = off_executor(&replica, {
             let epoch = take.epoch.clone();
             move |d| d.promote_to(&epoch)
         })
         .await;
         if let Err(e) = promoted {
-            self.follow(replica, followed);
+            self.follow(replica, from.clone());
             return Err(e.to_string());
         }
-        let config = ActiveConfig::new(take.durability, take.standbys.clone());
         self.serve_active(replica, config);
-        tracing::info!(domain = %take.domain, from = %from, epoch = %take.epoch, "took over as active");
+        tracing::info!(domain = %domain, from = %from, epoch = %take.epoch, "took over as active");
         Ok(here.position)
     }
 
@@ -556,10 +899,10 @@ impl Node {
             .await
             .map_err(|e| e.to_string())?;
         let Ok(answer) =
-            tokio::time::timeout(PROBE_TIMEOUT, read_frame(&mut recv, MAX_MESSAGE_BYTES)).await
+            tokio::time::timeout(TAKE_OVER_TIMEOUT, read_frame(&mut recv, MAX_MESSAGE_BYTES)).await
         else {
             self.disconnect(peer).await;
-            return Err(format!("no answer within {PROBE_TIMEOUT:?}"));
+            return Err(format!("no answer within {TAKE_OVER_TIMEOUT:?}"));
         };
         let answer = answer
             .map_err(|e| e.to_string())?

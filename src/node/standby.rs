@@ -361,6 +361,20 @@ impl StandbyStream {
                 let more = match action {
                     FollowAction::Connect => Vec::new(),
                     FollowAction::Send(m) => {
+                        if matches!(m, crate::repl::Message::Ack(_)) {
+                            // Nothing is acknowledged to an active this replica knows to be
+                            // fenced (a newer epoch names another node), even for a batch
+                            // that was committing when the newer epoch was recorded.
+                            let from = self.sd.active();
+                            if let Ok(highest) = self.sd.domain.highest_epoch() {
+                                if highest.term > 0 && highest.node != from {
+                                    tracing::warn!(domain = %id, active = %from, epoch = %highest, "no acknowledgement to a fenced active; stream closed");
+                                    self.resync = None;
+                                    drop(self.send.finish());
+                                    return false;
+                                }
+                            }
+                        }
                         let Ok(frame) = message::encode(&m) else {
                             return false;
                         };
@@ -371,7 +385,8 @@ impl StandbyStream {
                     }
                     FollowAction::Apply(records) => {
                         let batch = records.into_iter().map(|r| r.0).collect();
-                        match self.sd.domain.apply_batch_async(batch).await {
+                        let from = self.sd.active();
+                        match self.sd.domain.apply_batch_from_async(&from, batch).await {
                             Ok(position) => lock(&self.sd.follower).applied(&position, now),
                             Err(e) => {
                                 tracing::warn!(domain = %id, error = %e, "record refused; resuming from the local position");

@@ -8,6 +8,7 @@
 //! tests drive them over an in-memory network.
 
 mod active;
+pub mod authorize;
 mod durability;
 pub mod message;
 pub mod promotion;

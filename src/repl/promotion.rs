@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::message::ProbeAnswer;
-use crate::model::{Epoch, Lsn, NodeId, Position, Role};
+use crate::model::{Epoch, HistoryEntry, Lsn, NodeId, Position, Role};
 
 /// Who saw an active alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +242,193 @@ pub fn check(input: &GuardInput<'_>) -> Result<Verdict, Refusal> {
     Ok(verdict)
 }
 
+/// One other replica's reply to the fencing round of a promotion: a probe carrying the
+/// candidate epoch, which the replica records durably before it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FenceReply {
+    /// It answered, after recording the epoch (`None`: it holds no replica of the domain, or
+    /// does not count the candidate as one of the domain's replicas).
+    Answered(Option<ProbeAnswer>),
+    /// No fresh exchange within the probe budget (the reason, for the operator).
+    Unreachable(String),
+}
+
+/// Everything the fencing round weighs.
+#[derive(Debug, Clone)]
+pub struct FenceInput<'a> {
+    /// The epoch the candidate is about to take.
+    pub candidate: &'a Epoch,
+    /// The candidate's position.
+    pub position: &'a Position,
+    /// The candidate's history (which epoch wrote which lsn range).
+    pub history: &'a [HistoryEntry],
+    /// The active the candidate followed: the one replica that may be unreachable (a failover
+    /// is for when it is lost). `None` when every other replica must be reached (a node
+    /// taking writes back after a failed switchover).
+    pub old_active: Option<&'a NodeId>,
+    /// Every other replica's reply.
+    pub replies: &'a [(NodeId, FenceReply)],
+    /// Promote whatever the replies say.
+    pub force: bool,
+}
+
+/// Why the fencing round refuses a promotion. Each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FenceRefusal {
+    /// A replica that may hold acknowledged writes was not reached in this attempt.
+    #[error("{node} was not reached ({why}); it may hold acknowledged writes: bring it back (or repair the network) and promote again, or use --force and accept that what it holds beyond this replica goes to the collision archive")]
+    Unreachable {
+        /// The replica.
+        node: NodeId,
+        /// What failed.
+        why: String,
+    },
+    /// A replica answered that it holds no replica of the domain, or does not count this node
+    /// as one of the domain's replicas.
+    #[error("{node} answers that it holds no replica of the domain or does not count this node as a replica: compare the [[domains]] replicas in both configuration files, or use --force")]
+    NoReplica {
+        /// The replica.
+        node: NodeId,
+    },
+    /// A replica did not record the candidate epoch (it holds a newer one: another
+    /// promotion happened or is under way).
+    #[error("{node} did not record epoch {candidate} (it holds {held}, role {role}): another promotion is under way or done; look at `domsync status` on {node}")]
+    NotFenced {
+        /// The replica.
+        node: NodeId,
+        /// The candidate epoch.
+        candidate: Epoch,
+        /// What it holds.
+        held: Epoch,
+        /// Its role.
+        role: Role,
+    },
+    /// A fenced replica holds records the candidate lacks.
+    #[error("{node} holds records this replica lacks (lsn {there} of epoch {there_epoch} there, lsn {here} here): promote {node} instead, or use --force and lose them to the collision archive")]
+    Holds {
+        /// The replica.
+        node: NodeId,
+        /// Its lsn.
+        there: Lsn,
+        /// The epoch of its last record.
+        there_epoch: Epoch,
+        /// The candidate's lsn.
+        here: Lsn,
+    },
+}
+
+/// What the fencing round let through (with `force`, what it overrode).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FenceVerdict {
+    /// Replicas not reached (with `force`, any of them; otherwise only the old active).
+    pub unreachable: Vec<NodeId>,
+    /// Replicas holding records the candidate lacks (only with `force`): what they hold past
+    /// the fork goes to the collision archive when they follow the new active.
+    pub holders: Vec<NodeId>,
+}
+
+/// The epoch that wrote `lsn` according to `history` (`None` before the first entry).
+pub fn epoch_at(history: &[HistoryEntry], lsn: Lsn) -> Option<&Epoch> {
+    history
+        .iter()
+        .rev()
+        .find(|h| h.first_lsn <= lsn)
+        .map(|h| &h.epoch)
+}
+
+/// Whether a replica at `there` holds a record that a replica at `here` with `history`
+/// lacks: more records, or a last record that another epoch wrote (one writer per epoch, so
+/// the same lsn in the same epoch is the same record).
+pub fn holds_more(there: &Position, here: &Position, history: &[HistoryEntry]) -> bool {
+    if there.lsn > here.lsn {
+        return true;
+    }
+    if there.lsn == Lsn::ZERO {
+        return false;
+    }
+    if there.lsn == here.lsn {
+        return there.epoch != here.epoch || there.chain != here.chain;
+    }
+    epoch_at(history, there.lsn) != Some(&there.epoch)
+}
+
+/// Weighs the fencing round of a promotion (DESIGN.md §7): every other replica must have
+/// been reached in this attempt and have recorded the candidate epoch (from then on it
+/// applies and acknowledges nothing of a lower one), and none may hold a record the
+/// candidate lacks. Only the old active may be unreachable.
+///
+/// # Errors
+/// [`FenceRefusal`] naming the first replica in the way (without `force`).
+///
+/// # Example
+/// ```
+/// use domsync::model::{Epoch, HistoryEntry, Lsn, NodeId, Position};
+/// use domsync::repl::promotion::{check_fence, FenceInput, FenceRefusal, FenceReply};
+///
+/// let (a, b, c) = (NodeId::new("a")?, NodeId::new("b")?, NodeId::new("c")?);
+/// let old = Epoch { term: 1, node: a.clone() };
+/// let history = [HistoryEntry { epoch: old.clone(), first_lsn: Lsn(1) }];
+/// let here = Position { epoch: old.clone(), lsn: Lsn(10), chain: 7 };
+/// let candidate = Epoch { term: 2, node: b.clone() };
+/// let replies = [
+///     (a.clone(), FenceReply::Unreachable("no answer".into())),
+///     (c.clone(), FenceReply::Unreachable("no answer".into())),
+/// ];
+/// let input = FenceInput {
+///     candidate: &candidate, position: &here, history: &history, old_active: Some(&a),
+///     replies: &replies, force: false,
+/// };
+/// assert!(matches!(check_fence(&input), Err(FenceRefusal::Unreachable { node, .. }) if node == c));
+/// assert_eq!(check_fence(&FenceInput { force: true, ..input })?.unreachable, vec![a, c]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn check_fence(input: &FenceInput<'_>) -> Result<FenceVerdict, FenceRefusal> {
+    let mut verdict = FenceVerdict::default();
+    for (node, reply) in input.replies {
+        let refusal = match reply {
+            FenceReply::Unreachable(why) => {
+                verdict.unreachable.push(node.clone());
+                if input.old_active == Some(node) {
+                    continue;
+                }
+                FenceRefusal::Unreachable {
+                    node: node.clone(),
+                    why: why.clone(),
+                }
+            }
+            FenceReply::Answered(None) => {
+                verdict.unreachable.push(node.clone());
+                FenceRefusal::NoReplica { node: node.clone() }
+            }
+            FenceReply::Answered(Some(answer)) => {
+                if answer.epoch != *input.candidate || answer.role != Role::Standby {
+                    verdict.unreachable.push(node.clone());
+                    FenceRefusal::NotFenced {
+                        node: node.clone(),
+                        candidate: input.candidate.clone(),
+                        held: answer.epoch.clone(),
+                        role: answer.role,
+                    }
+                } else if holds_more(&answer.position, input.position, input.history) {
+                    verdict.holders.push(node.clone());
+                    FenceRefusal::Holds {
+                        node: node.clone(),
+                        there: answer.position.lsn,
+                        there_epoch: answer.position.epoch.clone(),
+                        here: input.position.lsn,
+                    }
+                } else {
+                    continue;
+                }
+            }
+        };
+        if !input.force {
+            return Err(refusal);
+        }
+    }
+    Ok(verdict)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,5 +588,89 @@ mod tests {
             ..input(&b, &e, &probes, &[])
         };
         assert!(check(&i).is_ok());
+    }
+
+    fn fenced(e: Epoch, position: Position) -> FenceReply {
+        FenceReply::Answered(Some(ProbeAnswer {
+            role: Role::Standby,
+            epoch: e,
+            position,
+            heard_active: None,
+        }))
+    }
+
+    #[test]
+    fn the_fence_round_needs_every_standby_reached_fenced_and_not_ahead() {
+        let history = [
+            HistoryEntry {
+                epoch: epoch(1, "a"),
+                first_lsn: Lsn(1),
+            },
+            HistoryEntry {
+                epoch: epoch(2, "a"),
+                first_lsn: Lsn(6),
+            },
+        ];
+        let here = Position {
+            epoch: epoch(2, "a"),
+            lsn: Lsn(10),
+            chain: 5,
+        };
+        let cand = epoch(3, "b");
+        let run = |replies: &[(NodeId, FenceReply)], force: bool| {
+            check_fence(&FenceInput {
+                candidate: &cand,
+                position: &here,
+                history: &history,
+                old_active: Some(&history[1].epoch.node),
+                replies,
+                force,
+            })
+        };
+        let behind = Position {
+            epoch: epoch(1, "a"),
+            lsn: Lsn(4),
+            chain: 1,
+        };
+        // The old active unreachable, the other standby fenced and behind: allowed.
+        let ok = [
+            (n("a"), FenceReply::Unreachable("timed out".into())),
+            (n("c"), fenced(cand.clone(), behind.clone())),
+        ];
+        assert_eq!(run(&ok, false).unwrap().unreachable, vec![n("a")]);
+        // Another standby unreachable: refused, named.
+        let lost = [(n("c"), FenceReply::Unreachable("timed out".into()))];
+        assert!(
+            matches!(run(&lost, false), Err(FenceRefusal::Unreachable { node, .. }) if node == n("c"))
+        );
+        // Not fenced (it holds a newer epoch), or answering "no replica": refused.
+        let newer = [(n("c"), fenced(epoch(4, "c"), behind.clone()))];
+        assert!(matches!(
+            run(&newer, false),
+            Err(FenceRefusal::NotFenced { .. })
+        ));
+        let none = [(n("c"), FenceReply::Answered(None))];
+        assert!(matches!(
+            run(&none, false),
+            Err(FenceRefusal::NoReplica { .. })
+        ));
+        // Ahead by lsn, or on another history at a lower lsn: refused; force reports it.
+        let ahead = Position {
+            lsn: Lsn(11),
+            ..here.clone()
+        };
+        let forked = Position {
+            epoch: epoch(2, "c"),
+            lsn: Lsn(8),
+            chain: 9,
+        };
+        for p in [ahead, forked] {
+            let r = [(n("c"), fenced(cand.clone(), p))];
+            assert!(matches!(run(&r, false), Err(FenceRefusal::Holds { .. })));
+            assert_eq!(run(&r, true).unwrap().holders, vec![n("c")]);
+        }
+        // The same position is not ahead.
+        let same = [(n("c"), fenced(cand.clone(), here.clone()))];
+        assert!(run(&same, false).is_ok());
     }
 }

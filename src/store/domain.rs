@@ -15,7 +15,7 @@ use super::meta::DomainMeta;
 use super::tables::{decode_crl, decode_policy, CRL, KV, META, META_KEY, POLICY, POLICY_CONTENT};
 use super::writer::{Committed, Counters, Outcome, Reply, Request, Work};
 use crate::model::{
-    Crl, DomainId, DomainUid, Epoch, HistoryEntry, Lsn, Op, PolicyInfo, Position, Role,
+    Crl, DomainId, DomainUid, Epoch, HistoryEntry, Lsn, NodeId, Op, PolicyInfo, Position, Role,
 };
 
 /// A value read from a domain, with the committed state it was read from: every read runs in
@@ -381,7 +381,28 @@ impl Domain {
         if records.is_empty() {
             return Ok(self.status()?.position);
         }
-        self.submit_async(Work::ApplyBatch(records))
+        self.submit_async(Work::ApplyBatch(None, records))
+            .await
+            .map(|c| c.position)
+    }
+
+    /// [`Domain::apply_batch_async`] for records shipped by node `from`: refused with
+    /// [`StoreError::Fenced`] unless `from` is the node of the highest epoch this replica
+    /// recorded (counting the records' own). The check runs on the writer thread, in the
+    /// same order as [`Domain::demote`], so a batch of an old active still on its way when a
+    /// newer epoch is recorded is never applied (invariant 1).
+    ///
+    /// # Errors
+    /// As [`Domain::apply`], and [`StoreError::Fenced`].
+    pub async fn apply_batch_from_async(
+        &self,
+        from: &NodeId,
+        records: Vec<Vec<u8>>,
+    ) -> Result<Position, StoreError> {
+        if records.is_empty() {
+            return Ok(self.status()?.position);
+        }
+        self.submit_async(Work::ApplyBatch(Some(from.clone()), records))
             .await
             .map(|c| c.position)
     }
@@ -406,6 +427,24 @@ impl Domain {
     /// As [`Domain::promote`].
     pub fn promote_to(&self, epoch: &Epoch) -> Result<(), StoreError> {
         self.submit(Work::Promote(Some(epoch.clone()))).map(|_| ())
+    }
+
+    /// The highest epoch this replica knows of: the one its metadata records, or a higher
+    /// one [`Domain::demote`] was told of whose durable record is still on its way. A standby
+    /// acknowledges and applies records only from this epoch's node.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] when the domain is closed.
+    pub fn highest_epoch(&self) -> Result<Epoch, StoreError> {
+        let recorded = self.status()?.epoch;
+        let fence = self
+            .inner
+            .counters
+            .fence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Ok(fence.map_or(recorded.clone(), |f| f.max(recorded)))
     }
 
     /// Fences this replica: `epoch` was seen elsewhere. If it is above the replica's own, no

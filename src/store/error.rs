@@ -104,6 +104,17 @@ pub enum StoreError {
         /// The chain the record was written on.
         found: u32,
     },
+    /// Records shipped by a node that is not the active of the highest epoch recorded here:
+    /// a fenced (older) active. Nothing of it is applied or acknowledged.
+    #[error("records of domain {domain} from node {from} refused: this replica recorded epoch {epoch}, whose active is {}; it follows that node", epoch.node)]
+    Fenced {
+        /// The domain.
+        domain: DomainId,
+        /// The node that shipped the records.
+        from: NodeId,
+        /// The highest epoch recorded here.
+        epoch: Epoch,
+    },
     /// A record carries an epoch older than the replica's last record.
     #[error("record {lsn} of domain {domain} is from epoch {record}, older than {position} held here; it comes from a fenced active and is not applied")]
     StaleEpoch {

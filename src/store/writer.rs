@@ -65,7 +65,8 @@ pub(crate) enum Work {
     /// A record shipped from the active, applied on a standby.
     Apply(Vec<u8>),
     /// Records applied in order in the same transaction, up to the first refused.
-    ApplyBatch(Vec<Vec<u8>>),
+    /// Records shipped by `from` (when known), applied in order.
+    ApplyBatch(Option<NodeId>, Vec<Vec<u8>>),
     /// Drop log records below this lsn.
     Truncate(Lsn),
     /// Switch in a database built aside by a resync. Always committed alone.
@@ -154,7 +155,7 @@ fn work_bytes(w: &Work) -> usize {
             })
             .sum(),
         Work::Apply(bytes) => bytes.len(),
-        Work::ApplyBatch(records) => records.iter().map(Vec::len).sum(),
+        Work::ApplyBatch(_, records) => records.iter().map(Vec::len).sum(),
         Work::Truncate(_)
         | Work::Install(_)
         | Work::Promote(_)
@@ -354,11 +355,11 @@ impl Writer {
             for work in works {
                 let outcome = match work {
                     Work::Write(ops) => self.write(&mut t, &mut meta, ops)?,
-                    Work::Apply(bytes) => self.apply(&mut t, &mut meta, &bytes)?,
-                    Work::ApplyBatch(records) => {
+                    Work::Apply(bytes) => self.apply(&mut t, &mut meta, &bytes, None)?,
+                    Work::ApplyBatch(from, records) => {
                         let mut outcome = Self::committed(&meta);
                         for bytes in &records {
-                            outcome = self.apply(&mut t, &mut meta, bytes)?;
+                            outcome = self.apply(&mut t, &mut meta, bytes, from.as_ref())?;
                             if outcome.is_err() {
                                 break;
                             }
@@ -432,14 +433,34 @@ impl Writer {
     /// serves everything from it from now on.
     fn install(&mut self, install: Install) -> Outcome {
         let Install { db, tmp, meta } = install;
-        if self.meta.role != Role::Standby {
+        let fence = self
+            .counters
+            .fence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let recorded = fence.into_iter().chain([self.meta.epoch.clone()]).max();
+        let refusal = if self.meta.role != Role::Standby {
+            Some(StoreError::NotStandby {
+                domain: self.domain.clone(),
+            })
+        } else {
+            // A snapshot from an active that does not know the newest epoch recorded here
+            // comes from a fenced active: installing it would forget the fence.
+            recorded
+                .filter(|r| *r > meta.epoch)
+                .map(|epoch| StoreError::Fenced {
+                    domain: self.domain.clone(),
+                    from: meta.epoch.node.clone(),
+                    epoch,
+                })
+        };
+        if let Some(refusal) = refusal {
             drop(db);
             if let Err(e) = std::fs::remove_file(&tmp) {
                 tracing::warn!(path = %tmp.display(), error = %e, "cannot remove a refused snapshot");
             }
-            return Err(StoreError::NotStandby {
-                domain: self.domain.clone(),
-            });
+            return Err(refusal);
         }
         std::fs::rename(&tmp, &self.path)
             .map_err(StoreError::io("rename into place", &self.path))?;
@@ -500,7 +521,14 @@ impl Writer {
             .as_ref()
             .map_or(0, |e| e.term);
         let epoch = match given {
-            Some(e) if e.node == self.node && e > meta.epoch && e.term > seen => e,
+            // Above everything seen, or exactly the candidate epoch this node recorded for
+            // itself before fencing the other replicas (a promotion's fencing round).
+            Some(e)
+                if e.node == self.node
+                    && (e > meta.epoch && e.term > seen || e == meta.epoch && e.term >= seen) =>
+            {
+                e
+            }
             Some(e) => {
                 return Err(StoreError::InvalidWrite {
                     domain: self.domain.clone(),
@@ -510,9 +538,17 @@ impl Writer {
                     ),
                 })
             }
-            None => Epoch {
-                term: meta.epoch.term.max(seen) + 1,
-                node: self.node.clone(),
+            None => match meta.epoch.term.max(seen).checked_add(1) {
+                Some(term) => Epoch {
+                    term,
+                    node: self.node.clone(),
+                },
+                None => {
+                    return Err(StoreError::InvalidWrite {
+                        domain: self.domain.clone(),
+                        reason: format!("the epoch term cannot be raised above {}", meta.epoch),
+                    })
+                }
             },
         };
         meta.history.push(HistoryEntry {
@@ -606,11 +642,16 @@ impl Writer {
         Ok(Self::committed(meta))
     }
 
+    /// Applies one shipped record. With `from`, the node that shipped it, the record is
+    /// refused unless `from` is the node of the highest epoch recorded here (counting the
+    /// record's own): once a standby recorded a newer epoch (fencing), nothing of a lower
+    /// active is applied, even a batch already on its way (invariant 1).
     fn apply(
         &self,
         t: &mut Tables<'_>,
         meta: &mut DomainMeta,
         bytes: &[u8],
+        from: Option<&NodeId>,
     ) -> Result<Outcome, StoreError> {
         let domain = self.domain.clone();
         let expected = meta.position.lsn.next();
@@ -642,6 +683,27 @@ impl Writer {
                 expected: meta.position.chain,
                 found: record.prev_chain,
             }));
+        }
+        if let Some(from) = from {
+            let fence = self
+                .counters
+                .fence
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let highest = [Some(&meta.epoch), fence.as_ref(), Some(&record.epoch)]
+                .into_iter()
+                .flatten()
+                .max()
+                .cloned()
+                .unwrap_or_else(|| record.epoch.clone());
+            if highest.term > 0 && highest.node != *from {
+                return Ok(Err(StoreError::Fenced {
+                    domain,
+                    from: from.clone(),
+                    epoch: highest,
+                }));
+            }
         }
         if meta.position.lsn > Lsn::ZERO && record.epoch < meta.position.epoch {
             return Ok(Err(StoreError::StaleEpoch {
