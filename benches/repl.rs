@@ -115,6 +115,7 @@ impl Cluster {
             ActiveConfig::new(durability, vec![nid("b")]),
         );
         b.set_peer(nid("a"), a.local_addr().expect("addr"));
+        a.set_peer(nid("b"), b.local_addr().expect("addr"));
         let standby = sb.join_domain(&dom()).expect("join domain");
         b.follow(standby.clone(), nid("a"));
         let cluster = Cluster {

@@ -58,6 +58,11 @@ fn active_node(dir: &Path, names: &[&str], config: ActiveConfig) -> (TestNode, D
     let pki_dir = dir.join("pki");
     deployment(&pki_dir, names);
     let a = start(dir, &pki_dir, "a");
+    // `a` serves only listed peers; the others start later (their address is set when `a`
+    // must dial them; a placeholder lists them meanwhile).
+    for n in names.iter().filter(|n| **n != "a") {
+        a.node.set_peer(nid(n), "127.0.0.1:9".parse().unwrap());
+    }
     let active = a.store.create_domain(&dom()).unwrap();
     a.node.serve_active(active.clone(), config);
     (a, active)
@@ -103,6 +108,7 @@ async fn cluster(
     for s in standbys {
         let n = start(dir, &pki_dir, s);
         n.node.set_peer(nid("a"), a.node.local_addr().unwrap());
+        a.node.set_peer(nid(s), n.node.local_addr().unwrap());
         let d = n.store.join_domain(&dom()).unwrap();
         n.node.follow(d.clone(), nid("a"));
         replicas.push(d);
@@ -261,12 +267,22 @@ async fn a_node_that_is_not_a_replica_is_refused() {
     x.node.set_peer(nid("a"), a.node.local_addr().unwrap());
     let d = x.store.join_domain(&dom()).unwrap();
     a.node.write(&dom(), put(1)).await.unwrap();
+    // Not listed as a peer of `a`: its connection is refused.
     x.node.follow(d.clone(), nid("a"));
     until(|| {
         x.node
             .follower_status(&dom())
+            .is_some_and(|r| !r.connected && r.position.lsn == Lsn(0))
+    })
+    .await;
+    // Listed as a peer, but not a replica of the domain: it is told exactly what a node
+    // without the domain would say, and gets nothing.
+    a.node.set_peer(nid("x"), x.node.local_addr().unwrap());
+    until(|| {
+        x.node
+            .follower_status(&dom())
             .and_then(|r| r.last_error)
-            .is_some_and(|e| e.contains("not a configured replica"))
+            .is_some_and(|e| e.contains("has no replica of the domain"))
     })
     .await;
     assert_eq!(d.status().unwrap().position.lsn, Lsn(0));
@@ -496,6 +512,7 @@ async fn a_stalled_domain_does_not_block_another_on_the_same_connection() {
     let pki_dir = dir.path().join("pki");
     deployment(&pki_dir, &["a", "b"]);
     let a = start(dir.path(), &pki_dir, "a");
+    a.node.set_peer(nid("b"), "127.0.0.1:9".parse().unwrap());
     let big_id: DomainId = "big".parse().unwrap();
     let big = a.store.create_domain(&big_id).unwrap();
     let small = a.store.create_domain(&dom()).unwrap();

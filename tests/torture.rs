@@ -23,7 +23,7 @@
 //! `DOMSYNC_TORTURE=short|long` (30 cycles and 12 rounds, or 300 and 100),
 //! `DOMSYNC_TORTURE_SEED=<u64>` replays the random choices of a run (timing still varies).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -45,6 +45,9 @@ struct Counts {
     cycles: usize,
     promotions: usize,
     forced: usize,
+    /// Promotions without --force tried in the partitions test: refused and allowed.
+    unforced_refused: usize,
+    unforced_allowed: usize,
     collisions: u64,
     kills_active: usize,
     kills_standby: usize,
@@ -62,7 +65,7 @@ fn report(test: &str, s: &Settings, c: &Counts, ledger: &Shared, started: Instan
     let l = lock(ledger);
     let acked: usize = l.acked.values().map(Vec::len).sum();
     eprintln!(
-        "torture {test}: mode={} seed={} cycles={} writes_acked={acked} writes_unknown={} gateway_reads={} promotions={} (forced {}) collisions_archived={} kills: active {} standby {} elapsed={:?}",
+        "torture {test}: mode={} seed={} cycles={} writes_acked={acked} writes_unknown={} gateway_reads={} promotions={} (forced {}; unforced refused {} allowed {}) collisions_archived={} kills: active {} standby {} elapsed={:?}",
         s.mode,
         s.seed,
         c.cycles,
@@ -70,6 +73,8 @@ fn report(test: &str, s: &Settings, c: &Counts, ledger: &Shared, started: Instan
         l.reads,
         c.promotions,
         c.forced,
+        c.unforced_refused,
+        c.unforced_allowed,
         c.collisions,
         c.kills_active,
         c.kills_standby,
@@ -84,13 +89,24 @@ fn collisions(statuses: &BTreeMap<String, NodeStatus>) -> u64 {
         .sum()
 }
 
+/// What excuses an acknowledged write that is not on the active: per domain, the keys found
+/// only in a collision archive at a check that followed a forced promotion of that domain.
+/// Only `--force` may move an acknowledged write to an archive (invariant 2): a key that
+/// shows up there after unforced promotions only is a violation.
+type Excused = std::collections::HashMap<String, HashSet<String>>;
+
 /// Checks (1) and (3) after convergence: every acknowledged write on the active (or, with
-/// `archives`, in a collision archive), no gateway violation. Returns the archive records.
+/// `archives`, in a collision archive when a forced promotion of its domain since the last
+/// check, listed in `forced`, can explain it), no gateway violation.
 async fn check_round(
     rig: &Rig,
     actives: &BTreeMap<String, String>,
     ledger: &Shared,
-    archives: Option<&mut std::collections::HashMap<(String, u64), Vec<String>>>,
+    archives: Option<(
+        &mut std::collections::HashMap<(String, u64), Vec<String>>,
+        &mut Excused,
+        &HashSet<String>,
+    )>,
 ) -> Result<String, String> {
     let mut summary = Vec::new();
     let mut archives = archives;
@@ -98,10 +114,14 @@ async fn check_round(
         let active = &actives[&d];
         let kv = rig.read_replica(active, &d).await?;
         let acked = lock(ledger).acked.get(&d).cloned().unwrap_or_default();
-        let (checked, archived) = match archives.as_deref_mut() {
-            Some(cache) => {
+        let (checked, archived) = match archives.as_mut() {
+            Some((cache, excused, forced)) => {
                 let (keys, _) = rig.archived(&d, cache).await?;
-                check_acked(&d, active, &kv, &acked, Some(&keys))?
+                let excused = excused.entry(d.clone()).or_default();
+                if forced.contains(&d) {
+                    excused.extend(keys);
+                }
+                check_acked(&d, active, &kv, &acked, Some(excused))?
             }
             None => check_acked(&d, active, &kv, &acked, None)?,
         };
@@ -508,6 +528,7 @@ async fn partition(s: Settings) {
         .collect();
     let mut c = Counts::default();
     let mut cache = std::collections::HashMap::new();
+    let mut excused = Excused::new();
     report("partitions (start)", &s, &c, &ledger, started);
 
     for round in 1..=s.rounds {
@@ -515,12 +536,24 @@ async fn partition(s: Settings) {
         let idx = |n: &str| NODES.iter().position(|x| *x == n).unwrap();
         let mut faults = Vec::new();
         let mut isolated = None;
+        let mut cut_standby = None;
         let pair = |rng: &mut Rng| {
             let i = rng.below(3) as usize;
             let j = (i + 1 + rng.below(2) as usize) % 3;
             (i, j)
         };
-        match rng.below(5) {
+        match rng.below(6) {
+            5 => {
+                // Isolate a standby of a domain from both other replicas: its promotion
+                // without --force must be refused (the other standby is out of its reach).
+                let (d, _) = rng.pick(&DOMAINS);
+                let others: Vec<usize> = (0..3).filter(|y| NODES[*y] != actives[*d]).collect();
+                let x = *rng.pick(&others);
+                cut_standby = Some((*d, x));
+                for y in (0..3).filter(|y| *y != x) {
+                    faults.push(Fault::Cut(x, y));
+                }
+            }
             0 => {
                 // Isolate the active of a domain from both peers.
                 let (d, _) = rng.pick(&DOMAINS);
@@ -562,16 +595,49 @@ async fn partition(s: Settings) {
         }
         tokio::time::sleep(Duration::from_millis(rng.range(300, 1200))).await;
 
-        // Forced promotions: of a standby cut off from its isolated active, or now and then of
-        // any standby (an operator's mistake the epochs must settle).
+        // Promotions without --force first: of a standby cut off from both other replicas
+        // (must be refused), of a standby whose active is isolated (allowed only when no
+        // acknowledged write can be lost: the final check holds it to that). Then forced ones:
+        // of a standby cut off from its isolated active when the unforced one was refused, or
+        // now and then of any standby (an operator's mistake the epochs must settle).
         let mut promoted = Vec::new();
         let mut targets = Vec::new();
+        let mut forced_domains = HashSet::new();
+        if let Some((d, x)) = cut_standby {
+            match promote(&rig, NODES[x], d, false).await {
+                Err(why) => {
+                    c.unforced_refused += 1;
+                    promoted.push(format!("{d}->{} (cut off) refused: {why}", NODES[x]));
+                }
+                Ok(other) => fail(
+                    round,
+                    format!(
+                        "promotion of {d} without --force on {}, cut off from both other replicas, was not refused: {other:?}",
+                        NODES[x]
+                    ),
+                ),
+            }
+        }
         match isolated {
             Some(x) => {
                 for (d, _) in DOMAINS {
-                    if actives[d] == NODES[x] && rng.chance(70) {
-                        let others: Vec<usize> = (0..3).filter(|y| *y != x).collect();
-                        targets.push((d, NODES[*rng.pick(&others)]));
+                    if actives[d] != NODES[x] || !rng.chance(70) {
+                        continue;
+                    }
+                    let others: Vec<usize> = (0..3).filter(|y| *y != x).collect();
+                    let n = NODES[*rng.pick(&others)];
+                    match promote(&rig, n, d, false).await {
+                        Ok(Answer::Promoted { epoch, .. }) => {
+                            c.promotions += 1;
+                            c.unforced_allowed += 1;
+                            promoted.push(format!("{d}->{n} {epoch} unforced"));
+                        }
+                        Ok(other) => fail(round, format!("promotion of {d} on {n}: {other:?}")),
+                        Err(why) => {
+                            c.unforced_refused += 1;
+                            promoted.push(format!("{d}->{n} unforced refused: {why}"));
+                            targets.push((d, n));
+                        }
                     }
                 }
             }
@@ -596,6 +662,7 @@ async fn partition(s: Settings) {
                 }) => {
                     c.promotions += 1;
                     c.forced += 1;
+                    forced_domains.insert(d.to_owned());
                     promoted.push(format!("{d}->{n} {epoch} behind {behind_records}"));
                 }
                 Ok(other) => fail(round, format!("forced promotion of {d} on {n}: {other:?}")),
@@ -613,7 +680,8 @@ async fn partition(s: Settings) {
             Ok(x) => x,
             Err(e) => fail(round, e),
         };
-        let summary = match check_round(&rig, &now, &ledger, Some(&mut cache)).await {
+        let checked = Some((&mut cache, &mut excused, &forced_domains));
+        let summary = match check_round(&rig, &now, &ledger, checked).await {
             Ok(x) => x,
             Err(e) => fail(round, e),
         };
@@ -641,7 +709,8 @@ async fn partition(s: Settings) {
         Ok(x) => x,
         Err(e) => fail(s.rounds, e),
     };
-    if let Err(e) = check_round(&rig, &now, &ledger, Some(&mut cache)).await {
+    let checked = Some((&mut cache, &mut excused, &HashSet::new()));
+    if let Err(e) = check_round(&rig, &now, &ledger, checked).await {
         fail(s.rounds, e);
     }
     c.collisions = collisions(&statuses);

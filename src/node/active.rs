@@ -285,7 +285,7 @@ impl Node {
                         status,
                         ack: s.ack(),
                         last_sync: last_sync.map(to_wall),
-                        connected: !s.is_closed(),
+                        connected: s.is_connected(now),
                     }
                 }
                 None => StandbyReport {

@@ -143,7 +143,8 @@ impl Node {
         let fork = collision_fork(&sd.domain).ok().flatten();
         let mut f = lock(&sd.follower);
         f.set_collision_fork(fork);
-        let (status, last_sync) = f.status();
+        let now = Instant::now();
+        let (status, last_sync) = f.status_at(now, self.inner.config.stream_idle);
         Some(FollowerReport {
             active: sd.active(),
             status,
@@ -152,7 +153,9 @@ impl Node {
             last_error: f.last_error().map(str::to_owned),
             refused: f.refused(),
             resyncs,
-            connected: f.is_connected(),
+            connected: f
+                .last_heard()
+                .is_some_and(|t| now.saturating_duration_since(t) <= self.inner.config.stream_idle),
         })
     }
 

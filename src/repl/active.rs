@@ -46,6 +46,9 @@ pub struct ShipConfig {
     pub window_bytes: u64,
     /// A heartbeat is sent after this long without sending anything.
     pub heartbeat: Duration,
+    /// A standby that sent nothing (standbys acknowledge every heartbeat) for this long is
+    /// shown disconnected, and is never `Synchronized`: its time lag keeps growing.
+    pub silence: Duration,
 }
 
 impl Default for ShipConfig {
@@ -56,6 +59,7 @@ impl Default for ShipConfig {
             window_records: 8192,
             window_bytes: 32 << 20,
             heartbeat: Duration::from_millis(500),
+            silence: Duration::from_secs(5),
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct Shipper {
     divergence: Option<SyncStatus>,
     /// Fork point of the standby's unresolved collision archive, if any.
     collision: Option<Lsn>,
+    /// When the standby last sent anything (its `Follow` or an acknowledgement).
+    last_heard: Option<Instant>,
 }
 
 const MAX_PENDING_COMMITS: usize = 1 << 16;
@@ -146,6 +152,7 @@ impl Shipper {
             snapshot_at: None,
             divergence: None,
             collision: None,
+            last_heard: None,
         }
     }
 
@@ -170,6 +177,15 @@ impl Shipper {
         self.phase == Phase::Closed
     }
 
+    /// True while the stream is open and the standby sent something within
+    /// [`ShipConfig::silence`]: a link that carries nothing is not a connection.
+    pub fn is_connected(&self, now: Instant) -> bool {
+        self.phase != Phase::Closed
+            && self
+                .last_heard
+                .is_some_and(|t| now.saturating_duration_since(t) <= self.config.silence)
+    }
+
     /// Decides how to serve a standby's `Follow` (DESIGN.md §6 step 2).
     ///
     /// `chain_at(lsn)` returns the local chain after `lsn` if the log still tells it.
@@ -185,6 +201,7 @@ impl Shipper {
         }
         self.local = local.position.lsn;
         self.last_send = now;
+        self.last_heard = Some(now);
         // A standby that holds the domain's uid completed a synchronization before (on an
         // earlier stream): while it is resynced it is lagging, not never synchronized.
         self.synchronized_once |= follow.uid.is_some();
@@ -328,6 +345,7 @@ impl Shipper {
         if ack.durable > self.local || ack.applied > self.local || ack.received > self.local {
             return self.close("the standby acknowledged records that were never committed");
         }
+        self.last_heard = Some(now);
         self.ack.received = self.ack.received.max(ack.received);
         self.ack.durable = self.ack.durable.max(ack.durable);
         self.ack.applied = self.ack.applied.max(ack.applied);
@@ -403,16 +421,25 @@ impl Shipper {
             SyncStatus::Collision { fork }
         } else if !self.synchronized_once && self.phase != Phase::Streaming {
             SyncStatus::NeverSynchronized
-        } else if self.ack.applied >= self.local {
+        } else if self.ack.applied >= self.local && self.is_connected(now) {
             SyncStatus::Synchronized
         } else {
-            let records = self.local.0 - self.ack.applied.0;
+            // Behind by records it lacks, or out of touch: the time lag is the age of the
+            // oldest commit it has not acknowledged, and at least the time since it was last
+            // heard from once the link is silent, so it keeps growing while it is down.
+            let records = self.local.0.saturating_sub(self.ack.applied.0);
             let sent_unacked = self.inflight_bytes;
             let unsent = self.local.0.saturating_sub(self.next.0.saturating_sub(1));
-            let behind = self
+            let mut behind = self
                 .pending_commits
                 .front()
                 .map_or(Duration::ZERO, |(_, t)| now.saturating_duration_since(*t));
+            if !self.is_connected(now) {
+                let silent = self
+                    .last_heard
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                behind = behind.max(silent);
+            }
             SyncStatus::Lagging {
                 records,
                 bytes: sent_unacked + unsent * self.avg_record_bytes,
@@ -580,6 +607,39 @@ mod tests {
             log_base_chain: 0,
         };
         (follow, local)
+    }
+
+    /// A standby that holds everything but sends nothing (down, or cut off while its stream
+    /// still looks open) is not `Synchronized` once the silence is longer than the bound, and
+    /// its time lag keeps growing; an acknowledgement brings it back.
+    #[test]
+    fn a_silent_standby_is_disconnected_and_its_lag_grows() {
+        let t0 = Instant::now();
+        let mut s = Shipper::new(node("b"), ShipConfig::default(), t0);
+        let (follow, local) = follow_at(5, 5);
+        s.on_follow(&follow, &local, |l| Some(l.0 as u32), t0);
+        let ack = Ack {
+            received: Lsn(5),
+            durable: Lsn(5),
+            applied: Lsn(5),
+        };
+        s.on_ack(ack, t0);
+        assert_eq!(s.status(t0).0, SyncStatus::Synchronized);
+        assert!(s.is_connected(t0));
+        let silence = ShipConfig::default().silence;
+        let later = t0 + silence + Duration::from_secs(1);
+        assert!(!s.is_connected(later));
+        let lag = |at| match s.status(at).0 {
+            SyncStatus::Lagging {
+                records: 0, behind, ..
+            } => behind,
+            other => panic!("{other:?}"),
+        };
+        let first = lag(later);
+        assert!(first >= silence);
+        assert!(lag(later + Duration::from_secs(10)) > first);
+        s.on_ack(ack, later);
+        assert_eq!(s.status(later).0, SyncStatus::Synchronized);
     }
 
     /// Found by the simulation (tests/sim.rs): the driver hears of commits late, so a read of

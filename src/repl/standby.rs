@@ -140,6 +140,8 @@ pub struct Follower {
     archived: Option<Lsn>,
     /// When the active last sent anything on the current stream.
     last_heard: Option<Instant>,
+    /// When the active last sent anything on any stream (kept across reconnections).
+    last_contact: Option<Instant>,
 }
 
 impl Follower {
@@ -164,6 +166,7 @@ impl Follower {
             redirect: None,
             archived: None,
             last_heard: None,
+            last_contact: None,
         }
     }
 
@@ -247,6 +250,7 @@ impl Follower {
     /// A message arrived from the active.
     pub fn on_message(&mut self, message: Message, now: Instant) -> Vec<FollowAction> {
         self.last_heard = Some(now);
+        self.last_contact = Some(now);
         match (&self.phase, message) {
             (Phase::AwaitAnswer, Message::Answer(answer)) => self.on_answer(answer, now),
             (Phase::AwaitSnapshot { archive_after }, Message::SnapshotBegin(header)) => {
@@ -282,7 +286,13 @@ impl Follower {
                 if self.phase == Phase::Streaming && self.applied >= position.lsn {
                     self.last_sync = Some(now);
                 }
-                Vec::new()
+                // Answered, so an idle link carries something both ways and the active can
+                // tell a live standby from a silent one.
+                if self.phase == Phase::Streaming {
+                    vec![FollowAction::Send(Message::Ack(self.ack()))]
+                } else {
+                    Vec::new()
+                }
             }
             (phase, message) => {
                 let what = format!(
@@ -473,6 +483,41 @@ impl Follower {
         (status, self.last_sync)
     }
 
+    /// The sync status at `now`: as [`Follower::status`], except that a follower that has
+    /// not heard its active within `silence` (or has no stream) is never `Synchronized`: it
+    /// is `Lagging`, behind by at least the time since it last heard the active.
+    pub fn status_at(&self, now: Instant, silence: Duration) -> (SyncStatus, Option<Instant>) {
+        let (status, last_sync) = self.status();
+        let heard = self
+            .last_heard
+            .filter(|_| self.is_connected())
+            .map(|t| now.saturating_duration_since(t));
+        if heard.is_some_and(|age| age <= silence) {
+            return (status, last_sync);
+        }
+        let silent = self
+            .last_contact
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let status = match status {
+            SyncStatus::Synchronized => SyncStatus::Lagging {
+                records: self.active_lsn.0.saturating_sub(self.applied.0),
+                bytes: 0,
+                behind: silent,
+            },
+            SyncStatus::Lagging {
+                records,
+                bytes,
+                behind,
+            } => SyncStatus::Lagging {
+                records,
+                bytes,
+                behind: behind.max(silent),
+            },
+            other => other,
+        };
+        (status, last_sync)
+    }
+
     /// When the active last sent anything on the open stream (`None` while disconnected):
     /// evidence that it is alive, for a peer's split-brain guard.
     pub fn last_heard(&self) -> Option<Instant> {
@@ -629,6 +674,48 @@ mod tests {
         at_three.lsn = Lsn(3);
         f.applied(&at_three, now);
         assert_eq!(f.status().0, SyncStatus::Synchronized);
+    }
+
+    /// A standby answers every heartbeat with an acknowledgement (the active can tell a live
+    /// link from a dead one), and one that has not heard its active within the silence bound
+    /// is never `Synchronized`; its time lag grows with the silence.
+    #[test]
+    fn a_follower_that_hears_nothing_is_not_synchronized_and_acks_heartbeats() {
+        let t0 = Instant::now();
+        let b = NodeId::new("b").unwrap();
+        let mut f = Follower::new("d".parse().unwrap(), Backoff::default(), t0);
+        f.on_tick(t0);
+        let view = StandbyView {
+            uid: Some(crate::model::DomainUid([1; 16])),
+            position: Position::empty(b.clone()),
+            epoch: Position::empty(b.clone()).epoch,
+            history: Vec::new(),
+            collision_fork: None,
+        };
+        f.connected(&view);
+        f.on_message(Message::Answer(Answer::Stream { from: Lsn(1) }), t0);
+        let beat = Message::Heartbeat {
+            position: Position::empty(b),
+            time: 1,
+        };
+        assert_eq!(
+            f.on_message(beat, t0),
+            vec![FollowAction::Send(Message::Ack(f.ack()))]
+        );
+        let silence = Duration::from_secs(5);
+        assert_eq!(f.status_at(t0, silence).0, SyncStatus::Synchronized);
+        let later = t0 + Duration::from_secs(8);
+        let behind = |f: &Follower, at| match f.status_at(at, silence).0 {
+            SyncStatus::Lagging { behind, .. } => behind,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(behind(&f, later), Duration::from_secs(8));
+        // Down: the stream is gone, and the lag keeps growing.
+        f.disconnected(later);
+        assert_eq!(
+            behind(&f, later + Duration::from_secs(30)),
+            Duration::from_secs(38)
+        );
     }
 
     /// Found by the 10,000-seed soak of tests/sim_roles.rs (seed 2101): a standby that heard

@@ -117,6 +117,7 @@ impl Rng {
             window_records: self.range(1, 48),
             window_bytes: ShipConfig::default().window_bytes,
             heartbeat: Duration::from_millis(self.range(30, 300)),
+            silence: ShipConfig::default().silence,
         };
         let backoff = Backoff {
             initial: Duration::from_millis(self.range(10, 40)),
