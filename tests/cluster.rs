@@ -392,7 +392,10 @@ fn three_daemons_driven_through_the_cli() {
             }
         },
     );
-    for ((node, domain), out) in [("c", "t2"), ("a", "t1"), ("a", "t5")].iter().zip(&results) {
+    for ((node, domain, force), out) in [("c", "t2", false), ("a", "t1", true), ("a", "t5", true)]
+        .iter()
+        .zip(&results)
+    {
         assert_eq!(out.code, 0, "promote {domain} on {node}: {out}");
         assert!(
             out.stdout
@@ -400,10 +403,12 @@ fn three_daemons_driven_through_the_cli() {
             "{out}"
         );
         assert!(out.stdout.contains(&format!("@{node} from lsn")), "{out}");
-        assert!(
-            out.stdout.contains("not reached by the guard's probe: b"),
-            "{out}"
-        );
+        let unreached = if *force {
+            "warning: forced without reaching b: "
+        } else {
+            "not reached (the old active, fenced by every other replica): b"
+        };
+        assert!(out.stdout.contains(unreached), "{out}");
     }
     eprintln!("promotions done {:?} after the kill", kill_time.elapsed());
     let (actives, _) = c.converged(&["a", "c"]);

@@ -310,3 +310,60 @@ fn a_rewind_below_the_log_start_of_a_replica_resynced_by_snapshot_loses_nothing(
         assert!(kept.contains(r), "a record after the fork was dropped");
     }
 }
+
+/// Invariant 5, hostile disk: a collision archive entry that fails its CRC is reported by
+/// `verify`, counted (not hidden) while the readable ones are still listed, never stops the
+/// replica from computing what it follows with, and can be discarded.
+#[test]
+fn a_corrupt_archived_record_is_reported_and_can_be_discarded() {
+    use redb::ReadableTable as _;
+    const COLLISIONS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("collisions");
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"), "a");
+    let b_dir = dir.path().join("b");
+    let b = store(&b_dir, "b");
+    let active = a.create_domain(&id()).unwrap();
+    let standby = b.join_domain(&id()).unwrap();
+    fill(&active, 10);
+    for e in active.read_log(Lsn(1), 100, 1 << 20).unwrap() {
+        standby.apply(&e.bytes).unwrap();
+    }
+    resync_from(&standby, &active, Some(Lsn(6)));
+    let ids: Vec<u64> = standby.collisions().unwrap().iter().map(|a| a.id).collect();
+    assert_eq!(ids.len(), 5);
+    drop(standby);
+    drop(b);
+
+    // One archived record is damaged on disk.
+    let path = b_dir.join("domains").join(format!("{}.redb", id()));
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(COLLISIONS).unwrap();
+            let mut bytes = t.get(ids[2]).unwrap().unwrap().value().to_vec();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x5a;
+            t.insert(ids[2], bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    let b = store(&b_dir, "b");
+    let standby = b.domain(&id()).unwrap();
+    let (records, corrupt) = standby.archive().unwrap();
+    assert_eq!(records.len(), 4);
+    assert_eq!(corrupt, vec![ids[2]]);
+    let report = standby.verify().unwrap();
+    assert!(
+        report
+            .faults
+            .iter()
+            .any(|f| f.what.contains("collision archive record")),
+        "{:?}",
+        report.faults
+    );
+    assert!(standby.discard_collision(ids[2]).unwrap());
+    assert_eq!(standby.archive().unwrap(), (records, Vec::new()));
+    assert!(standby.verify().unwrap().is_clean());
+}

@@ -371,7 +371,9 @@ async fn finding_1() {
         let unreached: Vec<&str> = out
             .stdout
             .lines()
-            .find_map(|l| l.strip_prefix("not reached by the guard's probe: "))
+            .find_map(|l| {
+                l.strip_prefix("not reached (the old active, fenced by every other replica): ")
+            })
             .map(|l| l.split(", ").collect())
             .unwrap_or_default();
         assert_eq!(unreached, ["b"], "only the dead b may be unreached: {out}");

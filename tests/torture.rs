@@ -95,6 +95,14 @@ fn collisions(statuses: &BTreeMap<String, NodeStatus>) -> u64 {
 /// shows up there after unforced promotions only is a violation.
 type Excused = std::collections::HashMap<String, HashSet<String>>;
 
+/// What the partitions test checks archives with: the cache of archive reads, the keys
+/// excused so far, and the domains force-promoted since the last check.
+type Archives<'a> = (
+    &'a mut std::collections::HashMap<(String, u64), Vec<String>>,
+    &'a mut Excused,
+    &'a HashSet<String>,
+);
+
 /// Checks (1) and (3) after convergence: every acknowledged write on the active (or, with
 /// `archives`, in a collision archive when a forced promotion of its domain since the last
 /// check, listed in `forced`, can explain it), no gateway violation.
@@ -102,11 +110,7 @@ async fn check_round(
     rig: &Rig,
     actives: &BTreeMap<String, String>,
     ledger: &Shared,
-    archives: Option<(
-        &mut std::collections::HashMap<(String, u64), Vec<String>>,
-        &mut Excused,
-        &HashSet<String>,
-    )>,
+    archives: Option<Archives<'_>>,
 ) -> Result<String, String> {
     let mut summary = Vec::new();
     let mut archives = archives;

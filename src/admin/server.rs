@@ -477,7 +477,8 @@ pub fn status(daemon: &Daemon) -> NodeStatus {
         if placement == PlacementState::Serving {
             match daemon.store().domain(&name).and_then(|d| {
                 let s = d.status()?;
-                let c = d.collisions()?.len() as u64;
+                let (records, corrupt) = d.archive()?;
+                let c = (records.len() + corrupt.len()) as u64;
                 Ok((s, c))
             }) {
                 Ok((s, c)) => {

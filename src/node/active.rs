@@ -103,6 +103,9 @@ pub(super) struct ActiveDomain {
     stop: watch::Sender<bool>,
     /// Records and bytes shipped to standbys since it became active here.
     shipped: (AtomicU64, AtomicU64),
+    /// Woken when a standby's durable lsn moves: the log may be trimmed further even when
+    /// no commit follows (the last acknowledgement often comes after the last commit).
+    acked: tokio::sync::Notify,
 }
 
 impl Node {
@@ -121,6 +124,7 @@ impl Node {
             shippers: Mutex::new(BTreeMap::new()),
             stop: watch::channel(false).0,
             shipped: (AtomicU64::new(0), AtomicU64::new(0)),
+            acked: tokio::sync::Notify::new(),
         });
         if let Some(old) = lock(&self.inner.actives).insert(domain.id().clone(), Arc::clone(&ad)) {
             old.stop();
@@ -182,6 +186,7 @@ impl Node {
             // batched into one pass per `retention_interval`.
             tokio::select! {
                 changed = positions.changed() => if changed.is_err() { return },
+                () = ad.acked.notified() => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
             tokio::select! {
@@ -527,6 +532,14 @@ impl ActiveStream {
     /// Releases writers waiting for this standby's durable lsn.
     fn release(&self, durable: Lsn) {
         let mut w = lock(&self.ad.waiting);
+        let before = w
+            .confirmations
+            .durable()
+            .find(|(n, _)| **n == self.peer)
+            .map_or(Lsn::ZERO, |(_, l)| l);
+        if durable > before {
+            self.ad.acked.notify_one();
+        }
         for id in w.confirmations.on_durable(&self.peer, durable) {
             if let Some(tx) = w.writers.remove(&id) {
                 if tx.send(()).is_err() {

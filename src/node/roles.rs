@@ -123,13 +123,29 @@ impl Node {
         domain: &DomainId,
         epoch: Option<&Epoch>,
     ) -> Result<Option<ProbeAnswer>, String> {
-        let deadline = tokio::time::Instant::now() + PROBE_BUDGET;
+        self.probe_within(peer, domain, epoch, PROBE_BUDGET).await
+    }
+
+    /// [`Node::probe`] within `budget` (at least one attempt on a fresh connection when the
+    /// first does not answer, as long as the budget allows).
+    async fn probe_within(
+        &self,
+        peer: &NodeId,
+        domain: &DomainId,
+        epoch: Option<&Epoch>,
+        budget: Duration,
+    ) -> Result<Option<ProbeAnswer>, String> {
+        let deadline = tokio::time::Instant::now() + budget;
         // First on the connection in place (if any), then once on a fresh one.
-        let first = tokio::time::timeout(PROBE_ATTEMPT, self.probe_once(peer, domain, epoch)).await;
+        let first = tokio::time::timeout(
+            PROBE_ATTEMPT.min(budget),
+            self.probe_once(peer, domain, epoch),
+        )
+        .await;
         let why = match first {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => e,
-            Err(_) => format!("no answer within {PROBE_ATTEMPT:?}"),
+            Err(_) => format!("no answer within {:?}", PROBE_ATTEMPT.min(budget)),
         };
         // The connection may be dead without knowing it (the peer restarted): dial afresh.
         self.disconnect(peer).await;
@@ -138,7 +154,7 @@ impl Node {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(format!("{e} (first attempt: {why})")),
             Err(_) => Err(format!(
-                "no answer within {PROBE_BUDGET:?} on a fresh connection (first attempt: {why})"
+                "no answer within {budget:?} on a fresh connection (first attempt: {why})"
             )),
         }
     }
@@ -171,18 +187,29 @@ impl Node {
     }
 
     /// Probes every node of `peers` at once (a dead one's budget does not hold up the others).
+    ///
+    /// A peer in `quick` (out of reach a moment ago in this same attempt, on a fresh
+    /// connection) gets one short attempt instead of the whole budget.
     async fn probe_all(
         &self,
         peers: &[NodeId],
         domain: &DomainId,
         epoch: Option<&Epoch>,
+        quick: &[NodeId],
     ) -> Vec<(NodeId, Result<Option<ProbeAnswer>, String>)> {
         let mut set = tokio::task::JoinSet::new();
         for (i, peer) in peers.iter().enumerate() {
             let (node, peer, domain, epoch) =
                 (self.clone(), peer.clone(), domain.clone(), epoch.cloned());
+            let budget = if quick.contains(&peer) {
+                PROBE_ATTEMPT
+            } else {
+                PROBE_BUDGET
+            };
             set.spawn(async move {
-                let r = node.probe(&peer, &domain, epoch.as_ref()).await;
+                let r = node
+                    .probe_within(&peer, &domain, epoch.as_ref(), budget)
+                    .await;
                 (i, peer, r)
             });
         }
@@ -365,7 +392,7 @@ impl Node {
             }
         }
         // 1. The split-brain guard, on fresh answers.
-        let asked = self.probe_all(&others, domain, None).await;
+        let asked = self.probe_all(&others, domain, None, &[]).await;
         let mut probes = Vec::with_capacity(asked.len());
         let mut highest = here.epoch.clone();
         for (peer, r) in asked {
@@ -435,8 +462,13 @@ impl Node {
         .await?;
         self.unfollow(domain);
         let here = replica.status()?;
+        let out_of_reach: Vec<NodeId> = probes
+            .iter()
+            .filter(|(_, p)| matches!(p, PeerProbe::Unreachable(_)))
+            .map(|(n, _)| n.clone())
+            .collect();
         let replies: Vec<(NodeId, FenceReply)> = self
-            .probe_all(&others, domain, Some(&candidate))
+            .probe_all(&others, domain, Some(&candidate), &out_of_reach)
             .await
             .into_iter()
             .map(|(n, r)| {
@@ -610,6 +642,25 @@ impl Node {
             });
         }
         let replica = ad.domain().clone();
+        // Reach the target on a live connection before writes stop (a target restarted a
+        // moment ago is otherwise found out only while writers wait).
+        match self.probe(to, domain, None).await {
+            Ok(Some(a)) if a.role == Role::Standby => {}
+            Ok(_) => {
+                return Err(SwitchoverError::Failed {
+                    domain: domain.clone(),
+                    node: to.clone(),
+                    why: "it does not hold the domain as a standby".into(),
+                })
+            }
+            Err(why) => {
+                return Err(SwitchoverError::Failed {
+                    domain: domain.clone(),
+                    node: to.clone(),
+                    why: format!("it cannot be reached: {why}"),
+                })
+            }
+        }
         let started = std::time::Instant::now();
         let epoch =
             next_epoch(&replica.status()?.epoch, to).map_err(|e| SwitchoverError::Failed {
@@ -758,7 +809,7 @@ impl Node {
             }
         };
         let replies: Vec<(NodeId, FenceReply)> = self
-            .probe_all(&others, domain, Some(&again))
+            .probe_all(&others, domain, Some(&again), &[])
             .await
             .into_iter()
             .map(|(n, r)| {

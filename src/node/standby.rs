@@ -507,9 +507,15 @@ fn merge_applies(actions: Vec<FollowAction>) -> Vec<FollowAction> {
 
 /// The fork point of the records in a replica's collision archive, if it holds any.
 fn collision_fork(domain: &Domain) -> Result<Option<Lsn>, StoreError> {
-    Ok(domain
-        .collisions()?
+    let (records, corrupt) = domain.archive()?;
+    let fork = records
         .iter()
         .map(|a| Lsn(a.record.lsn.0.saturating_sub(1)))
-        .min())
+        .min();
+    // A corrupt entry still needs an operator: reported as a collision from the start.
+    Ok(if corrupt.is_empty() {
+        fork
+    } else {
+        Some(Lsn::ZERO)
+    })
 }

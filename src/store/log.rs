@@ -111,25 +111,37 @@ impl Domain {
     /// # Errors
     /// [`StoreError::CorruptRecord`] or [`StoreError::Storage`].
     pub fn collisions(&self) -> Result<Vec<ArchivedRecord>, StoreError> {
+        Ok(self.archive()?.0)
+    }
+
+    /// The collision archive: its readable records, oldest first, and the ids of entries
+    /// that fail their CRC (reported by [`Domain::verify`] and counted in status; they can be
+    /// discarded and never stop the replica from following).
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`].
+    pub fn archive(&self) -> Result<(Vec<ArchivedRecord>, Vec<u64>), StoreError> {
         let id = self.id();
         let txn = self.begin_read()?;
         let table = txn.open_table(super::tables::COLLISIONS).or_storage(id)?;
         let mut out = Vec::new();
+        let mut corrupt = Vec::new();
         for entry in table.iter().or_storage(id)? {
             let (k, v) = entry.or_storage(id)?;
             let bytes = v.value().to_vec();
-            let record = decode_record(&bytes).map_err(|source| StoreError::CorruptRecord {
-                domain: id.clone(),
-                lsn: Lsn::ZERO,
-                source,
-            })?;
-            out.push(ArchivedRecord {
-                id: k.value(),
-                record,
-                bytes,
-            });
+            match decode_record(&bytes) {
+                Ok(record) => out.push(ArchivedRecord {
+                    id: k.value(),
+                    record,
+                    bytes,
+                }),
+                Err(e) => {
+                    tracing::warn!(domain = %id, archive_id = k.value(), error = %e, "corrupt record in the collision archive: `domsync collisions discard` removes it");
+                    corrupt.push(k.value());
+                }
+            }
         }
-        Ok(out)
+        Ok((out, corrupt))
     }
 
     /// Removes record `id` from the collision archive (once it was written again on the
@@ -138,7 +150,8 @@ impl Domain {
     /// # Errors
     /// [`StoreError::Storage`].
     pub fn discard_collision(&self, id: u64) -> Result<bool, StoreError> {
-        let known = self.collisions()?.iter().any(|a| a.id == id);
+        let (records, corrupt) = self.archive()?;
+        let known = records.iter().any(|a| a.id == id) || corrupt.contains(&id);
         if known {
             self.submit_work(super::writer::Work::Discard(id))?;
         }
@@ -317,6 +330,13 @@ impl Domain {
                     "chain at lsn {} is {chain:08x}, the position says {:08x}",
                     meta.position.lsn, meta.position.chain
                 ),
+            );
+        }
+        drop(table);
+        for archived in self.archive()?.1 {
+            report.fault(
+                None,
+                format!("collision archive record {archived} is corrupt: inspect it with `domsync collisions list`, then `domsync collisions discard` it"),
             );
         }
         report.digest_computed = compute_digest(&txn, id)?;

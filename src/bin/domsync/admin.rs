@@ -280,7 +280,18 @@ pub fn promote(target: &Target, name: &str, force: bool) -> Res {
                 );
             }
             if !unreachable.is_empty() {
-                println!("not reached by the guard's probe: {}", join(&unreachable));
+                if force {
+                    println!(
+                        "warning: forced without reaching {}: what they hold beyond lsn {} of this replica goes to their collision archive when they follow again",
+                        join(&unreachable),
+                        position.lsn
+                    );
+                } else {
+                    println!(
+                        "not reached (the old active, fenced by every other replica): {}",
+                        join(&unreachable)
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
