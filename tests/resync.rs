@@ -367,3 +367,35 @@ fn a_corrupt_archived_record_is_reported_and_can_be_discarded() {
     assert_eq!(standby.archive().unwrap(), (records, Vec::new()));
     assert!(standby.verify().unwrap().is_clean());
 }
+
+/// Invariant 1 on the resync path: a standby that recorded a newer epoch (fenced by a
+/// promotion) refuses a snapshot from an active that does not know it, and keeps its state;
+/// the same snapshot is taken before the fence.
+#[test]
+fn a_fenced_standby_refuses_the_snapshot_of_an_older_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"), "a");
+    let b = store(&dir.path().join("b"), "b");
+    let active = a.create_domain(&id()).unwrap();
+    let standby = b.join_domain(&id()).unwrap();
+    fill(&active, 5);
+    resync_from(&standby, &active, None);
+    let before = standby.status().unwrap();
+    fill(&active, 3);
+    let newer = domsync::model::Epoch {
+        term: 2,
+        node: NodeId::new("c").unwrap(),
+    };
+    standby.demote(&newer).unwrap();
+    let (target, rows) = snapshot_of(&active);
+    let mut resync = standby.begin_resync(target, None).unwrap();
+    resync.add(&rows).unwrap();
+    assert!(matches!(
+        resync.finish(),
+        Err(StoreError::Fenced { ref epoch, .. }) if *epoch == newer
+    ));
+    let after = standby.status().unwrap();
+    assert_eq!(after.position, before.position);
+    assert_eq!(after.digest, before.digest);
+    assert_eq!(after.epoch, newer);
+}

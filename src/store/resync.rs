@@ -200,8 +200,12 @@ impl Resync {
         }
         let tmp = std::mem::take(&mut self.tmp);
         let position = meta.position.clone();
-        self.domain
-            .submit_work(Work::Install(Box::new(Install { db, tmp, meta })))?;
+        self.domain.submit_work(Work::Install(Box::new(Install {
+            db,
+            tmp,
+            meta,
+            source: self.target.epoch.clone(),
+        })))?;
         tracing::info!(domain = %id, position = %position, rows = self.rows, "resync switched in");
         Ok(position)
     }
@@ -273,6 +277,7 @@ impl Resync {
             tracing::warn!(domain = %id, fork = %fork, records = moved,
                 "divergent records moved to the collision archive; resolve them with `domsync collisions`");
         }
+        trim_held(id, held)?;
         // Records after the fork below the log start that this replica does not hold.
         let below_log = old.position.lsn.0.min(old.log_start.0.saturating_sub(1));
         let missing = below_log
@@ -285,6 +290,40 @@ impl Resync {
         }
         Ok(())
     }
+}
+
+/// Most bytes of records kept in `held` across resyncs: without a bound it grows by the
+/// replica's whole log at every resync. The newest are kept (a later rewind forks past the
+/// records every replica shares, so the oldest are the least likely to be needed).
+pub(crate) const MAX_HELD_BYTES: u64 = 64 << 20;
+
+/// Drops the oldest held records beyond [`MAX_HELD_BYTES`], saying so.
+fn trim_held(
+    id: &crate::model::DomainId,
+    held: &mut redb::Table<'_, u64, &'static [u8]>,
+) -> Result<(), StoreError> {
+    let mut sizes = Vec::new();
+    for entry in held.iter().or_storage(id)? {
+        let (k, v) = entry.or_storage(id)?;
+        sizes.push((k.value(), v.value().len() as u64));
+    }
+    let mut total: u64 = sizes.iter().map(|(_, b)| b).sum();
+    let mut dropped = 0u64;
+    let mut upto = 0u64;
+    for (lsn, bytes) in sizes {
+        if total <= MAX_HELD_BYTES {
+            break;
+        }
+        held.remove(lsn).or_storage(id)?;
+        total -= bytes;
+        dropped += 1;
+        upto = lsn;
+    }
+    if dropped > 0 {
+        tracing::warn!(domain = %id, records = dropped, up_to = upto, kept_bytes = total,
+            "oldest records of this replica's earlier history no longer kept aside (bounded); a later rewind below that lsn cannot archive them here");
+    }
+    Ok(())
 }
 
 impl Drop for Resync {

@@ -88,6 +88,8 @@ pub(crate) struct Install {
     pub db: Database,
     pub tmp: PathBuf,
     pub meta: DomainMeta,
+    /// The highest epoch the active that sent the snapshot knew.
+    pub source: Epoch,
 }
 
 pub(crate) struct Request {
@@ -432,7 +434,12 @@ impl Writer {
     /// Renames the finished database over the replica's file, makes the rename durable and
     /// serves everything from it from now on.
     fn install(&mut self, install: Install) -> Outcome {
-        let Install { db, tmp, meta } = install;
+        let Install {
+            db,
+            tmp,
+            meta,
+            source,
+        } = install;
         let fence = self
             .counters
             .fence
@@ -448,10 +455,10 @@ impl Writer {
             // A snapshot from an active that does not know the newest epoch recorded here
             // comes from a fenced active: installing it would forget the fence.
             recorded
-                .filter(|r| *r > meta.epoch)
+                .filter(|r| *r > source)
                 .map(|epoch| StoreError::Fenced {
                     domain: self.domain.clone(),
-                    from: meta.epoch.node.clone(),
+                    from: source.node.clone(),
                     epoch,
                 })
         };
