@@ -307,6 +307,7 @@ async fn retention_keeps_what_standbys_need_within_the_size_cap() {
     // Everything the standby holds durably is trimmed.
     until(|| active.status().unwrap().log_start == Lsn(101)).await;
 
+    assert_eq!(a.node.unreplicated_trimmed(&dom()), Some(0));
     // The standby stops following; the log grows past the cap and is trimmed to it.
     b.node.unfollow(&dom());
     for i in 100..1100 {
@@ -323,6 +324,9 @@ async fn retention_keeps_what_standbys_need_within_the_size_cap() {
         Lsn(100),
         "not followed meanwhile"
     );
+    // What the cap dropped past lsn 100 no standby held: reported, not silent.
+    let log_start = active.status().unwrap().log_start;
+    until(|| a.node.unreplicated_trimmed(&dom()) == Some(log_start.0 - 101)).await;
     // Behind the retained log, the standby comes back through a snapshot, then streams.
     b.node.follow(standby.clone(), nid("a"));
     reach(&standby, Lsn(1100)).await;

@@ -204,6 +204,21 @@ pub fn render(daemon: &Daemon) -> String {
         );
     }
 
+    o.head(
+        "domsync_unreplicated_trimmed_records_total",
+        "counter",
+        "Records the log's size cap dropped on the active while no standby held them (a forced promotion would leave no copy to archive).",
+    );
+    for d in placements.keys() {
+        if let Some(n) = node.unreplicated_trimmed(d) {
+            o.line(
+                "domsync_unreplicated_trimmed_records_total",
+                &[("domain", d.as_str())],
+                n,
+            );
+        }
+    }
+
     let reports: Vec<_> = placements
         .keys()
         .flat_map(|d| node.sync_status(d).into_iter().map(move |r| (d.clone(), r)))

@@ -103,6 +103,9 @@ pub(super) struct ActiveDomain {
     stop: watch::Sender<bool>,
     /// Records and bytes shipped to standbys since it became active here.
     shipped: (AtomicU64, AtomicU64),
+    /// Records the size cap trimmed from the log that no standby held durably: a later
+    /// forced promotion would fork them away with no copy left to archive (reported).
+    unreplicated_trimmed: AtomicU64,
     /// Woken when a standby's durable lsn moves: the log may be trimmed further even when
     /// no commit follows (the last acknowledgement often comes after the last commit).
     acked: tokio::sync::Notify,
@@ -125,6 +128,7 @@ impl Node {
             stop: watch::channel(false).0,
             shipped: (AtomicU64::new(0), AtomicU64::new(0)),
             acked: tokio::sync::Notify::new(),
+            unreplicated_trimmed: AtomicU64::new(0),
         });
         if let Some(old) = lock(&self.inner.actives).insert(domain.id().clone(), Arc::clone(&ad)) {
             old.stop();
@@ -199,8 +203,22 @@ impl Node {
                 .durable()
                 .map(|(_, l)| l)
                 .collect();
+            let before = ad.domain.status().map(|s| s.log_start).ok();
             if !trim_log(&ad.domain, ad.config.retention_bytes, &durable).await {
                 return;
+            }
+            // Invariant 5: records no standby holds that the size cap dropped are reported.
+            if let (Some(before), Ok(after), false) =
+                (before, ad.domain.status(), durable.is_empty())
+            {
+                let held_by_one = durable.iter().max().copied().unwrap_or(Lsn::ZERO);
+                let from = before.max(held_by_one.next());
+                let n = after.log_start.0.saturating_sub(from.0);
+                if n > 0 {
+                    ad.unreplicated_trimmed.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(domain = %ad.domain.id(), from = %from, records = n,
+                        "the log's size cap dropped records no standby holds yet: if a standby is promoted with --force they cannot be archived; bring the standbys back or raise retention_bytes");
+                }
             }
         }
     }
@@ -267,6 +285,16 @@ impl Node {
             ad.shipped.0.load(Ordering::Relaxed),
             ad.shipped.1.load(Ordering::Relaxed),
         ))
+    }
+
+    /// Records the log's size cap dropped while no standby held them (`None` when the
+    /// domain is not active here): a forced promotion would leave no copy of them to archive.
+    pub fn unreplicated_trimmed(&self, domain: &DomainId) -> Option<u64> {
+        Some(
+            self.active(domain)?
+                .unreplicated_trimmed
+                .load(Ordering::Relaxed),
+        )
     }
 
     /// The sync status of every standby of an active domain (empty when not active here).
