@@ -130,8 +130,16 @@ impl Node {
             acked: tokio::sync::Notify::new(),
             unreplicated_trimmed: AtomicU64::new(0),
         });
-        if let Some(old) = lock(&self.inner.actives).insert(domain.id().clone(), Arc::clone(&ad)) {
-            old.stop();
+        {
+            let mut actives = lock(&self.inner.actives);
+            if *self.inner.shutdown.borrow() {
+                // Checked under the lock `Node::shutdown` empties the map with.
+                tracing::debug!(domain = %domain.id(), "node shut down: not serving");
+                return;
+            }
+            if let Some(old) = actives.insert(domain.id().clone(), Arc::clone(&ad)) {
+                old.stop();
+            }
         }
         tokio::spawn(self.clone().retention_loop(Arc::clone(&ad)));
         tokio::spawn(self.clone().announce_loop(ad));

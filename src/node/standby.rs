@@ -83,6 +83,12 @@ impl Node {
             task: Mutex::new(None),
         });
         let mut standbys = lock(&self.inner.standbys);
+        if *self.inner.shutdown.borrow() {
+            // Checked under the lock `Node::shutdown` empties the map with: a follower
+            // started now would outlive the node (and keep its endpoint bound).
+            tracing::debug!(domain = %domain.id(), "node shut down: not following");
+            return;
+        }
         // A follower that replaces another (a higher epoch names a new active) first waits for
         // the old one's task to end: a batch from the old active that it is still applying
         // would otherwise land after the new follower told the new active its position, past
