@@ -384,6 +384,28 @@ impl Node {
         }
         // Bounded: a peer that does not answer is not waited for.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+        // Hand the listening addresses back now: connections still draining keep a closed
+        // endpoint's driver alive, and with it its socket, so a node started again in the
+        // same process could not bind its address. Rebinding twice drops the listening socket
+        // (quinn keeps the previous one until traffic arrives on the new one).
+        for e in std::iter::once(&self.inner.endpoint).chain(self.inner.gateway_endpoint.iter()) {
+            for _ in 0..2 {
+                let spare = e.local_addr().map(|a| {
+                    if a.is_ipv6() {
+                        SocketAddr::from(([0u16; 8], 0))
+                    } else {
+                        SocketAddr::from(([127, 0, 0, 1], 0))
+                    }
+                });
+                if let Some(Err(err)) = spare
+                    .ok()
+                    .and_then(|a| std::net::UdpSocket::bind(a).ok())
+                    .map(|socket| e.rebind(socket))
+                {
+                    tracing::debug!(error = %err, "listening socket not handed back");
+                }
+            }
+        }
     }
 
     /// Drops the connection to `peer`, if any (streams on it end; followers reconnect after
@@ -474,6 +496,16 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// True when a connection to `peer` is in place and not known to be closed (it may
+    /// still be dead without knowing it: a peer restarted a moment ago).
+    fn has_connection(&self, peer: &NodeId) -> bool {
+        let slot = lock(&self.inner.connections).get(peer).cloned();
+        slot.is_some_and(|slot| {
+            slot.try_lock()
+                .is_ok_and(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()))
+        })
     }
 
     /// The connection to `peer`, opened when missing or dead.

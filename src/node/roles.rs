@@ -136,6 +136,7 @@ impl Node {
         budget: Duration,
     ) -> Result<Option<ProbeAnswer>, String> {
         let deadline = tokio::time::Instant::now() + budget;
+        let cached = self.has_connection(peer);
         // First on the connection in place (if any), then once on a fresh one.
         let first = tokio::time::timeout(
             PROBE_ATTEMPT.min(budget),
@@ -147,6 +148,10 @@ impl Node {
             Ok(Err(e)) => e,
             Err(_) => format!("no answer within {:?}", PROBE_ATTEMPT.min(budget)),
         };
+        if !cached {
+            // That attempt dialed afresh already: the peer is out of reach.
+            return Err(why);
+        }
         // The connection may be dead without knowing it (the peer restarted): dial afresh.
         self.disconnect(peer).await;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
