@@ -399,7 +399,7 @@ impl Node {
         // 1. The split-brain guard, on fresh answers.
         let asked = self.probe_all(&others, domain, None, &[]).await;
         let mut probes = Vec::with_capacity(asked.len());
-        let mut highest = here.epoch.clone();
+        let mut highest = replica.highest_epoch()?;
         for (peer, r) in asked {
             let probe = match r {
                 Ok(answer) => {
