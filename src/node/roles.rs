@@ -192,29 +192,18 @@ impl Node {
     }
 
     /// Probes every node of `peers` at once (a dead one's budget does not hold up the others).
-    ///
-    /// A peer in `quick` (out of reach a moment ago in this same attempt, on a fresh
-    /// connection) gets one short attempt instead of the whole budget.
     async fn probe_all(
         &self,
         peers: &[NodeId],
         domain: &DomainId,
         epoch: Option<&Epoch>,
-        quick: &[NodeId],
     ) -> Vec<(NodeId, Result<Option<ProbeAnswer>, String>)> {
         let mut set = tokio::task::JoinSet::new();
         for (i, peer) in peers.iter().enumerate() {
             let (node, peer, domain, epoch) =
                 (self.clone(), peer.clone(), domain.clone(), epoch.cloned());
-            let budget = if quick.contains(&peer) {
-                PROBE_ATTEMPT
-            } else {
-                PROBE_BUDGET
-            };
             set.spawn(async move {
-                let r = node
-                    .probe_within(&peer, &domain, epoch.as_ref(), budget)
-                    .await;
+                let r = node.probe(&peer, &domain, epoch.as_ref()).await;
                 (i, peer, r)
             });
         }
@@ -397,7 +386,7 @@ impl Node {
             }
         }
         // 1. The split-brain guard, on fresh answers.
-        let asked = self.probe_all(&others, domain, None, &[]).await;
+        let asked = self.probe_all(&others, domain, None).await;
         let mut probes = Vec::with_capacity(asked.len());
         let mut highest = replica.highest_epoch()?;
         for (peer, r) in asked {
@@ -467,13 +456,15 @@ impl Node {
         .await?;
         self.unfollow(domain);
         let here = replica.status()?;
-        let out_of_reach: Vec<NodeId> = probes
+        // A replica found out of reach by the guard round a moment ago (on a fresh
+        // connection) is not waited for again: without --force that can only be the old
+        // active, which the fenced standbys no longer confirm anything for.
+        let (out_of_reach, to_fence): (Vec<_>, Vec<_>) = probes
             .iter()
-            .filter(|(_, p)| matches!(p, PeerProbe::Unreachable(_)))
-            .map(|(n, _)| n.clone())
-            .collect();
-        let replies: Vec<(NodeId, FenceReply)> = self
-            .probe_all(&others, domain, Some(&candidate), &out_of_reach)
+            .partition(|(_, p)| matches!(p, PeerProbe::Unreachable(_)));
+        let to_fence: Vec<NodeId> = to_fence.into_iter().map(|(n, _)| n.clone()).collect();
+        let mut replies: Vec<(NodeId, FenceReply)> = self
+            .probe_all(&to_fence, domain, Some(&candidate))
             .await
             .into_iter()
             .map(|(n, r)| {
@@ -484,6 +475,13 @@ impl Node {
                 (n, reply)
             })
             .collect();
+        replies.extend(out_of_reach.into_iter().map(|(n, p)| {
+            let why = match p {
+                PeerProbe::Unreachable(why) => why.clone(),
+                PeerProbe::Answered(_) => String::new(),
+            };
+            (n.clone(), FenceReply::Unreachable(why))
+        }));
         let fence = check_fence(&FenceInput {
             candidate: &candidate,
             position: &here.position,
@@ -814,7 +812,7 @@ impl Node {
             }
         };
         let replies: Vec<(NodeId, FenceReply)> = self
-            .probe_all(&others, domain, Some(&again), &[])
+            .probe_all(&others, domain, Some(&again))
             .await
             .into_iter()
             .map(|(n, r)| {
