@@ -440,12 +440,7 @@ impl Writer {
             meta,
             source,
         } = install;
-        let fence = self
-            .counters
-            .fence
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let fence = self.fence_epoch();
         let recorded = fence.into_iter().chain([self.meta.epoch.clone()]).max();
         let refusal = if self.meta.role != Role::Standby {
             Some(StoreError::NotStandby {
@@ -496,6 +491,16 @@ impl Writer {
         })
     }
 
+    /// The highest epoch `Domain::demote` was told of (its durable record may still be
+    /// queued behind this batch).
+    fn fence_epoch(&self) -> Option<Epoch> {
+        self.counters
+            .fence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// True when a higher epoch than the replica's own was seen for the domain.
     fn fenced(&self, meta: &DomainMeta) -> bool {
         self.counters
@@ -520,13 +525,7 @@ impl Writer {
                 reason: "this replica never synchronized and holds nothing; it cannot be promoted (resync it from the active first)".into(),
             });
         }
-        let seen = self
-            .counters
-            .fence
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or(0, |e| e.term);
+        let seen = self.fence_epoch().map_or(0, |e| e.term);
         let epoch = match given {
             // Above everything seen, or exactly the candidate epoch this node recorded for
             // itself before fencing the other replicas (a promotion's fencing round).
@@ -692,12 +691,7 @@ impl Writer {
             }));
         }
         if let Some(from) = from {
-            let fence = self
-                .counters
-                .fence
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+            let fence = self.fence_epoch();
             let highest = [Some(&meta.epoch), fence.as_ref(), Some(&record.epoch)]
                 .into_iter()
                 .flatten()
