@@ -249,7 +249,8 @@ impl Node {
             return None;
         }
         if let Some(epoch) = epoch {
-            let known = self.probe_answer(domain)?.epoch;
+            // The highest epoch known here, also one just learned whose record is on its way.
+            let known = self.replica(domain)?.highest_epoch().ok()?;
             if *epoch > known {
                 match check_epoch(epoch, &known, &replicas) {
                     Ok(()) => self.learned_epoch(domain, epoch).await,
