@@ -206,7 +206,15 @@ impl Node {
                     }
                     f.take_redirect()
                 };
-                if let Some(next) = redirect.filter(|n| n != self.id()) {
+                // A peer's word is followed only to a replica of the domain in the local
+                // configuration (invariant 9).
+                let redirect = redirect.filter(|n| n != self.id());
+                if let Some(stranger) = redirect
+                    .as_ref()
+                    .filter(|n| !self.replicas(sd.domain.id()).contains(n))
+                {
+                    tracing::warn!(domain = %sd.domain.id(), from = %sd.active(), named = %stranger, "the followed node names an active that is not a replica of the domain here; not followed");
+                } else if let Some(next) = redirect {
                     tracing::info!(domain = %sd.domain.id(), from = %sd.active(), to = %next, "the followed node names another active; following it");
                     *lock(&sd.active) = next;
                 }
