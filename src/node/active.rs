@@ -12,7 +12,7 @@ use super::error::WriteError;
 use super::{lock, to_wall, wall_micros, Node};
 use crate::model::{DomainId, Lsn, NodeId, Op, Position, Role};
 use crate::net::frame::{open_frame, read_frame, write_frame, FrameError};
-use crate::repl::authorize::{check_epoch, Ask};
+use crate::repl::authorize::Ask;
 use crate::repl::message::{self, MAX_INBOUND_BYTES};
 use crate::repl::{
     retention_cut, Ack, Answer, Confirmations, Durability, LocalView, Message, RecordBytes,
@@ -100,7 +100,7 @@ pub(super) struct ActiveDomain {
     /// One shipper per standby, kept after its stream ends for status.
     shippers: Mutex<BTreeMap<NodeId, Arc<Mutex<Shipper>>>>,
     /// Set when the domain stops being served as active here (step down, shutdown).
-    stop: watch::Sender<bool>,
+    pub(super) stop: watch::Sender<bool>,
     /// Records and bytes shipped to standbys since it became active here.
     shipped: (AtomicU64, AtomicU64),
     /// Records the size cap trimmed from the log that no standby held durably: a later
@@ -108,7 +108,7 @@ pub(super) struct ActiveDomain {
     unreplicated_trimmed: AtomicU64,
     /// Woken when a standby's durable lsn moves: the log may be trimmed further even when
     /// no commit follows (the last acknowledgement often comes after the last commit).
-    acked: tokio::sync::Notify,
+    pub(super) acked: tokio::sync::Notify,
 }
 
 impl Node {
@@ -415,13 +415,9 @@ impl Node {
         };
         if let Ok(status) = ad.domain.status() {
             if follow.epoch > status.epoch {
-                match check_epoch(&follow.epoch, &status.epoch, &replicas) {
-                    // Invariant 1: a higher epoch exists; stop taking writes at once.
-                    Ok(()) => self.step_down(&domain_id, &follow.epoch).await,
-                    Err(e) => {
-                        tracing::warn!(domain = %domain_id, peer = %peer, "follow refused, epoch ignored: {e}");
-                    }
-                }
+                // Invariant 1: a higher epoch exists; the role machine checks it and steps
+                // down at once.
+                self.higher_epoch(&peer, &domain_id, &follow.epoch).await;
                 if let Ok(frame) = reject(RejectReason::StaleEpoch) {
                     drop(write_frame(&mut send, &frame).await);
                 }

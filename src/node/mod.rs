@@ -136,6 +136,8 @@ struct Inner {
     /// The local configuration of each domain (see [`Node::configure`]): its replicas, and
     /// how it is served when this node is its active.
     configs: Mutex<HashMap<DomainId, ActiveConfig>>,
+    /// The role machine of each domain that took part in a role change.
+    roles: Mutex<HashMap<DomainId, Arc<roles::RoleSlot>>>,
     /// Gateways' latest report per domain: gateway id → (active, epoch, when it reached it).
     sightings: Mutex<HashMap<DomainId, GatewaySightings>>,
     grants: Mutex<gateway::Grants>,
@@ -224,6 +226,7 @@ impl Node {
                 actives: Mutex::new(HashMap::new()),
                 standbys: Mutex::new(HashMap::new()),
                 configs: Mutex::new(HashMap::new()),
+                roles: Mutex::new(HashMap::new()),
                 sightings: Mutex::new(HashMap::new()),
                 grants: Mutex::new(HashMap::new()),
                 gateway: gateway::GatewayCounters::default(),

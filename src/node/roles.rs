@@ -1,35 +1,47 @@
-//! Manual promotion of a standby replica (failover), with the split-brain guard.
+//! The node's side of the role protocol: it executes what the sans-IO role machine
+//! ([`crate::repl::roles::Roles`], one per domain) asks for (probes, hand-overs, store
+//! commands, following and serving) and feeds it what comes back. Every decision (the
+//! split-brain guard, fencing, switchover and its failure, the answers to peers, stepping
+//! down) is made there, in the code the deterministic simulation runs.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
 
 use super::active::ActiveConfig;
 use super::{lock, Node};
-use crate::model::{DomainId, Epoch, Lsn, NodeId, Position, Role};
+use crate::model::{DomainId, Epoch, Lsn, NodeId, Position};
 use crate::net::frame::{open_frame, read_frame, write_frame};
-use crate::repl::authorize::{
-    authorize, check_epoch, next_epoch, Ask, EpochRefusal, LocalDomain, PeerRefusal,
-};
+use crate::repl::authorize::{authorize, Ask, EpochRefusal, LocalDomain, PeerRefusal};
 use crate::repl::message::{self, MAX_MESSAGE_BYTES};
-use crate::repl::promotion::{
-    self, check_fence, FenceInput, FenceRefusal, FenceReply, GuardInput, PeerProbe, Refusal, Seer,
-    Sighting,
+use crate::repl::promotion::{FenceRefusal, Refusal, Seer, Sighting};
+use crate::repl::roles::{
+    Action, Facts, Input, Outcome, PromoteFailure, Roles, StoreCommand, SwitchFailure,
+    PROBE_ATTEMPT, TAKE_OVER_TIMEOUT,
 };
 use crate::repl::{Message, ProbeAnswer, SyncStatus};
 use crate::store::{Domain, StoreError};
 
-/// How long a peer may take to answer a probe, fresh connections and retries included,
-/// before it counts as unreachable.
-pub const PROBE_BUDGET: Duration = Duration::from_secs(3);
-
-/// How long the first attempt of a probe waits (on the cached connection) before the
-/// connection is replaced and the probe tried again.
-const PROBE_ATTEMPT: Duration = Duration::from_millis(1000);
-
-/// How long a hand-over may take to be answered.
-const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(2);
+pub use crate::repl::roles::PROBE_BUDGET;
 
 /// Most gateways whose sightings are kept per domain (bounded memory).
 const MAX_SIGHTINGS: usize = 4096;
+
+/// A domain's role machine, and its replica while neither served nor followed.
+pub(super) struct RoleSlot {
+    machine: tokio::sync::Mutex<Roles>,
+    replica: Mutex<Option<Domain>>,
+}
+
+/// What one turn of the role machine produced for its caller.
+#[derive(Default)]
+struct Driven {
+    replies: Vec<(u64, Message)>,
+    outcome: Option<Outcome>,
+    timeout: Option<Instant>,
+    store_error: Option<StoreError>,
+}
 
 /// What a promotion did.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +112,12 @@ pub enum PromoteError {
         domain: DomainId,
         /// Why.
         refusal: EpochRefusal,
+    },
+    /// Another promotion or switchover of the domain is under way on this node.
+    #[error("a promotion or switchover of {domain} is under way on this node: wait for it to end, then look at `domsync status`")]
+    Busy {
+        /// The domain.
+        domain: DomainId,
     },
     /// The store refused.
     #[error(transparent)]
@@ -191,32 +209,6 @@ impl Node {
         }
     }
 
-    /// Probes every node of `peers` at once (a dead one's budget does not hold up the others).
-    async fn probe_all(
-        &self,
-        peers: &[NodeId],
-        domain: &DomainId,
-        epoch: Option<&Epoch>,
-    ) -> Vec<(NodeId, Result<Option<ProbeAnswer>, String>)> {
-        let mut set = tokio::task::JoinSet::new();
-        for (i, peer) in peers.iter().enumerate() {
-            let (node, peer, domain, epoch) =
-                (self.clone(), peer.clone(), domain.clone(), epoch.cloned());
-            set.spawn(async move {
-                let r = node.probe(&peer, &domain, epoch.as_ref()).await;
-                (i, peer, r)
-            });
-        }
-        let mut out = Vec::with_capacity(peers.len());
-        while let Some(joined) = set.join_next().await {
-            if let Ok(one) = joined {
-                out.push(one);
-            }
-        }
-        out.sort_by_key(|(i, _, _)| *i);
-        out.into_iter().map(|(_, p, r)| (p, r)).collect()
-    }
-
     /// Checks that `peer` may `ask` about `domain` (invariant 9), logging a refusal.
     pub(super) fn authorize(
         &self,
@@ -231,59 +223,6 @@ impl Node {
             followed: followed.as_ref(),
         });
         authorize(peer, ask, local)
-    }
-
-    /// Answers a peer's probe: only a replica of the domain learns anything (others get the
-    /// answer of an unknown domain). An epoch in the probe above the highest known here is
-    /// recorded first (a standby fences itself against lower actives, an active steps down),
-    /// once it passes [`check_epoch`].
-    pub(super) async fn answer_probe(
-        &self,
-        peer: &NodeId,
-        domain: &DomainId,
-        epoch: Option<&Epoch>,
-    ) -> Option<ProbeAnswer> {
-        let replicas = self.replicas(domain);
-        if let Err(refusal) = self.authorize(peer, Ask::Probe, domain, &replicas) {
-            tracing::warn!(domain = %domain, peer = %peer, "probe refused: {refusal}");
-            return None;
-        }
-        if let Some(epoch) = epoch {
-            // The highest epoch known here, also one just learned whose record is on its way.
-            let known = self.replica(domain)?.highest_epoch().ok()?;
-            if *epoch > known {
-                match check_epoch(epoch, &known, &replicas) {
-                    Ok(()) => self.learned_epoch(domain, epoch).await,
-                    Err(e) => {
-                        tracing::warn!(domain = %domain, peer = %peer, "epoch from a probe ignored: {e}");
-                    }
-                }
-            }
-        }
-        self.probe_answer(domain)
-    }
-
-    /// A higher epoch for `domain` exists (heard from a peer): if the domain is active here it
-    /// is fenced at once, becomes standby durably, and follows the epoch's node, which moves
-    /// any records written here after the fork to the collision archive (invariants 1, 5).
-    pub(super) async fn step_down(&self, domain: &DomainId, epoch: &Epoch) {
-        let Some(ad) = lock(&self.inner.actives).remove(domain) else {
-            return;
-        };
-        ad.stop();
-        let replica = ad.domain().clone();
-        match off_executor(&replica, {
-            let epoch = epoch.clone();
-            move |d| d.demote(&epoch)
-        })
-        .await
-        {
-            Ok(()) => {
-                tracing::warn!(domain = %domain, epoch = %epoch, active = %epoch.node, "a higher epoch exists: stepped down to standby, following the new active");
-                self.follow(replica, epoch.node.clone());
-            }
-            Err(e) => tracing::error!(domain = %domain, error = %e, "cannot record the demotion"),
-        }
     }
 
     /// Records a gateway's report that it reached `active` (epoch `epoch`) of `domain`
@@ -343,6 +282,292 @@ impl Node {
         })
     }
 
+    /// The role machine of `domain` on this node (created on first use).
+    fn role_slot(&self, domain: &DomainId) -> Arc<RoleSlot> {
+        let mut all = lock(&self.inner.roles);
+        Arc::clone(all.entry(domain.clone()).or_insert_with(|| {
+            Arc::new(RoleSlot {
+                machine: tokio::sync::Mutex::new(Roles::new(self.id().clone(), domain.clone())),
+                replica: Mutex::new(None),
+            })
+        }))
+    }
+
+    /// The replica of `domain` as the role machine needs it: also while it is neither
+    /// served nor followed (between the steps of a promotion).
+    fn held_replica(&self, domain: &DomainId, slot: &RoleSlot) -> Option<Domain> {
+        let now = self.replica(domain);
+        let mut kept = lock(&slot.replica);
+        if let Some(d) = &now {
+            *kept = Some(d.clone());
+        }
+        now.or_else(|| kept.clone())
+    }
+
+    /// What the store and this node say about `domain` right now.
+    fn facts(&self, domain: &DomainId, replica: Option<&Domain>) -> Facts {
+        let mut facts = Facts::none(self.id());
+        let Some(replica) = replica else {
+            return facts;
+        };
+        let (Ok(status), Ok(highest)) = (replica.status(), replica.highest_epoch()) else {
+            return facts;
+        };
+        let active = self.active(domain);
+        let config = active
+            .as_ref()
+            .map(|ad| ad.config().clone())
+            .or_else(|| self.configuration(domain));
+        let mut replicas = self.replicas(domain);
+        if replicas.is_empty() {
+            replicas.push(self.id().clone());
+            if let Some(c) = &config {
+                replicas.extend(c.standbys.iter().filter(|n| *n != self.id()).cloned());
+            }
+        }
+        facts.role = Some(status.role);
+        facts.epoch = status.epoch;
+        facts.highest = highest;
+        facts.position = status.position;
+        facts.history = status.history;
+        facts.followed = lock(&self.inner.standbys).get(domain).map(|sd| sd.active());
+        facts.lag = self.follower_status(domain).map(|r| match r.status {
+            SyncStatus::Lagging { records, .. } => (r.active, records),
+            _ => (r.active, 0),
+        });
+        facts.connected = replicas
+            .iter()
+            .filter(|n| self.has_connection(n))
+            .cloned()
+            .collect();
+        facts.replicas = replicas;
+        facts.configured = self.configuration(domain).is_some();
+        facts.serving = active.is_some();
+        if let Some(c) = config {
+            facts.standbys = c.standbys;
+            facts.durability = c.durability;
+        }
+        facts
+    }
+
+    /// Feeds one input (or the timers) to the role machine of `domain` and carries out
+    /// what it asks: store commands at once (their result goes straight back), sends as
+    /// tasks whose answers come back on `events`, replies collected for the caller.
+    async fn drive(
+        &self,
+        domain: &DomainId,
+        step: Option<Input>,
+        events: &mpsc::UnboundedSender<Input>,
+    ) -> Driven {
+        let slot = self.role_slot(domain);
+        let mut roles = slot.machine.lock().await;
+        let replica = self.held_replica(domain, &slot);
+        let facts = self.facts(domain, replica.as_ref());
+        match step {
+            Some(input) => roles.handle(Instant::now(), &facts, input),
+            None => roles.handle_timeout(Instant::now(), &facts),
+        }
+        let mut driven = Driven::default();
+        while let Some(action) = roles.poll_action() {
+            match action {
+                Action::Store(cmd) => {
+                    let result = match &replica {
+                        Some(r) => run_store(r, cmd).await,
+                        None => Err(StoreError::Io {
+                            action: "find the replica of",
+                            path: std::path::PathBuf::from(domain.as_str()),
+                            detail: "this node holds no replica of the domain".into(),
+                        }),
+                    };
+                    let fed = result.as_ref().map(|_| ()).map_err(ToString::to_string);
+                    if let Err(e) = result {
+                        driven.store_error = Some(e);
+                    }
+                    let facts = self.facts(domain, replica.as_ref());
+                    roles.handle(Instant::now(), &facts, Input::Stored(fed));
+                }
+                other => self.execute(domain, replica.as_ref(), other, events, &mut driven),
+            }
+        }
+        driven.outcome = roles.take_outcome();
+        driven.timeout = roles.poll_timeout();
+        driven
+    }
+
+    /// Carries out one action of the role machine (all but store commands).
+    fn execute(
+        &self,
+        domain: &DomainId,
+        replica: Option<&Domain>,
+        action: Action,
+        events: &mpsc::UnboundedSender<Input>,
+        driven: &mut Driven,
+    ) {
+        match action {
+            Action::Probe {
+                req,
+                peer,
+                epoch,
+                fresh,
+            } => {
+                let (node, domain, events) = (self.clone(), domain.clone(), events.clone());
+                tokio::spawn(async move {
+                    if fresh {
+                        node.disconnect(&peer).await;
+                    }
+                    let result = tokio::time::timeout(
+                        PROBE_BUDGET,
+                        node.probe_once(&peer, &domain, epoch.as_ref()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {PROBE_BUDGET:?}")));
+                    drop(events.send(Input::Answer { req, result }));
+                });
+            }
+            Action::TakeOver { req, peer, take } => {
+                let (node, events) = (self.clone(), events.clone());
+                tokio::spawn(async move {
+                    let result = match node.ask(&peer, &Message::TakeOver(take)).await {
+                        Ok(Message::TookOver(r)) => r,
+                        Ok(other) => Err(format!("unexpected answer {other:?}")),
+                        Err(e) => Err(e),
+                    };
+                    drop(events.send(Input::TookOver { req, result }));
+                });
+            }
+            Action::AwaitDurable { peer, lsn } => {
+                let Some(ad) = self.active(domain) else {
+                    return;
+                };
+                let events = events.clone();
+                tokio::spawn(async move {
+                    let mut stop = ad.stop.subscribe();
+                    loop {
+                        let acked = ad.acked.notified();
+                        if ad.durable_on(&peer) >= lsn {
+                            drop(events.send(Input::Durable { peer, lsn }));
+                            return;
+                        }
+                        if *stop.borrow() || events.is_closed() {
+                            return;
+                        }
+                        tokio::select! {
+                            () = acked => {}
+                            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                });
+            }
+            Action::Reply { reply, message } => driven.replies.push((reply, message)),
+            Action::ReplyStanding { reply } => driven
+                .replies
+                .push((reply, Message::ProbeAnswer(self.probe_answer(domain)))),
+            Action::Serve => {
+                if let (Some(replica), Some(config)) = (replica, self.configuration(domain)) {
+                    self.serve_active(replica.clone(), config);
+                }
+            }
+            Action::StopServing => {
+                if let Some(ad) = lock(&self.inner.actives).remove(domain) {
+                    ad.stop();
+                }
+            }
+            Action::Follow(active) => {
+                if let Some(replica) = replica {
+                    self.follow(replica.clone(), active);
+                }
+            }
+            Action::Unfollow => self.unfollow(domain),
+            Action::Log { warn: true, line } => tracing::warn!(domain = %domain, "{line}"),
+            Action::Log { warn: false, line } => tracing::info!(domain = %domain, "{line}"),
+            Action::Store(_) => {}
+        }
+    }
+
+    /// Runs an operation (promotion, switchover) to its end: answers and timers are fed to
+    /// the role machine until it has an outcome.
+    async fn operate(&self, domain: &DomainId, start: Input) -> (Outcome, Option<StoreError>) {
+        let (events, mut answers) = mpsc::unbounded_channel();
+        let mut driven = self.drive(domain, Some(start), &events).await;
+        let mut store_error = None;
+        loop {
+            store_error = driven.store_error.take().or(store_error);
+            if let Some(outcome) = driven.outcome.take() {
+                return (outcome, store_error);
+            }
+            // Every waiting step of an operation runs a timer; none means it ended.
+            let Some(deadline) = driven.timeout else {
+                return (
+                    Outcome::Promotion(Err(PromoteFailure::Store(
+                        "the role machine stopped without an outcome".into(),
+                    ))),
+                    store_error,
+                );
+            };
+            let deadline = tokio::time::Instant::from_std(deadline);
+            driven = tokio::select! {
+                Some(input) = answers.recv() => self.drive(domain, Some(input), &events).await,
+                () = tokio::time::sleep_until(deadline) => self.drive(domain, None, &events).await,
+            };
+        }
+    }
+
+    /// Answers a peer's probe (see [`Roles`]: only a replica of the domain learns anything,
+    /// and a higher epoch it carries is recorded first).
+    pub(super) async fn answer_probe(
+        &self,
+        peer: &NodeId,
+        domain: &DomainId,
+        epoch: Option<&Epoch>,
+    ) -> Option<ProbeAnswer> {
+        let (events, _) = mpsc::unbounded_channel();
+        let input = Input::Probe {
+            from: peer.clone(),
+            epoch: epoch.cloned(),
+            reply: 0,
+        };
+        let driven = self.drive(domain, Some(input), &events).await;
+        driven.replies.into_iter().find_map(|(_, m)| match m {
+            Message::ProbeAnswer(a) => a,
+            _ => None,
+        })
+    }
+
+    /// A peer asked to follow this active with a higher epoch: step down once the epoch is
+    /// checked (invariant 1).
+    pub(super) async fn higher_epoch(&self, peer: &NodeId, domain: &DomainId, epoch: &Epoch) {
+        let (events, _) = mpsc::unbounded_channel();
+        let input = Input::HigherEpoch {
+            from: peer.clone(),
+            epoch: epoch.clone(),
+        };
+        self.drive(domain, Some(input), &events).await;
+    }
+
+    /// The target side of a switchover (see [`Roles`]).
+    pub(super) async fn take_over(
+        &self,
+        from: &NodeId,
+        take: &crate::repl::TakeOver,
+    ) -> Result<Position, String> {
+        let (events, _) = mpsc::unbounded_channel();
+        let input = Input::TakeOver {
+            from: from.clone(),
+            take: take.clone(),
+            reply: 0,
+        };
+        let driven = self.drive(&take.domain, Some(input), &events).await;
+        driven
+            .replies
+            .into_iter()
+            .find_map(|(_, m)| match m {
+                Message::TookOver(r) => Some(r),
+                _ => None,
+            })
+            .unwrap_or_else(|| Err("the hand-over was not answered".into()))
+    }
+
     /// Promotes this node's standby replica of `domain` (manual failover): stops following,
     /// becomes active in an epoch above every epoch seen, and serves the domain with its
     /// local configuration ([`Node::configure`]; `config` when none was set).
@@ -371,166 +596,57 @@ impl Node {
         config: ActiveConfig,
         force: bool,
     ) -> Result<Promotion, PromoteError> {
-        let sd = lock(&self.inner.standbys)
-            .get(domain)
-            .cloned()
-            .ok_or_else(|| PromoteError::NotStandby {
-                domain: domain.clone(),
-            })?;
-        let replica = sd.domain().clone();
-        let here = replica.status()?;
-        let followed = sd.active();
-        let mut others: Vec<NodeId> = Vec::new();
-        for n in peers.iter().chain(self.replicas(domain).iter()) {
-            if n != self.id() && !others.contains(n) {
-                others.push(n.clone());
-            }
+        if self.configuration(domain).is_none() && self.replica(domain).is_some() {
+            lock(&self.inner.configs).insert(domain.clone(), config);
         }
-        // 1. The split-brain guard, on fresh answers.
-        let asked = self.probe_all(&others, domain, None).await;
-        let mut probes = Vec::with_capacity(asked.len());
-        let mut highest = replica.highest_epoch()?;
-        for (peer, r) in asked {
-            let probe = match r {
-                Ok(answer) => {
-                    if let Some(a) = &answer {
-                        if a.epoch > highest
-                            && check_epoch(&a.epoch, &highest, &self.replicas(domain)).is_ok()
-                        {
-                            highest = a.epoch.clone();
-                        }
-                    }
-                    PeerProbe::Answered(answer)
-                }
-                Err(e) => {
-                    tracing::info!(domain = %domain, peer = %peer, "probe before promotion: {e}");
-                    PeerProbe::Unreachable(e)
-                }
-            };
-            probes.push((peer, probe));
-        }
-        let lag = self.follower_status(domain).map(|r| match r.status {
-            SyncStatus::Lagging { records, .. } => (r.active, records),
-            _ => (r.active, 0),
-        });
-        let sightings = self.sightings(domain);
-        let input = GuardInput {
-            me: self.id(),
-            epoch: &here.epoch,
-            position: &here.position,
-            lag,
-            probes: &probes,
-            sightings: &sightings,
+        let start = Input::Promote {
+            force,
+            peers: peers.to_vec(),
+            sightings: self.sightings(domain),
             window: self.inner.config.guard_window,
-            force,
         };
-        let verdict = promotion::check(&input).map_err(|r| refused(domain, r))?;
-        if !force {
-            // Nothing is fenced while a replica that may hold acknowledged writes is out of
-            // reach: the refusal leaves the domain as it was.
-            if let Some((node, PeerProbe::Unreachable(why))) = probes
-                .iter()
-                .find(|(n, p)| *n != followed && matches!(p, PeerProbe::Unreachable(_)))
-            {
-                return Err(PromoteError::Fence {
-                    domain: domain.clone(),
-                    refusal: FenceRefusal::Unreachable {
-                        node: node.clone(),
-                        why: why.clone(),
-                    },
-                });
-            }
-        }
-        for s in &verdict.alive {
-            tracing::warn!(domain = %domain, active = %s.active, seen_by = %s.seer, age_ms = s.age.as_millis(), "forced promotion while an active was seen alive");
-        }
-        // 2. Fencing: this replica first (nothing more from the old active lands here), then
-        // every other replica, which answers with its final position.
-        let candidate = next_epoch(&highest, self.id()).map_err(|refusal| PromoteError::Epoch {
-            domain: domain.clone(),
-            refusal,
-        })?;
-        off_executor(&replica, {
-            let candidate = candidate.clone();
-            move |d| d.demote(&candidate)
-        })
-        .await?;
-        self.unfollow(domain);
-        let here = replica.status()?;
-        // A replica found out of reach by the guard round a moment ago (on a fresh
-        // connection) is not waited for again: without --force that can only be the old
-        // active, which the fenced standbys no longer confirm anything for.
-        let (out_of_reach, to_fence): (Vec<_>, Vec<_>) = probes
-            .iter()
-            .partition(|(_, p)| matches!(p, PeerProbe::Unreachable(_)));
-        let to_fence: Vec<NodeId> = to_fence.into_iter().map(|(n, _)| n.clone()).collect();
-        let mut replies: Vec<(NodeId, FenceReply)> = self
-            .probe_all(&to_fence, domain, Some(&candidate))
-            .await
-            .into_iter()
-            .map(|(n, r)| {
-                let reply = match r {
-                    Ok(a) => FenceReply::Answered(a),
-                    Err(e) => FenceReply::Unreachable(e),
-                };
-                (n, reply)
+        let (outcome, store_error) = self.operate(domain, start).await;
+        let Outcome::Promotion(result) = outcome else {
+            return Err(PromoteError::Fence {
+                domain: domain.clone(),
+                refusal: FenceRefusal::Unreachable {
+                    node: self.id().clone(),
+                    why: "a switchover of the domain is under way on this node".into(),
+                },
+            });
+        };
+        result
+            .map(|p| Promotion {
+                epoch: p.epoch,
+                position: p.position,
+                behind_records: p.behind_records,
+                unreachable: p.unreachable,
+                holders: p.holders,
             })
-            .collect();
-        replies.extend(out_of_reach.into_iter().map(|(n, p)| {
-            let why = match p {
-                PeerProbe::Unreachable(why) => why.clone(),
-                PeerProbe::Answered(_) => String::new(),
-            };
-            (n.clone(), FenceReply::Unreachable(why))
-        }));
-        let fence = check_fence(&FenceInput {
-            candidate: &candidate,
-            position: &here.position,
-            history: &here.history,
-            old_active: Some(&followed),
-            replies: &replies,
-            force,
-        });
-        let fence = match fence {
-            Ok(f) => f,
-            Err(refusal) => {
-                tracing::warn!(domain = %domain, candidate = %candidate, "promotion refused after fencing: {refusal}");
-                // The replicas reached keep the candidate epoch: the old active gets no more
-                // confirmations from them. This replica waits for the next active.
-                self.follow(replica, followed);
-                return Err(PromoteError::Fence {
+            .map_err(|f| match f {
+                PromoteFailure::NotStandby => PromoteError::NotStandby {
+                    domain: domain.clone(),
+                },
+                PromoteFailure::Busy => PromoteError::Busy {
+                    domain: domain.clone(),
+                },
+                PromoteFailure::Guard(r) => refused(domain, r),
+                PromoteFailure::Fence(refusal) => PromoteError::Fence {
                     domain: domain.clone(),
                     refusal,
-                });
-            }
-        };
-        let mut behind_records = verdict.behind_records;
-        if !fence.holders.is_empty() {
-            behind_records = behind_records.max(1);
-            tracing::warn!(domain = %domain, holders = ?fence.holders, "forced promotion: these replicas hold records this one lacks; they go to their collision archive");
-        }
-        let mut unreachable = fence.unreachable;
-        unreachable.sort();
-        unreachable.dedup();
-        if let Err(e) = off_executor(&replica, {
-            let candidate = candidate.clone();
-            move |d| d.promote_to(&candidate)
-        })
-        .await
-        {
-            self.follow(replica, followed);
-            return Err(e.into());
-        }
-        tracing::warn!(domain = %domain, epoch = %candidate, behind_records, forced = force, "promoted to active");
-        let config = self.configuration(domain).unwrap_or(config);
-        self.serve_active(replica.clone(), config);
-        Ok(Promotion {
-            epoch: candidate,
-            position: replica.status()?.position,
-            behind_records,
-            unreachable,
-            holders: fence.holders,
-        })
+                },
+                PromoteFailure::Epoch(refusal) => PromoteError::Epoch {
+                    domain: domain.clone(),
+                    refusal,
+                },
+                PromoteFailure::Store(why) => PromoteError::Store(store_error.unwrap_or(
+                    StoreError::Io {
+                        action: "promote",
+                        path: std::path::PathBuf::new(),
+                        detail: why,
+                    },
+                )),
+            })
     }
 }
 
@@ -632,317 +748,50 @@ impl Node {
         to: &NodeId,
         timeout: Duration,
     ) -> Result<Switchover, SwitchoverError> {
-        let ad = lock(&self.inner.actives)
-            .get(domain)
-            .cloned()
-            .ok_or_else(|| SwitchoverError::NotActive {
-                domain: domain.clone(),
-            })?;
-        let config = ad.config().clone();
-        if !config.standbys.contains(to) {
-            return Err(SwitchoverError::NotStandby {
-                domain: domain.clone(),
-                node: to.clone(),
-            });
-        }
-        let replica = ad.domain().clone();
-        // Reach the target on a live connection before writes stop (a target restarted a
-        // moment ago is otherwise found out only while writers wait).
-        match self.probe(to, domain, None).await {
-            Ok(Some(a)) if a.role == Role::Standby => {}
-            Ok(_) => {
-                return Err(SwitchoverError::Failed {
-                    domain: domain.clone(),
-                    node: to.clone(),
-                    why: "it does not hold the domain as a standby".into(),
-                })
-            }
-            Err(why) => {
-                return Err(SwitchoverError::Failed {
-                    domain: domain.clone(),
-                    node: to.clone(),
-                    why: format!("it cannot be reached: {why}"),
-                })
-            }
-        }
-        let started = std::time::Instant::now();
-        let epoch =
-            next_epoch(&replica.status()?.epoch, to).map_err(|e| SwitchoverError::Failed {
-                domain: domain.clone(),
-                node: to.clone(),
-                why: e.to_string(),
-            })?;
-        // 1. No more writes here; writers are told the new active's name.
-        off_executor(&replica, {
-            let epoch = epoch.clone();
-            move |d| d.demote(&epoch)
-        })
-        .await?;
-        let last = replica.status()?.position;
-        let fail = |why: String| SwitchoverError::Failed {
+        let start = Input::Switchover {
+            to: to.clone(),
+            timeout,
+        };
+        let (outcome, store_error) = self.operate(domain, start).await;
+        let failed = |why: String| SwitchoverError::Failed {
             domain: domain.clone(),
             node: to.clone(),
             why,
         };
-        let outcome = async {
-            // 2. Wait until the target holds the last write durably.
-            let deadline = tokio::time::Instant::now() + timeout;
-            while ad.durable_on(to) < last.lsn {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(fail(format!(
-                        "it did not reach lsn {} in {timeout:?}",
-                        last.lsn
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            // 3. Hand over, on a connection that just answered: a target restarted a moment
-            // ago is reached on a fresh one (its old connection only dies at its idle timeout).
-            match self.probe(to, domain, None).await {
-                Ok(Some(a)) if a.position == last && a.role == Role::Standby => {}
-                Ok(Some(a)) => {
-                    return Err(fail(format!(
-                        "it stands at {} as {} instead of {last}",
-                        a.position, a.role
-                    )))
-                }
-                Ok(None) => return Err(fail("it holds no replica of the domain".into())),
-                Err(e) => return Err(fail(e)),
-            }
-            let mut standbys: Vec<NodeId> = config
-                .standbys
-                .iter()
-                .filter(|n| *n != to)
-                .cloned()
-                .collect();
-            standbys.push(self.id().clone());
-            let take = crate::repl::TakeOver {
-                domain: domain.clone(),
-                epoch: epoch.clone(),
-                last: last.clone(),
-                durability: config.durability,
-                standbys,
-            };
-            self.ask(to, &Message::TakeOver(take))
-                .await
-                .map_err(fail)
-                .and_then(|m| match m {
-                    Message::TookOver(Ok(_)) => Ok(()),
-                    Message::TookOver(Err(why)) => Err(fail(why)),
-                    other => Err(fail(format!("unexpected answer {other:?}"))),
-                })
-        }
-        .await;
-        match outcome {
-            Ok(()) => {
-                let pause = started.elapsed();
-                if let Some(ad) = lock(&self.inner.actives).remove(domain) {
-                    ad.stop();
-                }
-                self.follow(replica, to.clone());
-                tracing::info!(domain = %domain, to = %to, epoch = %epoch, pause_ms = pause.as_millis(), "switchover complete");
-                Ok(Switchover {
-                    epoch,
-                    position: last,
-                    pause,
-                })
-            }
-            Err(e) => self.switchover_failed(domain, to, &epoch, replica, e).await,
-        }
-    }
-
-    /// A switchover did not complete: find out who is active before taking writes again. If
-    /// the target did take over (only its answer was lost) or a higher epoch appeared
-    /// meanwhile, this node follows that active instead of making a second one. Writes are
-    /// taken again only once the target is known not to have taken over and unable to: every
-    /// other replica (the target among them) recorded a new epoch of this node, higher than
-    /// the one offered, and none holds more. Otherwise this node stays standby and says so.
-    async fn switchover_failed(
-        &self,
-        domain: &DomainId,
-        to: &NodeId,
-        offered: &Epoch,
-        replica: Domain,
-        error: SwitchoverError,
-    ) -> Result<Switchover, SwitchoverError> {
-        let status = replica.status()?;
-        let answer = self.probe(to, domain, None).await;
-        let successor = match &answer {
-            Ok(Some(a)) if a.role == Role::Active && a.epoch >= *offered => Some(to.clone()),
-            Ok(Some(a)) if a.epoch > *offered => Some(a.epoch.node.clone()),
-            _ if status.epoch > *offered => Some(status.epoch.node.clone()),
-            _ => None,
+        let Outcome::Switchover(result) = outcome else {
+            return Err(failed("a promotion of the domain is under way on this node".into()));
         };
-        let stand_by = |node: &Node, active: NodeId| {
-            if let Some(ad) = lock(&node.inner.actives).remove(domain) {
-                ad.stop();
-            }
-            node.follow(replica.clone(), active);
-        };
-        if let Some(active) = successor.filter(|n| n != self.id()) {
-            tracing::warn!(domain = %domain, active = %active, "switchover answer lost or overtaken: following {active}");
-            stand_by(self, active);
-            return Err(error);
-        }
-        if let Err(why) = answer {
-            tracing::error!(domain = %domain, target = %to, "switchover outcome unknown: {why}; staying standby");
-            stand_by(self, to.clone());
-            return Err(SwitchoverError::Unknown {
-                domain: domain.clone(),
-                node: to.clone(),
-                why: error.to_string(),
-            });
-        }
-        // The target did not take over: fence everyone above the offered epoch, then take
-        // writes again in that epoch.
-        let highest = status.epoch.clone().max(offered.clone());
-        let others: Vec<NodeId> = self
-            .replicas(domain)
-            .into_iter()
-            .filter(|n| n != self.id())
-            .collect();
-        let again = match next_epoch(&highest, self.id()) {
-            Ok(e) => e,
-            Err(e) => {
-                stand_by(self, to.clone());
-                return Err(SwitchoverError::Unknown {
+        result
+            .map(|s| Switchover {
+                epoch: s.epoch,
+                position: s.position,
+                pause: s.pause,
+            })
+            .map_err(|f| match f {
+                SwitchFailure::NotActive => SwitchoverError::NotActive {
+                    domain: domain.clone(),
+                },
+                SwitchFailure::NotStandby => SwitchoverError::NotStandby {
                     domain: domain.clone(),
                     node: to.clone(),
-                    why: e.to_string(),
-                });
-            }
-        };
-        let replies: Vec<(NodeId, FenceReply)> = self
-            .probe_all(&others, domain, Some(&again))
-            .await
-            .into_iter()
-            .map(|(n, r)| {
-                (
-                    n,
-                    r.map_or_else(FenceReply::Unreachable, FenceReply::Answered),
-                )
+                },
+                SwitchFailure::Busy => {
+                    failed("another promotion or switchover of the domain is under way".into())
+                }
+                SwitchFailure::Failed(why) => failed(why),
+                SwitchFailure::Unknown(why) => SwitchoverError::Unknown {
+                    domain: domain.clone(),
+                    node: to.clone(),
+                    why,
+                },
+                SwitchFailure::Store(why) => {
+                    SwitchoverError::Store(store_error.unwrap_or(StoreError::Io {
+                        action: "switchover",
+                        path: std::path::PathBuf::new(),
+                        detail: why,
+                    }))
+                }
             })
-            .collect();
-        let fenced = check_fence(&FenceInput {
-            candidate: &again,
-            position: &status.position,
-            history: &status.history,
-            old_active: None,
-            replies: &replies,
-            force: false,
-        });
-        if let Err(refusal) = fenced {
-            tracing::error!(domain = %domain, "switchover failed and this node cannot take writes again: {refusal}");
-            stand_by(self, to.clone());
-            return Err(SwitchoverError::Unknown {
-                domain: domain.clone(),
-                node: to.clone(),
-                why: format!("{error}; taking writes back was refused: {refusal}"),
-            });
-        }
-        off_executor(&replica, {
-            let again = again.clone();
-            move |d| d.promote_to(&again)
-        })
-        .await?;
-        tracing::warn!(domain = %domain, error = %error, epoch = %again, "switchover failed; still active");
-        Err(error)
-    }
-
-    /// A peer told of a higher `epoch` for `domain`: an active here steps down; a standby
-    /// records the epoch (it acknowledges nothing to a lower active any more) and follows the
-    /// epoch's node. An epoch naming this node is one it is being handed (switchover) and is
-    /// left to the hand-over.
-    pub(super) async fn learned_epoch(&self, domain: &DomainId, epoch: &Epoch) {
-        if epoch.node == *self.id() {
-            return;
-        }
-        if lock(&self.inner.actives).contains_key(domain) {
-            self.step_down(domain, epoch).await;
-            return;
-        }
-        let Some(sd) = lock(&self.inner.standbys).get(domain).cloned() else {
-            return;
-        };
-        let replica = sd.domain().clone();
-        if replica.status().is_ok_and(|s| s.epoch >= *epoch) {
-            return;
-        }
-        let recorded = off_executor(&replica, {
-            let epoch = epoch.clone();
-            move |d| d.demote(&epoch)
-        })
-        .await;
-        if let Err(e) = recorded {
-            tracing::error!(domain = %domain, error = %e, "cannot record a higher epoch");
-            return;
-        }
-        if sd.active() != epoch.node {
-            tracing::info!(domain = %domain, epoch = %epoch, active = %epoch.node, "a higher epoch exists: following its active");
-            self.follow(replica, epoch.node.clone());
-        }
-    }
-
-    /// The target side of a switchover: accepted only from the active this replica follows,
-    /// for a replica of the domain in the local configuration, in a new epoch of this node
-    /// within [`check_epoch`]'s bounds, at exactly the old active's last position. The new
-    /// active serves with its local configuration; what the message says of durability and
-    /// standbys is not used.
-    pub(super) async fn take_over(
-        &self,
-        from: &NodeId,
-        take: &crate::repl::TakeOver,
-    ) -> Result<Position, String> {
-        let domain = &take.domain;
-        let replicas = self.replicas(domain);
-        if let Err(refusal) = self.authorize(from, Ask::TakeOver, domain, &replicas) {
-            tracing::warn!(domain = %domain, peer = %from, "hand-over refused: {refusal}");
-            return Err(format!("{} is not a standby of {domain} here", self.id()));
-        }
-        let sd = lock(&self.inner.standbys)
-            .get(domain)
-            .cloned()
-            .ok_or_else(|| format!("{} is not a standby of {domain} here", self.id()))?;
-        let config = self.configuration(domain).ok_or_else(|| {
-            format!(
-                "{} has no local configuration of {domain} to serve it with (durability, standbys): configure the domain on {} first",
-                self.id(),
-                self.id()
-            )
-        })?;
-        let replica = sd.domain().clone();
-        let here = replica.status().map_err(|e| e.to_string())?;
-        if take.epoch.node != *self.id() || take.epoch <= here.epoch {
-            return Err(format!(
-                "epoch {} is not a new epoch of {} above {}",
-                take.epoch,
-                self.id(),
-                here.epoch
-            ));
-        }
-        if let Err(e) = check_epoch(&take.epoch, &here.epoch, &replicas) {
-            tracing::warn!(domain = %domain, peer = %from, "hand-over refused: {e}");
-            return Err(e.to_string());
-        }
-        if here.position != take.last {
-            return Err(format!(
-                "this replica is at {} and the old active at {}",
-                here.position, take.last
-            ));
-        }
-        self.unfollow(domain);
-        let promoted = off_executor(&replica, {
-            let epoch = take.epoch.clone();
-            move |d| d.promote_to(&epoch)
-        })
-        .await;
-        if let Err(e) = promoted {
-            self.follow(replica, from.clone());
-            return Err(e.to_string());
-        }
-        self.serve_active(replica, config);
-        tracing::info!(domain = %domain, from = %from, epoch = %take.epoch, "took over as active");
-        Ok(here.position)
     }
 
     /// Sends one message on a new stream to `peer` and reads one answer.
@@ -965,6 +814,15 @@ impl Node {
         drop(send.finish());
         open_frame::<Message>(&answer, MAX_MESSAGE_BYTES).map_err(|e| e.to_string())
     }
+}
+
+/// Runs a role machine's store command durably, off the executor.
+async fn run_store(domain: &Domain, cmd: StoreCommand) -> Result<(), StoreError> {
+    off_executor(domain, move |d| match &cmd {
+        StoreCommand::Demote(e) => d.demote(e),
+        StoreCommand::PromoteTo(e) => d.promote_to(e),
+    })
+    .await
 }
 
 /// Runs a store call that waits for a durable commit on a blocking thread, not on the

@@ -12,6 +12,7 @@ pub mod authorize;
 mod durability;
 pub mod message;
 pub mod promotion;
+pub mod roles;
 mod retention;
 mod standby;
 mod status;
