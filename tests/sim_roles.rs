@@ -83,10 +83,14 @@ use std::time::Duration;
 
 use domsync::codec::decode_record;
 use domsync::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
-use domsync::repl::promotion::{check, GuardInput, Heard, PeerProbe};
+use domsync::repl::promotion::Heard;
+use domsync::repl::roles::{
+    Action, Facts, Input, Outcome as RoleOutcome, PromoteFailure, Roles, StoreCommand,
+};
 use domsync::repl::{
-    decide, Answer, Backoff, FollowAction, Follower, Message, ProbeAnswer, RecordBytes,
-    RejectReason, ShipAction, ShipConfig, Shipper, SnapshotHeader, StandbyView, SyncStatus,
+    decide, Answer, Backoff, Durability, FollowAction, Follower, Message, ProbeAnswer,
+    RecordBytes, RejectReason, ShipAction, ShipConfig, Shipper, SnapshotHeader, StandbyView,
+    SyncStatus, TakeOver,
 };
 use domsync::store::{
     ArchivedRecord, Domain, DomainStatus, Resync, StateDigest, Store, StoreError,
@@ -107,13 +111,7 @@ const GUARD_WINDOW: Duration = Duration::from_millis(1000);
 /// An active announces its epoch to silent standbys this often (once a second).
 const ANNOUNCE_STEPS: u64 = 100;
 /// How long a switchover waits for its target.
-const SWITCH_TIMEOUT_STEPS: u64 = 150;
-/// Whether the split-brain guard (`promotion::check`) weighs the epoch of a peer's last record,
-/// not only its lsn. It does: a standby that holds more records of an older epoch (an old
-/// active that stepped down and has not resynced yet) is refused against a peer holding fewer
-/// records of the newer epoch, whose acknowledged writes its promotion would lose. With this
-/// set the simulation asserts that every such promotion is refused.
-const GUARD_COMPARES_EPOCHS: bool = true;
+const SWITCH_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Whether every record written after a rewind's fork point ends in some archive (or the
 /// final state) even when the fork is below the rewound replica's log start. A replica
 /// resynced from a snapshot holds the records between the fork and its log start only as
@@ -223,6 +221,16 @@ counters! {
         self_follows,
         /// The operator pointed a stuck standby at the active (settle phase).
         repointed,
+        /// Promotions refused by the fencing round (or because a replica was out of reach).
+        fence_refusals,
+        /// Control messages (probes, hand-overs, answers) lost: cut link, node down, or sent
+        /// on a cached connection to a node that restarted since.
+        ctl_lost,
+        /// Of those, lost on a stale cached connection.
+        ctl_stale,
+        ctl_duplicated,
+        /// Messages from hostile but authenticated peers, each of which changed nothing.
+        rogue,
     }
 }
 
@@ -245,15 +253,48 @@ struct Stream {
     closing: bool,
 }
 
-/// A planned hand-over in progress on the active.
+/// A control message in flight (a probe, a hand-over, or an answer), on its own stream of
+/// the connection between two nodes: lost when the link is cut or the receiver is down at
+/// delivery, or when it was sent on a cached connection to an earlier incarnation of the
+/// receiver (a peer restarted since: the connection looks alive but is dead).
 #[derive(Debug, Clone)]
-struct Switch {
-    /// The epoch the active served in before it stopped.
-    from: Epoch,
+struct Ctl {
+    from: usize,
     to: usize,
-    epoch: Epoch,
-    last: Position,
-    deadline: u64,
+    at: u64,
+    incarnation: u64,
+    body: CtlBody,
+}
+
+#[derive(Debug, Clone)]
+enum CtlBody {
+    Probe {
+        req: u64,
+        epoch: Option<Epoch>,
+    },
+    ProbeAnswer {
+        req: u64,
+        answer: Option<ProbeAnswer>,
+    },
+    /// `lose`: the `TookOver` answer is lost (the hand-over itself happens).
+    TakeOver {
+        req: u64,
+        take: TakeOver,
+        lose: bool,
+    },
+    TookOver {
+        req: u64,
+        result: Result<Position, String>,
+    },
+}
+
+/// The operation an operator started on a node, for the checks on its outcome.
+#[derive(Debug, Clone)]
+struct OpInfo {
+    force: bool,
+    /// The active the promoted standby followed (it alone may be out of reach).
+    followed: Option<usize>,
+    why: &'static str,
 }
 
 /// The domain served as active on a node (`ActiveDomain` of the glue).
@@ -264,7 +305,8 @@ struct Serving {
     durable: [Lsn; N],
     /// Writes waiting for a standby's durable ack (indexes into `Sim::writes`).
     pending: Vec<usize>,
-    switching: Option<Switch>,
+    /// A switchover waits for this standby to hold this lsn durably.
+    awaiting: Option<(usize, Lsn)>,
     next_announce: u64,
 }
 
@@ -284,8 +326,15 @@ struct SimNode {
     /// history after the fork and below its log start.
     target: Option<(SnapshotHeader, Vec<Vec<u8>>, Vec<BelowLog>)>,
     serving: Option<Serving>,
-    /// Highest epoch this node was demoted with.
+    /// Highest epoch of another node this node recorded.
     fenced: Option<Epoch>,
+    /// The role machine of the domain on this node (the code `src/node` runs).
+    roles: Roles,
+    /// Bumped at every restart: connections to an earlier incarnation are dead.
+    incarnation: u64,
+    /// The epoch the `Follow` of the current stream carried.
+    since: Epoch,
+    op: Option<OpInfo>,
 }
 
 /// A write committed on some node.
@@ -342,6 +391,14 @@ struct Sim {
     unarchivable: BTreeSet<u64>,
     /// Settle phase: since when no node is active.
     no_active_since: Option<u64>,
+    /// Cached connection `i` → `j`: the incarnation of `j` it reached.
+    conns: [[Option<u64>; N]; N],
+    /// Control messages in flight.
+    ctl: Vec<Ctl>,
+    /// While a node handles a peer's request: who asked, and whether the answer is lost.
+    replying: Option<(usize, bool)>,
+    /// Faults are on (this step).
+    faulty: bool,
     _root: tempfile::TempDir,
 }
 
@@ -419,6 +476,10 @@ impl Sim {
                     target: None,
                     serving: None,
                     fenced: None,
+                    roles: Roles::new(NodeId::new(*n).unwrap(), "sim".parse().unwrap()),
+                    incarnation: 0,
+                    since: Position::empty(NodeId::new(*n).unwrap()).epoch,
+                    op: None,
                 }
             })
             .collect();
@@ -449,6 +510,10 @@ impl Sim {
             discarded: BTreeSet::new(),
             unarchivable: BTreeSet::new(),
             no_active_since: None,
+            conns: [[None; N]; N],
+            ctl: Vec::new(),
+            replying: None,
+            faulty: false,
             _root: root,
         };
         let tuning = format!("{:?} {:?} {:?}", sim.faults, sim.ship, sim.backoff);
@@ -523,6 +588,7 @@ impl Sim {
 
     fn step(&mut self, faults: bool) {
         self.clock.tick();
+        self.faulty = faults;
         if faults {
             self.inject_faults();
         }
@@ -532,9 +598,11 @@ impl Sim {
         } else {
             self.ensure_active();
         }
-        self.switchovers(faults);
+        self.switchovers();
         self.notify_commits();
         self.deliver(faults);
+        self.deliver_ctl(faults);
+        self.role_timers();
         self.ticks();
         self.announce();
     }
@@ -552,13 +620,13 @@ impl Sim {
             });
             let _ = write!(
                 out,
-                "[{} {:?} epoch {:?} at {:?} serving {} switching {:?} follows {} {:?} stream {:?}] ",
+                "[{} {:?} epoch {:?} at {:?} serving {} busy {:?} follows {} {:?} stream {:?}] ",
                 NAMES[i],
                 st.as_ref().map(|s| s.role),
                 st.as_ref().map(|s| s.epoch.to_string()),
                 st.as_ref().map(|s| s.position.lsn),
                 n.serving.is_some(),
-                n.serving.as_ref().and_then(|s| s.switching.clone()),
+                n.roles.busy(),
                 NAMES[n.following],
                 f,
                 n.stream
@@ -583,7 +651,7 @@ impl Sim {
             epoch: st.epoch.clone(),
             durable: [Lsn::ZERO; N],
             pending: Vec::new(),
-            switching: None,
+            awaiting: None,
             next_announce: self.clock.step,
         });
         if st.epoch > self.top {
@@ -642,41 +710,14 @@ impl Sim {
         self.nodes[i].target = None;
     }
 
+    /// What the follower tells the active (`standby_view` of the glue): the highest epoch
+    /// recorded, a fence included.
     fn standby_view(&self, i: usize) -> StandbyView {
         let d = self.domain(i);
         let fork = collision_fork(&d.collisions().unwrap());
-        sim_support::standby_view(d.status().unwrap(), fork)
-    }
-
-    /// A higher epoch exists (`Node::step_down`): fenced at once, standby durably, follows the
-    /// epoch's node. A write tried right after must be refused (invariant 1).
-    fn step_down(&mut self, i: usize, epoch: &Epoch, why: &str) {
-        if self.nodes[i].serving.is_none() {
-            return;
-        }
-        let d = self.domain(i);
-        let before = d.status().unwrap();
-        assert!(
-            *epoch > before.epoch,
-            "{}: step down to a lower epoch",
-            self.clock.at()
-        );
-        self.clock.ev(&format!(
-            "{} steps down from {} to {epoch} ({why})",
-            self.name(i),
-            before.epoch
-        ));
-        self.stop_serving(i);
-        d.demote(epoch)
-            .unwrap_or_else(|e| panic!("{}: demote: {e}", self.clock.at()));
-        self.nodes[i].fenced = self.nodes[i].fenced.clone().max(Some(epoch.clone()));
-        let st = d.status().unwrap();
-        assert_eq!(st.role, Role::Standby, "{}: demoted", self.clock.at());
-        assert_eq!(&st.epoch, epoch, "{}: demoted epoch", self.clock.at());
-        self.check_refused(i, "after a demotion");
-        self.stats.step_downs += 1;
-        let to = Self::index_of(&epoch.node);
-        self.start_following(i, to);
+        let mut view = sim_support::standby_view(d.status().unwrap(), fork);
+        view.epoch = view.epoch.max(d.highest_epoch().unwrap());
+        view
     }
 
     /// A write on node `i` must be refused now (invariant 1).
@@ -717,285 +758,83 @@ impl Sim {
         }
     }
 
-    /// Manual promotion of standby `s` (`Node::promote`): probes, the guard, then
-    /// `Domain::promote`. Returns whether it was promoted.
-    fn promote(&mut self, s: usize, force: bool, why: &str) -> bool {
-        if !self.up(s) || self.nodes[s].serving.is_some() || self.nodes[s].follower.is_none() {
-            return false;
+    /// The operator promotes standby `s` (`Node::promote`): the role machine runs the guard
+    /// and fencing rounds over the simulated network; its outcome is checked in
+    /// [`Sim::role_outcome`].
+    fn start_promote(&mut self, s: usize, force: bool, why: &'static str) {
+        if !self.up(s)
+            || self.nodes[s].serving.is_some()
+            || self.nodes[s].follower.is_none()
+            || self.nodes[s].roles.busy()
+            || self.status(s).uid.is_none()
+        {
+            return;
         }
-        let d = self.domain(s);
-        let st = d.status().unwrap();
-        if st.uid.is_none() {
-            // Never synchronized: the store refuses whatever the guard says.
-            match d.promote() {
-                Err(StoreError::InvalidWrite { .. }) => {}
-                other => panic!("{}: promoted an empty replica: {other:?}", self.clock.at()),
-            }
-            return false;
-        }
-        let mut probes = Vec::new();
-        for p in (0..N).filter(|p| *p != s) {
-            let probe = if self.link_up(s, p) {
-                PeerProbe::Answered(Some(self.probe_answer(p)))
-            } else {
-                PeerProbe::Unreachable("no route".into())
-            };
-            probes.push((self.nodes[p].id.clone(), probe));
-        }
-        let f = self.nodes[s].follower.as_ref().unwrap();
-        let followed = self.nodes[self.nodes[s].following].id.clone();
-        let lag = Some(match f.status().0 {
-            SyncStatus::Lagging { records, .. } => (followed, records),
-            _ => (followed, 0),
-        });
-        let me = self.nodes[s].id.clone();
-        let input = GuardInput {
-            me: &me,
-            epoch: &st.epoch,
-            position: &st.position,
-            lag,
-            probes: &probes,
-            sightings: &[],
-            window: GUARD_WINDOW,
+        self.nodes[s].op = Some(OpInfo {
             force,
-        };
-        let verdict = match check(&input) {
-            Ok(v) => v,
-            Err(refusal) => {
-                assert!(
-                    !force,
-                    "{}: a forced promotion was refused",
-                    self.clock.at()
-                );
-                self.stats.guard_refusals += 1;
-                self.clock.ev(&format!(
-                    "promote {} ({why}) refused: {refusal:?}",
-                    self.name(s)
-                ));
-                return false;
-            }
-        };
-        // Without force, the guard lets a promotion through only when no peer it reached is
-        // ahead and no active was heard: check what it says against what the peers hold.
-        if !force {
-            for (peer, probe) in &probes {
-                if let PeerProbe::Answered(Some(a)) = probe {
-                    // Positions order by their last record's epoch, then lsn.
-                    assert!(
-                        (&a.position.epoch, a.position.lsn)
-                            <= (&st.position.epoch, st.position.lsn),
-                        "{}: the guard promoted {} at {} past {peer} at {}",
-                        self.clock.at(),
-                        me,
-                        st.position,
-                        a.position
-                    );
-                    assert!(
-                        a.role != Role::Active || a.epoch < st.epoch,
-                        "{}: the guard promoted {me} while {peer} answers active",
-                        self.clock.at()
-                    );
-                }
-            }
-        }
-        // A peer whose last record is in a newer epoch than ours holds records we lack even at
-        // a lower lsn (a stale active that stepped down holds more records of an older
-        // epoch): the guard must have refused. See `GUARD_COMPARES_EPOCHS`.
-        let newer_elsewhere = probes.iter().any(|(_, probe)| {
-            matches!(probe, PeerProbe::Answered(Some(a))
-                if a.position.epoch > st.position.epoch && a.position.lsn <= st.position.lsn)
+            followed: Some(self.nodes[s].following),
+            why,
         });
-        if newer_elsewhere && !force {
-            if GUARD_COMPARES_EPOCHS {
-                panic!(
-                    "{}: the guard promoted {me} at {} past a peer holding records of a newer \
-                     epoch (invariant 2)",
-                    self.clock.at(),
-                    st.position
-                );
-            }
-            self.stats.stale_promotions += 1;
-        }
-        let unsafe_ =
-            force || newer_elsewhere || verdict.unreachable.iter().any(|p| *p != st.epoch.node);
-        self.stop_following(s);
-        let epoch = d
-            .promote()
-            .unwrap_or_else(|e| panic!("{}: promote: {e}", self.clock.at()));
-        assert!(
-            epoch > st.epoch && epoch.node == me,
-            "{}: promoted to {epoch} from {}",
-            self.clock.at(),
-            st.epoch
+        self.clock.ev(&format!(
+            "operator promotes {} ({why}) force={force}",
+            self.name(s)
+        ));
+        self.drive(
+            s,
+            Some(Input::Promote {
+                force,
+                peers: Vec::new(),
+                sightings: Vec::new(),
+                window: GUARD_WINDOW,
+            }),
         );
-        if force {
-            self.stats.forced += 1;
-        } else {
-            self.stats.promotions += 1;
-        }
-        if unsafe_ {
-            self.stats.unsafe_promotions += 1;
-            self.last_unsafe = Some(self.clock.step);
-        }
-        self.clock.ev(&format!(
-            "promote {} ({why}) force={force} unsafe={unsafe_}: {epoch}, behind {}, unreachable {:?}",
-            self.name(s),
-            verdict.behind_records,
-            verdict.unreachable
-        ));
-        self.serve(s);
-        // The operator points the other standbys at the new active (as after a failover).
-        for p in (0..N).filter(|p| *p != s) {
-            if self.up(p) && self.nodes[p].serving.is_none() && self.rng.chance(0.7) {
-                self.start_following(p, s);
-            }
-        }
-        true
     }
 
-    /// Starts a planned switchover of active `i` to standby `to` (`Node::switchover`).
+    /// The operator moves the active role of `i` to `to` (`Node::switchover`).
     fn start_switchover(&mut self, i: usize, to: usize) {
-        let d = self.domain(i);
-        let st = d.status().unwrap();
-        let epoch = Epoch {
-            term: st.epoch.term + 1,
-            node: self.nodes[to].id.clone(),
-        };
-        d.demote(&epoch)
-            .unwrap_or_else(|e| panic!("{}: demote for a switchover: {e}", self.clock.at()));
-        let last = d.status().unwrap().position;
-        match d.write(vec![Op::Delete {
-            key: b"k00".to_vec(),
-        }]) {
-            Err(StoreError::NotActive { active, .. }) => assert_eq!(
-                active.as_ref(),
-                Some(&self.nodes[to].id),
-                "{}: a write during a switchover names the target",
-                self.clock.at()
-            ),
-            other => panic!(
-                "{}: a write during a switchover was not refused: {other:?}",
-                self.clock.at()
-            ),
+        if self.nodes[i].roles.busy() {
+            return;
         }
-        self.stats.refused_writes += 1;
-        self.clock.ev(&format!(
-            "switchover {} -> {} in {epoch} at {}",
-            self.name(i),
-            self.name(to),
-            last.lsn
-        ));
-        let deadline = self.clock.step + SWITCH_TIMEOUT_STEPS;
-        let sv = self.nodes[i].serving.as_mut().unwrap();
-        sv.switching = Some(Switch {
-            from: st.epoch,
-            to,
-            epoch,
-            last,
-            deadline,
+        self.nodes[i].op = Some(OpInfo {
+            force: false,
+            followed: None,
+            why: "switchover",
         });
+        self.clock.ev(&format!(
+            "operator: switchover {} -> {}",
+            self.name(i),
+            self.name(to)
+        ));
+        let to = self.nodes[to].id.clone();
+        self.drive(
+            i,
+            Some(Input::Switchover {
+                to,
+                timeout: SWITCH_TIMEOUT,
+            }),
+        );
     }
 
-    /// Moves switchovers on: once the target is durable at the last lsn, hands over.
-    fn switchovers(&mut self, faults: bool) {
+    /// A switchover waiting for its target's durable ack is told once it holds the lsn.
+    fn switchovers(&mut self) {
         for i in 0..N {
-            let Some(sw) = self.nodes[i]
-                .serving
-                .as_ref()
-                .and_then(|s| s.switching.clone())
-            else {
+            let Some(sv) = self.nodes[i].serving.as_ref() else {
                 continue;
             };
-            let durable = self.nodes[i].serving.as_ref().unwrap().durable[sw.to];
-            if durable >= sw.last.lsn {
-                let answer = if self.link_up(i, sw.to) {
-                    self.take_over(sw.to, i, &sw)
-                } else {
-                    Err("the target cannot be reached".to_owned())
-                };
-                let lost = answer.is_ok() && faults && self.rng.chance(self.faults.took_over_lost);
-                match answer {
-                    Ok(()) if !lost => {
-                        self.stats.switchovers += 1;
-                        self.clock.ev(&format!(
-                            "switchover {} -> {} done",
-                            self.name(i),
-                            self.name(sw.to)
-                        ));
-                        self.stop_serving(i);
-                        self.start_following(i, sw.to);
-                    }
-                    Ok(()) => {
-                        self.stats.took_over_lost += 1;
-                        self.rollback(i, &sw, "the answer to TakeOver was lost");
-                    }
-                    Err(why) => self.rollback(i, &sw, &why),
-                }
-            } else if self.clock.step >= sw.deadline {
-                self.rollback(i, &sw, "the target did not reach the last lsn in time");
+            let Some((p, lsn)) = sv.awaiting else {
+                continue;
+            };
+            if sv.durable[p] >= lsn {
+                self.nodes[i].serving.as_mut().unwrap().awaiting = None;
+                let peer = self.nodes[p].id.clone();
+                self.drive(i, Some(Input::Durable { peer, lsn }));
             }
-        }
-    }
-
-    /// The target side of a switchover (`Node::take_over`).
-    fn take_over(&mut self, t: usize, from: usize, sw: &Switch) -> Result<(), String> {
-        if self.nodes[t].follower.is_none() {
-            return Err(format!("{} is not a standby here", self.name(t)));
-        }
-        let d = self.domain(t);
-        let st = d.status().unwrap();
-        if st.position != sw.last {
-            return Err(format!(
-                "this replica is at {} and the old active at {}",
-                st.position, sw.last
-            ));
-        }
-        self.stop_following(t);
-        if let Err(e) = d.promote_to(&sw.epoch) {
-            // The glue leaves the replica unfollowed here; the simulation follows again.
-            self.start_following(t, from);
-            return Err(e.to_string());
-        }
-        self.clock.ev(&format!(
-            "{} takes over from {} in {}",
-            self.name(t),
-            self.name(from),
-            sw.epoch
-        ));
-        self.serve(t);
-        Ok(())
-    }
-
-    /// A switchover failed: the old active takes writes again in a new epoch of its own
-    /// (`Domain::promote`, without the guard). That is unsafe when another node became the
-    /// highest active meanwhile (the target took over but its answer was lost, or a failover
-    /// elsewhere): the new epoch supersedes it and its acknowledged writes.
-    fn rollback(&mut self, i: usize, sw: &Switch, why: &str) {
-        let d = self.domain(i);
-        let epoch = d
-            .promote()
-            .unwrap_or_else(|e| panic!("{}: switchover rollback: {e}", self.clock.at()));
-        self.stats.switchovers_failed += 1;
-        if self.top != sw.from {
-            self.stats.unsafe_promotions += 1;
-            self.stats.unsafe_rollbacks += 1;
-            self.last_unsafe = Some(self.clock.step);
-        }
-        if epoch > self.top {
-            self.top = epoch.clone();
-        }
-        self.clock.ev(&format!(
-            "switchover of {} failed ({why}): active again in {epoch}",
-            self.name(i)
-        ));
-        if let Some(sv) = self.nodes[i].serving.as_mut() {
-            sv.switching = None;
-            sv.epoch = epoch;
         }
     }
 
     /// Epoch announcements (`announce_loop`): an active probes the standbys that do not
-    /// follow it with its epoch; a lower active that hears it steps down.
+    /// follow it with its epoch; a lower active that hears it steps down (its role machine
+    /// decides).
     fn announce(&mut self) {
         for i in 0..N {
             let due = self.nodes[i]
@@ -1007,22 +846,440 @@ impl Sim {
             }
             self.nodes[i].serving.as_mut().unwrap().next_announce =
                 self.clock.step + ANNOUNCE_STEPS;
-            let epoch = self.status(i).epoch;
+            let st = self.status(i);
+            if st.role != Role::Active {
+                continue;
+            }
             for p in (0..N).filter(|p| *p != i) {
                 let followed = self.streams.values().any(|s| {
                     s.server == i
                         && s.standby == p
                         && s.shipper.as_ref().is_some_and(|x| !x.is_closed())
                 });
-                if followed || !self.link_up(i, p) {
-                    continue;
-                }
-                if self.nodes[p].serving.is_some() && epoch > self.status(p).epoch {
-                    self.stats.announce_step_downs += 1;
-                    self.step_down(p, &epoch, &format!("announcement from {}", NAMES[i]));
+                if !followed {
+                    let body = CtlBody::Probe {
+                        req: 0,
+                        epoch: Some(st.epoch.clone()),
+                    };
+                    self.send_ctl(i, p, false, body);
                 }
             }
         }
+    }
+
+    // --- the executor of the role machine (what `src/node/roles.rs` does) ----------------------
+
+    /// What node `i`'s store and glue say now (`Node::facts`).
+    fn facts(&self, i: usize) -> Facts {
+        let d = self.domain(i);
+        let st = d.status().unwrap();
+        let highest = d.highest_epoch().unwrap();
+        let me = self.nodes[i].id.clone();
+        let followed = self.nodes[i]
+            .follower
+            .as_ref()
+            .map(|_| self.nodes[self.nodes[i].following].id.clone());
+        let lag = self.nodes[i].follower.as_ref().map(|f| {
+            let active = self.nodes[self.nodes[i].following].id.clone();
+            match f.status().0 {
+                SyncStatus::Lagging { records, .. } => (active, records),
+                _ => (active, 0),
+            }
+        });
+        let mut replicas = vec![me];
+        replicas.extend((0..N).filter(|j| *j != i).map(|j| self.nodes[j].id.clone()));
+        Facts {
+            role: Some(st.role),
+            epoch: st.epoch,
+            highest,
+            position: st.position,
+            history: st.history,
+            followed,
+            lag,
+            standbys: replicas[1..].to_vec(),
+            replicas,
+            durability: Durability::Standby,
+            configured: true,
+            serving: self.nodes[i].serving.is_some(),
+            connected: (0..N)
+                .filter(|j| *j != i && self.conns[i][*j].is_some())
+                .map(|j| self.nodes[j].id.clone())
+                .collect(),
+        }
+    }
+
+    /// Feeds node `i`'s role machine one input (`None`: its timers) and executes what it
+    /// asks (`Node::drive`).
+    fn drive(&mut self, i: usize, input: Option<Input>) {
+        if !self.up(i) {
+            return;
+        }
+        let now = self.clock.now();
+        let facts = self.facts(i);
+        match input {
+            Some(input) => self.nodes[i].roles.handle(now, &facts, input),
+            None => self.nodes[i].roles.handle_timeout(now, &facts),
+        }
+        while let Some(action) = self.nodes[i].roles.poll_action() {
+            self.act(i, action);
+        }
+        if let Some(outcome) = self.nodes[i].roles.take_outcome() {
+            self.role_outcome(i, outcome);
+        }
+    }
+
+    fn act(&mut self, i: usize, action: Action) {
+        match action {
+            Action::Store(cmd) => {
+                let d = self.domain(i);
+                let result = match &cmd {
+                    StoreCommand::Demote(e) => d.demote(e),
+                    StoreCommand::PromoteTo(e) => d.promote_to(e),
+                };
+                self.clock.ev(&format!(
+                    "{} store {cmd:?}: {:?}",
+                    self.name(i),
+                    result.as_ref().map_err(ToString::to_string)
+                ));
+                match (&cmd, &result) {
+                    (StoreCommand::Demote(e), Ok(())) => {
+                        if e.node != self.nodes[i].id {
+                            self.nodes[i].fenced = self.nodes[i].fenced.clone().max(Some(e.clone()));
+                        }
+                        assert_eq!(self.status(i).role, Role::Standby, "{}", self.clock.at());
+                        self.check_refused(i, "after recording a higher epoch");
+                    }
+                    (StoreCommand::PromoteTo(e), Ok(())) => {
+                        if let Some(sv) = self.nodes[i].serving.as_mut() {
+                            // A switchover that failed: active again in a new epoch.
+                            sv.epoch = e.clone();
+                        }
+                        if *e > self.top {
+                            self.top = e.clone();
+                        }
+                    }
+                    _ => {}
+                }
+                let facts = self.facts(i);
+                let now = self.clock.now();
+                let fed = Input::Stored(result.map_err(|e| e.to_string()));
+                self.nodes[i].roles.handle(now, &facts, fed);
+            }
+            Action::Probe {
+                req,
+                peer,
+                epoch,
+                fresh,
+            } => self.send_ctl(i, Self::index_of(&peer), fresh, CtlBody::Probe { req, epoch }),
+            Action::TakeOver { req, peer, take } => {
+                let lose = self.faulty && self.rng.chance(self.faults.took_over_lost);
+                self.send_ctl(
+                    i,
+                    Self::index_of(&peer),
+                    false,
+                    CtlBody::TakeOver { req, take, lose },
+                );
+            }
+            Action::Reply { reply, message } => self.reply(i, reply, message),
+            Action::ReplyStanding { reply } => {
+                let answer = Message::ProbeAnswer(Some(self.probe_answer(i)));
+                self.reply(i, reply, answer);
+            }
+            Action::Serve => self.serve(i),
+            Action::StopServing => self.stop_serving(i),
+            Action::Follow(n) => {
+                let to = Self::index_of(&n);
+                self.start_following(i, to);
+            }
+            Action::Unfollow => self.stop_following(i),
+            Action::AwaitDurable { peer, lsn } => {
+                let p = Self::index_of(&peer);
+                if let Some(sv) = self.nodes[i].serving.as_mut() {
+                    sv.awaiting = Some((p, lsn));
+                }
+            }
+            Action::Log { line, .. } => self.clock.ev(&format!("{}: {line}", self.name(i))),
+        }
+    }
+
+    /// Node `i` answers the request it is handling.
+    fn reply(&mut self, i: usize, req: u64, message: Message) {
+        let Some((asker, lose)) = self.replying else {
+            // A rogue's request: the answer goes nowhere the simulation follows.
+            return;
+        };
+        let body = match message {
+            Message::ProbeAnswer(answer) => CtlBody::ProbeAnswer { req, answer },
+            Message::TookOver(result) => CtlBody::TookOver { req, result },
+            other => panic!("{}: unexpected reply {other:?}", self.clock.at()),
+        };
+        if lose {
+            self.stats.took_over_lost += 1;
+            self.clock
+                .ev(&format!("{}'s answer to the hand-over is lost", self.name(i)));
+            return;
+        }
+        let incarnation = self.nodes[asker].incarnation;
+        let at = self.clock.step + self.delay();
+        self.ctl.push(Ctl {
+            from: i,
+            to: asker,
+            at,
+            incarnation,
+            body,
+        });
+    }
+
+    fn delay(&mut self) -> u64 {
+        if self.faulty {
+            self.rng.range(1, 4)
+        } else {
+            1
+        }
+    }
+
+    /// Sends a request from `i` to `to`, on the cached connection unless `fresh` (or there
+    /// is none): a cached connection to an earlier incarnation of `to` is dead, and what is
+    /// sent on it is lost.
+    fn send_ctl(&mut self, i: usize, to: usize, fresh: bool, body: CtlBody) {
+        let incarnation = match self.conns[i][to] {
+            Some(inc) if !fresh => inc,
+            _ => {
+                // Dial: only a running, reachable node completes the handshake.
+                if !self.up(to) || !self.link_up(i, to) {
+                    self.conns[i][to] = None;
+                    self.stats.ctl_lost += 1;
+                    self.clock.ev(&format!(
+                        "{} cannot connect to {}",
+                        self.name(i),
+                        self.name(to)
+                    ));
+                    return;
+                }
+                let inc = self.nodes[to].incarnation;
+                self.conns[i][to] = Some(inc);
+                inc
+            }
+        };
+        let at = self.clock.step + self.delay();
+        let ctl = Ctl {
+            from: i,
+            to,
+            at,
+            incarnation,
+            body,
+        };
+        if self.faulty && self.rng.chance(0.02) {
+            self.stats.ctl_duplicated += 1;
+            let mut copy = ctl.clone();
+            copy.at += self.rng.range(0, 20);
+            self.ctl.push(copy);
+        }
+        self.ctl.push(ctl);
+    }
+
+    /// Delivers the control messages due now, in a random order.
+    fn deliver_ctl(&mut self, faults: bool) {
+        let step = self.clock.step;
+        let (mut due, later): (Vec<Ctl>, Vec<Ctl>) =
+            std::mem::take(&mut self.ctl).into_iter().partition(|c| c.at <= step);
+        self.ctl = later;
+        if faults && due.len() > 1 {
+            for k in (1..due.len()).rev() {
+                let j = self.rng.usize(0, k);
+                due.swap(k, j);
+            }
+        }
+        for c in due {
+            if !self.up(c.to) || !self.link_up(c.from, c.to) {
+                self.stats.ctl_lost += 1;
+                continue;
+            }
+            if c.incarnation != self.nodes[c.to].incarnation {
+                self.stats.ctl_lost += 1;
+                self.stats.ctl_stale += 1;
+                self.clock.ev(&format!(
+                    "{} -> {}: lost on a stale connection",
+                    self.name(c.from),
+                    self.name(c.to)
+                ));
+                continue;
+            }
+            let from = self.nodes[c.from].id.clone();
+            match c.body {
+                CtlBody::Probe { req, epoch } => {
+                    self.replying = Some((c.from, false));
+                    self.drive(
+                        c.to,
+                        Some(Input::Probe {
+                            from,
+                            epoch,
+                            reply: req,
+                        }),
+                    );
+                    self.replying = None;
+                }
+                CtlBody::TakeOver { req, take, lose } => {
+                    self.replying = Some((c.from, lose));
+                    self.drive(
+                        c.to,
+                        Some(Input::TakeOver {
+                            from,
+                            take,
+                            reply: req,
+                        }),
+                    );
+                    self.replying = None;
+                }
+                CtlBody::ProbeAnswer { req, answer } => self.drive(
+                    c.to,
+                    Some(Input::Answer {
+                        req,
+                        result: Ok(answer),
+                    }),
+                ),
+                CtlBody::TookOver { req, result } => {
+                    self.drive(c.to, Some(Input::TookOver { req, result }));
+                }
+            }
+        }
+    }
+
+    /// Fires the role machines' timers that are due.
+    fn role_timers(&mut self) {
+        let now = self.clock.now();
+        for i in 0..N {
+            if self.up(i) && self.nodes[i].roles.poll_timeout().is_some_and(|t| t <= now) {
+                self.drive(i, None);
+            }
+        }
+    }
+
+    /// An operation ended on node `i`: count it and check what it promised.
+    fn role_outcome(&mut self, i: usize, outcome: RoleOutcome) {
+        let info = self.nodes[i].op.take();
+        let force = info.as_ref().is_some_and(|o| o.force);
+        let why = info.as_ref().map_or("", |o| o.why);
+        self.clock
+            .ev(&format!("{}: {why}: {outcome:?}", self.name(i)));
+        match outcome {
+            RoleOutcome::Promotion(Ok(p)) => {
+                if force {
+                    self.stats.forced += 1;
+                    self.stats.unsafe_promotions += 1;
+                    self.last_unsafe = Some(self.clock.step);
+                    return;
+                }
+                self.stats.promotions += 1;
+                // Fencing: without force, every other replica but the old active was reached
+                // and none holds a record the new active lacks.
+                let me = self.status(i);
+                assert_eq!(me.epoch, p.epoch, "{}", self.clock.at());
+                let old = info.and_then(|o| o.followed);
+                for q in (0..N).filter(|q| *q != i && Some(*q) != old && self.up(*q)) {
+                    let there = self.status(q);
+                    assert!(
+                        (&there.position.epoch, there.position.lsn)
+                            <= (&me.position.epoch, me.position.lsn),
+                        "{}: unforced promotion of {} at {} while {} holds {} (invariant 2)",
+                        self.clock.at(),
+                        self.name(i),
+                        me.position,
+                        self.name(q),
+                        there.position
+                    );
+                    assert!(
+                        !p.unreachable.contains(&self.nodes[q].id),
+                        "{}: unforced promotion past unreachable {}",
+                        self.clock.at(),
+                        self.name(q)
+                    );
+                }
+            }
+            RoleOutcome::Promotion(Err(PromoteFailure::Guard(_))) => {
+                assert!(!force, "{}: a forced promotion was refused", self.clock.at());
+                self.stats.guard_refusals += 1;
+            }
+            RoleOutcome::Promotion(Err(PromoteFailure::Fence(_))) => {
+                assert!(!force, "{}: a forced promotion was refused", self.clock.at());
+                self.stats.fence_refusals += 1;
+            }
+            RoleOutcome::Promotion(Err(_)) => {}
+            RoleOutcome::Switchover(Ok(_)) => self.stats.switchovers += 1,
+            RoleOutcome::Switchover(Err(_)) => self.stats.switchovers_failed += 1,
+        }
+    }
+
+    /// A hostile but authenticated peer: a node certificate that is not a replica, or a
+    /// replica that is not the one this node follows, or one sending an absurd epoch. The
+    /// target's role machine must change nothing: role, epoch and fence stay as they were.
+    fn rogue(&mut self) {
+        let t = self.rng.usize(0, N - 1);
+        if !self.up(t) || self.nodes[t].roles.busy() {
+            return;
+        }
+        let x = NodeId::new("x").unwrap();
+        let st = self.status(t);
+        let highest = self.domain(t).highest_epoch().unwrap();
+        let other = (0..N)
+            .find(|r| *r != t && Some(*r) != self.nodes[t].follower.as_ref().map(|_| self.nodes[t].following))
+            .unwrap();
+        let other_id = self.nodes[other].id.clone();
+        let take = |from: NodeId, node: NodeId| Input::TakeOver {
+            from,
+            take: TakeOver {
+                domain: self.id.clone(),
+                epoch: Epoch {
+                    term: highest.term + 1,
+                    node,
+                },
+                last: st.position.clone(),
+                durability: Durability::Local,
+                standbys: vec![NodeId::new("x").unwrap()],
+            },
+            reply: 0,
+        };
+        let input = match self.rng.below(5) {
+            0 => Input::Probe {
+                from: x.clone(),
+                epoch: Some(Epoch {
+                    term: highest.term + 1,
+                    node: x.clone(),
+                }),
+                reply: 0,
+            },
+            1 => take(x.clone(), self.nodes[t].id.clone()),
+            2 => take(other_id, self.nodes[t].id.clone()),
+            3 => Input::Probe {
+                from: other_id.clone(),
+                epoch: Some(Epoch {
+                    term: u64::MAX,
+                    node: other_id,
+                }),
+                reply: 0,
+            },
+            _ => Input::HigherEpoch {
+                from: x.clone(),
+                epoch: Epoch {
+                    term: highest.term + 5,
+                    node: x,
+                },
+            },
+        };
+        self.stats.rogue += 1;
+        self.clock
+            .ev(&format!("rogue message to {}: {input:?}", self.name(t)));
+        let serving = self.nodes[t].serving.is_some();
+        self.drive(t, Some(input));
+        let after = self.status(t);
+        assert_eq!(
+            (after.role, &after.epoch, self.domain(t).highest_epoch().unwrap()),
+            (st.role, &st.epoch, highest),
+            "{}: a hostile peer changed {}'s role or epochs",
+            self.clock.at(),
+            self.name(t)
+        );
+        assert_eq!(self.nodes[t].serving.is_some(), serving, "{}", self.clock.at());
     }
 
     // --- workload and operator ---------------------------------------------------------------
@@ -1050,10 +1307,9 @@ impl Sim {
         let Some(d) = self.nodes[i].domain.clone() else {
             return false;
         };
-        let expect = self.nodes[i]
-            .serving
-            .as_ref()
-            .is_some_and(|s| s.switching.is_none());
+        // Served as active, and not stopped for a hand-over.
+        let expect =
+            self.nodes[i].serving.is_some() && d.status().is_ok_and(|s| s.role == Role::Active);
         let pos = match d.write(ops) {
             Ok(pos) => pos,
             Err(StoreError::NotActive { .. }) => {
@@ -1180,17 +1436,12 @@ impl Sim {
                 self.faults.careful && (0..N).any(|x| x != s && x != known && !self.link_up(s, x));
             if !blocked && self.rng.chance(p) {
                 let force = self.rng.chance(self.faults.force);
-                self.promote(s, force, if lost { "active lost" } else { "blind" });
+                self.start_promote(s, force, if lost { "active lost" } else { "blind" });
             }
         }
         if self.rng.chance(self.faults.switchover) {
             let actives: Vec<usize> = (0..N)
-                .filter(|i| {
-                    self.nodes[*i]
-                        .serving
-                        .as_ref()
-                        .is_some_and(|s| s.switching.is_none())
-                })
+                .filter(|i| self.nodes[*i].serving.is_some() && !self.nodes[*i].roles.busy())
                 .collect();
             if let Some(i) = self.rng.pick(&actives) {
                 // The operator hands over to a standby the active reports connected.
@@ -1208,6 +1459,9 @@ impl Sim {
         if self.rng.chance(self.faults.resolve) {
             let i = self.rng.usize(0, N - 1);
             self.resolve(i);
+        }
+        if self.rng.chance(0.01) {
+            self.rogue();
         }
     }
 
@@ -1234,10 +1488,7 @@ impl Sim {
         if choice == 0 {
             let actives: Vec<usize> = (0..N)
                 .filter(|x| {
-                    self.nodes[*x]
-                        .serving
-                        .as_ref()
-                        .is_some_and(|s| s.switching.is_none())
+                    self.nodes[*x].serving.is_some() && self.status(*x).role == Role::Active
                 })
                 .collect();
             let Some(t) = actives.into_iter().max_by_key(|x| self.status(*x).epoch) else {
@@ -1303,7 +1554,8 @@ impl Sim {
     }
 
     /// Settle phase: with no active for a while, the operator promotes the most advanced
-    /// standby (without force: the guard must agree).
+    /// standby, the one whose last record is of the newest epoch (without force: the guard
+    /// and the fencing round must agree).
     fn ensure_active(&mut self) {
         let actives: Vec<usize> = (0..N)
             .filter(|i| self.nodes[*i].serving.is_some())
@@ -1335,13 +1587,15 @@ impl Sim {
         }
         let best = (0..N)
             .filter(|i| self.up(*i) && self.status(*i).uid.is_some())
-            .max_by_key(|i| (self.status(*i).position.lsn, N - i));
+            .max_by_key(|i| {
+                let p = self.status(*i).position;
+                (p.epoch, p.lsn, N - i)
+            });
         if let Some(s) = best {
-            if self.promote(s, false, "no active") {
-                self.no_active_since = None;
-            } else {
-                self.no_active_since = Some(self.clock.step);
+            if !(0..N).any(|x| self.nodes[x].roles.busy()) {
+                self.start_promote(s, false, "no active");
             }
+            self.no_active_since = Some(self.clock.step);
         }
     }
 
@@ -1430,6 +1684,12 @@ impl Sim {
             self.end_stream(sid, "crash");
         }
         self.stop_serving(i);
+        let n = &mut self.nodes[i];
+        // What the process held in memory is gone: its role machine, its connections.
+        n.roles = Roles::new(n.id.clone(), self.id.clone());
+        n.incarnation += 1;
+        n.op = None;
+        self.conns[i] = [None; N];
         let n = &mut self.nodes[i];
         n.follower = None;
         n.resync = None;
@@ -1706,9 +1966,16 @@ impl Sim {
                     return;
                 }
                 if follow.epoch > st.epoch {
-                    // Invariant 1: a higher epoch exists; no more writes here.
+                    // Invariant 1: a higher epoch exists; the role machine steps down.
                     self.stats.follow_step_downs += 1;
-                    self.step_down(t, &follow.epoch, &format!("follow from {}", NAMES[s]));
+                    let from = self.nodes[s].id.clone();
+                    self.drive(
+                        t,
+                        Some(Input::HigherEpoch {
+                            from,
+                            epoch: follow.epoch.clone(),
+                        }),
+                    );
                     if let Some(stream) = self.streams.get_mut(&sid) {
                         stream.down.push_back(Message::Answer(Answer::Reject {
                             reason: RejectReason::StaleEpoch,
@@ -1958,6 +2225,7 @@ impl Sim {
             return self.nodes[i].follower.as_mut().unwrap().disconnected(now);
         }
         let view = self.standby_view(i);
+        self.nodes[i].since = view.epoch.clone();
         self.next_stream += 1;
         let sid = self.next_stream;
         self.streams.insert(
@@ -2010,7 +2278,23 @@ impl Sim {
                 NAMES[i],
                 rec.lsn
             );
-            let pos = d.apply(&r.0).unwrap_or_else(|e| {
+            let from = self.nodes[self.nodes[i].following].id.clone();
+            let since = self.nodes[i].since.clone();
+            let pos = match d.apply_batch_from(&from, &since, vec![r.0.clone()]) {
+                Err(StoreError::Fenced { .. }) => {
+                    // A batch of an active below the recorded epoch (invariant 5).
+                    self.clock
+                        .ev(&format!("{} refuses a batch of a fenced active", self.name(i)));
+                    let now = self.clock.now();
+                    return self.nodes[i]
+                        .follower
+                        .as_mut()
+                        .unwrap()
+                        .apply_failed("fenced", now);
+                }
+                other => other,
+            };
+            let pos = pos.unwrap_or_else(|e| {
                 panic!(
                     "{}: {} refused record {} of {}: {e}",
                     self.clock.at(),
@@ -2209,7 +2493,8 @@ impl Sim {
         let [t] = actives[..] else {
             return None;
         };
-        if self.nodes[t].serving.as_ref().unwrap().switching.is_some() {
+        if self.nodes[t].roles.busy() || self.status(t).role != Role::Active || !self.ctl.is_empty()
+        {
             return None;
         }
         let target = self.status(t).position;

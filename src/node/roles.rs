@@ -32,6 +32,9 @@ const MAX_SIGHTINGS: usize = 4096;
 pub(super) struct RoleSlot {
     machine: tokio::sync::Mutex<Roles>,
     replica: Mutex<Option<Domain>>,
+    /// The end of an operation that a peer's message brought about (a higher epoch), for
+    /// the task running the operation.
+    ended: Mutex<Option<Outcome>>,
 }
 
 /// What one turn of the role machine produced for its caller.
@@ -118,6 +121,14 @@ pub enum PromoteError {
     Busy {
         /// The domain.
         domain: DomainId,
+    },
+    /// A higher epoch appeared while the promotion ran (another promotion).
+    #[error("promotion of {domain} stopped: a higher epoch {epoch} appeared meanwhile (another promotion?); this node follows {}: look at `domsync status` before trying again", epoch.node)]
+    Overtaken {
+        /// The domain.
+        domain: DomainId,
+        /// The epoch.
+        epoch: Epoch,
     },
     /// The store refused.
     #[error(transparent)]
@@ -289,6 +300,7 @@ impl Node {
             Arc::new(RoleSlot {
                 machine: tokio::sync::Mutex::new(Roles::new(self.id().clone(), domain.clone())),
                 replica: Mutex::new(None),
+                ended: Mutex::new(None),
             })
         }))
     }
@@ -389,7 +401,7 @@ impl Node {
                 other => self.execute(domain, replica.as_ref(), other, events, &mut driven),
             }
         }
-        driven.outcome = roles.take_outcome();
+        driven.outcome = roles.take_outcome().or_else(|| lock(&slot.ended).take());
         driven.timeout = roles.poll_timeout();
         driven
     }
@@ -527,7 +539,8 @@ impl Node {
             epoch: epoch.cloned(),
             reply: 0,
         };
-        let driven = self.drive(domain, Some(input), &events).await;
+        let mut driven = self.drive(domain, Some(input), &events).await;
+        self.keep_outcome(domain, &mut driven);
         driven.replies.into_iter().find_map(|(_, m)| match m {
             Message::ProbeAnswer(a) => a,
             _ => None,
@@ -542,7 +555,16 @@ impl Node {
             from: peer.clone(),
             epoch: epoch.clone(),
         };
-        self.drive(domain, Some(input), &events).await;
+        let mut driven = self.drive(domain, Some(input), &events).await;
+        self.keep_outcome(domain, &mut driven);
+    }
+
+    /// An operation ended while a peer's message was handled: its own task takes the
+    /// outcome at its next turn.
+    fn keep_outcome(&self, domain: &DomainId, driven: &mut Driven) {
+        if let Some(outcome) = driven.outcome.take() {
+            *lock(&self.role_slot(domain).ended) = Some(outcome);
+        }
     }
 
     /// The target side of a switchover (see [`Roles`]).
@@ -557,7 +579,8 @@ impl Node {
             take: take.clone(),
             reply: 0,
         };
-        let driven = self.drive(&take.domain, Some(input), &events).await;
+        let mut driven = self.drive(&take.domain, Some(input), &events).await;
+        self.keep_outcome(&take.domain, &mut driven);
         driven
             .replies
             .into_iter()
@@ -638,6 +661,10 @@ impl Node {
                 PromoteFailure::Epoch(refusal) => PromoteError::Epoch {
                     domain: domain.clone(),
                     refusal,
+                },
+                PromoteFailure::Overtaken(epoch) => PromoteError::Overtaken {
+                    domain: domain.clone(),
+                    epoch,
                 },
                 PromoteFailure::Store(why) => PromoteError::Store(store_error.unwrap_or(
                     StoreError::Io {

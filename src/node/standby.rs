@@ -187,6 +187,7 @@ impl Node {
                             send,
                             resync: None,
                             went_silent: false,
+                            since: crate::model::Position::empty(active.clone()).epoch,
                         };
                         stream.run(recv).await;
                         if stream.went_silent {
@@ -270,6 +271,8 @@ struct StandbyStream {
     resync: Option<Resync>,
     /// The active sent nothing for `node_idle`.
     went_silent: bool,
+    /// The epoch the `Follow` of this stream carried (see [`Domain::apply_batch_from_async`]).
+    since: crate::model::Epoch,
 }
 
 impl StandbyStream {
@@ -283,6 +286,7 @@ impl StandbyStream {
                 return;
             }
         };
+        self.since = view.epoch.clone();
         let mut actions = lock(&self.sd.follower).connected(&view);
         loop {
             if !self.execute(std::mem::take(&mut actions)).await {
@@ -403,7 +407,12 @@ impl StandbyStream {
                     FollowAction::Apply(records) => {
                         let batch = records.into_iter().map(|r| r.0).collect();
                         let from = self.sd.active();
-                        match self.sd.domain.apply_batch_from_async(&from, batch).await {
+                        match self
+                            .sd
+                            .domain
+                            .apply_batch_from_async(&from, &self.since, batch)
+                            .await
+                        {
                             Ok(position) => lock(&self.sd.follower).applied(&position, now),
                             Err(e) => {
                                 tracing::warn!(domain = %id, error = %e, "record refused; resuming from the local position");
@@ -495,10 +504,13 @@ async fn blocking<T: Send + 'static>(
 fn standby_view(domain: &Domain) -> Result<StandbyView, StoreError> {
     let s = domain.status()?;
     let collision_fork = collision_fork(domain)?;
+    // The highest epoch recorded (a fence above the replica's own included): an active
+    // below it steps down when it reads the `Follow`.
+    let epoch = domain.highest_epoch()?.max(s.epoch);
     Ok(StandbyView {
         uid: s.uid,
         position: s.position,
-        epoch: s.epoch,
+        epoch,
         history: s.history,
         collision_fork,
     })

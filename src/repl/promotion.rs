@@ -354,8 +354,12 @@ pub fn holds_more(there: &Position, here: &Position, history: &[HistoryEntry]) -
 
 /// Weighs the fencing round of a promotion (DESIGN.md §7): every other replica must have
 /// been reached in this attempt and have recorded the candidate epoch (from then on it
-/// applies and acknowledges nothing of a lower one), and none may hold a record the
-/// candidate lacks. Only the old active may be unreachable.
+/// applies and acknowledges nothing of a lower one), and none may be more up to date than
+/// the candidate: a last record of a newer epoch, or more records of the same epoch. A
+/// replica that holds more records of an older epoch than the candidate's last one holds
+/// records that were never acknowledged (the promotion that started the newer epoch fenced
+/// every replica that could have acknowledged them): they go to its collision archive.
+/// Only the old active may be unreachable.
 ///
 /// # Errors
 /// [`FenceRefusal`] naming the first replica in the way (without `force`).
@@ -409,7 +413,9 @@ pub fn check_fence(input: &FenceInput<'_>) -> Result<FenceVerdict, FenceRefusal>
                         held: answer.epoch.clone(),
                         role: answer.role,
                     }
-                } else if holds_more(&answer.position, input.position, input.history) {
+                } else if (&answer.position.epoch, answer.position.lsn)
+                    > (&input.position.epoch, input.position.lsn)
+                {
                     verdict.holders.push(node.clone());
                     FenceRefusal::Holds {
                         node: node.clone(),

@@ -261,6 +261,10 @@ pub enum PromoteFailure {
     /// No epoch above the highest known can be taken.
     #[error(transparent)]
     Epoch(EpochRefusal),
+    /// A higher epoch appeared while the promotion ran (another promotion): this replica
+    /// recorded it and follows its node.
+    #[error("a higher epoch {0} appeared while the promotion ran")]
+    Overtaken(Epoch),
     /// A store command failed.
     #[error("the store refused: {0}")]
     Store(String),
@@ -805,6 +809,28 @@ impl Roles {
             }
             None => return false,
         };
+        // The operation under way was overtaken: whatever it was about to do is void (a
+        // switchover must not take writes back, a promotion must not go on).
+        if let Some(op) = self.op.take() {
+            self.log(
+                true,
+                format!(
+                    "{}: a higher epoch {epoch} appeared: the {} under way stops",
+                    self.domain,
+                    match op {
+                        Op::Promote(_) => "promotion",
+                        Op::Switch(_) => "switchover",
+                    }
+                ),
+            );
+            self.outcome = Some(match op {
+                Op::Promote(_) => Outcome::Promotion(Err(PromoteFailure::Overtaken(epoch.clone()))),
+                Op::Switch(_) => Outcome::Switchover(Err(SwitchFailure::Failed(format!(
+                    "a higher epoch {epoch} appeared meanwhile; this node follows {}",
+                    epoch.node
+                )))),
+            });
+        }
         self.store(
             StoreCommand::Demote(epoch.clone()),
             Then::Learned { reply, follow },
@@ -1518,11 +1544,16 @@ impl Roles {
                 let answer = round.results().pop().map(|(_, r)| r);
                 // If the target did take over (only its answer was lost) or a higher epoch
                 // appeared meanwhile, follow that active instead of making a second one.
+                // An epoch in the target's answer is a peer's word: it counts only once it
+                // passes `check_epoch` (a replica of the domain, a bounded step).
+                let checked = |e: &Epoch| check_epoch(e, offered, &facts.replicas).is_ok();
                 let successor = match &answer {
                     Some(Ok(Some(a))) if a.role == Role::Active && a.epoch >= *offered => {
                         Some(s.to.clone())
                     }
-                    Some(Ok(Some(a))) if a.epoch > *offered => Some(a.epoch.node.clone()),
+                    Some(Ok(Some(a))) if a.epoch > *offered && checked(&a.epoch) => {
+                        Some(a.epoch.node.clone())
+                    }
                     _ if facts.highest > *offered => Some(facts.highest.node.clone()),
                     _ => None,
                 };
@@ -1665,3 +1696,7 @@ impl Roles {
         self.out.push_back(Action::Follow(active.clone()));
     }
 }
+
+#[cfg(test)]
+#[path = "roles_tests.rs"]
+mod tests;

@@ -386,24 +386,44 @@ impl Domain {
             .map(|c| c.position)
     }
 
-    /// [`Domain::apply_batch_async`] for records shipped by node `from`: refused with
-    /// [`StoreError::Fenced`] unless `from` is the node of the highest epoch this replica
-    /// recorded (counting the records' own). The check runs on the writer thread, in the
-    /// same order as [`Domain::demote`], so a batch of an old active still on its way when a
-    /// newer epoch is recorded is never applied (invariant 1).
+    /// [`Domain::apply_batch_async`] for records shipped by node `from` on a stream it
+    /// accepted when this replica's highest epoch was `since` (the epoch its `Follow`
+    /// carried): refused with [`StoreError::Fenced`] once an epoch above `since` is recorded
+    /// here (counting the records' own) whose node is not `from`. The check runs on the
+    /// writer thread, in the same order as [`Domain::demote`], so a batch of an old active
+    /// still on its way when a newer epoch is recorded is never applied (invariant 5), while
+    /// records of older epochs that the new active relays are.
     ///
     /// # Errors
     /// As [`Domain::apply`], and [`StoreError::Fenced`].
     pub async fn apply_batch_from_async(
         &self,
         from: &NodeId,
+        since: &Epoch,
         records: Vec<Vec<u8>>,
     ) -> Result<Position, StoreError> {
         if records.is_empty() {
             return Ok(self.status()?.position);
         }
-        self.submit_async(Work::ApplyBatch(Some(from.clone()), records))
+        self.submit_async(Work::ApplyBatch(Some((from.clone(), since.clone())), records))
             .await
+            .map(|c| c.position)
+    }
+
+    /// [`Domain::apply_batch_from_async`] for synchronous callers.
+    ///
+    /// # Errors
+    /// As [`Domain::apply_batch_from_async`].
+    pub fn apply_batch_from(
+        &self,
+        from: &NodeId,
+        since: &Epoch,
+        records: Vec<Vec<u8>>,
+    ) -> Result<Position, StoreError> {
+        if records.is_empty() {
+            return Ok(self.status()?.position);
+        }
+        self.submit(Work::ApplyBatch(Some((from.clone(), since.clone())), records))
             .map(|c| c.position)
     }
 

@@ -66,7 +66,7 @@ pub(crate) enum Work {
     Apply(Vec<u8>),
     /// Records applied in order in the same transaction, up to the first refused.
     /// Records shipped by `from` (when known), applied in order.
-    ApplyBatch(Option<NodeId>, Vec<Vec<u8>>),
+    ApplyBatch(Option<(NodeId, Epoch)>, Vec<Vec<u8>>),
     /// Drop log records below this lsn.
     Truncate(Lsn),
     /// Switch in a database built aside by a resync. Always committed alone.
@@ -361,7 +361,8 @@ impl Writer {
                     Work::ApplyBatch(from, records) => {
                         let mut outcome = Self::committed(&meta);
                         for bytes in &records {
-                            outcome = self.apply(&mut t, &mut meta, bytes, from.as_ref())?;
+                            let from = from.as_ref().map(|(n, e)| (n, e));
+                            outcome = self.apply(&mut t, &mut meta, bytes, from)?;
                             if outcome.is_err() {
                                 break;
                             }
@@ -657,7 +658,7 @@ impl Writer {
         t: &mut Tables<'_>,
         meta: &mut DomainMeta,
         bytes: &[u8],
-        from: Option<&NodeId>,
+        from: Option<(&NodeId, &Epoch)>,
     ) -> Result<Outcome, StoreError> {
         let domain = self.domain.clone();
         let expected = meta.position.lsn.next();
@@ -690,20 +691,21 @@ impl Writer {
                 found: record.prev_chain,
             }));
         }
-        if let Some(from) = from {
-            let fence = self.fence_epoch();
-            let highest = [Some(&meta.epoch), fence.as_ref(), Some(&record.epoch)]
-                .into_iter()
-                .flatten()
-                .max()
-                .cloned()
-                .unwrap_or_else(|| record.epoch.clone());
-            if highest.term > 0 && highest.node != *from {
-                return Ok(Err(StoreError::Fenced {
-                    domain,
-                    from: from.clone(),
-                    epoch: highest,
-                }));
+        if let Some((from, since)) = from {
+            // Nothing from an active below an epoch learned from a peer since the stream was
+            // accepted (`since`: the epoch its `Follow` carried): once such an epoch is
+            // recorded (`Domain::demote`), only its node is listened to, and a batch of the
+            // old active still on its way is refused. Records of older epochs relayed by the
+            // active that accepted the stream are taken: it accepted a `Follow` carrying
+            // `since`, so its own epoch is not below it.
+            if let Some(fence) = self.fence_epoch() {
+                if fence > *since && fence.node != *from {
+                    return Ok(Err(StoreError::Fenced {
+                        domain,
+                        from: from.clone(),
+                        epoch: fence,
+                    }));
+                }
             }
         }
         if meta.position.lsn > Lsn::ZERO && record.epoch < meta.position.epoch {
