@@ -180,8 +180,16 @@ impl Node {
                 let (node, domain, epoch) =
                     (self.clone(), ad.domain.id().clone(), status.epoch.clone());
                 probes.spawn(async move {
-                    if let Err(e) = node.probe(&peer, &domain, Some(&epoch)).await {
-                        tracing::debug!(domain = %domain, peer = %peer, "epoch announcement: {e}");
+                    match node.probe(&peer, &domain, Some(&epoch)).await {
+                        // The peer recorded a higher epoch (a fence): this active is
+                        // superseded and steps down (the role machine checks the epoch).
+                        Ok(Some(answer)) if answer.epoch > epoch => {
+                            node.higher_epoch(&peer, &domain, &answer.epoch).await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(domain = %domain, peer = %peer, "epoch announcement: {e}");
+                        }
                     }
                 });
             }

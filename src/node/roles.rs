@@ -666,13 +666,13 @@ impl Node {
                     domain: domain.clone(),
                     epoch,
                 },
-                PromoteFailure::Store(why) => PromoteError::Store(store_error.unwrap_or(
-                    StoreError::Io {
+                PromoteFailure::Store(why) => {
+                    PromoteError::Store(store_error.unwrap_or(StoreError::Io {
                         action: "promote",
                         path: std::path::PathBuf::new(),
                         detail: why,
-                    },
-                )),
+                    }))
+                }
             })
     }
 }
@@ -786,7 +786,9 @@ impl Node {
             why,
         };
         let Outcome::Switchover(result) = outcome else {
-            return Err(failed("a promotion of the domain is under way on this node".into()));
+            return Err(failed(
+                "a promotion of the domain is under way on this node".into(),
+            ));
         };
         result
             .map(|s| Switchover {

@@ -12,8 +12,8 @@ pub mod authorize;
 mod durability;
 pub mod message;
 pub mod promotion;
-pub mod roles;
 mod retention;
+pub mod roles;
 mod standby;
 mod status;
 

@@ -29,9 +29,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::authorize::{
-    authorize, check_epoch, next_epoch, Ask, EpochRefusal, LocalDomain,
-};
+use super::authorize::{authorize, check_epoch, next_epoch, Ask, EpochRefusal, LocalDomain};
 use super::message::{Message, ProbeAnswer, TakeOver};
 use super::promotion::{
     check, check_fence, FenceInput, FenceRefusal, FenceReply, GuardInput, PeerProbe, Refusal,
@@ -743,7 +741,9 @@ impl Roles {
                     ));
                 }
                 Switch::HandOver { deadline, .. } if *deadline <= now => {
-                    fail = Some(format!("no answer to the hand-over within {TAKE_OVER_TIMEOUT:?}"));
+                    fail = Some(format!(
+                        "no answer to the hand-over within {TAKE_OVER_TIMEOUT:?}"
+                    ));
                 }
                 _ => {}
             },
@@ -761,7 +761,10 @@ impl Roles {
     /// known here is recorded first, once it passes [`check_epoch`].
     fn on_probe(&mut self, facts: &Facts, from: &NodeId, epoch: Option<Epoch>, reply: u64) {
         if let Err(refusal) = authorize(from, Ask::Probe, facts.local()) {
-            self.log(true, format!("probe of {} from {from} refused: {refusal}", self.domain));
+            self.log(
+                true,
+                format!("probe of {} from {from} refused: {refusal}", self.domain),
+            );
             self.out.push_back(Action::Reply {
                 reply,
                 message: Message::ProbeAnswer(None),
@@ -804,9 +807,7 @@ impl Roles {
                 self.out.push_back(Action::StopServing);
                 Some(epoch.node.clone())
             }
-            Some(_) => {
-                (facts.followed.as_ref() != Some(&epoch.node)).then(|| epoch.node.clone())
-            }
+            Some(_) => (facts.followed.as_ref() != Some(&epoch.node)).then(|| epoch.node.clone()),
             None => return false,
         };
         // The operation under way was overtaken: whatever it was about to do is void (a
@@ -842,7 +843,10 @@ impl Roles {
     /// [`check_epoch`] (invariant 1: a higher epoch exists, stop taking writes at once).
     fn on_higher_epoch(&mut self, facts: &Facts, from: &NodeId, epoch: &Epoch) {
         if let Err(refusal) = authorize(from, Ask::Follow, facts.local()) {
-            self.log(true, format!("follow of {} from {from} refused: {refusal}", self.domain));
+            self.log(
+                true,
+                format!("follow of {} from {from} refused: {refusal}", self.domain),
+            );
             return;
         }
         if *epoch <= facts.highest {
@@ -875,7 +879,10 @@ impl Roles {
         if let Err(refusal) = authorize(from, Ask::TakeOver, facts.local()) {
             self.log(
                 true,
-                format!("hand-over of {} from {from} refused: {refusal}", self.domain),
+                format!(
+                    "hand-over of {} from {from} refused: {refusal}",
+                    self.domain
+                ),
             );
             return refuse(self, not_standby);
         }
@@ -1170,15 +1177,18 @@ impl Roles {
         let Some(op) = self.op.take() else { return };
         match op {
             Op::Promote(mut p) => {
-                let step = std::mem::replace(&mut p.step, Promote::Promoting {
-                    done: Promoted {
-                        epoch: facts.epoch.clone(),
-                        position: facts.position.clone(),
-                        behind_records: 0,
-                        unreachable: Vec::new(),
-                        holders: Vec::new(),
+                let step = std::mem::replace(
+                    &mut p.step,
+                    Promote::Promoting {
+                        done: Promoted {
+                            epoch: facts.epoch.clone(),
+                            position: facts.position.clone(),
+                            behind_records: 0,
+                            unreachable: Vec::new(),
+                            holders: Vec::new(),
+                        },
                     },
-                });
+                );
                 match (step, result) {
                     (_, Err(e)) => {
                         // Nothing more happens; the replica keeps following.
@@ -1272,15 +1282,16 @@ impl Roles {
                             self.domain, facts.epoch
                         ),
                     );
-                    self.outcome =
-                        Some(Outcome::Switchover(Err(SwitchFailure::Failed(error.clone()))));
+                    self.outcome = Some(Outcome::Switchover(Err(SwitchFailure::Failed(
+                        error.clone(),
+                    ))));
                 }
                 (Switch::Resuming { error }, Err(e)) => {
                     let to = s.to.clone();
                     self.stand_by(&to);
-                    self.outcome = Some(Outcome::Switchover(Err(SwitchFailure::Unknown(
-                        format!("{error}; taking writes back failed: {e}"),
-                    ))));
+                    self.outcome = Some(Outcome::Switchover(Err(SwitchFailure::Unknown(format!(
+                        "{error}; taking writes back failed: {e}"
+                    )))));
                 }
                 (step, _) => {
                     debug_assert!(false, "store result in switchover step {step:?}");
@@ -1319,10 +1330,7 @@ impl Roles {
                         Err(why) => {
                             self.log(
                                 false,
-                                format!(
-                                    "probe of {peer} before promoting {}: {why}",
-                                    self.domain
-                                ),
+                                format!("probe of {peer} before promoting {}: {why}", self.domain),
                             );
                             probes.push((peer, PeerProbe::Unreachable(why)));
                         }
@@ -1391,7 +1399,12 @@ impl Roles {
                 let mut replies: Vec<(NodeId, FenceReply)> = round
                     .results()
                     .into_iter()
-                    .map(|(n, r)| (n, r.map_or_else(FenceReply::Unreachable, FenceReply::Answered)))
+                    .map(|(n, r)| {
+                        (
+                            n,
+                            r.map_or_else(FenceReply::Unreachable, FenceReply::Answered),
+                        )
+                    })
                     .collect();
                 replies.extend(
                     out_of_reach
@@ -1478,8 +1491,9 @@ impl Roles {
                 let offered = match next_epoch(&facts.highest, &s.to) {
                     Ok(e) => e,
                     Err(e) => {
-                        self.outcome =
-                            Some(Outcome::Switchover(Err(SwitchFailure::Failed(e.to_string()))));
+                        self.outcome = Some(Outcome::Switchover(Err(SwitchFailure::Failed(
+                            e.to_string(),
+                        ))));
                         return;
                     }
                 };
@@ -1512,8 +1526,12 @@ impl Roles {
                     self.switch_failed(now, facts, why);
                     return self.advance(now, facts);
                 }
-                let mut standbys: Vec<NodeId> =
-                    facts.standbys.iter().filter(|n| **n != s.to).cloned().collect();
+                let mut standbys: Vec<NodeId> = facts
+                    .standbys
+                    .iter()
+                    .filter(|n| **n != s.to)
+                    .cloned()
+                    .collect();
                 standbys.push(self.me.clone());
                 let take = TakeOver {
                     domain: self.domain.clone(),
@@ -1627,7 +1645,12 @@ impl Roles {
                 let replies: Vec<(NodeId, FenceReply)> = round
                     .results()
                     .into_iter()
-                    .map(|(n, r)| (n, r.map_or_else(FenceReply::Unreachable, FenceReply::Answered)))
+                    .map(|(n, r)| {
+                        (
+                            n,
+                            r.map_or_else(FenceReply::Unreachable, FenceReply::Answered),
+                        )
+                    })
                     .collect();
                 let fenced = check_fence(&FenceInput {
                     candidate: again,
@@ -1648,9 +1671,9 @@ impl Roles {
                         ),
                     );
                     self.stand_by(&to);
-                    self.outcome = Some(Outcome::Switchover(Err(SwitchFailure::Unknown(
-                        format!("{error}; taking writes back was refused: {refusal}"),
-                    ))));
+                    self.outcome = Some(Outcome::Switchover(Err(SwitchFailure::Unknown(format!(
+                        "{error}; taking writes back was refused: {refusal}"
+                    )))));
                     return;
                 }
                 let again = again.clone();

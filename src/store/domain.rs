@@ -405,9 +405,12 @@ impl Domain {
         if records.is_empty() {
             return Ok(self.status()?.position);
         }
-        self.submit_async(Work::ApplyBatch(Some((from.clone(), since.clone())), records))
-            .await
-            .map(|c| c.position)
+        self.submit_async(Work::ApplyBatch(
+            Some((from.clone(), since.clone())),
+            records,
+        ))
+        .await
+        .map(|c| c.position)
     }
 
     /// [`Domain::apply_batch_from_async`] for synchronous callers.
@@ -423,8 +426,11 @@ impl Domain {
         if records.is_empty() {
             return Ok(self.status()?.position);
         }
-        self.submit(Work::ApplyBatch(Some((from.clone(), since.clone())), records))
-            .map(|c| c.position)
+        self.submit(Work::ApplyBatch(
+            Some((from.clone(), since.clone())),
+            records,
+        ))
+        .map(|c| c.position)
     }
 
     /// Makes this standby replica active in a new epoch, above every epoch it has seen; the
