@@ -1,30 +1,30 @@
 //! Deterministic simulation of role changes (DESIGN.md §4, §6, §7): one domain replicated on
-//! three nodes `a`, `b` and `c`, each with a real [`Store`], driven through the sans-IO core
-//! ([`Shipper`], [`Follower`], [`decide`], the split-brain guard [`check`]) over an in-memory
-//! network. The simulation is the node glue of `src/node` (roles.rs, active.rs, standby.rs),
-//! in memory, on the test thread, with simulated time: a run is a function of its seed.
+//! three nodes `a`, `b` and `c`, each with a real [`Store`] and the shipped sans-IO core:
+//! [`Shipper`], [`Follower`], [`decide`] for replication and [`Roles`] (the role protocol:
+//! promotion with its guard and fencing rounds, switchover and its failure path, hand-over
+//! acceptance, probe answers, step-down). This file only executes their actions, as
+//! `src/node` does, over an in-memory network, on the test thread, with simulated time: a run
+//! is a function of its seed.
 //!
 //! `a` creates the domain and starts active; `b` and `c` follow it. At random times:
 //! - writes on whichever node is active (and stray writes on the others, which must be
 //!   refused), acknowledged with durability `standby`: once one standby's durable ack covers
 //!   them (what releases a writer in `Node::write`); writes made while the active is cut off
 //!   are committed locally and never acknowledged;
-//! - planned switchovers (`Node::switchover`): the active demotes itself to the epoch
-//!   `(term + 1, target)`, waits until the target is durable at its last lsn, hands over
-//!   (`TakeOver`: the target checks its position and `promote_to`s the epoch) and follows
-//!   the target; a switchover that times out, cannot reach the target, or whose `TookOver`
-//!   answer is lost rolls back to a new epoch of the old active's own (the lost answer makes
-//!   two actives: an unsafe promotion, see below);
-//! - manual promotions (`Node::promote`): a standby probes its peers (a reachable peer
-//!   answers its role, epoch, position and when it last heard its active; an unreachable one
-//!   is `PeerProbe::Unreachable`) and promotes only when the guard allows, or forced: a
-//!   lagging standby, or with the old active alive behind a partition (split brain on
-//!   purpose); the operator then points the other standbys at the new active;
-//! - healing: a node that learns of a higher epoch (a `Follow` carrying it, an active's
-//!   epoch announcement to a silent standby, a refusal naming the active) steps down at once
-//!   (`Domain::demote`) and follows the higher epoch's node; its records after the fork point
-//!   go to the collision archive (`Answer::Rewind`, `begin_resync` with `archive_after`) and
-//!   it resyncs;
+//! - planned switchovers and manual promotions (forced or not, of a standby that lost its
+//!   active or of one that still hears it), started as operator commands on the node's
+//!   [`Roles`]; probes, hand-overs and their answers travel as control messages that are
+//!   delayed, reordered, duplicated, lost on cut links and lost when sent on a cached
+//!   connection to a node that restarted since (a stale connection: only a fresh one
+//!   reaches it); the `TookOver` answer of a hand-over is sometimes lost;
+//! - epoch announcements of the active to standbys that do not follow it, and the answers to
+//!   them (a fenced standby's answer makes a superseded active step down);
+//! - hostile but authenticated peers: a node `x` that is no replica, or a replica that is not
+//!   the followed active, sending probes with epochs, hand-overs, `Follow`s with a higher
+//!   epoch, or an epoch with term `u64::MAX`; the target's role, epoch and fence must not move;
+//! - healing: a node that learns of a higher epoch steps down (its role machine decides) and
+//!   follows the epoch's node; its records after the fork point go to the collision archive
+//!   (`Answer::Rewind`, `begin_resync` with `archive_after`) and it resyncs;
 //! - an operator inspects collision archives, re-applies archived records on the active as
 //!   new writes and discards them, or discards them outright;
 //! - faults: stream cuts, partitions (one node isolated or one link cut) lasting random
@@ -38,14 +38,11 @@
 //!    next write is tried at once and must fail with `NotActive`); each epoch has one writer
 //!    and holds one record per lsn;
 //! 2. no acknowledged loss: a write acknowledged while its writer was the highest active,
-//!    with no unsafe promotion since it was committed, is never archived and is in the final
-//!    state. A promotion is unsafe when forced; when the guard let it through with a peer
-//!    other than the old active unreachable (it cannot tell what that peer acknowledged);
-//!    or when it is a switchover's
-//!    rollback (`Domain::promote` without the guard) while another node became the highest
-//!    active (the target took over but its answer was lost, or a failover elsewhere). Every
-//!    other acknowledged write is checked; the unsafe ones are counted, and what they lose
-//!    must still be archived (invariant 5);
+//!    with no forced promotion since it was committed, is never archived and is in the final
+//!    state. Only forced promotions are unsafe (checked: the count of unsafe promotions equals
+//!    the count of forced ones); what they lose must still be archived (invariant 5). After
+//!    every unforced promotion no other replica but the old active is more up to date than
+//!    the new active, and none was unreachable;
 //! 3. exactly once, in order: every record a standby applies is the record its writer
 //!    committed at that lsn, byte for byte, applied in lsn order; after every apply, snapshot
 //!    and restart, a replica's position and content digest are those its writer had at that
