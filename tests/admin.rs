@@ -452,6 +452,14 @@ fn collisions_are_listed_reapplied_on_the_new_active_and_discarded() {
         .map(|l| l.split_whitespace().next().unwrap().to_owned())
         .collect();
     assert_eq!(ids.len(), 2, "{list}");
+    // When each record was written reads as a time (RFC 3339), not raw microseconds.
+    assert!(
+        list.lines().skip(1).all(|l| l
+            .split_whitespace()
+            .nth(3)
+            .is_some_and(|t| t.len() == 27 && t.ends_with('Z') && t.as_bytes()[10] == b'T')),
+        "{list}"
+    );
     let show = ok(&a.socket, &["collisions", "show", "t1", &ids[0]]);
     assert!(show.contains("put \"lost-1\""), "{show}");
     // Re-applying needs the active: a standby's daemon says so and names it.

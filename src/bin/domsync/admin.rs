@@ -392,7 +392,7 @@ pub fn collisions(target: &Target, cmd: CollisionsCmd) -> Res {
             )? {
                 Answer::Collisions { domain, list } => {
                     println!(
-                        "{:>6}  {:<14} {:>8}  {:<26} {:>5} {:>9}",
+                        "{:>6}  {:<14} {:>8}  {:<27} {:>5} {:>9}",
                         "ID", "EPOCH", "LSN", "WRITTEN", "OPS", "BYTES"
                     );
                     for a in &list {
@@ -541,14 +541,56 @@ fn reapply(target: &Target, active: Option<&Target>, d: &DomainId, id: u64) -> R
 
 fn archived_line(a: &ArchivedInfo) -> String {
     format!(
-        "{:>6}  {:<14} {:>8}  {:<26} {:>5} {:>9}",
+        "{:>6}  {:<14} {:>8}  {:<27} {:>5} {:>9}",
         a.id,
         a.epoch.to_string(),
         a.lsn,
-        a.time,
+        rfc3339_micros(a.time),
         a.ops,
         a.bytes
     )
+}
+
+/// `micros` since the Unix epoch as an RFC 3339 UTC time with microseconds
+/// (`2026-12-03T09:06:42.371061Z`), for the operator's eyes.
+fn rfc3339_micros(micros: u64) -> String {
+    let secs = micros / 1_000_000;
+    let frac = micros % 1_000_000;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Days to a civil date (proleptic Gregorian), after H. Hinnant's `civil_from_days`.
+    let z = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{frac:06}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_micros;
+
+    #[test]
+    fn archive_times_read_as_rfc3339() {
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(1_796_288_802_371_061),
+            "2026-12-03T09:06:42.371061Z"
+        );
+        assert_eq!(
+            rfc3339_micros(951_782_400_500_000),
+            "2000-02-29T00:00:00.500000Z"
+        );
+        assert_eq!(
+            rfc3339_micros(1_709_251_199_000_000),
+            "2024-02-29T23:59:59.000000Z"
+        );
+    }
 }
 
 fn join(nodes: &[NodeId]) -> String {
