@@ -293,7 +293,14 @@ impl Node {
         })
     }
 
-    /// The role machine of `domain` on this node (created on first use).
+    /// Whether `domain` has a replica or a role machine here: a peer naming any other domain
+    /// gets the unknown-domain answer without anything being kept for it (bounded memory).
+    fn holds(&self, domain: &DomainId) -> bool {
+        self.replica(domain).is_some() || lock(&self.inner.roles).contains_key(domain)
+    }
+
+    /// The role machine of `domain` on this node (created on first use; callers check
+    /// [`Node::holds`] first for anything a peer names).
     fn role_slot(&self, domain: &DomainId) -> Arc<RoleSlot> {
         let mut all = lock(&self.inner.roles);
         Arc::clone(all.entry(domain.clone()).or_insert_with(|| {
@@ -533,6 +540,10 @@ impl Node {
         domain: &DomainId,
         epoch: Option<&Epoch>,
     ) -> Option<ProbeAnswer> {
+        if !self.holds(domain) {
+            tracing::warn!(domain = %domain, peer = %peer, "probe refused: this node holds no replica of the domain");
+            return None;
+        }
         let (events, _) = mpsc::unbounded_channel();
         let input = Input::Probe {
             from: peer.clone(),
@@ -550,6 +561,9 @@ impl Node {
     /// A peer asked to follow this active with a higher epoch: step down once the epoch is
     /// checked (invariant 1).
     pub(super) async fn higher_epoch(&self, peer: &NodeId, domain: &DomainId, epoch: &Epoch) {
+        if !self.holds(domain) {
+            return;
+        }
         let (events, _) = mpsc::unbounded_channel();
         let input = Input::HigherEpoch {
             from: peer.clone(),
@@ -573,6 +587,14 @@ impl Node {
         from: &NodeId,
         take: &crate::repl::TakeOver,
     ) -> Result<Position, String> {
+        if !self.holds(&take.domain) {
+            tracing::warn!(domain = %take.domain, peer = %from, "hand-over refused: this node holds no replica of the domain");
+            return Err(format!(
+                "{} is not a standby of {} here",
+                self.id(),
+                take.domain
+            ));
+        }
         let (events, _) = mpsc::unbounded_channel();
         let input = Input::TakeOver {
             from: from.clone(),
@@ -619,6 +641,11 @@ impl Node {
         config: ActiveConfig,
         force: bool,
     ) -> Result<Promotion, PromoteError> {
+        if !self.holds(domain) {
+            return Err(PromoteError::NotStandby {
+                domain: domain.clone(),
+            });
+        }
         if self.configuration(domain).is_none() && self.replica(domain).is_some() {
             lock(&self.inner.configs).insert(domain.clone(), config);
         }
@@ -775,6 +802,11 @@ impl Node {
         to: &NodeId,
         timeout: Duration,
     ) -> Result<Switchover, SwitchoverError> {
+        if !self.holds(domain) {
+            return Err(SwitchoverError::NotActive {
+                domain: domain.clone(),
+            });
+        }
         let start = Input::Switchover {
             to: to.clone(),
             timeout,
