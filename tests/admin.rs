@@ -489,4 +489,26 @@ fn collisions_are_listed_reapplied_on_the_new_active_and_discarded() {
     converged(&a.socket, &sb, 3.0);
     let s = status_json(&a.socket);
     assert_eq!(domain_of(&s, "t1").get("collisions").num(), 0.0);
+    // The archive is empty: the active no longer calls a a collision, and a's link, which
+    // recovered, carries no error from before as its current state.
+    wait_status(
+        &sb,
+        "b sees a synchronized once its archive is empty",
+        |s| {
+            domain_of(s, "t1").get("standbys").arr().iter().any(|x| {
+                x.get("node").str() == "a"
+                    && x.get("sync_status").get("name").str() == "Synchronized"
+            })
+        },
+    );
+    let s = wait_status(&a.socket, "a synchronized with b", |s| {
+        domain_of(s, "t1")
+            .get("follower")
+            .get("sync_status")
+            .get("name")
+            .str()
+            == "Synchronized"
+    });
+    let follower = domain_of(&s, "t1").get("follower");
+    assert_eq!(follower.get("last_error"), &Json::Null, "{follower:?}");
 }

@@ -13,7 +13,7 @@ use domsync::gateway::{Client, ClientConfig, Error, Origin, Update};
 use domsync::model::{Crl, CrlNumber, DomainId, Lsn, Role, Version};
 use domsync::net::PeerRole;
 use domsync::node::{ActiveConfig, Node, NodeConfig};
-use domsync::repl::Durability;
+use domsync::repl::{Durability, SyncStatus};
 use domsync::store::{Domain, Store, StoreOptions};
 use tokio::time::timeout;
 
@@ -66,6 +66,13 @@ fn start_node(pki_dir: &Path, name: &str) -> Node {
 }
 
 async fn cluster(names: &[&'static str]) -> Cluster {
+    cluster_with(names, &[]).await
+}
+
+/// As [`cluster`], except that the standbys in `never_synced` follow a node that does not
+/// exist: they hold the domain, serve gateways, and never synchronize (lsn 0, like a replica
+/// whose store was wiped and that has not caught up yet).
+async fn cluster_with(names: &[&'static str], never_synced: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
     let mut certs: Vec<(PeerRole, &str)> = names.iter().map(|n| (PeerRole::Node, *n)).collect();
@@ -92,7 +99,12 @@ async fn cluster(names: &[&'static str]) -> Cluster {
             replicas.insert(*n, d);
         } else {
             let d = store.join_domain(&dom()).unwrap();
-            node.follow(d.clone(), nid(names[0]));
+            let active = if never_synced.contains(n) {
+                "ghost"
+            } else {
+                names[0]
+            };
+            node.follow(d.clone(), nid(active));
             replicas.insert(*n, d);
         }
         node.grant(&dom(), GW);
@@ -152,6 +164,22 @@ impl Cluster {
             .lsn
     }
 
+    /// Waits until standby `n` reports itself synchronized with its active and connected to it.
+    async fn synchronized(&self, n: &str) {
+        let node = self.nodes[n].clone();
+        timeout(GUARD, async move {
+            loop {
+                let report = node.follower_status(&dom());
+                if report.is_some_and(|r| r.connected && r.status == SyncStatus::Synchronized) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the standby never reported itself synchronized");
+    }
+
     async fn reach(&self, n: &str, lsn: Lsn) {
         let mut positions = self.replicas[n].subscribe();
         timeout(GUARD, positions.wait_for(|p| p.lsn >= lsn))
@@ -180,6 +208,8 @@ async fn reads_a_policy_and_a_crl_from_the_active_and_from_a_standby() {
     let v1 = c.install("fw", content(1)).await;
     let lsn = c.put_crl(2).await;
     c.reach("b", lsn).await;
+    // A standby vouches that an item does not exist only once synchronized.
+    c.synchronized("b").await;
 
     for (node, role) in [("a", Role::Active), ("b", Role::Standby)] {
         let client = Client::new(c.config(&[node])).unwrap();
@@ -650,4 +680,162 @@ async fn clients_share_one_endpoint_and_a_watch_refused_everywhere_reports_inste
         panic!("expected a package")
     };
     assert_eq!(p.info.stamp(), v2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_that_never_synchronized_is_asked_first_and_the_package_comes_from_another_node()
+{
+    // The finding: a replica whose store was wiped rejoined as standby at lsn 0 while the
+    // active had installed the package; the gateway reached it first and was told the package
+    // does not exist, and asked no other node.
+    let c = cluster_with(&["a", "b", "c"], &["c"]).await;
+    let v1 = c.install("fw", content(1)).await;
+    let lsn = c.put_crl(1).await;
+    c.reach("b", lsn).await;
+    let report = c.nodes["c"].follower_status(&dom()).unwrap();
+    assert_eq!(report.status, SyncStatus::NeverSynchronized);
+    assert_eq!(c.replicas["c"].status().unwrap().position.lsn, Lsn::ZERO);
+
+    let client = Client::new(c.config(&["c", "b", "a"])).unwrap();
+    client.measure().await;
+    assert_eq!(client.preferred(), Some(nid("c")), "c is asked first");
+    let p = client.fetch("fw").await.unwrap();
+    assert_eq!((p.info.stamp(), p.served.node.as_str()), (v1.clone(), "b"));
+    assert_eq!(&p.content[..], &content(1)[..]);
+    assert_eq!(p.origin, Origin::Fetched);
+    let crl = client.crl(&issuer()).await.unwrap();
+    assert_eq!(
+        (crl.crl.number.clone(), crl.served.node.as_str()),
+        (number(1), "b")
+    );
+    // Lists: c's (empty) list is not taken for the domain's.
+    let fresh = Client::new(c.config(&["c", "b", "a"])).unwrap();
+    fresh.measure().await;
+    let list = fresh.list_policies().await.unwrap();
+    assert_ne!(list.served.node, nid("c"));
+    assert_eq!(list.items.len(), 1);
+    let crls = fresh.list_crls().await.unwrap();
+    assert_ne!(crls.served.node, nid("c"));
+    assert_eq!(crls.items.len(), 1);
+
+    // A package nobody holds is still "not found", from a node that can vouch for it.
+    let missing = client.fetch("nope").await.unwrap_err();
+    let Error::PolicyNotFound { served, .. } = &missing else {
+        panic!("expected not found, got {missing}")
+    };
+    assert_ne!(served.node, nid("c"), "{missing}");
+    assert_eq!(served.position.lsn, lsn, "{missing}");
+    let msg = missing.to_string();
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(!msg.contains("could not be asked"), "{msg}");
+
+    // The same from the shell, nodes in the order of the finding: exit 0, served by b.
+    let out_file = c.dir.path().join("fw.bin");
+    let args = vec![
+        "gateway".into(),
+        "fetch".into(),
+        "fw".into(),
+        "--node".into(),
+        format!("c={}", c.addr("c")),
+        "--node".into(),
+        format!("b={}", c.addr("b")),
+        "--node".into(),
+        format!("a={}", c.addr("a")),
+        "--pki".into(),
+        c.pki().display().to_string(),
+        "--id".into(),
+        GW.into(),
+        "--domain".into(),
+        dom().to_string(),
+        "--out".into(),
+        out_file.display().to_string(),
+    ];
+    let (code, out, err) = tokio::task::spawn_blocking(move || domsync(args))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" node=b "), "{out}");
+    assert_eq!(std::fs::read(&out_file).unwrap(), content(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_that_stopped_following_never_says_a_newer_package_does_not_exist() {
+    let c = cluster(&["a", "b"]).await;
+    let v1 = c.install("fw", content(1)).await;
+    c.reach("b", v1.lsn).await;
+    // b loses its active (it follows a node that does not exist) and misses a new package.
+    c.nodes["b"].unfollow(&dom());
+    c.nodes["b"].follow(c.replicas["b"].clone(), nid("ghost"));
+    let v2 = c.install("fresh", content(2)).await;
+    assert!(!c.nodes["b"].follower_status(&dom()).unwrap().connected);
+
+    // A client that never saw `fresh` (nothing tells it b is behind) asks b first.
+    let client = Client::new(c.config(&["b", "a"])).unwrap();
+    client.measure().await;
+    assert_eq!(client.preferred(), Some(nid("b")));
+    let p = client.fetch("fresh").await.unwrap();
+    assert_eq!((p.info.stamp(), p.served.node.as_str()), (v2, "a"));
+    assert_eq!(&p.content[..], &content(2)[..]);
+
+    // With only b to ask: b still serves what it holds, and says it is behind rather than
+    // that `fresh` does not exist.
+    let only_b = Client::new(c.config(&["b"])).unwrap();
+    let p = only_b.fetch("fw").await.unwrap();
+    assert_eq!((p.info.stamp(), p.served.node.as_str()), (v1, "b"));
+    let err = only_b.fetch("fresh").await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    let msg = err.to_string();
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(msg.contains("b: behind"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_package_no_node_holds_is_not_found_at_the_highest_position_naming_nodes_not_asked() {
+    let c = cluster(&["a", "b", "c"]).await;
+    let v1 = c.install("fw", content(1)).await;
+    for n in ["b", "c"] {
+        c.reach(n, v1.lsn).await;
+        c.synchronized(n).await;
+    }
+    let client = Client::new(c.config(&["c", "b", "a"])).unwrap();
+    client.measure().await;
+    assert_eq!(client.preferred(), Some(nid("c")));
+    let err = client.fetch("nope").await.unwrap_err();
+    let Error::PolicyNotFound {
+        domain,
+        name,
+        served,
+        ..
+    } = &err
+    else {
+        panic!("expected not found, got {err}")
+    };
+    assert_eq!((domain, name.as_str()), (&dom(), "nope"));
+    // Every node is at the same position: the first asked is named.
+    assert_eq!(
+        (served.node.as_str(), served.role, served.position.lsn),
+        ("c", Role::Standby, v1.lsn)
+    );
+    let msg = err.to_string();
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(
+        msg.contains("package nope does not exist in domain tenant-1 (node c, standby, lsn"),
+        "{msg}"
+    );
+    assert!(!msg.contains("could not be asked"), "{msg}");
+    let err = client.crl("CN=Nobody").await.unwrap_err();
+    assert!(matches!(err, Error::CrlNotFound { .. }), "{err}");
+
+    // One node down: still "not found" from the others, naming the node that could not be
+    // asked.
+    c.nodes["b"].shutdown().await;
+    let client = Client::new(c.config(&["c", "b", "a"])).unwrap();
+    client.measure().await;
+    let err = client.fetch("nope").await.unwrap_err();
+    assert!(matches!(err, Error::PolicyNotFound { .. }), "{err}");
+    let msg = err.to_string();
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(msg.contains("node b could not be asked"), "{msg}");
+    // And an existing package is still found.
+    assert_eq!(client.fetch("fw").await.unwrap().info.stamp(), v1);
 }

@@ -16,7 +16,7 @@ use domsync::net::{
     CLOSE_REFUSED, SERVER_NAME,
 };
 use domsync::node::{ActiveConfig, GatewayLimits, Node, NodeConfig};
-use domsync::repl::Durability;
+use domsync::repl::{Durability, SyncStatus};
 use domsync::store::{Domain, Store, StoreOptions};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{ConnectionError, Endpoint};
@@ -130,6 +130,23 @@ async fn reach(domain: &Domain, lsn: Lsn) {
         .unwrap();
 }
 
+/// Waits until `node`'s standby replica of `domain` reports itself synchronized with its
+/// active and connected to it.
+async fn synchronized(node: &Node, domain: &str) {
+    let domain = dom(domain);
+    timeout(GUARD, async {
+        loop {
+            let report = node.follower_status(&domain);
+            if report.is_some_and(|r| r.connected && r.status == SyncStatus::Synchronized) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the standby never reported itself synchronized");
+}
+
 fn request(domain: &str, query: Query) -> Request {
     Request {
         domain: dom(domain),
@@ -197,6 +214,7 @@ async fn both_roles_serve_packages_and_crls_and_name_themselves() {
     let crl = std::fs::read("fixtures/crl/fixture-ca-2.der").unwrap();
     let p = da.put_crl(&crl).unwrap();
     reach(&c.on_b["tenant-a"], p.lsn).await;
+    synchronized(&c.b, "tenant-a").await;
 
     for (node, role) in [(&c.a, Role::Active), (&c.b, Role::Standby)] {
         let conn = c.connect(PeerRole::Gateway, "g1", node).await;
@@ -308,6 +326,126 @@ async fn a_lagging_standby_waits_for_the_asked_position_or_says_it_is_behind() {
         panic!("{answer:?}")
     };
     assert_eq!(served.position.lsn, newer.lsn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_knows_it_is_behind_answers_behind_where_it_would_say_not_found() {
+    let c = cluster(GatewayLimits::default()).await;
+    let (da, db) = (&c.on_a["tenant-a"], &c.on_b["tenant-a"]);
+    da.install_policy("edge", b"v1".to_vec()).unwrap();
+    let crl = std::fs::read("fixtures/crl/fixture-ca-2.der").unwrap();
+    let p = da.put_crl(&crl).unwrap();
+    reach(db, p.lsn).await;
+    synchronized(&c.b, "tenant-a").await;
+    let g1_b = c.connect(PeerRole::Gateway, "g1", &c.b).await;
+    let g1_a = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+    let missing_crl = || Query::GetCrl {
+        issuer: "CN=Nobody".into(),
+        if_newer_than: None,
+    };
+    // Synchronized: the standby vouches for what it does not hold.
+    for query in [get("nope"), missing_crl()] {
+        let answer = exchange(&g1_b, &request("tenant-a", query)).await;
+        assert!(
+            matches!(answer.as_slice(), [Response::NotFound { .. }]),
+            "{answer:?}"
+        );
+    }
+
+    // b loses its active (it follows a node that does not exist): it keeps serving what it
+    // holds, and answers `Behind`, with where it stands, instead of "not found" or a list.
+    c.b.unfollow(&dom("tenant-a"));
+    c.b.follow(db.clone(), nid("ghost"));
+    assert!(!c.b.follower_status(&dom("tenant-a")).unwrap().connected);
+    let (served, content) = package(&exchange(&g1_b, &request("tenant-a", get("edge"))).await);
+    assert_eq!(
+        (served.role, content.as_slice()),
+        (Role::Standby, &b"v1"[..])
+    );
+    let answer = exchange(
+        &g1_b,
+        &request(
+            "tenant-a",
+            Query::GetCrl {
+                issuer: domsync::model::Crl::from_der(&crl).unwrap().issuer,
+                if_newer_than: None,
+            },
+        ),
+    )
+    .await;
+    assert!(
+        matches!(answer.as_slice(), [Response::Crl { .. }]),
+        "{answer:?}"
+    );
+    for query in [
+        get("nope"),
+        missing_crl(),
+        Query::ListPolicies,
+        Query::ListCrls,
+    ] {
+        let answer = exchange(&g1_b, &request("tenant-a", query.clone())).await;
+        let [Response::Behind { served }] = answer.as_slice() else {
+            panic!("{query:?}: {answer:?}")
+        };
+        assert_eq!(
+            (&served.node, served.role, served.position.lsn),
+            (&nid("b"), Role::Standby, p.lsn)
+        );
+        // The active never answers `Behind` for this.
+        let answer = exchange(&g1_a, &request("tenant-a", query.clone())).await;
+        assert!(
+            !matches!(answer.as_slice(), [Response::Behind { .. }]),
+            "{query:?}: {answer:?}"
+        );
+    }
+    let answer = exchange(&g1_a, &request("tenant-a", get("nope"))).await;
+    let [Response::NotFound { served }] = answer.as_slice() else {
+        panic!("{answer:?}")
+    };
+    assert_eq!((served.role, served.position.lsn), (Role::Active, p.lsn));
+
+    // Following its active again and synchronized: "not found" again.
+    c.b.unfollow(&dom("tenant-a"));
+    c.b.follow(db.clone(), nid("a"));
+    synchronized(&c.b, "tenant-a").await;
+    let answer = exchange(&g1_b, &request("tenant-a", get("nope"))).await;
+    assert!(
+        matches!(answer.as_slice(), [Response::NotFound { .. }]),
+        "{answer:?}"
+    );
+    let answer = exchange(&g1_b, &request("tenant-a", Query::ListPolicies)).await;
+    assert!(
+        matches!(answer.as_slice(), [Response::Policies { list, .. }] if list.len() == 1),
+        "{answer:?}"
+    );
+
+    // A replica that never synchronized (joined, its active unreachable): `Behind` at lsn 0.
+    let tenant = "tenant-c";
+    let d = c._stores.0.create_domain(&dom(tenant)).unwrap();
+    c.a.serve_active(
+        d.clone(),
+        ActiveConfig::new(Durability::Local, vec![nid("b")]),
+    );
+    d.install_policy("edge", b"v1".to_vec()).unwrap();
+    let joined = c._stores.1.join_domain(&dom(tenant)).unwrap();
+    c.b.follow(joined, nid("ghost"));
+    for n in [&c.a, &c.b] {
+        n.grant(&dom(tenant), "g1");
+    }
+    assert_eq!(
+        c.b.follower_status(&dom(tenant)).unwrap().status,
+        SyncStatus::NeverSynchronized
+    );
+    let answer = exchange(&g1_b, &request(tenant, get("edge"))).await;
+    let [Response::Behind { served }] = answer.as_slice() else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(
+        (served.role, served.position.lsn),
+        (Role::Standby, Lsn::ZERO)
+    );
+    let (served, _) = package(&exchange(&g1_a, &request(tenant, get("edge"))).await);
+    assert_eq!(served.role, Role::Active);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1011,6 +1011,12 @@ impl Sim {
                 self.start_following(i, to);
             }
             Action::Unfollow => self.stop_following(i),
+            Action::HandedOver => {
+                let now = self.clock.now();
+                if let Some(f) = self.nodes[i].follower.as_mut() {
+                    f.handed_over(now);
+                }
+            }
             Action::AwaitDurable { peer, lsn } => {
                 let p = Self::index_of(&peer);
                 if let Some(sv) = self.nodes[i].serving.as_mut() {

@@ -277,7 +277,7 @@ pub enum AdminError {
         node: NodeId,
     },
     /// A write reached a node that is not the domain's active; nothing was written.
-    #[error("domain {domain} is not active on node {node}: {}", match active { Some(a) => format!("its active is {a}: run the command against {a}"), None => "no active is known: promote a replica first".to_owned() })]
+    #[error("domain {domain} is not active on node {node}: {}", match active { Some(a) => format!("its active is {a}: run the command against {a}"), None => "this node does not know which node is active: run `domsync status` on the domain's other replicas, and promote one only if none is active".to_owned() })]
     NotActive {
         /// The domain.
         domain: DomainId,
@@ -411,8 +411,11 @@ pub struct FollowerState {
     pub lag: Lag,
     /// When it last held everything, milliseconds since the Unix epoch.
     pub last_sync_ms: Option<u64>,
-    /// The last error or refusal.
+    /// The current error or refusal (`None` once the link recovered).
     pub last_error: Option<String>,
+    /// The latest errors and refusals, oldest first: when (milliseconds since the Unix
+    /// epoch) and what.
+    pub recent_errors: Vec<(u64, String)>,
     /// True while a stream to the active is open.
     pub connected: bool,
 }

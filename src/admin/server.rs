@@ -407,7 +407,10 @@ async fn handle(daemon: &Arc<Daemon>, client: &Client, req: Request) -> Answer {
         Request::Reapply { domain, id } => reapply(daemon, domain, id).await,
         Request::Discard { domain, id } => {
             held(daemon, &domain).and_then(|d| match d.discard_collision(id) {
-                Ok(true) => Ok(Answer::Discarded { domain, id }),
+                Ok(true) => {
+                    daemon.node().collisions_changed(&domain);
+                    Ok(Answer::Discarded { domain, id })
+                }
                 Ok(false) => Err(AdminError::NoSuchCollision {
                     domain,
                     node: me(daemon),
@@ -511,6 +514,11 @@ pub fn status(daemon: &Daemon) -> NodeStatus {
             status: f.status,
             last_sync_ms: f.last_sync.map(millis),
             last_error: f.last_error,
+            recent_errors: f
+                .recent_errors
+                .into_iter()
+                .map(|(at, why)| (millis(at), why))
+                .collect(),
             connected: f.connected,
         });
         domains.push(report);
@@ -585,8 +593,10 @@ fn known_active(daemon: &Daemon, domain: &DomainId) -> Option<NodeId> {
     if let Some(f) = daemon.node().follower_status(domain) {
         return Some(f.active);
     }
-    let s = daemon.store().domain(domain).ok()?.status().ok()?;
-    (s.epoch.term > 0 && s.epoch.node != *daemon.node().id()).then_some(s.epoch.node)
+    // The highest epoch recorded here (a fence included) names the newest active known.
+    let d = daemon.store().domain(domain).ok()?;
+    let epoch = d.highest_epoch().ok()?;
+    (epoch.term > 0 && epoch.node != *daemon.node().id()).then_some(epoch.node)
 }
 
 async fn write(
@@ -613,7 +623,7 @@ async fn write(
             Err(AdminError::NotActive {
                 domain: domain.clone(),
                 node: me(daemon),
-                active,
+                active: active.or_else(|| known_active(daemon, domain)),
             })
         }
         Err(e) => Err(AdminError::Failed(e.to_string())),
@@ -683,11 +693,14 @@ async fn reapply(daemon: &Daemon, domain: DomainId, id: u64) -> Result<Answer, A
     let a = archived(daemon, &d, id)?;
     let position = write(daemon, &domain, a.record.ops).await?;
     match d.discard_collision(id) {
-        Ok(_) => Ok(Answer::Reapplied {
-            domain,
-            id,
-            position,
-        }),
+        Ok(_) => {
+            daemon.node().collisions_changed(&domain);
+            Ok(Answer::Reapplied {
+                domain,
+                id,
+                position,
+            })
+        }
         Err(e) => Err(AdminError::Failed(format!(
             "record {id} was written again at {position} but could not be removed from the archive ({e}): run `domsync collisions discard {domain} {id}`"
         ))),

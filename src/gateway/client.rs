@@ -15,6 +15,11 @@
 //!   request asks a lagging node to wait for V (`at_least`, up to [`ClientConfig::lag_wait`])
 //!   and moves to the next node when it answers `Behind`; a node whose list or CRL is older
 //!   than what the client saw is skipped;
+//! * **never takes "not found" from one node for the domain's word**: a standby that knows it
+//!   is behind answers `Behind` instead (and is skipped), and a "not found" is final only when
+//!   no other configured node has the item: the others are asked in turn, and when none has
+//!   it the error names the node at the highest position and the nodes that could not be
+//!   asked;
 //! * **verifies** each package's size and SHA-256 against its [`PolicyInfo`] before accepting
 //!   it (a mismatch skips that node), reading at most `info.size` bytes (itself capped at
 //!   [`MAX_POLICY_BYTES`]);
@@ -240,8 +245,10 @@ pub enum Error {
         /// What each node did.
         detail: String,
     },
-    /// The package does not exist (said by a node not behind what the client saw).
-    #[error("package {name} does not exist in domain {domain} (node {}, {}, lsn {}); check the name with `domsync gateway list`", .served.node, .served.role, .served.position.lsn)]
+    /// The package does not exist: no configured node that could be asked holds it, and
+    /// `served` is the "not found" of the one at the highest position (none of them behind
+    /// what the client saw, none of them knowing itself behind the domain).
+    #[error("package {name} does not exist in domain {domain} (node {}, {}, lsn {}{}); check the name with `domsync gateway list`", .served.node, .served.role, .served.position.lsn, unasked(.unreached))]
     PolicyNotFound {
         /// The domain.
         domain: DomainId,
@@ -249,9 +256,12 @@ pub enum Error {
         name: String,
         /// Who said so.
         served: Box<Served>,
+        /// Configured nodes that could not be asked (unreachable, refused, bad answer): one
+        /// of them may hold a newer position.
+        unreached: Vec<NodeId>,
     },
-    /// There is no CRL of this issuer (said by a node not behind what the client saw).
-    #[error("no CRL of issuer {issuer} in domain {domain} (node {}, {}, lsn {}); check the issuer with `domsync gateway list`", .served.node, .served.role, .served.position.lsn)]
+    /// There is no CRL of this issuer: as [`Error::PolicyNotFound`].
+    #[error("no CRL of issuer {issuer} in domain {domain} (node {}, {}, lsn {}{}); check the issuer with `domsync gateway list`", .served.node, .served.role, .served.position.lsn, unasked(.unreached))]
     CrlNotFound {
         /// The domain.
         domain: DomainId,
@@ -259,6 +269,8 @@ pub enum Error {
         issuer: String,
         /// Who said so.
         served: Box<Served>,
+        /// Configured nodes that could not be asked: one of them may hold a newer position.
+        unreached: Vec<NodeId>,
     },
 }
 
@@ -361,13 +373,98 @@ enum Ask<'a> {
 }
 
 /// What one node answered (before it becomes a result).
+#[derive(Debug)]
 enum Got {
     Policies(Listing<PolicyInfo>),
     Package(Package),
-    PolicyNotFound(Served),
     Crls(Listing<CrlInfo>),
     Crl(CrlCopy),
-    CrlNotFound(Served),
+    /// The package or CRL asked for is not there, as of `served`'s position (and that node
+    /// is not behind what the client saw).
+    NotFound(Served),
+}
+
+/// How a request across the nodes ended without the item.
+#[derive(Debug)]
+enum Miss {
+    /// No node that could be asked holds it: the "not found" at the highest position, and the
+    /// nodes that could not be asked.
+    Absent {
+        served: Served,
+        unreached: Vec<NodeId>,
+    },
+    /// No node gave a usable answer.
+    Failed(Vec<(NodeId, Fail)>),
+}
+
+/// The way of one request through the configured nodes, in the order they are asked; no I/O.
+///
+/// The first answer that carries the item (a package, a CRL, a list, a confirmation of the
+/// held copy) ends the request. A "not found" does not: another node may hold a newer
+/// position where the item exists (a standby that was wiped, say, and does not know it yet),
+/// so the next nodes are asked too. Only when no node sent the item is the "not found" of the
+/// node at the highest position (epoch, then lsn; the earliest asked among equals) the
+/// result, naming the nodes that could not be asked; with no "not found" at all (every node
+/// behind or unreachable), the failures.
+#[derive(Debug, Default)]
+struct Lookup {
+    absent: Option<(NodeId, Served)>,
+    failures: Vec<(NodeId, Fail)>,
+}
+
+impl Lookup {
+    /// Takes node `node`'s answer: `Some` when it ends the request.
+    fn answer(&mut self, node: NodeId, answer: Result<Got, Fail>) -> Option<Got> {
+        match answer {
+            Ok(Got::NotFound(served)) => {
+                let higher = self.absent.as_ref().is_none_or(|(_, best)| {
+                    (&served.position.epoch, served.position.lsn)
+                        > (&best.position.epoch, best.position.lsn)
+                });
+                if higher {
+                    self.absent = Some((node, served));
+                }
+                None
+            }
+            Ok(got) => Some(got),
+            Err(fail) => {
+                self.failures.push((node, fail));
+                None
+            }
+        }
+    }
+
+    /// Every node was asked and none sent the item.
+    fn finish(self) -> Miss {
+        match self.absent {
+            Some((_, served)) => Miss::Absent {
+                served,
+                // A node that answered `Behind` was asked: it does not have the item.
+                unreached: self
+                    .failures
+                    .into_iter()
+                    .filter(|(_, f)| !matches!(f, Fail::Behind(_)))
+                    .map(|(n, _)| n)
+                    .collect(),
+            },
+            None => Miss::Failed(self.failures),
+        }
+    }
+}
+
+/// The tail of a "not found" message naming the nodes that could not be asked.
+fn unasked(unreached: &[NodeId]) -> String {
+    match unreached {
+        [] => String::new(),
+        [one] => format!("; node {one} could not be asked and may hold it"),
+        many => format!(
+            "; nodes {} could not be asked and may hold it",
+            many.iter()
+                .map(NodeId::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// One request's stream.
@@ -405,6 +502,15 @@ fn version_position(v: &Version) -> Position {
 /// Whether position `a` is at or past `b` (epoch, then lsn; chains are not compared).
 fn reached(a: &Position, b: &Position) -> bool {
     (&a.epoch, a.lsn) >= (&b.epoch, b.lsn)
+}
+
+/// A node that answered `Behind` unasked: it knows it is behind the domain and cannot vouch
+/// that an item is missing.
+fn knows_behind(served: &Served) -> Fail {
+    Fail::Behind(format!(
+        "{} at {}, knows it is behind the domain",
+        served.role, served.position
+    ))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -569,8 +675,8 @@ impl Client {
     pub async fn list_policies(&self) -> Result<Listing<PolicyInfo>, Error> {
         match self.ask(&Ask::ListPolicies).await {
             Ok(Got::Policies(l)) => Ok(l),
-            Ok(_) => Err(self.unexpected()),
-            Err(failures) => Err(self.unavailable(&failures)),
+            Ok(_) | Err(Miss::Absent { .. }) => Err(self.unexpected()),
+            Err(Miss::Failed(failures)) => Err(self.unavailable(&failures)),
         }
     }
 
@@ -578,20 +684,30 @@ impl Client {
     /// client's copy confirmed current; never older than a version the client has seen. When
     /// no node can answer, the held copy (memory or disk cache) marked [`Origin::Held`].
     ///
+    /// A node's "not found" is final only when no other configured node holds the package:
+    /// the others are asked in turn, and the package comes from the first that has it.
+    ///
     /// # Errors
-    /// [`Error::PolicyNotFound`]; [`Error::Unavailable`] when no node could answer and no
-    /// copy is held.
+    /// [`Error::PolicyNotFound`] when every node that could be asked said so (the one at the
+    /// highest position is named; the held copy is dropped); [`Error::Unavailable`] when no
+    /// node could answer and no copy is held.
     pub async fn fetch(&self, name: &str) -> Result<Package, Error> {
         self.load_policy(name).await;
         match self.ask(&Ask::Fetch(name)).await {
             Ok(Got::Package(p)) => Ok(p),
-            Ok(Got::PolicyNotFound(served)) => Err(Error::PolicyNotFound {
-                domain: self.inner.domain.clone(),
-                name: name.to_owned(),
-                served: Box::new(served),
-            }),
             Ok(_) => Err(self.unexpected()),
-            Err(failures) => {
+            Err(Miss::Absent { served, unreached }) => {
+                if let Some(write) = self.forget_policy(name, &served) {
+                    let _ = write.await;
+                }
+                Err(Error::PolicyNotFound {
+                    domain: self.inner.domain.clone(),
+                    name: name.to_owned(),
+                    served: Box::new(served),
+                    unreached,
+                })
+            }
+            Err(Miss::Failed(failures)) => {
                 let held = lock(&self.inner.state)
                     .policies
                     .get(name)
@@ -617,27 +733,33 @@ impl Client {
     pub async fn list_crls(&self) -> Result<Listing<CrlInfo>, Error> {
         match self.ask(&Ask::ListCrls).await {
             Ok(Got::Crls(l)) => Ok(l),
-            Ok(_) => Err(self.unexpected()),
-            Err(failures) => Err(self.unavailable(&failures)),
+            Ok(_) | Err(Miss::Absent { .. }) => Err(self.unexpected()),
+            Err(Miss::Failed(failures)) => Err(self.unavailable(&failures)),
         }
     }
 
     /// The CRL of `issuer` (RFC 4514 text, as listed): as [`Client::fetch`], by CRL number.
     ///
     /// # Errors
-    /// [`Error::CrlNotFound`]; [`Error::Unavailable`] when no node could answer and no copy
-    /// is held.
+    /// [`Error::CrlNotFound`] when every node that could be asked said so; [`Error::Unavailable`]
+    /// when no node could answer and no copy is held.
     pub async fn crl(&self, issuer: &str) -> Result<CrlCopy, Error> {
         self.load_crl(issuer).await;
         match self.ask(&Ask::Crl(issuer)).await {
             Ok(Got::Crl(c)) => Ok(c),
-            Ok(Got::CrlNotFound(served)) => Err(Error::CrlNotFound {
-                domain: self.inner.domain.clone(),
-                issuer: issuer.to_owned(),
-                served: Box::new(served),
-            }),
             Ok(_) => Err(self.unexpected()),
-            Err(failures) => {
+            Err(Miss::Absent { served, unreached }) => {
+                if let Some(write) = self.forget_crl(issuer, &served) {
+                    let _ = write.await;
+                }
+                Err(Error::CrlNotFound {
+                    domain: self.inner.domain.clone(),
+                    issuer: issuer.to_owned(),
+                    served: Box::new(served),
+                    unreached,
+                })
+            }
+            Err(Miss::Failed(failures)) => {
                 let held = lock(&self.inner.state)
                     .crls
                     .get(issuer)
@@ -896,24 +1018,31 @@ impl Client {
         }
     }
 
-    /// Tries the nodes in order until one gives a usable answer; the failures otherwise.
-    async fn ask(&self, ask: &Ask<'_>) -> Result<Got, Vec<(NodeId, Fail)>> {
-        let mut failures = Vec::new();
+    /// Tries the nodes in order until one gives an answer that carries the item; a "not
+    /// found" moves on to the next node too (see [`Lookup`]).
+    async fn ask(&self, ask: &Ask<'_>) -> Result<Got, Miss> {
+        let mut lookup = Lookup::default();
         for i in self.candidates().await {
-            match self.attempt(i, ask).await {
+            let node = self.inner.nodes[i].0.clone();
+            let answer = match self.attempt(i, ask).await {
                 Ok((got, rtt)) => {
                     lock(&self.inner.state).selector.succeeded(i, rtt);
-                    return Ok(got);
+                    if matches!(got, Got::NotFound(_)) {
+                        tracing::debug!(%node, "gateway request: not found there; asking the next node");
+                    }
+                    Ok(got)
                 }
                 Err(fail) => {
-                    let node = self.inner.nodes[i].0.clone();
                     tracing::debug!(%node, error = %fail, "gateway request: trying the next node");
                     lock(&self.inner.state).selector.failed(i, Instant::now());
-                    failures.push((node, fail));
+                    Err(fail)
                 }
+            };
+            if let Some(got) = lookup.answer(node, answer) {
+                return Ok(got);
             }
         }
-        Err(failures)
+        Err(lookup.finish())
     }
 
     async fn attempt(&self, i: usize, ask: &Ask<'_>) -> Result<(Got, Duration), Fail> {
@@ -937,6 +1066,7 @@ impl Client {
     async fn list_policies_answer(&self, ex: &mut Exchange) -> Result<Got, Fail> {
         let (served, list) = match self.read(ex, Duration::ZERO).await? {
             Response::Policies { served, list } => (served, list),
+            Response::Behind { served } => return Err(knows_behind(&served)),
             Response::Refused(r) => return Err(Fail::Refused(r)),
             other => return Err(Fail::Bad(format!("unexpected {}", kind(&other)))),
         };
@@ -975,6 +1105,7 @@ impl Client {
     async fn list_crls_answer(&self, ex: &mut Exchange) -> Result<Got, Fail> {
         let (served, list) = match self.read(ex, Duration::ZERO).await? {
             Response::Crls { served, list } => (served, list),
+            Response::Behind { served } => return Err(knows_behind(&served)),
             Response::Refused(r) => return Err(Fail::Refused(r)),
             other => return Err(Fail::Bad(format!("unexpected {}", kind(&other)))),
         };
@@ -1031,7 +1162,7 @@ impl Client {
         let query = Query::GetPolicy {
             name: name.to_owned(),
             if_newer_than: held_version.clone(),
-            at_least,
+            at_least: at_least.clone(),
             wait_ms: u32::try_from(extra.as_millis()).unwrap_or(MAX_WAIT_MS),
         };
         let mut ex = self.open(i, query).await?;
@@ -1103,10 +1234,16 @@ impl Client {
                         )));
                     }
                 }
-                if let Some(write) = self.forget_policy(name, &served) {
-                    let _ = write.await;
-                }
-                Got::PolicyNotFound(served)
+                self.note(&mut lock(&self.inner.state), &served);
+                Got::NotFound(served)
+            }
+            // Not for want of the asked position: it knows it is behind the domain.
+            Response::Behind { served }
+                if at_least
+                    .as_ref()
+                    .is_none_or(|a| reached(&served.position, a)) =>
+            {
+                return Err(knows_behind(&served))
             }
             Response::Behind { served } => {
                 return Err(Fail::Behind(format!(
@@ -1187,11 +1324,10 @@ impl Client {
                         )));
                     }
                 }
-                if let Some(write) = self.forget_crl(issuer, &served) {
-                    let _ = write.await;
-                }
-                Got::CrlNotFound(served)
+                self.note(&mut lock(&self.inner.state), &served);
+                Got::NotFound(served)
             }
+            Response::Behind { served } => return Err(knows_behind(&served)),
             Response::Refused(r) => return Err(Fail::Refused(r)),
             other => return Err(Fail::Bad(format!("unexpected {}", kind(&other)))),
         };
@@ -1850,6 +1986,129 @@ mod tests {
         assert!(reached(&later_epoch, &served(9).position));
         assert!(reached(&served(9).position, &served(9).position));
         assert!(!reached(&served(8).position, &served(9).position));
+    }
+
+    fn at(node: &str, term: u64, lsn: u64) -> Served {
+        let node = NodeId::new(node).unwrap();
+        let epoch = Epoch {
+            term,
+            node: NodeId::new("a").unwrap(),
+        };
+        Served {
+            node,
+            role: crate::model::Role::Standby,
+            epoch: epoch.clone(),
+            position: Position {
+                epoch,
+                lsn: Lsn(lsn),
+                chain: 0,
+            },
+        }
+    }
+
+    fn found(node: &str) -> Got {
+        let content = b"0123456789";
+        Got::Package(Package {
+            info: info(content),
+            content: Arc::new(content.to_vec()),
+            served: at(node, 1, 3),
+            origin: Origin::Fetched,
+        })
+    }
+
+    fn n(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_not_found_is_not_final_while_another_node_may_hold_the_item() {
+        // The finding: a standby at lsn 0 said "not found" first; the next node has it.
+        let mut lookup = Lookup::default();
+        assert!(lookup
+            .answer(n("a"), Ok(Got::NotFound(at("a", 1, 0))))
+            .is_none());
+        assert!(lookup
+            .answer(n("b"), Err(Fail::Timeout("the connection")))
+            .is_none());
+        let got = lookup.answer(n("c"), Ok(found("c")));
+        assert!(
+            matches!(&got, Some(Got::Package(p)) if p.served.node == n("c")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn when_no_node_has_it_the_not_found_at_the_highest_position_wins() {
+        let mut lookup = Lookup::default();
+        for (node, answer) in [
+            ("a", Ok(Got::NotFound(at("a", 1, 7)))),
+            ("b", Err(Fail::Behind("standby at 1@a/9".into()))),
+            ("c", Ok(Got::NotFound(at("c", 2, 1)))),
+            ("d", Err(Fail::Connect("refused".into()))),
+            ("e", Ok(Got::NotFound(at("e", 2, 1)))),
+            ("f", Err(Fail::Refused(Refusal::Forbidden))),
+        ] {
+            assert!(lookup.answer(n(node), answer).is_none());
+        }
+        let Miss::Absent { served, unreached } = lookup.finish() else {
+            panic!("expected not found")
+        };
+        // Epoch before lsn; the first asked among equals; `Behind` was asked.
+        assert_eq!(served.node, n("c"));
+        assert_eq!(unreached, vec![n("d"), n("f")]);
+        let err = Error::PolicyNotFound {
+            domain: "gw".parse().unwrap(),
+            name: "fw-rules".into(),
+            served: Box::new(served),
+            unreached,
+        };
+        let msg = err.to_string();
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        assert!(
+            msg.starts_with(
+                "package fw-rules does not exist in domain gw (node c, standby, lsn 1; \
+                 nodes d, f could not be asked and may hold it); check the name"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn with_every_node_behind_or_unreachable_nothing_is_said_not_to_exist() {
+        let mut lookup = Lookup::default();
+        assert!(lookup
+            .answer(n("a"), Err(Fail::Behind("never synchronized".into())))
+            .is_none());
+        assert!(lookup
+            .answer(n("b"), Err(Fail::Timeout("the connection")))
+            .is_none());
+        let Miss::Failed(failures) = lookup.finish() else {
+            panic!("a not-found from nobody")
+        };
+        let nodes: Vec<_> = failures.iter().map(|(node, _)| node.clone()).collect();
+        assert_eq!(nodes, vec![n("a"), n("b")]);
+        assert!(matches!(Lookup::default().finish(), Miss::Failed(f) if f.is_empty()));
+    }
+
+    #[test]
+    fn a_single_node_not_asked_is_named() {
+        let mut lookup = Lookup::default();
+        lookup.answer(n("a"), Ok(Got::NotFound(at("a", 1, 2))));
+        lookup.answer(n("b"), Err(Fail::Stream("reset".into())));
+        let Miss::Absent { served, unreached } = lookup.finish() else {
+            panic!("expected not found")
+        };
+        let err = Error::CrlNotFound {
+            domain: "gw".parse().unwrap(),
+            issuer: "CN=X".into(),
+            served: Box::new(served),
+            unreached,
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains("(node a, standby, lsn 2; node b could not be asked and may hold it)"),
+            "{msg}"
+        );
     }
 
     #[test]

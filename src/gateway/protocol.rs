@@ -44,7 +44,8 @@ pub struct Request {
 /// What a gateway asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {
-    /// The policy packages of the domain: [`Response::Policies`].
+    /// The policy packages of the domain: [`Response::Policies`], or [`Response::Behind`]
+    /// from a standby that knows it is behind.
     ListPolicies,
     /// One package: [`Response::PolicyBegin`], [`Response::Chunk`]s, [`Response::PolicyEnd`];
     /// or [`Response::NotModified`], [`Response::NotFound`], [`Response::Behind`].
@@ -59,9 +60,10 @@ pub enum Query {
         /// How long to wait for `at_least` (capped at [`MAX_WAIT_MS`]).
         wait_ms: u32,
     },
-    /// The CRLs held (without their bytes): [`Response::Crls`].
+    /// The CRLs held (without their bytes): [`Response::Crls`], or [`Response::Behind`] from
+    /// a standby that knows it is behind.
     ListCrls,
-    /// The CRL of an issuer: [`Response::Crl`], or `NotModified` / `NotFound`.
+    /// The CRL of an issuer: [`Response::Crl`], or `NotModified` / `NotFound` / `Behind`.
     GetCrl {
         /// Issuer distinguished name (RFC 4514 text).
         issuer: String,
@@ -146,12 +148,16 @@ pub enum Response {
         /// Who served it.
         served: Served,
     },
-    /// No such package or CRL in the domain.
+    /// No such package or CRL in the domain, as of the position in `served`. Only a node that
+    /// can vouch for its position says so: an active, or a standby synchronized with it.
     NotFound {
-        /// Who served it.
+        /// Who served it, and the position it read at.
         served: Served,
     },
-    /// This node had not reached the asked position after waiting.
+    /// This node had not reached the asked position after waiting; or it is a standby that
+    /// knows it is behind the domain (never synchronized, lagging, or not heard from its
+    /// active within its silence bound) and does not hold the item asked for, or was asked
+    /// for a list. Ask another node.
     Behind {
         /// Who served it, and where it stands.
         served: Served,

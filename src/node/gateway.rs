@@ -6,6 +6,11 @@
 //! A package streams in [`CHUNK_BYTES`] pieces from one read transaction, so a reader costs
 //! one piece of memory whatever the package size. A watch wakes on every commit or apply of
 //! the domain and pushes what changed; nothing polls.
+//!
+//! A standby that knows it is behind (never synchronized, lagging, or not heard from its
+//! active within the silence bound) never says an item does not exist: where the answer would
+//! be `NotFound` (a package, a CRL) or a list that may lack items, it answers `Behind` with
+//! where it stands, and the gateway asks another node. What it holds it still serves.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,6 +28,7 @@ use crate::gateway::protocol::{
 use crate::model::{CrlNumber, DomainId, Epoch, Position, Role, Version};
 use crate::net::frame::{read_frame, write_frame, FrameError};
 use crate::net::{Identity, CLOSE_REFUSED};
+use crate::repl::SyncStatus;
 use crate::store::{Domain, StoreError};
 
 /// Limits of the gateway service; beyond them requests are refused with a clear error.
@@ -292,14 +298,17 @@ impl Node {
             Query::ListPolicies => {
                 let read = replica.policies().map_err(unavailable)?;
                 let served = self.served(read.role, read.epoch.clone(), read.position);
-                self.respond(
-                    send,
-                    &Response::Policies {
+                // A replica that knows it is behind may lack packages: its list is not a
+                // statement of what the domain holds.
+                let response = if self.knows_behind(replica.id()) {
+                    Response::Behind { served }
+                } else {
+                    Response::Policies {
                         served,
                         list: read.value,
-                    },
-                )
-                .await;
+                    }
+                };
+                self.respond(send, &response).await;
                 Ok(())
             }
             Query::GetPolicy {
@@ -325,8 +334,13 @@ impl Node {
             Query::ListCrls => {
                 let read = replica.crls().map_err(unavailable)?;
                 let served = self.served(read.role, read.epoch.clone(), read.position);
-                let list = read.value.iter().map(CrlInfo::from).collect();
-                self.respond(send, &Response::Crls { served, list }).await;
+                let response = if self.knows_behind(replica.id()) {
+                    Response::Behind { served }
+                } else {
+                    let list = read.value.iter().map(CrlInfo::from).collect();
+                    Response::Crls { served, list }
+                };
+                self.respond(send, &response).await;
                 Ok(())
             }
             Query::GetCrl {
@@ -336,7 +350,7 @@ impl Node {
                 let read = replica.crl(&issuer).map_err(unavailable)?;
                 let served = self.served(read.role, read.epoch.clone(), read.position);
                 let response = match read.value {
-                    None => Response::NotFound { served },
+                    None => self.not_found(replica.id(), served),
                     Some(crl) if if_newer_than.as_ref().is_some_and(|n| crl.number <= *n) => {
                         Response::NotModified { served }
                     }
@@ -348,6 +362,39 @@ impl Node {
             Query::Watch { policies, crls } => {
                 self.watch(gateway, &replica, policies, crls, send).await
             }
+        }
+    }
+
+    /// The answer for an item this replica does not hold: `NotFound` where the replica can
+    /// vouch for its position, `Behind` where it knows it is behind (see
+    /// [`Node::knows_behind`]), so that no gateway takes a lagging replica's word that the
+    /// item does not exist.
+    fn not_found(&self, domain: &DomainId, served: Served) -> Response {
+        if self.knows_behind(domain) {
+            Response::Behind { served }
+        } else {
+            Response::NotFound { served }
+        }
+    }
+
+    /// Whether this node knows that its replica of `domain` may be behind the domain's latest
+    /// position: it is a standby whose follower never synchronized, is lagging, or has not
+    /// heard its active within the silence bound (`NodeConfig::stream_idle`); or it is no
+    /// longer followed here. An active is never behind for this purpose.
+    fn knows_behind(&self, domain: &DomainId) -> bool {
+        if lock(&self.inner.actives).contains_key(domain) {
+            return false;
+        }
+        match self.follower_status(domain) {
+            Some(report) => {
+                !report.connected
+                    || matches!(
+                        report.status,
+                        SyncStatus::NeverSynchronized | SyncStatus::Lagging { .. }
+                    )
+            }
+            // Unfollowed (or promoted) since the replica was looked up: not vouched for.
+            None => !lock(&self.inner.actives).contains_key(domain),
         }
     }
 
@@ -374,7 +421,8 @@ impl Node {
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         let served = self.served(read.role, read.epoch.clone(), read.position);
         let Some(reader) = read.value else {
-            self.respond(send, &Response::NotFound { served }).await;
+            let response = self.not_found(replica.id(), served);
+            self.respond(send, &response).await;
             return Ok(None);
         };
         let version = reader.info.stamp();

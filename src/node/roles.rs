@@ -498,6 +498,7 @@ impl Node {
                 }
             }
             Action::Unfollow => self.unfollow(domain),
+            Action::HandedOver => self.handed_over(domain),
             Action::Log { warn: true, line } => tracing::warn!(domain = %domain, "{line}"),
             Action::Log { warn: false, line } => tracing::info!(domain = %domain, "{line}"),
             Action::Store(_) => {}

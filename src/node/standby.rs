@@ -24,8 +24,11 @@ pub struct FollowerReport {
     pub position: Position,
     /// When it last held everything the active had announced.
     pub last_sync: Option<SystemTime>,
-    /// The last error or refusal, for the operator.
+    /// The current error or refusal, for the operator (`None` once the link recovered).
     pub last_error: Option<String>,
+    /// The latest errors and refusals with when they happened, oldest first (kept after the
+    /// link recovered).
+    pub recent_errors: Vec<(SystemTime, String)>,
     /// Records or snapshots refused as corrupt or out of place.
     pub refused: u64,
     /// Snapshots switched in since the node started.
@@ -141,6 +144,28 @@ impl Node {
         })
     }
 
+    /// Records of the collision archive of `domain` were discarded here. When this node
+    /// follows the domain, its stream starts over: the active learns what the archive holds
+    /// now from the new `Follow` (an empty archive is no collision) instead of keeping what
+    /// the old stream told it.
+    pub fn collisions_changed(&self, domain: &crate::model::DomainId) {
+        let Some(sd) = lock(&self.inner.standbys).get(domain).cloned() else {
+            return;
+        };
+        let fork = collision_fork(&sd.domain).ok().flatten();
+        lock(&sd.follower).set_collision_fork(fork);
+        tracing::info!(domain = %domain, active = %sd.active(), "collision archive changed: reconnecting so the active sees it");
+        self.follow(sd.domain.clone(), sd.active());
+    }
+
+    /// This replica holds everything of the active it follows for `domain` (a switchover
+    /// handed over at exactly its position): its follower starts synchronized.
+    pub(super) fn handed_over(&self, domain: &crate::model::DomainId) {
+        if let Some(sd) = lock(&self.inner.standbys).get(domain).cloned() {
+            lock(&sd.follower).handed_over(Instant::now());
+        }
+    }
+
     /// How a standby domain of this node stands (`None` when not followed here).
     pub fn follower_status(&self, domain: &crate::model::DomainId) -> Option<FollowerReport> {
         let sd = lock(&self.inner.standbys).get(domain).cloned()?;
@@ -157,6 +182,10 @@ impl Node {
             position,
             last_sync: last_sync.map(to_wall),
             last_error: f.last_error().map(str::to_owned),
+            recent_errors: f
+                .recent_errors()
+                .map(|(at, why)| (to_wall(*at), why.clone()))
+                .collect(),
             refused: f.refused(),
             resyncs,
             connected: f

@@ -138,6 +138,9 @@ pub enum Action {
     Follow(NodeId),
     /// Stop following.
     Unfollow,
+    /// The replica holds everything of the active it now follows (a switchover handed over
+    /// at exactly its position): its follower starts synchronized, with its last sync now.
+    HandedOver,
     /// Feed [`Input::Durable`] once `peer` holds `lsn` durably.
     AwaitDurable {
         /// The standby.
@@ -1070,6 +1073,7 @@ impl Roles {
                 self.op = None;
                 self.out.push_back(Action::StopServing);
                 self.out.push_back(Action::Follow(to.clone()));
+                self.out.push_back(Action::HandedOver);
                 self.log(
                     false,
                     format!(

@@ -1474,7 +1474,14 @@ fn a_switchover_hands_over_and_follows_the_new_active() {
             result: Ok(here()),
         },
     );
-    assert_eq!(acts, vec![Action::StopServing, Action::Follow(n("b"))]);
+    assert_eq!(
+        acts,
+        vec![
+            Action::StopServing,
+            Action::Follow(n("b")),
+            Action::HandedOver
+        ]
+    );
     assert_eq!(
         rig.switched(),
         Ok(Switched {

@@ -15,6 +15,9 @@ use crate::codec::{decode_record, record_head};
 use crate::model::{DomainId, DomainUid, Epoch, HistoryEntry, Lsn, NodeId, Position};
 use crate::store::SnapshotItem;
 
+/// How many past errors a follower keeps (with their time) for the operator.
+pub const ERROR_HISTORY: usize = 8;
+
 /// Backoff between attempts to reach the active.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -132,7 +135,11 @@ pub struct Follower {
     applied_time: Option<u64>,
     last_sync: Option<Instant>,
     ever_synced: bool,
+    /// The current error: set by a refusal or violation, cleared once the link holds
+    /// everything again (it stays in `errors`).
     last_error: Option<String>,
+    /// The latest errors with when they happened, newest last (at most [`ERROR_HISTORY`]).
+    errors: VecDeque<(Instant, String)>,
     refused: u64,
     /// The active a refusal named, for the driver to follow instead.
     redirect: Option<NodeId>,
@@ -162,6 +169,7 @@ impl Follower {
             last_sync: None,
             ever_synced: false,
             last_error: None,
+            errors: VecDeque::new(),
             refused: 0,
             redirect: None,
             archived: None,
@@ -178,6 +186,14 @@ impl Follower {
         self.active_lsn = self.active_lsn.max(local.position.lsn);
         self.ever_synced |= local.uid.is_some();
         self.archived = local.collision_fork;
+    }
+
+    /// The replica holds everything its active has: a switchover handed the active role
+    /// over at exactly this replica's position. Synchronized from now, until told otherwise.
+    pub fn handed_over(&mut self, now: Instant) {
+        self.ever_synced = true;
+        self.active_lsn = self.applied;
+        self.synced(now);
     }
 
     /// Time passed: connects when an attempt is due.
@@ -284,7 +300,7 @@ impl Follower {
                 self.active_lsn = self.active_lsn.max(position.lsn);
                 self.active_time = time;
                 if self.phase == Phase::Streaming && self.applied >= position.lsn {
-                    self.last_sync = Some(now);
+                    self.synced(now);
                 }
                 // Answered, so an idle link carries something both ways and the active can
                 // tell a live standby from a silent one.
@@ -416,7 +432,7 @@ impl Follower {
         }
         self.ever_synced = true;
         if self.applied >= self.active_lsn {
-            self.last_sync = Some(now);
+            self.synced(now);
         }
         vec![FollowAction::Send(Message::Ack(self.ack()))]
     }
@@ -432,7 +448,7 @@ impl Follower {
         self.pending.clear();
         self.applied_time = None;
         self.ever_synced = true;
-        self.last_sync = Some(now);
+        self.synced(now);
         vec![FollowAction::Send(Message::Ack(self.ack()))]
     }
 
@@ -443,8 +459,23 @@ impl Follower {
         self.violation(why, now)
     }
 
-    fn violation(&mut self, why: &str, now: Instant) -> Vec<FollowAction> {
+    /// The replica holds everything the active told of: the link works, so an error from
+    /// before is history, not the current state.
+    fn synced(&mut self, now: Instant) {
+        self.last_sync = Some(now);
+        self.last_error = None;
+    }
+
+    fn error(&mut self, why: &str, now: Instant) {
         self.last_error = Some(why.to_owned());
+        if self.errors.len() == ERROR_HISTORY {
+            self.errors.pop_front();
+        }
+        self.errors.push_back((now, why.to_owned()));
+    }
+
+    fn violation(&mut self, why: &str, now: Instant) -> Vec<FollowAction> {
+        self.error(why, now);
         let mut out = vec![FollowAction::Close {
             why: why.to_owned(),
         }];
@@ -540,9 +571,16 @@ impl Follower {
         self.redirect.take()
     }
 
-    /// The last error or refusal seen, for the operator.
+    /// The current error or refusal, for the operator: `None` once the link holds
+    /// everything again.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
+    }
+
+    /// The latest errors and refusals with when they happened, oldest first (at most
+    /// [`ERROR_HISTORY`]); kept after the link recovered.
+    pub fn recent_errors(&self) -> impl Iterator<Item = &(Instant, String)> {
+        self.errors.iter()
     }
 
     /// Records and snapshots refused as corrupt or out of place so far.
@@ -618,6 +656,59 @@ mod tests {
             f.on_tick(now + backoff.delay(0)),
             vec![FollowAction::Connect]
         );
+    }
+
+    /// An error is the current state only until the link holds everything again; it stays
+    /// in the history with its time (issue: a `Synchronized` standby kept showing a refusal
+    /// from its start-up as its last error).
+    #[test]
+    fn a_recovered_link_clears_its_error_and_keeps_it_in_the_history() {
+        let now = Instant::now();
+        let backoff = Backoff::default();
+        let mut f = Follower::new("d".parse().unwrap(), backoff, now);
+        let view = StandbyView {
+            uid: None,
+            position: Position::empty(NodeId::new("b").unwrap()),
+            epoch: Position::empty(NodeId::new("b").unwrap()).epoch,
+            history: Vec::new(),
+            collision_fork: None,
+        };
+        assert_eq!(f.on_tick(now), vec![FollowAction::Connect]);
+        f.connected(&view);
+        f.on_message(
+            Message::Answer(Answer::Reject {
+                reason: RejectReason::UnknownDomain,
+                active: None,
+            }),
+            now,
+        );
+        assert!(f.last_error().is_some());
+        let later = now + backoff.delay(0);
+        assert_eq!(f.on_tick(later), vec![FollowAction::Connect]);
+        f.connected(&view);
+        f.on_message(Message::Answer(Answer::Stream { from: Lsn(1) }), later);
+        f.on_message(
+            Message::Heartbeat {
+                position: view.position.clone(),
+                time: 0,
+            },
+            later,
+        );
+        // Synchronized with an empty domain at the same position: the error is history.
+        f.handed_over(later);
+        assert_eq!(f.status().0, SyncStatus::Synchronized);
+        assert_eq!(f.status().1, Some(later));
+        assert_eq!(f.last_error(), None);
+        let history: Vec<_> = f.recent_errors().collect();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].0, now);
+        // The history is bounded.
+        for i in 0..(ERROR_HISTORY as u32 + 3) {
+            let t = later + Duration::from_secs(u64::from(i) + 1);
+            f.apply_failed(&format!("refused {i}"), t);
+        }
+        assert_eq!(f.recent_errors().count(), ERROR_HISTORY);
+        assert!(f.last_error().is_some_and(|e| e.starts_with("refused")));
     }
 
     fn record(lsn: u64, time: u64) -> RecordBytes {

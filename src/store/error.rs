@@ -9,7 +9,7 @@ use crate::model::{CrlError, CrlNumber, DomainId, Epoch, Lsn, NodeId};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// A write reached a replica that is not active.
-    #[error("domain {domain} is standby on this node and read-only: {}", match active { Some(n) => format!("write on its active node {n}"), None => "no active is known; promote a replica first".to_string() })]
+    #[error("domain {domain} is standby on this node and read-only: {}", match active { Some(n) => format!("write on its active node {n}"), None => "this node does not know which node is active: run `domsync status` on the domain's other replicas, and promote one only if none is active".to_string() })]
     NotActive {
         /// The domain.
         domain: DomainId,

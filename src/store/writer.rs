@@ -408,10 +408,11 @@ impl Writer {
         {
             // A higher epoch was seen while the batch was built: none of it is acknowledged.
             txn.abort().or_storage(&domain)?;
-            return Err(StoreError::NotActive {
-                domain,
-                active: None,
-            });
+            let active = self
+                .fence_epoch()
+                .map(|e| e.node)
+                .filter(|n| *n != self.node);
+            return Err(StoreError::NotActive { domain, active });
         }
         txn.commit().or_storage(&domain)?;
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -575,9 +576,14 @@ impl Writer {
         ops: &[Op],
     ) -> Result<Option<StoreError>, StoreError> {
         if meta.role != Role::Active || self.fenced(meta) {
+            // The newest active known: the node of a fence above our own epoch, if any.
+            let active = match self.fence_epoch() {
+                Some(f) if f > meta.epoch && f.node != self.node => Some(f.node),
+                _ => meta.known_active(&self.node),
+            };
             return Ok(Some(StoreError::NotActive {
                 domain: self.domain.clone(),
-                active: meta.known_active(&self.node),
+                active,
             }));
         }
         if ops.is_empty() {

@@ -813,6 +813,20 @@ pub fn status_json(s: &NodeStatus) -> String {
                     ("lag", lag_json(&f.lag)),
                     ("last_sync_ms", Json::opt(f.last_sync_ms, Json::Num)),
                     ("last_error", Json::opt(f.last_error.as_ref(), Json::s)),
+                    (
+                        "recent_errors",
+                        Json::Arr(
+                            f.recent_errors
+                                .iter()
+                                .map(|(at, why)| {
+                                    Json::Obj(vec![
+                                        ("at_unix_ms", Json::Num(*at)),
+                                        ("error", Json::s(why)),
+                                    ])
+                                })
+                                .collect(),
+                        ),
+                    ),
                     ("connected", Json::Bool(f.connected)),
                 ])
             });

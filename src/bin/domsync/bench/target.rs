@@ -370,7 +370,7 @@ pub async fn check_active(target: &Target, domain: &DomainId) -> BenchResult<Nod
         Some(Role::Active) => Ok(status.node),
         _ => {
             let hint = report.follower.as_ref().map_or_else(
-                || "no active is known".to_owned(),
+                || "this node does not know which node is active (run `domsync status` on the other replicas)".to_owned(),
                 |f| format!("its active is {}", f.active),
             );
             Err(format!(
