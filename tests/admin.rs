@@ -512,3 +512,43 @@ fn collisions_are_listed_reapplied_on_the_new_active_and_discarded() {
     let follower = domain_of(&s, "t1").get("follower");
     assert_eq!(follower.get("last_error"), &Json::Null, "{follower:?}");
 }
+
+/// A standby that is down is shown as such by its active: disconnected, never
+/// `Synchronized`, and its time lag keeps growing (it used to stay at `0.000 s`).
+#[test]
+fn a_standby_that_is_down_shows_a_growing_lag() {
+    let c = Cluster::new(&["a", "b"]);
+    let domains: &[(&str, &[&str])] = &[("t1", &["a", "b"])];
+    let mut b = c.start("b", domains);
+    let a = c.start("a", domains);
+    let sa = a.socket.clone();
+    wait_status(&sa, "t1 created on a", |s| {
+        domain_of(s, "t1").get("role") == &Json::Str("active".into())
+    });
+    ok(&sa, &["kv", "put", "t1", "before", "1"]);
+    converged(&sa, &b.socket, 1.0);
+    b.kill();
+    let standby_b = |s: &Json| -> Json {
+        domain_of(s, "t1")
+            .get("standbys")
+            .arr()
+            .iter()
+            .find(|x| x.get("node").str() == "b")
+            .cloned()
+            .unwrap_or(Json::Null)
+    };
+    let s = wait_status(&sa, "a shows b disconnected and lagging", |s| {
+        let x = standby_b(s);
+        x.get("connected") == &Json::Bool(false)
+            && x.get("sync_status").get("name").str() == "Lagging"
+    });
+    let first = standby_b(&s).get("lag").get("ms").num();
+    let s = wait_status(&sa, "b's lag grows while it is down", |s| {
+        standby_b(s).get("lag").get("ms").num() >= first + 1000.0
+    });
+    assert_eq!(
+        standby_b(&s).get("sync_status").get("name").str(),
+        "Lagging",
+        "{s:?}"
+    );
+}

@@ -591,6 +591,16 @@ mod tests {
             "2024-02-29T23:59:59.000000Z"
         );
     }
+
+    #[test]
+    fn last_sync_reads_as_a_time_and_an_age() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_796_288_832_371);
+        assert_eq!(
+            super::ago(now, Some(1_796_288_802_371)),
+            "2026-12-03T09:06:42.371Z (30.0 s ago)"
+        );
+        assert_eq!(super::ago(now, None), "never");
+    }
 }
 
 fn join(nodes: &[NodeId]) -> String {
@@ -601,6 +611,8 @@ fn join(nodes: &[NodeId]) -> String {
         .join(", ")
 }
 
+/// A time (milliseconds since the Unix epoch) as the operator reads it: RFC 3339 UTC, and
+/// how long ago.
 fn ago(now: SystemTime, ms: Option<u64>) -> String {
     let Some(ms) = ms else {
         return "never".into();
@@ -609,7 +621,10 @@ fn ago(now: SystemTime, ms: Option<u64>) -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let secs = now_ms.saturating_sub(ms) as f64 / 1000.0;
-    format!("{secs:.1}s ago")
+    let at = rfc3339_micros(ms.saturating_mul(1000));
+    // Milliseconds are enough here: drop the last three digits of the microseconds.
+    let at = format!("{}Z", &at[..at.len().saturating_sub(4)]);
+    format!("{at} ({secs:.1} s ago)")
 }
 
 fn lag_text(lag: &Lag) -> String {
