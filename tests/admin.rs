@@ -367,6 +367,15 @@ fn promote_and_switchover_through_the_cli_on_two_nodes() {
     // Switchover a -> b through a's daemon.
     let out = ok(&sa, &["switchover", "t1", "--to", "b"]);
     assert!(out.starts_with("switched t1 over to b"), "{out}");
+    // The hand-over was at exactly a's position: a follows b synchronized, with a last sync,
+    // from the moment the switchover returns (it used to say `last sync never`).
+    let s = status_json(&sa);
+    let follower = domain_of(&s, "t1").get("follower");
+    assert_eq!(follower.get("active").str(), "b", "{follower:?}");
+    assert!(
+        matches!(follower.get("last_sync_ms"), Json::Num(_)),
+        "{follower:?}"
+    );
     wait_status(&sb, "b active", |s| {
         domain_of(s, "t1").get("role") == &Json::Str("active".into())
     });
