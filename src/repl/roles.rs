@@ -565,11 +565,12 @@ enum Op {
 enum Then {
     /// The running operation continues.
     Operation,
-    /// A higher epoch was recorded: follow its node (when set), then answer the probe that
-    /// carried it (when set).
+    /// A higher epoch was recorded: stop serving (when this node was serving), follow its
+    /// node (when set), then answer the probe that carried it (when set).
     Learned {
         reply: Option<u64>,
         follow: Option<NodeId>,
+        stop_serving: bool,
     },
     /// A hand-over is answered.
     TookOver {
@@ -798,8 +799,11 @@ impl Roles {
         if epoch.node == self.me || facts.epoch >= *epoch {
             return false;
         }
+        // An active records the epoch first and stops serving after: from the record on, a
+        // write is refused naming the new epoch's node (not "no active known").
+        let stop_serving = facts.serving || facts.role == Some(Role::Active);
         let follow = match facts.role {
-            Some(_) if facts.serving || facts.role == Some(Role::Active) => {
+            Some(_) if stop_serving => {
                 self.log(
                     true,
                     format!(
@@ -807,7 +811,6 @@ impl Roles {
                         self.domain, epoch.node
                     ),
                 );
-                self.out.push_back(Action::StopServing);
                 Some(epoch.node.clone())
             }
             Some(_) => (facts.followed.as_ref() != Some(&epoch.node)).then(|| epoch.node.clone()),
@@ -837,7 +840,11 @@ impl Roles {
         }
         self.store(
             StoreCommand::Demote(epoch.clone()),
-            Then::Learned { reply, follow },
+            Then::Learned {
+                reply,
+                follow,
+                stop_serving,
+            },
         );
         true
     }
@@ -1129,7 +1136,14 @@ impl Roles {
             return;
         };
         match then {
-            Then::Learned { reply, follow } => {
+            Then::Learned {
+                reply,
+                follow,
+                stop_serving,
+            } => {
+                if stop_serving {
+                    self.out.push_back(Action::StopServing);
+                }
                 match result {
                     Ok(()) => {
                         if let Some(n) = follow {

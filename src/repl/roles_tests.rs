@@ -457,7 +457,7 @@ fn a_standby_that_cannot_record_the_epoch_still_answers_and_follows_nobody_new()
 }
 
 #[test]
-fn an_active_stops_serving_before_recording_a_higher_epoch_and_follows_after() {
+fn an_active_records_a_higher_epoch_then_stops_serving_and_follows() {
     let mut rig = Rig::of(n("a"), active_a());
     let acts = rig.input(
         ms(0),
@@ -470,8 +470,8 @@ fn an_active_stops_serving_before_recording_a_higher_epoch_and_follows_after() {
     assert_eq!(
         acts,
         vec![
-            Action::StopServing,
             Action::Store(StoreCommand::Demote(e(2, "b"))),
+            Action::StopServing,
             Action::Follow(n("b")),
             Action::ReplyStanding { reply: 9 },
         ]
@@ -500,8 +500,8 @@ fn a_node_still_serving_with_a_standby_store_steps_down_like_an_active() {
     assert_eq!(
         acts,
         vec![
-            Action::StopServing,
             Action::Store(StoreCommand::Demote(e(2, "c"))),
+            Action::StopServing,
             Action::Follow(n("c")),
             Action::ReplyStanding { reply: 4 },
         ]
@@ -791,8 +791,8 @@ fn an_active_steps_down_on_a_follow_with_a_higher_epoch() {
     assert_eq!(
         acts,
         vec![
-            Action::StopServing,
             Action::Store(StoreCommand::Demote(e(2, "b"))),
+            Action::StopServing,
             Action::Follow(n("b")),
         ]
     );
@@ -1886,8 +1886,8 @@ fn a_switchover_ends_when_its_node_stepped_down_before_the_target_answered() {
     assert_eq!(
         acts,
         vec![
-            Action::StopServing,
             Action::Store(StoreCommand::Demote(e(2, "c"))),
+            Action::StopServing,
             Action::Follow(n("c")),
             Action::ReplyStanding { reply: 9 },
         ]
