@@ -709,7 +709,7 @@ fn domain_lines(out: &mut String, d: &DomainReport, now: SystemTime) {
     }
 }
 
-/// A JSON value, enough for the status document.
+/// A JSON value as the status document is built; serde_json renders it.
 enum Json {
     Null,
     Bool(bool),
@@ -728,52 +728,25 @@ impl Json {
         v.map_or(Json::Null, f)
     }
 
-    fn write(&self, out: &mut String) {
+    /// The document as serde_json renders it (escaping and all).
+    fn render(self) -> String {
+        self.into_value().to_string()
+    }
+
+    fn into_value(self) -> serde_json::Value {
+        use serde_json::Value;
         match self {
-            Json::Null => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
-            Json::Str(s) => {
-                out.push('"');
-                for c in s.chars() {
-                    match c {
-                        '"' => out.push_str("\\\""),
-                        '\\' => out.push_str("\\\\"),
-                        '\n' => out.push_str("\\n"),
-                        '\r' => out.push_str("\\r"),
-                        '\t' => out.push_str("\\t"),
-                        c if (c as u32) < 0x20 => {
-                            let _ = write!(out, "\\u{:04x}", c as u32);
-                        }
-                        c => out.push(c),
-                    }
-                }
-                out.push('"');
-            }
-            Json::Arr(items) => {
-                out.push('[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    v.write(out);
-                }
-                out.push(']');
-            }
-            Json::Obj(fields) => {
-                out.push('{');
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    Json::s(k).write(out);
-                    out.push(':');
-                    v.write(out);
-                }
-                out.push('}');
-            }
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(b),
+            Json::Num(n) => Value::from(n),
+            Json::Str(s) => Value::String(s),
+            Json::Arr(items) => Value::Array(items.into_iter().map(Json::into_value).collect()),
+            Json::Obj(fields) => Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.into_value()))
+                    .collect(),
+            ),
         }
     }
 }
@@ -876,9 +849,7 @@ pub fn status_json(s: &NodeStatus) -> String {
         ("node", Json::s(&s.node)),
         ("domains", Json::Arr(domains)),
     ]);
-    let mut out = String::new();
-    doc.write(&mut out);
-    out
+    doc.render()
 }
 
 // ---- Domains added at runtime, placement plan and rebalance ----
@@ -1163,9 +1134,7 @@ pub fn plan_json(p: &PlanReport) -> String {
             ),
         ),
     ]);
-    let mut out = String::new();
-    doc.write(&mut out);
-    out
+    doc.render()
 }
 
 /// `domsync plan [--json]`.
