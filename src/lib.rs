@@ -2,8 +2,21 @@
 //! redb database per domain) and records every committed transaction as a checksummed,
 //! chained **change-log record**: the unit that standbys apply and gateways' reads come from.
 //!
-//! Layers (DESIGN.md §3): [`model`] (vocabulary), [`codec`] (checked byte formats),
-//! [`store`] (redb, group commit, standby apply, log reading, verify, snapshots).
+//! Layers (DESIGN.md §3), each using only those before it:
+//! - [`model`]: the vocabulary (domains, nodes, epochs, positions, records, ops);
+//! - [`codec`]: checked byte formats (record frames, CRC chain);
+//! - [`store`]: redb, group commit, standby apply, log reading, verify, snapshots, the
+//!   collision archive;
+//! - [`repl`]: sans-IO state machines with an explicit `now`: the active's `Shipper`, the
+//!   standby's `Follower`, durability, and the role protocol (`repl::roles::Roles`:
+//!   promotion with its guard and fencing rounds, switchover, hand-over, step-down), with
+//!   authorization of every peer request against the local configuration;
+//! - [`net`]: QUIC and mutual TLS (identities, deployment PKI, framing);
+//! - [`node`]: the async glue that executes what `repl` decides, over `net` and `store`;
+//! - [`gateway`]: the gateway service's protocol and the client gateways embed;
+//! - [`admin`], [`daemon`]: administration and the `domsyncd` service.
+//!
+//! The binaries are `domsyncd` (the service under systemd) and `domsync` (the command).
 //!
 //! # Example: an active and a standby replica of one domain
 //!
