@@ -348,3 +348,56 @@ fn domains_are_isolated_files_and_names_are_checked() {
     ));
     assert!("../x".parse::<DomainId>().is_err());
 }
+
+/// Invariant 5 with relays: a standby takes records of an older epoch that the active which
+/// accepted its stream relays (the stream was accepted in `since`), and refuses the stream's
+/// next batch once an epoch above `since` naming another node is recorded (a fence).
+#[test]
+fn a_relayed_older_epoch_is_applied_and_a_fence_after_the_stream_began_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let id: DomainId = "t1".parse().unwrap();
+    let (b, c, s, x) = (
+        NodeId::new("b").unwrap(),
+        NodeId::new("c").unwrap(),
+        NodeId::new("s").unwrap(),
+        NodeId::new("x").unwrap(),
+    );
+    let writer = Store::open(dir.path().join("b"), StoreOptions::new(b.clone())).unwrap();
+    let active = writer.create_domain(&id).unwrap();
+    for i in 0..3 {
+        active.put(format!("k{i}"), "v").unwrap();
+    }
+    let written_by_b = active.status().unwrap().epoch;
+    let log: Vec<Vec<u8>> = active
+        .read_log(Lsn(1), 100, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect();
+    let standby = Store::open(dir.path().join("s"), StoreOptions::new(s))
+        .unwrap()
+        .join_domain(&id)
+        .unwrap();
+    // The standby knows b's epoch only (it followed b); c, a newer active it has no epoch of
+    // yet, accepted its stream and relays b's records.
+    standby.demote(&written_by_b).unwrap();
+    let since = standby.highest_epoch().unwrap();
+    let at = standby
+        .apply_batch_from(&c, &since, log[..2].to_vec())
+        .unwrap();
+    assert_eq!(at.lsn, Lsn(2));
+    assert_eq!(at.epoch, written_by_b, "b's records, relayed by c");
+    // Another promotion fences this standby (an epoch of x) while c's stream is open: c's next
+    // batch is refused and nothing of it is applied.
+    standby
+        .demote(&domsync::model::Epoch {
+            term: written_by_b.term + 2,
+            node: x,
+        })
+        .unwrap();
+    match standby.apply_batch_from(&c, &since, log[2..].to_vec()) {
+        Err(StoreError::Fenced { from, .. }) => assert_eq!(from, c),
+        other => panic!("a batch after the fence was not refused: {other:?}"),
+    }
+    assert_eq!(standby.status().unwrap().position.lsn, Lsn(2));
+}

@@ -28,7 +28,6 @@ use crate::gateway::protocol::{
 use crate::model::{CrlNumber, DomainId, Epoch, Position, Role, Version};
 use crate::net::frame::{read_frame, write_frame, FrameError};
 use crate::net::{Identity, CLOSE_REFUSED};
-use crate::repl::SyncStatus;
 use crate::store::{Domain, StoreError};
 
 /// Limits of the gateway service; beyond them requests are refused with a clear error.
@@ -385,14 +384,8 @@ impl Node {
         if lock(&self.inner.actives).contains_key(domain) {
             return false;
         }
-        match self.follower_status(domain) {
-            Some(report) => {
-                !report.connected
-                    || matches!(
-                        report.status,
-                        SyncStatus::NeverSynchronized | SyncStatus::Lagging { .. }
-                    )
-            }
+        match self.follower_behind(domain) {
+            Some(behind) => behind,
             // Unfollowed (or promoted) since the replica was looked up: not vouched for.
             None => !lock(&self.inner.actives).contains_key(domain),
         }

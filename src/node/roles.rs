@@ -509,6 +509,7 @@ impl Node {
     /// the role machine until it has an outcome.
     async fn operate(&self, domain: &DomainId, start: Input) -> (Outcome, Option<StoreError>) {
         let (events, mut answers) = mpsc::unbounded_channel();
+        let switchover = matches!(start, Input::Switchover { .. });
         let mut driven = self.drive(domain, Some(start), &events).await;
         let mut store_error = None;
         loop {
@@ -518,12 +519,13 @@ impl Node {
             }
             // Every waiting step of an operation runs a timer; none means it ended.
             let Some(deadline) = driven.timeout else {
-                return (
-                    Outcome::Promotion(Err(PromoteFailure::Store(
-                        "the role machine stopped without an outcome".into(),
-                    ))),
-                    store_error,
-                );
+                let why = "the role machine stopped without an outcome".to_owned();
+                let outcome = if switchover {
+                    Outcome::Switchover(Err(SwitchFailure::Unknown(why)))
+                } else {
+                    Outcome::Promotion(Err(PromoteFailure::Store(why)))
+                };
+                return (outcome, store_error);
             };
             let deadline = tokio::time::Instant::from_std(deadline);
             driven = tokio::select! {

@@ -166,6 +166,27 @@ impl Node {
         }
     }
 
+    /// Whether the standby replica of `domain` knows it is behind its active: never
+    /// synchronized, lagging, or not heard from within `stream_idle` (`None` when not
+    /// followed here). Reads no store (a gateway's "not found" asks it on every miss).
+    pub(super) fn follower_behind(&self, domain: &crate::model::DomainId) -> Option<bool> {
+        let sd = lock(&self.inner.standbys).get(domain).cloned()?;
+        let f = lock(&sd.follower);
+        let now = Instant::now();
+        let idle = self.inner.config.stream_idle;
+        let heard = f
+            .last_heard()
+            .is_some_and(|t| now.saturating_duration_since(t) <= idle);
+        let (status, _) = f.status_at(now, idle);
+        Some(
+            !heard
+                || matches!(
+                    status,
+                    SyncStatus::NeverSynchronized | SyncStatus::Lagging { .. }
+                ),
+        )
+    }
+
     /// How a standby domain of this node stands (`None` when not followed here).
     pub fn follower_status(&self, domain: &crate::model::DomainId) -> Option<FollowerReport> {
         let sd = lock(&self.inner.standbys).get(domain).cloned()?;

@@ -58,6 +58,18 @@ impl Round {
         }
     }
 
+    /// A round of one probe, without an epoch: the switchover's target, asked where it
+    /// stands.
+    pub(super) fn target(
+        now: Instant,
+        peer: &NodeId,
+        connected: &[NodeId],
+        ids: &mut u64,
+        out: &mut VecDeque<Action>,
+    ) -> Round {
+        Round::start(now, std::slice::from_ref(peer), None, connected, ids, out)
+    }
+
     /// Takes the answer to `req`; false when it belongs to no pending ask of this round.
     pub(super) fn answered(
         &mut self,

@@ -26,14 +26,7 @@ impl Roles {
         }
         // Reach the target on a live connection before writes stop (a target restarted a
         // moment ago is otherwise found out only while writers wait).
-        let round = Round::start(
-            now,
-            std::slice::from_ref(&to),
-            None,
-            &facts.connected,
-            &mut self.ids,
-            &mut self.out,
-        );
+        let round = Round::target(now, &to, &facts.connected, &mut self.ids, &mut self.out);
         self.op = Some(Op::Switch(SwitchOp {
             to,
             timeout,
@@ -106,14 +99,7 @@ impl Roles {
         }
         // Hand over on a connection that just answered: a target restarted a moment ago is
         // reached on a fresh one.
-        let round = Round::start(
-            now,
-            std::slice::from_ref(&s.to),
-            None,
-            &facts.connected,
-            &mut self.ids,
-            &mut self.out,
-        );
+        let round = Round::target(now, &s.to, &facts.connected, &mut self.ids, &mut self.out);
         s.step = Switch::Confirm {
             offered: offered.clone(),
             last: last.clone(),
@@ -345,14 +331,7 @@ impl Roles {
             _ => return,
         };
         let error = why;
-        let round = Round::start(
-            now,
-            std::slice::from_ref(&s.to),
-            None,
-            &facts.connected,
-            &mut self.ids,
-            &mut self.out,
-        );
+        let round = Round::target(now, &s.to, &facts.connected, &mut self.ids, &mut self.out);
         s.step = Switch::Failing {
             offered,
             error,
