@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use domsync::net::{pki, PeerRole};
+use domsync_net::{pki, PeerRole};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)

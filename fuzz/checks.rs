@@ -5,7 +5,7 @@
 // Each target and the stable test use only some of these.
 #![allow(dead_code)]
 
-use domsync::codec::{self, chain_next, FORMAT_VERSION};
+use domsync_proto::codec::{self, chain_next, FORMAT_VERSION};
 
 /// `bytes` as given, and as the payload of a frame with a correct header and CRC (random bytes
 /// almost never carry a valid CRC, so this reaches the postcard decoding behind it).
@@ -40,13 +40,13 @@ where
 /// gateway (`domsync-gw/1`) requests and answers, admin (`domsync-admin/1`) requests and
 /// answers.
 pub fn wire(bytes: &[u8]) {
-    use domsync::{admin, gateway, repl};
+    use domsync_proto::{admin, gateway, repl};
     for frame in framings(bytes) {
         round_trip::<repl::Message>(&frame, repl::message::MAX_MESSAGE_BYTES);
-        round_trip::<gateway::Request>(&frame, gateway::protocol::MAX_REQUEST_BYTES);
-        round_trip::<gateway::Response>(&frame, gateway::protocol::MAX_RESPONSE_BYTES);
-        round_trip::<admin::Request>(&frame, admin::protocol::MAX_REQUEST_BYTES);
-        round_trip::<admin::Answer>(&frame, admin::protocol::MAX_ANSWER_BYTES);
+        round_trip::<gateway::Request>(&frame, gateway::MAX_REQUEST_BYTES);
+        round_trip::<gateway::Response>(&frame, gateway::MAX_RESPONSE_BYTES);
+        round_trip::<admin::Request>(&frame, admin::MAX_REQUEST_BYTES);
+        round_trip::<admin::Answer>(&frame, admin::MAX_ANSWER_BYTES);
     }
 }
 
@@ -57,9 +57,9 @@ pub fn config(bytes: &[u8]) {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return;
     };
-    match domsync::daemon::Config::parse(text, std::path::Path::new("fuzz.toml")) {
+    match domsync_daemon::Config::parse(text, std::path::Path::new("fuzz.toml")) {
         Ok(c) => assert!(!c.node.id.as_str().is_empty()),
-        Err(domsync::daemon::ConfigError::Invalid { problems, .. }) => {
+        Err(domsync_daemon::ConfigError::Invalid { problems, .. }) => {
             assert!(!problems.is_empty());
         }
         Err(_) => {}
@@ -68,7 +68,7 @@ pub fn config(bytes: &[u8]) {
 
 /// CRL ingestion on arbitrary DER: a typed error or a parsed CRL that keeps its bytes.
 pub fn crl(bytes: &[u8]) {
-    if let Ok(c) = domsync::model::Crl::from_der(bytes) {
+    if let Ok(c) = domsync_proto::model::Crl::from_der(bytes) {
         assert_eq!(c.der, bytes, "a parsed CRL keeps the bytes as uploaded");
         assert!(!c.issuer.is_empty());
     }

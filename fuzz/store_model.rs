@@ -32,10 +32,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use domsync::model::{DomainId, Lsn, NodeId, Op};
-use domsync::store::{
-    Domain, FaultKind, FaultPlan, ResyncTarget, SnapshotItem, Store, StoreError, StoreOptions,
-};
+use domsync_proto::model::{DomainId, Lsn, NodeId, Op, SnapshotItem};
+use domsync_store::{Domain, FaultKind, FaultPlan, ResyncTarget, Store, StoreError, StoreOptions};
 
 /// Most operations run per input: keeps every execution short.
 pub const MAX_OPS: usize = 64;

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use domsync::admin::protocol::{self, Answer, Request, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
-use domsync::net::{self, Identity, PeerRole, TlsFiles, ALPN_ADMIN};
+use domsync_net::{Identity, PeerRole, TlsFiles, ALPN_ADMIN};
+use domsync_proto::admin::{Answer, Request, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
 
 mod common;
 
@@ -203,20 +203,20 @@ fn is_root() -> bool {
 /// the node closed the connection.
 async fn remote_request(pki: &Path, who: &Identity, addr: &str) -> Result<Answer, String> {
     let creds = TlsFiles::in_dir(pki, who).load().unwrap();
-    let client = net::client_config_for(&creds, ALPN_ADMIN, None).unwrap();
+    let client = domsync_net::client_config_for(&creds, ALPN_ADMIN, None).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = endpoint
-        .connect_with(client, addr.parse().unwrap(), net::SERVER_NAME)
+        .connect_with(client, addr.parse().unwrap(), domsync_net::SERVER_NAME)
         .unwrap()
         .await
         .map_err(|e| e.to_string())?;
     let attempt = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        protocol::write_message(&mut send, &Request::Status, MAX_REQUEST_BYTES)
+        domsync_net::write_message(&mut send, &Request::Status, MAX_REQUEST_BYTES)
             .await
             .map_err(|e| e.to_string())?;
         let _ = send.finish();
-        protocol::read_message::<_, Answer>(&mut recv, MAX_ANSWER_BYTES)
+        domsync_net::read_message::<_, Answer>(&mut recv, MAX_ANSWER_BYTES)
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "no answer".to_string())
@@ -258,7 +258,7 @@ fn remote_admin_takes_admin_certificates_only() {
             panic!("{who} was served: {got:?}");
         };
         assert!(
-            why.contains(&net::CLOSE_REFUSED.to_string()) && why.contains("admin"),
+            why.contains(&domsync_net::CLOSE_REFUSED.to_string()) && why.contains("admin"),
             "{who}: {why}"
         );
     }

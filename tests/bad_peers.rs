@@ -11,19 +11,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domsync::admin::protocol::{
-    read_message, write_message, Answer, Request as AdminRequest, MAX_ANSWER_BYTES,
-    MAX_REQUEST_BYTES as MAX_ADMIN_REQUEST,
-};
-use domsync::codec::{self, FORMAT_VERSION};
-use domsync::gateway::client::{Client, ClientConfig, Origin};
-use domsync::gateway::protocol::{self as gw, Query, Refusal, Request as GwRequest, Response};
-use domsync::model::{DomainId, Op};
-use domsync::net::frame::read_frame;
-use domsync::net::{
+use domsync_client::gateway::{Client, ClientConfig, Origin};
+use domsync_net::read_frame;
+use domsync_net::{
     self, pki, Identity, PeerRole, ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL, CLOSE_REFUSED,
 };
-use domsync::repl::message::{self, Ack, Message};
+use domsync_net::{read_message, write_message};
+use domsync_proto::admin::{
+    Answer, Request as AdminRequest, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES as MAX_ADMIN_REQUEST,
+};
+use domsync_proto::codec::{self, FORMAT_VERSION};
+use domsync_proto::gateway::{self as gw, Query, Refusal, Request as GwRequest, Response};
+use domsync_proto::model::{DomainId, Op};
+use domsync_proto::repl::message::{self, Ack, Message};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 
@@ -180,12 +180,12 @@ async fn connect(
     alpn: &[u8],
     addr: &str,
 ) -> quinn::Connection {
-    let creds = net::TlsFiles::in_dir(pki_dir, who).load().unwrap();
-    let config = net::client_config_for(&creds, alpn, None).unwrap();
+    let creds = domsync_net::TlsFiles::in_dir(pki_dir, who).load().unwrap();
+    let config = domsync_net::client_config_for(&creds, alpn, None).unwrap();
     tokio::time::timeout(
         GUARD,
         endpoint
-            .connect_with(config, addr.parse().unwrap(), net::SERVER_NAME)
+            .connect_with(config, addr.parse().unwrap(), domsync_net::SERVER_NAME)
             .unwrap(),
     )
     .await

@@ -9,11 +9,11 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Once;
 
-use domsync::codec::{
+use domsync_proto::codec::{
     chain_next, decode_record, encode_record, seal, CodecError, FORMAT_VERSION, FRAME_OVERHEAD,
     MAX_RECORD_BYTES,
 };
-use domsync::model::{Crl, CrlNumber, Epoch, Lsn, NodeId, Op, Record};
+use domsync_proto::model::{Crl, CrlNumber, Epoch, Lsn, NodeId, Op, Record};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;

@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domsync::model::{DomainId, Lsn, NodeId};
-use domsync::store::{Store, StoreError, StoreOptions};
+use domsync_proto::model::{DomainId, Lsn, NodeId};
+use domsync_store::{Store, StoreError, StoreOptions};
 
 const CHILD_ENV: &str = "DOMSYNC_CRASH_CHILD_DIR";
 const THREADS: usize = 4;

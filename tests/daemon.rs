@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use domsync::net::PeerRole;
+use domsync_net::PeerRole;
 
 mod common;
 
@@ -173,25 +173,28 @@ fn metrics_are_served_in_the_prometheus_text_format() {
 
 /// One gateway request on an open connection: the list of packages of `domain`.
 async fn list_policies(conn: &quinn::Connection, domain: &str) -> Result<(), String> {
-    use domsync::gateway::protocol::{self, Query, Request, Response};
-    use domsync::net::frame::{read_frame, write_frame};
+    use domsync_net::{read_frame, write_frame};
+    use domsync_proto::gateway::{Query, Request, Response};
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let request = Request {
         domain: domain.parse().map_err(|e| format!("{e}"))?,
         seen: Vec::new(),
         query: Query::ListPolicies,
     };
-    let frame =
-        protocol::encode(&request, protocol::MAX_REQUEST_BYTES).map_err(|e| e.to_string())?;
+    let frame = domsync_proto::gateway::encode(&request, domsync_proto::gateway::MAX_REQUEST_BYTES)
+        .map_err(|e| e.to_string())?;
     write_frame(&mut send, &frame)
         .await
         .map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
-    let answer = read_frame(&mut recv, protocol::MAX_RESPONSE_BYTES)
+    let answer = read_frame(&mut recv, domsync_proto::gateway::MAX_RESPONSE_BYTES)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("no answer")?;
-    match protocol::decode::<Response>(&answer, protocol::MAX_RESPONSE_BYTES) {
+    match domsync_proto::gateway::decode::<Response>(
+        &answer,
+        domsync_proto::gateway::MAX_RESPONSE_BYTES,
+    ) {
         Ok(Response::Policies { .. }) => Ok(()),
         other => Err(format!("{other:?}")),
     }
@@ -210,12 +213,12 @@ fn a_reload_adds_a_domain_without_dropping_gateway_connections() {
     let endpoint =
         rt.block_on(async { quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap() });
     let conn = rt.block_on(async {
-        let config = domsync::net::client_config(&creds, domsync::net::ALPN_GATEWAY).unwrap();
+        let config = domsync_net::client_config(&creds, domsync_net::ALPN_GATEWAY).unwrap();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         tokio::time::timeout(
             GUARD,
             endpoint
-                .connect_with(config, addr, domsync::net::SERVER_NAME)
+                .connect_with(config, addr, domsync_net::SERVER_NAME)
                 .unwrap(),
         )
         .await

@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use domsync::model::{DomainId, NodeId};
-use domsync::store::{Domain, FaultKind, FaultPlan, StateDigest, Store, StoreError, StoreOptions};
+use domsync_proto::model::StateDigest;
+use domsync_proto::model::{DomainId, NodeId};
+use domsync_store::{Domain, FaultKind, FaultPlan, Store, StoreError, StoreOptions};
 
 fn id() -> DomainId {
     "tenant".parse().unwrap()

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use domsync::model::{DomainId, Epoch, Lsn, NodeId, Op, Role};
-use domsync::net::{pki, Identity, PeerRole, TlsFiles};
-use domsync::node::{ActiveConfig, Node, NodeConfig, PromoteError};
-use domsync::repl::promotion::Seer;
-use domsync::repl::Durability;
-use domsync::store::{open_file, BackendFactory, Domain, Store, StoreOptions};
+use domsync_net::{pki, Identity, PeerRole, TlsFiles};
+use domsync_node::{ActiveConfig, Node, NodeConfig, PromoteError};
+use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Op, Role};
+use domsync_proto::repl::promotion::Seer;
+use domsync_proto::repl::Durability;
+use domsync_store::{open_file, BackendFactory, Domain, Store, StoreOptions};
 
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -323,7 +323,7 @@ async fn an_old_active_back_from_a_partition_steps_down_and_archives_its_diverge
     let mut divergent = Vec::new();
     for i in 100..105 {
         match a.node.write(&dom(), put(i)).await {
-            Err(domsync::node::WriteError::Unconfirmed { position, .. }) => {
+            Err(domsync_node::WriteError::Unconfirmed { position, .. }) => {
                 divergent.push(position.lsn)
             }
             other => panic!("expected an unconfirmed write, got {other:?}"),
@@ -373,7 +373,7 @@ async fn an_old_active_back_from_a_partition_steps_down_and_archives_its_diverge
         "the divergent writes are archived, not lost"
     );
     // Both sides report the collision until the archive is resolved.
-    let fork = domsync::repl::SyncStatus::Collision { fork: Lsn(20) };
+    let fork = domsync_proto::repl::SyncStatus::Collision { fork: Lsn(20) };
     assert_eq!(a.node.follower_status(&dom()).unwrap().status, fork);
     let deadline = tokio::time::Instant::now() + GUARD;
     while b
@@ -393,7 +393,7 @@ async fn an_old_active_back_from_a_partition_steps_down_and_archives_its_diverge
     assert!(da.get(b"key-0100").unwrap().value.is_none());
     assert!(matches!(
         a.node.write(&dom(), put(1)).await,
-        Err(domsync::node::WriteError::NotServed { .. })
+        Err(domsync_node::WriteError::NotServed { .. })
     ));
     // Re-applying an archived write on the new active makes it visible everywhere; then the
     // operator discards it from the archive.
@@ -458,7 +458,7 @@ async fn of_two_standbys_promoted_at_once_the_higher_epoch_wins_and_the_other_is
         (Role::Standby, pc.epoch.clone())
     );
     assert_eq!(dc.status().unwrap().role, Role::Active);
-    if on_b.is_ok() || matches!(on_b, Err(domsync::node::WriteError::Unconfirmed { .. })) {
+    if on_b.is_ok() || matches!(on_b, Err(domsync_node::WriteError::Unconfirmed { .. })) {
         let archived: Vec<Epoch> = db
             .collisions()
             .unwrap()
@@ -499,7 +499,7 @@ async fn a_switchover_under_write_load_loses_no_acknowledged_write() {
                             acked.push((i, p));
                             break;
                         }
-                        Err(domsync::node::WriteError::Unconfirmed { position, .. }) => {
+                        Err(domsync_node::WriteError::Unconfirmed { position, .. }) => {
                             acked.push((i, position));
                             break;
                         }
@@ -574,7 +574,7 @@ async fn a_wiped_node_comes_back_as_standby_and_nobody_follows_an_empty_incarnat
     let fresh = b.store.join_domain(&dom()).unwrap();
     assert!(matches!(
         fresh.put("x", "y"),
-        Err(domsync::store::StoreError::NotActive { .. })
+        Err(domsync_store::StoreError::NotActive { .. })
     ));
     assert!(
         fresh.promote().is_err(),
@@ -773,7 +773,7 @@ async fn a_fenced_standby_neither_acknowledges_nor_applies_a_batch_of_the_old_ac
         assert!(
             matches!(
                 w.await.unwrap(),
-                Err(domsync::node::WriteError::Unconfirmed { .. })
+                Err(domsync_node::WriteError::Unconfirmed { .. })
             ),
             "a write of the fenced active was confirmed"
         );

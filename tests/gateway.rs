@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use domsync::gateway::cache::Cache;
-use domsync::gateway::{Client, ClientConfig, Error, Origin, Update};
-use domsync::model::{Crl, CrlNumber, DomainId, Lsn, Role, Version};
-use domsync::net::PeerRole;
-use domsync::node::{ActiveConfig, Node, NodeConfig};
-use domsync::repl::{Durability, SyncStatus};
-use domsync::store::{Domain, Store, StoreOptions};
+use domsync_client::gateway::Cache;
+use domsync_client::gateway::{Client, ClientConfig, Error, Origin, Update};
+use domsync_net::PeerRole;
+use domsync_node::{ActiveConfig, Node, NodeConfig};
+use domsync_proto::model::{Crl, CrlNumber, DomainId, Lsn, Role, Version};
+use domsync_proto::repl::{Durability, SyncStatus};
+use domsync_store::{Domain, Store, StoreOptions};
 use tokio::time::timeout;
 
 mod common;
@@ -195,7 +195,7 @@ fn content(v: u32) -> Vec<u8> {
         .into_bytes()
 }
 
-async fn next(watch: &mut domsync::gateway::Watch) -> Update {
+async fn next(watch: &mut domsync_client::gateway::Watch) -> Update {
     timeout(GUARD, watch.next())
         .await
         .expect("no update in time")

@@ -6,18 +6,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domsync::gateway::protocol::{
-    self, Query, Refusal, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
-};
-use domsync::model::{DomainId, Lsn, Role};
-use domsync::net::frame::{read_frame, write_frame};
-use domsync::net::{
+use domsync_net::{
     self, pki, Credentials, NodeServerVerifier, PeerRole, TlsFiles, ALPN_GATEWAY, ALPN_REPL,
     CLOSE_REFUSED, SERVER_NAME,
 };
-use domsync::node::{ActiveConfig, GatewayLimits, Node, NodeConfig};
-use domsync::repl::{Durability, SyncStatus};
-use domsync::store::{Domain, Store, StoreOptions};
+use domsync_net::{read_frame, write_frame};
+use domsync_node::{ActiveConfig, GatewayLimits, Node, NodeConfig};
+use domsync_proto::gateway::{
+    Query, Refusal, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
+};
+use domsync_proto::model::{DomainId, Lsn, Role};
+use domsync_proto::repl::{Durability, SyncStatus};
+use domsync_store::{Domain, Store, StoreOptions};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{ConnectionError, Endpoint};
 use sha2::{Digest as _, Sha256};
@@ -110,7 +110,7 @@ impl Cluster {
 }
 
 async fn connect_on(endpoint: &Endpoint, creds: &Credentials, node: &Node) -> quinn::Connection {
-    let config = net::client_config(creds, ALPN_GATEWAY).unwrap();
+    let config = domsync_net::client_config(creds, ALPN_GATEWAY).unwrap();
     timeout(
         GUARD,
         endpoint
@@ -174,13 +174,13 @@ async fn exchange_raw(
     send.finish()?;
     let mut out = Vec::new();
     while let Some(frame) = read_frame(&mut recv, MAX_RESPONSE_BYTES).await? {
-        out.push(protocol::decode(&frame, MAX_RESPONSE_BYTES)?);
+        out.push(domsync_proto::gateway::decode(&frame, MAX_RESPONSE_BYTES)?);
     }
     Ok(out)
 }
 
 async fn exchange(conn: &quinn::Connection, r: &Request) -> Vec<Response> {
-    let frame = protocol::encode(r, MAX_REQUEST_BYTES).unwrap();
+    let frame = domsync_proto::gateway::encode(r, MAX_REQUEST_BYTES).unwrap();
     timeout(GUARD, exchange_raw(conn, &frame))
         .await
         .unwrap()
@@ -188,7 +188,7 @@ async fn exchange(conn: &quinn::Connection, r: &Request) -> Vec<Response> {
 }
 
 /// A whole package from `PolicyBegin`..`PolicyEnd`, checked against its size and SHA-256.
-fn package(answer: &[Response]) -> (domsync::gateway::Served, Vec<u8>) {
+fn package(answer: &[Response]) -> (domsync_proto::gateway::Served, Vec<u8>) {
     let Some(Response::PolicyBegin { served, info }) = answer.first() else {
         panic!("expected a package, got {answer:?}");
     };
@@ -367,7 +367,7 @@ async fn a_standby_that_knows_it_is_behind_answers_behind_where_it_would_say_not
         &request(
             "tenant-a",
             Query::GetCrl {
-                issuer: domsync::model::Crl::from_der(&crl).unwrap().issuer,
+                issuer: domsync_proto::model::Crl::from_der(&crl).unwrap().issuer,
                 if_newer_than: None,
             },
         ),
@@ -465,7 +465,7 @@ async fn a_watch_on_the_standby_is_pushed_each_new_version() {
     );
     write_frame(
         &mut send,
-        &protocol::encode(&watch, MAX_REQUEST_BYTES).unwrap(),
+        &domsync_proto::gateway::encode(&watch, MAX_REQUEST_BYTES).unwrap(),
     )
     .await
     .unwrap();
@@ -492,7 +492,7 @@ async fn a_watch_on_the_standby_is_pushed_each_new_version() {
         .unwrap()
         .unwrap()
         .unwrap();
-    let r: Response = protocol::decode(&frame, MAX_RESPONSE_BYTES).unwrap();
+    let r: Response = domsync_proto::gateway::decode(&frame, MAX_RESPONSE_BYTES).unwrap();
     assert_eq!(r, Response::Refused(Refusal::Forbidden));
     assert!(timeout(GUARD, read_frame(&mut recv, MAX_RESPONSE_BYTES))
         .await
@@ -528,7 +528,7 @@ async fn only_granted_gateways_read_and_only_gateways_connect() {
     // A gateway cannot replicate (and so cannot write): refused on the replication protocol.
     let endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let g = creds(&c.pki(), PeerRole::Gateway, "g1");
-    let config = net::client_config(&g, ALPN_REPL).unwrap();
+    let config = domsync_net::client_config(&g, ALPN_REPL).unwrap();
     let conn = timeout(
         GUARD,
         endpoint
@@ -541,7 +541,7 @@ async fn only_granted_gateways_read_and_only_gateways_connect() {
     assert_refused(&conn, "gateway certificate may not use domsync-repl/1").await;
     // Replication messages sent on the gateway protocol are not requests.
     let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
-    let follow = domsync::repl::message::encode(&domsync::repl::Message::Probe {
+    let follow = domsync_proto::repl::message::encode(&domsync_proto::repl::Message::Probe {
         domain: dom("tenant-a"),
         epoch: None,
     })
@@ -589,7 +589,7 @@ async fn only_granted_gateways_read_and_only_gateways_connect() {
     }
     .load()
     .unwrap();
-    let config = net::client_config(&stranger, ALPN_GATEWAY).unwrap();
+    let config = domsync_net::client_config(&stranger, ALPN_GATEWAY).unwrap();
     let attempt = timeout(
         GUARD,
         endpoint
@@ -659,7 +659,8 @@ async fn malformed_oversized_and_truncated_requests_get_typed_errors_and_others_
         .install_policy("edge", b"v1".to_vec())
         .unwrap();
     let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
-    let good = protocol::encode(&request("tenant-a", get("edge")), MAX_REQUEST_BYTES).unwrap();
+    let good = domsync_proto::gateway::encode(&request("tenant-a", get("edge")), MAX_REQUEST_BYTES)
+        .unwrap();
     let bad_request = |answer: &[Response], what: &str| match answer {
         [Response::Refused(Refusal::BadRequest(why))] => {
             assert!(why.contains(what), "{why} lacks {what}")
@@ -679,7 +680,7 @@ async fn malformed_oversized_and_truncated_requests_get_typed_errors_and_others_
     let answer = exchange_raw(&conn, &good[..good.len() - 3]).await.unwrap();
     bad_request(&answer, "ended in the middle");
     // A checked frame around bytes that are no request.
-    let junk = protocol::encode(&vec![0xFFu8; 40], MAX_REQUEST_BYTES).unwrap();
+    let junk = domsync_proto::gateway::encode(&vec![0xFFu8; 40], MAX_REQUEST_BYTES).unwrap();
     let answer = exchange_raw(&conn, &junk).await.unwrap();
     bad_request(&answer, "undecodable");
     // A bit flipped in flight.
@@ -717,7 +718,7 @@ async fn malformed_oversized_and_truncated_requests_get_typed_errors_and_others_
     assert_eq!(content, b"v1");
 
     // Two requests in progress per connection: a third is told the node is busy.
-    let watch = protocol::encode(
+    let watch = domsync_proto::gateway::encode(
         &request(
             "tenant-a",
             Query::Watch {
@@ -773,7 +774,7 @@ async fn gateway_reports_of_the_active_reach_the_promotion_guard() {
     let c = cluster(GatewayLimits::default()).await;
     let epoch = c.on_a["tenant-a"].status().unwrap().epoch;
     let conn = c.connect(PeerRole::Gateway, "g1", &c.b).await;
-    let heard = domsync::repl::promotion::Heard {
+    let heard = domsync_proto::repl::promotion::Heard {
         node: nid("a"),
         epoch: epoch.clone(),
         ago_ms: 100,
@@ -804,7 +805,7 @@ async fn gateway_reports_of_the_active_reach_the_promotion_guard() {
 }
 
 /// Reads the next whole package pushed on a watch stream.
-async fn next_package(recv: &mut quinn::RecvStream) -> (domsync::gateway::Served, Vec<u8>) {
+async fn next_package(recv: &mut quinn::RecvStream) -> (domsync_proto::gateway::Served, Vec<u8>) {
     let mut frames = Vec::new();
     loop {
         let frame = timeout(GUARD, read_frame(recv, MAX_RESPONSE_BYTES))
@@ -812,7 +813,7 @@ async fn next_package(recv: &mut quinn::RecvStream) -> (domsync::gateway::Served
             .unwrap()
             .unwrap()
             .unwrap();
-        let r: Response = protocol::decode(&frame, MAX_RESPONSE_BYTES).unwrap();
+        let r: Response = domsync_proto::gateway::decode(&frame, MAX_RESPONSE_BYTES).unwrap();
         let end = r == Response::PolicyEnd;
         frames.push(r);
         if end {
@@ -859,7 +860,9 @@ async fn a_thousand_gateways_fetch_a_256_kib_package_from_a_standby() {
     })
     .await
     .expect("the node did not see every gateway connection");
-    let frame = protocol::encode(&request("tenant-a", get("edge")), MAX_REQUEST_BYTES).unwrap();
+    let frame =
+        domsync_proto::gateway::encode(&request("tenant-a", get("edge")), MAX_REQUEST_BYTES)
+            .unwrap();
     let started = std::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for conn in &conns {
@@ -935,7 +938,7 @@ async fn a_separate_gateway_address_serves_gateways_and_the_main_one_no_longer_d
 
     let g = creds(&pki_dir, PeerRole::Gateway, "g1");
     let endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = net::client_config(&g, ALPN_GATEWAY).unwrap();
+    let config = domsync_net::client_config(&g, ALPN_GATEWAY).unwrap();
     let conn = timeout(
         GUARD,
         endpoint

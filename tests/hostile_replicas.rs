@@ -19,11 +19,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use domsync::model::{DomainId, Epoch, NodeId, Position};
-use domsync::net::frame::{read_frame, write_frame};
-use domsync::net::{self, pki, Identity, PeerRole, ALPN_REPL, CLOSE_REFUSED};
-use domsync::repl::message::{decode, encode, MAX_MESSAGE_BYTES};
-use domsync::repl::{Answer, Durability, Follow, Message, RejectReason, TakeOver};
+use domsync_net::{pki, Identity, PeerRole, ALPN_REPL, CLOSE_REFUSED};
+use domsync_net::{read_frame, write_frame};
+use domsync_proto::model::{DomainId, Epoch, NodeId, Position};
+use domsync_proto::repl::message::{decode, encode, MAX_MESSAGE_BYTES};
+use domsync_proto::repl::{Answer, Durability, Follow, Message, RejectReason, TakeOver};
 
 mod common;
 
@@ -204,10 +204,10 @@ async fn dial(
     addr: &str,
 ) -> Result<quinn::Connection, String> {
     let me = Identity::new(PeerRole::Node, who).unwrap();
-    let creds = net::TlsFiles::in_dir(pki_dir, &me).load().unwrap();
-    let config = net::client_config_for(&creds, ALPN_REPL, None).unwrap();
+    let creds = domsync_net::TlsFiles::in_dir(pki_dir, &me).load().unwrap();
+    let config = domsync_net::client_config_for(&creds, ALPN_REPL, None).unwrap();
     let connecting = endpoint
-        .connect_with(config, addr.parse().unwrap(), net::SERVER_NAME)
+        .connect_with(config, addr.parse().unwrap(), domsync_net::SERVER_NAME)
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(GUARD, connecting).await {
         Ok(Ok(conn)) => Ok(conn),

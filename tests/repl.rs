@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use domsync::model::{DomainId, Lsn, NodeId, Op};
-use domsync::net::{pki, Credentials, Identity, PeerRole, TlsFiles};
-use domsync::node::{ActiveConfig, Node, NodeConfig, WriteError};
-use domsync::repl::{Durability, SyncStatus};
-use domsync::store::{Domain, Store, StoreOptions};
+use domsync_net::{pki, Credentials, Identity, PeerRole, TlsFiles};
+use domsync_node::{ActiveConfig, Node, NodeConfig, WriteError};
+use domsync_proto::model::{DomainId, Lsn, NodeId, Op};
+use domsync_proto::repl::{Durability, SyncStatus};
+use domsync_store::{Domain, Store, StoreOptions};
 
 /// Hang guard for waits on real network progress (never a timing assertion).
 const GUARD: Duration = Duration::from_secs(60);
@@ -343,12 +343,12 @@ async fn retention_keeps_what_standbys_need_within_the_size_cap() {
 /// A hand-driven active on node `a`'s certificate: it serves a snapshot of `source` at lsn 0,
 /// then, stream after stream, a corrupt record, a corrupt frame, and finally the true log.
 async fn fake_active(endpoint: quinn::Endpoint, source: Domain) {
-    use domsync::net::frame::{open_frame, read_frame, write_frame};
-    use domsync::repl::message::{encode, MAX_MESSAGE_BYTES};
-    use domsync::repl::{Answer, Message, RecordBytes, SnapshotHeader};
+    use domsync_net::{open_frame, read_frame, write_frame};
+    use domsync_proto::repl::message::{encode, MAX_MESSAGE_BYTES};
+    use domsync_proto::repl::{Answer, Message, RecordBytes, SnapshotHeader};
 
     let incoming = endpoint.accept().await.unwrap();
-    let (conn, _peer) = domsync::net::accept(incoming, domsync::net::ALPN_REPL)
+    let (conn, _peer) = domsync_net::accept(incoming, domsync_net::ALPN_REPL)
         .await
         .unwrap();
     let records: Vec<Vec<u8>> = source
@@ -377,7 +377,7 @@ async fn fake_active(endpoint: quinn::Endpoint, source: Domain) {
             empty.chain = 0;
             out.push(
                 encode(&Message::Answer(Answer::Snapshot {
-                    why: domsync::repl::message::SnapshotWhy::NeverSynchronized,
+                    why: domsync_proto::repl::message::SnapshotWhy::NeverSynchronized,
                 }))
                 .unwrap(),
             );
@@ -448,10 +448,10 @@ async fn corrupt_records_and_frames_on_the_wire_are_refused_and_the_stream_recov
     for i in 0..20 {
         source.write(put(i)).unwrap();
     }
-    let server = domsync::net::server_config(
+    let server = domsync_net::server_config(
         &creds(&pki_dir, "a"),
-        &[domsync::net::ALPN_REPL],
-        std::sync::Arc::new(domsync::net::transport_config()),
+        &[domsync_net::ALPN_REPL],
+        std::sync::Arc::new(domsync_net::transport_config()),
     )
     .unwrap();
     let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
@@ -482,12 +482,12 @@ async fn raw_connection(
     to: std::net::SocketAddr,
 ) -> (quinn::Endpoint, quinn::Connection) {
     let client =
-        domsync::net::client_config_for(&creds(pki_dir, name), domsync::net::ALPN_REPL, None)
+        domsync_net::client_config_for(&creds(pki_dir, name), domsync_net::ALPN_REPL, None)
             .unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(client);
     let conn = endpoint
-        .connect(to, domsync::net::SERVER_NAME)
+        .connect(to, domsync_net::SERVER_NAME)
         .unwrap()
         .await
         .unwrap();
@@ -495,9 +495,9 @@ async fn raw_connection(
 }
 
 /// The next message on a stream (hang-guarded).
-async fn next_message(recv: &mut quinn::RecvStream) -> domsync::repl::Message {
-    use domsync::net::frame::{open_frame, read_frame};
-    use domsync::repl::message::MAX_MESSAGE_BYTES;
+async fn next_message(recv: &mut quinn::RecvStream) -> domsync_proto::repl::Message {
+    use domsync_net::{open_frame, read_frame};
+    use domsync_proto::repl::message::MAX_MESSAGE_BYTES;
     let frame = tokio::time::timeout(GUARD, read_frame(recv, MAX_MESSAGE_BYTES))
         .await
         .unwrap()
@@ -508,9 +508,9 @@ async fn next_message(recv: &mut quinn::RecvStream) -> domsync::repl::Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_domain_does_not_block_another_on_the_same_connection() {
-    use domsync::net::frame::write_frame;
-    use domsync::repl::message::encode;
-    use domsync::repl::{Follow, Message};
+    use domsync_net::write_frame;
+    use domsync_proto::repl::message::encode;
+    use domsync_proto::repl::{Follow, Message};
 
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
@@ -538,8 +538,8 @@ async fn a_stalled_domain_does_not_block_another_on_the_same_connection() {
         encode(&Message::Follow(Follow {
             domain,
             uid: None,
-            position: domsync::model::Position::empty(nid("b")),
-            epoch: domsync::model::Epoch {
+            position: domsync_proto::model::Position::empty(nid("b")),
+            epoch: domsync_proto::model::Epoch {
                 term: 0,
                 node: nid("b"),
             },
@@ -565,7 +565,7 @@ async fn a_stalled_domain_does_not_block_another_on_the_same_connection() {
     loop {
         match next_message(&mut recv).await {
             Message::Records(records) => {
-                let last = domsync::codec::decode_record(&records.last().unwrap().0).unwrap();
+                let last = domsync_proto::codec::decode_record(&records.last().unwrap().0).unwrap();
                 assert_eq!(last.lsn, p.lsn);
                 break;
             }

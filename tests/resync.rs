@@ -1,8 +1,9 @@
 //! Full resync through the store API: a snapshot is built aside and switched in atomically
 //! (invariant 6); divergent records go to the collision archive (invariant 5).
 
-use domsync::model::{DomainId, Lsn, NodeId};
-use domsync::store::{Domain, ResyncTarget, SnapshotItem, Store, StoreError, StoreOptions};
+use domsync_proto::model::SnapshotItem;
+use domsync_proto::model::{DomainId, Lsn, NodeId};
+use domsync_store::{Domain, ResyncTarget, Store, StoreError, StoreOptions};
 
 fn store(dir: &std::path::Path, node: &str) -> Store {
     Store::open(dir, StoreOptions::new(NodeId::new(node).unwrap())).unwrap()
@@ -382,7 +383,7 @@ fn a_fenced_standby_refuses_the_snapshot_of_an_older_active() {
     resync_from(&standby, &active, None);
     let before = standby.status().unwrap();
     fill(&active, 3);
-    let newer = domsync::model::Epoch {
+    let newer = domsync_proto::model::Epoch {
         term: 2,
         node: NodeId::new("c").unwrap(),
     };

@@ -1,7 +1,7 @@
 //! Roles in the store: promotion to a new epoch, demotion and fencing by a higher epoch.
 
-use domsync::model::{DomainId, Epoch, HistoryEntry, Lsn, NodeId, Role};
-use domsync::store::{Domain, Store, StoreError, StoreOptions};
+use domsync_proto::model::{DomainId, Epoch, HistoryEntry, Lsn, NodeId, Role};
+use domsync_store::{Domain, Store, StoreError, StoreOptions};
 
 fn store(dir: &std::path::Path, node: &str) -> Store {
     Store::open(dir, StoreOptions::new(NodeId::new(node).unwrap())).unwrap()
@@ -103,7 +103,8 @@ fn an_equal_term_from_a_higher_node_fences_too() {
 
 /// Loads `to` with a snapshot of `from` (the path a new standby takes).
 fn resync(from: &Domain, to: &Domain) {
-    use domsync::store::{ResyncTarget, SnapshotItem};
+    use domsync_proto::model::SnapshotItem;
+    use domsync_store::ResyncTarget;
     let snap = from.snapshot().unwrap();
     let mut rows: Vec<SnapshotItem> = Vec::new();
     snap.for_each::<StoreError>(|r| {

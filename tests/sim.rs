@@ -30,13 +30,14 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use domsync::model::{DomainId, Lsn, NodeId, Op, Position, Role};
-use domsync::repl::message::{decode, encode};
-use domsync::repl::{
+use domsync_proto::model::{DomainId, Lsn, NodeId, Op, Position, Role};
+use domsync_proto::model::{SnapshotItem, StateDigest};
+use domsync_proto::repl::message::{decode, encode};
+use domsync_proto::repl::{
     Backoff, FollowAction, Follower, Message, RecordBytes, ShipAction, ShipConfig, Shipper,
     SnapshotHeader, SyncStatus,
 };
-use domsync::store::{Domain, Resync, SnapshotItem, StateDigest, Store, StoreError};
+use domsync_store::{Domain, Resync, Store, StoreError};
 use sim_support::{
     assert_replayed, counters, describe, local_view, open_store, resync_target, run_replayable,
     run_seeds, seeds, snapshot_messages, standby_view, take_snapshot, temp_root, Clock, Rng,

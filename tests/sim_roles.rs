@@ -78,20 +78,19 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use domsync::codec::decode_record;
-use domsync::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
-use domsync::repl::promotion::Heard;
-use domsync::repl::roles::{
+use domsync_proto::codec::decode_record;
+use domsync_proto::model::StateDigest;
+use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
+use domsync_proto::repl::promotion::Heard;
+use domsync_proto::repl::roles::{
     Action, Facts, Input, Outcome as RoleOutcome, PromoteFailure, Roles, StoreCommand,
 };
-use domsync::repl::{
+use domsync_proto::repl::{
     decide, Answer, Backoff, Durability, FollowAction, Follower, Message, ProbeAnswer, RecordBytes,
     RejectReason, ShipAction, ShipConfig, Shipper, SnapshotHeader, StandbyView, SyncStatus,
     TakeOver,
 };
-use domsync::store::{
-    ArchivedRecord, Domain, DomainStatus, Resync, StateDigest, Store, StoreError,
-};
+use domsync_store::{ArchivedRecord, Domain, DomainStatus, Resync, Store, StoreError};
 use sim_support::{
     assert_replayed, counters, local_view, open_store, resync_target, run_replayable, run_seeds,
     seeds, snapshot_messages, take_snapshot, temp_root, Clock, Rng,

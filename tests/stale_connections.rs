@@ -25,10 +25,10 @@ mod common;
 mod torture_support;
 
 use common::Out;
-use domsync::admin::protocol::DomainReport;
-use domsync::admin::{Answer, NodeStatus, Request};
-use domsync::model::{Lsn, Op, Role};
-use domsync::repl::SyncStatus;
+use domsync_proto::admin::DomainReport;
+use domsync_proto::admin::{Answer, NodeStatus, Request};
+use domsync_proto::model::{Lsn, Op, Role};
+use domsync_proto::repl::SyncStatus;
 use torture_support::{
     admin, check_acked, dom, lock, pause, Rig, Shared, Topology, Writer, CONVERGE, NODES,
     ONE_AT_A_TIME,

@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use domsync::codec::{decode_record, encode_record};
-use domsync::model::{DomainId, Lsn, NodeId, Op, Record, Role};
-use domsync::store::{Domain, Store, StoreError, StoreOptions};
+use domsync_proto::codec::{decode_record, encode_record};
+use domsync_proto::model::{DomainId, Lsn, NodeId, Op, Record, Role};
+use domsync_store::{Domain, Store, StoreError, StoreOptions};
 
 const CRL_1: &[u8] = include_bytes!("../fixtures/crl/fixture-ca-1.der");
 const CRL_2: &[u8] = include_bytes!("../fixtures/crl/fixture-ca-2.der");
@@ -390,7 +390,7 @@ fn a_relayed_older_epoch_is_applied_and_a_fence_after_the_stream_began_refuses_t
     // Another promotion fences this standby (an epoch of x) while c's stream is open: c's next
     // batch is refused and nothing of it is applied.
     standby
-        .demote(&domsync::model::Epoch {
+        .demote(&domsync_proto::model::Epoch {
             term: written_by_b.term + 2,
             node: x,
         })

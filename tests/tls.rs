@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domsync::net::{
+use domsync_net::{
     self, pki, Credentials, Identity, NodeServerVerifier, PeerRole, RefuseReason, TlsError,
     TlsFiles, ALPN_GATEWAY, ALPN_REPL, CLOSE_REFUSED, SERVER_NAME,
 };
@@ -47,10 +47,10 @@ fn creds(dir: &Path, role: PeerRole, name: &str) -> Credentials {
 }
 
 fn server(creds: &Credentials) -> (Endpoint, SocketAddr) {
-    let config = net::server_config(
+    let config = domsync_net::server_config(
         creds,
         &[ALPN_REPL, ALPN_GATEWAY],
-        Arc::new(net::transport_config()),
+        Arc::new(domsync_net::transport_config()),
     )
     .unwrap();
     let endpoint = Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
@@ -67,7 +67,7 @@ fn client_endpoint() -> Endpoint {
 fn serve_one(endpoint: Endpoint, alpn: &'static [u8]) -> JoinHandle<Result<Identity, TlsError>> {
     tokio::spawn(async move {
         let incoming = endpoint.accept().await.unwrap();
-        let (conn, peer) = net::accept(incoming, alpn).await?;
+        let (conn, peer) = domsync_net::accept(incoming, alpn).await?;
         let (mut send, mut recv) = conn.accept_bi().await.unwrap();
         assert_eq!(recv.read_to_end(64).await.unwrap(), b"ping");
         send.write_all(b"pong").await.unwrap();
@@ -103,7 +103,7 @@ async fn nodes_connect_and_see_each_others_identity() {
     let a = creds(dir.path(), PeerRole::Node, "a");
     assert_eq!(a.identity, id(PeerRole::Node, "a"));
     let b = id(PeerRole::Node, "b");
-    let config = net::client_config_for(&a, ALPN_REPL, Some(&b)).unwrap();
+    let config = domsync_net::client_config_for(&a, ALPN_REPL, Some(&b)).unwrap();
     let client = client_endpoint();
     let conn = timeout(
         GUARD,
@@ -112,8 +112,11 @@ async fn nodes_connect_and_see_each_others_identity() {
     .await
     .unwrap()
     .unwrap();
-    assert_eq!(net::peer_identity(&conn).unwrap(), b);
-    assert_eq!(net::negotiated_alpn(&conn).as_deref(), Some(ALPN_REPL));
+    assert_eq!(domsync_net::peer_identity(&conn).unwrap(), b);
+    assert_eq!(
+        domsync_net::negotiated_alpn(&conn).as_deref(),
+        Some(ALPN_REPL)
+    );
     assert_eq!(timeout(GUARD, ping(&conn)).await.unwrap().unwrap(), b"pong");
     conn.close(0u32.into(), b"done");
 
@@ -131,7 +134,7 @@ async fn gateway_may_read_but_not_replicate() {
     let (endpoint, addr) = server(&creds(dir.path(), PeerRole::Node, "a"));
     let task = serve_one(endpoint, ALPN_REPL);
     let client = client_endpoint();
-    let config = net::client_config(&g, ALPN_REPL).unwrap();
+    let config = domsync_net::client_config(&g, ALPN_REPL).unwrap();
     let conn = timeout(
         GUARD,
         client.connect_with(config, addr, SERVER_NAME).unwrap(),
@@ -173,7 +176,7 @@ async fn gateway_may_read_but_not_replicate() {
     // Accepted on the gateway protocol.
     let (endpoint, addr) = server(&creds(dir.path(), PeerRole::Node, "a"));
     let task = serve_one(endpoint, ALPN_GATEWAY);
-    let config = net::client_config(&g, ALPN_GATEWAY).unwrap();
+    let config = domsync_net::client_config(&g, ALPN_GATEWAY).unwrap();
     let conn = timeout(
         GUARD,
         client.connect_with(config, addr, SERVER_NAME).unwrap(),
@@ -195,7 +198,7 @@ async fn admin_may_not_use_the_gateway_protocol() {
     let (endpoint, addr) = server(&creds(dir.path(), PeerRole::Node, "a"));
     let task = serve_one(endpoint, ALPN_GATEWAY);
     let admin = creds(dir.path(), PeerRole::Admin, "ops");
-    let config = net::client_config(&admin, ALPN_GATEWAY).unwrap();
+    let config = domsync_net::client_config(&admin, ALPN_GATEWAY).unwrap();
     let client = client_endpoint();
     let conn = timeout(
         GUARD,
@@ -247,7 +250,7 @@ async fn client_from_another_ca_is_refused_in_the_handshake() {
     let (endpoint, addr) = server(&creds(dir.path(), PeerRole::Node, "b"));
     let task = serve_one(endpoint, ALPN_REPL);
 
-    let config = net::client_config(&foreign_creds(foreign.path()), ALPN_REPL).unwrap();
+    let config = domsync_net::client_config(&foreign_creds(foreign.path()), ALPN_REPL).unwrap();
     let client = client_endpoint();
     // The client may complete its side of the handshake before the server checks its
     // certificate: the refusal shows at the latest on the first stream operation.
@@ -272,7 +275,8 @@ async fn server_from_another_ca_is_refused_in_the_handshake() {
     let (endpoint, addr) = server(&foreign_creds(foreign.path()));
     let task = serve_one(endpoint, ALPN_REPL);
 
-    let config = net::client_config(&creds(dir.path(), PeerRole::Node, "a"), ALPN_REPL).unwrap();
+    let config =
+        domsync_net::client_config(&creds(dir.path(), PeerRole::Node, "a"), ALPN_REPL).unwrap();
     let client = client_endpoint();
     let err = timeout(
         GUARD,
@@ -294,7 +298,7 @@ async fn client_expecting_another_node_refuses_the_server() {
 
     let a = creds(dir.path(), PeerRole::Node, "a");
     let c = id(PeerRole::Node, "c");
-    let config = net::client_config_for(&a, ALPN_REPL, Some(&c)).unwrap();
+    let config = domsync_net::client_config_for(&a, ALPN_REPL, Some(&c)).unwrap();
     let client = client_endpoint();
     let err = timeout(
         GUARD,
@@ -347,8 +351,12 @@ async fn client_without_certificate_is_never_authorized() {
 fn only_nodes_serve_and_credentials_are_checked_when_loaded() {
     let dir = make_pki();
     let g = creds(dir.path(), PeerRole::Gateway, "g");
-    let err =
-        net::server_config(&g, &[ALPN_GATEWAY], Arc::new(net::transport_config())).unwrap_err();
+    let err = domsync_net::server_config(
+        &g,
+        &[ALPN_GATEWAY],
+        Arc::new(domsync_net::transport_config()),
+    )
+    .unwrap_err();
     assert!(matches!(err, TlsError::NotANode { .. }), "{err}");
     assert!(!format!("{g:?}").contains("PRIVATE"));
 

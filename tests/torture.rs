@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 mod common;
 mod torture_support;
 
-use domsync::admin::{Answer, NodeStatus};
-use domsync::model::Role;
+use domsync_proto::admin::{Answer, NodeStatus};
+use domsync_proto::model::Role;
 use torture_support::{
     check_acked, first_install, lock, pause, promote, Fault, Ledger, Netns, Proxies, Reader, Rig,
     Rng, Settings, Shared, Topology, Writer, CONVERGE, NODES, ONE_AT_A_TIME,

@@ -7,7 +7,7 @@
 
 #![no_main]
 
-use domsync::codec::{chain_next, decode_record, encode_record, FORMAT_VERSION};
+use domsync_proto::codec::{chain_next, decode_record, encode_record, FORMAT_VERSION};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use domsync::daemon::{Config, Daemon, DEFAULT_PATH};
-use domsync::net::{pki, PeerRole};
+use domsync_daemon::{Config, Daemon, DEFAULT_PATH};
+use domsync_net::{pki, PeerRole};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -90,7 +90,7 @@ async fn serve(path: PathBuf, config: Config) -> Result<(), Box<dyn std::error::
     let mut hup = signal(SignalKind::hangup())?;
     let daemon = Daemon::start(config).await?;
     if let Some(addr) = daemon.config().node.metrics {
-        domsync::daemon::metrics::serve(addr, Arc::clone(&daemon))
+        domsync_daemon::metrics::serve(addr, Arc::clone(&daemon))
             .await
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}; change node.metrics"))?;
     }
@@ -217,7 +217,7 @@ fn notify_to(socket: &Path, states: &[NotifyState<'_>]) -> std::io::Result<()> {
 fn dev_instance() -> Result<(PathBuf, Config), Box<dyn std::error::Error>> {
     let root = std::env::temp_dir().join("domsync-dev");
     let pki_dir = root.join("pki");
-    if !pki_dir.join(pki::CA_CERT_FILE).exists() {
+    if !pki_dir.join(domsync_net::CA_CERT_FILE).exists() {
         std::fs::create_dir_all(&pki_dir)?;
         pki::init_ca(&pki_dir)?;
         for (role, id) in [

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use domsync::model::NodeId;
-use domsync::net::{pki, Credentials, Identity, PeerRole, TlsFiles};
+use domsync_net::{pki, Credentials, Identity, PeerRole, TlsFiles};
+use domsync_proto::model::NodeId;
 
 /// Hang guard only: every wait polls a condition up to a deadline this far away.
 pub const GUARD: Duration = Duration::from_secs(60);

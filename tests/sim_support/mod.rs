@@ -15,11 +15,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use domsync::model::{Lsn, NodeId, Op};
-use domsync::repl::{Backoff, LocalView, Message, ShipConfig, SnapshotHeader, StandbyView};
-use domsync::store::{
-    Domain, DomainStatus, ResyncTarget, SnapshotItem, Store, StoreError, StoreOptions,
-};
+use domsync_proto::model::{Lsn, NodeId, Op, SnapshotItem};
+use domsync_proto::repl::{Backoff, LocalView, Message, ShipConfig, SnapshotHeader, StandbyView};
+use domsync_store::{Domain, DomainStatus, ResyncTarget, Store, StoreError, StoreOptions};
 
 /// Simulated time per step.
 pub const DT: Duration = Duration::from_millis(10);

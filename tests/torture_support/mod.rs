@@ -13,15 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domsync::admin::protocol::{
-    read_message, write_message, DomainReport, PlacementState, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES,
-};
-use domsync::admin::{AdminError, Answer, NodeStatus, Request};
-use domsync::gateway::{Client, ClientConfig, Origin};
-use domsync::model::{DomainId, Op, Position, Role, Version};
-use domsync::net::PeerRole;
-use domsync::repl::SyncStatus;
-use domsync::store::{Store, StoreOptions};
+use domsync_client::gateway::{Client, ClientConfig, Origin};
+use domsync_net::PeerRole;
+use domsync_net::{read_message, write_message};
+use domsync_proto::admin::{AdminError, Answer, NodeStatus, Request};
+use domsync_proto::admin::{DomainReport, PlacementState, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
+use domsync_proto::model::{DomainId, Op, Position, Role, Version};
+use domsync_proto::repl::SyncStatus;
+use domsync_store::{Store, StoreOptions};
 
 use crate::common::{self, Daemon, NodeConfig, GATEWAY};
 

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use domsync::model::{Crl, DomainId, Lsn, NodeId, Op, Position};
-use domsync::store::{Domain, Store, StoreOptions};
+use domsync_proto::model::{Crl, DomainId, Lsn, NodeId, Op, Position};
+use domsync_store::{Domain, Store, StoreOptions};
 
 use crate::Command;
 

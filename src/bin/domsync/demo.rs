@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use domsync::model::{Lsn, NodeId};
-use domsync::store::{Store, StoreOptions};
+use domsync_proto::model::{Lsn, NodeId};
+use domsync_store::{Store, StoreOptions};
 
 use crate::commands::{describe_crl, describe_ops, hex};
 

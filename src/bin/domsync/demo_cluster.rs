@@ -9,12 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use domsync::admin::server::status;
-use domsync::daemon::{Config, Daemon, Placement};
-use domsync::gateway::{Client, ClientConfig};
-use domsync::model::{DomainId, NodeId, Op, Role};
-use domsync::net::{pki, Identity, PeerRole, TlsFiles};
-use domsync::repl::SyncStatus;
+use domsync_client::gateway::{Client, ClientConfig};
+use domsync_daemon::{Config, Daemon, Placement};
+use domsync_net::{pki, Identity, PeerRole, TlsFiles};
+use domsync_proto::model::{DomainId, NodeId, Op, Role};
+use domsync_proto::repl::SyncStatus;
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -84,7 +83,7 @@ fn table(title: &str, daemons: &[&Arc<Daemon>]) {
         "{:<10} {:<8} {:<8} {:<10} {:>5}  sync",
         "domain", "node", "role", "epoch", "lsn"
     );
-    let reports: Vec<_> = daemons.iter().map(|d| status(d)).collect();
+    let reports: Vec<_> = daemons.iter().map(|d| d.status()).collect();
     for d in DOMAINS {
         for r in &reports {
             let Some(rep) = r.domains.iter().find(|x| x.domain.as_str() == d) else {
@@ -314,7 +313,7 @@ async fn cluster(dir: &Path) -> DemoResult<()> {
             .filter(|r| *r != target.node().id())
             .cloned()
             .collect();
-        let mut active_config = domsync::node::ActiveConfig::new(dc.durability, others);
+        let mut active_config = domsync_node::ActiveConfig::new(dc.durability, others);
         active_config.retention_bytes = dc.retention_bytes;
         let p = target
             .node()

@@ -9,9 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use domsync::gateway::{Client, ClientConfig, CrlCopy, Error, Origin, Package, Served, Update};
-use domsync::model::{DomainId, NodeId};
-use domsync::net::{Identity, PeerRole, TlsFiles};
+use domsync_client::gateway::{Client, ClientConfig, CrlCopy, Error, Origin, Package, Update};
+use domsync_net::{Identity, PeerRole, TlsFiles};
+use domsync_proto::gateway::Served;
+use domsync_proto::model::{DomainId, NodeId};
 use sha2::{Digest as _, Sha256};
 
 type Res = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -88,14 +89,8 @@ pub struct Opts {
 }
 
 /// Parses `ID=ADDRESS` of `--node`.
-pub(crate) fn parse_node(text: &str) -> Result<(NodeId, SocketAddr), Box<dyn std::error::Error>> {
-    let (id, addr) = text.split_once('=').ok_or_else(|| {
-        format!("--node {text:?}: expected ID=ADDRESS, for example a=10.0.0.1:7400")
-    })?;
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|e| format!("--node {text:?}: bad address {addr:?} ({e}); use IP:PORT"))?;
-    Ok((NodeId::new(id)?, addr))
+fn parse_node(text: &str) -> Result<(NodeId, SocketAddr), Box<dyn std::error::Error>> {
+    Ok(domsync_client::gateway::parse_node(text)?)
 }
 
 fn client(opts: &Opts) -> Result<Client, Box<dyn std::error::Error>> {

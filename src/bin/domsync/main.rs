@@ -2,7 +2,6 @@
 //! daemon mode talks to a running `domsyncd` (see [`admin`]).
 
 mod admin;
-mod bench;
 mod commands;
 mod demo;
 mod demo_cluster;
@@ -123,9 +122,6 @@ enum TopCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Generate load and measure: write, read, lag, watch, resync, failover, switchover;
-    /// against an embedded cluster (default) or a running one (--socket/--remote, --node).
-    Bench(bench::BenchArgs),
 }
 
 /// `domsync domain ...`.
@@ -226,7 +222,6 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         TopCommand::Plan { json } => admin::plan(&target, json),
         TopCommand::Rebalance { dry_run } => admin::rebalance(&target, &cert, dry_run),
-        TopCommand::Bench(args) => bench::run(args, daemon),
         TopCommand::Domain(DomainTop::Local(cmd)) => match daemon {
             Some(_) => Err(
                 "domain create|list work locally on --data; drop --socket/--remote (a daemon takes domains with `domain add`)".into(),
@@ -244,7 +239,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             (Some(t), Command::Kv(commands::KvCmd::Del { domain, key })) => admin::write(
                 &t,
                 &domain,
-                vec![domsync::model::Op::Delete {
+                vec![domsync_proto::model::Op::Delete {
                     key: key.into_bytes(),
                 }],
                 &admin::WriteKind::Delete,
@@ -252,7 +247,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             (Some(t), Command::Policy(commands::PolicyCmd::Install { domain, name, file })) => {
                 let content = std::fs::read(&file)
                     .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-                let ops = vec![domsync::model::Op::InstallPolicy {
+                let ops = vec![domsync_proto::model::Op::InstallPolicy {
                     name: name.clone(),
                     content,
                 }];

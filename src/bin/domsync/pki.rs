@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
-use domsync::net::{pki, PeerRole};
+use domsync_net::{pki, PeerRole};
 
 type Res = Result<ExitCode, Box<dyn std::error::Error>>;
 

@@ -1,0 +1,173 @@
+//! The admin client: one connection to a running `domsyncd`, over its local Unix socket or
+//! over QUIC (`domsync-admin/1`) with an admin certificate, carrying the requests of
+//! [`domsync_proto::admin`]. Used by the `domsync` command and the load generator.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), String> {
+//! use domsync_client::admin::{Session, Target};
+//! use domsync_proto::admin::{Answer, Request};
+//!
+//! let target = Target::Socket("/run/domsync/admin.sock".into());
+//! let mut session = Session::open(&target).await?;
+//! if let Answer::Status(status) = session.call(&Request::Status).await? {
+//!     println!("{} domains on {}", status.domains.len(), status.node);
+//! }
+//! session.close().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use domsync_net::{read_message, write_message, Identity, PeerRole, TlsFiles, ALPN_ADMIN};
+use domsync_proto::admin::{Answer, Request, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
+
+/// How long connecting to a daemon may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the daemon is.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Its admin socket.
+    Socket(PathBuf),
+    /// Its QUIC address, with this admin certificate.
+    Remote {
+        /// The node's QUIC address.
+        addr: SocketAddr,
+        /// Directory holding `ca.pem` and `admin-<id>.pem`/`.key`.
+        pki: PathBuf,
+        /// The admin's id (certificate `domsync://admin/<id>`).
+        id: String,
+    },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Socket(p) => write!(f, "admin socket {}", p.display()),
+            Target::Remote { addr, .. } => write!(f, "remote admin {addr}"),
+        }
+    }
+}
+
+enum Conn {
+    Unix(tokio::net::UnixStream),
+    Quic {
+        endpoint: quinn::Endpoint,
+        conn: quinn::Connection,
+    },
+}
+
+/// One connection to a daemon.
+pub struct Session {
+    target: Target,
+    conn: Conn,
+}
+
+impl Session {
+    /// Connects to the daemon at `target` (one Unix socket connection or one QUIC connection).
+    ///
+    /// # Errors
+    /// One line saying why the daemon cannot be reached and what to check.
+    pub async fn open(target: &Target) -> Result<Session, String> {
+        let conn = match target {
+            Target::Socket(path) => {
+                let s = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tokio::net::UnixStream::connect(path),
+                )
+                .await
+                .map_err(|_| format!("cannot reach domsyncd at {target}: no answer in time"))?
+                .map_err(|e| {
+                    format!("cannot reach domsyncd at {target}: {e}; is domsyncd running, and are you its service user or root? (--socket or DOMSYNC_SOCKET names another socket)")
+                })?;
+                Conn::Unix(s)
+            }
+            Target::Remote { addr, pki, id } => {
+                let me = Identity::new(PeerRole::Admin, id).map_err(|e| e.to_string())?;
+                let creds = TlsFiles::in_dir(pki, &me)
+                    .load()
+                    .map_err(|e| e.to_string())?;
+                let client = domsync_net::client_config_for(&creds, ALPN_ADMIN, None)
+                    .map_err(|e| e.to_string())?;
+                let bind: SocketAddr = if addr.is_ipv4() {
+                    SocketAddr::from(([0, 0, 0, 0], 0))
+                } else {
+                    SocketAddr::from(([0u16; 8], 0))
+                };
+                let endpoint = quinn::Endpoint::client(bind)
+                    .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+                let connecting = endpoint
+                    .connect_with(client, *addr, domsync_net::SERVER_NAME)
+                    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+                let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| format!("cannot reach domsyncd at {target}: no answer in time"))?
+                    .map_err(|e| format!("cannot reach domsyncd at {target}: {e}"))?;
+                Conn::Quic { endpoint, conn }
+            }
+        };
+        Ok(Session {
+            target: target.clone(),
+            conn,
+        })
+    }
+
+    /// Sends one request and reads its answer (`Answer::Error` included).
+    ///
+    /// # Errors
+    /// When the connection fails or closes without an answer.
+    pub async fn call(&mut self, req: &Request) -> Result<Answer, String> {
+        let target = &self.target;
+        let fail = |e: &dyn std::fmt::Display| format!("{target}: {e}");
+        let answer = match &mut self.conn {
+            Conn::Unix(s) => {
+                let sent = write_message(s, req, MAX_REQUEST_BYTES).await;
+                // A refused client finds the refusal waiting even when its request bounced.
+                let read = read_message::<_, Answer>(s, MAX_ANSWER_BYTES).await;
+                match (sent, read) {
+                    (_, Ok(Some(answer))) => Some(answer),
+                    (Err(e), _) => return Err(fail(&e)),
+                    (Ok(()), r) => r.map_err(|e| fail(&e))?,
+                }
+            }
+            Conn::Quic { conn, .. } => {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| refusal(target, e))?;
+                write_message(&mut send, req, MAX_REQUEST_BYTES)
+                    .await
+                    .map_err(|e| match conn.close_reason() {
+                        Some(r) => refusal(target, r),
+                        None => fail(&e),
+                    })?;
+                let _ = send.finish();
+                read_message::<_, Answer>(&mut recv, MAX_ANSWER_BYTES)
+                    .await
+                    .map_err(|e| match conn.close_reason() {
+                        Some(r) => refusal(target, r),
+                        None => fail(&e),
+                    })?
+            }
+        };
+        answer.ok_or_else(|| format!("{target} closed the connection without an answer"))
+    }
+
+    /// Closes the connection (QUIC: waits briefly for the close to be sent).
+    pub async fn close(self) {
+        if let Conn::Quic { endpoint, conn } = self.conn {
+            conn.close(0u32.into(), b"done");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+    }
+}
+
+fn refusal(target: &Target, e: quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == domsync_net::CLOSE_REFUSED =>
+        {
+            format!("{target} refused: {}", String::from_utf8_lossy(&c.reason))
+        }
+        other => format!("{target}: {other}"),
+    }
+}
