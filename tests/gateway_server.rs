@@ -648,12 +648,10 @@ async fn assert_refused(conn: &quinn::Connection, reason: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_oversized_and_truncated_requests_get_typed_errors_and_others_are_served() {
-    let limits = GatewayLimits {
-        max_streams_per_connection: 2,
-        max_connections: 3,
-        request_timeout: Duration::from_millis(300),
-        ..GatewayLimits::default()
-    };
+    let mut limits = GatewayLimits::default();
+    limits.max_streams_per_connection = 2;
+    limits.max_connections = 3;
+    limits.request_timeout = Duration::from_millis(300);
     let c = cluster(limits).await;
     c.on_a["tenant-a"]
         .install_policy("edge", b"v1".to_vec())

@@ -59,7 +59,7 @@ pub struct Run {
     pub command: Option<String>,
     /// Resident memory (idle-memory comparison), MiB.
     pub rss_mib: f64,
-    /// The servers ran inside the generator's process (`domsync bench`'s embedded cluster), so
+    /// The servers ran inside the generator's process (`domsync-bench`'s embedded cluster), so
     /// the generator CPU includes them.
     pub embedded: bool,
 }

@@ -32,7 +32,7 @@ pub struct Args {
     /// The repository root (domsync binaries in target/release unless --bin-dir).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))]
     repo: PathBuf,
-    /// Directory holding the `domsync` and `domsyncd` binaries (default <repo>/target/release).
+    /// Directory holding the `domsync`, `domsyncd` and `domsync-bench` binaries (default <repo>/target/release).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     #[arg(long, default_value = "etcd")]
@@ -165,8 +165,9 @@ async fn run(args: Args) -> Result<()> {
     let bins = Bins {
         domsync: bin_dir.join("domsync"),
         domsyncd: bin_dir.join("domsyncd"),
+        bench: bin_dir.join("domsync-bench"),
     };
-    for b in [&bins.domsync, &bins.domsyncd] {
+    for b in [&bins.domsync, &bins.domsyncd, &bins.bench] {
         if !b.exists() {
             bail!(
                 "{} missing: build with `cargo build --release` or pass --bin-dir",
@@ -411,16 +412,16 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// `domsync bench ARGS`; a failure is recorded in the run (and printed), not fatal.
+/// `domsync-bench ARGS`; a failure is recorded in the run (and printed), not fatal.
 fn bench(ds: &Domsync, args: &[String]) -> (Run, serde_json::Value) {
     match ds.bench(args) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("  domsync bench failed: {e:#}");
+            eprintln!("  domsync-bench failed: {e:#}");
             let run = Run {
                 errors: 1,
-                notes: vec![format!("domsync bench failed: {e:#}")],
-                command: Some(format!("domsync bench {}", args.join(" "))),
+                notes: vec![format!("domsync-bench failed: {e:#}")],
+                command: Some(format!("domsync-bench {}", args.join(" "))),
                 ..Run::default()
             };
             (run, serde_json::Value::Null)

@@ -563,7 +563,7 @@ impl Report {
             args.lag_rates(),
             args.resync_size()
         );
-        m.push_str("domsync side (`domsync bench`, one process per point; `$TMP` is the run's temporary directory):\n\n```sh\n");
+        m.push_str("domsync side (`domsync-bench`, one process per point; `$TMP` is the run's temporary directory):\n\n```sh\n");
         for e in &self.entries {
             if let Some(c) = &e.run.command {
                 let c = self.scrub(c);

@@ -1,5 +1,5 @@
 //! Starting the three systems on 127.0.0.1 in temporary directories, and the etcd and Redis
-//! workloads (the domsync workloads are `domsync bench`).
+//! workloads (the domsync workloads are `domsync-bench`).
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -50,7 +50,7 @@ impl LagBook {
     fn seen_count(&self) -> u64 {
         self.seen.lock().unwrap().len() as u64
     }
-    /// Lags from the acknowledgement (as `domsync bench lag` measures: from the write's return
+    /// Lags from the acknowledgement (as `domsync-bench lag` measures: from the write's return
     /// to visible on the standby; 0 when the replica saw it before the writer heard back) and
     /// from the send.
     fn lags(&self) -> (Vec<u64>, Vec<u64>) {
@@ -513,6 +513,7 @@ pub async fn redis_lag(
 pub struct Bins {
     pub domsync: PathBuf,
     pub domsyncd: PathBuf,
+    pub bench: PathBuf,
 }
 
 pub struct Domsync {
@@ -701,7 +702,7 @@ impl Domsync {
         .await
     }
 
-    /// Target flags of `domsync bench` for admin writes to node `node` over remote admin.
+    /// Target flags of `domsync-bench` for admin writes to node `node` over remote admin.
     pub fn remote_admin(&self, node: usize) -> Vec<String> {
         vec![
             "--remote".into(),
@@ -713,7 +714,7 @@ impl Domsync {
         ]
     }
 
-    /// Target flags of `domsync bench` for gateway reads from node `node`.
+    /// Target flags of `domsync-bench` for gateway reads from node `node`.
     pub fn gateway(&self, node: usize) -> Vec<String> {
         vec![
             "--node".into(),
@@ -725,13 +726,12 @@ impl Domsync {
         ]
     }
 
-    /// Runs `domsync bench ARGS --json` and reads its result.
+    /// Runs `domsync-bench ARGS --json` and reads its result.
     pub fn bench(&self, args: &[String]) -> Result<(Run, serde_json::Value)> {
         let cpu = CpuWindow::start(&self.procs());
-        let mut cmd = Command::new(&self.bins.domsync);
-        cmd.arg("bench").args(args).arg("--json");
-        let line = std::iter::once(self.bins.domsync.display().to_string())
-            .chain(std::iter::once("bench".to_owned()))
+        let mut cmd = Command::new(&self.bins.bench);
+        cmd.args(args).arg("--json");
+        let line = std::iter::once(self.bins.bench.display().to_string())
             .chain(args.iter().cloned())
             .chain(std::iter::once("--json".to_owned()))
             .collect::<Vec<_>>()

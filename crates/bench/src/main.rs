@@ -99,7 +99,7 @@ pub enum RoleArg {
     Standby,
 }
 
-/// `domsync bench <scenario> [options]`.
+/// `domsync-bench <scenario> [options]`.
 ///
 /// Without --socket, --remote or --node it starts an embedded cluster in this process (an
 /// active and two standbys on loopback, in a temporary directory). With them it loads a
@@ -265,7 +265,7 @@ impl Ctx {
     pub async fn embedded(&self, o: &EmbeddedOptions) -> BenchResult<Embedded> {
         if !self.args.json {
             eprintln!(
-                "domsync bench: starting an embedded cluster of {} node{} (durability {})",
+                "domsync-bench: starting an embedded cluster of {} node{} (durability {})",
                 o.nodes,
                 if o.nodes == 1 { "" } else { "s" },
                 durability_name(o.durability)

@@ -160,7 +160,7 @@ pub async fn resync(ctx: &Ctx) -> BenchResult<Outcome> {
     let count = total.div_ceil(chunk);
     if !ctx.args.json {
         eprintln!(
-            "domsync bench: filling the active with {count} values of {chunk} bytes ({:.1} MiB)",
+            "domsync-bench: filling the active with {count} values of {chunk} bytes ({:.1} MiB)",
             (count * chunk) as f64 / f64::from(1u32 << 20)
         );
     }
@@ -190,7 +190,7 @@ pub async fn resync(ctx: &Ctx) -> BenchResult<Outcome> {
     let file_bytes = std::fs::metadata(&file)?.len();
     let target = cluster.position(a).ok_or("no position")?.lsn;
     if !ctx.args.json {
-        eprintln!("domsync bench: filled; starting the empty standby");
+        eprintln!("domsync-bench: filled; starting the empty standby");
     }
     let cpu = CpuMeter::start();
     let started = Instant::now();

@@ -89,7 +89,7 @@ pub async fn failover(ctx: &Ctx) -> BenchResult<Outcome> {
     let mut o = Outcome::default();
     if !ctx.args.json {
         eprintln!(
-            "domsync bench: {} failover runs, each on a fresh embedded cluster of {} nodes",
+            "domsync-bench: {} failover runs, each on a fresh embedded cluster of {} nodes",
             ctx.args.runs,
             ctx.nodes()
         );

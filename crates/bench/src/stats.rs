@@ -1,4 +1,4 @@
-//! Measurement helpers of `domsync bench`: a log-linear latency histogram (HDR-style, about
+//! Measurement helpers of `domsync-bench`: a log-linear latency histogram (HDR-style, about
 //! 0.8 % relative precision, mergeable, no allocation per sample), the error tally, the
 //! generator's own CPU use (getrusage) and the once-a-second progress line on stderr.
 

@@ -1,4 +1,4 @@
-//! What `domsync bench` loads: an embedded cluster it starts itself (daemons in this process,
+//! What `domsync-bench` loads: an embedded cluster it starts itself (daemons in this process,
 //! on loopback, in a temporary directory, like `domsync demo`), or a running cluster named by
 //! the admin options (`--socket` / `--remote`) and the gateway options (`--node`, `--pki`,
 //! `--gateway-id`).

@@ -50,6 +50,7 @@ pub const ADDED_DOMAINS_FILE: &str = "admin-domains.toml";
 
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// This node.
     pub node: NodeSection,
@@ -67,6 +68,7 @@ pub struct Config {
 
 /// `[node]`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct NodeSection {
     /// This node's id; must match the node certificate.
     pub id: NodeId,
@@ -87,6 +89,7 @@ pub struct NodeSection {
 
 /// `[tls]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsSection {
     /// The deployment CA (PEM).
     pub ca: PathBuf,
@@ -98,6 +101,7 @@ pub struct TlsSection {
 
 /// One `[[domains]]` entry.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct DomainConfig {
     /// The domain.
     pub name: DomainId,
@@ -125,6 +129,7 @@ impl DomainConfig {
 
 /// `[limits]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Gateway connections at once.
     pub gateway_connections: usize,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::config::{added_domains_toml, Config, ConfigError, DomainConfig};
 use domsync_net::{PeerRole, TlsFiles};
-use domsync_node::{ActiveConfig, GatewayLimits, Node, NodeConfig, NodeError};
+use domsync_node::{ActiveConfig, Node, NodeConfig, NodeError};
 use domsync_proto::admin::{AdminError, DomainSpec};
 use domsync_proto::model::{DomainId, NodeId, Role};
 use domsync_proto::repl::SyncStatus;
@@ -137,12 +137,9 @@ impl Daemon {
             NodeConfig::new(config.node.listen, credentials, config.peers.clone());
         node_config.guard_window = config.limits.guard_window;
         node_config.gateway_listen = config.node.gateway_listen;
-        node_config.gateway = GatewayLimits {
-            max_connections: config.limits.gateway_connections,
-            max_streams_per_connection: config.limits.gateway_streams,
-            max_request_bytes: config.limits.gateway_request_bytes,
-            ..GatewayLimits::default()
-        };
+        node_config.gateway.max_connections = config.limits.gateway_connections;
+        node_config.gateway.max_streams_per_connection = config.limits.gateway_streams;
+        node_config.gateway.max_request_bytes = config.limits.gateway_request_bytes;
         let node = Node::start(node_config)?;
         let daemon = Arc::new(Daemon {
             config: Mutex::new(config.clone()),

@@ -23,6 +23,7 @@ use domsync_store::{Domain, StoreError};
 
 /// How a domain is served as active.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ActiveConfig {
     /// When writes are acknowledged.
     pub durability: Durability,

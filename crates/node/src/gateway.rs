@@ -32,6 +32,7 @@ use domsync_store::{Domain, StoreError};
 
 /// Limits of the gateway service; beyond them requests are refused with a clear error.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GatewayLimits {
     /// Gateway connections open at once; more are closed with a reason.
     pub max_connections: usize,

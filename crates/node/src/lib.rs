@@ -48,6 +48,7 @@ use domsync_proto::repl::{Backoff, ShipConfig};
 
 /// Settings of a [`Node`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NodeConfig {
     /// UDP address to listen on: replication, remote admin, and gateways unless
     /// `gateway_listen` is set.

@@ -339,10 +339,51 @@ impl Domain {
         }])
     }
 
+    #[cfg(feature = "replica")]
     /// Applies one encoded record shipped from the active (standby only). Accepted only when
     /// its lsn is the next one, its CRC holds, it was written on this replica's chain and its
     /// epoch is not older; it is then applied atomically with the new position. Anything else
     /// is refused and leaves the store untouched.
+    ///
+    /// Only with the feature `replica`, which the node enables: an embedder applying records
+    /// by hand would bypass the role protocol's guards.
+    ///
+    /// ```
+    /// use domsync_proto::model::{Lsn, NodeId, Op};
+    /// use domsync_store::{Store, StoreError, StoreOptions};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let a = Store::open(dir.path().join("a"), StoreOptions::new(NodeId::new("a")?))?;
+    /// let b = Store::open(dir.path().join("b"), StoreOptions::new(NodeId::new("b")?))?;
+    ///
+    /// // The primary creates the domain: active in epoch (1, a), with a fresh uid.
+    /// let tenant = "tenant-1".parse()?;
+    /// let active = a.create_domain(&tenant)?;
+    /// let standby = b.join_domain(&tenant)?;
+    ///
+    /// // Writes are durable (fsynced) when they return; each is one record with its own lsn.
+    /// active.put("ntp/server", "10.0.0.1")?;
+    /// active.write(vec![
+    ///     Op::Put { key: b"log/level".to_vec(), value: b"info".to_vec() },
+    ///     Op::InstallPolicy { name: "edge".into(), content: b"allow 443".to_vec() },
+    /// ])?;
+    ///
+    /// // The standby is read-only and applies the active's records in order.
+    /// assert!(matches!(standby.put("x", "y"), Err(StoreError::NotActive { .. })));
+    /// for entry in active.read_log(Lsn(1), 100, 1 << 20)? {
+    ///     standby.apply(&entry.bytes)?;
+    /// }
+    ///
+    /// // Every read reports the position it was served at; same lsn, same content digest.
+    /// let read = standby.policy("edge")?;
+    /// assert_eq!(read.value.map(|p| p.info.version), Some(2));
+    /// assert_eq!(read.position, active.status()?.position);
+    /// assert_eq!(standby.status()?.digest, active.status()?.digest);
+    /// assert!(standby.verify()?.is_clean());
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`StoreError::NotStandby`], [`StoreError::CorruptRecord`], [`StoreError::OutOfOrder`],
@@ -352,6 +393,7 @@ impl Domain {
             .map(|c| c.position)
     }
 
+    #[cfg(feature = "replica")]
     /// [`Domain::apply`] for async callers.
     ///
     /// # Errors
@@ -362,6 +404,7 @@ impl Domain {
             .map(|c| c.position)
     }
 
+    #[cfg(feature = "replica")]
     /// Applies a batch of records in order in one durable commit (shared with whatever else is
     /// queued). Returns the position after the last one. Stops at the first refusal: the
     /// records before it are applied and committed, the refused one and those after are not.
@@ -377,6 +420,7 @@ impl Domain {
             .map(|c| c.position)
     }
 
+    #[cfg(feature = "replica")]
     /// [`Domain::apply_batch_async`] for records shipped by node `from` on a stream it
     /// accepted when this replica's highest epoch was `since` (the epoch its `Follow`
     /// carried): refused with [`StoreError::Fenced`] once an epoch above `since` is recorded
@@ -404,6 +448,7 @@ impl Domain {
         .map(|c| c.position)
     }
 
+    #[cfg(feature = "replica")]
     /// [`Domain::apply_batch_from_async`] for synchronous callers.
     ///
     /// # Errors
@@ -424,6 +469,7 @@ impl Domain {
         .map(|c| c.position)
     }
 
+    #[cfg(feature = "replica")]
     /// Makes this standby replica active in a new epoch, above every epoch it has seen; the
     /// epoch and history entry are durable before this returns, so no write of the new epoch
     /// can exist without them. The checks that make promotion safe (synchronized, old active
@@ -437,6 +483,7 @@ impl Domain {
         Ok(self.status()?.epoch)
     }
 
+    #[cfg(feature = "replica")]
     /// Like [`Domain::promote`], in the epoch a switchover hands over (it must be this node's
     /// and above every epoch seen here).
     ///
@@ -464,6 +511,7 @@ impl Domain {
         Ok(fence.map_or(recorded.clone(), |f| f.max(recorded)))
     }
 
+    #[cfg(feature = "replica")]
     /// Fences this replica: `epoch` was seen elsewhere. If it is above the replica's own, no
     /// write is accepted or acknowledged from now on (writes in flight are refused), and the
     /// replica becomes standby, durably.
@@ -490,6 +538,7 @@ impl Domain {
         self.submit(Work::Demote(epoch.clone())).map(|_| ())
     }
 
+    #[cfg(feature = "replica")]
     /// Drops log records below `below` (never past the last record). Returns the new first
     /// retained lsn. The replication layer decides what can go.
     ///

@@ -18,8 +18,18 @@
 //! assert_eq!(read.position, pos);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Features
+//! - `replica`: what only the node may do with a replica: apply records shipped by the active
+//!   ([`Domain::apply`]), promote, fence (demote), truncate the log, resync. Without it an
+//!   embedder reads, and writes as the active, but cannot move a role around the guards of
+//!   the role protocol.
+//! - `testing`: a fault-injecting storage backend (`FaultPlan`) for tests, fuzzing and
+//!   torture (implies `replica`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
+// Without `replica`, the writer's apply/promote/fence paths are unreachable by design.
+#![cfg_attr(not(feature = "replica"), allow(dead_code, unused_imports))]
 
 mod apply;
 mod backend;
@@ -50,6 +60,7 @@ pub use error::StoreError;
 #[cfg(any(test, feature = "testing"))]
 pub use faults::{FaultKind, FaultPlan, FaultyBackend};
 pub use log::{ArchivedRecord, Fault, InspectedRecord, LogEntry, VerifyReport};
+#[cfg(feature = "replica")]
 pub use resync::{Resync, ResyncTarget};
 pub use snapshot::Snapshot;
 
@@ -63,6 +74,7 @@ use domsync_proto::model::{DomainId, DomainUid, NodeId};
 
 /// Settings of a [`Store`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StoreOptions {
     /// This node's id: the primary of the domains it creates.
     pub node: NodeId,

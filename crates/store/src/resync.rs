@@ -66,6 +66,7 @@ impl std::fmt::Debug for Resync {
 }
 
 impl Domain {
+    #[cfg(feature = "replica")]
     /// Starts building a snapshot at `target` aside (standby only). If `archive_after` is set,
     /// this replica's records after that lsn diverged from the active's history: they are
     /// moved to the collision archive of the new state, never dropped (invariant 5), including

@@ -94,6 +94,7 @@ const WATCH_RETRY: Duration = Duration::from_millis(500);
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// The domain read.
     pub domain: DomainId,
@@ -902,7 +903,10 @@ impl Client {
     async fn candidates(&self) -> Vec<usize> {
         let (due, any_up) = {
             let mut st = lock(&self.inner.state);
-            (st.selector.due_for_probe(Instant::now()), st.selector.any_up())
+            (
+                st.selector.due_for_probe(Instant::now()),
+                st.selector.any_up(),
+            )
         };
         self.spawn_probes(due);
         if !any_up {

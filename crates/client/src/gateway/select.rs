@@ -254,7 +254,10 @@ mod tests {
         let mut s = Selector::new(3, config());
         assert_eq!(s.due_for_probe(now), vec![0, 1, 2]);
         assert!(s.probing());
-        assert!(s.due_for_probe(now).is_empty(), "no second probe while one runs");
+        assert!(
+            s.due_for_probe(now).is_empty(),
+            "no second probe while one runs"
+        );
         s.probed(2, Some(ms(1)), now);
         assert_eq!(s.order(now), vec![2, 0, 1]);
         assert!(s.any_up());

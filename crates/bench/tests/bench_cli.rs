@@ -1,4 +1,4 @@
-//! `domsync bench`: every scenario, briefly, against the embedded cluster through the built
+//! `domsync-bench`: every scenario, briefly, against the embedded cluster through the built
 //! binary; the one JSON object it prints is parsed and checked for real outcomes.
 
 use std::process::{Command, Output};
@@ -6,24 +6,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn domsync(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_domsync"))
+fn run_bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_domsync-bench"))
         .args(args)
         .env_remove("DOMSYNC_SOCKET")
         .env_remove("DOMSYNC_REMOTE")
         .env_remove("DOMSYNC_NODE")
         .env("RUST_LOG", "error")
         .output()
-        .expect("run domsync")
+        .expect("run domsync-bench")
 }
 
-/// Runs `domsync bench <args> --json`, checks it succeeded and printed exactly one JSON
+/// Runs `domsync-bench <args> --json`, checks it succeeded and printed exactly one JSON
 /// object, and returns it.
 fn bench(args: &[&str]) -> Value {
-    let mut all = vec!["bench"];
+    let mut all = vec![];
     all.extend_from_slice(args);
     all.push("--json");
-    let out = domsync(&all);
+    let out = run_bench(&all);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -93,7 +93,7 @@ fn write_with_standby_durability() {
 
 #[test]
 fn write_counted_ops_on_one_node_as_a_table() {
-    let out = domsync(&["bench", "write", "--ops", "25", "--nodes", "1"]);
+    let out = run_bench(&["write", "--ops", "25", "--nodes", "1"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -159,8 +159,7 @@ fn failover_and_switchover() {
 #[test]
 fn unreachable_target_fails_fast_with_one_line() {
     let started = Instant::now();
-    let out = domsync(&[
-        "bench",
+    let out = run_bench(&[
         "write",
         "--socket",
         "/nonexistent/domsync-bench.sock",
@@ -173,7 +172,7 @@ fn unreachable_target_fails_fast_with_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("cannot reach domsyncd"), "{err}");
     // Embedded-only scenarios say so against a running cluster.
-    let out = domsync(&["bench", "failover", "--socket", "/nonexistent.sock"]);
+    let out = run_bench(&["failover", "--socket", "/nonexistent.sock"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("embedded cluster only"));
 }
