@@ -42,7 +42,7 @@ where
 pub fn wire(bytes: &[u8]) {
     use domsync_proto::{admin, gateway, repl};
     for frame in framings(bytes) {
-        round_trip::<repl::Message>(&frame, repl::message::MAX_MESSAGE_BYTES);
+        round_trip::<repl::Message>(&frame, repl::MAX_MESSAGE_BYTES);
         round_trip::<gateway::Request>(&frame, gateway::MAX_REQUEST_BYTES);
         round_trip::<gateway::Response>(&frame, gateway::MAX_RESPONSE_BYTES);
         round_trip::<admin::Request>(&frame, admin::MAX_REQUEST_BYTES);

@@ -23,7 +23,9 @@ use domsync_proto::admin::{
 use domsync_proto::codec::{self, FORMAT_VERSION};
 use domsync_proto::gateway::{self as gw, Query, Refusal, Request as GwRequest, Response};
 use domsync_proto::model::{DomainId, Op};
-use domsync_proto::repl::message::{self, Ack, Message};
+use domsync_proto::repl::decode_message;
+use domsync_proto::repl::encode_message;
+use domsync_proto::repl::{Ack, Message};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 
@@ -342,10 +344,10 @@ async fn repl_attacks(
     let conn = connect(endpoint, pki_dir, &x, ALPN_REPL, addr).await;
     let quiet = silent(
         connect(endpoint, pki_dir, &x, ALPN_REPL, addr).await,
-        message::MAX_MESSAGE_BYTES,
+        domsync_proto::repl::MAX_MESSAGE_BYTES,
         "repl silent",
     );
-    framing_attacks(&conn, message::MAX_MESSAGE_BYTES, rng, "repl").await;
+    framing_attacks(&conn, domsync_proto::repl::MAX_MESSAGE_BYTES, rng, "repl").await;
     // Valid messages in an order the protocol never uses: each must end the stream.
     let out_of_order = [
         Message::Ack(Ack::default()),
@@ -355,12 +357,12 @@ async fn repl_attacks(
         Message::ProbeAnswer(None),
     ];
     for m in out_of_order {
-        let frame = message::encode(&m).unwrap();
+        let frame = encode_message(&m).unwrap();
         let ended = hostile_stream(
             &conn,
             &frame,
             false,
-            message::MAX_MESSAGE_BYTES,
+            domsync_proto::repl::MAX_MESSAGE_BYTES,
             &format!("repl {m:?}"),
         )
         .await;
@@ -369,22 +371,22 @@ async fn repl_attacks(
         }
     }
     // A probe for a domain the node does not hold, then records on the same stream.
-    let mut bytes = message::encode(&Message::Probe {
+    let mut bytes = encode_message(&Message::Probe {
         domain: dom("nope"),
         epoch: None,
     })
     .unwrap();
-    bytes.extend(message::encode(&Message::Records(Vec::new())).unwrap());
+    bytes.extend(encode_message(&Message::Records(Vec::new())).unwrap());
     let ended = hostile_stream(
         &conn,
         &bytes,
         true,
-        message::MAX_MESSAGE_BYTES,
+        domsync_proto::repl::MAX_MESSAGE_BYTES,
         "repl probe",
     )
     .await;
     if let Ended::Finished(frames) = &ended {
-        let answers: Vec<Message> = frames.iter().map(|f| message::decode(f).unwrap()).collect();
+        let answers: Vec<Message> = frames.iter().map(|f| decode_message(f).unwrap()).collect();
         assert_eq!(answers, vec![Message::ProbeAnswer(None)], "repl probe");
     }
     conn.close(0u32.into(), b"done");
@@ -632,8 +634,8 @@ fn bad_peers_on_every_protocol_leave_normal_traffic_alone() {
         let ops = Identity::new(PeerRole::Admin, "ops").unwrap();
         let g = Identity::new(PeerRole::Gateway, GATEWAY).unwrap();
         let floods: [(&Identity, &[u8], usize); 3] = [
-            (&x, ALPN_REPL, message::MAX_MESSAGE_BYTES - 64),
-            (&x, ALPN_REPL, message::MAX_INBOUND_BYTES - 64),
+            (&x, ALPN_REPL, domsync_proto::repl::MAX_MESSAGE_BYTES - 64),
+            (&x, ALPN_REPL, domsync_proto::repl::MAX_INBOUND_BYTES - 64),
             (&g, ALPN_GATEWAY, gw::MAX_REQUEST_BYTES),
         ];
         let mut open = Vec::new();

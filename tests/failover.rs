@@ -8,8 +8,8 @@ use std::time::Duration;
 use domsync_net::{pki, Identity, PeerRole, TlsFiles};
 use domsync_node::{ActiveConfig, Node, NodeConfig, PromoteError};
 use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Op, Role};
-use domsync_proto::repl::promotion::Seer;
 use domsync_proto::repl::Durability;
+use domsync_proto::repl::Seer;
 use domsync_store::{open_file, BackendFactory, Domain, Store, StoreOptions};
 
 const GUARD: Duration = Duration::from_secs(60);

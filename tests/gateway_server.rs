@@ -541,7 +541,7 @@ async fn only_granted_gateways_read_and_only_gateways_connect() {
     assert_refused(&conn, "gateway certificate may not use domsync-repl/1").await;
     // Replication messages sent on the gateway protocol are not requests.
     let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
-    let follow = domsync_proto::repl::message::encode(&domsync_proto::repl::Message::Probe {
+    let follow = domsync_proto::repl::encode_message(&domsync_proto::repl::Message::Probe {
         domain: dom("tenant-a"),
         epoch: None,
     })
@@ -772,7 +772,7 @@ async fn gateway_reports_of_the_active_reach_the_promotion_guard() {
     let c = cluster(GatewayLimits::default()).await;
     let epoch = c.on_a["tenant-a"].status().unwrap().epoch;
     let conn = c.connect(PeerRole::Gateway, "g1", &c.b).await;
-    let heard = domsync_proto::repl::promotion::Heard {
+    let heard = domsync_proto::model::Heard {
         node: nid("a"),
         epoch: epoch.clone(),
         ago_ms: 100,

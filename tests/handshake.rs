@@ -1,7 +1,7 @@
 //! The active's answer to `Follow` (DESIGN.md §6 step 2), over the sans-IO `decide`.
 
 use domsync_proto::model::{DomainUid, Epoch, HistoryEntry, Lsn, NodeId, Position, Role};
-use domsync_proto::repl::message::SnapshotWhy;
+use domsync_proto::repl::SnapshotWhy;
 use domsync_proto::repl::{decide, Answer, Follow, LocalView, RejectReason};
 
 fn n(s: &str) -> NodeId {

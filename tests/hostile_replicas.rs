@@ -22,7 +22,7 @@ use std::time::Duration;
 use domsync_net::{pki, Identity, PeerRole, ALPN_REPL, CLOSE_REFUSED};
 use domsync_net::{read_frame, write_frame};
 use domsync_proto::model::{DomainId, Epoch, NodeId, Position};
-use domsync_proto::repl::message::{decode, encode, MAX_MESSAGE_BYTES};
+use domsync_proto::repl::{decode_message, encode_message, MAX_MESSAGE_BYTES};
 use domsync_proto::repl::{Answer, Durability, Follow, Message, RejectReason, TakeOver};
 
 mod common;
@@ -222,12 +222,12 @@ async fn dial(
 async fn ask(conn: &quinn::Connection, m: &Message) -> Result<Option<Message>, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_frame(&mut send, &encode(m).unwrap())
+        write_frame(&mut send, &encode_message(m).unwrap())
             .await
             .map_err(|e| e.to_string())?;
         drop(send.finish());
         match read_frame(&mut recv, MAX_MESSAGE_BYTES).await {
-            Ok(Some(frame)) => Ok(Some(decode(&frame).map_err(|e| e.to_string())?)),
+            Ok(Some(frame)) => Ok(Some(decode_message(&frame).map_err(|e| e.to_string())?)),
             Ok(None) => Ok(None),
             Err(e) => Err(e.to_string()),
         }

@@ -344,7 +344,7 @@ async fn retention_keeps_what_standbys_need_within_the_size_cap() {
 /// then, stream after stream, a corrupt record, a corrupt frame, and finally the true log.
 async fn fake_active(endpoint: quinn::Endpoint, source: Domain) {
     use domsync_net::{open_frame, read_frame, write_frame};
-    use domsync_proto::repl::message::{encode, MAX_MESSAGE_BYTES};
+    use domsync_proto::repl::{encode_message, MAX_MESSAGE_BYTES};
     use domsync_proto::repl::{Answer, Message, RecordBytes, SnapshotHeader};
 
     let incoming = endpoint.accept().await.unwrap();
@@ -376,13 +376,13 @@ async fn fake_active(endpoint: quinn::Endpoint, source: Domain) {
             empty.lsn = Lsn(0);
             empty.chain = 0;
             out.push(
-                encode(&Message::Answer(Answer::Snapshot {
-                    why: domsync_proto::repl::message::SnapshotWhy::NeverSynchronized,
+                encode_message(&Message::Answer(Answer::Snapshot {
+                    why: domsync_proto::repl::SnapshotWhy::NeverSynchronized,
                 }))
                 .unwrap(),
             );
             out.push(
-                encode(&Message::SnapshotBegin(SnapshotHeader {
+                encode_message(&Message::SnapshotBegin(SnapshotHeader {
                     uid: status.uid.unwrap(),
                     position: empty,
                     epoch: status.epoch.clone(),
@@ -391,10 +391,10 @@ async fn fake_active(endpoint: quinn::Endpoint, source: Domain) {
                 }))
                 .unwrap(),
             );
-            out.push(encode(&Message::SnapshotEnd { rows: 0 }).unwrap());
+            out.push(encode_message(&Message::SnapshotEnd { rows: 0 }).unwrap());
         } else {
             assert_eq!(follow.position.lsn, Lsn(0), "nothing corrupt was applied");
-            out.push(encode(&Message::Answer(Answer::Stream { from: Lsn(1) })).unwrap());
+            out.push(encode_message(&Message::Answer(Answer::Stream { from: Lsn(1) })).unwrap());
         }
         match round {
             0 => {
@@ -402,19 +402,20 @@ async fn fake_active(endpoint: quinn::Endpoint, source: Domain) {
                 let mut bad = records[0].clone();
                 let mid = bad.len() / 2;
                 bad[mid] ^= 0x40;
-                out.push(encode(&Message::Records(vec![RecordBytes(bad)])).unwrap());
+                out.push(encode_message(&Message::Records(vec![RecordBytes(bad)])).unwrap());
             }
             1 => {
                 // A frame damaged on the wire: its own CRC fails.
                 let mut frame =
-                    encode(&Message::Records(vec![RecordBytes(records[0].clone())])).unwrap();
+                    encode_message(&Message::Records(vec![RecordBytes(records[0].clone())]))
+                        .unwrap();
                 let mid = frame.len() / 2;
                 frame[mid] ^= 0x01;
                 out.push(frame);
             }
             _ => {
                 let all = records.iter().cloned().map(RecordBytes).collect();
-                out.push(encode(&Message::Records(all)).unwrap());
+                out.push(encode_message(&Message::Records(all)).unwrap());
             }
         }
         for f in out {
@@ -497,7 +498,7 @@ async fn raw_connection(
 /// The next message on a stream (hang-guarded).
 async fn next_message(recv: &mut quinn::RecvStream) -> domsync_proto::repl::Message {
     use domsync_net::{open_frame, read_frame};
-    use domsync_proto::repl::message::MAX_MESSAGE_BYTES;
+    use domsync_proto::repl::MAX_MESSAGE_BYTES;
     let frame = tokio::time::timeout(GUARD, read_frame(recv, MAX_MESSAGE_BYTES))
         .await
         .unwrap()
@@ -509,7 +510,7 @@ async fn next_message(recv: &mut quinn::RecvStream) -> domsync_proto::repl::Mess
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_domain_does_not_block_another_on_the_same_connection() {
     use domsync_net::write_frame;
-    use domsync_proto::repl::message::encode;
+    use domsync_proto::repl::encode_message;
     use domsync_proto::repl::{Follow, Message};
 
     let dir = tempfile::tempdir().unwrap();
@@ -535,7 +536,7 @@ async fn a_stalled_domain_does_not_block_another_on_the_same_connection() {
     // A standby on one connection that follows both domains and never reads the big one.
     let (_endpoint, conn) = raw_connection(&pki_dir, "b", a.node.local_addr().unwrap()).await;
     let follow = |domain: DomainId| {
-        encode(&Message::Follow(Follow {
+        encode_message(&Message::Follow(Follow {
             domain,
             uid: None,
             position: domsync_proto::model::Position::empty(nid("b")),

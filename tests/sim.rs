@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use domsync_proto::model::{DomainId, Lsn, NodeId, Op, Position, Role};
 use domsync_proto::model::{SnapshotItem, StateDigest};
-use domsync_proto::repl::message::{decode, encode};
+use domsync_proto::repl::{decode_message, encode_message};
 use domsync_proto::repl::{
     Backoff, FollowAction, Follower, Message, RecordBytes, ShipAction, ShipConfig, Shipper,
     SnapshotHeader, SyncStatus,
@@ -756,7 +756,7 @@ impl Sim {
                 frame = self.corrupt_down(i, frame);
             }
             let now = self.clock.now();
-            let actions = match decode(&frame) {
+            let actions = match decode_message(&frame) {
                 Ok(m) => {
                     self.clock.ev(&format!("{i} <- {}", describe(&m)));
                     let records = matches!(m, Message::Records(_));
@@ -802,7 +802,7 @@ impl Sim {
         if !record && !row {
             return frame;
         }
-        match decode(&frame) {
+        match decode_message(&frame) {
             Ok(Message::Records(mut records)) if record && !records.is_empty() => {
                 let r = self.rng.below(records.len() as u64) as usize;
                 let bytes = &mut records[r].0;
@@ -812,7 +812,7 @@ impl Sim {
                 self.stats.corrupt_records += 1;
                 self.clock.ev(&format!("corrupt record {r} to {i}"));
                 self.mark_injected(i);
-                encode(&Message::Records(records)).unwrap()
+                encode_message(&Message::Records(records)).unwrap()
             }
             Ok(Message::SnapshotRows(mut rows)) if row => {
                 let policy = self.faults.corrupt_policy_content;
@@ -831,7 +831,7 @@ impl Sim {
                 self.stats.corrupt_rows += 1;
                 self.clock.ev(&format!("corrupt snapshot row to {i}"));
                 self.mark_injected(i);
-                encode(&Message::SnapshotRows(rows)).unwrap()
+                encode_message(&Message::SnapshotRows(rows)).unwrap()
             }
             _ => frame,
         }
@@ -866,7 +866,7 @@ impl Sim {
     /// The active reads one frame from standby `i`'s stream.
     fn active_receives(&mut self, i: usize, frame: &[u8]) {
         let now = self.clock.now();
-        let m = match decode(frame) {
+        let m = match decode_message(frame) {
             Ok(m) => m,
             Err(_) => {
                 // A decode error ends the stream (invariant 8).
@@ -903,7 +903,7 @@ impl Sim {
     // --- the active's driver -------------------------------------------------------------------
 
     fn send_down(&mut self, i: usize, m: &Message) {
-        let frame = encode(m).expect("encode");
+        let frame = encode_message(m).expect("encode");
         if let Some(s) = self.standbys[i].stream.as_mut() {
             s.to_standby.push_back(frame);
         }
@@ -1001,7 +1001,7 @@ impl Sim {
     // --- the standby's driver ------------------------------------------------------------------
 
     fn send_up(&mut self, i: usize, m: &Message) {
-        let frame = encode(m).expect("encode");
+        let frame = encode_message(m).expect("encode");
         if let Some(s) = self.standbys[i].stream.as_mut() {
             s.to_active.push_back(frame);
         }

@@ -79,9 +79,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use domsync_proto::codec::decode_record;
+use domsync_proto::model::Heard;
 use domsync_proto::model::StateDigest;
 use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
-use domsync_proto::repl::promotion::Heard;
 use domsync_proto::repl::roles::{
     Action, Facts, Input, Outcome as RoleOutcome, PromoteFailure, Roles, StoreCommand,
 };

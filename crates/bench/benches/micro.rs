@@ -8,7 +8,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use domsync_proto::codec::{decode_record, encode_record};
 use domsync_proto::model::SnapshotItem;
 use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Op, Record};
-use domsync_proto::repl::message::{self, Message};
+use domsync_proto::repl::encode_message;
+use domsync_proto::repl::Message;
 use domsync_store::{Domain, ResyncTarget, Store, StoreError, StoreOptions};
 
 /// Chunk size of the node's snapshot stream (its default `snapshot_chunk_bytes`).
@@ -150,13 +151,13 @@ fn snapshot_chunking(c: &mut Criterion) {
                     if size >= CHUNK_BYTES {
                         size = 0;
                         let m = Message::SnapshotRows(std::mem::take(&mut chunk));
-                        sent += message::encode(&m).expect("encode").len();
+                        sent += encode_message(&m).expect("encode").len();
                     }
                     Ok(())
                 })
                 .expect("rows");
                 let m = Message::SnapshotRows(chunk);
-                sent += message::encode(&m).expect("encode").len();
+                sent += encode_message(&m).expect("encode").len();
                 black_box(sent)
             });
         });

@@ -13,8 +13,9 @@ use super::{lock, to_wall, wall_micros, Node};
 use domsync_net::{open_frame, read_frame, write_frame, FrameError};
 use domsync_proto::model::SnapshotItem;
 use domsync_proto::model::{DomainId, Lsn, NodeId, Op, Position, Role};
-use domsync_proto::repl::authorize::Ask;
-use domsync_proto::repl::message::{self, MAX_INBOUND_BYTES};
+use domsync_proto::repl::encode_message;
+use domsync_proto::repl::Ask;
+use domsync_proto::repl::MAX_INBOUND_BYTES;
 use domsync_proto::repl::{
     retention_cut, Ack, Answer, Confirmations, Durability, LocalView, Message, RecordBytes,
     RejectReason, RetentionInput, ShipAction, Shipper, SnapshotHeader, SyncStatus,
@@ -363,7 +364,7 @@ impl Node {
             Ok(Some(Ok(Message::Follow(f)))) => f,
             Ok(Some(Ok(Message::TakeOver(take)))) => {
                 let answer = Message::TookOver(self.take_over(&peer, &take).await);
-                if let Ok(frame) = message::encode(&answer) {
+                if let Ok(frame) = encode_message(&answer) {
                     drop(write_frame(&mut send, &frame).await);
                 }
                 drop(send.finish());
@@ -373,7 +374,7 @@ impl Node {
             Ok(Some(Ok(Message::Probe { domain, epoch }))) => {
                 let answer =
                     Message::ProbeAnswer(self.answer_probe(&peer, &domain, epoch.as_ref()).await);
-                if let Ok(frame) = message::encode(&answer) {
+                if let Ok(frame) = encode_message(&answer) {
                     drop(write_frame(&mut send, &frame).await);
                 }
                 drop(send.finish());
@@ -393,7 +394,7 @@ impl Node {
         };
         let domain_id = follow.domain.clone();
         let reject = |reason| {
-            message::encode(&Message::Answer(Answer::Reject {
+            encode_message(&Message::Answer(Answer::Reject {
                 reason,
                 active: None,
             }))
@@ -419,7 +420,7 @@ impl Node {
                     active: None,
                 }),
             };
-            if let Ok(frame) = message::encode(&answer) {
+            if let Ok(frame) = encode_message(&answer) {
                 drop(write_frame(&mut send, &frame).await);
             }
             drop(send.finish());
@@ -633,7 +634,7 @@ impl ActiveStream {
     }
 
     async fn send_message(&mut self, m: &Message) -> bool {
-        let frame = match message::encode(m) {
+        let frame = match encode_message(m) {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a replication message");

@@ -13,13 +13,14 @@ use super::active::ActiveConfig;
 use super::{lock, Node};
 use domsync_net::{open_frame, read_frame, write_frame};
 use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Position};
-use domsync_proto::repl::authorize::{authorize, Ask, EpochRefusal, LocalDomain, PeerRefusal};
-use domsync_proto::repl::message::{self, MAX_MESSAGE_BYTES};
-use domsync_proto::repl::promotion::{FenceRefusal, Refusal, Seer, Sighting};
+use domsync_proto::repl::encode_message;
 use domsync_proto::repl::roles::{
     Action, Facts, Input, Outcome, PromoteFailure, Roles, StoreCommand, SwitchFailure,
     PROBE_ATTEMPT, TAKE_OVER_TIMEOUT,
 };
+use domsync_proto::repl::MAX_MESSAGE_BYTES;
+use domsync_proto::repl::{authorize, Ask, EpochRefusal, LocalDomain, PeerRefusal};
+use domsync_proto::repl::{FenceRefusal, Refusal, Seer, Sighting};
 use domsync_proto::repl::{Message, ProbeAnswer, SyncStatus};
 use domsync_store::{Domain, StoreError};
 
@@ -201,7 +202,7 @@ impl Node {
     ) -> Result<Option<ProbeAnswer>, String> {
         let conn = self.connection(peer).await.map_err(|e| e.to_string())?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let frame = message::encode(&Message::Probe {
+        let frame = encode_message(&Message::Probe {
             domain: domain.clone(),
             epoch: epoch.cloned(),
         })
@@ -862,7 +863,7 @@ impl Node {
     async fn ask(&self, peer: &NodeId, m: &Message) -> Result<Message, String> {
         let conn = self.connection(peer).await.map_err(|e| e.to_string())?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let frame = message::encode(m).map_err(|e| e.to_string())?;
+        let frame = encode_message(m).map_err(|e| e.to_string())?;
         write_frame(&mut send, &frame)
             .await
             .map_err(|e| e.to_string())?;

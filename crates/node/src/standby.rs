@@ -9,7 +9,7 @@ use super::active::spawn_reader;
 use super::{lock, to_wall, Node};
 use domsync_net::{write_frame, FrameError};
 use domsync_proto::model::{Lsn, NodeId, Position};
-use domsync_proto::repl::message;
+use domsync_proto::repl::encode_message;
 use domsync_proto::repl::{FollowAction, Follower, StandbyView, SyncStatus};
 use domsync_store::{Domain, Resync, ResyncTarget, StoreError};
 
@@ -134,10 +134,10 @@ impl Node {
         &self,
         domain: &domsync_proto::model::DomainId,
         epoch: &domsync_proto::model::Epoch,
-    ) -> Option<domsync_proto::repl::promotion::Heard> {
+    ) -> Option<domsync_proto::model::Heard> {
         let sd = lock(&self.inner.standbys).get(domain).cloned()?;
         let at = lock(&sd.follower).last_heard()?;
-        Some(domsync_proto::repl::promotion::Heard {
+        Some(domsync_proto::model::Heard {
             node: sd.active(),
             epoch: epoch.clone(),
             ago_ms: u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -330,7 +330,7 @@ struct StandbyStream {
 
 impl StandbyStream {
     async fn run(&mut self, recv: quinn::RecvStream) {
-        let mut inbox = spawn_reader(recv, message::MAX_MESSAGE_BYTES);
+        let mut inbox = spawn_reader(recv, domsync_proto::repl::MAX_MESSAGE_BYTES);
         let mut shutdown = self.sd.stop.subscribe();
         let view = match standby_view(&self.sd.domain) {
             Ok(v) => v,
@@ -449,7 +449,7 @@ impl StandbyStream {
                                 }
                             }
                         }
-                        let Ok(frame) = message::encode(&m) else {
+                        let Ok(frame) = encode_message(&m) else {
                             return false;
                         };
                         if write_frame(&mut self.send, &frame).await.is_err() {

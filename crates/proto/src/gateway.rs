@@ -11,8 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
-use crate::model::{Crl, CrlNumber, DomainId, Epoch, NodeId, PolicyInfo, Position, Role, Version};
-use crate::repl::promotion::Heard;
+use crate::model::{
+    Crl, CrlNumber, DomainId, Epoch, Heard, NodeId, PolicyInfo, Position, Role, Version,
+};
 
 /// Largest encoded request.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;

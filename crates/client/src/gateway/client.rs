@@ -80,10 +80,10 @@ use domsync_proto::gateway::{
     CrlInfo, Query, Refusal, Request, Response, Served, MAX_NAMES, MAX_REQUEST_BYTES,
     MAX_RESPONSE_BYTES, MAX_WAIT_MS,
 };
+use domsync_proto::model::Heard;
 use domsync_proto::model::{
     Crl, CrlNumber, DomainId, Epoch, NodeId, PolicyInfo, Position, Version, MAX_POLICY_BYTES,
 };
-use domsync_proto::repl::promotion::Heard;
 
 /// How long a cold client waits for the other nodes' first round trips once one node answered,
 /// so that its first request already goes to the nearest.

@@ -5,6 +5,7 @@
 
 mod crl;
 mod digest;
+mod heard;
 mod ids;
 mod op;
 mod position;
@@ -14,6 +15,7 @@ mod snapshot;
 pub use crl::CrlError;
 pub use crl::{Crl, CrlNumber};
 pub use digest::{DigestTable, StateDigest};
+pub use heard::Heard;
 pub use ids::{DomainId, DomainUid, NameError, NodeId};
 pub use op::{
     check_policy_name, Op, PolicyInfo, MAX_CRL_BYTES, MAX_KEY_BYTES, MAX_POLICY_BYTES,

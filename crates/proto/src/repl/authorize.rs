@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use domsync_proto::model::{Epoch, NodeId};
-//! use domsync_proto::repl::authorize::{check_epoch, next_epoch, EpochRefusal, MAX_TERM_STEP};
+//! use domsync_proto::repl::{check_epoch, next_epoch, EpochRefusal, MAX_TERM_STEP};
 //!
 //! let (a, b) = (NodeId::new("a")?, NodeId::new("b")?);
 //! let known = Epoch { term: 4, node: a.clone() };
@@ -149,7 +149,7 @@ pub struct LocalDomain<'a> {
 ///
 /// ```
 /// use domsync_proto::model::NodeId;
-/// use domsync_proto::repl::authorize::{authorize, Ask, LocalDomain, PeerRefusal};
+/// use domsync_proto::repl::{authorize, Ask, LocalDomain, PeerRefusal};
 ///
 /// let (a, b, x) = (NodeId::new("a")?, NodeId::new("b")?, NodeId::new("x")?);
 /// let replicas = [a.clone(), b.clone()];

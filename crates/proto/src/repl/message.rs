@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, MAX_RECORD_BYTES};
 use crate::model::{DomainId, DomainUid, Epoch, HistoryEntry, Lsn, NodeId, Position};
-use crate::model::{SnapshotItem, StateDigest};
+use crate::model::{Heard, SnapshotItem, StateDigest};
 
 /// Largest encoded message: one full-size record (or snapshot row) plus its envelope.
 pub const MAX_MESSAGE_BYTES: usize = MAX_RECORD_BYTES + 64 * 1024;
@@ -93,7 +93,7 @@ pub struct ProbeAnswer {
     pub position: Position,
     /// When it is a standby connected to an active: that active, and how long ago it last
     /// heard from it (split-brain guard).
-    pub heard_active: Option<super::promotion::Heard>,
+    pub heard_active: Option<Heard>,
 }
 
 /// One encoded record, exactly as stored in the active's log (checked frame).
@@ -218,7 +218,7 @@ pub struct Ack {
 ///
 /// # Errors
 /// [`CodecError::TooLarge`] above [`MAX_MESSAGE_BYTES`].
-pub fn encode(message: &Message) -> Result<Vec<u8>, CodecError> {
+pub fn encode_message(message: &Message) -> Result<Vec<u8>, CodecError> {
     codec::seal(message, MAX_MESSAGE_BYTES)
 }
 
@@ -226,6 +226,6 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, CodecError> {
 ///
 /// # Errors
 /// A [`CodecError`] saying what is wrong with the bytes.
-pub fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
+pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
     codec::open(bytes, MAX_MESSAGE_BYTES)
 }

@@ -8,19 +8,28 @@
 //! tests drive them over an in-memory network.
 
 mod active;
-pub mod authorize;
+mod authorize;
 mod durability;
-pub mod message;
-pub mod promotion;
+mod message;
+mod promotion;
 mod retention;
 pub mod roles;
 mod standby;
 mod status;
 
 pub use active::{decide, fork_point, LocalView, ShipAction, ShipConfig, Shipper};
+pub use authorize::{
+    authorize, check_epoch, next_epoch, Ask, EpochRefusal, LocalDomain, PeerRefusal, MAX_TERM_STEP,
+};
 pub use durability::{Confirmations, Durability, Unconfirmed};
 pub use message::{
-    Ack, Answer, Follow, Message, ProbeAnswer, RecordBytes, RejectReason, SnapshotHeader, TakeOver,
+    decode_message, encode_message, Ack, Answer, Follow, Message, ProbeAnswer, RecordBytes,
+    RejectReason, SnapshotHeader, SnapshotWhy, TakeOver, HISTORY_TAIL, MAX_INBOUND_BYTES,
+    MAX_MESSAGE_BYTES,
+};
+pub use promotion::{
+    check_fence, check_promotion, epoch_at, holds_more, FenceInput, FenceRefusal, FenceReply,
+    FenceVerdict, GuardInput, PeerProbe, Refusal, Seer, Sighting, Verdict,
 };
 pub use retention::{retention_cut, RetentionInput};
 pub use standby::{Backoff, FollowAction, Follower, StandbyView};

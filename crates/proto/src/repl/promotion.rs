@@ -3,12 +3,10 @@
 //! Before a standby makes itself active it gathers evidence that the old active is gone: what
 //! every other replica answers to a probe (its role, epoch, position, and when it last heard
 //! from an active it follows) and what gateways last reported (each gateway request says when
-//! it last reached which active). [`check`] weighs that evidence; the node only collects it.
+//! it last reached which active). [`check_promotion`] weighs that evidence; the node only collects it.
 
 use std::fmt;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use super::message::ProbeAnswer;
 use crate::model::{Epoch, HistoryEntry, Lsn, NodeId, Position, Role};
@@ -29,18 +27,6 @@ impl fmt::Display for Seer {
             Seer::Gateway(g) => write!(f, "gateway {g}"),
         }
     }
-}
-
-/// A report that an active was reached: by a standby following it (in a probe answer) or by a
-/// gateway (in its requests).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heard {
-    /// The active that was reached.
-    pub node: NodeId,
-    /// Its epoch then.
-    pub epoch: Epoch,
-    /// How long ago, in milliseconds, when the report was made.
-    pub ago_ms: u64,
 }
 
 /// A sighting of an active, with its age now.
@@ -146,7 +132,7 @@ pub struct Verdict {
 /// ```
 /// use std::time::Duration;
 /// use domsync_proto::model::{Epoch, Lsn, NodeId, Position};
-/// use domsync_proto::repl::promotion::{check, GuardInput, Refusal, Seer, Sighting};
+/// use domsync_proto::repl::{check_promotion, GuardInput, Refusal, Seer, Sighting};
 ///
 /// let (a, b) = (NodeId::new("a")?, NodeId::new("b")?);
 /// let epoch = Epoch { term: 1, node: a.clone() };
@@ -161,11 +147,11 @@ pub struct Verdict {
 ///     me: &b, epoch: &epoch, position: &here, lag: None, probes: &[], sightings: &seen,
 ///     window: Duration::from_secs(5), force: false,
 /// };
-/// assert!(matches!(check(&input), Err(Refusal::ActiveAlive { .. })));
-/// assert_eq!(check(&GuardInput { force: true, ..input })?.alive.len(), 1);
+/// assert!(matches!(check_promotion(&input), Err(Refusal::ActiveAlive { .. })));
+/// assert_eq!(check_promotion(&GuardInput { force: true, ..input })?.alive.len(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn check(input: &GuardInput<'_>) -> Result<Verdict, Refusal> {
+pub fn check_promotion(input: &GuardInput<'_>) -> Result<Verdict, Refusal> {
     let mut verdict = Verdict::default();
     let here = (&input.position.epoch, input.position.lsn);
     let mut best = here;
@@ -367,7 +353,7 @@ pub fn holds_more(there: &Position, here: &Position, history: &[HistoryEntry]) -
 /// # Example
 /// ```
 /// use domsync_proto::model::{Epoch, HistoryEntry, Lsn, NodeId, Position};
-/// use domsync_proto::repl::promotion::{check_fence, FenceInput, FenceRefusal, FenceReply};
+/// use domsync_proto::repl::{check_fence, FenceInput, FenceRefusal, FenceReply};
 ///
 /// let (a, b, c) = (NodeId::new("a")?, NodeId::new("b")?, NodeId::new("c")?);
 /// let old = Epoch { term: 1, node: a.clone() };
@@ -438,7 +424,7 @@ pub fn check_fence(input: &FenceInput<'_>) -> Result<FenceVerdict, FenceRefusal>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Position;
+    use crate::model::{Heard, Position};
 
     fn n(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
@@ -498,7 +484,7 @@ mod tests {
             (n("a"), PeerProbe::Unreachable("timed out".into())),
             (n("c"), answer(Role::Standby, e.clone(), 10, None)),
         ];
-        let v = check(&input(&b, &e, &probes, &[])).unwrap();
+        let v = check_promotion(&input(&b, &e, &probes, &[])).unwrap();
         assert_eq!(v.unreachable, vec![n("a")]);
         assert_eq!(v.behind_records, 0);
     }
@@ -508,7 +494,7 @@ mod tests {
         let (b, e) = (n("b"), epoch(1, "a"));
         let probes = [(n("a"), answer(Role::Active, e.clone(), 10, None))];
         assert!(matches!(
-            check(&input(&b, &e, &probes, &[])),
+            check_promotion(&input(&b, &e, &probes, &[])),
             Err(Refusal::ActiveAlive { seen_by: Seer::Peer(p), .. }) if p == n("a")
         ));
         let heard = Heard {
@@ -518,7 +504,7 @@ mod tests {
         };
         let probes = [(n("c"), answer(Role::Standby, e.clone(), 10, Some(heard)))];
         assert!(matches!(
-            check(&input(&b, &e, &probes, &[])),
+            check_promotion(&input(&b, &e, &probes, &[])),
             Err(Refusal::ActiveAlive { seen_by: Seer::Peer(p), node, .. }) if p == n("c") && node == n("a")
         ));
     }
@@ -532,19 +518,19 @@ mod tests {
             epoch: e.clone(),
             age: Duration::from_secs(6),
         }];
-        assert!(check(&input(&b, &e, &[], &stale)).is_ok());
+        assert!(check_promotion(&input(&b, &e, &[], &stale)).is_ok());
         let older_epoch = [Sighting {
             epoch: epoch(1, "a"),
             age: Duration::from_secs(1),
             ..stale[0].clone()
         }];
-        assert!(check(&input(&b, &e, &[], &older_epoch)).is_ok());
+        assert!(check_promotion(&input(&b, &e, &[], &older_epoch)).is_ok());
         let myself = [Sighting {
             active: n("b"),
             age: Duration::from_secs(1),
             ..stale[0].clone()
         }];
-        assert!(check(&input(&b, &e, &[], &myself)).is_ok());
+        assert!(check_promotion(&input(&b, &e, &[], &myself)).is_ok());
     }
 
     #[test]
@@ -553,7 +539,7 @@ mod tests {
         let probes = [(n("c"), answer(Role::Standby, e.clone(), 14, None))];
         let i = input(&b, &e, &probes, &[]);
         assert_eq!(
-            check(&i),
+            check_promotion(&i),
             Err(Refusal::Behind {
                 node: n("c"),
                 records: 4,
@@ -561,14 +547,14 @@ mod tests {
                 there: Lsn(14)
             })
         );
-        let forced = check(&GuardInput { force: true, ..i }).unwrap();
+        let forced = check_promotion(&GuardInput { force: true, ..i }).unwrap();
         assert_eq!(forced.behind_records, 4);
         let lag = GuardInput {
             lag: Some((n("a"), 3)),
             ..input(&b, &e, &[], &[])
         };
         assert!(matches!(
-            check(&lag),
+            check_promotion(&lag),
             Err(Refusal::Behind { records: 3, .. })
         ));
     }
@@ -584,7 +570,7 @@ mod tests {
             ..input(&b, &e, &probes, &[])
         };
         assert!(
-            matches!(check(&i), Err(Refusal::Behind { node, records: 1, .. }) if node == n("c"))
+            matches!(check_promotion(&i), Err(Refusal::Behind { node, records: 1, .. }) if node == n("c"))
         );
         // And the other way round: more records of an older epoch are not ahead.
         let newer = at(3, 10);
@@ -593,7 +579,7 @@ mod tests {
             position: &newer,
             ..input(&b, &e, &probes, &[])
         };
-        assert!(check(&i).is_ok());
+        assert!(check_promotion(&i).is_ok());
     }
 
     fn fenced(e: Epoch, position: Position) -> FenceReply {

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use super::authorize::{authorize, check_epoch, next_epoch, Ask, EpochRefusal, LocalDomain};
 use super::message::{Message, ProbeAnswer, TakeOver};
 use super::promotion::{
-    check, check_fence, FenceInput, FenceRefusal, FenceReply, GuardInput, PeerProbe, Refusal,
-    Sighting,
+    check_fence, check_promotion, FenceInput, FenceRefusal, FenceReply, GuardInput, PeerProbe,
+    Refusal, Sighting,
 };
 use super::Durability;
 use crate::model::{DomainId, Epoch, HistoryEntry, Lsn, NodeId, Position, Role};

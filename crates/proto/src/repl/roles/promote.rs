@@ -70,7 +70,7 @@ impl Roles {
                         }
                     }
                 }
-                let verdict = check(&GuardInput {
+                let verdict = check_promotion(&GuardInput {
                     me: &self.me,
                     epoch: &facts.epoch,
                     position: &facts.position,

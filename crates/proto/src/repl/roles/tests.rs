@@ -5,10 +5,11 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::model::Heard;
 use crate::model::{DomainId, Epoch, HistoryEntry, Lsn, NodeId, Position, Role};
 use crate::repl::authorize::MAX_TERM_STEP;
 use crate::repl::message::{Message, ProbeAnswer, TakeOver};
-use crate::repl::promotion::{FenceRefusal, Heard, Refusal, Seer, Sighting};
+use crate::repl::promotion::{FenceRefusal, Refusal, Seer, Sighting};
 use crate::repl::Durability;
 
 // ---- Fixtures -----------------------------------------------------------------------------
