@@ -1,0 +1,340 @@
+//! How the daemon's answers read: the status table and JSON document, the placement plan.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use domsync_proto::admin::{DomainReport, Lag, NodeStatus, PlacementState, PlanReport};
+use domsync_proto::model::NodeId;
+use domsync_proto::repl::SyncStatus;
+use serde_json::{json, Value};
+
+
+/// `micros` since the Unix epoch as an RFC 3339 UTC time with microseconds
+/// (`2026-12-03T09:06:42.371061Z`), for the operator's eyes.
+pub(super) fn rfc3339_micros(micros: u64) -> String {
+    let secs = micros / 1_000_000;
+    let frac = micros % 1_000_000;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Days to a civil date (proleptic Gregorian), after H. Hinnant's `civil_from_days`.
+    let z = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{frac:06}Z")
+}
+
+fn opt_node(n: Option<&NodeId>) -> String {
+    n.map_or_else(|| "?".to_owned(), ToString::to_string)
+}
+
+pub(super) fn join(nodes: &[NodeId]) -> String {
+    nodes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A time (milliseconds since the Unix epoch) as the operator reads it: RFC 3339 UTC, and
+/// how long ago.
+fn ago(now: SystemTime, ms: Option<u64>) -> String {
+    let Some(ms) = ms else {
+        return "never".into();
+    };
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let secs = now_ms.saturating_sub(ms) as f64 / 1000.0;
+    let at = rfc3339_micros(ms.saturating_mul(1000));
+    // Milliseconds are enough here: drop the last three digits of the microseconds.
+    let at = format!("{}Z", &at[..at.len().saturating_sub(4)]);
+    format!("{at} ({secs:.1} s ago)")
+}
+
+fn lag_text(lag: &Lag) -> String {
+    format!(
+        "{} rec / {} B / {:.3} s",
+        lag.records,
+        lag.bytes,
+        lag.ms as f64 / 1000.0
+    )
+}
+
+/// The status as a table: one line per domain, one indented line per standby (or, on a
+/// standby, for the active it follows).
+pub fn status_table(s: &NodeStatus, now: SystemTime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "node {}", s.node);
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:<14} {:>10}  STATE",
+        "DOMAIN", "ROLE", "EPOCH", "POSITION"
+    );
+    for d in &s.domains {
+        domain_lines(&mut out, d, now);
+    }
+    out
+}
+
+fn domain_lines(out: &mut String, d: &DomainReport, now: SystemTime) {
+    let (role, epoch, lsn) = match &d.replica {
+        Some(r) => (
+            r.role.to_string(),
+            r.epoch.to_string(),
+            r.position.lsn.to_string(),
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    let mut state = match &d.placement {
+        PlacementState::Serving => "serving".to_owned(),
+        PlacementState::Waiting(w) => format!("waiting: {w}"),
+        PlacementState::Failed(f) => format!("FAILED: {f}"),
+    };
+    if d.collisions > 0 {
+        let _ = write!(
+            state,
+            ", {} archived collisions (domsync collisions list {})",
+            d.collisions, d.domain
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:<14} {:>10}  {state}",
+        d.domain.as_str(),
+        role,
+        epoch,
+        lsn
+    );
+    for sb in &d.standbys {
+        let _ = writeln!(
+            out,
+            "  standby {:<14} {:<18} lag {:<28} last sync {}{}",
+            sb.node.as_str(),
+            sb.status.name(),
+            lag_text(&sb.lag),
+            ago(now, sb.last_sync_ms),
+            if sb.connected { "" } else { ", disconnected" }
+        );
+    }
+    if let Some(f) = &d.follower {
+        let _ = writeln!(
+            out,
+            "  follows {:<14} {:<18} lag {:<28} last sync {}{}{}",
+            f.active.as_str(),
+            f.status.name(),
+            lag_text(&f.lag),
+            ago(now, f.last_sync_ms),
+            if f.connected { "" } else { ", disconnected" },
+            f.last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn lag_json(lag: &Lag) -> Value {
+    json!({"records": lag.records, "bytes": lag.bytes, "ms": lag.ms})
+}
+
+fn sync_json(s: &SyncStatus) -> Value {
+    match s {
+        SyncStatus::Advanced { records } => json!({"name": s.name(), "records_ahead": records}),
+        SyncStatus::Collision { fork } => json!({"name": s.name(), "fork_lsn": fork.0}),
+        _ => json!({"name": s.name()}),
+    }
+}
+
+/// The status as one JSON document (for scripts).
+pub fn status_json(s: &NodeStatus) -> String {
+    let domains: Vec<Value> = s
+        .domains
+        .iter()
+        .map(|d| {
+            let (placement, detail) = match &d.placement {
+                PlacementState::Serving => ("serving", None),
+                PlacementState::Waiting(w) => ("waiting", Some(w)),
+                PlacementState::Failed(f) => ("failed", Some(f)),
+            };
+            let standbys: Vec<Value> = d
+                .standbys
+                .iter()
+                .map(|sb| {
+                    json!({
+                        "node": sb.node.to_string(),
+                        "sync_status": sync_json(&sb.status),
+                        "lag": lag_json(&sb.lag),
+                        "durable_lsn": sb.durable.0,
+                        "last_sync_ms": sb.last_sync_ms,
+                        "connected": sb.connected,
+                    })
+                })
+                .collect();
+            let follower = d.follower.as_ref().map(|f| {
+                let recent: Vec<Value> = f
+                    .recent_errors
+                    .iter()
+                    .map(|(at, why)| json!({"at_unix_ms": at, "error": why}))
+                    .collect();
+                json!({
+                    "active": f.active.to_string(),
+                    "sync_status": sync_json(&f.status),
+                    "lag": lag_json(&f.lag),
+                    "last_sync_ms": f.last_sync_ms,
+                    "last_error": f.last_error,
+                    "recent_errors": recent,
+                    "connected": f.connected,
+                })
+            });
+            let r = d.replica.as_ref();
+            json!({
+                "domain": d.domain.to_string(),
+                "placement": placement,
+                "placement_detail": detail,
+                "role": r.map(|r| r.role.to_string()),
+                "epoch": r.map(|r| json!({"term": r.epoch.term, "node": r.epoch.node.to_string()})),
+                "lsn": r.map(|r| r.position.lsn.0),
+                "chain": r.map(|r| r.position.chain),
+                "digest": r.map(|r| r.digest.to_string()),
+                "collisions": d.collisions,
+                "standbys": standbys,
+                "follower": follower,
+            })
+        })
+        .collect();
+    json!({"node": s.node.to_string(), "domains": domains}).to_string()
+}
+
+/// The plan as text: load per node, every domain, the moves.
+pub fn plan_text(p: &PlanReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "plan by node {}", p.node);
+    let _ = writeln!(
+        out,
+        "{:<14} {:<12} {:<22} {:>9} {:>9}",
+        "NODE", "REGION", "ADDRESS", "LOAD NOW", "PLANNED"
+    );
+    for n in &p.nodes {
+        let _ = writeln!(
+            out,
+            "{:<14} {:<12} {:<22} {:>9} {:>9}",
+            n.id.as_str(),
+            n.region.as_deref().unwrap_or("-"),
+            n.address.to_string(),
+            n.load_now,
+            n.load
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:>6} {:<12} {:<14} {:<14}",
+        "DOMAIN", "WEIGHT", "REGION", "ACTIVE", "PLANNED"
+    );
+    for d in &p.domains {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>6} {:<12} {:<14} {:<14}",
+            d.domain.as_str(),
+            d.weight,
+            d.region.as_deref().unwrap_or("-"),
+            opt_node(d.active.as_ref()),
+            opt_node(d.planned.as_ref())
+        );
+    }
+    if p.moves.is_empty() {
+        let _ = writeln!(out, "moves: none (balanced)");
+    } else {
+        let _ = writeln!(out, "moves ({}):", p.moves.len());
+        for m in &p.moves {
+            let _ = writeln!(
+                out,
+                "  {}: {} -> {}",
+                m.domain,
+                opt_node(m.from.as_ref()),
+                m.to
+            );
+        }
+    }
+    out
+}
+
+/// The plan as one JSON document.
+pub fn plan_json(p: &PlanReport) -> String {
+    let nodes: Vec<Value> = p
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n.id.to_string(),
+                "region": n.region,
+                "address": n.address.to_string(),
+                "load_now": n.load_now,
+                "load": n.load,
+            })
+        })
+        .collect();
+    let domains: Vec<Value> = p
+        .domains
+        .iter()
+        .map(|d| {
+            json!({
+                "domain": d.domain.to_string(),
+                "weight": d.weight,
+                "region": d.region,
+                "active": d.active.as_ref().map(ToString::to_string),
+                "planned": d.planned.as_ref().map(ToString::to_string),
+            })
+        })
+        .collect();
+    let moves: Vec<Value> = p
+        .moves
+        .iter()
+        .map(|m| {
+            json!({
+                "domain": m.domain.to_string(),
+                "from": m.from.as_ref().map(ToString::to_string),
+                "to": m.to.to_string(),
+            })
+        })
+        .collect();
+    json!({"node": p.node.to_string(), "nodes": nodes, "domains": domains, "moves": moves})
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_micros;
+
+    #[test]
+    fn archive_times_read_as_rfc3339() {
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(1_796_288_802_371_061),
+            "2026-12-03T09:06:42.371061Z"
+        );
+        assert_eq!(
+            rfc3339_micros(951_782_400_500_000),
+            "2000-02-29T00:00:00.500000Z"
+        );
+        assert_eq!(
+            rfc3339_micros(1_709_251_199_000_000),
+            "2024-02-29T23:59:59.000000Z"
+        );
+    }
+
+    #[test]
+    fn last_sync_reads_as_a_time_and_an_age() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_796_288_832_371);
+        assert_eq!(
+            super::ago(now, Some(1_796_288_802_371)),
+            "2026-12-03T09:06:42.371Z (30.0 s ago)"
+        );
+        assert_eq!(super::ago(now, None), "never");
+    }
+}
