@@ -8,7 +8,6 @@ use domsync_proto::model::NodeId;
 use domsync_proto::repl::SyncStatus;
 use serde_json::{json, Value};
 
-
 /// `micros` since the Unix epoch as an RFC 3339 UTC time with microseconds
 /// (`2026-12-03T09:06:42.371061Z`), for the operator's eyes.
 pub(super) fn rfc3339_micros(micros: u64) -> String {
