@@ -39,6 +39,9 @@ mod error;
 mod faults;
 mod log;
 mod meta;
+mod read;
+#[cfg(feature = "replica")]
+mod replica;
 mod resync;
 mod snapshot;
 mod tables;
@@ -55,11 +58,12 @@ use backend::Boxed;
 use tokio::sync::watch;
 
 pub use backend::{open_file, BackendFactory};
-pub use domain::{Domain, DomainStatus, KeyValue, PolicyReader, Read, WriterStats};
+pub use domain::{Domain, DomainStatus, WriterStats};
 pub use error::StoreError;
 #[cfg(any(test, feature = "testing"))]
 pub use faults::{FaultKind, FaultPlan, FaultyBackend};
 pub use log::{ArchivedRecord, Fault, InspectedRecord, LogEntry, VerifyReport};
+pub use read::{KeyValue, PolicyReader, Read};
 #[cfg(feature = "replica")]
 pub use resync::{Resync, ResyncTarget};
 pub use snapshot::Snapshot;

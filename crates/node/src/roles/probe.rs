@@ -13,7 +13,6 @@ use domsync_proto::repl::{authorize, Ask, LocalDomain, PeerRefusal};
 use domsync_proto::repl::{Message, ProbeAnswer};
 use domsync_proto::repl::{Seer, Sighting};
 
-
 use super::*;
 
 impl Node {

@@ -1,0 +1,208 @@
+//! Reads of a domain: every read is one read transaction and reports the position it was
+//! served at (invariant 7).
+
+use redb::ReadableTable;
+use sha2::{Digest as _, Sha256};
+
+use super::error::{StorageResult, StoreError};
+use super::tables::{decode_crl, decode_policy, CRL, KV, POLICY, POLICY_CONTENT};
+use domsync_proto::model::{Crl, DomainId, Epoch, Policy, PolicyInfo, Position, Role};
+
+use super::domain::Domain;
+
+/// A value read from a domain, with the committed state it was read from: every read runs in
+/// one read transaction, so `value` and `position` belong together (invariant 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read<T> {
+    /// What was read.
+    pub value: T,
+    /// The position of the state it was read from.
+    pub position: Position,
+    /// The role of this replica when it was read.
+    pub role: Role,
+    /// The highest epoch this replica had seen when it was read.
+    pub epoch: Epoch,
+}
+
+/// A user key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// A policy package open for reading in pieces (see [`Domain::policy_reader`]).
+pub struct PolicyReader {
+    domain: DomainId,
+    /// Name, version, size and digest of the package.
+    pub info: PolicyInfo,
+    table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl std::fmt::Debug for PolicyReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyReader")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyReader {
+    /// Up to `len` bytes of the content from `offset` (empty at or past the end).
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`], or [`StoreError::Corrupt`] when the content is missing.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        let id = &self.domain;
+        let value = self
+            .table
+            .get(self.info.name.as_str())
+            .or_storage(id)?
+            .ok_or_else(|| StoreError::Corrupt {
+                domain: id.clone(),
+                what: format!("content of policy {} is missing", self.info.name),
+            })?;
+        let bytes = value.value();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let end = start.saturating_add(len).min(bytes.len());
+        Ok(bytes[start..end].to_vec())
+    }
+}
+
+impl Domain {
+    /// Reads a user key.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn get(&self, key: &[u8]) -> Result<Read<Option<Vec<u8>>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(KV).or_storage(id)?;
+            Ok(table.get(key).or_storage(id)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// Lists user keys and values whose key starts with `prefix`, in key order, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn list(&self, prefix: &[u8], limit: usize) -> Result<Read<Vec<KeyValue>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(KV).or_storage(id)?;
+            let mut out = Vec::new();
+            for entry in table.range(prefix..).or_storage(id)? {
+                let (k, v) = entry.or_storage(id)?;
+                if !k.value().starts_with(prefix) || out.len() >= limit {
+                    break;
+                }
+                out.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Reads a policy package; its content is checked against its SHA-256 first.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when the content does not match its digest, or
+    /// [`StoreError::Storage`].
+    pub fn policy(&self, name: &str) -> Result<Read<Option<Policy>>, StoreError> {
+        let read = self.policy_reader(name)?;
+        let value = match read.value {
+            None => None,
+            Some(reader) => {
+                let size = usize::try_from(reader.info.size).unwrap_or(usize::MAX);
+                let content = reader.read_at(0, size)?;
+                if <[u8; 32]>::from(Sha256::digest(&content)) != reader.info.sha256 {
+                    return Err(StoreError::Corrupt {
+                        domain: self.inner.id.clone(),
+                        what: format!("content of policy {name} does not match its SHA-256"),
+                    });
+                }
+                Some(Policy {
+                    info: reader.info,
+                    content,
+                })
+            }
+        };
+        Ok(Read {
+            value,
+            position: read.position,
+            role: read.role,
+            epoch: read.epoch,
+        })
+    }
+
+    /// Opens a policy package for reading its content piece by piece, all from one read
+    /// transaction (one committed state, however long the reading takes): what a server
+    /// streaming large packages uses to keep its memory per reader to one piece.
+    ///
+    /// The content is not checked here; hash the pieces and compare with `info.sha256`.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn policy_reader(&self, name: &str) -> Result<Read<Option<PolicyReader>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let meta = txn.open_table(POLICY).or_storage(id)?;
+            let Some(row) = meta.get(name).or_storage(id)? else {
+                return Ok(None);
+            };
+            let info = decode_policy(id, name, row.value())?;
+            let table = txn.open_table(POLICY_CONTENT).or_storage(id)?;
+            Ok(Some(PolicyReader {
+                domain: id.clone(),
+                info,
+                table,
+            }))
+        })
+    }
+
+    /// Lists the installed policy packages (without content).
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn policies(&self) -> Result<Read<Vec<PolicyInfo>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(POLICY).or_storage(id)?;
+            let mut out = Vec::new();
+            for entry in table.iter().or_storage(id)? {
+                let (k, v) = entry.or_storage(id)?;
+                out.push(decode_policy(id, k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Reads the CRL of an issuer (the distinguished name as [`Crl::issuer`] shows it).
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn crl(&self, issuer: &str) -> Result<Read<Option<Crl>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(CRL).or_storage(id)?;
+            match table.get(issuer).or_storage(id)? {
+                Some(v) => decode_crl(id, issuer, v.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Lists the stored CRLs.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn crls(&self) -> Result<Read<Vec<Crl>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(CRL).or_storage(id)?;
+            let mut out = Vec::new();
+            for entry in table.iter().or_storage(id)? {
+                let (k, v) = entry.or_storage(id)?;
+                out.push(decode_crl(id, k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+}
