@@ -4,7 +4,6 @@
 
 use std::sync::PoisonError;
 
-
 use super::error::StoreError;
 use super::writer::Work;
 use domsync_proto::model::{Epoch, Lsn, NodeId, Position};

@@ -395,6 +395,7 @@ impl Shipper {
     /// The next batch to send, if the stream is streaming, there is something to send and the
     /// window allows it.
     pub fn poll(&mut self) -> Vec<ShipAction> {
+        self.check_invariants();
         if self.phase != Phase::Streaming || self.next > self.local {
             return Vec::new();
         }
@@ -415,6 +416,7 @@ impl Shipper {
 
     /// The standby's sync status and the time of its last successful sync.
     pub fn status(&self, now: Instant) -> (SyncStatus, Option<Instant>) {
+        self.check_invariants();
         let status = if let Some(d) = &self.divergence {
             d.clone()
         } else if let Some(fork) = self.collision {
@@ -447,6 +449,60 @@ impl Shipper {
             }
         };
         (status, self.last_sync)
+    }
+
+    /// Debug builds: the stream's bookkeeping is consistent. Called after every input that
+    /// can send (through [`Shipper::poll`]) and by [`Shipper::status`], so the simulations
+    /// check it at every step.
+    fn check_invariants(&self) {
+        // Acknowledgements above what was committed close the stream (`on_ack`).
+        debug_assert!(
+            self.ack.received <= self.local
+                && self.ack.durable <= self.local
+                && self.ack.applied <= self.local,
+            "standby {} acknowledged {:?} past the committed lsn {}",
+            self.standby,
+            self.ack,
+            self.local
+        );
+        // Nothing is sent past what is committed.
+        debug_assert!(
+            self.phase != Phase::Streaming || self.next.0 <= self.local.0 + 1,
+            "next lsn {} past the committed lsn {}",
+            self.next,
+            self.local
+        );
+        // In-flight batches: in lsn order, all sent, their bytes counted exactly.
+        debug_assert!(
+            self.inflight
+                .iter()
+                .zip(self.inflight.iter().skip(1))
+                .all(|(a, b)| a.0 < b.0),
+            "in-flight batches out of order"
+        );
+        debug_assert!(
+            self.inflight.back().is_none_or(|(l, _)| *l < self.next),
+            "an in-flight batch at or past the next lsn {}",
+            self.next
+        );
+        debug_assert_eq!(
+            self.inflight_bytes,
+            self.inflight.iter().map(|(_, b)| b).sum::<u64>(),
+            "in-flight bytes miscounted"
+        );
+        // Commits awaiting the standby: in order, committed, bounded.
+        debug_assert!(
+            self.pending_commits
+                .iter()
+                .zip(self.pending_commits.iter().skip(1))
+                .all(|(a, b)| a.0 < b.0)
+                && self
+                    .pending_commits
+                    .back()
+                    .is_none_or(|(l, _)| *l <= self.local)
+                && self.pending_commits.len() <= MAX_PENDING_COMMITS,
+            "pending commits out of order, past the committed lsn or unbounded"
+        );
     }
 
     fn close(&mut self, why: &str) -> Vec<ShipAction> {

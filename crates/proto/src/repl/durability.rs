@@ -107,6 +107,8 @@ impl Confirmations {
         if self.is_confirmed(lsn, mode) {
             return Some(id);
         }
+        debug_assert!(mode != Durability::Local, "local durability never waits");
+        debug_assert!(!self.waiters.contains_key(&id), "writer {id} waits twice");
         self.waiters.insert(
             id,
             Waiter {
@@ -133,7 +135,19 @@ impl Confirmations {
         for id in &done {
             self.waiters.remove(id);
         }
+        self.check_invariants();
         done
+    }
+
+    /// Debug builds: every writer still waiting is unconfirmed (a confirmed writer left
+    /// waiting would hang until its deadline and then be told it was not confirmed).
+    fn check_invariants(&self) {
+        debug_assert!(
+            self.waiters
+                .values()
+                .all(|w| !self.is_confirmed(w.lsn, w.mode)),
+            "a confirmed writer is still waiting"
+        );
     }
 
     /// Time passed: returns the writers whose deadline expired, with what was confirmed.

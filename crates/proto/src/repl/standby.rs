@@ -265,6 +265,44 @@ impl Follower {
 
     /// A message arrived from the active.
     pub fn on_message(&mut self, message: Message, now: Instant) -> Vec<FollowAction> {
+        let out = self.dispatch(message, now);
+        self.check_invariants();
+        out
+    }
+
+    /// Debug builds: the follower's bookkeeping is consistent after every input.
+    fn check_invariants(&self) {
+        debug_assert!(
+            self.errors.len() <= ERROR_HISTORY,
+            "error history unbounded"
+        );
+        // Batches handed to the store and not applied yet: in lsn order, all received.
+        debug_assert!(
+            self.pending
+                .iter()
+                .zip(self.pending.iter().skip(1))
+                .all(|(a, b)| a.0 < b.0)
+                && self
+                    .pending
+                    .back()
+                    .is_none_or(|(l, _, _)| *l <= self.received),
+            "pending batches out of order or past the received lsn {}",
+            self.received
+        );
+        // Only a streaming follower applies records; it asks for the one after its position.
+        debug_assert!(
+            self.phase != Phase::Streaming
+                || self.pending.is_empty()
+                || self.received > self.applied,
+            "batches pending while everything received is applied"
+        );
+        debug_assert!(
+            !matches!(self.phase, Phase::Idle { .. }) || self.last_heard.is_none(),
+            "a disconnected follower still counts as hearing its active"
+        );
+    }
+
+    fn dispatch(&mut self, message: Message, now: Instant) -> Vec<FollowAction> {
         self.last_heard = Some(now);
         self.last_contact = Some(now);
         match (&self.phase, message) {
@@ -434,6 +472,7 @@ impl Follower {
         if self.applied >= self.active_lsn {
             self.synced(now);
         }
+        self.check_invariants();
         vec![FollowAction::Send(Message::Ack(self.ack()))]
     }
 
