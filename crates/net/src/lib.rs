@@ -33,19 +33,28 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+mod accept;
+mod credentials;
 mod files;
 mod frame;
 mod identity;
 #[cfg(feature = "pki")]
 pub mod pki;
 mod tls;
+mod transport;
 
+pub use accept::{
+    accept, accept_any, allowed_roles, authorize, negotiated_alpn, peer_identity, refuse,
+    RefuseReason,
+};
+pub use credentials::{Credentials, TlsError, TlsFiles};
 pub use files::{ca_files, file_stem, leaf_files, PkiFiles, CA_CERT_FILE, CA_KEY_FILE};
 pub use frame::{open_frame, read_frame, read_message, write_frame, write_message, FrameError};
 pub use identity::{Identity, IdentityError, PeerRole};
-pub use tls::{
-    accept, accept_any, allowed_roles, authorize, client_config, client_config_for,
-    negotiated_alpn, peer_identity, refuse, server_config, server_transport_config,
-    transport_config, Credentials, NodeServerVerifier, RefuseReason, TlsError, TlsFiles,
-    ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL, CLOSE_REFUSED, SERVER_NAME,
+pub use tls::{client_config, client_config_for, server_config, NodeServerVerifier};
+pub use transport::{
+    server_transport_config, transport_config, ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL, CLOSE_REFUSED,
+    CONNECTION_RECEIVE_WINDOW, IDLE_TIMEOUT, KEEP_ALIVE, MAX_BIDI_STREAMS, MAX_UNI_STREAMS,
+    SEND_WINDOW, SERVER_CONNECTION_RECEIVE_WINDOW, SERVER_NAME, SERVER_STREAM_RECEIVE_WINDOW,
+    STREAM_RECEIVE_WINDOW,
 };
