@@ -149,17 +149,17 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench")]
     pub domain: String,
     /// Running cluster: the package read or watched (installed first when an admin target is
-    /// given; default bench-<value-size>).
+    /// given; default `bench-<value-size>`).
     #[arg(long)]
     pub package: Option<String>,
     /// Running cluster: the node gateways read from, as ID=ADDRESS (read, watch).
     // The id `node` shadows the global `--node` of local mode, as in `domsync gateway`.
     #[arg(long = "node", id = "node", value_name = "ID=ADDR")]
     pub gateway_node: Option<String>,
-    /// Running cluster: directory with ca.pem and gateway-<id>.pem/.key.
+    /// Running cluster: directory with ca.pem and `gateway-<id>.pem`/`.key`.
     #[arg(long, default_value = "./pki")]
     pub pki: PathBuf,
-    /// Running cluster: the gateway's id (certificate domsync://gateway/<id>).
+    /// Running cluster: the gateway's id (certificate `domsync://gateway/<id>`).
     #[arg(long)]
     pub gateway_id: Option<String>,
     /// Embedded: keep the cluster's files here (cleared first) instead of a temporary directory.
@@ -629,10 +629,10 @@ struct Cli {
         conflicts_with = "socket"
     )]
     remote: Option<SocketAddr>,
-    /// Directory with ca.pem and admin-<id>.pem/.key, for --remote.
+    /// Directory with ca.pem and `admin-<id>.pem`/`.key`, for --remote.
     #[arg(long, env = "DOMSYNC_ADMIN_PKI", default_value = "./pki")]
     admin_pki: PathBuf,
-    /// The admin's id (certificate domsync://admin/<id>), for --remote.
+    /// The admin's id (certificate `domsync://admin/<id>`), for --remote.
     #[arg(long, env = "DOMSYNC_ADMIN_ID", value_name = "ID")]
     admin_id: Option<String>,
 }

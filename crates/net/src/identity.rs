@@ -160,7 +160,7 @@ impl Identity {
     /// Reads the identity of a DER certificate: its one `domsync://` URI SAN.
     ///
     /// Only the certificate's content is read here; whether it chains to the deployment CA is
-    /// checked by the TLS handshake (see [`crate::tls`]).
+    /// checked by the TLS handshake (see [`crate::server_config`]).
     ///
     /// # Errors
     /// [`IdentityError::BadCertificate`] when it cannot be parsed, [`IdentityError::NoIdentity`]

@@ -12,7 +12,7 @@
 //! Keys are ECDSA P-256. Every leaf carries exactly one URI SAN, `domsync://<role>/<id>`, key
 //! usage digitalSignature and extended key usages serverAuth and clientAuth (nodes are servers
 //! and clients; the same profile for every role keeps the CA simple). No DNS SAN is needed:
-//! peers are checked by their URI SAN (see [`crate::tls`]). Deployments may instead bring
+//! peers are checked by their URI SAN (see [`crate::authorize`]). Deployments may instead bring
 //! their own CA; it only has to put one such URI SAN in each leaf.
 //!
 //! Nothing here ever overwrites a file: an existing target is an error.

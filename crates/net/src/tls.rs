@@ -8,7 +8,7 @@
 //!   (optionally a given one, see [`client_config_for`]). Pass any valid name, e.g.
 //!   [`SERVER_NAME`], to `quinn::Endpoint::connect`.
 //! * A server accepts any CA-signed client during the handshake and then decides with
-//!   [`authorize`] from the client's role and the application protocol (ALPN): only nodes
+//!   [`authorize`](crate::authorize) from the client's role and the application protocol (ALPN): only nodes
 //!   replicate ([`ALPN_REPL`]); only gateways read through [`ALPN_GATEWAY`]; only admins
 //!   administer through [`ALPN_ADMIN`]. A refused connection is closed with
 //!   [`CLOSE_REFUSED`] and a short reason ([`refuse`]).
@@ -37,7 +37,7 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 }
 
 /// QUIC server configuration of a node: presents `creds`, requires a client certificate
-/// signed by the CA, offers the protocols `alpns` and uses `transport`. Call [`authorize`] on
+/// signed by the CA, offers the protocols `alpns` and uses `transport`. Call [`authorize`](crate::authorize) on
 /// each accepted connection.
 ///
 /// # Errors

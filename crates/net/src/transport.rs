@@ -4,15 +4,15 @@ use std::time::Duration;
 
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
-/// ALPN of node-to-node replication. Only [`PeerRole::Node`] may use it.
+/// ALPN of node-to-node replication. Only [`PeerRole::Node`](crate::PeerRole::Node) may use it.
 pub const ALPN_REPL: &[u8] = b"domsync-repl/1";
-/// ALPN of the gateway read service. [`PeerRole::Gateway`] and [`PeerRole::Node`] may use it.
+/// ALPN of the gateway read service. [`PeerRole::Gateway`](crate::PeerRole::Gateway) and [`PeerRole::Node`](crate::PeerRole::Node) may use it.
 pub const ALPN_GATEWAY: &[u8] = b"domsync-gw/1";
-/// ALPN of remote administration (`domsync --remote`). Only [`PeerRole::Admin`] may use it:
+/// ALPN of remote administration (`domsync --remote`). Only [`PeerRole::Admin`](crate::PeerRole::Admin) may use it:
 /// node and gateway certificates cannot administer.
 pub const ALPN_ADMIN: &[u8] = b"domsync-admin/1";
 
-/// Application close code of a connection refused by [`authorize`] ("forbidden").
+/// Application close code of a connection refused by [`authorize`](crate::authorize) ("forbidden").
 pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(0x403);
 
 /// Server name to pass to `quinn::Endpoint::connect`: it must be a syntactically valid name,
@@ -53,8 +53,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// | keep-alive | [`KEEP_ALIVE`] (5 s), well below the idle timeout so idle links stay up |
 /// | idle timeout | [`IDLE_TIMEOUT`] (30 s): how long a silent peer takes to be declared lost |
 ///
-/// The same settings suit both ends; [`client_config_for`] applies them, and
-/// [`server_config`] takes them as an argument so a caller can adjust them.
+/// The same settings suit both ends; [`client_config_for`](crate::client_config_for) applies them, and
+/// [`server_config`](crate::server_config) takes them as an argument so a caller can adjust them.
 pub fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))

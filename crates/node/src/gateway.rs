@@ -124,7 +124,8 @@ impl Node {
         self.inner.gateway.connections.load(Ordering::Relaxed)
     }
 
-    /// Gateway answers sent since the node started, by result (see [`RESULTS`]).
+    /// Gateway answers sent since the node started, by result (`list`, `package`, `crl`,
+    /// `not_modified`, ...).
     pub fn gateway_requests(&self) -> Vec<(&'static str, u64)> {
         RESULTS
             .iter()

@@ -183,7 +183,7 @@ pub enum Answer {
     Plan(PlanReport),
 }
 
-/// A placement plan as a daemon sees it (see [`domsync_daemon::placement::plan`]).
+/// A placement plan as a daemon sees it (made by the daemon's placement planner).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanReport {
     /// The node answering.

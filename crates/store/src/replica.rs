@@ -139,7 +139,7 @@ impl Domain {
     /// Makes this standby replica active in a new epoch, above every epoch it has seen; the
     /// epoch and history entry are durable before this returns, so no write of the new epoch
     /// can exist without them. The checks that make promotion safe (synchronized, old active
-    /// gone) belong to the caller ([`domsync_node`]).
+    /// gone) belong to the caller (the node).
     ///
     /// # Errors
     /// [`StoreError::NotStandby`], [`StoreError::InvalidWrite`] for a replica that never

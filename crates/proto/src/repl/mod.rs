@@ -1,5 +1,5 @@
 //! Replication, sans-IO: the active's [`Shipper`] (one per standby and domain) and the
-//! standby's [`Follower`] (one per domain), the protocol [`message`]s and durability
+//! standby's [`Follower`] (one per domain), the protocol messages ([`Message`]) and durability
 //! [`Confirmations`].
 //!
 //! Nothing here touches tokio, quinn or redb. Each state machine takes events (a message,

@@ -617,7 +617,7 @@ impl Follower {
     }
 
     /// The latest errors and refusals with when they happened, oldest first (at most
-    /// [`ERROR_HISTORY`]); kept after the link recovered.
+    /// `ERROR_HISTORY`, 8); kept after the link recovered.
     pub fn recent_errors(&self) -> impl Iterator<Item = &(Instant, String)> {
         self.errors.iter()
     }
