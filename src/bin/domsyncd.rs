@@ -90,7 +90,7 @@ async fn serve(path: PathBuf, config: Config) -> Result<(), Box<dyn std::error::
     let mut hup = signal(SignalKind::hangup())?;
     let daemon = Daemon::start(config).await?;
     if let Some(addr) = daemon.config().node.metrics {
-        domsync_daemon::metrics::serve(addr, Arc::clone(&daemon))
+        domsync_daemon::serve_metrics(addr, Arc::clone(&daemon))
             .await
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}; change node.metrics"))?;
     }

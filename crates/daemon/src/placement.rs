@@ -2,14 +2,18 @@
 //! balanced across nodes by weight, near their gateways by region, with as few moves as
 //! possible. Pure: [`plan`] takes the domains, the nodes and where the actives are now.
 //!
+//! The crate exports it as [`plan_placement`](crate::plan_placement), with
+//! [`PlacementNode`](crate::PlacementNode), [`PlacementWant`](crate::PlacementWant),
+//! [`PlacementPlan`](crate::PlacementPlan) and [`PlacementMove`](crate::PlacementMove).
+//!
 //! ```
 //! use std::collections::BTreeMap;
-//! use domsync_daemon::placement::{plan, Node, Want};
+//! use domsync_daemon::{plan_placement, PlacementNode, PlacementWant};
 //! use domsync_proto::model::NodeId;
 //!
 //! let n = |s: &str| NodeId::new(s).unwrap();
-//! let nodes = [Node { id: n("a"), region: None }, Node { id: n("b"), region: None }];
-//! let want = |name: &str| Want {
+//! let nodes = [PlacementNode { id: n("a"), region: None }, PlacementNode { id: n("b"), region: None }];
+//! let want = |name: &str| PlacementWant {
 //!     domain: name.parse().unwrap(),
 //!     replicas: vec![n("a"), n("b")],
 //!     weight: 1,
@@ -18,7 +22,7 @@
 //! let domains = [want("t1"), want("t2")];
 //! // Both active on `a`: one moves to `b`.
 //! let now = BTreeMap::from([(domains[0].domain.clone(), n("a")), (domains[1].domain.clone(), n("a"))]);
-//! let p = plan(&domains, &nodes, &now);
+//! let p = plan_placement(&domains, &nodes, &now);
 //! assert_eq!(p.moves.len(), 1);
 //! assert_eq!(p.load[&n("a")], 1);
 //! ```

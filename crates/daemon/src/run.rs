@@ -6,47 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::config::{added_domains_toml, Config, ConfigError, DomainConfig};
+use crate::config::{Config, DomainConfig};
+use crate::DaemonError;
 use domsync_net::{PeerRole, TlsFiles};
-use domsync_node::{ActiveConfig, Node, NodeConfig, NodeError};
+use domsync_node::{ActiveConfig, Node, NodeConfig};
 use domsync_proto::admin::{AdminError, DomainSpec};
-use domsync_proto::model::{DomainId, NodeId, Role};
+use domsync_proto::model::{DomainId, Role};
 use domsync_proto::repl::SyncStatus;
 use domsync_store::{Domain, Store, StoreError, StoreOptions};
-
-/// The daemon could not start (a single domain's failure does not stop it).
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    /// The node's TLS files could not be used.
-    #[error("{0}")]
-    Tls(#[from] domsync_net::TlsError),
-    /// The certificate does not belong to the configured node.
-    #[error("the certificate {cert} is for {found}, but node.id is {expected}: point tls.cert at this node's certificate")]
-    WrongCertificate {
-        /// The certificate file.
-        cert: String,
-        /// Its identity.
-        found: String,
-        /// The configured node.
-        expected: NodeId,
-    },
-    /// The store could not be opened.
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    /// The node could not start.
-    #[error("{0}")]
-    Node(#[from] NodeError),
-    /// The admin server could not start.
-    #[error("{0}")]
-    Admin(#[from] crate::AdminServerError),
-    /// The domains added at runtime (`<state_dir>/admin-domains.toml`) do not fit the
-    /// configuration.
-    #[error("{0} (domains added with `domsync domain add`): fix the file or the configuration")]
-    AddedDomains(ConfigError),
-    /// A reload changed something only a restart can change.
-    #[error("reload refused: {0} changed; restart the service to change it (the running configuration is kept)")]
-    NeedsRestart(&'static str),
-}
 
 /// How one configured domain stands on this node.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,9 +41,13 @@ pub struct Daemon {
     store: Store,
     node: Node,
     placements: Mutex<BTreeMap<DomainId, Placement>>,
-    /// The admin server (local socket and remote ALPN), once started.
-    admin: Mutex<Option<crate::AdminServer>>,
+    /// Run first by [`Daemon::shutdown`]: stops what was started on top of the runtime
+    /// (the admin server, see [`Daemon::start`]).
+    on_shutdown: Mutex<Option<ShutdownHook>>,
 }
+
+/// What [`Daemon::shutdown`] runs before the node and the store stop.
+pub(crate) type ShutdownHook = Box<dyn FnOnce(&Daemon) + Send>;
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,11 +76,12 @@ const CREATE_RETRY: Duration = Duration::from_secs(1);
 
 impl Daemon {
     /// Opens the store, starts the node and places every domain of `config` that has a replica
-    /// here. Must run inside a tokio runtime.
+    /// here. Must run inside a tokio runtime. [`Daemon::start`] is this, then the admin
+    /// server.
     ///
     /// # Errors
     /// [`DaemonError`] when the node as a whole cannot start.
-    pub async fn start(file: Config) -> Result<Arc<Daemon>, DaemonError> {
+    pub(crate) async fn open(file: Config) -> Result<Arc<Daemon>, DaemonError> {
         let added = file
             .load_added_domains()
             .map_err(DaemonError::AddedDomains)?;
@@ -149,20 +121,17 @@ impl Daemon {
             store,
             node,
             placements: Mutex::new(BTreeMap::new()),
-            admin: Mutex::new(None),
+            on_shutdown: Mutex::new(None),
         });
         for dc in config.local_domains() {
             Arc::clone(&daemon).place(dc.clone()).await;
         }
-        // Admin: the local socket and the remote ALPN, before READY.
-        match crate::AdminServer::start(&daemon) {
-            Ok(admin) => *lock(&daemon.admin) = Some(admin),
-            Err(e) => {
-                daemon.shutdown().await;
-                return Err(e.into());
-            }
-        }
         Ok(daemon)
+    }
+
+    /// Sets what [`Daemon::shutdown`] runs first (replacing any hook set before).
+    pub(crate) fn on_shutdown(&self, hook: ShutdownHook) {
+        *lock(&self.on_shutdown) = Some(hook);
     }
 
     /// The node.
@@ -474,31 +443,14 @@ impl Daemon {
         Ok(())
     }
 
-    /// Writes `admin-domains.toml`: a temporary file, fsynced, renamed into place, then the
-    /// directory fsynced.
+    /// Writes `admin-domains.toml` (see [`Config::save_added_domains`]).
     fn save_added(&self, file: &Config, added: &[DomainConfig]) -> Result<(), AdminError> {
-        use std::io::Write as _;
-        let path = file.added_domains_path();
-        let tmp = path.with_extension("toml.tmp");
-        let fail = |e: std::io::Error| {
+        file.save_added_domains(added).map_err(|e| {
             AdminError::Failed(format!(
                 "cannot write {}: {e}; check the state directory's space and permissions (nothing changed)",
-                path.display()
+                file.added_domains_path().display()
             ))
-        };
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(added_domains_toml(added).as_bytes())?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&file.node.state_dir)?.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(fail(e));
-        }
-        Ok(())
+        })
     }
 
     /// A one-line summary for systemd's `STATUS=`: domains, actives, standbys, failures and
@@ -550,8 +502,10 @@ impl Daemon {
 
     /// Stops serving: streams close, then the stores (in-flight commits finish first).
     pub async fn shutdown(&self) {
-        if let Some(admin) = lock(&self.admin).take() {
-            admin.stop(self);
+        // Taken out first: the hook does not run under the lock.
+        let hook = lock(&self.on_shutdown).take();
+        if let Some(hook) = hook {
+            hook(self);
         }
         self.node.shutdown().await;
         self.store.close();

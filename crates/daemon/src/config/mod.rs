@@ -1,0 +1,241 @@
+//! The daemon's configuration file (`/etc/domsync/domsync.toml` by default), parsed and
+//! checked as a whole: every problem is listed with the key it concerns, and nothing is opened
+//! or bound until the file is clean.
+//!
+//! ```
+//! use domsync_daemon::Config;
+//! let config = Config::parse(r#"
+//!     [node]
+//!     id = "a"
+//!     state_dir = "/var/lib/domsync"
+//!     listen = "127.0.0.1:7400"
+//!
+//!     [tls]
+//!     ca = "/etc/domsync/pki/ca.pem"
+//!     cert = "/etc/domsync/pki/node-a.pem"
+//!     key = "/etc/domsync/pki/node-a.key"
+//!
+//!     [[peers]]
+//!     id = "b"
+//!     address = "127.0.0.1:7401"
+//!
+//!     [[domains]]
+//!     name = "tenant-1"
+//!     replicas = ["a", "b"]
+//!     durability = "standby"
+//!     gateways = ["gw-1"]
+//! "#, "domsync.toml".as_ref())?;
+//! assert_eq!(config.domains[0].primary().as_str(), "a");
+//! # Ok::<(), domsync_daemon::ConfigError>(())
+//! ```
+//!
+//! The schema is here; `check` parses and checks the text, `added` keeps the domains added at
+//! runtime (`<state_dir>/admin-domains.toml`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use domsync_proto::model::{DomainId, NodeId};
+use domsync_proto::repl::Durability;
+
+mod added;
+mod check;
+
+/// The default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/domsync/domsync.toml";
+
+/// A checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// This node.
+    pub node: NodeSection,
+    /// TLS files of this node.
+    pub tls: TlsSection,
+    /// The other nodes, by id.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Regions of the peers that have one (`[[peers]] region`, placement).
+    pub peer_regions: BTreeMap<NodeId, String>,
+    /// The domains this node holds a replica of (others' domains are ignored).
+    pub domains: Vec<DomainConfig>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NodeSection {
+    /// This node's id; must match the node certificate.
+    pub id: NodeId,
+    /// Where the domain stores live.
+    pub state_dir: PathBuf,
+    /// UDP address of QUIC: replication, gateway and remote admin (ALPN tells them apart).
+    pub listen: SocketAddr,
+    /// Unix socket of local admin.
+    pub admin_socket: PathBuf,
+    /// A separate UDP address for gateways only (e.g. on the gateways' network); without it
+    /// gateways use `listen`.
+    pub gateway_listen: Option<SocketAddr>,
+    /// Prometheus metrics over HTTP (local address), if wanted.
+    pub metrics: Option<SocketAddr>,
+    /// Region of this node (placement).
+    pub region: Option<String>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsSection {
+    /// The deployment CA (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+/// One `[[domains]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DomainConfig {
+    /// The domain.
+    pub name: DomainId,
+    /// Replica nodes in order, the primary (creates the domain, first active) first.
+    pub replicas: Vec<NodeId>,
+    /// Durability of acknowledged writes.
+    pub durability: Durability,
+    /// Gateways granted the domain.
+    pub gateways: Vec<String>,
+    /// Most bytes of change log kept.
+    pub retention_bytes: u64,
+    /// Relative load of the domain (placement).
+    pub weight: u32,
+    /// Region whose node should hold the active (placement).
+    pub region: Option<String>,
+}
+
+impl DomainConfig {
+    /// The primary replica.
+    pub fn primary(&self) -> &NodeId {
+        // `replicas` is never empty once checked.
+        &self.replicas[0]
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Gateway connections at once.
+    pub gateway_connections: usize,
+    /// Gateway requests in progress per connection.
+    pub gateway_streams: usize,
+    /// Largest gateway request, bytes.
+    pub gateway_request_bytes: usize,
+    /// How long a promotion guard counts a sighting of the active as "alive".
+    pub guard_window: Duration,
+    /// How long a standby-durability write waits for its confirmation.
+    pub confirm_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            gateway_connections: 4096,
+            gateway_streams: 64,
+            gateway_request_bytes: domsync_proto::gateway::MAX_REQUEST_BYTES,
+            guard_window: Duration::from_secs(5),
+            confirm_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key concerned (`domains[2].replicas`), or empty for the file as a whole.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// A configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration {path}: {detail}; pass --config FILE or create it (see fixtures/domsync.toml)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        detail: String,
+    },
+    /// The file has problems; all of them are listed.
+    #[error("{}", display_problems(.path, .problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn display_problems(path: &Path, problems: &[Problem]) -> String {
+    let mut out = format!(
+        "configuration {} refused ({} problem{}):",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        if p.key.is_empty() {
+            out.push_str(&format!(" [{}]", p.message));
+        } else {
+            out.push_str(&format!(" [{}: {}]", p.key, p.message));
+        }
+    }
+    out
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl Config {
+    /// The domains this node holds a replica of.
+    pub fn local_domains(&self) -> impl Iterator<Item = &DomainConfig> {
+        self.domains
+            .iter()
+            .filter(|d| d.replicas.contains(&self.node.id))
+    }
+}
+
+/// A clean configuration file, the tests' starting point.
+#[cfg(test)]
+const GOOD: &str = r#"
+    [node]
+    id = "a"
+    listen = "127.0.0.1:7400"
+    [tls]
+    ca = "ca.pem"
+    cert = "node-a.pem"
+    key = "node-a.key"
+    [[peers]]
+    id = "b"
+    address = "127.0.0.1:7401"
+    [[domains]]
+    name = "t1"
+    replicas = ["a", "b"]
+    [[domains]]
+    name = "t2"
+    replicas = ["b", "a"]
+    durability = "all"
+    [limits]
+    guard_window_ms = 2000
+"#;

@@ -1,0 +1,132 @@
+//! What the metrics show, gathered from the daemon at one time: the table of definitions
+//! reads every sample from a [`Snapshot`].
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::{Daemon, Placement};
+use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Role};
+use domsync_proto::repl::SyncStatus;
+use domsync_store::WriterStats;
+
+/// The daemon's state the metrics are rendered from, gathered at one time.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Snapshot {
+    /// Seconds since the Unix epoch when gathered (for the CRLs' next update).
+    pub(super) now_secs: i64,
+    /// Every placed domain, in name order.
+    pub(super) domains: Vec<DomainMetrics>,
+    /// Gateway answers by result.
+    pub(super) gateway_requests: Vec<(&'static str, u64)>,
+    /// Gateway connections open.
+    pub(super) gateway_connections: usize,
+}
+
+/// One placed domain.
+#[derive(Debug, Clone)]
+pub(super) struct DomainMetrics {
+    pub(super) name: DomainId,
+    pub(super) placement: Placement,
+    /// The replica open here, if any.
+    pub(super) replica: Option<ReplicaMetrics>,
+    /// Records and bytes shipped (active here).
+    pub(super) shipped: Option<(u64, u64)>,
+    /// Records the log's size cap dropped unreplicated (active here).
+    pub(super) unreplicated_trimmed: Option<u64>,
+    /// Each standby and its sync status (active here).
+    pub(super) standbys: Vec<(NodeId, SyncStatus)>,
+    /// The active followed and the sync status (standby here).
+    pub(super) follower: Option<(NodeId, SyncStatus)>,
+}
+
+/// The replica of a domain open here.
+#[derive(Debug, Clone)]
+pub(super) struct ReplicaMetrics {
+    /// Read live (a domain can step down on its own); `None` when it cannot be read.
+    pub(super) status: Option<ReplicaStatus>,
+    /// Commit counters.
+    pub(super) stats: WriterStats,
+    /// Each CRL's issuer and next update (seconds since the Unix epoch).
+    pub(super) crls: Vec<(String, Option<i64>)>,
+}
+
+/// What the metrics use of a replica's status.
+#[derive(Debug, Clone)]
+pub(super) struct ReplicaStatus {
+    pub(super) role: Role,
+    pub(super) epoch: Epoch,
+    pub(super) lsn: Lsn,
+    pub(super) log_bytes: u64,
+}
+
+/// Gathers what the metrics show.
+pub(super) fn gather(daemon: &Daemon) -> Snapshot {
+    let node = daemon.node();
+    let now_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let domains = daemon
+        .placements()
+        .into_iter()
+        .map(|(name, placement)| {
+            let replica = node.replica(&name).map(|r| ReplicaMetrics {
+                status: r.status().ok().map(|s| ReplicaStatus {
+                    role: s.role,
+                    epoch: s.epoch,
+                    lsn: s.position.lsn,
+                    log_bytes: s.log_bytes,
+                }),
+                stats: r.stats(),
+                crls: r.crls().map_or_else(
+                    |_| Vec::new(),
+                    |read| {
+                        read.value
+                            .into_iter()
+                            .map(|c| (c.issuer, c.next_update))
+                            .collect()
+                    },
+                ),
+            });
+            DomainMetrics {
+                shipped: node.shipped(&name),
+                unreplicated_trimmed: node.unreplicated_trimmed(&name),
+                standbys: node
+                    .sync_status(&name)
+                    .into_iter()
+                    .map(|r| (r.node, r.status))
+                    .collect(),
+                follower: node.follower_status(&name).map(|f| (f.active, f.status)),
+                name,
+                placement,
+                replica,
+            }
+        })
+        .collect();
+    Snapshot {
+        now_secs,
+        domains,
+        gateway_requests: node.gateway_requests(),
+        gateway_connections: node.gateway_connections(),
+    }
+}
+
+impl Snapshot {
+    /// Domains with a replica open here.
+    pub(super) fn replicas(&self) -> impl Iterator<Item = (&DomainMetrics, &ReplicaMetrics)> {
+        self.domains
+            .iter()
+            .filter_map(|d| d.replica.as_ref().map(|r| (d, r)))
+    }
+
+    /// Domains whose replica status could be read.
+    pub(super) fn statuses(&self) -> impl Iterator<Item = (&DomainMetrics, &ReplicaStatus)> {
+        self.replicas()
+            .filter_map(|(d, r)| r.status.as_ref().map(|s| (d, s)))
+    }
+
+    /// Every standby of the domains active here.
+    pub(super) fn standbys(&self) -> impl Iterator<Item = (&DomainMetrics, &NodeId, &SyncStatus)> {
+        self.domains
+            .iter()
+            .flat_map(|d| d.standbys.iter().map(move |(n, s)| (d, n, s)))
+    }
+}
