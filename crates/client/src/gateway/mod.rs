@@ -1,22 +1,31 @@
 //! The gateway service (DESIGN.md §8): security gateways read their policy packages and CRLs
 //! from any replica of a domain, active or standby, over QUIC (ALPN `domsync-gw/1`).
 //!
-//! [`protocol`] holds the messages. The node side is served by [`domsync_node::Node`] for
-//! every domain it holds (grants per domain: [`domsync_node::Node::grant`]).
+//! The messages are [`domsync_proto::gateway`]. The node side is served by `domsync_node::Node`
+//! for every domain it holds (grants per domain: `Node::grant`).
 //!
-//! The gateway side is [`client`]: a [`Client`] of one domain that prefers the nearest node,
-//! fails over, reads monotonically, verifies packages and keeps the last good copies in a
-//! [`cache`] on disk. [`select`] is its node ranking, without I/O.
+//! The gateway side is a [`Client`] of one domain that prefers the nearest node, fails over,
+//! reads monotonically, verifies packages and keeps the last good copies in a [`Cache`] on
+//! disk; its node ranking ([`Health`]) is computed without I/O.
 
+mod assembly;
 mod cache;
 mod client;
+mod config;
+mod exchange;
+mod held;
+mod lookup;
+mod pool;
 mod select;
+#[cfg(test)]
+mod tests;
+mod watch;
 
 pub use cache::{Cache, CacheError, CachedCrl, CachedPolicy};
-pub use client::{
-    Client, ClientConfig, CrlCopy, Error, Listing, NodeReport, Origin, Package, Update, Watch,
-};
+pub use client::Client;
+pub use config::{ClientConfig, CrlCopy, Error, Listing, NodeReport, Origin, Package, Update};
 pub use select::Health;
+pub use watch::Watch;
 
 /// Parses `ID=ADDRESS` (as in `--node a=10.0.0.1:7400`): a node id and its gateway address.
 ///
