@@ -1,56 +1,38 @@
 //! Replication end to end: real quinn + mutual TLS on 127.0.0.1 ephemeral ports, several nodes
 //! in one test process, each with its own store.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use domsync_net::{pki, Credentials, Identity, PeerRole, TlsFiles};
-use domsync_node::{ActiveConfig, Node, NodeConfig, WriteError};
+use domsync_net::{Credentials, PeerRole};
+use domsync_node::{ActiveConfig, WriteError};
 use domsync_proto::model::{DomainId, Lsn, NodeId, Op};
 use domsync_proto::repl::{Durability, SyncStatus};
 use domsync_store::{Domain, Store, StoreOptions};
-
-/// Hang guard for waits on real network progress (never a timing assertion).
-const GUARD: Duration = Duration::from_secs(60);
-
-fn nid(s: &str) -> NodeId {
-    NodeId::new(s).unwrap()
-}
+use domsync_testkit::cluster::{nid, reach, replicated, until, Deployment, TestNode, GUARD};
 
 fn dom() -> DomainId {
     "tenant-1".parse().unwrap()
 }
 
-/// A deployment CA with node certificates for `nodes`, in `dir`.
+/// A deployment CA with node certificates for `nodes`, in `dir` (the `pki` directory of the
+/// test's directory).
 fn deployment(dir: &Path, nodes: &[&str]) {
-    pki::init_ca(dir).unwrap();
-    for n in nodes {
-        pki::issue(dir, PeerRole::Node, n, dir, 30).unwrap();
-    }
+    let parent = dir
+        .parent()
+        .expect("the pki directory is inside the test's directory");
+    Deployment::nodes(parent, nodes);
 }
 
 fn creds(dir: &Path, node: &str) -> Credentials {
-    TlsFiles::in_dir(dir, &Identity::new(PeerRole::Node, node).unwrap())
-        .load()
-        .unwrap()
+    let parent = dir
+        .parent()
+        .expect("the pki directory is inside the test's directory");
+    Deployment::existing(parent).credentials(PeerRole::Node, node)
 }
 
-struct TestNode {
-    node: Node,
-    store: Store,
-}
-
-fn start(dir: &Path, pki_dir: &Path, name: &str) -> TestNode {
-    let store = Store::open(dir.join(name), StoreOptions::new(nid(name))).unwrap();
-    let mut config = NodeConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        creds(pki_dir, name),
-        BTreeMap::new(),
-    );
-    config.tick = Duration::from_millis(20);
-    let node = Node::start(config).unwrap();
-    TestNode { node, store }
+fn start(dir: &Path, _pki_dir: &Path, name: &str) -> TestNode {
+    Deployment::existing(dir).start(name)
 }
 
 /// Node `a` of a fresh deployment with nodes `names`, serving the domain as active.
@@ -68,53 +50,20 @@ fn active_node(dir: &Path, names: &[&str], config: ActiveConfig) -> (TestNode, D
     (a, active)
 }
 
-/// Waits until `domain` reaches `lsn`.
-async fn reach(domain: &Domain, lsn: Lsn) {
-    let mut positions = domain.subscribe();
-    tokio::time::timeout(GUARD, positions.wait_for(|p| p.lsn >= lsn))
-        .await
-        .expect("standby did not catch up in time")
-        .unwrap();
-}
-
-/// Waits until `f` holds, looking again whenever the node's state may have moved.
-async fn until(mut f: impl FnMut() -> bool) {
-    tokio::time::timeout(GUARD, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("condition not reached in time");
-}
-
 /// An active on `a` and standbys on `b`, `c`.
 async fn cluster(
     dir: &Path,
     durability: Durability,
     standbys: &[&str],
 ) -> (TestNode, Vec<TestNode>, Domain, Vec<Domain>) {
-    let pki_dir = dir.join("pki");
     let mut names = vec!["a"];
     names.extend_from_slice(standbys);
-    deployment(&pki_dir, &names);
-    let a = start(dir, &pki_dir, "a");
-    let active = a.store.create_domain(&dom()).unwrap();
+    let deployment = Deployment::nodes(dir, &names);
     let ids: Vec<NodeId> = standbys.iter().map(|s| nid(s)).collect();
-    a.node
-        .serve_active(active.clone(), ActiveConfig::new(durability, ids));
-    let mut nodes = Vec::new();
-    let mut replicas = Vec::new();
-    for s in standbys {
-        let n = start(dir, &pki_dir, s);
-        n.node.set_peer(nid("a"), a.node.local_addr().unwrap());
-        a.node.set_peer(nid(s), n.node.local_addr().unwrap());
-        let d = n.store.join_domain(&dom()).unwrap();
-        n.node.follow(d.clone(), nid("a"));
-        replicas.push(d);
-        nodes.push(n);
-    }
-    (a, nodes, active, replicas)
+    let config = ActiveConfig::new(durability, ids);
+    let mut c = replicated(&deployment, &dom(), "a", standbys, config, |_, _| {});
+    let a = c.nodes.remove(0);
+    (a, c.nodes, c.active, c.standbys)
 }
 
 fn put(i: usize) -> Vec<Op> {
@@ -151,7 +100,7 @@ async fn two_standbys_converge_after_ten_thousand_concurrent_writes() {
     }
     let reports = a.node.sync_status(&dom());
     assert_eq!(reports.len(), 2);
-    until(|| {
+    until("the awaited state", || {
         a.node
             .sync_status(&dom())
             .iter()
@@ -170,8 +119,10 @@ async fn a_cut_connection_resumes_from_the_log_without_a_snapshot() {
     reach(&replicas[0], Lsn(200)).await;
     // The first sync of a new standby is a snapshot; count from here, once the follower
     // itself has seen that it holds everything.
-    until(|| nodes[0].node.follower_status(&dom()).unwrap().status == SyncStatus::Synchronized)
-        .await;
+    until("the awaited state", || {
+        nodes[0].node.follower_status(&dom()).unwrap().status == SyncStatus::Synchronized
+    })
+    .await;
     let resyncs = nodes[0].node.follower_status(&dom()).unwrap().resyncs;
     // Cut the connection from the standby's side, write more meanwhile, then let it resume.
     nodes[0].node.disconnect(&nid("a")).await;
@@ -211,7 +162,10 @@ async fn a_standby_behind_retention_is_resynced_by_snapshot_then_streams() {
     let (sa, sb) = (active.status().unwrap(), standby.status().unwrap());
     assert_eq!(sb.digest, sa.digest);
     assert_eq!(sb.uid, sa.uid);
-    until(|| b.node.follower_status(&dom()).unwrap().resyncs == 1).await;
+    until("the awaited state", || {
+        b.node.follower_status(&dom()).unwrap().resyncs == 1
+    })
+    .await;
     assert!(standby.verify().unwrap().is_clean());
     let policy = standby.policy("edge").unwrap().value.unwrap();
     assert_eq!(policy.content, vec![7u8; 100_000]);
@@ -262,14 +216,14 @@ async fn a_node_that_is_not_a_replica_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _nodes, _active, _replicas) = cluster(dir.path(), Durability::Local, &["b"]).await;
     let pki_dir = dir.path().join("pki");
-    pki::issue(&pki_dir, PeerRole::Node, "x", &pki_dir, 30).unwrap();
+    Deployment::existing(dir.path()).issue(PeerRole::Node, "x");
     let x = start(dir.path(), &pki_dir, "x");
     x.node.set_peer(nid("a"), a.node.local_addr().unwrap());
     let d = x.store.join_domain(&dom()).unwrap();
     a.node.write(&dom(), put(1)).await.unwrap();
     // Not listed as a peer of `a`: its connection is refused.
     x.node.follow(d.clone(), nid("a"));
-    until(|| {
+    until("the awaited state", || {
         x.node
             .follower_status(&dom())
             .is_some_and(|r| !r.connected && r.position.lsn == Lsn(0))
@@ -278,7 +232,7 @@ async fn a_node_that_is_not_a_replica_is_refused() {
     // Listed as a peer, but not a replica of the domain: it is told exactly what a node
     // without the domain would say, and gets nothing.
     a.node.set_peer(nid("x"), x.node.local_addr().unwrap());
-    until(|| {
+    until("the awaited state", || {
         x.node
             .follower_status(&dom())
             .and_then(|r| r.last_error)
@@ -305,7 +259,10 @@ async fn retention_keeps_what_standbys_need_within_the_size_cap() {
     }
     reach(&standby, Lsn(100)).await;
     // Everything the standby holds durably is trimmed.
-    until(|| active.status().unwrap().log_start == Lsn(101)).await;
+    until("the awaited state", || {
+        active.status().unwrap().log_start == Lsn(101)
+    })
+    .await;
 
     assert_eq!(a.node.unreplicated_trimmed(&dom()), Some(0));
     // The standby stops following; the log grows past the cap and is trimmed to it.
@@ -313,7 +270,7 @@ async fn retention_keeps_what_standbys_need_within_the_size_cap() {
     for i in 100..1100 {
         a.node.write(&dom(), put(i)).await.unwrap();
     }
-    until(|| {
+    until("the awaited state", || {
         let s = active.status().unwrap();
         s.log_start > Lsn(101) && s.log_bytes <= 40_000
     })
@@ -326,12 +283,18 @@ async fn retention_keeps_what_standbys_need_within_the_size_cap() {
     );
     // What the cap dropped past lsn 100 no standby held: reported, not silent.
     let log_start = active.status().unwrap().log_start;
-    until(|| a.node.unreplicated_trimmed(&dom()) == Some(log_start.0 - 101)).await;
+    until("the awaited state", || {
+        a.node.unreplicated_trimmed(&dom()) == Some(log_start.0 - 101)
+    })
+    .await;
     // Behind the retained log, the standby comes back through a snapshot, then streams.
     b.node.follow(standby.clone(), nid("a"));
     reach(&standby, Lsn(1100)).await;
     // The follower counts the resync once the switched-in state is reported back to it.
-    until(|| b.node.follower_status(&dom()).unwrap().resyncs == 1).await;
+    until("the awaited state", || {
+        b.node.follower_status(&dom()).unwrap().resyncs == 1
+    })
+    .await;
     a.node.write(&dom(), put(7)).await.unwrap();
     reach(&standby, Lsn(1101)).await;
     assert_eq!(
@@ -661,7 +624,7 @@ async fn a_standby_process_killed_midway_through_a_snapshot_restarts_intact_and_
         .unwrap();
     // Kill it while the snapshot is being built aside.
     let half_built = dir.path().join("b/domains/.tenant-1.resync.redb");
-    until(|| half_built.exists()).await;
+    until("the awaited state", || half_built.exists()).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
