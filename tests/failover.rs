@@ -1,63 +1,35 @@
 //! Manual promotion (failover) over real QUIC: the split-brain guard, the lag check and the
 //! writes a promoted standby keeps.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use domsync_net::{pki, Identity, PeerRole, TlsFiles};
-use domsync_node::{ActiveConfig, Node, NodeConfig, PromoteError};
-use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Op, Role};
+use domsync_testkit::cluster::{mesh, nid, reach, Deployment, TestNode, GUARD};
+use domsync_node::{ActiveConfig, PromoteError};
+use domsync_proto::model::{DomainId, Epoch, Lsn, Op, Role};
 use domsync_proto::repl::Durability;
 use domsync_proto::repl::Seer;
-use domsync_store::{open_file, BackendFactory, Domain, Store, StoreOptions};
-
-const GUARD: Duration = Duration::from_secs(60);
-
-fn nid(s: &str) -> NodeId {
-    NodeId::new(s).unwrap()
-}
+use domsync_store::{open_file, BackendFactory, Domain};
 
 fn dom() -> DomainId {
     "tenant-1".parse().unwrap()
-}
-
-struct TestNode {
-    node: Node,
-    store: Store,
 }
 
 fn start(dir: &Path, name: &str) -> TestNode {
     start_with(dir, name, None)
 }
 
+/// Node `name` of the deployment in `dir`, quick to give up on a peer that does not answer,
+/// its store opened through `backend` when given.
 fn start_with(
     dir: &Path,
     name: &str,
     backend: Option<std::sync::Arc<dyn BackendFactory>>,
 ) -> TestNode {
-    let pki_dir = dir.join("pki");
-    let creds = TlsFiles::in_dir(&pki_dir, &Identity::new(PeerRole::Node, name).unwrap())
-        .load()
-        .unwrap();
-    let mut options = StoreOptions::new(nid(name));
-    options.backend = backend;
-    let store = Store::open(dir.join(name), options).unwrap();
-    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap(), creds, BTreeMap::new());
-    config.tick = Duration::from_millis(20);
-    config.connect_timeout = Duration::from_millis(500);
-    TestNode {
-        node: Node::start(config).unwrap(),
-        store,
-    }
-}
-
-async fn reach(domain: &Domain, lsn: Lsn) {
-    let mut positions = domain.subscribe();
-    tokio::time::timeout(GUARD, positions.wait_for(|p| p.lsn >= lsn))
-        .await
-        .expect("replica did not reach the lsn in time")
-        .unwrap();
+    Deployment::existing(dir).start_with(name, |config, options| {
+        config.connect_timeout = Duration::from_millis(500);
+        options.backend = backend;
+    })
 }
 
 /// Waits until `n`'s follower of the domain has noticed that its stream to the active is gone
@@ -81,17 +53,9 @@ fn put(i: usize) -> Vec<Op> {
 
 /// Active `a` (standby durability) with standbys `b` and `c`, all peers of each other.
 async fn cluster(dir: &Path) -> (TestNode, TestNode, TestNode, Domain, Domain, Domain) {
-    let pki_dir = dir.join("pki");
-    pki::init_ca(&pki_dir).unwrap();
-    for n in ["a", "b", "c"] {
-        pki::issue(&pki_dir, PeerRole::Node, n, &pki_dir, 30).unwrap();
-    }
+    Deployment::nodes(dir, &["a", "b", "c"]);
     let (a, b, c) = (start(dir, "a"), start(dir, "b"), start(dir, "c"));
-    for x in [&a, &b, &c] {
-        for (name, y) in [("a", &a), ("b", &b), ("c", &c)] {
-            x.node.set_peer(nid(name), y.node.local_addr().unwrap());
-        }
-    }
+    mesh(&[&a, &b, &c]);
     let da = a.store.create_domain(&dom()).unwrap();
     let mut config = ActiveConfig::new(Durability::Standby, vec![nid("b"), nid("c")]);
     config.confirm_timeout = Duration::from_millis(300);
@@ -684,11 +648,7 @@ impl redb::StorageBackend for GatedFile {
 async fn a_fenced_standby_neither_acknowledges_nor_applies_a_batch_of_the_old_active_in_flight() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
-    let pki_dir = dir.path().join("pki");
-    pki::init_ca(&pki_dir).unwrap();
-    for n in ["a", "b", "c"] {
-        pki::issue(&pki_dir, PeerRole::Node, n, &pki_dir, 30).unwrap();
-    }
+    Deployment::nodes(dir.path(), &["a", "b", "c"]);
     let gate = std::sync::Arc::new(Gate::default());
     let (a, b) = (start(dir.path(), "a"), start(dir.path(), "b"));
     let c = start_with(
@@ -696,11 +656,7 @@ async fn a_fenced_standby_neither_acknowledges_nor_applies_a_batch_of_the_old_ac
         "c",
         Some(std::sync::Arc::new(GatedDisk(gate.clone()))),
     );
-    for x in [&a, &b, &c] {
-        for (name, y) in [("a", &a), ("b", &b), ("c", &c)] {
-            x.node.set_peer(nid(name), y.node.local_addr().unwrap());
-        }
-    }
+    mesh(&[&a, &b, &c]);
     let da = a.store.create_domain(&dom()).unwrap();
     let mut config = config_for(&["b", "c"]);
     config.confirm_timeout = Duration::from_millis(300);
