@@ -4,12 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use domsync_testkit::cluster::{mesh, nid, reach, Deployment, TestNode, GUARD};
 use domsync_node::{ActiveConfig, PromoteError};
 use domsync_proto::model::{DomainId, Epoch, Lsn, Op, Role};
 use domsync_proto::repl::Durability;
 use domsync_proto::repl::Seer;
 use domsync_store::{open_file, BackendFactory, Domain};
+use domsync_testkit::cluster::{mesh, nid, reach, Deployment, TestNode, GUARD, TEST_TICK};
 
 fn dom() -> DomainId {
     "tenant-1".parse().unwrap()
@@ -27,6 +27,7 @@ fn start_with(
     backend: Option<std::sync::Arc<dyn BackendFactory>>,
 ) -> TestNode {
     Deployment::existing(dir).start_with(name, |config, options| {
+        config.tick = TEST_TICK;
         config.connect_timeout = Duration::from_millis(500);
         options.backend = backend;
     })

@@ -9,7 +9,9 @@ use domsync_node::{ActiveConfig, WriteError};
 use domsync_proto::model::{DomainId, Lsn, NodeId, Op};
 use domsync_proto::repl::{Durability, SyncStatus};
 use domsync_store::{Domain, Store, StoreOptions};
-use domsync_testkit::cluster::{nid, reach, replicated, until, Deployment, TestNode, GUARD};
+use domsync_testkit::cluster::{
+    nid, reach, replicated, until, Deployment, TestNode, GUARD, TEST_TICK,
+};
 
 fn dom() -> DomainId {
     "tenant-1".parse().unwrap()
@@ -61,7 +63,9 @@ async fn cluster(
     let deployment = Deployment::nodes(dir, &names);
     let ids: Vec<NodeId> = standbys.iter().map(|s| nid(s)).collect();
     let config = ActiveConfig::new(durability, ids);
-    let mut c = replicated(&deployment, &dom(), "a", standbys, config, |_, _| {});
+    let mut c = replicated(&deployment, &dom(), "a", standbys, config, |n, _| {
+        n.tick = TEST_TICK;
+    });
     let a = c.nodes.remove(0);
     (a, c.nodes, c.active, c.standbys)
 }

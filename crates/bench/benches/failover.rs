@@ -11,23 +11,17 @@
 //! Stores are on disk (real fsync), QUIC with mutual TLS on 127.0.0.1.
 //! `cargo bench --bench failover`.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use domsync_net::{pki, Identity, PeerRole, TlsFiles};
-use domsync_node::{ActiveConfig, Node, NodeConfig};
-use domsync_proto::model::{DomainId, Lsn, NodeId, Op};
+use domsync_node::{ActiveConfig, Node};
+use domsync_proto::model::{DomainId, Lsn, Op};
 use domsync_proto::repl::Durability;
-use domsync_store::{Domain, Store, StoreOptions};
+use domsync_store::{Domain, Store};
+use domsync_testkit::cluster::{nid, replicated, Deployment};
 
 const RUNS: usize = 20;
 const GUARD: Duration = Duration::from_secs(60);
-
-fn nid(s: &str) -> NodeId {
-    NodeId::new(s).expect("node id")
-}
 
 fn dom() -> DomainId {
     "bench".parse().expect("domain id")
@@ -48,38 +42,19 @@ struct Pair {
     _dir: tempfile::TempDir,
 }
 
-fn node(dir: &Path, name: &str) -> (Node, Store) {
-    let pki_dir = dir.join("pki");
-    let creds = TlsFiles::in_dir(&pki_dir, &Identity::new(PeerRole::Node, name).expect("id"))
-        .load()
-        .expect("credentials");
-    let store = Store::open(dir.join(name), StoreOptions::new(nid(name))).expect("store");
-    let mut config = NodeConfig::new("127.0.0.1:0".parse().expect("addr"), creds, BTreeMap::new());
-    config.tick = Duration::from_millis(10);
-    config.connect_timeout = Duration::from_millis(200);
-    (Node::start(config).expect("node"), store)
-}
-
 /// Active `a`, standby `b` (standby durability), synchronized at lsn 100.
 async fn pair() -> Pair {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki_dir = dir.path().join("pki");
-    pki::init_ca(&pki_dir).expect("ca");
-    for n in ["a", "b"] {
-        pki::issue(&pki_dir, PeerRole::Node, n, &pki_dir, 30).expect("issue");
-    }
-    let (a, sa) = node(dir.path(), "a");
-    let (b, sb) = node(dir.path(), "b");
-    a.set_peer(nid("b"), b.local_addr().expect("addr"));
-    b.set_peer(nid("a"), a.local_addr().expect("addr"));
-    let da = sa.create_domain(&dom()).expect("domain");
-    a.serve_active(da, ActiveConfig::new(Durability::Standby, vec![nid("b")]));
-    let db = sb.join_domain(&dom()).expect("join");
-    b.follow(db.clone(), nid("a"));
-    b.configure(
-        &dom(),
-        ActiveConfig::new(Durability::Standby, vec![nid("a")]),
-    );
+    let deployment = Deployment::nodes(dir.path(), &["a", "b"]);
+    let config = ActiveConfig::new(Durability::Standby, vec![nid("b")]);
+    let mut c = replicated(&deployment, &dom(), "a", &["b"], config, |n, _| {
+        n.tick = Duration::from_millis(10);
+        n.connect_timeout = Duration::from_millis(200);
+    });
+    let (nb, na) = (c.nodes.remove(1), c.nodes.remove(0));
+    let (a, b, db) = (na.node, nb.node, c.standbys.remove(0));
+    // Once promoted, `b` has no standby left to confirm writes: local durability there.
+    b.configure(&dom(), ActiveConfig::new(Durability::Local, vec![nid("a")]));
     for i in 0..100 {
         a.write(&dom(), put(i)).await.expect("write");
     }
@@ -96,7 +71,7 @@ async fn pair() -> Pair {
         a,
         b,
         db,
-        _stores: (sa, sb),
+        _stores: (na.store, nb.store),
         _dir: dir,
     }
 }

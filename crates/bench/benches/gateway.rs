@@ -9,34 +9,22 @@
 //! `cargo bench --bench gateway` (`DOMSYNC_BENCH_SECS` sets the seconds per fetch round,
 //! default 3).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use domsync_net::{
-    self, pki, Credentials, Identity, PeerRole, TlsFiles, ALPN_GATEWAY, SERVER_NAME,
-};
 use domsync_net::{read_frame, write_frame};
-use domsync_node::{ActiveConfig, Node, NodeConfig};
+use domsync_net::{Credentials, PeerRole, ALPN_GATEWAY, SERVER_NAME};
+use domsync_node::{ActiveConfig, Node};
 use domsync_proto::gateway::{Query, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
-use domsync_proto::model::{DomainId, Lsn, NodeId};
+use domsync_proto::model::{DomainId, Lsn};
 use domsync_proto::repl::Durability;
-use domsync_store::{Domain, Store, StoreOptions};
+use domsync_store::{Domain, Store};
+use domsync_testkit::cluster::{nid, replicated, Deployment};
 use quinn::Endpoint;
 
 const GUARD: Duration = Duration::from_secs(120);
 
-fn nid(s: &str) -> NodeId {
-    NodeId::new(s).expect("node id")
-}
-
 fn dom() -> DomainId {
     "bench".parse().expect("domain id")
-}
-
-fn creds(pki_dir: &std::path::Path, role: PeerRole, name: &str) -> Credentials {
-    TlsFiles::in_dir(pki_dir, &Identity::new(role, name).expect("id"))
-        .load()
-        .expect("credentials")
 }
 
 struct Setup {
@@ -51,43 +39,26 @@ struct Setup {
 
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki_dir = dir.path().join("pki");
-    pki::init_ca(&pki_dir).expect("ca");
-    for (role, name) in [
-        (PeerRole::Node, "a"),
-        (PeerRole::Node, "b"),
-        (PeerRole::Gateway, "g"),
-    ] {
-        pki::issue(&pki_dir, role, name, &pki_dir, 30).expect("issue");
-    }
-    let start = |name: &str| {
-        let config = NodeConfig::new(
-            "127.0.0.1:0".parse().expect("addr"),
-            creds(&pki_dir, PeerRole::Node, name),
-            BTreeMap::new(),
-        );
-        Node::start(config).expect("node")
-    };
-    let (a, b) = (start("a"), start("b"));
-    a.set_peer(nid("b"), b.local_addr().expect("addr"));
-    b.set_peer(nid("a"), a.local_addr().expect("addr"));
-    let sa = Store::open(dir.path().join("a"), StoreOptions::new(nid("a"))).expect("store");
-    let sb = Store::open(dir.path().join("b"), StoreOptions::new(nid("b"))).expect("store");
-    let da = sa.create_domain(&dom()).expect("domain");
-    a.serve_active(
-        da.clone(),
-        ActiveConfig::new(Durability::Local, vec![nid("b")]),
+    let deployment = Deployment::new(
+        dir.path(),
+        &[
+            (PeerRole::Node, "a"),
+            (PeerRole::Node, "b"),
+            (PeerRole::Gateway, "g"),
+        ],
     );
-    let db = sb.join_domain(&dom()).expect("join");
-    b.follow(db.clone(), nid("a"));
+    let config = ActiveConfig::new(Durability::Local, vec![nid("b")]);
+    let mut c = replicated(&deployment, &dom(), "a", &["b"], config, |_, _| {});
+    let (nb, na) = (c.nodes.remove(1), c.nodes.remove(0));
+    let (a, b, da, db) = (na.node, nb.node, c.active, c.standbys.remove(0));
     b.grant(&dom(), "g");
     Setup {
         b,
         da,
         db,
-        gateway: creds(&pki_dir, PeerRole::Gateway, "g"),
+        gateway: deployment.credentials(PeerRole::Gateway, "g"),
         _a: a,
-        _stores: (sa, sb),
+        _stores: (na.store, nb.store),
         _dir: dir,
     }
 }

@@ -21,16 +21,15 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use domsync_net::{pki, Identity, PeerRole, TlsFiles};
 use domsync_node::{ActiveConfig, Node, NodeConfig};
-use domsync_proto::model::{DomainId, Lsn, NodeId, Op};
+use domsync_proto::model::{DomainId, Lsn, Op};
 use domsync_proto::repl::Durability;
-use domsync_store::{Domain, Store, StoreOptions};
+use domsync_store::{Domain, Store};
+use domsync_testkit::cluster::{nid, replicated, Deployment};
 use tokio::runtime::Runtime;
 
 /// Concurrent writer tasks of the throughput measurement.
@@ -47,10 +46,6 @@ const GUARD: Duration = Duration::from_secs(120);
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-fn nid(s: &str) -> NodeId {
-    NodeId::new(s).expect("node id")
 }
 
 fn dom() -> DomainId {
@@ -75,14 +70,9 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-fn node_config(pki_dir: &Path, name: &str) -> NodeConfig {
-    let creds = TlsFiles::in_dir(
-        pki_dir,
-        &Identity::new(PeerRole::Node, name).expect("identity"),
-    )
-    .load()
-    .expect("credentials");
-    let mut config = NodeConfig::new("127.0.0.1:0".parse().expect("addr"), creds, BTreeMap::new());
+/// The node settings the environment asks for (tick, batch, window); the node's defaults
+/// otherwise.
+fn tune(config: &mut NodeConfig) {
     if let Some(ms) = env_u64("REPL_BENCH_TICK_MS") {
         config.tick = Duration::from_millis(ms);
     }
@@ -92,7 +82,6 @@ fn node_config(pki_dir: &Path, name: &str) -> NodeConfig {
     if let Some(n) = env_u64("REPL_BENCH_WINDOW_RECORDS") {
         config.ship.window_records = n;
     }
-    config
 }
 
 impl Cluster {
@@ -100,30 +89,17 @@ impl Cluster {
     async fn start(durability: Durability) -> Cluster {
         // The normal temporary directory, on disk: durability is a real fsync.
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki_dir = dir.path().join("pki");
-        pki::init_ca(&pki_dir).expect("ca");
-        for n in ["a", "b"] {
-            pki::issue(&pki_dir, PeerRole::Node, n, &pki_dir, 30).expect("issue");
-        }
-        let sa = Store::open(dir.path().join("a"), StoreOptions::new(nid("a"))).expect("store a");
-        let sb = Store::open(dir.path().join("b"), StoreOptions::new(nid("b"))).expect("store b");
-        let a = Node::start(node_config(&pki_dir, "a")).expect("node a");
-        let b = Node::start(node_config(&pki_dir, "b")).expect("node b");
-        let active = sa.create_domain(&dom()).expect("create domain");
-        a.serve_active(
-            active.clone(),
-            ActiveConfig::new(durability, vec![nid("b")]),
-        );
-        b.set_peer(nid("a"), a.local_addr().expect("addr"));
-        a.set_peer(nid("b"), b.local_addr().expect("addr"));
-        let standby = sb.join_domain(&dom()).expect("join domain");
-        b.follow(standby.clone(), nid("a"));
+        let deployment = Deployment::nodes(dir.path(), &["a", "b"]);
+        let config = ActiveConfig::new(durability, vec![nid("b")]);
+        let mut c = replicated(&deployment, &dom(), "a", &["b"], config, |n, _| tune(n));
+        let (b, a) = (c.nodes.remove(1), c.nodes.remove(0));
+        let (active, standby) = (c.active, c.standbys.remove(0));
         let cluster = Cluster {
-            a,
-            b,
+            a: a.node,
+            b: b.node,
             active,
             standby,
-            _stores: (sa, sb),
+            _stores: (a.store, b.store),
             _dir: dir,
         };
         let first = cluster

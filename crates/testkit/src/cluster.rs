@@ -32,6 +32,9 @@ use domsync_store::{Domain, Store, StoreOptions};
 /// is declared stuck.
 pub const GUARD: Duration = Duration::from_secs(60);
 
+/// The tick of test nodes: timers (retries, heartbeats) fire in tens of milliseconds.
+pub const TEST_TICK: Duration = Duration::from_millis(20);
+
 /// A node id (panics on an invalid one: test input).
 pub fn nid(name: &str) -> NodeId {
     NodeId::new(name).unwrap_or_else(|e| panic!("node id {name:?}: {e}"))
@@ -98,13 +101,13 @@ impl Deployment {
             .unwrap_or_else(|e| panic!("credentials of {identity}: {e}"))
     }
 
-    /// Starts node `name` on an ephemeral loopback port with a 20 ms tick and no peers.
+    /// Starts node `name` on an ephemeral loopback port with a [`TEST_TICK`] and no peers.
     pub fn start(&self, name: &str) -> TestNode {
-        self.start_with(name, |_, _| {})
+        self.start_with(name, |config, _| config.tick = TEST_TICK)
     }
 
-    /// As [`Deployment::start`], with `adjust` changing the node's and the store's settings
-    /// before they start.
+    /// Starts node `name` on an ephemeral loopback port with no peers and the node's and
+    /// store's defaults, changed by `adjust` before they start.
     pub fn start_with(
         &self,
         name: &str,
@@ -117,7 +120,6 @@ impl Deployment {
             self.credentials(PeerRole::Node, name),
             BTreeMap::new(),
         );
-        config.tick = Duration::from_millis(20);
         adjust(&mut config, &mut options);
         let store = Store::open(self.dir.join(name), options)
             .unwrap_or_else(|e| panic!("store of {name}: {e}"));
