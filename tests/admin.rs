@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use domsync_net::{Identity, PeerRole, TlsFiles, ALPN_ADMIN};
 use domsync_proto::admin::{Answer, Request, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
 
-mod common;
-
-use common::{
-    domain_of, domsync, ok, run, socket_cmd, status_json, wait_status, Cluster, Json, GUARD,
-};
+use domsync_testkit::cli::{domain_of, domsync, ok, run, socket_cmd, status_json, wait_status};
+use domsync_testkit::poll::GUARD;
+use domsync_testkit::process::Cluster;
+use serde_json::Value;
 
 const CRL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crl/fixture-ca-2.der");
 
@@ -54,13 +53,13 @@ fn status_and_writes_through_the_admin_socket() {
     assert_eq!(line("t1")[..5], ["t1", "active", "1@a", "4", "serving"]);
     assert_eq!(line("t2")[..5], ["t2", "active", "1@a", "0", "serving"]);
     let s = status_json(sock);
-    assert_eq!(s.get("node").str(), "a");
-    assert_eq!(s.get("domains").arr().len(), 2);
+    assert_eq!(s["node"].as_str().unwrap(), "a");
+    assert_eq!(s["domains"].as_array().unwrap().len(), 2);
     let t1 = domain_of(&s, "t1");
-    assert_eq!(t1.get("role").str(), "active");
-    assert_eq!(t1.get("lsn").num(), 4.0);
-    assert_eq!(t1.get("epoch").get("node").str(), "a");
-    assert_eq!(t1.get("digest").str().len(), 64);
+    assert_eq!(t1["role"].as_str().unwrap(), "active");
+    assert_eq!(t1["lsn"].as_f64().unwrap(), 4.0);
+    assert_eq!(t1["epoch"]["node"].as_str().unwrap(), "a");
+    assert_eq!(t1["digest"].as_str().unwrap().len(), 64);
 
     // One-line errors and exit codes.
     let out = domsync(sock, &["kv", "put", "nope", "k", "v"]);
@@ -185,7 +184,7 @@ fn a_foreign_user_on_the_admin_socket_is_refused() {
     );
     // Root (the service user here) is served; nothing was written by the refused client.
     let s = status_json(sock);
-    assert_eq!(domain_of(&s, "t1").get("lsn").num(), 0.0);
+    assert_eq!(domain_of(&s, "t1")["lsn"].as_f64().unwrap(), 0.0);
 }
 
 fn is_root() -> bool {
@@ -299,9 +298,9 @@ fn converged(a: &Path, b: &Path, lsn: f64) {
     loop {
         let (sa, sb) = (status_json(a), status_json(b));
         let (da, db) = (domain_of(&sa, "t1"), domain_of(&sb, "t1"));
-        if da.get("lsn").num() == lsn
-            && db.get("lsn").num() == lsn
-            && da.get("digest") == db.get("digest")
+        if da["lsn"].as_f64().unwrap() == lsn
+            && db["lsn"].as_f64().unwrap() == lsn
+            && da["digest"] == db["digest"]
         {
             return;
         }
@@ -321,7 +320,7 @@ fn promote_and_switchover_through_the_cli_on_two_nodes() {
     let a = c.start("a", domains);
     let (sa, sb) = (a.socket.clone(), b.socket.clone());
     wait_status(&sa, "t1 created on a", |s| {
-        domain_of(s, "t1").get("role") == &Json::Str("active".into())
+        domain_of(s, "t1")["role"] == "active"
     });
     for i in 0..5 {
         ok(&sa, &["kv", "put", "t1", &format!("k{i}"), "v"]);
@@ -329,16 +328,16 @@ fn promote_and_switchover_through_the_cli_on_two_nodes() {
     converged(&sa, &sb, 5.0);
     // a's table shows b synchronized; b's shows it following a.
     let s = wait_status(&sa, "b synchronized", |s| {
-        domain_of(s, "t1")
-            .get("standbys")
-            .arr()
+        domain_of(s, "t1")["standbys"]
+            .as_array()
+            .unwrap()
             .first()
-            .is_some_and(|sb| sb.get("sync_status").get("name").str() == "Synchronized")
+            .is_some_and(|sb| sb["sync_status"]["name"] == "Synchronized")
     });
-    let sbj = domain_of(&s, "t1").get("standbys").arr()[0].clone();
-    assert_eq!(sbj.get("node").str(), "b");
-    assert_eq!(sbj.get("lag").get("records").num(), 0.0);
-    assert!(matches!(sbj.get("last_sync_ms"), Json::Num(_)), "{sbj:?}");
+    let sbj = domain_of(&s, "t1")["standbys"].as_array().unwrap()[0].clone();
+    assert_eq!(sbj["node"].as_str().unwrap(), "b");
+    assert_eq!(sbj["lag"]["records"].as_f64().unwrap(), 0.0);
+    assert!(sbj["last_sync_ms"].is_number(), "{sbj:?}");
     let table = ok(&sa, &["status"]);
     assert!(
         table.contains("  standby b") && table.contains("Synchronized"),
@@ -370,15 +369,10 @@ fn promote_and_switchover_through_the_cli_on_two_nodes() {
     // The hand-over was at exactly a's position: a follows b synchronized, with a last sync,
     // from the moment the switchover returns (it used to say `last sync never`).
     let s = status_json(&sa);
-    let follower = domain_of(&s, "t1").get("follower");
-    assert_eq!(follower.get("active").str(), "b", "{follower:?}");
-    assert!(
-        matches!(follower.get("last_sync_ms"), Json::Num(_)),
-        "{follower:?}"
-    );
-    wait_status(&sb, "b active", |s| {
-        domain_of(s, "t1").get("role") == &Json::Str("active".into())
-    });
+    let follower = &domain_of(&s, "t1")["follower"];
+    assert_eq!(follower["active"].as_str().unwrap(), "b", "{follower:?}");
+    assert!(follower["last_sync_ms"].is_number(), "{follower:?}");
+    wait_status(&sb, "b active", |s| domain_of(s, "t1")["role"] == "active");
     ok(&sb, &["kv", "put", "t1", "after-switchover", "1"]);
     let out = domsync(&sa, &["kv", "put", "t1", "x", "y"]);
     assert_eq!(out.code, 1);
@@ -403,16 +397,16 @@ fn promote_and_switchover_through_the_cli_on_two_nodes() {
     );
     ok(&sa, &["kv", "put", "t1", "after-promote", "1"]);
     let s = status_json(&sa);
-    assert_eq!(domain_of(&s, "t1").get("role").str(), "active");
-    assert_eq!(domain_of(&s, "t1").get("lsn").num(), 7.0);
+    assert_eq!(domain_of(&s, "t1")["role"].as_str().unwrap(), "active");
+    assert_eq!(domain_of(&s, "t1")["lsn"].as_f64().unwrap(), 7.0);
 
     // b comes back, learns the higher epoch, follows a: equal digests.
     let b = c.start("b", domains);
     converged(&sa, &b.socket, 7.0);
     let s = wait_status(&b.socket, "b follows a", |s| {
-        domain_of(s, "t1").get("role") == &Json::Str("standby".into())
+        domain_of(s, "t1")["role"] == "standby"
     });
-    assert_eq!(domain_of(&s, "t1").get("collisions").num(), 0.0);
+    assert_eq!(domain_of(&s, "t1")["collisions"].as_f64().unwrap(), 0.0);
 }
 
 #[test]
@@ -423,7 +417,7 @@ fn collisions_are_listed_reapplied_on_the_new_active_and_discarded() {
     let mut a = c.start("a", domains);
     let (sa, sb) = (a.socket.clone(), b.socket.clone());
     wait_status(&sa, "t1 created on a", |s| {
-        domain_of(s, "t1").get("role") == &Json::Str("active".into())
+        domain_of(s, "t1")["role"] == "active"
     });
     ok(&sa, &["kv", "put", "t1", "shared", "1"]);
     converged(&sa, &sb, 1.0);
@@ -448,7 +442,7 @@ fn collisions_are_listed_reapplied_on_the_new_active_and_discarded() {
     let a = c.start("a", domains);
     let s = wait_status(&a.socket, "a archives its divergent records", |s| {
         let d = domain_of(s, "t1");
-        d.get("role") == &Json::Str("standby".into()) && d.get("collisions").num() == 2.0
+        d["role"] == "standby" && d["collisions"] == 2.0
     });
     assert!(
         ok(&a.socket, &["status"]).contains("2 archived collisions"),
@@ -497,29 +491,29 @@ fn collisions_are_listed_reapplied_on_the_new_active_and_discarded() {
     assert_eq!(out.code, 4, "already gone: {}", out.stderr);
     converged(&a.socket, &sb, 3.0);
     let s = status_json(&a.socket);
-    assert_eq!(domain_of(&s, "t1").get("collisions").num(), 0.0);
+    assert_eq!(domain_of(&s, "t1")["collisions"].as_f64().unwrap(), 0.0);
     // The archive is empty: the active no longer calls a a collision, and a's link, which
     // recovered, carries no error from before as its current state.
     wait_status(
         &sb,
         "b sees a synchronized once its archive is empty",
         |s| {
-            domain_of(s, "t1").get("standbys").arr().iter().any(|x| {
-                x.get("node").str() == "a"
-                    && x.get("sync_status").get("name").str() == "Synchronized"
-            })
+            domain_of(s, "t1")["standbys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["node"] == "a" && x["sync_status"]["name"] == "Synchronized")
         },
     );
     let s = wait_status(&a.socket, "a synchronized with b", |s| {
-        domain_of(s, "t1")
-            .get("follower")
-            .get("sync_status")
-            .get("name")
-            .str()
-            == "Synchronized"
+        domain_of(s, "t1")["follower"]["sync_status"]["name"] == "Synchronized"
     });
-    let follower = domain_of(&s, "t1").get("follower");
-    assert_eq!(follower.get("last_error"), &Json::Null, "{follower:?}");
+    let follower = &domain_of(&s, "t1")["follower"];
+    assert_eq!(
+        follower.get("last_error"),
+        Some(&Value::Null),
+        "{follower:?}"
+    );
 }
 
 /// A standby that is down is shown as such by its active: disconnected, never
@@ -532,31 +526,30 @@ fn a_standby_that_is_down_shows_a_growing_lag() {
     let a = c.start("a", domains);
     let sa = a.socket.clone();
     wait_status(&sa, "t1 created on a", |s| {
-        domain_of(s, "t1").get("role") == &Json::Str("active".into())
+        domain_of(s, "t1")["role"] == "active"
     });
     ok(&sa, &["kv", "put", "t1", "before", "1"]);
     converged(&sa, &b.socket, 1.0);
     b.kill();
-    let standby_b = |s: &Json| -> Json {
-        domain_of(s, "t1")
-            .get("standbys")
-            .arr()
+    let standby_b = |s: &Value| -> Value {
+        domain_of(s, "t1")["standbys"]
+            .as_array()
+            .unwrap()
             .iter()
-            .find(|x| x.get("node").str() == "b")
+            .find(|x| x["node"] == "b")
             .cloned()
-            .unwrap_or(Json::Null)
+            .unwrap_or(Value::Null)
     };
     let s = wait_status(&sa, "a shows b disconnected and lagging", |s| {
         let x = standby_b(s);
-        x.get("connected") == &Json::Bool(false)
-            && x.get("sync_status").get("name").str() == "Lagging"
+        x["connected"] == false && x["sync_status"]["name"] == "Lagging"
     });
-    let first = standby_b(&s).get("lag").get("ms").num();
+    let first = standby_b(&s)["lag"]["ms"].as_f64().unwrap();
     let s = wait_status(&sa, "b's lag grows while it is down", |s| {
-        standby_b(s).get("lag").get("ms").num() >= first + 1000.0
+        standby_b(s)["lag"]["ms"].as_f64().unwrap() >= first + 1000.0
     });
     assert_eq!(
-        standby_b(&s).get("sync_status").get("name").str(),
+        standby_b(&s)["sync_status"]["name"].as_str().unwrap(),
         "Lagging",
         "{s:?}"
     );

@@ -29,11 +29,12 @@ use domsync_proto::repl::{Ack, Message};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 
-mod common;
-
-use common::{
-    creds, domain_of, nid, report, status_json, wait_status, Cluster, Daemon, GATEWAY, GUARD,
-};
+use domsync_testkit::cli::{domain_of, report, status_json, wait_status};
+use domsync_testkit::nid;
+use domsync_testkit::pki::creds;
+use domsync_testkit::poll::GUARD;
+use domsync_testkit::process::{Cluster, Daemon, GATEWAY};
+use domsync_testkit::rng::Rng;
 
 /// Longest a hostile exchange may take before the node must have ended it: the longest idle
 /// limit of the node's protocols (60 s for an admin request) plus slack. A hang guard, not a
@@ -45,23 +46,6 @@ const MEMORY_BOUND_KIB: u64 = 96 * 1024;
 
 fn dom(s: &str) -> DomainId {
     s.parse().unwrap()
-}
-
-/// A small deterministic generator (splitmix64) for the random bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 /// A frame header claiming `len` payload bytes.
@@ -263,7 +247,11 @@ async fn framing_attacks(conn: &quinn::Connection, cap: usize, rng: &mut Rng, wh
 /// while the stream stays open. The node must give up on it by itself.
 fn silent(conn: quinn::Connection, cap: usize, what: &'static str) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let bytes = truncated(u32::try_from(cap / 2).unwrap_or(u32::MAX), 100, &mut Rng(7));
+        let bytes = truncated(
+            u32::try_from(cap / 2).unwrap_or(u32::MAX),
+            100,
+            &mut Rng::from_state(7),
+        );
         hostile_stream(&conn, &bytes, false, cap, what).await;
     })
 }
@@ -299,7 +287,7 @@ async fn flood(
         for s in 0..32u64 {
             let conn = conn.clone();
             tasks.push(tokio::spawn(async move {
-                let mut rng = Rng(c * 1000 + s);
+                let mut rng = Rng::from_state(c * 1000 + s);
                 let Ok((mut send, recv)) = conn.open_bi().await else {
                     return (0, 0, None);
                 };
@@ -573,7 +561,7 @@ fn bad_peers_on_every_protocol_leave_normal_traffic_alone() {
     let (addr_a, addr_b) = (c.addr("a"), c.addr("b"));
 
     wait_status(&c.socket("a"), "t1 active on a", |s| {
-        report(s, "t1").is_some_and(|d| d.get("role") == &common::Json::Str("active".into()))
+        report(s, "t1").is_some_and(|d| d["role"] == "active")
     });
     let claimed = rt.block_on(async {
         // Normal traffic: the first package must be on the standby before the reader starts.
@@ -607,7 +595,7 @@ fn bad_peers_on_every_protocol_leave_normal_traffic_alone() {
 
         let before = (peak_kib(a.child.id()), peak_kib(b.child.id()));
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut rng = Rng(0x5eed);
+        let mut rng = Rng::from_state(0x5eed);
         let (mut claimed, mut pushed) = (0u64, 0u64);
         let mut quiet = Vec::new();
         for addr in [&addr_a, &addr_b] {
@@ -702,8 +690,8 @@ fn bad_peers_on_every_protocol_leave_normal_traffic_alone() {
     loop {
         let (sa, sb) = (status_json(&c.socket("a")), status_json(&c.socket("b")));
         let (da, db) = (domain_of(&sa, "t1"), domain_of(&sb, "t1"));
-        if da.get("lsn") == db.get("lsn") && da.get("digest") == db.get("digest") {
-            assert!(da.get("lsn").num() > 1.0);
+        if da["lsn"] == db["lsn"] && da["digest"] == db["digest"] {
+            assert!(da["lsn"].as_f64().unwrap() > 1.0);
             break;
         }
         assert!(Instant::now() < deadline, "no convergence: {da:?} {db:?}");

@@ -17,9 +17,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{domsync_cmd, poll, report, run, status_json, Daemon, Json, Out, GATEWAY};
+use domsync_testkit::cli::{self, domsync_cmd, report, run, status_json, Out};
+use domsync_testkit::poll::poll;
+use domsync_testkit::process::{self, Daemon, GATEWAY};
+use serde_json::Value;
 
 /// Hang guard only: every wait polls a condition up to this deadline.
 const GUARD: Duration = Duration::from_secs(90);
@@ -37,11 +38,11 @@ const DOMAINS: [(&str, [&str; 3], &str); 6] = [
 ];
 
 /// The cluster's files: PKI, one configuration and state directory per node.
-struct Cluster(common::Cluster);
+struct Cluster(process::Cluster);
 
 impl std::ops::Deref for Cluster {
-    type Target = common::Cluster;
-    fn deref(&self) -> &common::Cluster {
+    type Target = process::Cluster;
+    fn deref(&self) -> &process::Cluster {
         &self.0
     }
 }
@@ -49,7 +50,7 @@ impl std::ops::Deref for Cluster {
 impl Cluster {
     /// A deployment CA and certificates made with `domsync pki`, one config file per node.
     fn new() -> Cluster {
-        let c = Cluster(common::Cluster::without_pki(&NODES));
+        let c = Cluster(process::Cluster::without_pki(&NODES));
         let pki = c.pki().display().to_string();
         let out = run(&mut domsync_cmd(&["pki", "init", "--dir", &pki]));
         assert_eq!(out.code, 0, "pki init: {out}");
@@ -95,15 +96,15 @@ impl Cluster {
 
     /// `domsync --socket <node's admin socket> ARGS`.
     fn domsync(&self, node: &str, args: &[&str]) -> Out {
-        common::domsync(&self.socket(node), args)
+        cli::domsync(&self.socket(node), args)
     }
 
     /// Like [`Cluster::domsync`], asserting exit 0; returns stdout.
     fn ok(&self, node: &str, args: &[&str]) -> String {
-        common::ok(&self.socket(node), args)
+        cli::ok(&self.socket(node), args)
     }
 
-    fn status(&self, node: &str) -> Json {
+    fn status(&self, node: &str) -> Value {
         status_json(&self.socket(node))
     }
 
@@ -138,10 +139,10 @@ impl Cluster {
     /// active, every standby of `up` follows it synchronized (as the active and the standby
     /// both report), and all hold the same lsn and digest. Returns the active of each domain
     /// and the last statuses.
-    fn converged(&self, up: &[&str]) -> (BTreeMap<String, String>, BTreeMap<String, Json>) {
+    fn converged(&self, up: &[&str]) -> (BTreeMap<String, String>, BTreeMap<String, Value>) {
         let deadline = Instant::now() + GUARD;
         poll(GUARD, Duration::from_millis(50), || {
-            let statuses: BTreeMap<String, Json> = up
+            let statuses: BTreeMap<String, Value> = up
                 .iter()
                 .map(|n| ((*n).to_owned(), self.status(n)))
                 .collect();
@@ -179,24 +180,24 @@ impl Cluster {
     }
 }
 
-fn check_converged(statuses: &BTreeMap<String, Json>) -> Result<BTreeMap<String, String>, String> {
+fn check_converged(statuses: &BTreeMap<String, Value>) -> Result<BTreeMap<String, String>, String> {
     let mut actives = BTreeMap::new();
     for (domain, _, _) in DOMAINS {
         let mut active = None;
         let mut states = Vec::new();
         for (node, s) in statuses {
             let r = report(s, domain).ok_or(format!("{domain} not listed on {node}"))?;
-            if r.get("placement").str() != "serving" || r.get("role") == &Json::Null {
+            if r["placement"] != "serving" || r["role"].is_null() {
                 return Err(format!("{domain} not served on {node}"));
             }
-            let role = r.get("role").str();
+            let role = r["role"].as_str().unwrap();
             if role == "active" {
                 if active.replace(node.clone()).is_some() {
                     return Err(format!("{domain}: two actives"));
                 }
-                for sb in r.get("standbys").arr() {
-                    let sb_node = sb.get("node").str();
-                    let name = sb.get("sync_status").get("name").str();
+                for sb in r["standbys"].as_array().unwrap() {
+                    let sb_node = sb["node"].as_str().unwrap();
+                    let name = sb["sync_status"]["name"].as_str().unwrap();
                     if statuses.contains_key(sb_node) && name != "Synchronized" {
                         return Err(format!("{domain}: standby {sb_node} {name} on {node}"));
                     }
@@ -205,10 +206,10 @@ fn check_converged(statuses: &BTreeMap<String, Json>) -> Result<BTreeMap<String,
             states.push((
                 node.clone(),
                 role.to_owned(),
-                r.get("lsn").num(),
-                r.get("digest").str().to_owned(),
-                r.get("epoch").get("term").num(),
-                r.get("epoch").get("node").str().to_owned(),
+                r["lsn"].as_f64().unwrap(),
+                r["digest"].as_str().unwrap().to_owned(),
+                r["epoch"]["term"].as_f64().unwrap(),
+                r["epoch"]["node"].as_str().unwrap().to_owned(),
             ));
         }
         let active = active.ok_or(format!("{domain}: no active"))?;
@@ -218,10 +219,10 @@ fn check_converged(statuses: &BTreeMap<String, Json>) -> Result<BTreeMap<String,
                 return Err(format!("{domain}: {node} differs: {states:?}"));
             }
             if role == "standby" {
-                let f = report(&statuses[node], domain).unwrap().get("follower");
-                if f == &Json::Null
-                    || f.get("active").str() != active
-                    || f.get("sync_status").get("name").str() != "Synchronized"
+                let f = &report(&statuses[node], domain).unwrap()["follower"];
+                if f.is_null()
+                    || f["active"].as_str().unwrap() != active
+                    || f["sync_status"]["name"] != "Synchronized"
                 {
                     return Err(format!("{domain}: {node} does not follow {active}: {f:?}"));
                 }
@@ -232,8 +233,8 @@ fn check_converged(statuses: &BTreeMap<String, Json>) -> Result<BTreeMap<String,
     Ok(actives)
 }
 
-fn lsn(status: &Json, domain: &str) -> f64 {
-    report(status, domain).unwrap().get("lsn").num()
+fn lsn(status: &Value, domain: &str) -> f64 {
+    report(status, domain).unwrap()["lsn"].as_f64().unwrap()
 }
 
 /// Runs `f` for every item at once (the daemons' probes of a dead peer wait in parallel).
@@ -265,9 +266,12 @@ fn three_daemons_driven_through_the_cli() {
         assert_eq!(actives[name], replicas[0], "{name}: {actives:?}");
     }
     for n in NODES {
-        assert_eq!(statuses[n].get("node").str(), n);
+        assert_eq!(statuses[n]["node"].as_str().unwrap(), n);
         assert_eq!(actives.values().filter(|a| *a == n).count(), 2);
-        assert_eq!(statuses[n].get("domains").arr().len(), DOMAINS.len());
+        assert_eq!(
+            statuses[n]["domains"].as_array().unwrap().len(),
+            DOMAINS.len()
+        );
     }
     let table = c.ok("a", &["status"]);
     assert!(table.starts_with("node a\n"), "{table}");
@@ -357,7 +361,10 @@ fn three_daemons_driven_through_the_cli() {
     );
     assert_eq!(out.stderr.lines().count(), 1, "{out}");
     let s = c.status("c");
-    assert_eq!(report(&s, "t2").unwrap().get("role").str(), "standby");
+    assert_eq!(
+        report(&s, "t2").unwrap()["role"].as_str().unwrap(),
+        "standby"
+    );
     // Promoting an active is refused too.
     let out = c.domsync("b", &["promote", "t2"]);
     assert_eq!(out.code, 1, "{out}");
@@ -449,10 +456,9 @@ fn three_daemons_driven_through_the_cli() {
     );
     for name in &names {
         assert_eq!(
-            report(&statuses["b"], name)
-                .unwrap()
-                .get("collisions")
-                .num(),
+            report(&statuses["b"], name).unwrap()["collisions"]
+                .as_f64()
+                .unwrap(),
             0.0
         );
     }
@@ -491,7 +497,7 @@ fn three_daemons_driven_through_the_cli() {
             .iter()
             .map(|n| {
                 let r = report(&statuses[*n], name).unwrap();
-                (r.get("lsn").num(), r.get("digest").str())
+                (r["lsn"].as_f64().unwrap(), r["digest"].as_str().unwrap())
             })
             .collect();
         assert!(

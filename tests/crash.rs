@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use domsync_proto::model::{DomainId, Lsn, NodeId};
 use domsync_store::{Store, StoreError, StoreOptions};
+use domsync_testkit::rng::Rng;
 
 const CHILD_ENV: &str = "DOMSYNC_CRASH_CHILD_DIR";
 const THREADS: usize = 4;
@@ -70,19 +71,6 @@ fn crash_child() {
         .collect();
     for h in handles {
         h.join().expect("writer thread");
-    }
-}
-
-/// Small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 
@@ -173,7 +161,7 @@ fn sigkill_never_loses_acknowledged_writes() {
                 .unwrap_or(1)
         });
     println!("crash test seed: {seed} (rerun with DOMSYNC_CRASH_SEED={seed})");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let id = domain_id();

@@ -6,9 +6,9 @@ use std::process::Command;
 
 use domsync_net::PeerRole;
 
-mod common;
-
-use common::{creds, free_port, init_pki, Daemon, NodeConfig, GUARD};
+use domsync_testkit::pki::{creds, init_pki};
+use domsync_testkit::poll::{free_port, GUARD};
+use domsync_testkit::process::{Daemon, NodeConfig};
 
 fn write_config(dir: &Path, domains: &[&str], port: u16) -> PathBuf {
     let pki_dir = dir.join("pki");

@@ -17,9 +17,9 @@ use domsync_proto::repl::{Durability, SyncStatus};
 use domsync_store::{Domain, Store, StoreOptions};
 use tokio::time::timeout;
 
-mod common;
-
-use common::{creds, domsync_cmd, init_pki, nid, run};
+use domsync_testkit::cli::{domsync_cmd, run};
+use domsync_testkit::nid;
+use domsync_testkit::pki::{creds, init_pki};
 
 /// Hang guard only.
 const GUARD: Duration = Duration::from_secs(60);

@@ -23,9 +23,8 @@ use quinn::{ConnectionError, Endpoint};
 use sha2::{Digest as _, Sha256};
 use tokio::time::timeout;
 
-mod common;
-
-use common::{creds, init_pki, nid};
+use domsync_testkit::nid;
+use domsync_testkit::pki::{creds, init_pki};
 
 /// Hang guard only.
 const GUARD: Duration = Duration::from_secs(120);

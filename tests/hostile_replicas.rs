@@ -25,9 +25,11 @@ use domsync_proto::model::{DomainId, Epoch, NodeId, Position};
 use domsync_proto::repl::{decode_message, encode_message, MAX_MESSAGE_BYTES};
 use domsync_proto::repl::{Answer, Durability, Follow, Message, RejectReason, TakeOver};
 
-mod common;
-
-use common::{domain_of, nid, ok, poll, status_json, wait_status, Cluster, Daemon, Json, GUARD};
+use domsync_testkit::cli::{domain_of, ok, parse_json, status_json, wait_status};
+use domsync_testkit::nid;
+use domsync_testkit::poll::{poll, GUARD};
+use domsync_testkit::process::{Cluster, Daemon};
+use serde_json::Value;
 
 /// How long a refusal that happens at once (the node closes the connection right after its
 /// handshake, and logs it) may take to be seen. A hang guard for the failing case only.
@@ -122,19 +124,19 @@ impl Setup {
 
     /// Waits until `b` follows `a` synchronized at `a`'s lsn; returns that lsn.
     fn synchronized(&self, what: &str) -> f64 {
-        let lsn = domain_of(&status_json(&self.a.socket), "t1")
-            .get("lsn")
-            .num();
+        let lsn = domain_of(&status_json(&self.a.socket), "t1")["lsn"]
+            .as_f64()
+            .unwrap();
         wait_status(
             &self.b.socket,
             &format!("{what}: b synchronized at lsn {lsn}"),
             |s| {
                 let d = domain_of(s, "t1");
                 field(d, "role") == "standby"
-                    && d.get("lsn").num() == lsn
-                    && matches!(d.get("follower"), Json::Obj(_))
-                    && d.get("follower").get("active").str() == "a"
-                    && d.get("follower").get("sync_status").get("name").str() == "Synchronized"
+                    && d["lsn"].as_f64().unwrap() == lsn
+                    && d["follower"].is_object()
+                    && d["follower"]["active"] == "a"
+                    && d["follower"]["sync_status"]["name"] == "Synchronized"
             },
         );
         lsn
@@ -151,7 +153,7 @@ impl Setup {
             (1.0, "a".to_owned()),
             "after {after}: a's epoch {da:?}"
         );
-        let lsn = da.get("lsn").num();
+        let lsn = da["lsn"].as_f64().unwrap();
         let out = self.write(&format!("after-{}", after.replace(' ', "-")));
         assert!(out.starts_with("put at lsn"), "after {after}: {out}");
         let synced = self.synchronized(after);
@@ -160,10 +162,10 @@ impl Setup {
             "after {after}: a's lsn did not move from {lsn}"
         );
         let raw = ok(&self.b.socket, &["status", "--json"]);
-        let db = domain_of(&Json::parse(&raw), "t1").clone();
+        let db = domain_of(&parse_json(&raw), "t1").clone();
         assert_eq!(field(&db, "role"), "standby", "after {after}: b {db:?}");
         assert_eq!(
-            db.get("follower").get("active").str(),
+            db["follower"]["active"].as_str().unwrap(),
             "a",
             "after {after}: b {db:?}"
         );
@@ -183,17 +185,17 @@ impl Setup {
 }
 
 /// The string field `key` of a status object (`""` when it is null).
-fn field<'a>(d: &'a Json, key: &str) -> &'a str {
-    match d.get(key) {
-        Json::Str(s) => s,
-        _ => "",
-    }
+fn field<'a>(d: &'a Value, key: &str) -> &'a str {
+    d[key].as_str().unwrap_or("")
 }
 
 /// `(term, node)` of a domain report's epoch.
-fn epoch_of(d: &Json) -> (f64, String) {
-    let e = d.get("epoch");
-    (e.get("term").num(), e.get("node").str().to_owned())
+fn epoch_of(d: &Value) -> (f64, String) {
+    let e = &d["epoch"];
+    (
+        e["term"].as_f64().unwrap(),
+        e["node"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// A QUIC connection on `domsync-repl/1` to `addr` with the certificate of node `who`.

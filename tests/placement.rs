@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{domsync, ok, poll, report, status_json, wait_status, Cluster, Daemon, Json, GUARD};
+use domsync_testkit::cli::{domsync, ok, parse_json, report, status_json, wait_status};
+use domsync_testkit::poll::{poll, GUARD};
+use domsync_testkit::process::{Cluster, Daemon};
+use serde_json::Value;
 
 const NODES: [&str; 3] = ["a", "b", "c"];
 
@@ -27,12 +28,8 @@ fn start_all(c: &Cluster) -> BTreeMap<&'static str, Daemon> {
 }
 
 /// Role of `domain` on a node's status (`None`: not listed or not open).
-fn role(status: &Json, domain: &str) -> Option<String> {
-    let d = report(status, domain)?;
-    match d.get("role") {
-        Json::Str(r) => Some(r.clone()),
-        _ => None,
-    }
+fn role(status: &Value, domain: &str) -> Option<String> {
+    report(status, domain)?["role"].as_str().map(str::to_owned)
 }
 
 /// Waits until every replica of every domain in `domains` is open, exactly one is active and
@@ -40,7 +37,7 @@ fn role(status: &Json, domain: &str) -> Option<String> {
 /// active of each domain.
 fn wait_converged(c: &Cluster, domains: &[&str]) -> BTreeMap<String, String> {
     poll(GUARD, Duration::from_millis(100), || {
-        let statuses: Vec<(&str, Json)> = NODES
+        let statuses: Vec<(&str, Value)> = NODES
             .iter()
             .map(|n| (*n, status_json(&c.socket(n))))
             .collect();
@@ -53,24 +50,25 @@ fn wait_converged(c: &Cluster, domains: &[&str]) -> BTreeMap<String, String> {
                     good = false;
                     continue;
                 };
-                if r.get("placement").str() != "serving" || r.get("role") == &Json::Null {
+                if r["placement"] != "serving" || r["role"].is_null() {
                     good = false;
                     continue;
                 }
-                if r.get("role").str() == "active" {
+                if r["role"] == "active" {
                     actives.insert((*d).to_owned(), (*node).to_owned());
-                    if r.get("standbys")
-                        .arr()
+                    if r["standbys"]
+                        .as_array()
+                        .unwrap()
                         .iter()
-                        .any(|sb| sb.get("sync_status").get("name").str() != "Synchronized")
+                        .any(|sb| sb["sync_status"]["name"] != "Synchronized")
                     {
                         good = false;
                     }
                 }
                 states.push((
-                    r.get("role").str().to_owned(),
-                    r.get("lsn").num(),
-                    r.get("digest").str().to_owned(),
+                    r["role"].as_str().unwrap().to_owned(),
+                    r["lsn"].as_f64().unwrap(),
+                    r["digest"].as_str().unwrap().to_owned(),
                 ));
             }
             let active_count = states.iter().filter(|s| s.0 == "active").count();
@@ -128,31 +126,31 @@ fn plan_proposes_spreading_and_rebalance_carries_it_out() {
     let moves: Vec<&str> = table.lines().filter(|l| l.contains(" -> ")).collect();
     assert_eq!(moves.len(), 2, "{table}");
     assert!(moves.iter().all(|m| m.contains(": a -> ")), "{table}");
-    let plan = Json::parse(&ok(&c.socket("a"), &["plan", "--json"]));
-    assert_eq!(plan.get("node").str(), "a");
-    let load: BTreeMap<&str, (f64, f64)> = plan
-        .get("nodes")
-        .arr()
+    let plan = parse_json(&ok(&c.socket("a"), &["plan", "--json"]));
+    assert_eq!(plan["node"].as_str().unwrap(), "a");
+    let load: BTreeMap<&str, (f64, f64)> = plan["nodes"]
+        .as_array()
+        .unwrap()
         .iter()
         .map(|n| {
             (
-                n.get("id").str(),
-                (n.get("load_now").num(), n.get("load").num()),
+                n["id"].as_str().unwrap(),
+                (n["load_now"].as_f64().unwrap(), n["load"].as_f64().unwrap()),
             )
         })
         .collect();
     assert_eq!(load["a"], (4.0, 2.0), "{plan:?}");
     assert_eq!(load["b"], (0.0, 1.0), "{plan:?}");
     assert_eq!(load["c"], (0.0, 1.0), "{plan:?}");
-    let planned: Vec<(String, String)> = plan
-        .get("moves")
-        .arr()
+    let planned: Vec<(String, String)> = plan["moves"]
+        .as_array()
+        .unwrap()
         .iter()
         .map(|m| {
-            assert_eq!(m.get("from").str(), "a");
+            assert_eq!(m["from"].as_str().unwrap(), "a");
             (
-                m.get("domain").str().to_owned(),
-                m.get("to").str().to_owned(),
+                m["domain"].as_str().unwrap().to_owned(),
+                m["to"].as_str().unwrap().to_owned(),
             )
         })
         .collect();
@@ -298,8 +296,8 @@ fn domains_added_at_runtime_are_served_kept_and_removed() {
     );
 
     // The plan counts the added domains and their weights.
-    let plan = Json::parse(&ok(&c.socket("a"), &["plan", "--json"]));
-    assert_eq!(plan.get("domains").arr().len(), 6, "{plan:?}");
+    let plan = parse_json(&ok(&c.socket("a"), &["plan", "--json"]));
+    assert_eq!(plan["domains"].as_array().unwrap().len(), 6, "{plan:?}");
 
     // A restart of `a` (its configuration file still without t5, t6) serves them again.
     if let Some(mut a) = nodes.remove("a") {
@@ -309,7 +307,7 @@ fn domains_added_at_runtime_are_served_kept_and_removed() {
     let s = wait_status(&c.socket("a"), "t5 and t6 served after restart", |s| {
         role(s, "t5").as_deref() == Some("standby") && role(s, "t6").as_deref() == Some("standby")
     });
-    assert_eq!(s.get("domains").arr().len(), 6);
+    assert_eq!(s["domains"].as_array().unwrap().len(), 6);
     let out = ok(&c.socket("b"), &["kv", "put", "t5", "k2", "v2"]);
     assert!(out.starts_with("put at lsn 2"), "{out}");
     wait_converged(&c, &all);
@@ -333,11 +331,11 @@ fn domains_added_at_runtime_are_served_kept_and_removed() {
         assert!(out.contains("no longer served"), "{out}");
         wait_status(&c.socket(n), "t5 gone", |s| {
             role(s, "t5").is_none()
-                && !s
-                    .get("domains")
-                    .arr()
+                && !s["domains"]
+                    .as_array()
+                    .unwrap()
                     .iter()
-                    .any(|d| d.get("domain").str() == "t5")
+                    .any(|d| d["domain"] == "t5")
         });
     }
     let out = ok(
@@ -347,7 +345,7 @@ fn domains_added_at_runtime_are_served_kept_and_removed() {
     assert_eq!(out.matches("no longer served").count(), 3, "{out}");
     for n in NODES {
         let s = status_json(&c.socket(n));
-        assert_eq!(s.get("domains").arr().len(), 4, "{n}: {s:?}");
+        assert_eq!(s["domains"].as_array().unwrap().len(), 4, "{n}: {s:?}");
         let file = c.dir.path().join(n).join("state/domains/t5.redb");
         assert!(file.exists(), "{} is gone", file.display());
     }

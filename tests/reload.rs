@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-mod common;
-
-use common::{domsync, ok, poll, Cluster, Daemon, GUARD};
+use domsync_testkit::cli::{domsync, ok};
+use domsync_testkit::poll::{poll, GUARD};
+use domsync_testkit::process::{Cluster, Daemon};
 
 const LIMITS: &str = "guard_window_ms = 300\nconfirm_timeout_ms = 400";
 

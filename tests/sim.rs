@@ -41,6 +41,7 @@ use domsync_store::{Domain, Resync, Store, StoreError};
 use sim_support::{
     assert_replayed, counters, describe, local_view, open_store, resync_target, run_replayable,
     run_seeds, seeds, snapshot_messages, standby_view, take_snapshot, temp_root, Clock, Rng,
+    SimDraws,
 };
 
 /// Salt of this simulation's seeds.

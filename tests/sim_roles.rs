@@ -93,7 +93,7 @@ use domsync_proto::repl::{
 use domsync_store::{ArchivedRecord, Domain, DomainStatus, Resync, Store, StoreError};
 use sim_support::{
     assert_replayed, counters, local_view, open_store, resync_target, run_replayable, run_seeds,
-    seeds, snapshot_messages, take_snapshot, temp_root, Clock, Rng,
+    seeds, snapshot_messages, take_snapshot, temp_root, Clock, Rng, SimDraws,
 };
 
 const N: usize = 3;

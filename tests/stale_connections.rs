@@ -21,14 +21,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-mod common;
 mod torture_support;
 
-use common::Out;
 use domsync_proto::admin::DomainReport;
 use domsync_proto::admin::{Answer, NodeStatus, Request};
 use domsync_proto::model::{Lsn, Op, Role};
 use domsync_proto::repl::SyncStatus;
+use domsync_testkit::cli::{self, Out};
+use domsync_testkit::poll::free_port;
 use torture_support::{
     admin, check_acked, dom, lock, pause, Rig, Shared, Topology, Writer, CONVERGE, NODES,
     ONE_AT_A_TIME,
@@ -55,10 +55,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn new_rig() -> Rig {
-    let ports: BTreeMap<String, u16> = NODES
-        .iter()
-        .map(|n| (n.to_string(), common::free_port()))
-        .collect();
+    let ports: BTreeMap<String, u16> = NODES.iter().map(|n| (n.to_string(), free_port())).collect();
     Rig::new(Topology::loopback(&ports), &DOMAINS, LIMITS)
 }
 
@@ -68,7 +65,7 @@ async fn cli(rig: &Rig, node: &str, args: &[&str]) -> Out {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        common::domsync(&socket, &args)
+        cli::domsync(&socket, &args)
     })
     .await
     .unwrap()

@@ -26,14 +26,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-mod common;
 mod torture_support;
 
 use domsync_proto::admin::{Answer, NodeStatus};
 use domsync_proto::model::Role;
+use domsync_testkit::poll::free_port;
+use domsync_testkit::rng::Rng;
 use torture_support::{
     check_acked, first_install, lock, pause, promote, Fault, Ledger, Netns, Proxies, Reader, Rig,
-    Rng, Settings, Shared, Topology, Writer, CONVERGE, NODES, ONE_AT_A_TIME,
+    Settings, Shared, Topology, Writer, CONVERGE, NODES, ONE_AT_A_TIME,
 };
 
 const DOMAINS: [(&str, [&str; 3]); 2] = [("t1", ["a", "b", "c"]), ("t2", ["b", "c", "a"])];
@@ -152,11 +153,8 @@ fn crash_cycles() {
 async fn crash(s: Settings) {
     let started = Instant::now();
     let seed = s.seed;
-    let mut rng = Rng::new(seed);
-    let ports: BTreeMap<String, u16> = NODES
-        .iter()
-        .map(|n| (n.to_string(), common::free_port()))
-        .collect();
+    let mut rng = Rng::from_state(seed);
+    let ports: BTreeMap<String, u16> = NODES.iter().map(|n| (n.to_string(), free_port())).collect();
     let mut rig = Rig::new(Topology::loopback(&ports), &DOMAINS, LIMITS);
     rig.start(&NODES);
     let fail = |cycle: usize, what: String| -> ! {
@@ -172,15 +170,7 @@ async fn crash(s: Settings) {
     }
     let mut writers: Vec<Writer> = DOMAINS
         .iter()
-        .map(|(d, _)| {
-            Writer::spawn(
-                d,
-                &actives[*d],
-                rig.sockets(),
-                ledger.clone(),
-                rng.next_u64(),
-            )
-        })
+        .map(|(d, _)| Writer::spawn(d, &actives[*d], rig.sockets(), ledger.clone(), rng.next()))
         .collect();
     let mut readers: Vec<Reader> = DOMAINS
         .iter()
@@ -193,17 +183,17 @@ async fn crash(s: Settings) {
         let t0 = Instant::now();
         // Load runs for a while (timing only: no check depends on it).
         tokio::time::sleep(Duration::from_millis(rng.range(150, 600))).await;
-        let kill_active = rng.chance(50);
+        let kill_active = rng.percent(50);
         let victim = if kill_active {
-            let (d, _) = rng.pick(&DOMAINS);
-            actives[*d].clone()
+            let (d, _) = rng.pick(&DOMAINS).expect("a domain");
+            actives[d].clone()
         } else {
             let idle: Vec<&str> = NODES
                 .iter()
                 .copied()
                 .filter(|n| !actives.values().any(|a| a == n))
                 .collect();
-            rng.pick(&idle).to_string()
+            rng.pick(&idle).expect("an idle node").to_string()
         };
         let lost: Vec<String> = actives
             .iter()
@@ -220,7 +210,7 @@ async fn crash(s: Settings) {
         // Failover of each domain whose active died, as an operator would.
         // Both domains at once when both died (each probe of the dead node waits its timeout).
         let mut promoted = Vec::new();
-        let seeds: Vec<u64> = lost.iter().map(|_| rng.next_u64()).collect();
+        let seeds: Vec<u64> = lost.iter().map(|_| rng.next()).collect();
         let results = match lost.as_slice() {
             [d] => vec![failover(&rig, d, &victim, seeds[0]).await],
             [d, e] => {
@@ -322,7 +312,7 @@ async fn failover(
     dead: &str,
     seed: u64,
 ) -> Result<(String, bool), String> {
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::from_state(seed);
     let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != dead).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut avoid: Option<String> = None;
@@ -353,7 +343,7 @@ async fn failover(
                 candidates.retain(|c| c != a);
             }
         }
-        let pick = rng.pick(&candidates).to_string();
+        let pick = rng.pick(&candidates).expect("a candidate").to_string();
         let force = Instant::now() > deadline;
         match promote(rig, &pick, domain, force).await {
             Ok(Answer::Promoted { behind_records, .. }) => {
@@ -428,7 +418,7 @@ impl Path {
 async fn partition(s: Settings) {
     let started = Instant::now();
     let seed = s.seed;
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::from_state(seed);
     let fail = |round: usize, what: String| -> ! {
         panic!("torture partitions seed={seed} round={round}: {what}")
     };
@@ -480,10 +470,8 @@ async fn partition(s: Settings) {
         }
         Err(why) => {
             eprintln!("partitions: path = fault-injecting UDP proxies on loopback ({why})");
-            let ports: BTreeMap<String, u16> = NODES
-                .iter()
-                .map(|n| (n.to_string(), common::free_port()))
-                .collect();
+            let ports: BTreeMap<String, u16> =
+                NODES.iter().map(|n| (n.to_string(), free_port())).collect();
             let targets = NODES
                 .iter()
                 .enumerate()
@@ -516,15 +504,7 @@ async fn partition(s: Settings) {
     }
     let mut writers: Vec<Writer> = DOMAINS
         .iter()
-        .map(|(d, _)| {
-            Writer::spawn(
-                d,
-                &actives[*d],
-                rig.sockets(),
-                ledger.clone(),
-                rng.next_u64(),
-            )
-        })
+        .map(|(d, _)| Writer::spawn(d, &actives[*d], rig.sockets(), ledger.clone(), rng.next()))
         .collect();
     let mut readers: Vec<Reader> = DOMAINS
         .iter()
@@ -550,18 +530,18 @@ async fn partition(s: Settings) {
             5 => {
                 // Isolate a standby of a domain from both other replicas: its promotion
                 // without --force must be refused (the other standby is out of its reach).
-                let (d, _) = rng.pick(&DOMAINS);
-                let others: Vec<usize> = (0..3).filter(|y| NODES[*y] != actives[*d]).collect();
-                let x = *rng.pick(&others);
-                cut_standby = Some((*d, x));
+                let (d, _) = rng.pick(&DOMAINS).expect("a domain");
+                let others: Vec<usize> = (0..3).filter(|y| NODES[*y] != actives[d]).collect();
+                let x = rng.pick(&others).expect("a standby");
+                cut_standby = Some((d, x));
                 for y in (0..3).filter(|y| *y != x) {
                     faults.push(Fault::Cut(x, y));
                 }
             }
             0 => {
                 // Isolate the active of a domain from both peers.
-                let (d, _) = rng.pick(&DOMAINS);
-                let x = idx(&actives[*d]);
+                let (d, _) = rng.pick(&DOMAINS).expect("a domain");
+                let x = idx(&actives[d]);
                 isolated = Some(x);
                 for y in (0..3).filter(|y| *y != x) {
                     faults.push(Fault::Cut(x, y));
@@ -584,7 +564,7 @@ async fn partition(s: Settings) {
                 faults.push(Fault::Loss(i, j, rng.range(10, 60) as u8));
             }
         }
-        if rng.chance(30) {
+        if rng.percent(30) {
             let (i, j) = pair(&mut rng);
             faults.push(match rng.below(3) {
                 0 => Fault::OneWay(i, j),
@@ -625,11 +605,11 @@ async fn partition(s: Settings) {
         match isolated {
             Some(x) => {
                 for (d, _) in DOMAINS {
-                    if actives[d] != NODES[x] || !rng.chance(70) {
+                    if actives[d] != NODES[x] || !rng.percent(70) {
                         continue;
                     }
                     let others: Vec<usize> = (0..3).filter(|y| *y != x).collect();
-                    let n = NODES[*rng.pick(&others)];
+                    let n = NODES[rng.pick(&others).expect("a node")];
                     match promote(&rig, n, d, false).await {
                         Ok(Answer::Promoted { epoch, .. }) => {
                             c.promotions += 1;
@@ -646,14 +626,11 @@ async fn partition(s: Settings) {
                 }
             }
             None => {
-                if rng.chance(20) {
-                    let (d, _) = rng.pick(&DOMAINS);
-                    let others: Vec<&str> = NODES
-                        .iter()
-                        .copied()
-                        .filter(|n| *n != actives[*d])
-                        .collect();
-                    targets.push((*d, *rng.pick(&others)));
+                if rng.percent(20) {
+                    let (d, _) = rng.pick(&DOMAINS).expect("a domain");
+                    let others: Vec<&str> =
+                        NODES.iter().copied().filter(|n| *n != actives[d]).collect();
+                    targets.push((d, rng.pick(&others).expect("a node")));
                 }
             }
         }

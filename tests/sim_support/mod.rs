@@ -1,8 +1,9 @@
 //! Support shared by the deterministic simulations (`tests/sim.rs`, replication, and
-//! `tests/sim_roles.rs`, role changes): seeded randomness, simulated time and the event
-//! trace, the seeds to run (`DOMSYNC_SIM_SEEDS`, `DOMSYNC_SIM_SEED`, `DOMSYNC_SIM_TRACE`),
-//! running a seed so that a failure says how to replay it, and the small pieces both drive the
-//! sans-IO core with (stores, views, snapshots).
+//! `tests/sim_roles.rs`, role changes): their draws on the test kit's seeded [`Rng`]
+//! ([`SimDraws`]), simulated time and the event trace, the seeds to run (`DOMSYNC_SIM_SEEDS`,
+//! `DOMSYNC_SIM_SEED`, `DOMSYNC_SIM_TRACE`), running a seed so that a failure says how to
+//! replay it, and the small pieces both drive the sans-IO core with (stores, views,
+//! snapshots).
 //!
 //! Nothing here may draw from a simulation's [`Rng`] other than in the order the callers did
 //! before it was shared: a seed's run is a function of the seed, event for event.
@@ -25,60 +26,23 @@ pub const DT: Duration = Duration::from_millis(10);
 // ---------------------------------------------------------------------------------------------
 // Deterministic randomness
 
-/// splitmix64: small, fast, good enough to drive a simulation.
-pub struct Rng(u64);
+pub use domsync_testkit::rng::Rng;
 
-impl Rng {
-    /// Each simulation salts its seeds with its own constant.
-    pub fn new(seed: u64, salt: u64) -> Rng {
-        Rng(seed.wrapping_mul(0xA076_1D64_78BD_642F) ^ salt)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    pub fn usize(&mut self, lo: usize, hi: usize) -> usize {
-        self.range(lo as u64, hi as u64) as usize
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64) < p * (1u64 << 53) as f64
-    }
-
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-
-    pub fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
-        if from.is_empty() {
-            None
-        } else {
-            Some(from[self.below(from.len() as u64) as usize])
-        }
-    }
-
+/// The draws of the simulations on top of the kit's [`Rng`]: each a fixed sequence of draws,
+/// so that a seed's run stays a function of the seed.
+pub trait SimDraws {
     /// A random operation on 24 keys and 3 policies.
-    pub fn op(&mut self) -> Op {
+    fn op(&mut self) -> Op;
+
+    /// A seed's shipping tuning and reconnection backoff. Byte limits stay wide: record sizes
+    /// are not reproducible (each record holds its wall-clock commit time, and the varint of
+    /// its chain varies with it), so a binding byte limit would cut batches differently on
+    /// each run of a seed.
+    fn ship_and_backoff(&mut self) -> (ShipConfig, Backoff);
+}
+
+impl SimDraws for Rng {
+    fn op(&mut self) -> Op {
         let key = |r: &mut Rng| format!("k{:02}", r.below(24)).into_bytes();
         match self.below(100) {
             0..=64 => {
@@ -104,11 +68,7 @@ impl Rng {
         }
     }
 
-    /// A seed's shipping tuning and reconnection backoff. Byte limits stay wide: record sizes
-    /// are not reproducible (each record holds its wall-clock commit time, and the varint of
-    /// its chain varies with it), so a binding byte limit would cut batches differently on
-    /// each run of a seed.
-    pub fn ship_and_backoff(&mut self) -> (ShipConfig, Backoff) {
+    fn ship_and_backoff(&mut self) -> (ShipConfig, Backoff) {
         let ship = ShipConfig {
             batch_records: self.usize(1, 16),
             batch_bytes: ShipConfig::default().batch_bytes,

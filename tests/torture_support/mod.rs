@@ -1,8 +1,9 @@
-//! Shared pieces of the torture suite (`tests/torture.rs`): settings from the environment, a
-//! deterministic RNG, an async admin client over the Unix socket, the three-daemon rig, the
-//! write load and gateway readers with their ledger, the checks run after every cycle, and the
-//! two ways of breaking the network (network namespaces with veth pairs, or UDP proxies on
-//! loopback).
+//! Shared pieces of the torture suite (`tests/torture.rs`, and `tests/stale_connections.rs`):
+//! settings from the environment, bounded admin requests over the Unix socket (the admin
+//! client of `domsync-client`), the three-daemon rig, the write load and gateway readers with
+//! their ledger, the checks run after every cycle, and the two ways of breaking the network
+//! (network namespaces with veth pairs, or UDP proxies on loopback). The seeded generator,
+//! PKI, daemon processes and polling come from the test kit (`domsync-testkit`).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -13,16 +14,19 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use domsync_client::admin::{Session, Target};
 use domsync_client::gateway::{Client, ClientConfig, Origin};
 use domsync_net::PeerRole;
-use domsync_net::{read_message, write_message};
 use domsync_proto::admin::{AdminError, Answer, NodeStatus, Request};
-use domsync_proto::admin::{DomainReport, PlacementState, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
+use domsync_proto::admin::{DomainReport, PlacementState};
 use domsync_proto::model::{DomainId, Op, Position, Role, Version};
 use domsync_proto::repl::SyncStatus;
 use domsync_store::{Store, StoreOptions};
-
-use crate::common::{self, Daemon, NodeConfig, GATEWAY};
+use domsync_testkit::nid;
+use domsync_testkit::pki::{creds, init_pki};
+use domsync_testkit::poll::GUARD;
+use domsync_testkit::process::{Daemon, NodeConfig, GATEWAY};
+use domsync_testkit::rng::{random_seed, Rng};
 
 /// Hang guard of every convergence poll.
 pub const CONVERGE: Duration = Duration::from_secs(90);
@@ -34,7 +38,7 @@ pub const PACKAGE: &str = "torture-pkg";
 pub static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 // ---------------------------------------------------------------------------------------------
-// Settings and RNG
+// Settings
 
 /// Mode, seed and sizes, from `DOMSYNC_TORTURE`, `DOMSYNC_TORTURE_SEED`.
 #[derive(Debug, Clone)]
@@ -59,12 +63,7 @@ impl Settings {
                 .trim()
                 .parse()
                 .unwrap_or_else(|e| panic!("DOMSYNC_TORTURE_SEED={s}: {e}")),
-            Err(_) => getrandom::u64().unwrap_or_else(|_| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            }),
+            Err(_) => random_seed(),
         };
         let (cycles, rounds) = if mode == "long" { (300, 100) } else { (30, 12) };
         // DOMSYNC_TORTURE_CYCLES overrides both counts (debugging).
@@ -88,61 +87,20 @@ impl Settings {
     }
 }
 
-/// splitmix64: every random choice of a run comes from its seed.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True with probability `percent` / 100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Admin client
 
-/// One request over the admin Unix socket, bounded by `limit`. `Err` when the socket could not
-/// be reached at all (nothing was sent) or the exchange failed after sending.
+/// One request over the admin Unix socket (one [`Session`] of `domsync-client`), bounded by
+/// `limit`. `Err` when the socket could not be reached at all (nothing was sent) or the
+/// exchange failed after sending.
 pub async fn admin(socket: &Path, req: &Request, limit: Duration) -> Result<Answer, AdminFail> {
     let exchange = async {
-        let mut s = tokio::net::UnixStream::connect(socket)
+        let mut session = Session::open(&Target::Socket(socket.to_path_buf()))
             .await
-            .map_err(|e| AdminFail::Unreached(e.to_string()))?;
-        write_message(&mut s, req, MAX_REQUEST_BYTES)
-            .await
-            .map_err(|e| AdminFail::Lost(e.to_string()))?;
-        match read_message::<_, Answer>(&mut s, MAX_ANSWER_BYTES).await {
-            Ok(Some(a)) => Ok(a),
-            Ok(None) => Err(AdminFail::Lost("closed without an answer".into())),
-            Err(e) => Err(AdminFail::Lost(e.to_string())),
-        }
+            .map_err(AdminFail::Unreached)?;
+        let answer = session.call(req).await.map_err(AdminFail::Lost);
+        session.close().await;
+        answer
     };
     match tokio::time::timeout(limit, exchange).await {
         Ok(r) => r,
@@ -274,14 +232,14 @@ async fn write_loop(
     ledger: Shared,
     seed: u64,
 ) {
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::from_state(seed);
     let mut seq: u64 = 0;
     while !stop.load(Ordering::SeqCst) {
         let pause = {
             let _g = gate.lock().await;
             seq += 1;
             let key = format!("w/{seq:07}");
-            let value = format!("{domain}-{seq}-{:016x}", rng.next_u64());
+            let value = format!("{domain}-{seq}-{:016x}", rng.next());
             let mut ops = vec![Op::Put {
                 key: key.clone().into_bytes(),
                 value: value.clone().into_bytes(),
@@ -317,7 +275,7 @@ async fn write_loop(
                     // Nothing was written; follow the hint (or try another node).
                     let next = active.map(|a| a.to_string()).unwrap_or_else(|| {
                         let names: Vec<&String> = sockets.keys().collect();
-                        (*rng.pick(&names)).clone()
+                        rng.pick(&names).expect("a node").clone()
                     });
                     let mut t = lock(&target);
                     if *t == node {
@@ -478,7 +436,7 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let mut certs: Vec<(PeerRole, &str)> = NODES.iter().map(|n| (PeerRole::Node, *n)).collect();
         certs.push((PeerRole::Gateway, GATEWAY));
-        common::init_pki(&dir.path().join("pki"), &certs);
+        init_pki(&dir.path().join("pki"), &certs);
         let rig = Rig {
             dir,
             topo,
@@ -547,7 +505,7 @@ impl Rig {
             n,
             self.dir.path(),
             &self.config_path(n),
-            common::GUARD,
+            GUARD,
             &[],
             &self.topo.wrap[n],
         );
@@ -614,9 +572,9 @@ impl Rig {
     pub fn gateway_client(&self, domain: &str) -> Client {
         let nodes = NODES
             .iter()
-            .map(|n| (common::nid(n), self.topo.gateway[*n]))
+            .map(|n| (nid(n), self.topo.gateway[*n]))
             .collect();
-        let creds = common::creds(&self.dir.path().join("pki"), PeerRole::Gateway, GATEWAY);
+        let creds = creds(&self.dir.path().join("pki"), PeerRole::Gateway, GATEWAY);
         let mut c = ClientConfig::new(dom(domain), nodes, creds);
         c.connect_timeout = Duration::from_millis(700);
         c.request_timeout = Duration::from_secs(3);
@@ -781,7 +739,7 @@ fn copy_and_read(
     std::fs::create_dir_all(copy.join("domains")).map_err(|e| e.to_string())?;
     let file = format!("domains/{domain}.redb");
     std::fs::copy(state.join(&file), copy.join(&file)).map_err(|e| e.to_string())?;
-    let store = Store::open(copy, StoreOptions::new(common::nid(n))).map_err(|e| e.to_string())?;
+    let store = Store::open(copy, StoreOptions::new(nid(n))).map_err(|e| e.to_string())?;
     let read = (|| {
         let d = store.domain(&dom(domain)).map_err(|e| e.to_string())?;
         let st = d.status().map_err(|e| e.to_string())?;
@@ -1323,7 +1281,9 @@ impl Proxies {
                 let link = p.links[&ordered(x, y)].clone();
                 // Direction index of packets from x to y.
                 let dir = usize::from(x > y);
-                let rng = Arc::new(Mutex::new(Rng::new(seed ^ ((x * 3 + y) as u64) << 32)));
+                let rng = Arc::new(Mutex::new(Rng::from_state(
+                    seed ^ ((x * 3 + y) as u64) << 32,
+                )));
                 p.tasks
                     .push(tokio::spawn(forward(sock, targets[&y], link, dir, rng)));
             }

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use domsync_node::Node;
 use domsync_proto::model::{DomainId, Op};
+use domsync_testkit::rng::Rng;
 use serde_json::json;
 
 use super::stats::{CpuMeter, Progress};
-use super::write::{key, Rng};
+use super::write::key;
 use super::{BenchResult, Ctx, Outcome};
 
 /// Hang guard of waits on replication progress.
@@ -76,7 +77,7 @@ pub async fn lag(ctx: &Ctx) -> BenchResult<Outcome> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut issued = 0u64;
     let mut writes = Vec::new();
-    let mut rng = Rng::new(7);
+    let mut rng = Rng::from_state(7);
     'load: loop {
         tick.tick().await;
         let due = (started.elapsed().as_secs_f64() * rate) as u64;

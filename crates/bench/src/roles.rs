@@ -18,9 +18,10 @@ use serde_json::json;
 
 use super::stats::{CpuMeter, Errors, Histogram, Progress};
 use super::target::{self, Embedded};
-use super::write::{key, Rng};
+use super::write::key;
 use super::{BenchResult, Ctx, Outcome};
 use domsync_client::admin::{Session, Target};
+use domsync_testkit::rng::Rng;
 
 /// The promotion guard window of the failover cluster.
 const GUARD_WINDOW: Duration = Duration::from_millis(200);
@@ -135,7 +136,7 @@ struct Writer {
 impl Writer {
     async fn run(self, mut at: usize) -> (Histogram, Errors, u64) {
         let (mut h, mut errors, mut ops) = (Histogram::default(), Errors::default(), 0u64);
-        let mut rng = Rng::new(self.seed);
+        let mut rng = Rng::from_state(self.seed);
         let mut session: Option<Session> = None;
         while !self.stop.load(Ordering::Relaxed) {
             let started = Instant::now();

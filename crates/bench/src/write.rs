@@ -13,26 +13,7 @@ use super::stats::{CpuMeter, Errors, Histogram, Progress};
 use super::target::{self, durability_name};
 use super::{BenchResult, Budget, Ctx, Outcome};
 use domsync_client::admin::{Session, Target};
-
-/// A small xorshift generator: which key each write hits.
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded from `seed` (never zero inside).
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// The next number.
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
+use domsync_testkit::rng::Rng;
 
 /// The key of write number `n` of a `keys`-key space.
 pub fn key(n: u64, keys: u64) -> Vec<u8> {
@@ -77,7 +58,7 @@ async fn writer(mut s: Session, w: Writer) -> Tally {
         budget,
         counter,
     } = w;
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::from_state(seed);
     let value = vec![0xA5u8; value_size];
     let mut t = Tally {
         latency: Histogram::default(),

@@ -23,14 +23,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use domsync_net::{pki, Credentials, Identity, PeerRole, TlsFiles};
+use domsync_net::{pki, Credentials, PeerRole};
 use domsync_node::{ActiveConfig, Node, NodeConfig};
 use domsync_proto::model::{DomainId, Lsn, NodeId};
 use domsync_store::{Domain, Store, StoreOptions};
 
-/// Hang guard of the waits here: they poll a condition, this is only how long before a test
-/// is declared stuck.
-pub const GUARD: Duration = Duration::from_secs(60);
+pub use crate::poll::GUARD;
 
 /// The tick of test nodes: timers (retries, heartbeats) fire in tens of milliseconds.
 pub const TEST_TICK: Duration = Duration::from_millis(20);
@@ -52,11 +50,7 @@ impl Deployment {
     /// A CA and a certificate (30 days) for each `(role, name)`.
     pub fn new(dir: &Path, certs: &[(PeerRole, &str)]) -> Deployment {
         let pki_dir = dir.join("pki");
-        pki::init_ca(&pki_dir).unwrap_or_else(|e| panic!("deployment CA: {e}"));
-        for (role, name) in certs {
-            pki::issue(&pki_dir, *role, name, &pki_dir, 30)
-                .unwrap_or_else(|e| panic!("certificate of {role} {name}: {e}"));
-        }
+        crate::pki::init_pki(&pki_dir, certs);
         Deployment {
             dir: dir.to_path_buf(),
             pki: pki_dir,
@@ -95,10 +89,7 @@ impl Deployment {
 
     /// The credentials of `name` in `role`.
     pub fn credentials(&self, role: PeerRole, name: &str) -> Credentials {
-        let identity = Identity::new(role, name).unwrap_or_else(|e| panic!("{role} {name}: {e}"));
-        TlsFiles::in_dir(&self.pki, &identity)
-            .load()
-            .unwrap_or_else(|e| panic!("credentials of {identity}: {e}"))
+        crate::pki::creds(&self.pki, role, name)
     }
 
     /// Starts node `name` on an ephemeral loopback port with a [`TEST_TICK`] and no peers.

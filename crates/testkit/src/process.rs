@@ -1,76 +1,75 @@
-//! The harness shared by the tests that run real `domsyncd` processes and the `domsync` CLI:
-//! PKI and configuration files, daemons started with a `NOTIFY_SOCKET` the test listens on,
-//! CLI runs with their exit code and output, bounded polling, and a minimal JSON reader for
-//! `status --json`.
+//! Real `domsyncd` processes: where the binaries are, configuration files ([`NodeConfig`]),
+//! daemons started with a `NOTIFY_SOCKET` the test listens on ([`Daemon`]), and the files of a
+//! cluster of them on loopback ([`Cluster`]).
 //!
-//! Every test binary compiles this module on its own and uses only part of it.
-#![allow(dead_code)]
+//! The binaries are found the way `assert_cmd` finds them: next to the running test binary
+//! (`target/<profile>/`, one level above the `deps/` directory that holds test binaries), or
+//! in `DOMSYNC_BIN_DIR` when set. `cargo test` at the workspace root builds the binaries of the
+//! root package before running its integration tests; elsewhere run `cargo build --bins`
+//! first.
 
-use std::borrow::BorrowMut;
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use domsync_net::{pki, Credentials, Identity, PeerRole, TlsFiles};
-use domsync_proto::model::NodeId;
+use domsync_net::PeerRole;
 
-/// Hang guard only: every wait polls a condition up to a deadline this far away.
-pub const GUARD: Duration = Duration::from_secs(60);
+use crate::pki::init_pki;
+use crate::poll::{free_port, GUARD};
 
-/// The gateway every domain of a [`Cluster`] grants.
+/// The gateway every domain of a [`Cluster`] (and of every [`NodeConfig`]) grants.
 pub const GATEWAY: &str = "g";
 
-/// A UDP port free on loopback right now.
-pub fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The environment variable naming the directory of the binaries, overriding the search next
+/// to the test binary.
+pub const BIN_DIR_ENV: &str = "DOMSYNC_BIN_DIR";
+
+/// The path of the binary `name` of this workspace (`domsyncd`, `domsync`, ...): in
+/// `$DOMSYNC_BIN_DIR` when set, else in the target directory of the running test binary.
+///
+/// # Panics
+/// When the binary is not there, naming the path looked at.
+pub fn binary(name: &str) -> PathBuf {
+    let (dir, from) = match std::env::var_os(BIN_DIR_ENV) {
+        Some(dir) => (PathBuf::from(dir), BIN_DIR_ENV),
+        None => (target_dir(), "the directory of the test binary"),
+    };
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "binary {name} not found at {} (from {from}): run `cargo build --bins` first, or set \
+         {BIN_DIR_ENV} to the directory holding it",
+        path.display()
+    );
+    path
 }
 
-pub fn nid(s: &str) -> NodeId {
-    NodeId::new(s).unwrap()
-}
-
-/// A CA in `dir` and a certificate (30 days) for each `(role, name)`.
-pub fn init_pki(dir: &Path, certs: &[(PeerRole, &str)]) {
-    pki::init_ca(dir).unwrap();
-    for (role, name) in certs {
-        pki::issue(dir, *role, name, dir, 30).unwrap();
+/// The directory of the running executable, one level up when it is a `deps/` directory
+/// (where cargo puts test binaries).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running test binary");
+    let mut dir = exe
+        .parent()
+        .expect("the running test binary has a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
     }
-}
-
-/// The credentials of `name` in `role` from the PKI directory `pki_dir`.
-pub fn creds(pki_dir: &Path, role: PeerRole, name: &str) -> Credentials {
-    TlsFiles::in_dir(pki_dir, &Identity::new(role, name).unwrap())
-        .load()
-        .unwrap()
-}
-
-/// Calls `attempt` every `every` until it gives `Ok`; past `guard`, panics with its last `Err`.
-pub fn poll<T>(
-    guard: Duration,
-    every: Duration,
-    mut attempt: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + guard;
-    loop {
-        match attempt() {
-            Ok(v) => return v,
-            Err(why) => assert!(Instant::now() < deadline, "{why}"),
-        }
-        std::thread::sleep(every);
-    }
+    dir
 }
 
 /// The text of a `domsyncd` configuration file.
+#[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// The node's id.
     pub id: String,
+    /// Its state directory.
     pub state_dir: PathBuf,
+    /// Its QUIC address (`listen`).
     pub listen: String,
+    /// Its admin socket.
     pub admin_socket: PathBuf,
     /// The PKI directory: `ca.pem`, `node-<id>.pem` and `.key`.
     pub pki: PathBuf,
@@ -83,6 +82,7 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The configuration file's text.
     pub fn text(&self) -> String {
         let mut text = format!(
             r#"
@@ -134,7 +134,9 @@ key = "{pki}/node-{id}.key"
 /// A running `domsyncd`: its stderr goes to `<dir>/<name>.log` (appended across restarts), its
 /// notifications to `<dir>/<name>-notify.sock`. Killed when dropped.
 pub struct Daemon {
+    /// The name it was spawned with (its node, usually).
     pub name: String,
+    /// The process.
     pub child: Child,
     /// Its admin socket, where the starter knows it ([`Cluster::start`] does).
     pub socket: PathBuf,
@@ -177,13 +179,14 @@ impl Daemon {
             .append(true)
             .open(&log)
             .unwrap();
+        let domsyncd = binary("domsyncd");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(env!("CARGO_BIN_EXE_domsyncd"));
+                c.args(args).arg(&domsyncd);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_domsyncd")),
+            None => Command::new(&domsyncd),
         };
         let child = command
             .arg("--config")
@@ -278,7 +281,7 @@ impl Daemon {
                 "-ex",
                 "thread apply all bt",
             ])
-            .arg(env!("CARGO_BIN_EXE_domsyncd"))
+            .arg(binary("domsyncd"))
             .arg(&pid)
             .stdin(Stdio::null())
             .output();
@@ -316,12 +319,17 @@ impl Drop for Daemon {
 
 /// A test cluster's files: a PKI with a certificate for each node, gateway [`GATEWAY`] and
 /// admin `ops`, and one configuration per node (`guard_window_ms = 300`, durability local).
+/// Its daemons are the caller's ([`Cluster::start`]).
 pub struct Cluster {
+    /// The directory of everything: `pki/`, `<node>/state`, `<node>/run/admin.sock`,
+    /// `<node>.toml`, the logs. Removed when dropped.
     pub dir: tempfile::TempDir,
+    /// The port of each node on loopback.
     pub ports: BTreeMap<&'static str, u16>,
 }
 
 impl Cluster {
+    /// The directory, a port per node and the PKI.
     pub fn new(nodes: &[&'static str]) -> Cluster {
         let c = Cluster::without_pki(nodes);
         let mut certs: Vec<(PeerRole, &str)> = nodes.iter().map(|n| (PeerRole::Node, *n)).collect();
@@ -338,14 +346,17 @@ impl Cluster {
         Cluster { dir, ports }
     }
 
+    /// The PKI directory, `<dir>/pki`.
     pub fn pki(&self) -> PathBuf {
         self.dir.path().join("pki")
     }
 
+    /// The admin socket of `node`.
     pub fn socket(&self, node: &str) -> PathBuf {
         self.dir.path().join(node).join("run/admin.sock")
     }
 
+    /// The QUIC address of `node`, `127.0.0.1:<port>`.
     pub fn addr(&self, node: &str) -> String {
         format!("127.0.0.1:{}", self.ports[node])
     }
@@ -402,245 +413,39 @@ impl Cluster {
     }
 }
 
-/// What a CLI run left: exit code (-1 for a signal), stdout, stderr.
-pub struct Out {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl std::fmt::Display for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\nstdout: {}\nstderr: {}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `cmd` to its end.
-pub fn run(mut cmd: impl BorrowMut<Command>) -> Out {
-    let out = cmd.borrow_mut().output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// `domsync ARGS` with no daemon or state directory named by the environment.
-pub fn domsync_cmd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_domsync"));
-    cmd.args(args)
-        .env_remove("DOMSYNC_SOCKET")
-        .env_remove("DOMSYNC_REMOTE")
-        .env_remove("DOMSYNC_DATA");
-    cmd
-}
-
-/// `domsync --socket SOCKET ARGS`, not run yet.
-pub fn socket_cmd(socket: &Path, args: &[&str]) -> Command {
-    let mut cmd = domsync_cmd(&["--socket"]);
-    cmd.arg(socket).args(args);
-    cmd
-}
-
-/// `domsync --socket SOCKET ARGS`.
-pub fn domsync(socket: &Path, args: &[&str]) -> Out {
-    run(socket_cmd(socket, args))
-}
-
-/// Like [`domsync`], asserting exit 0; returns stdout.
-pub fn ok(socket: &Path, args: &[&str]) -> String {
-    let out = domsync(socket, args);
-    assert_eq!(
-        out.code,
-        0,
-        "domsync {args:?} on {}: {out}",
-        socket.display()
-    );
-    out.stdout
-}
-
-/// `domsync --socket SOCKET status --json`.
-pub fn status_json(socket: &Path) -> Json {
-    Json::parse(&ok(socket, &["status", "--json"]))
-}
-
-/// Waits until `check` holds for the JSON status of `socket`.
-pub fn wait_status(socket: &Path, what: &str, check: impl Fn(&Json) -> bool) -> Json {
-    poll(GUARD, Duration::from_millis(50), || {
-        let s = status_json(socket);
-        if check(&s) {
-            Ok(s)
-        } else {
-            Err(format!("{what}: {s:?}"))
-        }
-    })
-}
-
-/// One domain as a node's `status --json` reports it.
-pub fn report<'a>(status: &'a Json, domain: &str) -> Option<&'a Json> {
-    status
-        .get("domains")
-        .arr()
-        .iter()
-        .find(|d| d.get("domain").str() == domain)
-}
-
-/// Like [`report`], panicking when the domain is not listed.
-pub fn domain_of<'a>(status: &'a Json, domain: &str) -> &'a Json {
-    report(status, domain).unwrap_or_else(|| panic!("{domain} not in {status:?}"))
-}
-
-/// A minimal JSON reader (the crate has no JSON dependency): enough to check that
-/// `status --json` is a well-formed document and to read its fields.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    pub fn parse(text: &str) -> Json {
-        let b = text.trim().as_bytes();
-        let (v, rest) = Json::value(b);
-        assert!(rest.is_empty(), "trailing bytes after the JSON document");
-        v
+    #[test]
+    fn a_config_names_its_peers_and_grants_the_gateway() {
+        let c = Cluster::without_pki(&["a", "b"]);
+        let text = c
+            .node_config(
+                "a",
+                "guard_window_ms = 300",
+                vec![("t1".into(), vec!["a".into(), "b".into()], "local".into())],
+            )
+            .text();
+        assert!(text.contains("id = \"a\""), "{text}");
+        assert!(
+            text.contains(&format!("address = \"{}\"", c.addr("b"))),
+            "{text}"
+        );
+        assert!(
+            !text.contains(&format!("address = \"{}\"", c.addr("a"))),
+            "{text}"
+        );
+        assert!(text.contains("[limits]\nguard_window_ms = 300"), "{text}");
+        assert!(text.contains("replicas = [\"a\", \"b\"]"), "{text}");
+        assert!(text.contains("gateways = [\"g\"]"), "{text}");
     }
 
-    fn ws(mut b: &[u8]) -> &[u8] {
-        while let [c, rest @ ..] = b {
-            if !c.is_ascii_whitespace() {
-                break;
-            }
-            b = rest;
-        }
-        b
-    }
-
-    fn value(b: &[u8]) -> (Json, &[u8]) {
-        let b = Json::ws(b);
-        match b.first() {
-            Some(b'n') if b.starts_with(b"null") => (Json::Null, &b[4..]),
-            Some(b't') if b.starts_with(b"true") => (Json::Bool(true), &b[4..]),
-            Some(b'f') if b.starts_with(b"false") => (Json::Bool(false), &b[5..]),
-            Some(b'"') => {
-                let (s, rest) = Json::string(b);
-                (Json::Str(s), rest)
-            }
-            Some(b'[') => {
-                let mut items = Vec::new();
-                let mut b = Json::ws(&b[1..]);
-                if let Some(rest) = b.strip_prefix(b"]") {
-                    return (Json::Arr(items), rest);
-                }
-                loop {
-                    let (v, rest) = Json::value(b);
-                    items.push(v);
-                    let rest = Json::ws(rest);
-                    match rest.first() {
-                        Some(b',') => b = &rest[1..],
-                        Some(b']') => return (Json::Arr(items), &rest[1..]),
-                        _ => panic!("bad JSON array"),
-                    }
-                }
-            }
-            Some(b'{') => {
-                let mut fields = Vec::new();
-                let mut b = Json::ws(&b[1..]);
-                if let Some(rest) = b.strip_prefix(b"}") {
-                    return (Json::Obj(fields), rest);
-                }
-                loop {
-                    let (k, rest) = Json::string(Json::ws(b));
-                    let rest = Json::ws(rest);
-                    assert_eq!(rest.first(), Some(&b':'), "bad JSON object");
-                    let (v, rest) = Json::value(&rest[1..]);
-                    fields.push((k, v));
-                    let rest = Json::ws(rest);
-                    match rest.first() {
-                        Some(b',') => b = &rest[1..],
-                        Some(b'}') => return (Json::Obj(fields), &rest[1..]),
-                        _ => panic!("bad JSON object"),
-                    }
-                }
-            }
-            _ => {
-                let end = b
-                    .iter()
-                    .position(|c| !(c.is_ascii_digit() || b"-+.eE".contains(c)))
-                    .unwrap_or(b.len());
-                assert!(end > 0, "bad JSON value");
-                let n = std::str::from_utf8(&b[..end]).unwrap().parse().unwrap();
-                (Json::Num(n), &b[end..])
-            }
-        }
-    }
-
-    fn string(b: &[u8]) -> (String, &[u8]) {
-        assert_eq!(b.first(), Some(&b'"'), "expected a JSON string");
-        let mut out = Vec::new();
-        let mut i = 1;
-        loop {
-            match b[i] {
-                b'"' => return (String::from_utf8(out).unwrap(), &b[i + 1..]),
-                b'\\' => {
-                    i += 1;
-                    match b[i] {
-                        b'n' => out.push(b'\n'),
-                        b't' => out.push(b'\t'),
-                        b'r' => out.push(b'\r'),
-                        b'u' => {
-                            let hex = std::str::from_utf8(&b[i + 1..i + 5]).unwrap();
-                            let c = char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap();
-                            out.extend_from_slice(c.to_string().as_bytes());
-                            i += 4;
-                        }
-                        c => out.push(c),
-                    }
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-    }
-
-    /// The field `key` of an object.
-    pub fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(f) => f
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v)
-                .unwrap_or_else(|| panic!("no {key} in {self:?}")),
-            other => panic!("{other:?} is not an object"),
-        }
-    }
-
-    pub fn arr(&self) -> &[Json] {
-        match self {
-            Json::Arr(a) => a,
-            other => panic!("{other:?} is not an array"),
-        }
-    }
-
-    pub fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            other => panic!("{other:?} is not a string"),
-        }
-    }
-
-    pub fn num(&self) -> f64 {
-        match self {
-            Json::Num(n) => *n,
-            other => panic!("{other:?} is not a number"),
-        }
+    #[test]
+    fn a_missing_binary_is_named_with_the_fix() {
+        let err = std::panic::catch_unwind(|| binary("no-such-domsync-binary")).unwrap_err();
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("no-such-domsync-binary"), "{msg}");
+        assert!(msg.contains("cargo build --bins"), "{msg}");
     }
 }
