@@ -5,21 +5,21 @@
 //! No sleeps-and-hope: every wait is for a condition, bounded by [`GUARD`].
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use domsync_client::gateway::Cache;
 use domsync_client::gateway::{Client, ClientConfig, Error, Origin, Update};
 use domsync_net::PeerRole;
-use domsync_node::{ActiveConfig, Node, NodeConfig};
+use domsync_node::{ActiveConfig, Node};
 use domsync_proto::model::{Crl, CrlNumber, DomainId, Lsn, Role, Version};
 use domsync_proto::repl::{Durability, SyncStatus};
-use domsync_store::{Domain, Store, StoreOptions};
+use domsync_store::{Domain, Store};
 use tokio::time::timeout;
 
 use domsync_testkit::cli::{domsync_cmd, run};
+use domsync_testkit::cluster::{mesh, Deployment, TestNode, TEST_TICK};
 use domsync_testkit::nid;
-use domsync_testkit::pki::{creds, init_pki};
+use domsync_testkit::pki::creds;
 
 /// Hang guard only.
 const GUARD: Duration = Duration::from_secs(60);
@@ -54,15 +54,12 @@ struct Cluster {
     _stores: Vec<Store>,
 }
 
-fn start_node(pki_dir: &Path, name: &str) -> Node {
-    let mut config = NodeConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        creds(pki_dir, PeerRole::Node, name),
-        BTreeMap::new(),
-    );
-    config.tick = Duration::from_millis(20);
-    config.connect_timeout = Duration::from_millis(500);
-    Node::start(config).unwrap()
+/// Node `name` of the deployment, quick to give up on a peer that does not answer.
+fn start_node(deployment: &Deployment, name: &str) -> TestNode {
+    deployment.start_with(name, |config, _| {
+        config.tick = TEST_TICK;
+        config.connect_timeout = Duration::from_millis(500);
+    })
 }
 
 async fn cluster(names: &[&'static str]) -> Cluster {
@@ -74,23 +71,20 @@ async fn cluster(names: &[&'static str]) -> Cluster {
 /// whose store was wiped and that has not caught up yet).
 async fn cluster_with(names: &[&'static str], never_synced: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let pki_dir = dir.path().join("pki");
     let mut certs: Vec<(PeerRole, &str)> = names.iter().map(|n| (PeerRole::Node, *n)).collect();
     certs.push((PeerRole::Gateway, GW));
-    init_pki(&pki_dir, &certs);
+    let deployment = Deployment::new(dir.path(), &certs);
+    let started: Vec<TestNode> = names.iter().map(|n| start_node(&deployment, n)).collect();
+    mesh(&started.iter().collect::<Vec<_>>());
     let mut nodes = BTreeMap::new();
-    for n in names {
-        nodes.insert(*n, start_node(&pki_dir, n));
-    }
-    for x in nodes.values() {
-        for (name, y) in &nodes {
-            x.set_peer(nid(name), y.local_addr().unwrap());
-        }
-    }
     let mut stores = Vec::new();
+    for (n, t) in names.iter().zip(started) {
+        nodes.insert(*n, t.node);
+        stores.push(t.store);
+    }
     let mut replicas = BTreeMap::new();
     for (i, n) in names.iter().enumerate() {
-        let store = Store::open(dir.path().join(n), StoreOptions::new(nid(n))).unwrap();
+        let store = &stores[i];
         let node = &nodes[n];
         if i == 0 {
             let d = store.create_domain(&dom()).unwrap();
@@ -108,7 +102,6 @@ async fn cluster_with(names: &[&'static str], never_synced: &[&str]) -> Cluster 
             replicas.insert(*n, d);
         }
         node.grant(&dom(), GW);
-        stores.push(store);
     }
     Cluster {
         dir,

@@ -11,20 +11,21 @@ use domsync_net::{
     CLOSE_REFUSED, SERVER_NAME,
 };
 use domsync_net::{read_frame, write_frame};
-use domsync_node::{ActiveConfig, GatewayLimits, Node, NodeConfig};
+use domsync_node::{ActiveConfig, GatewayLimits, Node};
 use domsync_proto::gateway::{
     Query, Refusal, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
 };
 use domsync_proto::model::{DomainId, Lsn, Role};
 use domsync_proto::repl::{Durability, SyncStatus};
-use domsync_store::{Domain, Store, StoreOptions};
+use domsync_store::{Domain, Store};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{ConnectionError, Endpoint};
 use sha2::{Digest as _, Sha256};
 use tokio::time::timeout;
 
+use domsync_testkit::cluster::{mesh, Deployment, TestNode, TEST_TICK};
 use domsync_testkit::nid;
-use domsync_testkit::pki::{creds, init_pki};
+use domsync_testkit::pki::creds;
 
 /// Hang guard only.
 const GUARD: Duration = Duration::from_secs(120);
@@ -46,9 +47,8 @@ struct Cluster {
 
 async fn cluster(limits: GatewayLimits) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let pki_dir = dir.path().join("pki");
-    init_pki(
-        &pki_dir,
+    let deployment = Deployment::new(
+        dir.path(),
         &[
             (PeerRole::Node, "a"),
             (PeerRole::Node, "b"),
@@ -58,20 +58,14 @@ async fn cluster(limits: GatewayLimits) -> Cluster {
         ],
     );
     let start = |name: &str| {
-        let mut config = NodeConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            creds(&pki_dir, PeerRole::Node, name),
-            BTreeMap::new(),
-        );
-        config.tick = Duration::from_millis(20);
-        config.gateway = limits.clone();
-        Node::start(config).unwrap()
+        deployment.start_with(name, |config, _| {
+            config.tick = TEST_TICK;
+            config.gateway = limits.clone();
+        })
     };
-    let (a, b) = (start("a"), start("b"));
-    a.set_peer(nid("b"), b.local_addr().unwrap());
-    b.set_peer(nid("a"), a.local_addr().unwrap());
-    let sa = Store::open(dir.path().join("a"), StoreOptions::new(nid("a"))).unwrap();
-    let sb = Store::open(dir.path().join("b"), StoreOptions::new(nid("b"))).unwrap();
+    let (ta, tb) = (start("a"), start("b"));
+    mesh(&[&ta, &tb]);
+    let (a, sa, b, sb) = (ta.node, ta.store, tb.node, tb.store);
     let (mut on_a, mut on_b) = (BTreeMap::new(), BTreeMap::new());
     for (tenant, gateway) in [("tenant-a", "g1"), ("tenant-b", "g2")] {
         let da = sa.create_domain(&dom(tenant)).unwrap();
@@ -915,18 +909,14 @@ async fn a_64_mib_package_streams_in_pieces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_separate_gateway_address_serves_gateways_and_the_main_one_no_longer_does() {
     let dir = tempfile::tempdir().unwrap();
-    let pki_dir = dir.path().join("pki");
-    pki::init_ca(&pki_dir).unwrap();
-    pki::issue(&pki_dir, PeerRole::Node, "a", &pki_dir, 30).unwrap();
-    pki::issue(&pki_dir, PeerRole::Gateway, "g1", &pki_dir, 30).unwrap();
-    let mut config = NodeConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        creds(&pki_dir, PeerRole::Node, "a"),
-        BTreeMap::new(),
+    let deployment = Deployment::new(
+        dir.path(),
+        &[(PeerRole::Node, "a"), (PeerRole::Gateway, "g1")],
     );
-    config.gateway_listen = Some("127.0.0.1:0".parse().unwrap());
-    let a = Node::start(config).unwrap();
-    let store = Store::open(dir.path().join("a"), StoreOptions::new(nid("a"))).unwrap();
+    let pki_dir = deployment.pki().to_path_buf();
+    let TestNode { node: a, store, .. } = deployment.start_with("a", |config, _| {
+        config.gateway_listen = Some("127.0.0.1:0".parse().unwrap());
+    });
     let d = store.create_domain(&dom("tenant-a")).unwrap();
     d.install_policy("edge", b"v1".to_vec()).unwrap();
     a.serve_active(d, ActiveConfig::new(Durability::Local, Vec::new()));

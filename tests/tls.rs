@@ -1,5 +1,6 @@
 //! Mutual TLS over real quinn on loopback, with PKIs made in temporary directories.
 
+use domsync_testkit::pki::{creds, init_pki};
 use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
@@ -30,20 +31,16 @@ fn id(role: PeerRole, name: &str) -> Identity {
 /// A CA with nodes a and b, gateway g and admin ops.
 fn make_pki() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
-    pki::init_ca(dir.path()).unwrap();
-    for (role, name) in [
-        (PeerRole::Node, "a"),
-        (PeerRole::Node, "b"),
-        (PeerRole::Gateway, "g"),
-        (PeerRole::Admin, "ops"),
-    ] {
-        pki::issue(dir.path(), role, name, dir.path(), 30).unwrap();
-    }
+    init_pki(
+        dir.path(),
+        &[
+            (PeerRole::Node, "a"),
+            (PeerRole::Node, "b"),
+            (PeerRole::Gateway, "g"),
+            (PeerRole::Admin, "ops"),
+        ],
+    );
     dir
-}
-
-fn creds(dir: &Path, role: PeerRole, name: &str) -> Credentials {
-    TlsFiles::in_dir(dir, &id(role, name)).load().unwrap()
 }
 
 fn server(creds: &Credentials) -> (Endpoint, SocketAddr) {
