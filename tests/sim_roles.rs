@@ -3,7 +3,7 @@
 //! [`Shipper`], [`Follower`], [`decide`] for replication and [`Roles`] (the role protocol:
 //! promotion with its guard and fencing rounds, switchover and its failure path, hand-over
 //! acceptance, probe answers, step-down). This file only executes their actions, as
-//! `src/node` does, over an in-memory network, on the test thread, with simulated time: a run
+//! `crates/node` does, over an in-memory network, on the test thread, with simulated time: a run
 //! is a function of its seed.
 //!
 //! `a` creates the domain and starts active; `b` and `c` follow it. At random times:
@@ -319,7 +319,7 @@ struct SimNode {
     serving: Option<Serving>,
     /// Highest epoch of another node this node recorded.
     fenced: Option<Epoch>,
-    /// The role machine of the domain on this node (the code `src/node` runs).
+    /// The role machine of the domain on this node (the code `crates/node` runs).
     roles: Roles,
     /// Bumped at every restart: connections to an earlier incarnation are dead.
     incarnation: u64,
@@ -874,7 +874,7 @@ impl Sim {
         }
     }
 
-    // --- the executor of the role machine (what `src/node/roles.rs` does) ----------------------
+    // --- the executor of the role machine (what `crates/node/src/roles/` does) ----------------------
 
     /// What node `i`'s store and glue say now (`Node::facts`).
     fn facts(&self, i: usize) -> Facts {
