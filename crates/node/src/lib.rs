@@ -27,6 +27,7 @@ mod active;
 mod error;
 mod gateway;
 mod roles;
+mod ship;
 mod standby;
 
 use std::collections::{BTreeMap, HashMap};

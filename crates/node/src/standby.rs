@@ -5,8 +5,8 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use super::active::spawn_reader;
 use super::{lock, to_wall, Node};
+use crate::ship::spawn_reader;
 use domsync_net::{write_frame, FrameError};
 use domsync_proto::model::{Lsn, NodeId, Position};
 use domsync_proto::repl::encode_message;
