@@ -45,6 +45,7 @@ mod replica;
 mod resync;
 mod snapshot;
 mod tables;
+mod work;
 mod writer;
 
 use std::collections::BTreeMap;

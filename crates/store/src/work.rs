@@ -1,0 +1,327 @@
+//! What each piece of work does inside the writer's transaction: check and write a client's
+//! ops, apply a shipped record, promote, fence, append to the log, truncate it.
+
+use std::collections::HashMap;
+use std::sync::PoisonError;
+
+use redb::ReadableTable;
+
+use super::apply::apply_ops;
+use super::error::{StorageResult, StoreError};
+use super::meta::DomainMeta;
+use super::tables::Tables;
+use domsync_proto::codec::{chain_next, decode_record, encode_record, CodecError};
+use domsync_proto::model::{Crl, Epoch, HistoryEntry, Lsn, NodeId, Op, Position, Record, Role};
+
+use super::writer::*;
+
+impl Writer {
+    /// The highest epoch `Domain::demote` was told of (its durable record may still be
+    /// queued behind this batch).
+    pub(super) fn fence_epoch(&self) -> Option<Epoch> {
+        self.counters
+            .fence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// True when a higher epoch than the replica's own was seen for the domain.
+    pub(super) fn fenced(&self, meta: &DomainMeta) -> bool {
+        self.counters
+            .fence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|seen| *seen > meta.epoch)
+    }
+
+    /// Makes a standby active in a new epoch above every epoch it has seen; the new epoch and
+    /// its history entry are committed before any write can use them.
+    pub(super) fn promote(&self, meta: &mut DomainMeta, given: Option<Epoch>) -> Outcome {
+        if meta.role != Role::Standby {
+            return Err(StoreError::NotStandby {
+                domain: self.domain.clone(),
+            });
+        }
+        if meta.uid.is_none() {
+            return Err(StoreError::InvalidWrite {
+                domain: self.domain.clone(),
+                reason: "this replica never synchronized and holds nothing; it cannot be promoted (resync it from the active first)".into(),
+            });
+        }
+        let seen = self.fence_epoch().map_or(0, |e| e.term);
+        let epoch = match given {
+            // Above everything seen, or exactly the candidate epoch this node recorded for
+            // itself before fencing the other replicas (a promotion's fencing round).
+            Some(e)
+                if e.node == self.node
+                    && (e > meta.epoch && e.term > seen || e == meta.epoch && e.term >= seen) =>
+            {
+                e
+            }
+            Some(e) => {
+                return Err(StoreError::InvalidWrite {
+                    domain: self.domain.clone(),
+                    reason: format!(
+                        "epoch {e} handed over is not a new epoch of this node above {}",
+                        meta.epoch
+                    ),
+                })
+            }
+            None => match meta.epoch.term.max(seen).checked_add(1) {
+                Some(term) => Epoch {
+                    term,
+                    node: self.node.clone(),
+                },
+                None => {
+                    return Err(StoreError::InvalidWrite {
+                        domain: self.domain.clone(),
+                        reason: format!("the epoch term cannot be raised above {}", meta.epoch),
+                    })
+                }
+            },
+        };
+        meta.history.push(HistoryEntry {
+            epoch: epoch.clone(),
+            first_lsn: meta.position.lsn.next(),
+        });
+        meta.epoch = epoch;
+        meta.role = Role::Active;
+        Self::committed(meta)
+    }
+
+    /// Checks a write without changing anything.
+    pub(super) fn check_write(
+        &self,
+        t: &Tables<'_>,
+        meta: &DomainMeta,
+        ops: &[Op],
+    ) -> Result<Option<StoreError>, StoreError> {
+        if meta.role != Role::Active || self.fenced(meta) {
+            // The newest active known: the node of a fence above our own epoch, if any.
+            let active = match self.fence_epoch() {
+                Some(f) if f > meta.epoch && f.node != self.node => Some(f.node),
+                _ => meta.known_active(&self.node),
+            };
+            return Ok(Some(StoreError::NotActive {
+                domain: self.domain.clone(),
+                active,
+            }));
+        }
+        if ops.is_empty() {
+            return Ok(Some(StoreError::InvalidWrite {
+                domain: self.domain.clone(),
+                reason: "a write needs at least one operation".into(),
+            }));
+        }
+        let mut crl_seen: HashMap<&str, &Crl> = HashMap::new();
+        for op in ops {
+            if let Err(reason) = op.check() {
+                return Ok(Some(StoreError::InvalidWrite {
+                    domain: self.domain.clone(),
+                    reason,
+                }));
+            }
+            if let Op::PutCrl(crl) = op {
+                let held = match crl_seen.get(crl.issuer.as_str()) {
+                    Some(earlier) => Some((*earlier).clone()),
+                    None => t.crl_of(&self.domain, &crl.issuer)?,
+                };
+                if let Some(held) = held {
+                    if crl.number < held.number {
+                        return Ok(Some(StoreError::CrlOutdated {
+                            domain: self.domain.clone(),
+                            issuer: crl.issuer.clone(),
+                            stored: held.number,
+                            offered: crl.number.clone(),
+                        }));
+                    }
+                    if crl.number == held.number && crl.der != held.der {
+                        return Ok(Some(StoreError::CrlConflict {
+                            domain: self.domain.clone(),
+                            issuer: crl.issuer.clone(),
+                            number: crl.number.clone(),
+                        }));
+                    }
+                }
+                crl_seen.insert(crl.issuer.as_str(), crl);
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) fn write(
+        &self,
+        t: &mut Tables<'_>,
+        meta: &mut DomainMeta,
+        ops: Vec<Op>,
+    ) -> Result<Outcome, StoreError> {
+        if let Some(refusal) = self.check_write(t, meta, &ops)? {
+            return Ok(Err(refusal));
+        }
+        let lsn = meta.position.lsn.next();
+        let record = Record {
+            epoch: meta.epoch.clone(),
+            lsn,
+            time: now_micros(),
+            prev_chain: meta.position.chain,
+            ops,
+        };
+        let bytes = match encode_record(&record) {
+            Ok(b) => b,
+            Err(e) => {
+                return Ok(self.refuse(format!("the transaction does not fit in one record: {e}")))
+            }
+        };
+        self.append(t, meta, &record, &bytes)?;
+        Ok(Self::committed(meta))
+    }
+
+    /// Applies one shipped record. With `from`, the node that shipped it, the record is
+    /// refused unless `from` is the node of the highest epoch recorded here (counting the
+    /// record's own): once a standby recorded a newer epoch (fencing), nothing of a lower
+    /// active is applied, even a batch already on its way (invariant 1).
+    pub(super) fn apply(
+        &self,
+        t: &mut Tables<'_>,
+        meta: &mut DomainMeta,
+        bytes: &[u8],
+        from: Option<(&NodeId, &Epoch)>,
+    ) -> Result<Outcome, StoreError> {
+        let domain = self.domain.clone();
+        let expected = meta.position.lsn.next();
+        if meta.role != Role::Standby {
+            return Ok(Err(StoreError::NotStandby { domain }));
+        }
+        let record = match decode_record(bytes) {
+            Ok(r) => r,
+            Err(source) => {
+                tracing::warn!(domain = %domain, lsn = %expected, error = %source, "corrupt record refused");
+                return Ok(Err(StoreError::CorruptRecord {
+                    domain,
+                    lsn: expected,
+                    source,
+                }));
+            }
+        };
+        if record.lsn != expected {
+            return Ok(Err(StoreError::OutOfOrder {
+                domain,
+                expected,
+                got: record.lsn,
+            }));
+        }
+        if record.prev_chain != meta.position.chain {
+            return Ok(Err(StoreError::ChainMismatch {
+                domain,
+                lsn: record.lsn,
+                expected: meta.position.chain,
+                found: record.prev_chain,
+            }));
+        }
+        if let Some((from, since)) = from {
+            // Nothing from an active below an epoch learned from a peer since the stream was
+            // accepted (`since`: the epoch its `Follow` carried): once such an epoch is
+            // recorded (`Domain::demote`), only its node is listened to, and a batch of the
+            // old active still on its way is refused. Records of older epochs relayed by the
+            // active that accepted the stream are taken: it accepted a `Follow` carrying
+            // `since`, so its own epoch is not below it.
+            if let Some(fence) = self.fence_epoch() {
+                if fence > *since && fence.node != *from {
+                    return Ok(Err(StoreError::Fenced {
+                        domain,
+                        from: from.clone(),
+                        epoch: fence,
+                    }));
+                }
+            }
+        }
+        if meta.position.lsn > Lsn::ZERO && record.epoch < meta.position.epoch {
+            return Ok(Err(StoreError::StaleEpoch {
+                domain,
+                lsn: record.lsn,
+                record: record.epoch,
+                position: meta.position.epoch.clone(),
+            }));
+        }
+        if let Some(bad) = record.ops.iter().find_map(|op| op.check().err()) {
+            return Ok(Err(StoreError::CorruptRecord {
+                domain,
+                lsn: record.lsn,
+                source: CodecError::Payload { reason: bad },
+            }));
+        }
+        self.append(t, meta, &record, bytes)?;
+        Ok(Self::committed(meta))
+    }
+
+    /// Applies a checked record and appends it to the log, moving the position.
+    pub(super) fn append(
+        &self,
+        t: &mut Tables<'_>,
+        meta: &mut DomainMeta,
+        record: &Record,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        apply_ops(&self.domain, t, record, &mut meta.digest)?;
+        t.log.insert(record.lsn.0, bytes).or_storage(&self.domain)?;
+        meta.log_bytes += bytes.len() as u64;
+        meta.position = Position {
+            epoch: record.epoch.clone(),
+            lsn: record.lsn,
+            chain: chain_next(record.prev_chain, bytes),
+        };
+        meta.note_epoch(&record.epoch, record.lsn);
+        Ok(())
+    }
+
+    pub(super) fn truncate(
+        &self,
+        t: &mut Tables<'_>,
+        meta: &mut DomainMeta,
+        below: Lsn,
+    ) -> Result<Outcome, StoreError> {
+        let end = meta.position.lsn.next();
+        let below = below.min(end);
+        if below <= meta.log_start {
+            return Ok(Self::committed(meta));
+        }
+        let base_chain = if below == end {
+            meta.position.chain
+        } else {
+            let Some(bytes) = t.log.get(below.0).or_storage(&self.domain)? else {
+                return Ok(Err(StoreError::Corrupt {
+                    domain: self.domain.clone(),
+                    what: format!("log record {below} is missing"),
+                }));
+            };
+            match decode_record(bytes.value()) {
+                Ok(r) => r.prev_chain,
+                Err(source) => {
+                    return Ok(Err(StoreError::CorruptRecord {
+                        domain: self.domain.clone(),
+                        lsn: below,
+                        source,
+                    }))
+                }
+            }
+        };
+        let mut removed = 0u64;
+        for entry in t
+            .log
+            .range(meta.log_start.0..below.0)
+            .or_storage(&self.domain)?
+        {
+            let (_, v) = entry.or_storage(&self.domain)?;
+            removed += v.value().len() as u64;
+        }
+        t.log
+            .retain_in(meta.log_start.0..below.0, |_, _| false)
+            .or_storage(&self.domain)?;
+        meta.log_bytes = meta.log_bytes.saturating_sub(removed);
+        meta.log_start = below;
+        meta.log_base_chain = base_chain;
+        Ok(Self::committed(meta))
+    }
+}
