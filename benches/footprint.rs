@@ -7,13 +7,13 @@
 //! polling. `cargo bench --bench footprint` (`DOMSYNC_FOOTPRINT_DOMAINS`, default 100;
 //! `DOMSYNC_FOOTPRINT_IDLE_SECS`, default 10).
 
-use std::fmt::Write as _;
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use domsync_net::{pki, PeerRole};
+use domsync_net::PeerRole;
+use domsync_testkit::pki::init_pki;
+use domsync_testkit::poll::free_port;
+use domsync_testkit::process::{Daemon, NodeConfig};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -69,49 +69,32 @@ fn main() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let pki_dir = dir.path().join("pki");
-    pki::init_ca(&pki_dir).expect("ca");
-    pki::issue(&pki_dir, PeerRole::Node, "a", &pki_dir, 30).expect("cert");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("port")
-        .port();
-    let mut config = format!(
-        "[node]\nid = \"a\"\nstate_dir = \"{state}\"\nlisten = \"127.0.0.1:{port}\"\nadmin_socket = \"{state}/admin.sock\"\n\n[tls]\nca = \"{p}/ca.pem\"\ncert = \"{p}/node-a.pem\"\nkey = \"{p}/node-a.key\"\n",
-        state = dir.path().join("state").display(),
-        p = pki_dir.display()
-    );
-    for i in 0..domains {
-        let _ = write!(
-            config,
-            "\n[[domains]]\nname = \"tenant-{i}\"\nreplicas = [\"a\"]\ndurability = \"local\"\ngateways = [\"g\"]\n"
-        );
+    init_pki(&pki_dir, &[(PeerRole::Node, "a")]);
+    let state = dir.path().join("state");
+    let config = NodeConfig {
+        id: "a".into(),
+        admin_socket: state.join("admin.sock"),
+        state_dir: state,
+        listen: format!("127.0.0.1:{}", free_port()),
+        pki: pki_dir,
+        limits: String::new(),
+        peers: Vec::new(),
+        domains: (0..domains)
+            .map(|i| (format!("tenant-{i}"), vec!["a".into()], "local".into()))
+            .collect(),
     }
-    let config_path = dir.path().join("domsync.toml");
-    std::fs::write(&config_path, config).expect("config");
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
-    notify
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
+    .write(dir.path().join("domsync.toml"));
 
     let started = Instant::now();
-    let mut child = Command::new(daemon)
-        .arg("--config")
-        .arg(&config_path)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("domsyncd");
-    let pid = child.id();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = notify.recv(&mut buf).expect("READY within 60 s");
-        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-            break;
-        }
-    }
+    let mut daemon = Daemon::spawn(
+        "a",
+        dir.path(),
+        &config,
+        Duration::from_secs(60),
+        &[("RUST_LOG", "warn")],
+    );
+    daemon.ready();
+    let pid = daemon.child.id();
     let ready = started.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let before = cpu_ticks(pid);
@@ -131,9 +114,5 @@ fn main() {
         window.as_secs_f64(),
         cpu_ms as f64 / window.as_secs_f64() / 10.0
     );
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let _ = child.wait();
+    daemon.stop();
 }
