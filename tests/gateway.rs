@@ -722,7 +722,8 @@ async fn a_standby_that_never_synchronized_is_asked_first_and_the_package_comes_
     assert_eq!(msg.lines().count(), 1, "{msg}");
     assert!(!msg.contains("could not be asked"), "{msg}");
 
-    // The same from the shell, nodes in the order of the finding: exit 0, served by b.
+    // The same from the shell, nodes in the order of the finding: exit 0, served by a node that
+    // holds the package.
     let out_file = c.dir.path().join("fw.bin");
     let args = vec![
         "gateway".into(),
@@ -747,7 +748,12 @@ async fn a_standby_that_never_synchronized_is_asked_first_and_the_package_comes_
         .await
         .unwrap();
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(" node=b "), "{out}");
+    // The command ranks nodes by measured round trip (5 ms steps), so which synchronized node
+    // serves depends on the machine's load; never the standby that holds nothing.
+    assert!(
+        !out.contains(" node=c ") && (out.contains(" node=b ") || out.contains(" node=a ")),
+        "{out}"
+    );
     assert_eq!(std::fs::read(&out_file).unwrap(), content(1));
 }
 
