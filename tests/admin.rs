@@ -269,15 +269,38 @@ fn remote_admin_takes_admin_certificates_only() {
     );
 
     // The CLI over --remote: an admin works, a gateway's certificate is refused.
-    let remote = |id: &str, args: &[&str]| {
+    let remote_to = |target: &str, id: &str, args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_domsync"));
         cmd.env_remove("DOMSYNC_SOCKET")
-            .args(["--remote", &addr, "--admin-pki"])
+            .env_remove("DOMSYNC_REMOTE")
+            .args(["--remote", target, "--admin-pki"])
             .arg(&pki)
             .args(["--admin-id", id])
             .args(args);
         run(cmd)
     };
+    let named = format!("a={addr}");
+    let remote = |id: &str, args: &[&str]| remote_to(&named, id, args);
+    // --remote names the node it expects: another node answering there is refused, naming
+    // both identities and what to do.
+    let out = remote_to(
+        &format!("wrongid={addr}"),
+        "ops",
+        &["kv", "put", "t1", "k", "w"],
+    );
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    for part in [
+        "domsync://node/a",
+        "domsync://node/wrongid",
+        "--remote ID=ADDR",
+    ] {
+        assert!(out.stderr.contains(part), "{part}: {}", out.stderr);
+    }
+    // A bare address is refused when the command line is parsed, showing the form.
+    let out = remote_to(&addr, "ops", &["status"]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("expected ID=ADDR"), "{}", out.stderr);
     let out = remote("ops", &["kv", "put", "t1", "k", "v"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let out = remote("ops", &["status"]);

@@ -35,7 +35,8 @@ fn dom(s: &str) -> DomainId {
 }
 
 /// Active `a` and standby `b` of `tenant-a` and `tenant-b`; gateway `g1` is granted
-/// `tenant-a`, `g2` is granted `tenant-b`, on both nodes.
+/// `tenant-a`, `g2` is granted `tenant-b`, on both nodes; `g3` is a gateway of the
+/// deployment granted nothing.
 struct Cluster {
     dir: tempfile::TempDir,
     a: Node,
@@ -54,6 +55,7 @@ async fn cluster(limits: GatewayLimits) -> Cluster {
             (PeerRole::Node, "b"),
             (PeerRole::Gateway, "g1"),
             (PeerRole::Gateway, "g2"),
+            (PeerRole::Gateway, "g3"),
             (PeerRole::Admin, "ops"),
         ],
     );
@@ -532,8 +534,15 @@ async fn only_granted_gateways_read_and_only_gateways_connect() {
     .unwrap()
     .unwrap();
     assert_refused(&conn, "gateway certificate may not use domsync-repl/1").await;
-    // Replication messages sent on the gateway protocol are not requests.
+    // Granted nothing on a any more, g1 is refused at its next connection.
     let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+    assert_refused(
+        &conn,
+        "forbidden: gateway g1 is granted no domain of node a",
+    )
+    .await;
+    // Replication messages sent on the gateway protocol are not requests.
+    let conn = c.connect(PeerRole::Gateway, "g2", &c.a).await;
     let follow = domsync_proto::repl::encode_message(&domsync_proto::repl::Message::Probe {
         domain: dom("tenant-a"),
         epoch: None,
@@ -750,7 +759,7 @@ async fn malformed_oversized_and_truncated_requests_get_typed_errors_and_others_
     .await
     .unwrap();
     let fourth = c.connect(PeerRole::Gateway, "g2", &c.a).await;
-    assert_refused(&fourth, "too many gateway connections (limit 3)").await;
+    assert_refused(&fourth, "too many gateway connections to node a (limit 3").await;
     let (_, content) = package(
         &timeout(GUARD, exchange_raw(&conn, &good))
             .await
@@ -826,7 +835,10 @@ fn peak_rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_gateways_fetch_a_256_kib_package_from_a_standby() {
     const GATEWAYS: usize = 1000;
-    let c = cluster(GatewayLimits::default()).await;
+    // A thousand gateways, played by one gateway certificate.
+    let mut limits = GatewayLimits::default();
+    limits.max_connections_per_gateway = GATEWAYS;
+    let c = cluster(limits).await;
     let content: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 253) as u8).collect();
     let p = c.on_a["tenant-a"]
         .install_policy("edge", content.clone())
@@ -950,4 +962,171 @@ async fn a_separate_gateway_address_serves_gateways_and_the_main_one_no_longer_d
         let r = timeout(GUARD, exchange_raw(&conn, b"x")).await.unwrap();
         assert!(r.is_err(), "the main address served a gateway: {r:?}");
     }
+}
+
+/// Polls `done` until it holds (up to the hang guard).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    timeout(GUARD, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within {GUARD:?}"));
+}
+
+/// The refusals of `node` counted for `limit`.
+fn refused(node: &Node, limit: &str) -> u64 {
+    node.gateway_refusals()
+        .into_iter()
+        .find(|(l, _)| *l == limit)
+        .map_or(0, |(_, n)| n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gateway_holds_at_most_its_share_of_connections_and_another_still_fetches() {
+    let mut limits = GatewayLimits::default();
+    limits.max_connections_per_gateway = 3;
+    limits.max_connections = 4;
+    let c = cluster(limits).await;
+    c.on_a["tenant-b"]
+        .install_policy("edge", b"for g2".to_vec())
+        .unwrap();
+    // g1 takes its three connections, each served.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+        let answer = exchange(&conn, &request("tenant-a", Query::ListPolicies)).await;
+        assert!(
+            matches!(answer.as_slice(), [Response::Policies { .. }]),
+            "{answer:?}"
+        );
+        held.push(conn);
+    }
+    assert_eq!(c.a.gateway_connections_of("g1"), 3);
+    // A fourth is refused right after its handshake, naming the gateway and the limit.
+    for _ in 0..5 {
+        let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+        assert_refused(
+            &conn,
+            "too many connections of gateway g1 to node a (limit 3 per gateway",
+        )
+        .await;
+    }
+    assert_eq!(refused(&c.a, "per_gateway"), 5);
+    assert_eq!(c.a.gateway_connections_of("g1"), 3);
+    assert_eq!(c.a.gateway_connections(), 3);
+    // Another gateway still connects and fetches.
+    let g2 = c.connect(PeerRole::Gateway, "g2", &c.a).await;
+    let (_, content) = package(&exchange(&g2, &request("tenant-b", get("edge"))).await);
+    assert_eq!(content, b"for g2");
+    // The total still applies: g2's second connection is the fifth.
+    let conn = c.connect(PeerRole::Gateway, "g2", &c.a).await;
+    assert_refused(&conn, "too many gateway connections to node a (limit 4").await;
+    assert_eq!(refused(&c.a, "total"), 1);
+    // A closed connection gives its slot back to its gateway.
+    held.pop().unwrap().close(0u32.into(), b"done");
+    until("g1's closed connection is released", || {
+        c.a.gateway_connections_of("g1") == 2
+    })
+    .await;
+    let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+    let answer = exchange(&conn, &request("tenant-a", Query::ListPolicies)).await;
+    assert!(
+        matches!(answer.as_slice(), [Response::Policies { .. }]),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_granted_no_domain_here_is_refused_without_taking_a_slot() {
+    let mut limits = GatewayLimits::default();
+    limits.max_connections = 2;
+    let c = cluster(limits).await;
+    // g3 is granted nothing: refused at once, however often it tries, holding nothing.
+    for _ in 0..4 {
+        let conn = c.connect(PeerRole::Gateway, "g3", &c.a).await;
+        assert_refused(
+            &conn,
+            "forbidden: gateway g3 is granted no domain of node a",
+        )
+        .await;
+        assert_eq!(c.a.gateway_connections(), 0);
+    }
+    assert_eq!(refused(&c.a, "no_grant"), 4);
+    assert_eq!(c.a.gateway_connections_of("g3"), 0);
+    // The two slots are still free for granted gateways.
+    let g1 = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+    let g2 = c.connect(PeerRole::Gateway, "g2", &c.a).await;
+    for (conn, tenant) in [(&g1, "tenant-a"), (&g2, "tenant-b")] {
+        let answer = exchange(conn, &request(tenant, Query::ListPolicies)).await;
+        assert!(
+            matches!(answer.as_slice(), [Response::Policies { .. }]),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(c.a.gateway_connections(), 2);
+    // Granted a domain, g3 is admitted (within the total again once a slot is free).
+    g2.close(0u32.into(), b"done");
+    until("g2's connection is released", || {
+        c.a.gateway_connections() == 1
+    })
+    .await;
+    c.a.grant(&dom("tenant-b"), "g3");
+    let g3 = c.connect(PeerRole::Gateway, "g3", &c.a).await;
+    let answer = exchange(&g3, &request("tenant-b", Query::ListPolicies)).await;
+    assert!(
+        matches!(answer.as_slice(), [Response::Policies { .. }]),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_gateway_does_not_read_is_cut_and_its_read_snapshot_released() {
+    let mut limits = GatewayLimits::default();
+    limits.answer_timeout = Duration::from_millis(500);
+    let c = cluster(limits).await;
+    let da = &c.on_a["tenant-a"];
+    // Far more than the stream's flow-control window: the node must wait for the reader.
+    let content: Vec<u8> = (0..16u32 << 20).map(|i| (i % 239) as u8).collect();
+    da.install_policy("big", content).unwrap();
+    assert_eq!(da.policy_readers_open(), 0);
+
+    let conn = c.connect(PeerRole::Gateway, "g1", &c.a).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let frame = domsync_proto::gateway::encode(&request("tenant-a", get("big")), MAX_REQUEST_BYTES)
+        .unwrap();
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+    // The node opened the package (one read snapshot) and is stuck writing it...
+    until("the node opens the package", || {
+        da.policy_readers_open() == 1
+    })
+    .await;
+    // ...until the answer timeout cuts the stream and drops the reader, though the gateway
+    // still holds its end of the stream and never read a byte.
+    until("the unread answer's read snapshot is released", || {
+        da.policy_readers_open() == 0
+    })
+    .await;
+    let mut buf = vec![0u8; 1 << 20];
+    let end = timeout(GUARD, async {
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(_)) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(end, Err(quinn::ReadError::Reset(code)) if code == quinn::VarInt::from_u32(0x401)),
+        "{end:?}"
+    );
+    // The connection and the node carry on: the same package is served to a gateway that reads.
+    let answer = exchange(&conn, &request("tenant-a", get("big"))).await;
+    let (_, got) = package(&answer);
+    assert_eq!(got.len(), 16 << 20);
+    assert_eq!(da.policy_readers_open(), 0);
 }

@@ -6,11 +6,13 @@
 //! `WatchdogSec` is set: both from a status gathering off the main loop, so a wedged node
 //! stops pinging (systemd restarts it) while signals are still handled. Notifications never
 //! block: one the service manager's queue has no room for is dropped. SIGTERM stops it gracefully; SIGHUP reloads the
-//! configuration (a bad one is refused and the running one kept).
+//! configuration and the TLS files (certificate, key, CA, CRL; a bad set is refused and the
+//! running one kept).
 //!
 //! With no `--config` and no file at the default path it starts a single-node development
 //! instance under the temporary directory, with a generated PKI, and says where.
 
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,6 +66,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         None => dev_instance()?,
     };
     if args.check {
+        let crl = config.check_crl(&path)?;
         println!(
             "configuration {} is valid: node {}, {} domains ({} here)",
             path.display(),
@@ -71,6 +74,14 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             config.domains.len(),
             config.local_domains().count()
         );
+        if let Some(crl) = crl {
+            println!(
+                "CRL {} is signed by the CA: {} certificates revoked (CRL number {})",
+                crl.path.display(),
+                crl.revoked.len(),
+                crl.number.as_deref().unwrap_or("none")
+            );
+        }
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -218,7 +229,10 @@ fn dev_instance() -> Result<(PathBuf, Config), Box<dyn std::error::Error>> {
     let root = std::env::temp_dir().join("domsync-dev");
     let pki_dir = root.join("pki");
     if !pki_dir.join(domsync_net::CA_CERT_FILE).exists() {
-        std::fs::create_dir_all(&pki_dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&pki_dir)?;
         pki::init_ca(&pki_dir)?;
         for (role, id) in [
             (PeerRole::Node, "dev"),
@@ -253,7 +267,12 @@ gateways = ["dev-gateway"]
             sock = root.join("admin.sock").display(),
             pki = pki_dir.display(),
         );
-        std::fs::write(&path, text)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
     }
     let config = Config::load(&path)?;
     println!(

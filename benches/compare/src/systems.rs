@@ -611,6 +611,8 @@ impl Domsync {
                     "\n[[domains]]\nname = \"{name}\"\nreplicas = [{replicas}]\ndurability = \"{durability}\"\ngateways = [\"{GATEWAY}\"]\n"
                 ));
             }
+            // The read points open up to 100 connections with one gateway certificate.
+            text.push_str("\n[limits]\ngateway_connections_per_gateway = 4096\n");
             let config = dir.join(format!("{id}.toml"));
             std::fs::write(&config, text)?;
             let notify_path = dir.join(format!("{id}-notify.sock"));
@@ -706,7 +708,7 @@ impl Domsync {
     pub fn remote_admin(&self, node: usize) -> Vec<String> {
         vec![
             "--remote".into(),
-            self.nodes[node].1.clone(),
+            format!("{}={}", self.nodes[node].0, self.nodes[node].1),
             "--admin-pki".into(),
             self.pki.display().to_string(),
             "--admin-id".into(),

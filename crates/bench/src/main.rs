@@ -104,7 +104,7 @@ pub enum RoleArg {
 /// Without --socket, --remote or --node it starts an embedded cluster in this process (an
 /// active and two standbys on loopback, in a temporary directory). With them it loads a
 /// running cluster: writes through the admin API of the domain's active (--socket PATH, or
-/// --remote ADDR --admin-pki DIR --admin-id ID, one connection per client), reads and
+/// --remote ID=ADDR --admin-pki DIR --admin-id ID, one connection per client), reads and
 /// watches through the gateway protocol (--node ID=ADDR --pki DIR --gateway-id ID).
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -621,14 +621,16 @@ struct Cli {
     /// Admin socket of a running domsyncd (writes of a running cluster).
     #[arg(long, env = "DOMSYNC_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// A running node's address for remote admin over QUIC (with --admin-pki, --admin-id).
+    /// A running node for remote admin over QUIC, ID=ADDR (with --admin-pki, --admin-id);
+    /// the server must hold the certificate domsync://node/<ID>.
     #[arg(
         long,
         env = "DOMSYNC_REMOTE",
-        value_name = "ADDR",
+        value_name = "ID=ADDR",
+        value_parser = parse_remote,
         conflicts_with = "socket"
     )]
-    remote: Option<SocketAddr>,
+    remote: Option<(domsync_proto::model::NodeId, SocketAddr)>,
     /// Directory with ca.pem and `admin-<id>.pem`/`.key`, for --remote.
     #[arg(long, env = "DOMSYNC_ADMIN_PKI", default_value = "./pki")]
     admin_pki: PathBuf,
@@ -637,12 +639,18 @@ struct Cli {
     admin_id: Option<String>,
 }
 
+/// `--remote ID=ADDR`.
+fn parse_remote(text: &str) -> Result<(domsync_proto::model::NodeId, SocketAddr), String> {
+    domsync_client::admin::parse_remote("--remote", text)
+}
+
 fn main() -> ExitCode {
     use clap::Parser as _;
     let cli = Cli::parse();
     let admin = match (cli.remote, cli.socket) {
-        (Some(addr), _) => match cli.admin_id {
+        (Some((node, addr)), _) => match cli.admin_id {
             Some(id) => Some(Target::Remote {
+                node,
                 addr,
                 pki: cli.admin_pki,
                 id,

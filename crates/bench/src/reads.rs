@@ -299,7 +299,7 @@ pub async fn watch(ctx: &Ctx) -> BenchResult<Outcome> {
     let mut o = Outcome::default();
     let s = setup(ctx, RoleArg::Standby).await?;
     let admin = s.admin.clone().ok_or(
-        "bench watch installs packages: give the active's --socket PATH or --remote ADDR --admin-pki DIR --admin-id ID",
+        "bench watch installs packages: give the active's --socket PATH or --remote ID=ADDR --admin-pki DIR --admin-id ID",
     )?;
     let size = usize::try_from(ctx.value_size())?;
     let name = ctx

@@ -304,7 +304,9 @@ fn config_text(
     let mut t = format!(
         "[node]\nid = \"{me}\"\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nadmin_socket = \"{}\"\n\n\
          [tls]\nca = \"{p}/ca.pem\"\ncert = \"{p}/node-{me}.pem\"\nkey = \"{p}/node-{me}.key\"\n\n\
-         [limits]\nguard_window_ms = {}\n",
+         [limits]\nguard_window_ms = {}\n\
+         # --concurrency connections share one gateway certificate\n\
+         gateway_connections_per_gateway = 4096\n",
         root.join(me).display(),
         ports[me],
         root.join(format!("{me}.sock")).display(),

@@ -101,7 +101,7 @@ pub async fn run(ctx: &Ctx) -> BenchResult<Outcome> {
     let (admin, cluster) = match &ctx.admin {
         Some(t) => (t.clone(), None),
         None if ctx.running() => {
-            return Err("bench write on a running cluster needs the domain's active: --socket PATH, or --remote ADDR --admin-pki DIR --admin-id ID".into())
+            return Err("bench write on a running cluster needs the domain's active: --socket PATH, or --remote ID=ADDR --admin-pki DIR --admin-id ID".into())
         }
         None => {
             let c = ctx.embedded(&ctx.embedded_options()).await?;

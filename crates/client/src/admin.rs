@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use domsync_net::{read_message, write_message, Identity, PeerRole, TlsFiles, ALPN_ADMIN};
 use domsync_proto::admin::{Answer, Request, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
+use domsync_proto::model::NodeId;
 
 /// How long connecting to a daemon may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,8 +32,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Target {
     /// Its admin socket.
     Socket(PathBuf),
-    /// Its QUIC address, with this admin certificate.
+    /// Its QUIC address, with this admin certificate. The server must prove it is `node`
+    /// (certificate `domsync://node/<node>`); another node answering there is refused.
     Remote {
+        /// The node expected at `addr`.
+        node: NodeId,
         /// The node's QUIC address.
         addr: SocketAddr,
         /// Directory holding `ca.pem` and `admin-<id>.pem`/`.key`.
@@ -46,7 +50,9 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Socket(p) => write!(f, "admin socket {}", p.display()),
-            Target::Remote { addr, .. } => write!(f, "remote admin {addr}"),
+            Target::Remote { node, addr, .. } => {
+                write!(f, "remote admin of node {node} at {addr}")
+            }
         }
     }
 }
@@ -84,12 +90,19 @@ impl Session {
                 })?;
                 Conn::Unix(s)
             }
-            Target::Remote { addr, pki, id } => {
+            Target::Remote {
+                node,
+                addr,
+                pki,
+                id,
+            } => {
                 let me = Identity::new(PeerRole::Admin, id).map_err(|e| e.to_string())?;
                 let creds = TlsFiles::in_dir(pki, &me)
                     .load()
                     .map_err(|e| e.to_string())?;
-                let client = domsync_net::client_config_for(&creds, ALPN_ADMIN, None)
+                let expected = Identity::new(PeerRole::Node, node.as_str())
+                    .map_err(|e| format!("{target}: {e}"))?;
+                let client = domsync_net::client_config_for(&creds, ALPN_ADMIN, Some(&expected))
                     .map_err(|e| e.to_string())?;
                 let bind: SocketAddr = if addr.is_ipv4() {
                     SocketAddr::from(([0, 0, 0, 0], 0))
@@ -104,7 +117,7 @@ impl Session {
                 let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
                     .await
                     .map_err(|_| format!("cannot reach domsyncd at {target}: no answer in time"))?
-                    .map_err(|e| format!("cannot reach domsyncd at {target}: {e}"))?;
+                    .map_err(|e| handshake_failure(target, &expected, &e))?;
                 Conn::Quic { endpoint, conn }
             }
         };
@@ -159,6 +172,52 @@ impl Session {
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         }
     }
+}
+
+/// Parses `ID=ADDR` given to `flag` (`--remote`): the node expected at a remote admin
+/// address, in the syntax of the gateway client's `--node`.
+///
+/// ```
+/// let (node, addr) = domsync_client::admin::parse_remote("--remote", "a=127.0.0.1:7400")?;
+/// assert_eq!((node.as_str(), addr.port()), ("a", 7400));
+/// assert!(domsync_client::admin::parse_remote("--remote", "127.0.0.1:7400").is_err());
+/// # Ok::<(), String>(())
+/// ```
+///
+/// # Errors
+/// One line naming the flag, the text and the expected form.
+pub fn parse_remote(flag: &str, text: &str) -> Result<(NodeId, SocketAddr), String> {
+    let (id, addr) = text.split_once('=').ok_or_else(|| {
+        format!(
+            "{flag} {text:?}: expected ID=ADDR, the id of the node to administer and its address, \
+             for example a=10.0.0.1:7400 (the node's certificate must be domsync://node/<ID>)"
+        )
+    })?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("{flag} {text:?}: bad address {addr:?} ({e}); use ID=IP:PORT"))?;
+    let node = NodeId::new(id).map_err(|e| format!("{flag} {text:?}: {e}; use ID=IP:PORT"))?;
+    Ok((node, addr))
+}
+
+/// The one line for a QUIC connection to a remote admin address that failed; a server of
+/// another identity than the expected node is named with what to do.
+fn handshake_failure(target: &Target, expected: &Identity, e: &quinn::ConnectionError) -> String {
+    let text = e.to_string();
+    if text.contains(&format!("expected {expected}")) {
+        let found = text
+            .split("server is ")
+            .nth(1)
+            .and_then(|rest| rest.split(", expected").next())
+            .unwrap_or("another identity");
+        return format!(
+            "{target} refused: the server there is {found}, not the expected {expected}; \
+             give the id of the node at that address (--remote ID=ADDR) or the address of \
+             node {}",
+            expected.id
+        );
+    }
+    format!("cannot reach domsyncd at {target}: {text}")
 }
 
 fn refusal(target: &Target, e: quinn::ConnectionError) -> String {

@@ -38,6 +38,9 @@ pub enum DaemonError {
     /// configuration.
     #[error("{0} (domains added with `domsync domain add`): fix the file or the configuration")]
     AddedDomains(ConfigError),
+    /// A reload found the TLS files (certificate, key, CA, CRL) unusable.
+    #[error("reload refused, the running configuration and TLS files are kept: {0}")]
+    TlsReload(Box<DaemonError>),
     /// A reload changed something only a restart can change.
     #[error("reload refused: {0} changed; restart the service to change it (the running configuration is kept)")]
     NeedsRestart(&'static str),

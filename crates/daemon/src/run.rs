@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::{Config, DomainConfig};
 use crate::DaemonError;
-use domsync_net::{PeerRole, TlsFiles};
+use domsync_net::{CertificateInfo, Credentials, PeerRole, TlsFiles};
 use domsync_node::{ActiveConfig, Node, NodeConfig};
 use domsync_proto::admin::{AdminError, DomainSpec};
 use domsync_proto::model::{DomainId, Role};
@@ -71,6 +71,44 @@ fn merge(file: &Config, added: &[DomainConfig]) -> Config {
     merged
 }
 
+/// The first key of `new` that differs from `old` and only a restart can change, if any.
+fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
+    if new.node.id != old.node.id {
+        Some("node.id")
+    } else if new.node.listen != old.node.listen {
+        Some("node.listen")
+    } else if new.node.gateway_listen != old.node.gateway_listen {
+        Some("node.gateway_listen")
+    } else if new.node.state_dir != old.node.state_dir {
+        Some("node.state_dir")
+    } else if new.node.admin_socket != old.node.admin_socket {
+        Some("node.admin_socket")
+    } else {
+        None
+    }
+}
+
+/// Reads and checks the TLS files of `config` (certificate, key, CA, and the CRL when set)
+/// as one set, which must be this node's.
+fn load_credentials(config: &Config) -> Result<Credentials, DaemonError> {
+    let files = TlsFiles {
+        ca: config.tls.ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    };
+    let credentials = files.load_with_crl(config.tls.crl.as_deref())?;
+    if credentials.identity.role != PeerRole::Node
+        || credentials.identity.id != config.node.id.as_str()
+    {
+        return Err(DaemonError::WrongCertificate {
+            cert: config.tls.cert.display().to_string(),
+            found: credentials.identity.uri(),
+            expected: config.node.id.clone(),
+        });
+    }
+    Ok(credentials)
+}
+
 /// How long the primary waits between attempts to create a new domain.
 const CREATE_RETRY: Duration = Duration::from_secs(1);
 
@@ -86,21 +124,7 @@ impl Daemon {
             .load_added_domains()
             .map_err(DaemonError::AddedDomains)?;
         let config = merge(&file, &added);
-        let files = TlsFiles {
-            ca: config.tls.ca.clone(),
-            cert: config.tls.cert.clone(),
-            key: config.tls.key.clone(),
-        };
-        let credentials = files.load()?;
-        if credentials.identity.role != PeerRole::Node
-            || credentials.identity.id != config.node.id.as_str()
-        {
-            return Err(DaemonError::WrongCertificate {
-                cert: config.tls.cert.display().to_string(),
-                found: credentials.identity.uri(),
-                expected: config.node.id.clone(),
-            });
-        }
+        let credentials = load_credentials(&config)?;
         let store = Store::open(
             &config.node.state_dir,
             StoreOptions::new(config.node.id.clone()),
@@ -110,6 +134,9 @@ impl Daemon {
         node_config.guard_window = config.limits.guard_window;
         node_config.gateway_listen = config.node.gateway_listen;
         node_config.gateway.max_connections = config.limits.gateway_connections;
+        node_config.gateway.max_connections_per_gateway =
+            config.limits.gateway_connections_per_gateway;
+        node_config.gateway.answer_timeout = config.limits.gateway_answer_timeout;
         node_config.gateway.max_streams_per_connection = config.limits.gateway_streams;
         node_config.gateway.max_request_bytes = config.limits.gateway_request_bytes;
         let node = Node::start(node_config)?;
@@ -291,17 +318,32 @@ impl Daemon {
     /// Applies a new configuration file: merged again with the domains added at runtime
     /// (`admin-domains.toml`, read again; the file wins on a name clash), domains added are
     /// placed, domains removed stop being served (their files stay), grants follow the file.
+    /// The TLS files (`[tls]`: certificate, key, CA, CRL) are read again and put in force for
+    /// new handshakes (open connections are left alone).
     ///
     /// # Errors
-    /// [`DaemonError::NeedsRestart`] when the node id, listen address, state directory or TLS
-    /// files changed, [`DaemonError::AddedDomains`] when the added domains no longer fit (a
-    /// replica no longer a peer); the running configuration is then kept.
+    /// [`DaemonError::NeedsRestart`] when the node id, listen address or state directory
+    /// changed, [`DaemonError::TlsReload`] when the TLS files are not a usable set for this
+    /// node, [`DaemonError::AddedDomains`] when the added domains no longer fit (a replica no
+    /// longer a peer); the running configuration and TLS files are then kept.
     pub async fn reload(self: &Arc<Self>, new: Config) -> Result<(), DaemonError> {
         let _serial = self.changes.lock().await;
         let added = new
             .load_added_domains()
             .map_err(DaemonError::AddedDomains)?;
-        self.apply(merge(&new, &added)).await?;
+        let merged = merge(&new, &added);
+        if let Some(key) = needs_restart(&self.config(), &merged) {
+            return Err(DaemonError::NeedsRestart(key));
+        }
+        let credentials =
+            load_credentials(&merged).map_err(|e| DaemonError::TlsReload(Box::new(e)))?;
+        self.node
+            .set_credentials(credentials)
+            .map_err(|e| DaemonError::TlsReload(Box::new(e.into())))?;
+        if let Some(own) = self.node.own_certificate() {
+            tracing::info!(identity = %own.identity, serial = %own.serial, not_after = own.not_after, crl = ?merged.tls.crl, "TLS files reloaded: new handshakes use them");
+        }
+        self.apply(merged).await?;
         *lock(&self.file) = new;
         *lock(&self.added) = added;
         Ok(())
@@ -310,23 +352,8 @@ impl Daemon {
     /// Puts a merged configuration in force (see [`Daemon::reload`]).
     async fn apply(self: &Arc<Self>, new: Config) -> Result<(), DaemonError> {
         let old = self.config();
-        if new.node.id != old.node.id {
-            return Err(DaemonError::NeedsRestart("node.id"));
-        }
-        if new.node.listen != old.node.listen {
-            return Err(DaemonError::NeedsRestart("node.listen"));
-        }
-        if new.node.gateway_listen != old.node.gateway_listen {
-            return Err(DaemonError::NeedsRestart("node.gateway_listen"));
-        }
-        if new.node.state_dir != old.node.state_dir {
-            return Err(DaemonError::NeedsRestart("node.state_dir"));
-        }
-        if new.tls != old.tls {
-            return Err(DaemonError::NeedsRestart("tls"));
-        }
-        if new.node.admin_socket != old.node.admin_socket {
-            return Err(DaemonError::NeedsRestart("node.admin_socket"));
+        if let Some(key) = needs_restart(&old, &new) {
+            return Err(DaemonError::NeedsRestart(key));
         }
         self.node.set_peers(new.peers.clone());
         let before: BTreeMap<DomainId, DomainConfig> = old
@@ -498,6 +525,21 @@ impl Daemon {
             count(Role::Active),
             count(Role::Standby),
         )
+    }
+
+    /// This node's certificate in force and, per configured peer, the certificate it
+    /// presented on its latest handshake with this node, each with `true` for our own
+    /// (first), for status and metrics.
+    pub fn certificates(&self) -> Vec<(CertificateInfo, bool)> {
+        let own = self.node.own_certificate().map(|c| (c, true));
+        own.into_iter()
+            .chain(
+                self.node
+                    .peer_certificates()
+                    .into_iter()
+                    .map(|(_, c)| (c, false)),
+            )
+            .collect()
     }
 
     /// Stops serving: streams close, then the stores (in-flight commits finish first).

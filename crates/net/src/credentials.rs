@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
@@ -15,7 +15,8 @@ use crate::files as pki;
 use crate::identity::{Identity, IdentityError};
 
 use crate::accept::*;
-use crate::tls::provider;
+use crate::revocation::RevocationList;
+use crate::tls::{client_verifier, provider};
 
 /// Loading credentials, building a configuration, or authenticating a peer failed. Each
 /// message is one line that says what is wrong and what to do.
@@ -54,6 +55,22 @@ pub enum TlsError {
         ca: PathBuf,
         /// What the verifier said.
         reason: String,
+    },
+    /// The revocation list (`[tls] crl`) cannot be used.
+    #[error("CRL {}: {reason}", path.display())]
+    Crl {
+        /// The CRL file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// Our own certificate is revoked by the revocation list given with it.
+    #[error("{} is revoked by the CRL {}: issue a new certificate (`domsync pki issue`) and point tls.cert and tls.key at it", cert.display(), crl.display())]
+    OwnRevoked {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The CRL file.
+        crl: PathBuf,
     },
     /// The private key does not match the certificate or cannot be used.
     #[error("{} cannot be used with {}: {reason}; give the key written together with the certificate", key.display(), cert.display())]
@@ -155,6 +172,15 @@ impl TlsFiles {
     pub fn load(&self) -> Result<Credentials, TlsError> {
         Credentials::load(self)
     }
+
+    /// Reads and checks the files and, when given, the deployment CRL: see
+    /// [`Credentials::load_with_crl`].
+    ///
+    /// # Errors
+    /// As [`Credentials::load_with_crl`].
+    pub fn load_with_crl(&self, crl: Option<&Path>) -> Result<Credentials, TlsError> {
+        Credentials::load_with_crl(self, crl)
+    }
 }
 
 /// Loaded TLS material: trusted roots, our chain and key, and the identity in our certificate.
@@ -167,6 +193,9 @@ pub struct Credentials {
     pub(crate) key: PrivateKeyDer<'static>,
     /// Our identity, read from our certificate.
     pub identity: Identity,
+    /// The deployment's revocation lists (`[tls] crl`; empty without one): every handshake,
+    /// as server or client, refuses a peer certificate they revoke.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 impl Clone for Credentials {
@@ -176,6 +205,7 @@ impl Clone for Credentials {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
             identity: self.identity.clone(),
+            crls: self.crls.clone(),
         }
     }
 }
@@ -186,6 +216,7 @@ impl fmt::Debug for Credentials {
             .field("identity", &self.identity)
             .field("roots", &self.roots.len())
             .field("chain", &self.chain.len())
+            .field("crls", &self.crls.len())
             .field("key", &"<hidden>")
             .finish()
     }
@@ -201,6 +232,17 @@ impl Credentials {
     /// [`TlsError::Read`], [`TlsError::Pem`], [`TlsError::OwnIdentity`], [`TlsError::Key`],
     /// [`TlsError::OwnCertificate`].
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        Credentials::load_with_crl(files, None)
+    }
+
+    /// As [`Credentials::load`], with the deployment CRL of the file `crl` when given: it must
+    /// parse (PEM or DER) and be signed by the CA, and must not revoke our own certificate.
+    /// Everything is read and checked before anything is returned: a set with one bad file
+    /// is refused as a whole.
+    ///
+    /// # Errors
+    /// As [`Credentials::load`], and [`TlsError::Crl`] or [`TlsError::OwnRevoked`].
+    pub fn load_with_crl(files: &TlsFiles, crl: Option<&Path>) -> Result<Self, TlsError> {
         let read = |path: &Path| {
             std::fs::read(path).map_err(|source| TlsError::Read {
                 path: path.to_owned(),
@@ -214,8 +256,10 @@ impl Credentials {
 
         let ca_pem = read(&files.ca)?;
         let mut roots = RootCertStore::empty();
+        let mut cas = Vec::new();
         for cert in CertificateDer::pem_slice_iter(&ca_pem) {
             let cert = cert.map_err(|e| pem_error(&files.ca, format!("bad PEM: {e}")))?;
+            cas.push(cert.clone());
             roots.add(cert).map_err(|e| {
                 pem_error(
                     &files.ca,
@@ -274,11 +318,33 @@ impl Credentials {
                 reason: e.to_string(),
             })?;
 
+        let crls = match crl {
+            None => Vec::new(),
+            Some(path) => {
+                let list = RevocationList::load_for(path, &files.ca, &cas)?;
+                let revoked = client_verifier(&roots, &list.crls)?.verify_client_cert(
+                    leaf,
+                    &chain[1..],
+                    UnixTime::now(),
+                );
+                if let Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) =
+                    revoked
+                {
+                    return Err(TlsError::OwnRevoked {
+                        cert: files.cert.clone(),
+                        crl: path.to_owned(),
+                    });
+                }
+                list.crls
+            }
+        };
+
         Ok(Credentials {
             roots,
             chain,
             key,
             identity,
+            crls,
         })
     }
 }

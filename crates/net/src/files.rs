@@ -1,5 +1,5 @@
 //! Where deployment certificates and keys live: `ca.pem`, `ca.key`, `<role>-<id>.pem` and
-//! `<role>-<id>.key` in one directory (written by `domsync pki`, read by [`crate::TlsFiles`]).
+//! `<role>-<id>.key` in one directory, with `ca.crl` once a certificate was revoked (written by `domsync pki`, read by [`crate::TlsFiles`]).
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,8 @@ use crate::identity::Identity;
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// File name of the CA private key.
 pub const CA_KEY_FILE: &str = "ca.key";
+/// File name of the deployment's certificate revocation list (`domsync pki revoke`).
+pub const CA_CRL_FILE: &str = "ca.crl";
 /// A certificate and its key, as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PkiFiles {

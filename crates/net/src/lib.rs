@@ -5,6 +5,8 @@
 //!   certificate, with role [`PeerRole::Node`], [`PeerRole::Gateway`] or [`PeerRole::Admin`].
 //! * [`pki`] (feature `pki`): a small deployment CA (`domsync pki init` / `domsync pki issue`). Deployments
 //!   may bring their own CA instead: leaves need only that URI SAN and the usual key usages.
+//! * revocation: the deployment CRL ([`RevocationList`], `[tls] crl`) is enforced on every
+//!   handshake, as server and as client, once given to [`Credentials::load_with_crl`].
 //! * TLS: [`Credentials`] from PEM files, quinn server and client configurations with
 //!   mutual TLS 1.3 (ring), explicit transport settings, and [`authorize`], which decides from
 //!   a peer's role and the protocol (ALPN) whether it may use a service: only nodes replicate.
@@ -34,12 +36,14 @@
 #![warn(missing_docs)]
 
 mod accept;
+mod certinfo;
 mod credentials;
 mod files;
 mod frame;
 mod identity;
-#[cfg(feature = "pki")]
+#[cfg(any(test, feature = "pki"))]
 pub mod pki;
+mod revocation;
 mod tls;
 mod transport;
 
@@ -47,10 +51,14 @@ pub use accept::{
     accept, accept_any, allowed_roles, authorize, negotiated_alpn, peer_identity, refuse,
     RefuseReason,
 };
+pub use certinfo::{peer_certificate, CertificateInfo};
 pub use credentials::{Credentials, TlsError, TlsFiles};
-pub use files::{ca_files, file_stem, leaf_files, PkiFiles, CA_CERT_FILE, CA_KEY_FILE};
+pub use files::{
+    ca_files, file_stem, leaf_files, PkiFiles, CA_CERT_FILE, CA_CRL_FILE, CA_KEY_FILE,
+};
 pub use frame::{open_frame, read_frame, read_message, write_frame, write_message, FrameError};
 pub use identity::{Identity, IdentityError, PeerRole};
+pub use revocation::RevocationList;
 pub use tls::{client_config, client_config_for, server_config, NodeServerVerifier};
 pub use transport::{
     server_transport_config, transport_config, ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL, CLOSE_REFUSED,

@@ -8,6 +8,7 @@
 //! | `ca.key` | the CA private key (keep it offline) | 0600 |
 //! | `<role>-<id>.pem` | the leaf certificate alone (no chain) | 0644 |
 //! | `<role>-<id>.key` | the leaf private key (PKCS#8) | 0600 |
+//! | `ca.crl` | the revocation list, signed by the CA ([`revoke`]; `[tls] crl`) | 0644 |
 //!
 //! Keys are ECDSA P-256. Every leaf carries exactly one URI SAN, `domsync://<role>/<id>`, key
 //! usage digitalSignature and extended key usages serverAuth and clientAuth (nodes are servers
@@ -15,23 +16,27 @@
 //! peers are checked by their URI SAN (see [`crate::authorize`]). Deployments may instead bring
 //! their own CA; it only has to put one such URI SAN in each leaf.
 //!
-//! Nothing here ever overwrites a file: an existing target is an error.
+//! Nothing here ever overwrites a certificate or key: an existing target is an error. `ca.crl`
+//! is rewritten whole (temporary file, then rename) by each revocation, its CRL number one
+//! higher each time.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData as _, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
-use crate::files::{ca_files, leaf_files, PkiFiles};
+use crate::files::{ca_files, leaf_files, PkiFiles, CA_CRL_FILE};
 use crate::identity::{Identity, IdentityError, PeerRole};
+use crate::revocation::hex_serial;
 
 /// Validity of a new CA, in days (about 10 years).
 pub const CA_DAYS: u32 = 3650;
@@ -39,6 +44,10 @@ pub const CA_DAYS: u32 = 3650;
 pub const DEFAULT_LEAF_DAYS: u32 = 730;
 /// Longest accepted validity, in days (about 100 years).
 pub const MAX_DAYS: u32 = 36_500;
+
+/// How long a CRL written by [`revoke`] says it is current (its next update), in days.
+/// domsync keeps using a CRL past its next update; this only informs other readers.
+pub const CRL_DAYS: u32 = 365;
 
 /// Certificates start being valid this long before they are issued, so that a peer whose clock
 /// is a little behind still accepts them.
@@ -84,6 +93,28 @@ pub enum PkiError {
     #[error("cannot get random bytes from the system: {reason}")]
     Random {
         /// What the system said.
+        reason: String,
+    },
+    /// The certificate to revoke cannot be revoked by this CA.
+    #[error("{}: {reason}", path.display())]
+    BadLeaf {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A serial given on the command line is not one.
+    #[error("{serial:?} is not a serial: give hex bytes, e.g. 3f:a2:09 or 3fa209")]
+    BadSerial {
+        /// What was given.
+        serial: String,
+    },
+    /// The existing CRL cannot be read back.
+    #[error("{}: {reason}; move it aside and revoke again every certificate it listed", path.display())]
+    BadCrl {
+        /// The CRL file.
+        path: PathBuf,
+        /// What is wrong.
         reason: String,
     },
     /// Key generation or signing failed.
@@ -174,6 +205,198 @@ pub fn issue(
     Ok(files)
 }
 
+/// What a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The serial revoked (hex bytes joined by colons, as the daemon's log prints it).
+    pub serial: String,
+    /// The identity of the revoked certificate, when revoked by its file.
+    pub identity: Option<String>,
+    /// The CRL written (`<ca_dir>/ca.crl`).
+    pub crl: PathBuf,
+    /// Its CRL number.
+    pub number: u64,
+    /// Serials it lists.
+    pub revoked: usize,
+    /// False when the serial was listed already (the CRL is rewritten anyway, number raised).
+    pub newly: bool,
+}
+
+/// Revokes the certificate in the file `cert` (issued by the CA in `ca_dir`): adds its serial
+/// to `<ca_dir>/ca.crl`, which is written anew (created when missing), signed by the CA key,
+/// with a CRL number one above the previous one. Nodes enforce it once it is their
+/// `[tls] crl` and they reloaded (SIGHUP).
+///
+/// # Errors
+/// [`PkiError::BadCa`], [`PkiError::BadLeaf`] for a file that is not a certificate of this CA,
+/// [`PkiError::BadCrl`] when the existing CRL cannot be read, [`PkiError::Io`] or
+/// [`PkiError::Generate`].
+pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<Revocation, PkiError> {
+    let bad = |reason: String| PkiError::BadLeaf {
+        path: cert.to_owned(),
+        reason,
+    };
+    let pem = fs::read_to_string(cert).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let der = first_cert(&pem).ok_or_else(|| bad("no PEM CERTIFICATE block".into()))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+    let ca_pem = read_ca_file(&ca_files(ca_dir).cert)?;
+    let ca_der = first_cert(&ca_pem).ok_or_else(|| PkiError::BadCa {
+        path: ca_files(ca_dir).cert,
+        reason: "no PEM CERTIFICATE block".into(),
+    })?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).map_err(|e| PkiError::BadCa {
+        path: ca_files(ca_dir).cert,
+        reason: format!("not an X.509 certificate: {e}"),
+    })?;
+    if x509.issuer() != ca.subject() || x509.verify_signature(Some(ca.public_key())).is_err() {
+        return Err(bad(format!(
+            "not issued by the CA in {}; revoke it with its own CA",
+            ca_dir.display()
+        )));
+    }
+    let identity = Identity::from_cert_der(&der).ok().map(|i| i.uri());
+    let mut done = revoke_raw(ca_dir, x509.tbs_certificate.raw_serial())?;
+    done.identity = identity;
+    Ok(done)
+}
+
+/// Revokes the certificate of serial `serial` (hex bytes, colons allowed) issued by the CA in
+/// `ca_dir`, as [`revoke`] does: for a certificate whose file is gone.
+///
+/// # Errors
+/// [`PkiError::BadSerial`], and as [`revoke`].
+pub fn revoke_serial(ca_dir: &Path, serial: &str) -> Result<Revocation, PkiError> {
+    let digits: String = serial.chars().filter(|c| *c != ':').collect();
+    let bad = || PkiError::BadSerial {
+        serial: serial.to_owned(),
+    };
+    if digits.is_empty() || digits.len() % 2 != 0 || digits.len() > 42 {
+        return Err(bad());
+    }
+    let bytes = (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(digits.get(i..i + 2).unwrap_or("x"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    revoke_raw(ca_dir, &bytes)
+}
+
+/// Adds the serial `raw` (DER integer content) to the CA's CRL and writes it.
+fn revoke_raw(ca_dir: &Path, raw: &[u8]) -> Result<Revocation, PkiError> {
+    let issuer = load_ca(ca_dir)?;
+    let path = ca_dir.join(CA_CRL_FILE);
+    let now = OffsetDateTime::now_utc();
+    let (mut revoked, number) = read_crl(&path)?;
+    let serial = hex_serial(strip_zeros(raw));
+    let newly = !revoked
+        .iter()
+        .any(|r| hex_serial(strip_zeros(r.serial_number.as_ref())) == serial);
+    if newly {
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(strip_zeros(raw)),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let number = number.saturating_add(1);
+    let params = CertificateRevocationListParams {
+        this_update: now - BACKDATE,
+        next_update: now + Duration::days(i64::from(CRL_DAYS)),
+        crl_number: SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let count = params.revoked_certs.len();
+    let crl = params.signed_by(&issuer)?;
+    replace_file(&path, crl.pem()?.as_bytes(), 0o644)?;
+    Ok(Revocation {
+        serial: hex_serial(raw),
+        identity: None,
+        crl: path,
+        number,
+        revoked: count,
+        newly,
+    })
+}
+
+fn strip_zeros(mut raw: &[u8]) -> &[u8] {
+    while raw.len() > 1 && raw[0] == 0 {
+        raw = &raw[1..];
+    }
+    raw
+}
+
+/// The revoked entries and CRL number of an existing CRL; none and 0 when there is none.
+fn read_crl(path: &Path) -> Result<(Vec<RevokedCertParams>, u64), PkiError> {
+    let bad = |reason: String| PkiError::BadCrl {
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(bad(format!("cannot read it: {e}"))),
+    };
+    let der = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .next()
+            .ok_or_else(|| bad("no PEM X509 CRL block".into()))?
+            .map_err(|e| bad(format!("bad PEM: {e}")))?
+            .as_ref()
+            .to_vec()
+    } else {
+        bytes
+    };
+    let (_, crl) =
+        x509_parser::parse_x509_crl(&der).map_err(|e| bad(format!("not an X.509 CRL: {e}")))?;
+    let number = crl
+        .crl_number()
+        .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let revoked = crl
+        .iter_revoked_certificates()
+        .map(|r| {
+            let when = OffsetDateTime::from_unix_timestamp(r.revocation_date.timestamp())
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            RevokedCertParams {
+                serial_number: SerialNumber::from_slice(r.raw_serial()),
+                revocation_time: when,
+                reason_code: None,
+                invalidity_date: None,
+            }
+        })
+        .collect();
+    Ok((revoked, number))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
+/// a reader sees the old file or the new one, never a part.
+fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let io_error = |action, source| PkiError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map_or_else(|| "crl".into(), |n| n.to_string_lossy())
+    ));
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, bytes, mode)?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_error("replace", e)
+    })?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync directory of", e))
+}
+
 fn set_validity(params: &mut CertificateParams, days: u32) -> Result<(), PkiError> {
     if days == 0 || days > MAX_DAYS {
         return Err(PkiError::BadDays { days });
@@ -248,13 +471,18 @@ fn refuse_existing(files: &PkiFiles) -> Result<(), PkiError> {
 }
 
 /// Writes the key (0600) and then the certificate (0644), never replacing a file; if the
-/// certificate cannot be written, the new key is removed again.
+/// certificate cannot be written, the new key is removed again. Directories created on the
+/// way are 0700, whatever the umask (an existing directory keeps its mode).
 fn write_pair(dir: &Path, files: &PkiFiles, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-        action: "create directory",
-        path: dir.to_owned(),
-        source,
-    })?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| PkiError::Io {
+            action: "create directory",
+            path: dir.to_owned(),
+            source,
+        })?;
     write_new(&files.key, key_pem.as_bytes(), 0o600)?;
     if let Err(e) = write_new(&files.cert, cert_pem.as_bytes(), 0o644) {
         let _ = fs::remove_file(&files.key);

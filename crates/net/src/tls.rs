@@ -22,13 +22,15 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::TransportConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::identity::{Identity, IdentityError, PeerRole};
 
 use crate::credentials::*;
+use crate::revocation::{check_revocation, log_if_revoked, parse_crls, LoggedClientVerifier};
 use crate::transport::*;
 
 /// The one crypto provider of domsync.
@@ -36,8 +38,25 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The verifier of client certificates: signed by a CA of `roots` and, with `crls`, not
+/// revoked by them (end entity only; a certificate of a CA without a CRL here is not refused
+/// for it).
+pub(crate) fn client_verifier(
+    roots: &Arc<RootCertStore>,
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+    if !crls.is_empty() {
+        builder = builder
+            .with_crls(crls.iter().cloned())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    builder.build().map_err(config_error)
+}
+
 /// QUIC server configuration of a node: presents `creds`, requires a client certificate
-/// signed by the CA, offers the protocols `alpns` and uses `transport`. Call [`authorize`](crate::authorize) on
+/// signed by the CA and not revoked by `creds.crls`, offers the protocols `alpns` and uses `transport`. Call [`authorize`](crate::authorize) on
 /// each accepted connection.
 ///
 /// # Errors
@@ -53,12 +72,11 @@ pub fn server_config(
             identity: creds.identity.clone(),
         });
     }
-    let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(creds.roots.clone(), provider.clone())
-            .build()
-            .map_err(config_error)?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let verifier = Arc::new(LoggedClientVerifier::new(client_verifier(
+        &creds.roots,
+        &creds.crls,
+    )?));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
         .with_client_cert_verifier(verifier)
@@ -84,8 +102,8 @@ pub fn client_config(creds: &Credentials, alpn: &[u8]) -> Result<quinn::ClientCo
 }
 
 /// QUIC client configuration speaking `alpn` and presenting `creds`. The server must present
-/// a certificate signed by the CA whose URI SAN is a node identity, and `expect` itself when
-/// given; the server name passed to `connect` is ignored. Uses [`transport_config`]; replace
+/// a certificate signed by the CA, not revoked by `creds.crls`, whose URI SAN is a node
+/// identity, and `expect` itself when given; the server name passed to `connect` is ignored. Uses [`transport_config`]; replace
 /// it with `quinn::ClientConfig::transport_config` if needed.
 ///
 /// # Errors
@@ -96,7 +114,7 @@ pub fn client_config_for(
     expect: Option<&Identity>,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = NodeServerVerifier::new(creds.roots.clone(), expect);
+    let verifier = NodeServerVerifier::new(creds.roots.clone(), expect).with_crls(&creds.crls)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
@@ -116,13 +134,15 @@ pub fn client_config_for(
 
 /// The rustls server-certificate verifier of [`client_config_for`]: verifies a server as a node
 /// of the deployment, by its chain to the CA (signature, validity period, serverAuth usage) and
-/// its node URI SAN instead of a DNS name. Public for callers building their own rustls
-/// configuration.
+/// its node URI SAN instead of a DNS name, and when given CRLs ([`NodeServerVerifier::with_crls`])
+/// that it is not revoked (a revoked server is logged with its serial and identity). Public
+/// for callers building their own rustls configuration.
 #[derive(Debug)]
 pub struct NodeServerVerifier {
     roots: Arc<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
     expect: Option<Identity>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
 }
 
 impl NodeServerVerifier {
@@ -133,7 +153,21 @@ impl NodeServerVerifier {
             roots,
             algorithms: provider().signature_verification_algorithms,
             expect: expect.cloned(),
+            crls: Vec::new(),
         }
+    }
+
+    /// Also refuses a server certificate revoked by `crls` (the deployment CA's; end entity
+    /// only, a certificate of a CA without a CRL here is not refused for it).
+    ///
+    /// # Errors
+    /// [`TlsError::Config`] when a CRL cannot be parsed.
+    pub fn with_crls(
+        mut self,
+        crls: &[CertificateRevocationListDer<'_>],
+    ) -> Result<Self, TlsError> {
+        self.crls = parse_crls(crls)?;
+        Ok(self)
     }
 }
 
@@ -179,6 +213,15 @@ impl ServerCertVerifier for NodeServerVerifier {
             now,
             self.algorithms.all,
         )?;
+        check_revocation(
+            &self.crls,
+            &self.roots,
+            &self.algorithms,
+            end_entity,
+            intermediates,
+            now,
+        )
+        .inspect_err(|e| log_if_revoked(end_entity, "server", e))?;
         let found = Identity::from_cert_der(end_entity).map_err(ServerIdentityError::from)?;
         if found.role != PeerRole::Node {
             return Err(ServerIdentityError::NotANode(found).into());

@@ -16,6 +16,14 @@ pub enum NodeError {
         /// The identity found.
         identity: String,
     },
+    /// New credentials name another node than the running one.
+    #[error("the new certificate names {identity}, but this node is {expected}: point tls.cert at this node's certificate")]
+    OtherNode {
+        /// The identity found.
+        identity: String,
+        /// The running node.
+        expected: NodeId,
+    },
     /// TLS configuration failed.
     #[error(transparent)]
     Tls(#[from] TlsError),

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
@@ -34,8 +34,13 @@ use domsync_store::{Domain, StoreError};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GatewayLimits {
-    /// Gateway connections open at once; more are closed with a reason.
+    /// Gateway connections open at once, all gateways together; more are closed with a
+    /// reason.
     pub max_connections: usize,
+    /// Gateway connections open at once per gateway certificate (`domsync://gateway/<id>`),
+    /// so that one gateway cannot take every slot; more are closed with a reason. A gateway
+    /// granted no domain of this node is refused before it takes any slot.
+    pub max_connections_per_gateway: usize,
     /// Requests (streams, watches included) in progress per connection; more are answered
     /// `Busy`.
     pub max_streams_per_connection: usize,
@@ -43,15 +48,21 @@ pub struct GatewayLimits {
     pub max_request_bytes: usize,
     /// How long a gateway may take to send its request once it opened a stream.
     pub request_timeout: Duration,
+    /// How long an answer may wait for the gateway to read it: a frame (one package piece,
+    /// one watch push) the gateway's stream does not take within this time ends the stream
+    /// (reset), and the read snapshot the answer held is released.
+    pub answer_timeout: Duration,
 }
 
 impl Default for GatewayLimits {
     fn default() -> GatewayLimits {
         GatewayLimits {
             max_connections: 4096,
+            max_connections_per_gateway: 64,
             max_streams_per_connection: 64,
             max_request_bytes: domsync_proto::gateway::MAX_REQUEST_BYTES,
             request_timeout: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -59,31 +70,93 @@ impl Default for GatewayLimits {
 /// Gateway ids granted per domain.
 pub(super) type Grants = HashMap<DomainId, BTreeSet<String>>;
 
-/// Gateway connections open now, and a signal that grants changed (open watches re-check).
+/// Gateway connections open now (in total and per gateway id), connections refused, and a
+/// signal that grants changed (open watches re-check).
 #[derive(Debug)]
 pub(super) struct GatewayCounters {
     connections: AtomicUsize,
+    /// Connections open per gateway id; changed together with `connections`, under this lock.
+    per_gateway: Mutex<HashMap<String, usize>>,
     grants_changed: watch::Sender<u64>,
     results: [AtomicU64; RESULTS.len()],
+    refused: [AtomicU64; REFUSALS.len()],
 }
 
 impl Default for GatewayCounters {
     fn default() -> GatewayCounters {
         GatewayCounters {
             connections: AtomicUsize::new(0),
+            per_gateway: Mutex::new(HashMap::new()),
             grants_changed: watch::Sender::new(0),
             results: Default::default(),
+            refused: Default::default(),
         }
     }
 }
 
-struct ConnectionSlot<'a>(&'a AtomicUsize);
+/// One admitted gateway connection: counted in the total and its gateway's share until
+/// dropped.
+struct ConnectionSlot<'a> {
+    counters: &'a GatewayCounters,
+    gateway: String,
+}
 
 impl Drop for ConnectionSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let mut per = lock(&self.counters.per_gateway);
+        if let Some(n) = per.get_mut(&self.gateway) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&self.gateway);
+            }
+        }
+        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// Why a gateway connection was refused when it was accepted.
+enum Admission {
+    /// The gateway is granted no domain of this node.
+    NoGrant,
+    /// The gateway holds its share of connections already.
+    PerGateway(usize),
+    /// Every gateway connection slot is taken.
+    Total(usize),
+}
+
+impl Admission {
+    /// The name of the limit, as logged and counted ([`REFUSALS`]).
+    fn limit(&self) -> &'static str {
+        match self {
+            Admission::NoGrant => "no_grant",
+            Admission::PerGateway(_) => "per_gateway",
+            Admission::Total(_) => "total",
+        }
+    }
+
+    /// The reason sent to the gateway (and logged): what happened and what to do.
+    fn reason(&self, gateway: &str, node: &str) -> String {
+        match self {
+            Admission::NoGrant => format!(
+                "forbidden: gateway {gateway} is granted no domain of node {node}; grant it a domain \
+                 (gateways of [[domains]]) or ask a node that holds its domains"
+            ),
+            Admission::PerGateway(limit) => format!(
+                "too many connections of gateway {gateway} to node {node} (limit {limit} per \
+                 gateway, [limits] gateway_connections_per_gateway); reuse open connections or \
+                 retry later"
+            ),
+            Admission::Total(limit) => format!(
+                "too many gateway connections to node {node} (limit {limit}, [limits] \
+                 gateway_connections); retry later or use another node"
+            ),
+        }
+    }
+}
+
+/// Ends a stream: the error code a node resets a gateway stream with when the gateway did not
+/// read its answer within [`GatewayLimits::answer_timeout`].
+const RESET_ANSWER_TIMEOUT: u32 = 0x401;
 
 /// Ends a stream: the error code a node resets a gateway stream with when the request never
 /// came or could not be read as a frame.
@@ -124,6 +197,24 @@ impl Node {
         self.inner.gateway.connections.load(Ordering::Relaxed)
     }
 
+    /// Gateway connections open now of the gateway `gateway` (the id of its certificate).
+    pub fn gateway_connections_of(&self, gateway: &str) -> usize {
+        lock(&self.inner.gateway.per_gateway)
+            .get(gateway)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Gateway connections refused when accepted since the node started, by the limit that
+    /// refused them ([`REFUSALS`]: `no_grant`, `per_gateway`, `total`).
+    pub fn gateway_refusals(&self) -> Vec<(&'static str, u64)> {
+        REFUSALS
+            .iter()
+            .zip(self.inner.gateway.refused.iter())
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Gateway answers sent since the node started, by result (`list`, `package`, `crl`,
     /// `not_modified`, ...).
     pub fn gateway_requests(&self) -> Vec<(&'static str, u64)> {
@@ -135,15 +226,31 @@ impl Node {
     }
 
     /// Writes one answer frame and counts it; `false` when the stream is gone or the answer
-    /// cannot be encoded.
-    async fn respond(&self, send: &mut quinn::SendStream, response: &Response) -> bool {
+    /// cannot be encoded. A frame the gateway does not take within
+    /// [`GatewayLimits::answer_timeout`] resets the stream: the caller then drops what it
+    /// holds for the answer (a package's read snapshot).
+    async fn respond(
+        &self,
+        gateway: &str,
+        send: &mut quinn::SendStream,
+        response: &Response,
+    ) -> bool {
         if let Some(i) = result_of(response) {
             self.inner.gateway.results[i].fetch_add(1, Ordering::Relaxed);
         }
-        match domsync_proto::gateway::encode(response, MAX_RESPONSE_BYTES) {
-            Ok(frame) => write_frame(send, &frame).await.is_ok(),
+        let frame = match domsync_proto::gateway::encode(response, MAX_RESPONSE_BYTES) {
+            Ok(frame) => frame,
             Err(e) => {
-                tracing::error!(error = %e, "gateway answer could not be encoded");
+                tracing::error!(gateway, error = %e, "gateway answer could not be encoded");
+                return false;
+            }
+        };
+        let limit = self.inner.config.gateway.answer_timeout;
+        match tokio::time::timeout(limit, write_frame(send, &frame)).await {
+            Ok(written) => written.is_ok(),
+            Err(_) => {
+                tracing::warn!(gateway, limit = "answer_timeout", timeout_ms = limit.as_millis(), "gateway answer cut: the gateway did not read it within {} ms ([limits] gateway_answer_timeout_ms); stream reset", limit.as_millis());
+                drop(send.reset(RESET_ANSWER_TIMEOUT.into()));
                 false
             }
         }
@@ -153,6 +260,41 @@ impl Node {
         lock(&self.inner.grants)
             .get(domain)
             .is_some_and(|s| s.contains(gateway))
+    }
+
+    /// Whether `gateway` is granted at least one domain of this node.
+    fn granted_any(&self, gateway: &str) -> bool {
+        lock(&self.inner.grants)
+            .values()
+            .any(|s| s.contains(gateway))
+    }
+
+    /// Admits a gateway connection right after its handshake, or says which limit refuses
+    /// it: no grant here, the gateway's own share, or the total. A refused connection never
+    /// holds a slot.
+    fn admit_gateway(
+        &self,
+        gateway: &str,
+        limits: &GatewayLimits,
+    ) -> Result<ConnectionSlot<'_>, Admission> {
+        if !self.granted_any(gateway) {
+            return Err(Admission::NoGrant);
+        }
+        let counters = &self.inner.gateway;
+        let mut per = lock(&counters.per_gateway);
+        let held = per.get(gateway).copied().unwrap_or(0);
+        if held >= limits.max_connections_per_gateway {
+            return Err(Admission::PerGateway(limits.max_connections_per_gateway));
+        }
+        if counters.connections.load(Ordering::Relaxed) >= limits.max_connections {
+            return Err(Admission::Total(limits.max_connections));
+        }
+        counters.connections.fetch_add(1, Ordering::Relaxed);
+        *per.entry(gateway.to_owned()).or_default() += 1;
+        Ok(ConnectionSlot {
+            counters,
+            gateway: gateway.to_owned(),
+        })
     }
 
     /// The replica of `domain` served here, active or standby.
@@ -169,21 +311,19 @@ impl Node {
 
     pub(super) async fn serve_gateway(self, conn: quinn::Connection, peer: Identity) {
         let limits = self.inner.config.gateway.clone();
-        let counter = &self.inner.gateway.connections;
-        let open = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        let _slot = ConnectionSlot(counter);
-        if open > limits.max_connections {
-            tracing::warn!(gateway = %peer.id, addr = %conn.remote_address(), limit = limits.max_connections, "gateway connection refused: too many open");
-            conn.close(
-                CLOSE_REFUSED,
-                format!(
-                    "too many gateway connections (limit {}); retry later or use another node",
-                    limits.max_connections
-                )
-                .as_bytes(),
-            );
-            return;
-        }
+        let _slot = match self.admit_gateway(&peer.id, &limits) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let limit = refusal.limit();
+                if let Some(i) = REFUSALS.iter().position(|r| *r == limit) {
+                    self.inner.gateway.refused[i].fetch_add(1, Ordering::Relaxed);
+                }
+                let reason = refusal.reason(&peer.id, self.id().as_str());
+                tracing::warn!(gateway = %peer.id, addr = %conn.remote_address(), limit, "gateway connection refused: {reason}");
+                conn.close(CLOSE_REFUSED, reason.as_bytes());
+                return;
+            }
+        };
         tracing::debug!(gateway = %peer.id, addr = %conn.remote_address(), "gateway connected");
         let streams = Arc::new(Semaphore::new(limits.max_streams_per_connection));
         let mut shutdown = self.inner.shutdown.subscribe();
@@ -212,7 +352,7 @@ impl Node {
                             "{} requests in progress on this connection (the limit)",
                             limits.max_streams_per_connection
                         );
-                        node.respond(&mut send, &Response::Refused(Refusal::Busy(why)))
+                        node.respond(&gateway, &mut send, &Response::Refused(Refusal::Busy(why)))
                             .await;
                         drop(send.finish());
                         drop(recv);
@@ -239,8 +379,12 @@ impl Node {
                 Ok(Err(e @ (FrameError::Codec(_) | FrameError::Truncated))) => {
                     tracing::warn!(gateway, error = %e, "gateway request refused");
                     let why = format!("{e} (requests are at most {cap} bytes)");
-                    self.respond(&mut send, &Response::Refused(Refusal::BadRequest(why)))
-                        .await;
+                    self.respond(
+                        gateway,
+                        &mut send,
+                        &Response::Refused(Refusal::BadRequest(why)),
+                    )
+                    .await;
                     drop(send.finish());
                     drop(recv.stop(RESET_BAD_REQUEST.into()));
                     return;
@@ -256,15 +400,20 @@ impl Node {
             Err(e) => {
                 tracing::warn!(gateway, error = %e, "gateway request refused");
                 let why = format!("undecodable request: {e}");
-                self.respond(&mut send, &Response::Refused(Refusal::BadRequest(why)))
-                    .await;
+                self.respond(
+                    gateway,
+                    &mut send,
+                    &Response::Refused(Refusal::BadRequest(why)),
+                )
+                .await;
                 drop(send.finish());
                 return;
             }
         };
         let answer = self.answer(gateway, request, &mut send).await;
         if let Err(refusal) = answer {
-            self.respond(&mut send, &Response::Refused(refusal)).await;
+            self.respond(gateway, &mut send, &Response::Refused(refusal))
+                .await;
         }
         drop(send.finish());
         // Let the gateway read the end of the answer before the stream is dropped.
@@ -311,7 +460,7 @@ impl Node {
                         list: read.value,
                     }
                 };
-                self.respond(send, &response).await;
+                self.respond(gateway, send, &response).await;
                 Ok(())
             }
             Query::GetPolicy {
@@ -326,11 +475,12 @@ impl Node {
                         let status = replica.status().map_err(unavailable)?;
                         let served =
                             self.served(status.role, status.epoch.clone(), status.position);
-                        self.respond(send, &Response::Behind { served }).await;
+                        self.respond(gateway, send, &Response::Behind { served })
+                            .await;
                         return Ok(());
                     }
                 }
-                self.send_policy(&replica, &name, if_newer_than.as_ref(), send)
+                self.send_policy(gateway, &replica, &name, if_newer_than.as_ref(), send)
                     .await
                     .map(|_| ())
             }
@@ -343,7 +493,7 @@ impl Node {
                     let list = read.value.iter().map(CrlInfo::from).collect();
                     Response::Crls { served, list }
                 };
-                self.respond(send, &response).await;
+                self.respond(gateway, send, &response).await;
                 Ok(())
             }
             Query::GetCrl {
@@ -359,7 +509,7 @@ impl Node {
                     }
                     Some(crl) => Response::Crl { served, crl },
                 };
-                self.respond(send, &response).await;
+                self.respond(gateway, send, &response).await;
                 Ok(())
             }
             Query::Watch { policies, crls } => {
@@ -408,6 +558,7 @@ impl Node {
     /// version sent, `None` when nothing was.
     async fn send_policy(
         &self,
+        gateway: &str,
         replica: &Domain,
         name: &str,
         held: Option<&Version>,
@@ -419,17 +570,18 @@ impl Node {
         let served = self.served(read.role, read.epoch.clone(), read.position);
         let Some(reader) = read.value else {
             let response = self.not_found(replica.id(), served);
-            self.respond(send, &response).await;
+            self.respond(gateway, send, &response).await;
             return Ok(None);
         };
         let version = reader.info.stamp();
         if held.is_some_and(|h| version <= *h) {
-            self.respond(send, &Response::NotModified { served }).await;
+            self.respond(gateway, send, &Response::NotModified { served })
+                .await;
             return Ok(None);
         }
         let info = reader.info.clone();
         if !self
-            .respond(send, &Response::PolicyBegin { served, info })
+            .respond(gateway, send, &Response::PolicyBegin { served, info })
             .await
         {
             return Ok(None);
@@ -445,7 +597,7 @@ impl Node {
             }
             offset += piece.len() as u64;
             hash.update(&piece);
-            if !self.respond(send, &Response::Chunk(piece)).await {
+            if !self.respond(gateway, send, &Response::Chunk(piece)).await {
                 return Ok(None);
             }
         }
@@ -455,7 +607,7 @@ impl Node {
                 "the stored content of package {name} is corrupt here"
             )));
         }
-        self.respond(send, &Response::PolicyEnd).await;
+        self.respond(gateway, send, &Response::PolicyEnd).await;
         Ok(Some(version))
     }
 
@@ -479,7 +631,7 @@ impl Node {
         loop {
             commits.borrow_and_update();
             if !self
-                .push_changes(replica, &mut policies, &mut crls, send)
+                .push_changes(gateway, replica, &mut policies, &mut crls, send)
                 .await
             {
                 return Ok(());
@@ -504,6 +656,7 @@ impl Node {
     /// stream is gone.
     async fn push_changes(
         &self,
+        gateway: &str,
         replica: &Domain,
         policies: &mut HashMap<String, Option<Version>>,
         crls: &mut HashMap<String, Option<CrlNumber>>,
@@ -522,7 +675,10 @@ impl Node {
                 match (current.get(name.as_str()), held.as_ref()) {
                     (Some(now), Some(h)) if now <= h => {}
                     (Some(_), _) => {
-                        match self.send_policy(replica, name, held.as_ref(), send).await {
+                        match self
+                            .send_policy(gateway, replica, name, held.as_ref(), send)
+                            .await
+                        {
                             Ok(Some(v)) => *held = Some(v),
                             Ok(None) => {}
                             Err(_) => return false,
@@ -533,7 +689,7 @@ impl Node {
                             self.served(read.role, read.epoch.clone(), read.position.clone());
                         let name = name.clone();
                         if !self
-                            .respond(send, &Response::Removed { served, name })
+                            .respond(gateway, send, &Response::Removed { served, name })
                             .await
                         {
                             return false;
@@ -569,7 +725,7 @@ impl Node {
                     }
                     (None, None) => continue,
                 };
-                if !self.respond(send, &response).await {
+                if !self.respond(gateway, send, &response).await {
                     return false;
                 }
             }
@@ -624,6 +780,12 @@ fn result_of(response: &Response) -> Option<usize> {
     };
     RESULTS.iter().position(|r| *r == name)
 }
+
+/// The limits a gateway connection is refused by when accepted, as counted by
+/// [`Node::gateway_refusals`]: granted no domain here, its own share
+/// ([`GatewayLimits::max_connections_per_gateway`]), the total
+/// ([`GatewayLimits::max_connections`]).
+pub const REFUSALS: [&str; 3] = ["no_grant", "per_gateway", "total"];
 
 /// The results gateway answers are counted by.
 pub const RESULTS: [&str; 11] = [

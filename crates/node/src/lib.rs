@@ -43,7 +43,9 @@ pub use gateway::GatewayLimits;
 pub use roles::{PromoteError, Promotion, Switchover, SwitchoverError};
 pub use standby::FollowerReport;
 
-use domsync_net::{Credentials, Identity, PeerRole, ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL};
+use domsync_net::{
+    CertificateInfo, Credentials, Identity, PeerRole, ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL,
+};
 use domsync_proto::model::{DomainId, Epoch, NodeId};
 use domsync_proto::repl::{Backoff, ShipConfig};
 
@@ -57,7 +59,8 @@ pub struct NodeConfig {
     /// A separate UDP address for gateways only (e.g. on the gateways' network); when set,
     /// `listen` no longer serves gateways.
     pub gateway_listen: Option<SocketAddr>,
-    /// This node's certificate, key and CA.
+    /// This node's certificate, key, CA and CRL at start ([`Node::set_credentials`] replaces
+    /// them).
     pub credentials: Credentials,
     /// Where the other nodes listen.
     pub peers: BTreeMap<NodeId, SocketAddr>,
@@ -128,6 +131,10 @@ impl std::fmt::Debug for Node {
 struct Inner {
     id: NodeId,
     config: NodeConfig,
+    /// The credentials in force: new handshakes, incoming and outgoing, use them.
+    credentials: Mutex<Credentials>,
+    /// The certificate each configured peer presented on its latest handshake with us.
+    peer_certs: Mutex<BTreeMap<NodeId, CertificateInfo>>,
     peers: Mutex<BTreeMap<NodeId, SocketAddr>>,
     endpoint: quinn::Endpoint,
     /// Gateways' own endpoint, when `gateway_listen` is set.
@@ -187,41 +194,28 @@ impl Node {
             .ok_or_else(|| NodeError::NotANode {
                 identity: config.credentials.identity.uri(),
             })?;
-        let main_alpns: &[&[u8]] = if config.gateway_listen.is_some() {
-            &[ALPN_REPL, ALPN_ADMIN]
-        } else {
-            &[ALPN_REPL, ALPN_GATEWAY, ALPN_ADMIN]
-        };
-        let server = domsync_net::server_config(
-            &config.credentials,
-            main_alpns,
-            Arc::new(domsync_net::server_transport_config()),
-        )?;
+        let (server, gateway_server) =
+            server_configs(&config.credentials, config.gateway_listen.is_some())?;
         let endpoint =
             quinn::Endpoint::server(server, config.listen).map_err(|e| NodeError::Bind {
                 addr: config.listen,
                 detail: e.to_string(),
             })?;
-        let gateway_endpoint = match config.gateway_listen {
-            None => None,
-            Some(addr) => {
-                let server = domsync_net::server_config(
-                    &config.credentials,
-                    &[ALPN_GATEWAY],
-                    Arc::new(domsync_net::server_transport_config()),
-                )?;
-                Some(
-                    quinn::Endpoint::server(server, addr).map_err(|e| NodeError::Bind {
-                        addr,
-                        detail: e.to_string(),
-                    })?,
-                )
-            }
+        let gateway_endpoint = match (config.gateway_listen, gateway_server) {
+            (Some(addr), Some(server)) => Some(quinn::Endpoint::server(server, addr).map_err(
+                |e| NodeError::Bind {
+                    addr,
+                    detail: e.to_string(),
+                },
+            )?),
+            _ => None,
         };
         let (shutdown, _) = watch::channel(false);
         let node = Node {
             inner: Arc::new(Inner {
                 id,
+                credentials: Mutex::new(config.credentials.clone()),
+                peer_certs: Mutex::new(BTreeMap::new()),
                 peers: Mutex::new(config.peers.clone()),
                 config,
                 endpoint,
@@ -248,6 +242,62 @@ impl Node {
     /// This node's id (from its certificate).
     pub fn id(&self) -> &NodeId {
         &self.inner.id
+    }
+
+    /// Puts new credentials (certificate, key, CA, CRL) in force: every new handshake uses
+    /// them, incoming on the main and the gateway endpoint and outgoing to peers; open
+    /// connections are left as they are. All or nothing: on error the running ones stay.
+    ///
+    /// # Errors
+    /// [`NodeError::OtherNode`] when they are not this node's, [`NodeError::Tls`] when a
+    /// server configuration cannot be built from them.
+    pub fn set_credentials(&self, credentials: Credentials) -> Result<(), NodeError> {
+        if credentials.identity.node_id().as_ref() != Some(&self.inner.id)
+            || credentials.identity.role != PeerRole::Node
+        {
+            return Err(NodeError::OtherNode {
+                identity: credentials.identity.uri(),
+                expected: self.inner.id.clone(),
+            });
+        }
+        let (main, gateway) = server_configs(&credentials, self.inner.gateway_endpoint.is_some())?;
+        // Everything is built: nothing below can fail.
+        let mut current = lock(&self.inner.credentials);
+        self.inner.endpoint.set_server_config(Some(main));
+        if let (Some(endpoint), Some(gateway)) = (&self.inner.gateway_endpoint, gateway) {
+            endpoint.set_server_config(Some(gateway));
+        }
+        *current = credentials;
+        Ok(())
+    }
+
+    /// The credentials in force.
+    pub fn credentials(&self) -> Credentials {
+        lock(&self.inner.credentials).clone()
+    }
+
+    /// This node's certificate in force: identity, serial, end of validity.
+    pub fn own_certificate(&self) -> Option<CertificateInfo> {
+        let creds = lock(&self.inner.credentials);
+        CertificateInfo::from_der(creds.chain.first()?).ok()
+    }
+
+    /// The certificate each configured peer presented on its latest handshake with this node
+    /// (as client or server), by peer.
+    pub fn peer_certificates(&self) -> Vec<(NodeId, CertificateInfo)> {
+        lock(&self.inner.peer_certs)
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Remembers the certificate the peer `node` presented on `conn`.
+    fn saw_certificate(&self, node: &NodeId, conn: &quinn::Connection) {
+        let info = domsync_net::peer_certificate(conn)
+            .and_then(|der| CertificateInfo::from_der(&der).ok());
+        if let Some(info) = info {
+            lock(&self.inner.peer_certs).insert(node.clone(), info);
+        }
     }
 
     /// The address the endpoint is bound to (useful with port 0).
@@ -301,6 +351,7 @@ impl Node {
             *current = peers;
             gone
         };
+        lock(&self.inner.peer_certs).retain(|n, _| !gone.contains(n));
         for node in gone {
             if let Some(slot) = lock(&self.inner.connections).remove(&node) {
                 if let Ok(mut slot) = slot.try_lock() {
@@ -490,6 +541,7 @@ impl Node {
             return;
         }
         tracing::debug!(peer = %peer_id, addr = %conn.remote_address(), "replication peer connected");
+        self.saw_certificate(&peer_id, &conn);
         let mut shutdown = self.inner.shutdown.subscribe();
         loop {
             let stream = tokio::select! {
@@ -542,11 +594,7 @@ impl Node {
                 addr,
                 detail: e.to_string(),
             })?;
-        let client = domsync_net::client_config_for(
-            &self.inner.config.credentials,
-            ALPN_REPL,
-            Some(&expect),
-        )?;
+        let client = domsync_net::client_config_for(&self.credentials(), ALPN_REPL, Some(&expect))?;
         let connecting = self
             .inner
             .endpoint
@@ -569,7 +617,33 @@ impl Node {
                 addr,
                 detail: e.to_string(),
             })?;
+        self.saw_certificate(peer, &conn);
         *slot = Some(conn.clone());
         Ok(conn)
     }
+}
+
+/// The server configurations of a node: the main endpoint's (replication, admin, and gateways
+/// unless they have their own endpoint) and, with `gateway_endpoint`, the gateway endpoint's.
+fn server_configs(
+    credentials: &Credentials,
+    gateway_endpoint: bool,
+) -> Result<(quinn::ServerConfig, Option<quinn::ServerConfig>), NodeError> {
+    let main_alpns: &[&[u8]] = if gateway_endpoint {
+        &[ALPN_REPL, ALPN_ADMIN]
+    } else {
+        &[ALPN_REPL, ALPN_GATEWAY, ALPN_ADMIN]
+    };
+    let transport = Arc::new(domsync_net::server_transport_config());
+    let main = domsync_net::server_config(credentials, main_alpns, transport.clone())?;
+    let gateway = if gateway_endpoint {
+        Some(domsync_net::server_config(
+            credentials,
+            &[ALPN_GATEWAY],
+            transport,
+        )?)
+    } else {
+        None
+    };
+    Ok((main, gateway))
 }

@@ -307,6 +307,22 @@ pub struct NodeStatus {
     pub node: NodeId,
     /// Every configured domain with a replica here, by name.
     pub domains: Vec<DomainReport>,
+    /// This node's certificate in force (first) and the certificate each configured peer
+    /// presented on its latest handshake here.
+    pub certificates: Vec<CertificateExpiry>,
+}
+
+/// When a certificate stops being valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateExpiry {
+    /// Its `domsync://<role>/<id>` identity.
+    pub identity: String,
+    /// True for this node's own certificate, false for a peer's.
+    pub own: bool,
+    /// Its serial (hex bytes joined by colons).
+    pub serial: String,
+    /// Its `notAfter`, seconds since the Unix epoch.
+    pub not_after_s: i64,
 }
 
 /// How a configured domain is placed on the node.

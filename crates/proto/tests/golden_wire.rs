@@ -990,6 +990,20 @@ fn node_status() -> admin::NodeStatus {
                 PlacementState::Failed("store is damaged".into()),
             ),
         ],
+        certificates: vec![
+            admin::CertificateExpiry {
+                identity: "domsync://node/node-a".into(),
+                own: true,
+                serial: "3f:a2:09".into(),
+                not_after_s: 1_790_000_000,
+            },
+            admin::CertificateExpiry {
+                identity: "domsync://node/node-b".into(),
+                own: false,
+                serial: "01:02".into(),
+                not_after_s: 1_700_000_000,
+            },
+        ],
     }
 }
 

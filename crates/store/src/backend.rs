@@ -43,17 +43,19 @@ pub trait BackendFactory: fmt::Debug + Send + Sync + 'static {
     fn backend(&self, path: &Path) -> io::Result<Box<dyn StorageBackend>>;
 }
 
-/// Opens `path` read-write, creating it when missing, never truncating it: how redb opens a
-/// database file.
+/// Opens `path` read-write, creating it (mode 0600, whatever the umask) when missing, never
+/// truncating it: how redb opens a database file.
 ///
 /// # Errors
 /// The system's error.
 pub fn open_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(super::private::FILE_MODE)
         .open(path)
 }
 

@@ -39,6 +39,7 @@ mod error;
 mod faults;
 mod log;
 mod meta;
+mod private;
 mod read;
 #[cfg(feature = "replica")]
 mod replica;
@@ -128,8 +129,10 @@ pub(crate) struct Opener {
 }
 
 impl Opener {
-    /// Creates (or opens, when it exists) the database at `path`.
+    /// Creates (or opens, when it exists) the database at `path`; the file is made 0600
+    /// before redb writes anything into it, whatever the umask.
     pub fn create(&self, path: &Path) -> Result<Database, DatabaseError> {
+        private::precreate_file(path)?;
         let mut builder = Database::builder();
         builder.set_cache_size(self.cache_bytes);
         match &self.backend {
@@ -173,6 +176,26 @@ pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(StoreError::io("fsync directory", dir))
 }
 
+/// Makes the state directory `dir`, its `domains` directory and the files in it owner-only
+/// (0700 and 0600) where they are not, with a warning naming each: databases hold every
+/// tenant's configuration, and a directory made under a permissive umask (or by an older
+/// version) would let every local user read them.
+fn owner_only(dir: &Path, domains_dir: &Path) -> Result<(), StoreError> {
+    let mut paths = vec![dir.to_path_buf(), domains_dir.to_path_buf()];
+    let entries = fs::read_dir(domains_dir).map_err(StoreError::io("read", domains_dir))?;
+    for entry in entries {
+        paths.push(entry.map_err(StoreError::io("read", domains_dir))?.path());
+    }
+    for path in paths {
+        if let Some(was) =
+            private::tighten(&path).map_err(StoreError::io("restrict to its owner", &path))?
+        {
+            tracing::warn!(path = %path.display(), "{} was mode {was:o}, open to other local users: tightened to owner-only", path.display());
+        }
+    }
+    Ok(())
+}
+
 /// Removes databases left half-built by a crash (creation or resync): the previous state of
 /// their domain, if any, is the one in place.
 fn remove_half_built(domains_dir: &Path) -> Result<(), StoreError> {
@@ -200,12 +223,14 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         let domains_dir = dir.join("domains");
         if !domains_dir.is_dir() {
-            fs::create_dir_all(&domains_dir).map_err(StoreError::io("create", &domains_dir))?;
+            private::create_dir_all(&domains_dir)
+                .map_err(StoreError::io("create", &domains_dir))?;
             fsync_dir(&dir)?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fsync_dir(parent)?;
             }
         }
+        owner_only(&dir, &domains_dir)?;
         remove_half_built(&domains_dir)?;
         Ok(Store {
             dir,

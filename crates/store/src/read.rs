@@ -33,6 +33,27 @@ pub struct PolicyReader {
     /// Name, version, size and digest of the package.
     pub info: PolicyInfo,
     table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    _open: OpenReader,
+}
+
+/// Counts a [`PolicyReader`] (and so its read snapshot) as open until it is dropped.
+struct OpenReader(std::sync::Arc<super::writer::Counters>);
+
+impl OpenReader {
+    fn new(counters: &std::sync::Arc<super::writer::Counters>) -> OpenReader {
+        counters
+            .policy_readers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenReader(std::sync::Arc::clone(counters))
+    }
+}
+
+impl Drop for OpenReader {
+    fn drop(&mut self) {
+        self.0
+            .policy_readers
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for PolicyReader {
@@ -153,8 +174,19 @@ impl Domain {
                 domain: id.clone(),
                 info,
                 table,
+                _open: OpenReader::new(&self.inner.counters),
             }))
         })
+    }
+
+    /// Policy readers ([`Domain::policy_reader`]) open now. Each holds a read snapshot,
+    /// which keeps the pages of its committed state from being reused: a server streaming
+    /// packages checks with this that a reader it gave up on is gone.
+    pub fn policy_readers_open(&self) -> usize {
+        self.inner
+            .counters
+            .policy_readers
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Lists the installed policy packages (without content).

@@ -113,6 +113,9 @@ pub(crate) struct Counters {
     pub fence: std::sync::Mutex<Option<Epoch>>,
     /// A [`Work::Reopen`] is queued (readers ask once, not once each).
     pub reopen_requested: std::sync::atomic::AtomicBool,
+    /// Policy readers open now, each holding a read snapshot (see
+    /// [`super::Domain::policy_readers_open`]).
+    pub policy_readers: std::sync::atomic::AtomicUsize,
 }
 
 /// Batch limits of a writer.

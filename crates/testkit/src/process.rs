@@ -169,6 +169,31 @@ impl Daemon {
         env: &[(&str, &str)],
         wrapper: &[String],
     ) -> Daemon {
+        Daemon::spawn_inner(name, dir, config, guard, env, wrapper, None)
+    }
+
+    /// Like [`Daemon::spawn`], with the daemon's file mode creation mask set to `umask` (e.g.
+    /// `0o022`, the usual login default) before it starts, whatever the test's own.
+    pub fn spawn_with_umask(
+        name: &str,
+        dir: &Path,
+        config: &Path,
+        guard: Duration,
+        env: &[(&str, &str)],
+        umask: u32,
+    ) -> Daemon {
+        Daemon::spawn_inner(name, dir, config, guard, env, &[], Some(umask))
+    }
+
+    fn spawn_inner(
+        name: &str,
+        dir: &Path,
+        config: &Path,
+        guard: Duration,
+        env: &[(&str, &str)],
+        wrapper: &[String],
+        umask: Option<u32>,
+    ) -> Daemon {
         let notify_path = dir.join(format!("{name}-notify.sock"));
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -188,6 +213,9 @@ impl Daemon {
             }
             None => Command::new(&domsyncd),
         };
+        if let Some(mask) = umask {
+            with_umask(&mut command, mask);
+        }
         let child = command
             .arg("--config")
             .arg(config)
@@ -314,6 +342,19 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Runs `command` with the file mode creation mask `mask` (set in the child between fork and
+/// exec; the test process's own mask is left alone).
+pub fn with_umask(command: &mut Command, mask: u32) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: umask is async-signal-safe, touches no memory and cannot fail.
+    unsafe {
+        command.pre_exec(move || {
+            libc::umask(mask);
+            Ok(())
+        })
     }
 }
 

@@ -240,7 +240,7 @@ fn policy(store: &Store, cmd: PolicyCmd) -> Res {
                 return Ok(ExitCode::from(4));
             };
             if let Some(out) = out {
-                std::fs::write(&out, &p.content)
+                crate::write_private(&out, &p.content)
                     .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             }
             println!(
@@ -289,7 +289,7 @@ fn crl(store: &Store, cmd: CrlCmd) -> Res {
                 return Ok(ExitCode::from(4));
             };
             if let Some(out) = out {
-                std::fs::write(&out, &c.der)
+                crate::write_private(&out, &c.der)
                     .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             }
             println!("{}", describe_crl(&c));

@@ -174,7 +174,7 @@ async fn cluster(dir: &Path) -> DemoResult<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
-    std::fs::create_dir_all(dir)?;
+    crate::create_private_dir(dir)?;
     let pki_dir = dir.join("pki");
     pki::init_ca(&pki_dir)?;
     for n in NODES {
@@ -198,7 +198,10 @@ async fn cluster(dir: &Path) -> DemoResult<()> {
         ports.insert(n, free_udp_port()?);
     }
     for n in NODES {
-        std::fs::write(dir.join(format!("{n}.toml")), config_text(dir, n, &ports))?;
+        crate::write_private(
+            &dir.join(format!("{n}.toml")),
+            config_text(dir, n, &ports).as_bytes(),
+        )?;
     }
     let a = start(dir, NODES[0]).await?;
     let b = start(dir, NODES[1]).await?;

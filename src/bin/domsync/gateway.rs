@@ -168,7 +168,7 @@ fn crl_line(c: &CrlCopy) -> String {
 }
 
 fn write_out(path: &Path, bytes: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
-    std::fs::write(path, bytes)
+    crate::write_private(path, bytes)
         .map_err(|e| format!("cannot write {}: {e}; check the path", path.display()).into())
 }
 

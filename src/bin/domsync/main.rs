@@ -21,7 +21,8 @@ use clap::{Parser, Subcommand};
 /// `status`, `promote`, `switchover`, `collisions`, `domain add|remove`, `plan` and
 /// `rebalance` always do, through the admin socket
 /// (--socket, default /run/domsync/admin.sock; only the service user and root may use it) or,
-/// with --remote ADDR, over QUIC with an admin certificate (--admin-pki, --admin-id). Giving
+/// with --remote ID=ADDR, over QUIC with an admin certificate (--admin-pki, --admin-id), to
+/// node ID only (a server there with another node certificate is refused). Giving
 /// --socket or --remote also sends the writes `kv put|del`, `policy install` and `crl put` to
 /// that daemon, which must be the domain's active (a standby refuses, naming the active).
 #[derive(Parser)]
@@ -42,16 +43,18 @@ struct Cli {
     /// switchover, collisions: /run/domsync/admin.sock]; given, writes go to the daemon too.
     #[arg(long, global = true, env = "DOMSYNC_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Daemon mode over QUIC (ALPN domsync-admin/1): the node's address, with an admin
-    /// certificate (--admin-pki, --admin-id); writes go to the daemon too.
+    /// Daemon mode over QUIC (ALPN domsync-admin/1): the node's id and address, ID=ADDR
+    /// (e.g. a=10.0.0.1:7400; the server must hold the certificate domsync://node/<ID>), with
+    /// an admin certificate (--admin-pki, --admin-id); writes go to the daemon too.
     #[arg(
         long,
         global = true,
         env = "DOMSYNC_REMOTE",
-        value_name = "ADDR",
+        value_name = "ID=ADDR",
+        value_parser = parse_remote,
         conflicts_with = "socket"
     )]
-    remote: Option<SocketAddr>,
+    remote: Option<(domsync_proto::model::NodeId, SocketAddr)>,
     /// Directory with ca.pem and admin-<id>.pem/.key, for --remote.
     #[arg(
         long,
@@ -182,11 +185,12 @@ impl Cli {
     /// The daemon to talk to: `--remote`, else `--socket`, else (when `always`) the default
     /// socket; `None` selects local mode.
     fn target(&self, always: bool) -> Result<Option<admin::Target>, String> {
-        if let Some(addr) = self.remote {
+        if let Some((node, addr)) = self.remote.clone() {
             let id = self.admin_id.clone().ok_or(
                 "--remote needs --admin-id ID (the admin certificate domsync://admin/<ID> in --admin-pki)",
             )?;
             return Ok(Some(admin::Target::Remote {
+                node,
                 addr,
                 pki: self.admin_pki.clone(),
                 id,
@@ -273,4 +277,32 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--remote ID=ADDR` (a bare address is refused at parse time, showing the form).
+fn parse_remote(text: &str) -> Result<(domsync_proto::model::NodeId, SocketAddr), String> {
+    domsync_client::admin::parse_remote("--remote", text)
+}
+
+/// Writes `bytes` to `path` (created 0600 whatever the umask, or truncated): what `domsync`
+/// writes holds a tenant's configuration, readable by its owner only.
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// Creates `dir` and its missing parents, each created one 0700 whatever the umask.
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

@@ -1,10 +1,11 @@
-//! `domsync pki`: create a deployment CA and issue node, gateway and admin certificates.
+//! `domsync pki`: create a deployment CA, issue node, gateway and admin certificates, and
+//! revoke them (the CA's `ca.crl`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
-use domsync_net::{pki, PeerRole};
+use domsync_net::{pki, Identity, PeerRole};
 
 type Res = Result<ExitCode, Box<dyn std::error::Error>>;
 
@@ -34,6 +35,27 @@ pub enum PkiCmd {
         /// Validity in days.
         #[arg(long, default_value_t = pki::DEFAULT_LEAF_DAYS)]
         days: u32,
+    },
+    /// Revoke a certificate issued by the CA in --dir: adds its serial to ca.crl (written anew,
+    /// signed by the CA, CRL number raised). Name it by --role and --id (its file
+    /// <role>-<id>.pem in --dir), by --cert FILE, or by --serial HEX. Nodes enforce ca.crl
+    /// once it is their [tls] crl and they got SIGHUP.
+    Revoke {
+        /// Role of the certificate to revoke (with --id).
+        #[arg(long, value_enum, requires = "id", conflicts_with_all = ["cert", "serial"])]
+        role: Option<Role>,
+        /// Name of the node, gateway or admin (with --role).
+        #[arg(long, requires = "role")]
+        id: Option<String>,
+        /// The certificate file to revoke.
+        #[arg(long, conflicts_with = "serial")]
+        cert: Option<PathBuf>,
+        /// The serial to revoke, hex (colons allowed), for a certificate whose file is gone.
+        #[arg(long)]
+        serial: Option<String>,
+        /// Directory holding ca.pem and ca.key; ca.crl is written there.
+        #[arg(long, visible_alias = "ca", default_value = "./pki")]
+        dir: PathBuf,
     },
 }
 
@@ -83,6 +105,37 @@ pub fn run(cmd: PkiCmd) -> Res {
                 "issued domsync://{role}/{id}: {} and {} (valid {days} days)",
                 show(&files.cert),
                 show(&files.key)
+            );
+        }
+        PkiCmd::Revoke {
+            role,
+            id,
+            cert,
+            serial,
+            dir,
+        } => {
+            let done = match (role, id, cert, serial) {
+                (Some(role), Some(id), None, None) => {
+                    let identity = Identity::new(role.into(), id)?;
+                    pki::revoke(&dir, &domsync_net::leaf_files(&dir, &identity).cert)?
+                }
+                (None, None, Some(cert), None) => pki::revoke(&dir, &cert)?,
+                (None, None, None, Some(serial)) => pki::revoke_serial(&dir, &serial)?,
+                _ => {
+                    eprintln!("domsync pki revoke: name the certificate by --role and --id, by --cert FILE or by --serial HEX");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let what = match &done.identity {
+                Some(identity) => format!("{identity} (serial {})", done.serial),
+                None => format!("serial {}", done.serial),
+            };
+            println!(
+                "{} {what}: {} now lists {} certificates (CRL number {}); copy it to every node's [tls] crl and send SIGHUP to domsyncd (systemctl reload domsyncd)",
+                if done.newly { "revoked" } else { "already revoked:" },
+                show(&done.crl),
+                done.revoked,
+                done.number
             );
         }
     }

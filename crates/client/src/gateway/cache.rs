@@ -28,6 +28,7 @@
 
 use std::fs;
 use std::io::Write as _;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -101,7 +102,7 @@ impl Cache {
     /// # Errors
     /// [`CacheError::Io`] when the directory cannot be created.
     pub fn open(dir: &Path) -> Result<Cache, CacheError> {
-        fs::create_dir_all(dir).map_err(|source| CacheError::Io {
+        create_dir_all(dir).map_err(|source| CacheError::Io {
             path: dir.to_owned(),
             source,
         })?;
@@ -304,7 +305,8 @@ fn store<T: Serialize>(
         move |source| CacheError::Io { path, source }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io(dir))?;
+    create_dir_all(dir).map_err(io(dir))?;
+    // Created 0600 by tempfile, whatever the umask.
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
@@ -319,6 +321,15 @@ fn store<T: Serialize>(
         d.sync_all().map_err(io(dir))?;
     }
     Ok(())
+}
+
+/// Creates `dir` and its missing parents, each created one owner-only (0700) whatever the
+/// umask: cached packages are a tenant's configuration.
+fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@
 //! answers each request, `status` builds the status report, `domains` adds and removes
 //! domains and answers the placement plan.
 
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{
+    DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,7 +149,13 @@ fn bind(path: &Path) -> Result<(UnixListener, u32), AdminServerError> {
     let name = path
         .file_name()
         .ok_or_else(|| in_the_way("not a file name; set node.admin_socket to a socket path"))?;
-    std::fs::create_dir_all(parent).map_err(io)?;
+    // Directories created here are the service user's only (0700, whatever the umask); an
+    // existing one (e.g. systemd's RuntimeDirectory) keeps its mode.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(io)?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {

@@ -5,7 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::dispatch::me;
 use crate::{Daemon, Placement};
 use domsync_proto::admin::{
-    DomainReport, FollowerState, Lag, NodeStatus, PlacementState, ReplicaState, StandbyState,
+    CertificateExpiry, DomainReport, FollowerState, Lag, NodeStatus, PlacementState, ReplicaState,
+    StandbyState,
 };
 
 /// Milliseconds since the Unix epoch (0 before it).
@@ -85,8 +86,19 @@ pub(super) fn status(daemon: &Daemon) -> NodeStatus {
         });
         domains.push(report);
     }
+    let certificates = daemon
+        .certificates()
+        .into_iter()
+        .map(|(c, own)| CertificateExpiry {
+            identity: c.identity,
+            own,
+            serial: c.serial,
+            not_after_s: c.not_after,
+        })
+        .collect();
     NodeStatus {
         node: me(daemon),
         domains,
+        certificates,
     }
 }

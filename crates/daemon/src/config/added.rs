@@ -94,14 +94,23 @@ impl Config {
     }
 
     /// Writes `domains` to `admin-domains.toml` (see [`Config::added_domains_path`]): a
-    /// temporary file, fsynced, renamed into place, then the state directory fsynced. On an
-    /// error the temporary file is removed and the previous file is left as it was.
+    /// temporary file (0600 whatever the umask: it names tenants and their gateways), fsynced,
+    /// renamed into place, then the state directory fsynced. On an error the temporary file is
+    /// removed and the previous file is left as it was.
     pub(crate) fn save_added_domains(&self, domains: &[DomainConfig]) -> std::io::Result<()> {
         use std::io::Write as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let path = self.added_domains_path();
         let tmp = path.with_extension("toml.tmp");
         let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            // A temporary file left wider by an older version keeps its mode when reopened.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             f.write_all(added_domains_toml(domains).as_bytes())?;
             f.sync_all()?;
             drop(f);

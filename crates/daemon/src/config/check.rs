@@ -43,6 +43,7 @@ struct RawTls {
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    crl: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -67,10 +68,18 @@ pub(super) struct RawDomain {
     region: Option<String>,
 }
 
+/// Highest `[limits] gateway_connections_per_gateway` accepted.
+const MAX_CONNECTIONS_PER_GATEWAY: usize = 1 << 20;
+/// Range of `[limits] gateway_answer_timeout_ms` accepted.
+const MIN_ANSWER_TIMEOUT_MS: u128 = 100;
+const MAX_ANSWER_TIMEOUT_MS: u128 = 3_600_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     gateway_connections: Option<usize>,
+    gateway_connections_per_gateway: Option<usize>,
+    gateway_answer_timeout_ms: Option<u64>,
     gateway_streams: Option<usize>,
     gateway_request_bytes: Option<usize>,
     guard_window_ms: Option<u64>,
@@ -280,6 +289,7 @@ impl Config {
                 ca: c.required("tls.ca", t.ca)?,
                 cert: c.required("tls.cert", t.cert)?,
                 key: c.required("tls.key", t.key)?,
+                crl: t.crl,
             })
         });
         let mut peers = BTreeMap::new();
@@ -309,6 +319,12 @@ impl Config {
             gateway_connections: l
                 .gateway_connections
                 .unwrap_or(defaults.gateway_connections),
+            gateway_connections_per_gateway: l
+                .gateway_connections_per_gateway
+                .unwrap_or(defaults.gateway_connections_per_gateway),
+            gateway_answer_timeout: l
+                .gateway_answer_timeout_ms
+                .map_or(defaults.gateway_answer_timeout, Duration::from_millis),
             gateway_streams: l.gateway_streams.unwrap_or(defaults.gateway_streams),
             gateway_request_bytes: l
                 .gateway_request_bytes
@@ -320,6 +336,25 @@ impl Config {
                 .confirm_timeout_ms
                 .map_or(defaults.confirm_timeout, Duration::from_millis),
         });
+        if !(1..=MAX_CONNECTIONS_PER_GATEWAY).contains(&limits.gateway_connections_per_gateway) {
+            c.problem(
+                "limits.gateway_connections_per_gateway",
+                format!(
+                    "must be between 1 and {MAX_CONNECTIONS_PER_GATEWAY} (connections one \
+                     gateway certificate may hold at once; default 64)"
+                ),
+            );
+        }
+        let answer_ms = limits.gateway_answer_timeout.as_millis();
+        if !(MIN_ANSWER_TIMEOUT_MS..=MAX_ANSWER_TIMEOUT_MS).contains(&answer_ms) {
+            c.problem(
+                "limits.gateway_answer_timeout_ms",
+                format!(
+                    "must be between {MIN_ANSWER_TIMEOUT_MS} and {MAX_ANSWER_TIMEOUT_MS} \
+                     (milliseconds a gateway answer waits to be read; default 30000)"
+                ),
+            );
+        }
         if limits.gateway_request_bytes > domsync_proto::gateway::MAX_REQUEST_BYTES {
             c.problem(
                 "limits.gateway_request_bytes",
@@ -340,6 +375,30 @@ impl Config {
             }),
             _ => Err(invalid(c.problems)),
         }
+    }
+
+    /// Checks the deployment CRL (`tls.crl`), when there is one: it must parse (PEM or DER) and
+    /// be signed by the CA of `tls.ca`. Returns it, for `domsyncd --check` to tell (`path`,
+    /// the configuration file, names it in errors).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with the problem under `tls.crl`.
+    pub fn check_crl(
+        &self,
+        path: &Path,
+    ) -> Result<Option<domsync_net::RevocationList>, ConfigError> {
+        let Some(crl) = &self.tls.crl else {
+            return Ok(None);
+        };
+        domsync_net::RevocationList::load(crl, &self.tls.ca)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                problems: vec![Problem {
+                    key: "tls.crl".into(),
+                    message: e.to_string(),
+                }],
+            })
     }
 
     /// Checks one domain to add at runtime, exactly like a `[[domains]]` entry.
@@ -450,6 +509,38 @@ mod tests {
         assert!(err.to_string().contains("idd"), "{err}");
         let err = Config::parse("[node\n", Path::new("x.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }));
+    }
+
+    #[test]
+    fn gateway_limits_per_gateway_and_answer_timeout_have_defaults_and_ranges() {
+        let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        assert_eq!(c.limits.gateway_connections_per_gateway, 64);
+        assert_eq!(c.limits.gateway_answer_timeout, Duration::from_secs(30));
+        let text = GOOD.replace(
+            "guard_window_ms = 2000",
+            "guard_window_ms = 2000\ngateway_connections_per_gateway = 3\ngateway_answer_timeout_ms = 500",
+        );
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.limits.gateway_connections_per_gateway, 3);
+        assert_eq!(c.limits.gateway_answer_timeout, Duration::from_millis(500));
+        let text = GOOD.replace(
+            "guard_window_ms = 2000",
+            "guard_window_ms = 2000\ngateway_connections_per_gateway = 0\ngateway_answer_timeout_ms = 0",
+        );
+        let err = Config::parse(&text, Path::new("x.toml")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err}")
+        };
+        let per = problems
+            .iter()
+            .find(|p| p.key == "limits.gateway_connections_per_gateway")
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(per.message.contains("between 1 and"), "{err}");
+        let answer = problems
+            .iter()
+            .find(|p| p.key == "limits.gateway_answer_timeout_ms")
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(answer.message.contains("between 100 and"), "{err}");
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct TlsSection {
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
+    /// The deployment CA's revocation list (PEM or DER), enforced on every handshake; `None`
+    /// without `crl`. Reloaded with the files above on SIGHUP.
+    pub crl: Option<PathBuf>,
 }
 
 /// One `[[domains]]` entry.
@@ -132,6 +135,10 @@ impl DomainConfig {
 pub struct Limits {
     /// Gateway connections at once.
     pub gateway_connections: usize,
+    /// Gateway connections at once per gateway certificate.
+    pub gateway_connections_per_gateway: usize,
+    /// How long a gateway answer waits for the gateway to read it before the stream is cut.
+    pub gateway_answer_timeout: Duration,
     /// Gateway requests in progress per connection.
     pub gateway_streams: usize,
     /// Largest gateway request, bytes.
@@ -146,6 +153,8 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             gateway_connections: 4096,
+            gateway_connections_per_gateway: 64,
+            gateway_answer_timeout: Duration::from_secs(30),
             gateway_streams: 64,
             gateway_request_bytes: domsync_proto::gateway::MAX_REQUEST_BYTES,
             guard_window: Duration::from_secs(5),

@@ -4,7 +4,8 @@
 //! Per domain: role, epoch term, lsn, log bytes, durable commit latency histogram, records and
 //! bytes shipped (active), per standby its lag (records, bytes, seconds) and sync status (on
 //! the active), the follower's own status (on a standby), CRL time to next update; per node:
-//! gateway answers by result and gateway connections.
+//! gateway answers by result and gateway connections, the end of validity of this node's
+//! certificate and of its peers'.
 //!
 //! The daemon's state is gathered at one time into a snapshot (`state`); the page is rendered
 //! from it by one generic renderer over a table of metric definitions (`table`): adding a

@@ -19,6 +19,9 @@ pub(super) struct Snapshot {
     pub(super) gateway_requests: Vec<(&'static str, u64)>,
     /// Gateway connections open.
     pub(super) gateway_connections: usize,
+    /// Certificates: identity, `own` or `peer`, end of validity (seconds since the Unix
+    /// epoch).
+    pub(super) certificates: Vec<(String, &'static str, i64)>,
 }
 
 /// One placed domain.
@@ -106,6 +109,11 @@ pub(super) fn gather(daemon: &Daemon) -> Snapshot {
         domains,
         gateway_requests: node.gateway_requests(),
         gateway_connections: node.gateway_connections(),
+        certificates: daemon
+            .certificates()
+            .into_iter()
+            .map(|(c, own)| (c.identity, if own { "own" } else { "peer" }, c.not_after))
+            .collect(),
     }
 }
 

@@ -346,6 +346,25 @@ static METRICS: &[Metric] = &[
         },
     },
     Metric {
+        name: "domsync_certificate_expiry_timestamp_seconds",
+        kind: Kind::Gauge,
+        help: "End of validity (notAfter, Unix seconds) of this node's certificate (whose=own) and of each configured peer's as seen on its latest handshake (whose=peer).",
+        samples: |snap| {
+            snap.certificates
+                .iter()
+                .map(|(identity, whose, not_after)| {
+                    Sample::new(
+                        vec![
+                            ("identity", Cow::Borrowed(identity.as_str())),
+                            ("whose", Cow::Borrowed(*whose)),
+                        ],
+                        Value::Signed(*not_after),
+                    )
+                })
+                .collect()
+        },
+    },
+    Metric {
         name: "domsync_gateway_requests_total",
         kind: Kind::Counter,
         help: "Gateway answers by result.",

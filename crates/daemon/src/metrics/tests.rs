@@ -108,6 +108,10 @@ fn representative() -> Snapshot {
         ],
         gateway_requests: vec![("ok", 10), ("forbidden", 0), ("not_found", 3)],
         gateway_connections: 2,
+        certificates: vec![
+            ("domsync://node/a".into(), "own", 1_790_000_000),
+            ("domsync://node/b".into(), "peer", 1_699_999_999),
+        ],
     }
 }
 
@@ -241,6 +245,10 @@ domsync_follower_status{domain="t4",active="c",status="collision"} 0
 # TYPE domsync_crl_next_update_seconds gauge
 domsync_crl_next_update_seconds{domain="t1",issuer="CN=Root \"CA\"\\1\nx"} 90
 domsync_crl_next_update_seconds{domain="t1",issuer="CN=Old"} -1000
+# HELP domsync_certificate_expiry_timestamp_seconds End of validity (notAfter, Unix seconds) of this node's certificate (whose=own) and of each configured peer's as seen on its latest handshake (whose=peer).
+# TYPE domsync_certificate_expiry_timestamp_seconds gauge
+domsync_certificate_expiry_timestamp_seconds{identity="domsync://node/a",whose="own"} 1790000000
+domsync_certificate_expiry_timestamp_seconds{identity="domsync://node/b",whose="peer"} 1699999999
 # HELP domsync_gateway_requests_total Gateway answers by result.
 # TYPE domsync_gateway_requests_total counter
 domsync_gateway_requests_total{result="ok"} 10

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 pub use domsync_client::admin::{Session, Target};
 use domsync_proto::admin::{AdminError, Answer, ArchivedInfo, Request};
-use domsync_proto::model::{DomainId, Position};
+use domsync_proto::model::{DomainId, NodeId, Position};
 
 use crate::commands::describe_ops;
 
@@ -31,9 +31,9 @@ pub enum CollisionsCmd {
         /// Admin socket of the active's daemon (when it is not the daemon holding the archive).
         #[arg(long, value_name = "PATH", conflicts_with = "on_remote")]
         on_socket: Option<PathBuf>,
-        /// Address of the active's node for remote admin (with --admin-pki and --admin-id).
-        #[arg(long, value_name = "ADDR")]
-        on_remote: Option<SocketAddr>,
+        /// The active's node for remote admin, ID=ADDR (with --admin-pki and --admin-id).
+        #[arg(long, value_name = "ID=ADDR", value_parser = parse_on_remote)]
+        on_remote: Option<(NodeId, SocketAddr)>,
     },
     /// Remove an archived record without writing it again.
     Discard { domain: String, id: u64 },
@@ -103,7 +103,8 @@ pub fn collisions(target: &Target, cmd: CollisionsCmd) -> Res {
         } => {
             let active = match (on_socket, on_remote, target) {
                 (Some(p), _, _) => Some(Target::Socket(p)),
-                (None, Some(addr), Target::Remote { pki, id, .. }) => Some(Target::Remote {
+                (None, Some((node, addr)), Target::Remote { pki, id, .. }) => Some(Target::Remote {
+                    node,
                     addr,
                     pki: pki.clone(),
                     id: id.clone(),
@@ -208,4 +209,9 @@ fn archived_line(a: &ArchivedInfo) -> String {
         a.ops,
         a.bytes
     )
+}
+
+/// `--on-remote ID=ADDR`.
+fn parse_on_remote(text: &str) -> Result<(NodeId, SocketAddr), String> {
+    domsync_client::admin::parse_remote("--on-remote", text)
 }

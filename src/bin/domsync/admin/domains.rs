@@ -57,6 +57,7 @@ impl AdminCert {
             format!("{why} needs --admin-id ID (and --admin-pki DIR) to reach node {node} at {addr} over remote admin")
         })?;
         Ok(Target::Remote {
+            node: node.clone(),
             addr,
             pki: self.pki.clone(),
             id,

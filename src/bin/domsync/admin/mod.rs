@@ -1,8 +1,8 @@
 //! Daemon mode: `domsync` talking to a running `domsyncd` over its admin socket (local) or
 //! `domsync-admin/1` (remote, with an admin certificate).
 //!
-//! `status`, `promote`, `switchover` and `collisions` always talk to a daemon: `--remote ADDR`
-//! when given, else the Unix socket (`--socket`, `DOMSYNC_SOCKET`, default
+//! `status`, `promote`, `switchover` and `collisions` always talk to a daemon: `--remote
+//! ID=ADDR` (node ID at ADDR, its certificate checked) when given, else the Unix socket (`--socket`, `DOMSYNC_SOCKET`, default
 //! `/run/domsync/admin.sock`). The writes `kv put|del`, `policy install` and `crl put` go to a
 //! daemon only when `--socket` or `--remote` is given (else they work locally on `--data`).
 

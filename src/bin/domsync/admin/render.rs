@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use domsync_proto::admin::{DomainReport, Lag, NodeStatus, PlacementState, PlanReport};
+use domsync_proto::admin::{
+    CertificateExpiry, DomainReport, Lag, NodeStatus, PlacementState, PlanReport,
+};
 use domsync_proto::model::NodeId;
 use domsync_proto::repl::SyncStatus;
 use serde_json::{json, Value};
@@ -78,7 +80,46 @@ pub fn status_table(s: &NodeStatus, now: SystemTime) -> String {
     for d in &s.domains {
         domain_lines(&mut out, d, now);
     }
+    for c in &s.certificates {
+        if let Some(warning) = expiry_warning(c, now) {
+            let _ = writeln!(out, "{warning}");
+        }
+    }
     out
+}
+
+/// A certificate this close to its end of validity is warned about.
+const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// The warning line of a certificate expired or expiring within [`EXPIRY_WARNING_DAYS`].
+fn expiry_warning(c: &CertificateExpiry, now: SystemTime) -> Option<String> {
+    let now_s = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let left = c.not_after_s.saturating_sub(now_s);
+    if left > EXPIRY_WARNING_DAYS * 86_400 {
+        return None;
+    }
+    let whose = if c.own { "this node's" } else { "peer" };
+    let at = rfc3339_micros(
+        u64::try_from(c.not_after_s)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000),
+    );
+    let at = format!("{}Z", &at[..at.len().saturating_sub(8)]);
+    Some(if left <= 0 {
+        format!(
+            "WARNING: {whose} certificate {} (serial {}) expired at {at}: issue a new one (`domsync pki issue`) and send SIGHUP",
+            c.identity, c.serial
+        )
+    } else {
+        format!(
+            "WARNING: {whose} certificate {} (serial {}) expires at {at}, in {:.1} days: issue a new one (`domsync pki issue`) and send SIGHUP",
+            c.identity,
+            c.serial,
+            left as f64 / 86_400.0
+        )
+    })
 }
 
 fn domain_lines(out: &mut String, d: &DomainReport, now: SystemTime) {
@@ -207,7 +248,20 @@ pub fn status_json(s: &NodeStatus) -> String {
             })
         })
         .collect();
-    json!({"node": s.node.to_string(), "domains": domains}).to_string()
+    let certificates: Vec<Value> = s
+        .certificates
+        .iter()
+        .map(|c| {
+            json!({
+                "identity": c.identity,
+                "whose": if c.own { "own" } else { "peer" },
+                "serial": c.serial,
+                "not_after_unix_s": c.not_after_s,
+            })
+        })
+        .collect();
+    json!({"node": s.node.to_string(), "domains": domains, "certificates": certificates})
+        .to_string()
 }
 
 /// The plan as text: load per node, every domain, the moves.
@@ -324,6 +378,29 @@ mod tests {
         assert_eq!(
             rfc3339_micros(1_709_251_199_000_000),
             "2024-02-29T23:59:59.000000Z"
+        );
+    }
+
+    #[test]
+    fn certificates_near_their_end_are_warned_about() {
+        use domsync_proto::admin::CertificateExpiry;
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_288_802);
+        let cert = |own, not_after_s| CertificateExpiry {
+            identity: "domsync://node/a".into(),
+            own,
+            serial: "01:02".into(),
+            not_after_s,
+        };
+        assert_eq!(
+            super::expiry_warning(&cert(true, 1_796_288_802 + 31 * 86_400), now),
+            None
+        );
+        let soon = super::expiry_warning(&cert(false, 1_796_288_802 + 2 * 86_400), now).unwrap();
+        assert!(soon.contains("peer certificate domsync://node/a (serial 01:02) expires at 2026-12-05T09:06:42Z, in 2.0 days"), "{soon}");
+        let gone = super::expiry_warning(&cert(true, 1_796_288_802 - 10), now).unwrap();
+        assert!(
+            gone.contains("this node's certificate") && gone.contains("expired at"),
+            "{gone}"
         );
     }
 
