@@ -66,10 +66,21 @@ pub fn config(bytes: &[u8]) {
     }
 }
 
-/// CRL ingestion on arbitrary DER: a typed error or a parsed CRL that keeps its bytes.
+/// CRL and issuer ingestion on arbitrary DER: a typed error, or a parsed CRL that keeps its
+/// bytes and names its issuer in RFC 4514 text; verifying it against any parsed issuer
+/// certificate gives a typed answer, never a panic.
 pub fn crl(bytes: &[u8]) {
-    if let Ok(c) = domsync_proto::model::Crl::from_der(bytes) {
+    if let Ok(c) = domsync_proto::model::HeldCrl::from_der(bytes) {
         assert_eq!(c.der, bytes, "a parsed CRL keeps the bytes as uploaded");
-        assert!(!c.issuer.is_empty());
+        assert!(!c.issuer.to_string().is_empty());
+        assert_eq!(
+            domsync_proto::model::DistinguishedName::from_der(c.issuer.der()).as_ref(),
+            Ok(&c.issuer)
+        );
     }
+    if let Ok(cert) = domsync_proto::model::IssuerCert::from_der(bytes) {
+        assert_eq!(cert.der, bytes);
+        let _ = cert.subject.to_string();
+    }
+    let _ = domsync_proto::model::DistinguishedName::from_der(bytes).map(|n| n.to_string());
 }

@@ -65,7 +65,12 @@ impl Model {
                 Op::RemovePolicy { name } => {
                     self.policies.remove(name);
                 }
-                Op::PutCrl(_) | Op::RemoveCrl { .. } => unreachable!("not generated"),
+                Op::PutLegacyCrl(_)
+                | Op::RemoveLegacyCrl { .. }
+                | Op::AddIssuer(_)
+                | Op::RemoveIssuer { .. }
+                | Op::PutCrl { .. }
+                | Op::RemoveCrl { .. } => unreachable!("not generated"),
             }
         }
         self.lsn += 1;
@@ -202,7 +207,9 @@ fn state_of(d: &Domain) -> Result<Model, StoreError> {
             SnapshotItem::Policy(p) => {
                 m.policies.insert(p.info.name, p.content);
             }
-            SnapshotItem::Crl(_) => panic!("a CRL appeared"),
+            SnapshotItem::LegacyCrl(_) | SnapshotItem::Issuer(_) | SnapshotItem::Crl(_) => {
+                panic!("a CRL or issuer appeared")
+            }
         }
         Ok::<(), StoreError>(())
     })?;

@@ -13,7 +13,7 @@ use domsync_proto::codec::{
     chain_next, decode_record, encode_record, seal, CodecError, FORMAT_VERSION, FRAME_OVERHEAD,
     MAX_RECORD_BYTES,
 };
-use domsync_proto::model::{Crl, CrlNumber, Epoch, Lsn, NodeId, Op, Record};
+use domsync_proto::model::{Crl, CrlNumber, Epoch, HeldCrl, IssuerCert, Lsn, NodeId, Op, Record};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -58,8 +58,27 @@ fn node(name: &str) -> NodeId {
     NodeId::new(name).expect("valid node name")
 }
 
+/// A fixture CRL as an earlier release stored it (`Op::PutLegacyCrl`): the issuer as
+/// x509-parser's display text.
 fn crl(der: &[u8]) -> Crl {
-    Crl::from_der(der).expect("fixture CRL parses")
+    use x509_parser::prelude::FromDer as _;
+    let held = HeldCrl::from_der(der).expect("fixture CRL parses");
+    let (_, parsed) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(der).unwrap();
+    Crl {
+        issuer: parsed.issuer().to_string(),
+        number: held.number,
+        this_update: held.this_update,
+        next_update: held.next_update,
+        der: der.to_vec(),
+    }
+}
+
+/// A fixture CRL as this release holds it.
+fn held(der: &[u8]) -> HeldCrl {
+    let mut crl = HeldCrl::from_der(der).expect("fixture CRL parses");
+    crl.verified_by = Some([0x5a; 32]);
+    crl
 }
 
 fn epoch(term: u64) -> Epoch {
@@ -164,26 +183,54 @@ fn variant(op: &Op) -> usize {
         Op::Delete { .. } => 1,
         Op::InstallPolicy { .. } => 2,
         Op::RemovePolicy { .. } => 3,
-        Op::PutCrl(_) => 4,
-        Op::RemoveCrl { .. } => 5,
+        Op::PutLegacyCrl(_) => 4,
+        Op::RemoveLegacyCrl { .. } => 5,
+        Op::AddIssuer(_) => 6,
+        Op::RemoveIssuer { .. } => 7,
+        Op::PutCrl { .. } => 8,
+        Op::RemoveCrl { .. } => 9,
     }
 }
-const VARIANTS: usize = 6;
+const VARIANTS: usize = 10;
 
 /// The golden records, each pinned byte for byte by `fixtures/records/<name>.bin`.
 fn golden() -> Vec<(&'static str, Record)> {
     let issuer = crl(CRL_1).issuer;
     let multi = vec![put("a", ""), put("b", "2"), del("a"), policy(vec![7])];
-    let multi = [multi, vec![Op::PutCrl(crl(CRL_2))]].concat();
+    let multi = [multi, vec![Op::PutLegacyCrl(crl(CRL_2))]].concat();
+    let issuer_cert = IssuerCert::from_der(&domsync_testkit::pki::fixture_crl_issuer()).unwrap();
+    let name = issuer_cert.subject.clone();
     let all = [
         ("empty-ops", vec![]),
         ("put", vec![put("k", "v")]),
         ("delete", vec![del("k")]),
         ("install-policy", vec![policy((0u8..=255).collect())]),
         ("remove-policy", vec![Op::RemovePolicy { name: "p".into() }]),
-        ("put-crl", vec![Op::PutCrl(crl(CRL_1))]),
-        ("remove-crl", vec![Op::RemoveCrl { issuer }]),
+        ("put-crl", vec![Op::PutLegacyCrl(crl(CRL_1))]),
+        ("remove-crl", vec![Op::RemoveLegacyCrl { issuer }]),
         ("multi-op", multi),
+        ("add-issuer", vec![Op::AddIssuer(issuer_cert.clone())]),
+        (
+            "remove-issuer",
+            vec![Op::RemoveIssuer {
+                subject: name.clone(),
+                sha256: issuer_cert.sha256,
+            }],
+        ),
+        (
+            "put-verified-crl",
+            vec![Op::PutCrl {
+                crl: held(CRL_1),
+                allow_stale: true,
+            }],
+        ),
+        (
+            "remove-verified-crl",
+            vec![Op::RemoveCrl {
+                issuer: name,
+                number: held(CRL_1).number,
+            }],
+        ),
     ];
     let mut out: Vec<_> = (all.into_iter().zip(1..))
         .map(|((name, ops), lsn)| (name, record(1 + lsn / 4, lsn, ops)))
@@ -246,8 +293,16 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         bytes(16).prop_map(|key| Op::Delete { key }),
         ("\\PC{0,12}", bytes(64)).prop_map(|(name, content)| Op::InstallPolicy { name, content }),
         "\\PC{0,12}".prop_map(|name| Op::RemovePolicy { name }),
-        crl.prop_map(Op::PutCrl),
-        "\\PC{0,20}".prop_map(|issuer| Op::RemoveCrl { issuer }),
+        crl.prop_map(Op::PutLegacyCrl),
+        "\\PC{0,20}".prop_map(|issuer| Op::RemoveLegacyCrl { issuer }),
+        (any::<bool>(), any::<bool>()).prop_map(|(second, allow_stale)| Op::PutCrl {
+            crl: held(if second { CRL_2 } else { CRL_1 }),
+            allow_stale,
+        }),
+        bytes(21).prop_map(|n| Op::RemoveCrl {
+            issuer: held(CRL_1).issuer,
+            number: CrlNumber(n),
+        }),
     ]
 }
 

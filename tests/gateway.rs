@@ -11,7 +11,7 @@ use domsync_client::gateway::Cache;
 use domsync_client::gateway::{Client, ClientConfig, Error, Origin, Update};
 use domsync_net::PeerRole;
 use domsync_node::{ActiveConfig, Node};
-use domsync_proto::model::{Crl, CrlNumber, DomainId, Lsn, Role, Version};
+use domsync_proto::model::{CrlNumber, DomainId, HeldCrl, Lsn, Role, Version};
 use domsync_proto::repl::{Durability, SyncStatus};
 use domsync_store::{Domain, Store};
 use tokio::time::timeout;
@@ -31,15 +31,11 @@ fn dom() -> DomainId {
 }
 
 fn crl_der(n: u8) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/fixtures/crl/fixture-ca-{n}.der",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    domsync_testkit::pki::fixture_crl(n)
 }
 
 fn issuer() -> String {
-    Crl::from_der(&crl_der(1)).unwrap().issuer
+    HeldCrl::from_der(&crl_der(1)).unwrap().issuer.to_string()
 }
 
 fn number(n: u8) -> CrlNumber {
@@ -88,6 +84,8 @@ async fn cluster_with(names: &[&'static str], never_synced: &[&str]) -> Cluster 
         let node = &nodes[n];
         if i == 0 {
             let d = store.create_domain(&dom()).unwrap();
+            d.add_issuer(&domsync_testkit::pki::fixture_crl_issuer())
+                .unwrap();
             let standbys = names[1..].iter().map(|s| nid(s)).collect();
             node.serve_active(d.clone(), ActiveConfig::new(Durability::Local, standbys));
             replicas.insert(*n, d);
@@ -150,7 +148,7 @@ impl Cluster {
 
     async fn put_crl(&self, n: u8) -> Lsn {
         let active = self.replicas.values().next().unwrap().clone();
-        tokio::task::spawn_blocking(move || active.put_crl(&crl_der(n)))
+        tokio::task::spawn_blocking(move || active.put_crl(&crl_der(n), true))
             .await
             .unwrap()
             .unwrap()

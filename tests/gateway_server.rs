@@ -206,8 +206,10 @@ async fn both_roles_serve_packages_and_crls_and_name_themselves() {
     let da = &c.on_a["tenant-a"];
     let content: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
     da.install_policy("edge", content.clone()).unwrap();
-    let crl = std::fs::read("fixtures/crl/fixture-ca-2.der").unwrap();
-    let p = da.put_crl(&crl).unwrap();
+    let crl = domsync_testkit::pki::fixture_crl(2);
+    da.add_issuer(&domsync_testkit::pki::fixture_crl_issuer())
+        .unwrap();
+    let p = da.put_crl(&crl, true).unwrap();
     reach(&c.on_b["tenant-a"], p.lsn).await;
     synchronized(&c.b, "tenant-a").await;
 
@@ -328,8 +330,10 @@ async fn a_standby_that_knows_it_is_behind_answers_behind_where_it_would_say_not
     let c = cluster(GatewayLimits::default()).await;
     let (da, db) = (&c.on_a["tenant-a"], &c.on_b["tenant-a"]);
     da.install_policy("edge", b"v1".to_vec()).unwrap();
-    let crl = std::fs::read("fixtures/crl/fixture-ca-2.der").unwrap();
-    let p = da.put_crl(&crl).unwrap();
+    let crl = domsync_testkit::pki::fixture_crl(2);
+    da.add_issuer(&domsync_testkit::pki::fixture_crl_issuer())
+        .unwrap();
+    let p = da.put_crl(&crl, true).unwrap();
     reach(db, p.lsn).await;
     synchronized(&c.b, "tenant-a").await;
     let g1_b = c.connect(PeerRole::Gateway, "g1", &c.b).await;
@@ -362,7 +366,10 @@ async fn a_standby_that_knows_it_is_behind_answers_behind_where_it_would_say_not
         &request(
             "tenant-a",
             Query::GetCrl {
-                issuer: domsync_proto::model::Crl::from_der(&crl).unwrap().issuer,
+                issuer: domsync_proto::model::HeldCrl::from_der(&crl)
+                    .unwrap()
+                    .issuer
+                    .to_string(),
                 if_newer_than: None,
             },
         ),

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use domsync_proto::codec::{decode_record, encode_record};
-use domsync_proto::model::{DomainId, Lsn, NodeId, Op, Record, Role};
+use domsync_proto::model::{CrlError, DomainId, Lsn, NodeId, Op, Record, Role};
 use domsync_store::{Domain, Store, StoreError, StoreOptions};
 
 const CRL_1: &[u8] = include_bytes!("../fixtures/crl/fixture-ca-1.der");
@@ -72,7 +72,10 @@ fn standby_refuses_writes_and_applies_in_order_to_the_same_state() {
 
     active.put("k1", "v1").unwrap();
     active.install_policy("p", b"rules".to_vec()).unwrap();
-    active.put_crl(CRL_1).unwrap();
+    active
+        .add_issuer(&domsync_testkit::pki::fixture_crl_issuer())
+        .unwrap();
+    active.put_crl(CRL_1, true).unwrap();
     active.delete("k1").unwrap();
     let log = active.read_log(Lsn(1), usize::MAX, usize::MAX).unwrap();
 
@@ -155,14 +158,31 @@ fn crl_upload_is_parsed_and_never_goes_back() {
     let s = store(dir.path(), "a");
     let d = s.create_domain(&id("t")).unwrap();
     assert!(matches!(
-        d.put_crl(b"not a crl"),
+        d.put_crl(b"not a crl", true),
         Err(StoreError::Crl { .. })
     ));
     let mut trailing = CRL_1.to_vec();
     trailing.push(0);
-    assert!(matches!(d.put_crl(&trailing), Err(StoreError::Crl { .. })));
-    d.put_crl(CRL_2).unwrap();
-    let err = d.put_crl(CRL_1).unwrap_err();
+    assert!(matches!(
+        d.put_crl(&trailing, true),
+        Err(StoreError::Crl { .. })
+    ));
+    // No issuer certificate held yet: refused, naming the check.
+    let err = d.put_crl(CRL_2, true).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Crl {
+                source: CrlError::UnknownIssuer { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    d.add_issuer(&domsync_testkit::pki::fixture_crl_issuer())
+        .unwrap();
+    d.put_crl(CRL_2, true).unwrap();
+    let err = d.put_crl(CRL_1, true).unwrap_err();
     assert!(matches!(err, StoreError::CrlOutdated { .. }), "{err}");
     let crls = d.crls().unwrap();
     assert_eq!(crls.value.len(), 1);
@@ -171,8 +191,8 @@ fn crl_upload_is_parsed_and_never_goes_back() {
     assert!(crl.issuer.contains("domsync fixture CA"));
     assert!(crl.next_update.unwrap() > crl.this_update);
     assert_eq!(d.crl(&crl.issuer).unwrap().value.unwrap().der, CRL_2);
-    // Only one record was written: refused uploads leave no trace.
-    assert_eq!(d.status().unwrap().position.lsn, Lsn(1));
+    // Two records (the issuer, the CRL): refused uploads leave no trace.
+    assert_eq!(d.status().unwrap().position.lsn, Lsn(2));
 }
 
 #[test]

@@ -244,6 +244,10 @@ impl Daemon {
             Err(e) => return self.failed(&dc.name, &e),
         };
         let me = self.node.id();
+        domain.set_accept_unverified_crls(dc.accept_unverified_crls);
+        if dc.accept_unverified_crls {
+            tracing::warn!(domain = %dc.name, "accept_unverified_crls is on: CRLs of issuers without a held certificate are stored unverified");
+        }
         self.node.configure(&dc.name, self.active_config(dc));
         match status.role {
             Role::Active => {
@@ -382,6 +386,11 @@ impl Daemon {
                     // Durability, replicas, retention, timeouts: in force at once (an active
                     // domain is served again with them; its standbys reconnect).
                     self.node.configure(name, self.active_config(dc));
+                    if old_dc.accept_unverified_crls != dc.accept_unverified_crls {
+                        if let Ok(d) = self.store.domain(name) {
+                            d.set_accept_unverified_crls(dc.accept_unverified_crls);
+                        }
+                    }
                     if old_dc != dc {
                         tracing::info!(domain = %name, durability = %dc.durability, replicas = ?dc.replicas, "domain settings reloaded and in force");
                     }

@@ -27,7 +27,7 @@ use domsync_proto::gateway::{
     CrlInfo, Query, Refusal, Request, Response, Served, CHUNK_BYTES, MAX_NAMES, MAX_RESPONSE_BYTES,
     MAX_WAIT_MS,
 };
-use domsync_proto::model::{CrlNumber, DomainId, Epoch, Position, Role, Version};
+use domsync_proto::model::{CrlNumber, DomainId, Epoch, IssuerKey, Position, Role, Version};
 use domsync_store::{Domain, StoreError};
 
 /// Limits of the gateway service; beyond them requests are refused with a clear error.
@@ -500,14 +500,34 @@ impl Node {
                 issuer,
                 if_newer_than,
             } => {
-                let read = replica.crl(&issuer).map_err(unavailable)?;
+                self.send_crl(
+                    gateway,
+                    &replica,
+                    &IssuerKey::Text(issuer),
+                    false,
+                    if_newer_than,
+                    send,
+                )
+                .await
+            }
+            Query::GetCrlOf {
+                issuer,
+                delta,
+                if_newer_than,
+            } => {
+                self.send_crl(gateway, &replica, &issuer, delta, if_newer_than, send)
+                    .await
+            }
+            Query::ListIssuers => {
+                let read = replica.issuers().map_err(unavailable)?;
                 let served = self.served(read.role, read.epoch.clone(), read.position);
-                let response = match read.value {
-                    None => self.not_found(replica.id(), served),
-                    Some(crl) if if_newer_than.as_ref().is_some_and(|n| crl.number <= *n) => {
-                        Response::NotModified { served }
+                let response = if self.knows_behind(replica.id()) {
+                    Response::Behind { served }
+                } else {
+                    Response::Issuers {
+                        served,
+                        list: read.value,
                     }
-                    Some(crl) => Response::Crl { served, crl },
                 };
                 self.respond(gateway, send, &response).await;
                 Ok(())
@@ -615,6 +635,32 @@ impl Node {
     /// commits or applies, until the gateway goes away, its grant is revoked (`Forbidden`) or
     /// the node shuts down. Versions committed faster than the gateway reads are coalesced:
     /// each push is the newest, never an older one.
+    /// Answers a CRL request: the base (or newest delta) CRL of `issuer`.
+    async fn send_crl(
+        &self,
+        gateway: &str,
+        replica: &Domain,
+        issuer: &IssuerKey,
+        delta: bool,
+        if_newer_than: Option<CrlNumber>,
+        send: &mut quinn::SendStream,
+    ) -> Result<(), Refusal> {
+        let read = replica.crl_of(issuer, delta).map_err(|e| match e {
+            StoreError::AmbiguousIssuer { .. } => Refusal::BadRequest(e.to_string()),
+            e => Refusal::Unavailable(e.to_string()),
+        })?;
+        let served = self.served(read.role, read.epoch.clone(), read.position);
+        let response = match read.value {
+            None => self.not_found(replica.id(), served),
+            Some(crl) if if_newer_than.as_ref().is_some_and(|n| crl.number <= *n) => {
+                Response::NotModified { served }
+            }
+            Some(crl) => Response::Crl { served, crl },
+        };
+        self.respond(gateway, send, &response).await;
+        Ok(())
+    }
+
     async fn watch(
         &self,
         gateway: &str,
@@ -765,7 +811,7 @@ async fn reached(replica: &Domain, at_least: &Position, wait: Duration) -> bool 
 /// What a gateway answer counts as, for metrics; `None` for the pieces of a package.
 fn result_of(response: &Response) -> Option<usize> {
     let name = match response {
-        Response::Policies { .. } | Response::Crls { .. } => "list",
+        Response::Policies { .. } | Response::Crls { .. } | Response::Issuers { .. } => "list",
         Response::PolicyBegin { .. } => "package",
         Response::Crl { .. } => "crl",
         Response::NotModified { .. } => "not_modified",

@@ -11,7 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
+use crate::model::{
+    Crl, CrlNumber, DomainId, Epoch, HeldCrl, IssuerCert, Lsn, NodeId, Op, Position, Role,
+};
 use crate::repl::SyncStatus;
 
 /// Largest encoded request: a write carrying a full-size policy package.
@@ -91,6 +93,12 @@ pub enum Request {
     },
     /// The placement plan of every configured domain: [`Answer::Plan`].
     Plan,
+    /// The issuer certificates and CRLs of `domain` here, without the CRLs' bytes:
+    /// [`Answer::Trust`].
+    Trust {
+        /// The domain.
+        domain: DomainId,
+    },
 }
 
 /// One answer.
@@ -181,6 +189,25 @@ pub enum Answer {
     },
     /// The placement plan.
     Plan(PlanReport),
+    /// The trust material of a domain.
+    Trust(TrustReport),
+}
+
+/// The issuer certificates and CRLs a domain holds on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustReport {
+    /// The domain.
+    pub domain: DomainId,
+    /// Whether the domain accepts CRLs of issuers it holds no certificate of.
+    pub accept_unverified_crls: bool,
+    /// The issuer certificates, with their DER.
+    pub issuers: Vec<IssuerCert>,
+    /// The CRLs held, bases and deltas, with `der` left empty.
+    pub crls: Vec<HeldCrl>,
+    /// CRLs stored by an earlier release, unverified, with `der` left empty.
+    pub legacy: Vec<Crl>,
+    /// Where the node read them.
+    pub position: Position,
 }
 
 /// A placement plan as a daemon sees it (made by the daemon's placement planner).
@@ -351,6 +378,25 @@ pub struct DomainReport {
     pub follower: Option<FollowerState>,
     /// Records in the collision archive here.
     pub collisions: u64,
+    /// Whether the domain accepts CRLs of issuers it holds no certificate of.
+    pub accept_unverified_crls: bool,
+    /// The CRLs held here (bases, deltas, legacy).
+    pub crls: Vec<CrlState>,
+}
+
+/// A CRL held by a domain, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlState {
+    /// Issuer (RFC 4514; for a legacy CRL the text it was stored under).
+    pub issuer: String,
+    /// CRL number.
+    pub number: CrlNumber,
+    /// `base`, `delta` or `legacy` (stored by an earlier release, unverified).
+    pub kind: String,
+    /// nextUpdate, seconds since the Unix epoch.
+    pub next_update: Option<i64>,
+    /// Verified against a held issuer certificate.
+    pub verified: bool,
 }
 
 /// Where a replica stands.

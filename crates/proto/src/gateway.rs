@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
 use crate::model::{
-    Crl, CrlNumber, DomainId, Epoch, Heard, NodeId, PolicyInfo, Position, Role, Version,
+    Crl, CrlNumber, DomainId, Epoch, Heard, IssuerCert, IssuerKey, NodeId, PolicyInfo, Position,
+    Role, Version,
 };
 
 /// Largest encoded request.
@@ -80,6 +81,21 @@ pub enum Query {
         /// CRL issuers and the CRL number the gateway holds.
         crls: Vec<(String, Option<CrlNumber>)>,
     },
+    /// The CRL of an issuer named by its RFC 4514 text or by the DER of its name; with
+    /// `delta`, the newest delta CRL held beside its base. [`Response::Crl`], or
+    /// `NotModified` / `NotFound` / `Behind`; [`Refusal::BadRequest`] when two held names
+    /// render as the text asked (ask by DER then).
+    GetCrlOf {
+        /// The issuer.
+        issuer: IssuerKey,
+        /// The delta CRL instead of the base.
+        delta: bool,
+        /// Answer `NotModified` unless the CRL number is above this.
+        if_newer_than: Option<CrlNumber>,
+    },
+    /// The issuer certificates the domain holds (the CAs whose CRLs it verifies and
+    /// distributes): [`Response::Issuers`], or [`Response::Behind`].
+    ListIssuers,
 }
 
 /// Which node answered, in which role and epoch, and the position it read at.
@@ -186,6 +202,13 @@ pub enum Response {
     },
     /// The request was refused; the stream ends.
     Refused(Refusal),
+    /// The issuer certificates of the domain.
+    Issuers {
+        /// Who served it.
+        served: Served,
+        /// The certificates, in subject order.
+        list: Vec<IssuerCert>,
+    },
 }
 
 /// Why a request was refused.

@@ -35,8 +35,9 @@ use domsync_proto::codec::{self, CodecError};
 use domsync_proto::gateway::{self, Query, Refusal};
 use domsync_proto::model::Heard;
 use domsync_proto::model::{
-    Crl, CrlNumber, DomainId, DomainUid, Epoch, HistoryEntry, Lsn, NodeId, Op, Policy, PolicyInfo,
-    Position, Role, SnapshotItem, StateDigest, Version,
+    Crl, CrlNumber, DistinguishedName, DomainId, DomainUid, Epoch, HeldCrl, HistoryEntry,
+    IssuerCert, IssuerKey, Lsn, NodeId, Op, Policy, PolicyInfo, Position, Role, SnapshotItem,
+    StateDigest, Version,
 };
 use domsync_proto::repl::{decode_message, encode_message, SnapshotWhy};
 use domsync_proto::repl::{
@@ -123,6 +124,8 @@ variants! {
     fn snapshot_item_variant(SnapshotItem) -> SNAPSHOT_ITEM {
         SnapshotItem::Kv { .. } => "SnapshotItem::Kv",
         SnapshotItem::Policy(_) => "SnapshotItem::Policy",
+        SnapshotItem::LegacyCrl(_) => "SnapshotItem::LegacyCrl",
+        SnapshotItem::Issuer(_) => "SnapshotItem::Issuer",
         SnapshotItem::Crl(_) => "SnapshotItem::Crl",
     }
 }
@@ -152,6 +155,8 @@ variants! {
         Query::ListCrls => "Query::ListCrls",
         Query::GetCrl { .. } => "Query::GetCrl",
         Query::Watch { .. } => "Query::Watch",
+        Query::GetCrlOf { .. } => "Query::GetCrlOf",
+        Query::ListIssuers => "Query::ListIssuers",
     }
 }
 
@@ -169,6 +174,7 @@ variants! {
         gateway::Response::Crl { .. } => "Response::Crl",
         gateway::Response::Removed { .. } => "Response::Removed",
         gateway::Response::Refused(_) => "Response::Refused",
+        gateway::Response::Issuers { .. } => "Response::Issuers",
     }
 }
 
@@ -196,6 +202,7 @@ variants! {
         admin::Request::DomainAdd(_) => "Request::DomainAdd",
         admin::Request::DomainRemove { .. } => "Request::DomainRemove",
         admin::Request::Plan => "Request::Plan",
+        admin::Request::Trust { .. } => "Request::Trust",
     }
 }
 
@@ -214,6 +221,7 @@ variants! {
         admin::Answer::DomainAdded { .. } => "Answer::DomainAdded",
         admin::Answer::DomainRemoved { .. } => "Answer::DomainRemoved",
         admin::Answer::Plan(_) => "Answer::Plan",
+        admin::Answer::Trust(_) => "Answer::Trust",
     }
 }
 
@@ -256,7 +264,11 @@ variants! {
         Op::Delete { .. } => "Op::Delete",
         Op::InstallPolicy { .. } => "Op::InstallPolicy",
         Op::RemovePolicy { .. } => "Op::RemovePolicy",
-        Op::PutCrl(_) => "Op::PutCrl",
+        Op::PutLegacyCrl(_) => "Op::PutLegacyCrl",
+        Op::RemoveLegacyCrl { .. } => "Op::RemoveLegacyCrl",
+        Op::AddIssuer(_) => "Op::AddIssuer",
+        Op::RemoveIssuer { .. } => "Op::RemoveIssuer",
+        Op::PutCrl { .. } => "Op::PutCrl",
         Op::RemoveCrl { .. } => "Op::RemoveCrl",
     }
 }
@@ -319,6 +331,7 @@ fn gateway_response_coverage(r: &gateway::Response) -> Vec<&'static str> {
         | R::Behind { served }
         | R::Crls { served, .. }
         | R::Crl { served, .. }
+        | R::Issuers { served, .. }
         | R::Removed { served, .. } => out.push(role_variant(&served.role)),
         R::Refused(refusal) => out.push(refusal_variant(refusal)),
         R::Chunk(_) | R::PolicyEnd => {}
@@ -340,7 +353,8 @@ fn admin_request_coverage(r: &admin::Request) -> Vec<&'static str> {
         | admin::Request::Discard { .. }
         | admin::Request::DomainAdd(_)
         | admin::Request::DomainRemove { .. }
-        | admin::Request::Plan => {}
+        | admin::Request::Plan
+        | admin::Request::Trust { .. } => {}
     }
     out
 }
@@ -369,7 +383,8 @@ fn admin_answer_coverage(a: &admin::Answer) -> Vec<&'static str> {
         | admin::Answer::Reapplied { .. }
         | admin::Answer::Discarded { .. }
         | admin::Answer::DomainAdded { .. }
-        | admin::Answer::DomainRemoved { .. } => {}
+        | admin::Answer::DomainRemoved { .. }
+        | admin::Answer::Trust(_) => {}
     }
     out
 }
@@ -471,9 +486,69 @@ fn every_op() -> Vec<Op> {
         Op::RemovePolicy {
             name: "fw-rules.v0".into(),
         },
-        Op::PutCrl(crl()),
-        Op::RemoveCrl {
+        Op::PutLegacyCrl(crl()),
+        Op::RemoveLegacyCrl {
             issuer: "CN=Old CA,O=domsync".into(),
+        },
+    ]
+}
+
+/// The DER of `CN=<cn>` (one RDN, UTF8String).
+fn dn(cn: &str) -> DistinguishedName {
+    let cn = cn.as_bytes();
+    let atv_len = 5 + 2 + cn.len();
+    let mut der = vec![0x30, (atv_len + 4) as u8, 0x31, (atv_len + 2) as u8];
+    der.extend([
+        0x30,
+        atv_len as u8,
+        0x06,
+        0x03,
+        0x55,
+        0x04,
+        0x03,
+        0x0c,
+        cn.len() as u8,
+    ]);
+    der.extend_from_slice(cn);
+    DistinguishedName::from_der(&der).unwrap()
+}
+
+fn issuer_cert() -> IssuerCert {
+    IssuerCert {
+        subject: dn("Fixture CA 1"),
+        sha256: std::array::from_fn(|i| i as u8),
+        not_after: 4_102_444_800,
+        der: vec![0x30, 0x82, 0x02, 0x00, 0xca, 0xfe],
+    }
+}
+
+fn held_crl(delta: bool) -> HeldCrl {
+    HeldCrl {
+        issuer: dn("Fixture CA 1"),
+        number: CrlNumber(vec![0x01, 0x2d]),
+        delta_base: delta.then(|| CrlNumber(vec![0x01, 0x2c])),
+        this_update: 1_700_000_000,
+        next_update: Some(1_700_604_800),
+        verified_by: Some(std::array::from_fn(|i| i as u8)),
+        der: vec![0x30, 0x82, 0x01, 0x0a, 0xde, 0xad, 0xbe, 0xef],
+    }
+}
+
+/// The ops of issuer certificates and verified CRLs, in variant order.
+fn trust_ops() -> Vec<Op> {
+    vec![
+        Op::AddIssuer(issuer_cert()),
+        Op::RemoveIssuer {
+            subject: dn("Old CA"),
+            sha256: [0xab; 32],
+        },
+        Op::PutCrl {
+            crl: held_crl(true),
+            allow_stale: false,
+        },
+        Op::RemoveCrl {
+            issuer: dn("Fixture CA 1"),
+            number: CrlNumber(vec![0x07]),
         },
     ]
 }
@@ -536,7 +611,7 @@ fn repl_samples() -> Samples<Message> {
             info: policy_info("fw-rules.v1", 290, 4),
             content: vec![1, 2, 3, 4],
         }),
-        SnapshotItem::Crl(crl()),
+        SnapshotItem::LegacyCrl(crl()),
     ];
     vec![
         ("follow", Message::Follow(follow())),
@@ -601,6 +676,13 @@ fn repl_samples() -> Samples<Message> {
             }),
         ),
         ("snapshot-rows", Message::SnapshotRows(rows)),
+        (
+            "snapshot-rows-trust",
+            Message::SnapshotRows(vec![
+                SnapshotItem::Issuer(issuer_cert()),
+                SnapshotItem::Crl(held_crl(false)),
+            ]),
+        ),
         ("snapshot-end", Message::SnapshotEnd { rows: 1_000_003 }),
         (
             "heartbeat",
@@ -715,6 +797,23 @@ fn gateway_requests() -> Samples<gateway::Request> {
         ),
         ("request-list-crls", gateway_request(Query::ListCrls)),
         (
+            "request-get-crl-of-der-delta",
+            gateway_request(Query::GetCrlOf {
+                issuer: IssuerKey::Der(dn("Fixture CA 1").der().to_vec()),
+                delta: true,
+                if_newer_than: Some(CrlNumber(vec![0x01, 0x2c])),
+            }),
+        ),
+        (
+            "request-get-crl-of-text",
+            gateway_request(Query::GetCrlOf {
+                issuer: IssuerKey::Text("CN=Fixture CA 1".into()),
+                delta: false,
+                if_newer_than: None,
+            }),
+        ),
+        ("request-list-issuers", gateway_request(Query::ListIssuers)),
+        (
             "request-get-crl",
             gateway_request(Query::GetCrl {
                 issuer: "CN=Fixture CA 1,O=domsync".into(),
@@ -806,6 +905,13 @@ fn gateway_responses() -> Samples<gateway::Response> {
             },
         ),
         (
+            "response-issuers",
+            R::Issuers {
+                served: served(Role::Standby),
+                list: vec![issuer_cert()],
+            },
+        ),
+        (
             "response-removed",
             R::Removed {
                 served: served(Role::Standby),
@@ -871,6 +977,14 @@ fn admin_requests() -> Samples<admin::Request> {
                 ops: every_op(),
             },
         ),
+        (
+            "request-write-trust",
+            R::Write {
+                domain: d(),
+                ops: trust_ops(),
+            },
+        ),
+        ("request-trust", R::Trust { domain: d() }),
         ("request-collisions", R::Collisions { domain: d() }),
         (
             "request-collision-show",
@@ -941,6 +1055,23 @@ fn node_status() -> admin::NodeStatus {
         ],
         follower: None,
         collisions: 0,
+        accept_unverified_crls: false,
+        crls: vec![
+            admin::CrlState {
+                issuer: "CN=Fixture CA 1".into(),
+                number: CrlNumber(vec![0x01, 0x2d]),
+                kind: "base".into(),
+                next_update: Some(1_700_604_800),
+                verified: true,
+            },
+            admin::CrlState {
+                issuer: "CN=Old CA,O=domsync".into(),
+                number: CrlNumber(vec![0x03]),
+                kind: "legacy".into(),
+                next_update: None,
+                verified: false,
+            },
+        ],
     };
     let follower = |status| FollowerState {
         active: node("node-a"),
@@ -966,6 +1097,8 @@ fn node_status() -> admin::NodeStatus {
         standbys: vec![],
         follower: Some(follower(status)),
         collisions,
+        accept_unverified_crls: true,
+        crls: vec![],
     };
     let unplaced = |name: &str, placement| DomainReport {
         domain: domain(name),
@@ -974,6 +1107,8 @@ fn node_status() -> admin::NodeStatus {
         standbys: vec![],
         follower: None,
         collisions: 0,
+        accept_unverified_crls: false,
+        crls: vec![],
     };
     admin::NodeStatus {
         node: node("node-a"),
@@ -1182,6 +1317,30 @@ fn admin_answers() -> Samples<admin::Answer> {
         ),
         ("answer-domain-removed", A::DomainRemoved { domain: d() }),
         ("answer-plan", A::Plan(plan())),
+        (
+            "answer-trust",
+            A::Trust(admin::TrustReport {
+                domain: d(),
+                accept_unverified_crls: false,
+                issuers: vec![issuer_cert()],
+                crls: vec![
+                    HeldCrl {
+                        der: vec![],
+                        ..held_crl(false)
+                    },
+                    HeldCrl {
+                        der: vec![],
+                        verified_by: None,
+                        ..held_crl(true)
+                    },
+                ],
+                legacy: vec![Crl {
+                    der: vec![],
+                    ..crl()
+                }],
+                position: position(4, "node-a", 310, 0x0bad_f00d),
+            }),
+        ),
     ]
 }
 

@@ -4,8 +4,8 @@
 use sha2::{Digest as _, Sha256};
 
 use super::error::{StorageResult, StoreError};
-use super::tables::{encode_row, Tables};
-use domsync_proto::model::{Crl, DomainId, Op, PolicyInfo, Record};
+use super::tables::{crl_key, encode_row, issuer_key, rows_with_prefix, Tables};
+use domsync_proto::model::{Crl, DomainId, HeldCrl, IssuerCert, Op, PolicyInfo, Record};
 use domsync_proto::model::{DigestTable, StateDigest};
 
 /// Applies every op of `record` in order, keeping `digest` current. A storage error leaves the
@@ -41,10 +41,42 @@ pub(crate) fn apply_ops(
                 }
                 t.content.remove(name.as_str()).or_storage(domain)?;
             }
-            Op::PutCrl(crl) => put_crl(domain, t, crl, digest)?,
-            Op::RemoveCrl { issuer } => {
+            Op::PutLegacyCrl(crl) => put_crl(domain, t, crl, digest)?,
+            Op::RemoveLegacyCrl { issuer } => {
                 if let Some(old) = t.crl.remove(issuer.as_str()).or_storage(domain)? {
                     digest.remove(DigestTable::Crl, issuer.as_bytes(), old.value());
+                }
+            }
+            Op::AddIssuer(cert) => put_issuer(domain, t, cert, digest)?,
+            Op::RemoveIssuer { subject, sha256 } => {
+                let key = issuer_key(subject, sha256);
+                if let Some(old) = t.issuer.remove(key.as_slice()).or_storage(domain)? {
+                    digest.remove(DigestTable::Issuer, &key, old.value());
+                }
+            }
+            Op::PutCrl { crl, .. } => {
+                if crl.delta_base.is_none() {
+                    // A new base makes the deltas it covers obsolete (RFC 5280 §5.2.4: a delta
+                    // numbered at or below a complete CRL adds nothing to it).
+                    let mut prefix = crl.issuer.der().to_vec();
+                    prefix.push(1);
+                    let deltas: Vec<(Vec<u8>, HeldCrl)> =
+                        rows_with_prefix(domain, &t.crls, &prefix, "CRL row")?;
+                    for (key, delta) in deltas {
+                        if delta.number <= crl.number {
+                            remove_row_crls(domain, t, &key, digest)?;
+                        }
+                    }
+                }
+                put_held_crl(domain, t, crl, digest)?;
+            }
+            Op::RemoveCrl { issuer, number } => {
+                let held: Vec<(Vec<u8>, HeldCrl)> =
+                    rows_with_prefix(domain, &t.crls, issuer.der(), "CRL row")?;
+                for (key, crl) in held {
+                    if crl.number == *number {
+                        remove_row_crls(domain, t, &key, digest)?;
+                    }
                 }
             }
         }
@@ -98,5 +130,57 @@ pub(crate) fn put_crl(
         digest.remove(DigestTable::Crl, key.as_bytes(), old.value());
     }
     digest.add(DigestTable::Crl, key.as_bytes(), &row);
+    Ok(())
+}
+
+/// Holds an issuer certificate, keeping the digest.
+pub(crate) fn put_issuer(
+    domain: &DomainId,
+    t: &mut Tables<'_>,
+    cert: &IssuerCert,
+    digest: &mut StateDigest,
+) -> Result<(), StoreError> {
+    let row = encode_row(domain, cert)?;
+    let key = issuer_key(&cert.subject, &cert.sha256);
+    if let Some(old) = t
+        .issuer
+        .insert(key.as_slice(), row.as_slice())
+        .or_storage(domain)?
+    {
+        digest.remove(DigestTable::Issuer, &key, old.value());
+    }
+    digest.add(DigestTable::Issuer, &key, &row);
+    Ok(())
+}
+
+/// Stores a held CRL (base or delta) in its row, keeping the digest.
+pub(crate) fn put_held_crl(
+    domain: &DomainId,
+    t: &mut Tables<'_>,
+    crl: &HeldCrl,
+    digest: &mut StateDigest,
+) -> Result<(), StoreError> {
+    let row = encode_row(domain, crl)?;
+    let key = crl_key(crl);
+    if let Some(old) = t
+        .crls
+        .insert(key.as_slice(), row.as_slice())
+        .or_storage(domain)?
+    {
+        digest.remove(DigestTable::HeldCrl, &key, old.value());
+    }
+    digest.add(DigestTable::HeldCrl, &key, &row);
+    Ok(())
+}
+
+fn remove_row_crls(
+    domain: &DomainId,
+    t: &mut Tables<'_>,
+    key: &[u8],
+    digest: &mut StateDigest,
+) -> Result<(), StoreError> {
+    if let Some(old) = t.crls.remove(key).or_storage(domain)? {
+        digest.remove(DigestTable::HeldCrl, key, old.value());
+    }
     Ok(())
 }

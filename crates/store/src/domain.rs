@@ -15,7 +15,8 @@ use super::tables::{META, META_KEY};
 use super::writer::{Committed, Counters, Outcome, Reply, Request, Work};
 use domsync_proto::model::StateDigest;
 use domsync_proto::model::{
-    Crl, DomainId, DomainUid, Epoch, HistoryEntry, Lsn, Op, Position, Role,
+    CrlNumber, DistinguishedName, DomainId, DomainUid, Epoch, HeldCrl, HistoryEntry, IssuerCert,
+    Lsn, Op, Position, Role,
 };
 
 /// Where a replica of a domain stands.
@@ -258,27 +259,95 @@ impl Domain {
         }])
     }
 
-    /// Parses a DER CRL and stores it for its issuer. Refused when malformed, without a CRL
-    /// number, or older than the CRL held for that issuer.
+    /// Parses a DER CRL and stores it: a base CRL replaces the older base of its issuer, a
+    /// delta CRL is kept beside the base it applies to. Refused (one line naming the check)
+    /// when malformed, without a CRL number, past its nextUpdate (unless `allow_stale`), not
+    /// verified by a held issuer certificate of its issuer name (see [`Domain::add_issuer`]
+    /// and [`Domain::set_accept_unverified_crls`]), not above the held one, or a delta
+    /// whose base is not held.
     ///
     /// # Errors
-    /// [`StoreError::Crl`] for a malformed CRL, otherwise as [`Domain::write`].
-    pub fn put_crl(&self, der: &[u8]) -> Result<Position, StoreError> {
-        let crl = Crl::from_der(der).map_err(|source| StoreError::Crl {
+    /// [`StoreError::Crl`], [`StoreError::CrlOutdated`], [`StoreError::CrlConflict`],
+    /// [`StoreError::CrlDeltaWithoutBase`], otherwise as [`Domain::write`].
+    pub fn put_crl(&self, der: &[u8], allow_stale: bool) -> Result<Position, StoreError> {
+        let crl = HeldCrl::from_der(der).map_err(|source| StoreError::Crl {
             domain: self.inner.id.clone(),
             source,
         })?;
-        self.write(vec![Op::PutCrl(crl)])
+        self.write(vec![Op::PutCrl { crl, allow_stale }])
     }
 
-    /// Removes the CRL of an issuer.
+    /// Removes the held CRL (base or delta) of `issuer` numbered `number`.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidWrite`] when no such CRL is held, otherwise as [`Domain::write`].
+    pub fn remove_crl(
+        &self,
+        issuer: &DistinguishedName,
+        number: &CrlNumber,
+    ) -> Result<Position, StoreError> {
+        self.write(vec![Op::RemoveCrl {
+            issuer: issuer.clone(),
+            number: number.clone(),
+        }])
+    }
+
+    /// Removes a CRL stored by an earlier release (before issuer verification), by the
+    /// issuer text `crl list` shows for it.
     ///
     /// # Errors
     /// As [`Domain::write`].
-    pub fn remove_crl(&self, issuer: &str) -> Result<Position, StoreError> {
-        self.write(vec![Op::RemoveCrl {
+    pub fn remove_legacy_crl(&self, issuer: &str) -> Result<Position, StoreError> {
+        self.write(vec![Op::RemoveLegacyCrl {
             issuer: issuer.to_owned(),
         }])
+    }
+
+    /// Holds an issuer certificate (DER): CRLs of its subject are then accepted when its key
+    /// verifies them.
+    ///
+    /// # Errors
+    /// [`StoreError::Crl`] when it is not a CA certificate, otherwise as [`Domain::write`].
+    pub fn add_issuer(&self, der: &[u8]) -> Result<(Position, IssuerCert), StoreError> {
+        let cert = IssuerCert::from_der(der).map_err(|source| StoreError::Crl {
+            domain: self.inner.id.clone(),
+            source,
+        })?;
+        let pos = self.write(vec![Op::AddIssuer(cert.clone())])?;
+        Ok((pos, cert))
+    }
+
+    /// Stops holding the issuer certificate `sha256` of `subject`.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidWrite`] when it is not held, otherwise as [`Domain::write`].
+    pub fn remove_issuer(
+        &self,
+        subject: &DistinguishedName,
+        sha256: &[u8; 32],
+    ) -> Result<Position, StoreError> {
+        self.write(vec![Op::RemoveIssuer {
+            subject: subject.clone(),
+            sha256: *sha256,
+        }])
+    }
+
+    /// Whether this domain accepts CRLs of issuers it holds no certificate of (an explicit
+    /// per-domain setting of whoever opens the store, off by default; not persisted). A CRL
+    /// that a held certificate of its name fails to verify is refused either way.
+    pub fn set_accept_unverified_crls(&self, accept: bool) {
+        self.inner
+            .counters
+            .accept_unverified_crls
+            .store(accept, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The setting of [`Domain::set_accept_unverified_crls`].
+    pub fn accepts_unverified_crls(&self) -> bool {
+        self.inner
+            .counters
+            .accept_unverified_crls
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The highest epoch this replica knows of: the one its metadata records, or a higher

@@ -72,6 +72,26 @@ pub enum StoreError {
         /// Number offered.
         offered: CrlNumber,
     },
+    /// Two held issuer names render as the same RFC 4514 text.
+    #[error("issuer {issuer} is ambiguous in domain {domain}: two held names render as this text (their encodings differ); ask by the name's DER")]
+    AmbiguousIssuer {
+        /// The domain.
+        domain: DomainId,
+        /// The text asked for.
+        issuer: String,
+    },
+    /// A delta CRL whose base is not held.
+    #[error("delta CRL number {number} of {issuer} refused in domain {domain}: it applies to base CRL number {base} or later, and no such base is held; upload the base CRL first")]
+    CrlDeltaWithoutBase {
+        /// The domain.
+        domain: DomainId,
+        /// Issuer (RFC 4514).
+        issuer: String,
+        /// The delta's number.
+        number: CrlNumber,
+        /// Its BaseCRLNumber.
+        base: CrlNumber,
+    },
     /// An uploaded CRL has the stored number but other content.
     #[error("CRL number {number} of {issuer} is already stored in domain {domain} with other content: a CA must raise the number for every new CRL")]
     CrlConflict {

@@ -387,6 +387,7 @@ impl Store {
             },
             other => StoreError::storage(id)(other.into()).at(&path),
         })?;
+        tables::ensure_tables(&db, id).map_err(|e| e.at(&path))?;
         let db = Arc::new(db);
         let shared = Arc::new(std::sync::RwLock::new(Some(Arc::clone(&db))));
         let meta = domain::read_meta(&db.begin_read().or_storage(id)?, id)?;

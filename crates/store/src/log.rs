@@ -5,7 +5,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::domain::Domain;
 use super::error::{StorageResult, StoreError};
-use super::tables::{decode_policy, CRL, KV, LOG, POLICY, POLICY_CONTENT};
+use super::tables::{decode_policy, CRL, CRLS, ISSUER, KV, LOG, POLICY, POLICY_CONTENT};
 use domsync_proto::codec::{chain_next, decode_record, CodecError};
 use domsync_proto::model::{DigestTable, StateDigest};
 use domsync_proto::model::{DomainId, Lsn, Position, Record};
@@ -100,6 +100,17 @@ pub(crate) fn compute_digest(
     for entry in txn.open_table(CRL).or_storage(id)?.iter().or_storage(id)? {
         let (k, v) = entry.or_storage(id)?;
         d.add(DigestTable::Crl, k.value().as_bytes(), v.value());
+    }
+    for (table, tag) in [(ISSUER, DigestTable::Issuer), (CRLS, DigestTable::HeldCrl)] {
+        for entry in txn
+            .open_table(table)
+            .or_storage(id)?
+            .iter()
+            .or_storage(id)?
+        {
+            let (k, v) = entry.or_storage(id)?;
+            d.add(tag, k.value(), v.value());
+        }
     }
     Ok(d)
 }

@@ -5,8 +5,15 @@ use redb::ReadableTable;
 use sha2::{Digest as _, Sha256};
 
 use super::error::{StorageResult, StoreError};
-use super::tables::{decode_crl, decode_policy, CRL, KV, POLICY, POLICY_CONTENT};
-use domsync_proto::model::{Crl, DomainId, Epoch, Policy, PolicyInfo, Position, Role};
+use super::tables::{
+    decode_crl, decode_held, decode_policy, CRL, CRLS, ISSUER, KV, POLICY, POLICY_CONTENT,
+};
+use std::collections::BTreeSet;
+
+use domsync_proto::model::{
+    Crl, DistinguishedName, DomainId, Epoch, HeldCrl, IssuerCert, IssuerKey, Policy, PolicyInfo,
+    Position, Role,
+};
 
 use super::domain::Domain;
 
@@ -206,35 +213,127 @@ impl Domain {
         })
     }
 
-    /// Reads the CRL of an issuer (the distinguished name as [`Crl::issuer`] shows it).
+    /// Reads the base CRL of an issuer named by its RFC 4514 text (as [`Crl::issuer`] shows
+    /// it); a CRL stored by an earlier release is found by the text it was stored under.
     ///
     /// # Errors
+    /// [`StoreError::AmbiguousIssuer`] when two held names render as this text (ask by DER),
     /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
     pub fn crl(&self, issuer: &str) -> Result<Read<Option<Crl>>, StoreError> {
+        self.crl_of(&IssuerKey::Text(issuer.to_owned()), false)
+    }
+
+    /// Reads the base CRL (or with `delta`, the newest delta CRL) of an issuer named by text
+    /// or DER, in the form gateways receive.
+    ///
+    /// # Errors
+    /// As [`Reader::crl`].
+    pub fn crl_of(&self, issuer: &IssuerKey, delta: bool) -> Result<Read<Option<Crl>>, StoreError> {
         let id = &self.inner.id;
         self.read(|txn| {
+            let held = held_rows(id, txn)?;
+            let names: BTreeSet<&DistinguishedName> = held
+                .iter()
+                .map(|c| &c.issuer)
+                .filter(|n| issuer.matches(n))
+                .collect();
+            if names.len() > 1 {
+                return Err(StoreError::AmbiguousIssuer {
+                    domain: id.clone(),
+                    issuer: issuer.to_string(),
+                });
+            }
+            let found = held
+                .iter()
+                .filter(|c| issuer.matches(&c.issuer) && c.delta_base.is_some() == delta)
+                .max_by(|a, b| a.number.cmp(&b.number))
+                .map(HeldCrl::served);
+            if found.is_some() || names.len() == 1 || delta {
+                return Ok(found);
+            }
+            let IssuerKey::Text(text) = issuer else {
+                return Ok(None);
+            };
             let table = txn.open_table(CRL).or_storage(id)?;
-            match table.get(issuer).or_storage(id)? {
-                Some(v) => decode_crl(id, issuer, v.value()).map(Some),
+            match table.get(text.as_str()).or_storage(id)? {
+                Some(v) => decode_crl(id, text, v.value()).map(Some),
                 None => Ok(None),
             }
         })
     }
 
-    /// Lists the stored CRLs.
+    /// Lists the base CRLs held and the legacy ones (stored by an earlier release), in the
+    /// form gateways receive; delta CRLs are in [`Reader::held_crls`].
     ///
     /// # Errors
     /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
     pub fn crls(&self) -> Result<Read<Vec<Crl>>, StoreError> {
         let id = &self.inner.id;
         self.read(|txn| {
-            let table = txn.open_table(CRL).or_storage(id)?;
+            let mut out: Vec<Crl> = held_rows(id, txn)?
+                .iter()
+                .filter(|c| c.delta_base.is_none())
+                .map(HeldCrl::served)
+                .collect();
+            out.extend(legacy_rows(id, txn)?);
+            Ok(out)
+        })
+    }
+
+    /// Every CRL held, bases and deltas, in issuer order (by DER), base first.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn held_crls(&self) -> Result<Read<Vec<HeldCrl>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| held_rows(id, txn))
+    }
+
+    /// The CRLs stored by an earlier release, before issuer verification: unverified; remove
+    /// them with [`Domain::remove_legacy_crl`](crate::Domain::remove_legacy_crl) once a
+    /// verified CRL of the issuer is held.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn legacy_crls(&self) -> Result<Read<Vec<Crl>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| legacy_rows(id, txn))
+    }
+
+    /// The issuer certificates held, in subject order (by DER).
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn issuers(&self) -> Result<Read<Vec<IssuerCert>>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(ISSUER).or_storage(id)?;
             let mut out = Vec::new();
             for entry in table.iter().or_storage(id)? {
-                let (k, v) = entry.or_storage(id)?;
-                out.push(decode_crl(id, k.value(), v.value())?);
+                let (_, v) = entry.or_storage(id)?;
+                out.push(decode_held(id, "issuer row", v.value())?);
             }
             Ok(out)
         })
     }
+}
+
+fn held_rows(id: &DomainId, txn: &redb::ReadTransaction) -> Result<Vec<HeldCrl>, StoreError> {
+    let table = txn.open_table(CRLS).or_storage(id)?;
+    let mut out = Vec::new();
+    for entry in table.iter().or_storage(id)? {
+        let (_, v) = entry.or_storage(id)?;
+        out.push(decode_held(id, "CRL row", v.value())?);
+    }
+    Ok(out)
+}
+
+fn legacy_rows(id: &DomainId, txn: &redb::ReadTransaction) -> Result<Vec<Crl>, StoreError> {
+    let table = txn.open_table(CRL).or_storage(id)?;
+    let mut out = Vec::new();
+    for entry in table.iter().or_storage(id)? {
+        let (k, v) = entry.or_storage(id)?;
+        out.push(decode_crl(id, k.value(), v.value())?);
+    }
+    Ok(out)
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use sha2::{Digest as _, Sha256};
 
-use super::apply::{put_crl, put_kv, put_policy};
+use super::apply::{put_crl, put_held_crl, put_issuer, put_kv, put_policy};
 use super::domain::Domain;
 use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
@@ -366,6 +366,8 @@ fn add_row(
             }
             put_policy(id, t, &p.info, &p.content, digest)
         }
-        SnapshotItem::Crl(crl) => put_crl(id, t, crl, digest),
+        SnapshotItem::LegacyCrl(crl) => put_crl(id, t, crl, digest),
+        SnapshotItem::Issuer(cert) => put_issuer(id, t, cert, digest),
+        SnapshotItem::Crl(crl) => put_held_crl(id, t, crl, digest),
     }
 }

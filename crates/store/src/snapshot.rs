@@ -4,7 +4,9 @@ use redb::{ReadTransaction, ReadableTable};
 
 use super::domain::Domain;
 use super::error::{StorageResult, StoreError};
-use super::tables::{decode_crl, decode_policy, CRL, KV, POLICY, POLICY_CONTENT};
+use super::tables::{
+    decode_crl, decode_held, decode_policy, CRL, CRLS, ISSUER, KV, POLICY, POLICY_CONTENT,
+};
 use domsync_proto::model::{
     DomainId, DomainUid, Epoch, HistoryEntry, Lsn, Policy, Position, SnapshotItem, StateDigest,
 };
@@ -59,7 +61,8 @@ impl Domain {
 }
 
 impl Snapshot {
-    /// Calls `f` for every row: user keys in key order, then policy packages, then CRLs.
+    /// Calls `f` for every row: user keys in key order, then policy packages, then
+    /// legacy CRLs, issuer certificates and held CRLs.
     /// Stops at the first error `f` returns.
     ///
     /// # Errors
@@ -107,7 +110,35 @@ impl Snapshot {
             .or_storage(id)?
         {
             let (k, v) = entry.or_storage(id)?;
-            f(SnapshotItem::Crl(decode_crl(id, k.value(), v.value())?))?;
+            f(SnapshotItem::LegacyCrl(decode_crl(
+                id,
+                k.value(),
+                v.value(),
+            )?))?;
+        }
+        for entry in self
+            .txn
+            .open_table(ISSUER)
+            .or_storage(id)?
+            .iter()
+            .or_storage(id)?
+        {
+            let (_, v) = entry.or_storage(id)?;
+            f(SnapshotItem::Issuer(decode_held(
+                id,
+                "issuer row",
+                v.value(),
+            )?))?;
+        }
+        for entry in self
+            .txn
+            .open_table(CRLS)
+            .or_storage(id)?
+            .iter()
+            .or_storage(id)?
+        {
+            let (_, v) = entry.or_storage(id)?;
+            f(SnapshotItem::Crl(decode_held(id, "CRL row", v.value())?))?;
         }
         Ok(())
     }

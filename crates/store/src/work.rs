@@ -1,7 +1,8 @@
 //! What each piece of work does inside the writer's transaction: check and write a client's
 //! ops, apply a shipped record, promote, fence, append to the log, truncate it.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 
 use redb::ReadableTable;
@@ -11,7 +12,9 @@ use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
 use super::tables::Tables;
 use domsync_proto::codec::{chain_next, decode_record, encode_record, CodecError};
-use domsync_proto::model::{Crl, Epoch, HistoryEntry, Lsn, NodeId, Op, Position, Record, Role};
+use domsync_proto::model::{
+    CrlError, Epoch, HeldCrl, HistoryEntry, IssuerCert, Lsn, NodeId, Op, Position, Record, Role,
+};
 
 use super::writer::*;
 
@@ -96,7 +99,7 @@ impl Writer {
         &self,
         t: &Tables<'_>,
         meta: &DomainMeta,
-        ops: &[Op],
+        ops: &mut [Op],
     ) -> Result<Option<StoreError>, StoreError> {
         if meta.role != Role::Active || self.fenced(meta) {
             // The newest active known: the node of a fence above our own epoch, if any.
@@ -115,37 +118,177 @@ impl Writer {
                 reason: "a write needs at least one operation".into(),
             }));
         }
-        let mut crl_seen: HashMap<&str, &Crl> = HashMap::new();
-        for op in ops {
+        let mut crl_issuers: HashSet<Vec<u8>> = HashSet::new();
+        for op in ops.iter_mut() {
             if let Err(reason) = op.check() {
                 return Ok(Some(StoreError::InvalidWrite {
                     domain: self.domain.clone(),
                     reason,
                 }));
             }
-            if let Op::PutCrl(crl) = op {
-                let held = match crl_seen.get(crl.issuer.as_str()) {
-                    Some(earlier) => Some((*earlier).clone()),
-                    None => t.crl_of(&self.domain, &crl.issuer)?,
-                };
-                if let Some(held) = held {
-                    if crl.number < held.number {
-                        return Ok(Some(StoreError::CrlOutdated {
-                            domain: self.domain.clone(),
-                            issuer: crl.issuer.clone(),
-                            stored: held.number,
-                            offered: crl.number.clone(),
-                        }));
-                    }
-                    if crl.number == held.number && crl.der != held.der {
-                        return Ok(Some(StoreError::CrlConflict {
-                            domain: self.domain.clone(),
-                            issuer: crl.issuer.clone(),
-                            number: crl.number.clone(),
-                        }));
-                    }
+            let issuer = match op {
+                Op::PutCrl { crl, .. } => Some(crl.issuer.der().to_vec()),
+                Op::RemoveCrl { issuer, .. } => Some(issuer.der().to_vec()),
+                _ => None,
+            };
+            if let Some(issuer) = issuer {
+                if !crl_issuers.insert(issuer) {
+                    return Ok(self.refusal(
+                        "one write may change the CRLs of an issuer once: send the CRLs of one issuer in separate writes".into(),
+                    ));
                 }
-                crl_seen.insert(crl.issuer.as_str(), crl);
+            }
+            let refusal = match op {
+                Op::PutLegacyCrl(crl) => Some(StoreError::InvalidWrite {
+                    domain: self.domain.clone(),
+                    reason: format!("CRL of {} sent in the format of an earlier release, which stored CRLs unverified: upload it again with this release's `domsync crl put`", crl.issuer),
+                }),
+                Op::AddIssuer(cert) => match IssuerCert::from_der(&cert.der) {
+                    Ok(parsed) if parsed == *cert => None,
+                    Ok(_) => Some(self.invalid("the issuer certificate's fields do not match its DER")),
+                    Err(source) => Some(StoreError::Crl {
+                        domain: self.domain.clone(),
+                        source,
+                    }),
+                },
+                Op::RemoveIssuer { subject, sha256 } => {
+                    let held = t.issuers_named(&self.domain, subject)?;
+                    (!held.iter().any(|c| c.sha256 == *sha256)).then(|| {
+                        self.invalid(&format!(
+                            "no issuer certificate {} of {subject} is held; `domsync issuer list` shows them",
+                            hex8(sha256)
+                        ))
+                    })
+                }
+                Op::PutCrl { crl, allow_stale } => self.check_crl(t, crl, *allow_stale)?,
+                Op::RemoveCrl { issuer, number } => {
+                    let held = t.crls_of(&self.domain, issuer)?;
+                    (!held.iter().any(|c| c.number == *number)).then(|| {
+                        self.invalid(&format!(
+                            "no CRL number {number} of {issuer} is held; `domsync crl list` shows them"
+                        ))
+                    })
+                }
+                _ => None,
+            };
+            if let Some(refusal) = refusal {
+                return Ok(Some(refusal));
+            }
+        }
+        Ok(None)
+    }
+
+    fn invalid(&self, reason: &str) -> StoreError {
+        StoreError::InvalidWrite {
+            domain: self.domain.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn refusal(&self, reason: String) -> Option<StoreError> {
+        Some(StoreError::InvalidWrite {
+            domain: self.domain.clone(),
+            reason,
+        })
+    }
+
+    /// The checks of a CRL upload, in the transaction of the write: the fields are those of
+    /// its DER; not stale unless allowed; verified against a held issuer certificate of its
+    /// issuer name (recorded in `verified_by`), or none held and the domain accepts unverified
+    /// CRLs; a base above the held base; a delta beside a held base it applies to, above it
+    /// and above the held delta of that base.
+    fn check_crl(
+        &self,
+        t: &Tables<'_>,
+        crl: &mut HeldCrl,
+        allow_stale: bool,
+    ) -> Result<Option<StoreError>, StoreError> {
+        let crl_error = |source: CrlError| StoreError::Crl {
+            domain: self.domain.clone(),
+            source,
+        };
+        let mut parsed = match HeldCrl::from_der(&crl.der) {
+            Ok(p) => p,
+            Err(e) => return Ok(Some(crl_error(e))),
+        };
+        parsed.verified_by = crl.verified_by;
+        if parsed != *crl {
+            return Ok(Some(self.invalid("the CRL's fields do not match its DER")));
+        }
+        let now = i64::try_from(now_micros() / 1_000_000).unwrap_or(i64::MAX);
+        if !allow_stale && crl.is_stale(now) {
+            return Ok(Some(crl_error(crl.stale_error())));
+        }
+        let certs = t.issuers_named(&self.domain, &crl.issuer)?;
+        crl.verified_by = None;
+        if certs.is_empty() {
+            if !self.counters.accept_unverified_crls.load(Ordering::Relaxed) {
+                return Ok(Some(crl_error(CrlError::UnknownIssuer {
+                    issuer: crl.issuer.to_string(),
+                })));
+            }
+        } else {
+            let mut last = String::new();
+            for cert in &certs {
+                match crl.verify(cert) {
+                    Ok(()) => {
+                        crl.verified_by = Some(cert.sha256);
+                        break;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if crl.verified_by.is_none() {
+                return Ok(Some(crl_error(CrlError::BadSignature {
+                    issuer: crl.issuer.to_string(),
+                    tried: certs.len(),
+                    reason: last,
+                })));
+            }
+        }
+        let held = t.crls_of(&self.domain, &crl.issuer)?;
+        let base = held.iter().find(|c| c.delta_base.is_none());
+        let (rival, what) = match &crl.delta_base {
+            None => (base, "base CRL"),
+            Some(base_number) => {
+                let Some(base) = base.filter(|b| b.number >= *base_number) else {
+                    return Ok(Some(StoreError::CrlDeltaWithoutBase {
+                        domain: self.domain.clone(),
+                        issuer: crl.issuer.to_string(),
+                        number: crl.number.clone(),
+                        base: base_number.clone(),
+                    }));
+                };
+                if crl.number <= base.number {
+                    return Ok(Some(StoreError::CrlOutdated {
+                        domain: self.domain.clone(),
+                        issuer: format!("{} (delta; the held base)", crl.issuer),
+                        stored: base.number.clone(),
+                        offered: crl.number.clone(),
+                    }));
+                }
+                (
+                    held.iter()
+                        .find(|c| c.delta_base.as_ref() == Some(base_number)),
+                    "delta CRL",
+                )
+            }
+        };
+        if let Some(rival) = rival {
+            if crl.number < rival.number {
+                return Ok(Some(StoreError::CrlOutdated {
+                    domain: self.domain.clone(),
+                    issuer: format!("{} ({what})", crl.issuer),
+                    stored: rival.number.clone(),
+                    offered: crl.number.clone(),
+                }));
+            }
+            if crl.number == rival.number && crl.der != rival.der {
+                return Ok(Some(StoreError::CrlConflict {
+                    domain: self.domain.clone(),
+                    issuer: crl.issuer.to_string(),
+                    number: crl.number.clone(),
+                }));
             }
         }
         Ok(None)
@@ -155,9 +298,9 @@ impl Writer {
         &self,
         t: &mut Tables<'_>,
         meta: &mut DomainMeta,
-        ops: Vec<Op>,
+        mut ops: Vec<Op>,
     ) -> Result<Outcome, StoreError> {
-        if let Some(refusal) = self.check_write(t, meta, &ops)? {
+        if let Some(refusal) = self.check_write(t, meta, &mut ops)? {
             return Ok(Err(refusal));
         }
         let lsn = meta.position.lsn.next();
@@ -324,4 +467,8 @@ impl Writer {
         meta.log_base_chain = base_chain;
         Ok(Self::committed(meta))
     }
+}
+
+fn hex8(sha256: &[u8; 32]) -> String {
+    sha256[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -116,6 +116,9 @@ pub(crate) struct Counters {
     /// Policy readers open now, each holding a read snapshot (see
     /// [`super::Domain::policy_readers_open`]).
     pub policy_readers: std::sync::atomic::AtomicUsize,
+    /// The domain accepts CRLs of issuers it holds no certificate of (its configuration
+    /// says so explicitly; off by default).
+    pub accept_unverified_crls: std::sync::atomic::AtomicBool,
 }
 
 /// Batch limits of a writer.
@@ -152,8 +155,13 @@ fn work_bytes(w: &Work) -> usize {
                 Op::Put { key, value } => key.len() + value.len(),
                 Op::Delete { key } => key.len(),
                 Op::InstallPolicy { content, .. } => content.len(),
-                Op::PutCrl(crl) => crl.der.len(),
-                Op::RemovePolicy { .. } | Op::RemoveCrl { .. } => 0,
+                Op::PutLegacyCrl(crl) => crl.der.len(),
+                Op::PutCrl { crl, .. } => crl.der.len(),
+                Op::AddIssuer(cert) => cert.der.len(),
+                Op::RemovePolicy { .. }
+                | Op::RemoveLegacyCrl { .. }
+                | Op::RemoveIssuer { .. }
+                | Op::RemoveCrl { .. } => 0,
             })
             .sum(),
         Work::Apply(bytes) => bytes.len(),

@@ -65,24 +65,6 @@ pub enum PolicyCmd {
 }
 
 #[derive(Subcommand)]
-pub enum CrlCmd {
-    /// Upload a DER CRL; refused when malformed or older than the one held for its issuer.
-    Put {
-        domain: String,
-        file: std::path::PathBuf,
-    },
-    /// Show (or with --out, write) the CRL of an issuer.
-    Get {
-        domain: String,
-        issuer: String,
-        #[arg(long)]
-        out: Option<std::path::PathBuf>,
-    },
-    /// List CRLs with number and next update.
-    List { domain: String },
-}
-
-#[derive(Subcommand)]
 pub enum LogCmd {
     /// Show decoded records with their CRC status.
     Show {
@@ -145,7 +127,8 @@ pub fn run(data: &Path, node: &str, command: Command) -> Res {
         }
         Command::Kv(cmd) => kv(&store, cmd),
         Command::Policy(cmd) => policy(&store, cmd),
-        Command::Crl(cmd) => crl(&store, cmd),
+        Command::Crl(cmd) => crate::trust::crl(&crate::trust::Source::Local(&store), cmd),
+        Command::Issuer(cmd) => crate::trust::issuer(&crate::trust::Source::Local(&store), cmd),
         Command::Log(LogCmd::Show {
             domain: name,
             from,
@@ -270,42 +253,6 @@ fn policy(store: &Store, cmd: PolicyCmd) -> Res {
     }
 }
 
-fn crl(store: &Store, cmd: CrlCmd) -> Res {
-    match cmd {
-        CrlCmd::Put { domain: d, file } => {
-            let der =
-                std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let pos = domain(store, &d)?.put_crl(&der)?;
-            Ok(ok_at("CRL stored", &pos))
-        }
-        CrlCmd::Get {
-            domain: d,
-            issuer,
-            out,
-        } => {
-            let r = domain(store, &d)?.crl(&issuer)?;
-            let Some(c) = r.value else {
-                eprintln!("domsync: no CRL of {issuer:?} in domain {d}; `domsync crl list {d}` shows the issuers held");
-                return Ok(ExitCode::from(4));
-            };
-            if let Some(out) = out {
-                crate::write_private(&out, &c.der)
-                    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-            }
-            println!("{}", describe_crl(&c));
-            Ok(ExitCode::SUCCESS)
-        }
-        CrlCmd::List { domain: d } => {
-            let r = domain(store, &d)?.crls()?;
-            for c in &r.value {
-                println!("{}", describe_crl(c));
-            }
-            eprintln!("{} CRLs, read at {}", r.value.len(), r.position);
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
 fn verify(store: &Store, only: Option<&str>) -> Res {
     let ids = match only {
         Some(d) => vec![d.parse::<DomainId>()?],
@@ -373,8 +320,22 @@ pub fn describe_ops(ops: &[Op]) -> String {
                 format!("install policy {name} ({} bytes)", content.len())
             }
             Op::RemovePolicy { name } => format!("remove policy {name}"),
-            Op::PutCrl(c) => format!("crl {} number {}", c.issuer, c.number),
-            Op::RemoveCrl { issuer } => format!("remove crl {issuer}"),
+            Op::PutLegacyCrl(c) => format!("legacy crl {} number {}", c.issuer, c.number),
+            Op::RemoveLegacyCrl { issuer } => format!("remove legacy crl {issuer}"),
+            Op::AddIssuer(c) => format!("add issuer {} ({})", c.subject, c.short_id()),
+            Op::RemoveIssuer { subject, sha256 } => {
+                format!("remove issuer {subject} ({})", hex(&sha256[..8]))
+            }
+            Op::PutCrl { crl, allow_stale } => format!(
+                "crl {} number {}{}{}",
+                crl.issuer,
+                crl.number,
+                crl.delta_base
+                    .as_ref()
+                    .map_or_else(String::new, |b| format!(" (delta of {b})")),
+                if *allow_stale { " (stale allowed)" } else { "" }
+            ),
+            Op::RemoveCrl { issuer, number } => format!("remove crl {issuer} number {number}"),
         })
         .collect::<Vec<_>>()
         .join("; ")

@@ -10,6 +10,7 @@ use crate::commands::{describe_crl, describe_ops, hex};
 
 const CRL_1: &[u8] = include_bytes!("../../../fixtures/crl/fixture-ca-1.der");
 const CRL_2: &[u8] = include_bytes!("../../../fixtures/crl/fixture-ca-2.der");
+const CA_PEM: &[u8] = include_bytes!("../../../fixtures/crl/fixture-ca.pem");
 
 pub fn run(dir: Option<PathBuf>) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let tmp;
@@ -69,10 +70,24 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode, Box<dyn std::error::Error>>
         );
     }
 
-    println!("\n== CRLs (fixture CA, numbers 1 then 2; an older one is refused)");
-    domain.put_crl(CRL_1)?;
-    domain.put_crl(CRL_2)?;
-    match domain.put_crl(CRL_1) {
+    println!("\n== CRLs (fixture CA; a CRL verifies against its issuer's certificate, numbers only grow)");
+    match domain.put_crl(CRL_1, true) {
+        Err(e) => println!("CRL 1 refused before its issuer is held, as expected: {e}"),
+        Ok(_) => return Err("a CRL was accepted without its issuer certificate".into()),
+    }
+    let (_, _, ca) = x509_parser::pem::parse_x509_pem(CA_PEM)
+        .map(|(rest, pem)| (rest, (), pem.contents))
+        .map_err(|e| format!("fixture CA: {e}"))?;
+    let (_, issuer) = domain.add_issuer(&ca)?;
+    println!(
+        "holding issuer {} (id {})",
+        issuer.subject,
+        issuer.short_id()
+    );
+    // The fixture CRLs were made once; their nextUpdate passes, so the demo allows stale ones.
+    domain.put_crl(CRL_1, true)?;
+    domain.put_crl(CRL_2, true)?;
+    match domain.put_crl(CRL_1, true) {
         Err(e) => println!("re-upload of CRL 1 refused as expected: {e}"),
         Ok(_) => return Err("an older CRL was accepted".into()),
     }

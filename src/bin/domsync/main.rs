@@ -7,6 +7,7 @@ mod demo;
 mod demo_cluster;
 mod gateway;
 mod pki;
+mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -160,9 +161,13 @@ enum Command {
     /// Policy packages of a domain.
     #[command(subcommand)]
     Policy(commands::PolicyCmd),
-    /// Certificate revocation lists of a domain.
+    /// Certificate revocation lists of a domain (put|remove|list also through a daemon).
     #[command(subcommand)]
-    Crl(commands::CrlCmd),
+    Crl(trust::CrlCmd),
+    /// Issuer certificates that verify a domain's CRLs (add|remove|list also through a
+    /// daemon).
+    #[command(subcommand)]
+    Issuer(trust::IssuerCmd),
     /// The change log of a domain.
     #[command(subcommand)]
     Log(commands::LogCmd),
@@ -257,11 +262,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }];
                 admin::write(&t, &domain, ops, &admin::WriteKind::Policy(name))
             }
-            (Some(t), Command::Crl(commands::CrlCmd::Put { domain, file })) => {
-                admin::write(&t, &domain, admin::crl_ops(&file)?, &admin::WriteKind::Crl)
-            }
+            (Some(t), Command::Crl(cmd)) => trust::crl(&trust::Source::Daemon(&t), cmd),
+            (Some(t), Command::Issuer(cmd)) => trust::issuer(&trust::Source::Daemon(&t), cmd),
             (Some(_), _) => Err(
-                "only kv put|del, policy install and crl put are sent to a daemon; drop --socket/--remote to work locally on --data".into(),
+                "only kv put|del, policy install, crl and issuer commands are sent to a daemon; drop --socket/--remote to work locally on --data".into(),
             ),
             (None, command) => commands::run(&cli.data, &cli.node, command),
         },

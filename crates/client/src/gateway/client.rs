@@ -308,6 +308,19 @@ impl Client {
         }
     }
 
+    /// The issuer certificates the domain holds: the CAs whose CRLs it verified and
+    /// distributes (check a fetched CRL against them, or pin them as trust anchors).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when no node could answer.
+    pub async fn issuers(&self) -> Result<Listing<domsync_proto::model::IssuerCert>, Error> {
+        match self.ask(&Ask::ListIssuers).await {
+            Ok(Got::Issuers(l)) => Ok(l),
+            Ok(_) | Err(Miss::Absent { .. }) => Err(self.unexpected()),
+            Err(Miss::Failed(failures)) => Err(self.unavailable(&failures)),
+        }
+    }
+
     /// The CRL of `issuer` (RFC 4514 text, as listed): as [`Client::fetch`], by CRL number.
     ///
     /// # Errors

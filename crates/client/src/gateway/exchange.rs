@@ -58,6 +58,7 @@ pub(super) enum Ask<'a> {
     Fetch(&'a str),
     ListCrls,
     Crl(&'a str),
+    ListIssuers,
 }
 
 /// One request's stream.
@@ -145,6 +146,23 @@ impl Client {
                 (got, ex.conn.rtt())
             }
             Ask::Crl(issuer) => self.crl_from(i, issuer).await?,
+            Ask::ListIssuers => {
+                let mut ex = self.open(i, Query::ListIssuers).await?;
+                let (served, list) = match self.read(&mut ex, Duration::ZERO).await? {
+                    Response::Issuers { served, list } => (served, list),
+                    Response::Behind { served } => return Err(knows_behind(&served)),
+                    Response::Refused(r) => return Err(Fail::Refused(r)),
+                    other => return Err(Fail::Bad(format!("unexpected {}", kind(&other)))),
+                };
+                self.note(&mut lock(&self.inner.state), &served);
+                (
+                    Got::Issuers(Listing {
+                        items: list,
+                        served,
+                    }),
+                    ex.conn.rtt(),
+                )
+            }
         };
         Ok(got)
     }
@@ -434,5 +452,6 @@ pub(super) fn kind(r: &Response) -> &'static str {
         Response::Crl { .. } => "CRL",
         Response::Removed { .. } => "removal",
         Response::Refused(_) => "refusal",
+        Response::Issuers { .. } => "issuer list",
     }
 }

@@ -14,6 +14,7 @@ pub(super) enum Got {
     Package(Package),
     Crls(Listing<CrlInfo>),
     Crl(CrlCopy),
+    Issuers(Listing<domsync_proto::model::IssuerCert>),
     /// The package or CRL asked for is not there, as of `served`'s position (and that node
     /// is not behind what the client saw).
     NotFound(Served),

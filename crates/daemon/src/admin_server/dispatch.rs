@@ -34,6 +34,7 @@ fn describe(req: &Request) -> String {
         ),
         Request::DomainRemove { domain } => format!("domain remove {domain}"),
         Request::Plan => "plan".into(),
+        Request::Trust { domain } => format!("trust {domain}"),
     }
 }
 
@@ -46,6 +47,7 @@ pub(super) async fn handle(daemon: &Arc<Daemon>, client: &Client, req: Request) 
             | Request::Collisions { .. }
             | Request::CollisionShow { .. }
             | Request::Plan
+            | Request::Trust { .. }
     );
     let answer = match req {
         Request::Status => Ok(Answer::Status(status::status(daemon))),
@@ -54,6 +56,7 @@ pub(super) async fn handle(daemon: &Arc<Daemon>, client: &Client, req: Request) 
         Request::Write { domain, ops } => write(daemon, &domain, ops)
             .await
             .map(|position| Answer::Written { domain, position }),
+        Request::Trust { domain } => held(daemon, &domain).and_then(|d| trust(&d, domain)),
         Request::Collisions { domain } => held(daemon, &domain).and_then(|d| {
             let list = archive(daemon, &d)?.iter().map(info).collect();
             Ok(Answer::Collisions { domain, list })
@@ -282,4 +285,26 @@ async fn reapply(daemon: &Daemon, domain: DomainId, id: u64) -> Result<Answer, A
             "record {id} was written again at {position} but could not be removed from the archive ({e}): run `domsync collisions discard {domain} {id}`"
         ))),
     }
+}
+
+/// The trust material of a domain, without the CRLs' bytes.
+fn trust(d: &Domain, domain: DomainId) -> Result<Answer, AdminError> {
+    let failed = |e: StoreError| AdminError::Failed(e.to_string());
+    let issuers = d.issuers().map_err(failed)?;
+    let mut crls = d.held_crls().map_err(failed)?.value;
+    let mut legacy = d.legacy_crls().map_err(failed)?.value;
+    for c in &mut crls {
+        c.der = Vec::new();
+    }
+    for c in &mut legacy {
+        c.der = Vec::new();
+    }
+    Ok(Answer::Trust(domsync_proto::admin::TrustReport {
+        domain,
+        accept_unverified_crls: d.accepts_unverified_crls(),
+        issuers: issuers.value,
+        crls,
+        legacy,
+        position: issuers.position,
+    }))
 }

@@ -5,8 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::dispatch::me;
 use crate::{Daemon, Placement};
 use domsync_proto::admin::{
-    CertificateExpiry, DomainReport, FollowerState, Lag, NodeStatus, PlacementState, ReplicaState,
-    StandbyState,
+    CertificateExpiry, CrlState, DomainReport, FollowerState, Lag, NodeStatus, PlacementState,
+    ReplicaState, StandbyState,
 };
 
 /// Milliseconds since the Unix epoch (0 before it).
@@ -39,12 +39,16 @@ pub(super) fn status(daemon: &Daemon) -> NodeStatus {
             standbys: Vec::new(),
             follower: None,
             collisions: 0,
+            accept_unverified_crls: false,
+            crls: Vec::new(),
         };
         if placement == PlacementState::Serving {
             match daemon.store().domain(&name).and_then(|d| {
                 let s = d.status()?;
                 let (records, corrupt) = d.archive()?;
                 let c = (records.len() + corrupt.len()) as u64;
+                report.accept_unverified_crls = d.accepts_unverified_crls();
+                report.crls = crl_states(&d)?;
                 Ok((s, c))
             }) {
                 Ok((s, c)) => {
@@ -101,4 +105,33 @@ pub(super) fn status(daemon: &Daemon) -> NodeStatus {
         domains,
         certificates,
     }
+}
+
+/// The CRLs a domain holds, as status shows them.
+fn crl_states(d: &domsync_store::Domain) -> Result<Vec<CrlState>, domsync_store::StoreError> {
+    let mut out: Vec<CrlState> = d
+        .held_crls()?
+        .value
+        .into_iter()
+        .map(|c| CrlState {
+            issuer: c.issuer.to_string(),
+            kind: if c.delta_base.is_some() {
+                "delta"
+            } else {
+                "base"
+            }
+            .into(),
+            number: c.number,
+            next_update: c.next_update,
+            verified: c.verified_by.is_some(),
+        })
+        .collect();
+    out.extend(d.legacy_crls()?.value.into_iter().map(|c| CrlState {
+        issuer: c.issuer,
+        kind: "legacy".into(),
+        number: c.number,
+        next_update: c.next_update,
+        verified: false,
+    }));
+    Ok(out)
 }

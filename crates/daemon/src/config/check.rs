@@ -66,6 +66,8 @@ pub(super) struct RawDomain {
     retention_bytes: Option<u64>,
     weight: Option<u32>,
     region: Option<String>,
+    #[serde(default)]
+    accept_unverified_crls: bool,
 }
 
 /// Highest `[limits] gateway_connections_per_gateway` accepted.
@@ -223,6 +225,7 @@ pub(super) fn check_domains(
                 retention_bytes: d.retention_bytes.unwrap_or(256 << 20),
                 weight: d.weight.unwrap_or(1),
                 region: d.region,
+                accept_unverified_crls: d.accept_unverified_crls,
             });
         }
     }
@@ -414,6 +417,7 @@ impl Config {
             retention_bytes: spec.retention_bytes,
             weight: spec.weight,
             region: spec.region.clone(),
+            accept_unverified_crls: false,
         };
         let mut c = Checker {
             problems: Vec::new(),

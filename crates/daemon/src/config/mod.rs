@@ -119,6 +119,10 @@ pub struct DomainConfig {
     pub weight: u32,
     /// Region whose node should hold the active (placement).
     pub region: Option<String>,
+    /// Accept CRLs of issuers the domain holds no certificate of (stored unverified and
+    /// shown so in status). Off by default: a CRL must verify against an issuer certificate
+    /// added with `domsync issuer add`.
+    pub accept_unverified_crls: bool,
 }
 
 impl DomainConfig {

@@ -1,8 +1,6 @@
 //! What the metrics show, gathered from the daemon at one time: the table of definitions
 //! reads every sample from a [`Snapshot`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::{Daemon, Placement};
 use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Role};
 use domsync_proto::repl::SyncStatus;
@@ -11,8 +9,6 @@ use domsync_store::WriterStats;
 /// The daemon's state the metrics are rendered from, gathered at one time.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Snapshot {
-    /// Seconds since the Unix epoch when gathered (for the CRLs' next update).
-    pub(super) now_secs: i64,
     /// Every placed domain, in name order.
     pub(super) domains: Vec<DomainMetrics>,
     /// Gateway answers by result.
@@ -48,8 +44,9 @@ pub(super) struct ReplicaMetrics {
     pub(super) status: Option<ReplicaStatus>,
     /// Commit counters.
     pub(super) stats: WriterStats,
-    /// Each CRL's issuer and next update (seconds since the Unix epoch).
-    pub(super) crls: Vec<(String, Option<i64>)>,
+    /// Each CRL's issuer, kind (`base`, `delta`, `legacy`) and next update (seconds since
+    /// the Unix epoch).
+    pub(super) crls: Vec<(String, &'static str, Option<i64>)>,
 }
 
 /// What the metrics use of a replica's status.
@@ -64,9 +61,6 @@ pub(super) struct ReplicaStatus {
 /// Gathers what the metrics show.
 pub(super) fn gather(daemon: &Daemon) -> Snapshot {
     let node = daemon.node();
-    let now_secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let domains = daemon
         .placements()
         .into_iter()
@@ -79,15 +73,7 @@ pub(super) fn gather(daemon: &Daemon) -> Snapshot {
                     log_bytes: s.log_bytes,
                 }),
                 stats: r.stats(),
-                crls: r.crls().map_or_else(
-                    |_| Vec::new(),
-                    |read| {
-                        read.value
-                            .into_iter()
-                            .map(|c| (c.issuer, c.next_update))
-                            .collect()
-                    },
-                ),
+                crls: crl_gauges(&r),
             });
             DomainMetrics {
                 shipped: node.shipped(&name),
@@ -105,7 +91,6 @@ pub(super) fn gather(daemon: &Daemon) -> Snapshot {
         })
         .collect();
     Snapshot {
-        now_secs,
         domains,
         gateway_requests: node.gateway_requests(),
         gateway_connections: node.gateway_connections(),
@@ -137,4 +122,32 @@ impl Snapshot {
             .iter()
             .flat_map(|d| d.standbys.iter().map(move |(n, s)| (d, n, s)))
     }
+}
+
+/// Each CRL held by `domain` (bases, deltas, legacy) with its next update.
+fn crl_gauges(domain: &domsync_store::Domain) -> Vec<(String, &'static str, Option<i64>)> {
+    let mut out: Vec<(String, &'static str, Option<i64>)> = domain
+        .held_crls()
+        .map(|read| {
+            read.value
+                .into_iter()
+                .map(|c| {
+                    let kind = if c.delta_base.is_some() {
+                        "delta"
+                    } else {
+                        "base"
+                    };
+                    (c.issuer.to_string(), kind, c.next_update)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(read) = domain.legacy_crls() {
+        out.extend(
+            read.value
+                .into_iter()
+                .map(|c| (c.issuer, "legacy", c.next_update)),
+        );
+    }
+    out
 }

@@ -329,16 +329,20 @@ static METRICS: &[Metric] = &[
         },
     },
     Metric {
-        name: "domsync_crl_next_update_seconds",
+        name: "domsync_crl_next_update_timestamp_seconds",
         kind: Kind::Gauge,
-        help: "Seconds until each CRL's next update (negative when overdue).",
+        help: "Each held CRL's nextUpdate, in seconds since the Unix epoch (alert on `- time() < 86400`).",
         samples: |snap| {
             snap.replicas()
                 .flat_map(|(d, r)| {
-                    r.crls.iter().filter_map(move |(issuer, next)| {
+                    r.crls.iter().filter_map(move |(issuer, kind, next)| {
                         Some(Sample::new(
-                            vec![domain(d), ("issuer", Cow::Borrowed(issuer.as_str()))],
-                            Value::Signed((*next)?.saturating_sub(snap.now_secs)),
+                            vec![
+                                domain(d),
+                                ("issuer", Cow::Borrowed(issuer.as_str())),
+                                ("kind", Cow::Borrowed(*kind)),
+                            ],
+                            Value::Signed((*next)?),
                         ))
                     })
                 })

@@ -46,16 +46,15 @@ fn representative() -> Snapshot {
         follower: None,
     };
     Snapshot {
-        now_secs: 1_700_000_000,
         domains: vec![
             DomainMetrics {
                 replica: Some(ReplicaMetrics {
                     status: Some(status(Role::Active, 3, "a", 42, 4096)),
                     stats: stats.clone(),
                     crls: vec![
-                        ("CN=Root \"CA\"\\1\nx".into(), Some(1_700_000_090)),
-                        ("CN=Old".into(), Some(1_699_999_000)),
-                        ("CN=Forever".into(), None),
+                        ("CN=Root \"CA\"\\1\nx".into(), "base", Some(1_700_000_090)),
+                        ("CN=Old".into(), "legacy", Some(1_699_999_000)),
+                        ("CN=Forever".into(), "base", None),
                     ],
                 }),
                 shipped: Some((40, 81_920)),
@@ -241,10 +240,10 @@ domsync_follower_status{domain="t4",active="c",status="synchronized"} 0
 domsync_follower_status{domain="t4",active="c",status="lagging"} 0
 domsync_follower_status{domain="t4",active="c",status="advanced"} 1
 domsync_follower_status{domain="t4",active="c",status="collision"} 0
-# HELP domsync_crl_next_update_seconds Seconds until each CRL's next update (negative when overdue).
-# TYPE domsync_crl_next_update_seconds gauge
-domsync_crl_next_update_seconds{domain="t1",issuer="CN=Root \"CA\"\\1\nx"} 90
-domsync_crl_next_update_seconds{domain="t1",issuer="CN=Old"} -1000
+# HELP domsync_crl_next_update_timestamp_seconds Each held CRL's nextUpdate, in seconds since the Unix epoch (alert on `- time() < 86400`).
+# TYPE domsync_crl_next_update_timestamp_seconds gauge
+domsync_crl_next_update_timestamp_seconds{domain="t1",issuer="CN=Root \"CA\"\\1\nx",kind="base"} 1700000090
+domsync_crl_next_update_timestamp_seconds{domain="t1",issuer="CN=Old",kind="legacy"} 1699999000
 # HELP domsync_certificate_expiry_timestamp_seconds End of validity (notAfter, Unix seconds) of this node's certificate (whose=own) and of each configured peer's as seen on its latest handshake (whose=peer).
 # TYPE domsync_certificate_expiry_timestamp_seconds gauge
 domsync_certificate_expiry_timestamp_seconds{identity="domsync://node/a",whose="own"} 1790000000

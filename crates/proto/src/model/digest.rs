@@ -21,8 +21,12 @@ pub enum DigestTable {
     Kv,
     /// The `policy` table.
     Policy,
-    /// The `crl` table.
+    /// The legacy `crl` table (CRLs stored before issuer verification).
     Crl,
+    /// The `issuer` table.
+    Issuer,
+    /// The `crls` table (held CRLs, bases and deltas).
+    HeldCrl,
 }
 
 impl DigestTable {
@@ -31,6 +35,8 @@ impl DigestTable {
             DigestTable::Kv => b"kv\0",
             DigestTable::Policy => b"policy\0",
             DigestTable::Crl => b"crl\0",
+            DigestTable::Issuer => b"issuer\0",
+            DigestTable::HeldCrl => b"crls\0",
         }
     }
 }

@@ -7,16 +7,17 @@ mod crl;
 mod digest;
 mod heard;
 mod ids;
+mod name;
 mod op;
 mod position;
 mod record;
 mod snapshot;
 
-pub use crl::CrlError;
-pub use crl::{Crl, CrlNumber};
+pub use crl::{utc, Crl, CrlError, CrlNumber, HeldCrl, IssuerCert, MAX_ISSUER_CERT_BYTES};
 pub use digest::{DigestTable, StateDigest};
 pub use heard::Heard;
 pub use ids::{DomainId, DomainUid, NameError, NodeId};
+pub use name::{DistinguishedName, IssuerKey, NameDerError, MAX_NAME_BYTES};
 pub use op::{
     check_policy_name, Op, PolicyInfo, MAX_CRL_BYTES, MAX_KEY_BYTES, MAX_POLICY_BYTES,
     MAX_POLICY_NAME,

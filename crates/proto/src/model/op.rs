@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Crl;
+use super::{Crl, CrlNumber, DistinguishedName, HeldCrl, IssuerCert, MAX_ISSUER_CERT_BYTES};
 
 /// Longest user key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -46,12 +46,40 @@ pub enum Op {
         /// Package name.
         name: String,
     },
-    /// Store the CRL of an issuer, replacing an older one (checked when the write is made).
-    PutCrl(Crl),
-    /// Remove the CRL of an issuer.
-    RemoveCrl {
-        /// Issuer distinguished name, as shown by [`Crl::issuer`].
+    /// A CRL stored before issuer verification (legacy `crl` table, keyed by issuer text).
+    /// Only applied from records written by earlier releases; new writes use [`Op::PutCrl`].
+    PutLegacyCrl(Crl),
+    /// Remove a legacy CRL (one stored before issuer verification), by its issuer text as
+    /// `crl list` shows it: the way out of a bad CRL stored then.
+    RemoveLegacyCrl {
+        /// Issuer text, as shown by [`Crl::issuer`].
         issuer: String,
+    },
+    /// Hold an issuer certificate: the domain then accepts CRLs it verifies.
+    AddIssuer(IssuerCert),
+    /// Stop holding an issuer certificate (CRLs already held stay).
+    RemoveIssuer {
+        /// The certificate's subject.
+        subject: DistinguishedName,
+        /// SHA-256 of the certificate.
+        sha256: [u8; 32],
+    },
+    /// Store a CRL: a base replaces the older base of its issuer (and the deltas it makes
+    /// obsolete), a delta sits beside the base it applies to. Checked when the write is made:
+    /// verified against a held issuer certificate, number above the held one, not stale
+    /// unless `allow_stale`.
+    PutCrl {
+        /// The CRL.
+        crl: HeldCrl,
+        /// Store it even though its nextUpdate is past.
+        allow_stale: bool,
+    },
+    /// Remove the held CRL (base or delta) of `issuer` numbered `number`.
+    RemoveCrl {
+        /// The issuer.
+        issuer: DistinguishedName,
+        /// The CRL number removed; the write is refused unless it is held.
+        number: CrlNumber,
     },
 }
 
@@ -80,7 +108,7 @@ impl Op {
                 }
             }
             Op::RemovePolicy { name } => check_policy_name(name)?,
-            Op::PutCrl(crl) => {
+            Op::PutLegacyCrl(crl) => {
                 if crl.der.len() > MAX_CRL_BYTES {
                     return Err(format!(
                         "CRL of {} bytes refused: the limit is {MAX_CRL_BYTES} bytes",
@@ -88,13 +116,30 @@ impl Op {
                     ));
                 }
             }
-            Op::RemoveCrl { issuer } => {
+            Op::RemoveLegacyCrl { issuer } => {
                 if issuer.is_empty() {
                     return Err(
                         "CRL issuer is empty: name the issuer as `crl list` shows it".into(),
                     );
                 }
             }
+            Op::PutCrl { crl, .. } => {
+                if crl.der.len() > MAX_CRL_BYTES {
+                    return Err(format!(
+                        "CRL of {} bytes refused: the limit is {MAX_CRL_BYTES} bytes",
+                        crl.der.len()
+                    ));
+                }
+            }
+            Op::AddIssuer(cert) => {
+                if cert.der.len() > MAX_ISSUER_CERT_BYTES {
+                    return Err(format!(
+                        "issuer certificate of {} bytes refused: the limit is {MAX_ISSUER_CERT_BYTES} bytes",
+                        cert.der.len()
+                    ));
+                }
+            }
+            Op::RemoveIssuer { .. } | Op::RemoveCrl { .. } => {}
         }
         Ok(())
     }

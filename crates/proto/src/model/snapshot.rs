@@ -1,6 +1,6 @@
 //! Rows of a domain's state as shipped in a full resync.
 
-use super::{Crl, PolicyInfo};
+use super::{Crl, HeldCrl, IssuerCert, PolicyInfo};
 
 /// A policy package with its content, checked against its SHA-256 when read.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,6 +26,10 @@ pub enum SnapshotItem {
     },
     /// A policy package.
     Policy(Policy),
-    /// A CRL.
-    Crl(Crl),
+    /// A CRL stored before issuer verification (legacy table).
+    LegacyCrl(Crl),
+    /// An issuer certificate.
+    Issuer(IssuerCert),
+    /// A held CRL (base or delta).
+    Crl(HeldCrl),
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 pub use domsync_client::admin::{Session, Target};
 use domsync_proto::admin::{AdminError, Answer, Request};
-use domsync_proto::model::{Crl, DomainId, NodeId, Op};
+use domsync_proto::model::{DomainId, NodeId, Op};
 
 type Res = Result<ExitCode, Box<dyn std::error::Error>>;
 
@@ -50,6 +50,11 @@ fn call_one(target: &Target, req: &Request) -> Result<Answer, Box<dyn std::error
         s.close().await;
         Ok::<_, Box<dyn std::error::Error>>(answer)
     })
+}
+
+/// Sends one request and returns the answer (for the other command modules).
+pub fn call(target: &Target, req: &Request) -> Result<Answer, Box<dyn std::error::Error>> {
+    call_one(target, req)
 }
 
 /// Prints an admin error on one line and picks the exit code.
@@ -164,8 +169,6 @@ pub enum WriteKind {
     Delete,
     /// `policy install NAME`.
     Policy(String),
-    /// `crl put`.
-    Crl,
 }
 
 /// Builds the ops of `kv put`.
@@ -174,15 +177,6 @@ pub fn put_ops(key: String, value: String) -> Vec<Op> {
         key: key.into_bytes(),
         value: value.into_bytes(),
     }]
-}
-
-/// Builds the ops of `crl put` from a DER file.
-///
-/// # Errors
-/// When the file cannot be read or is not a CRL.
-pub fn crl_ops(file: &std::path::Path) -> Result<Vec<Op>, Box<dyn std::error::Error>> {
-    let der = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    Ok(vec![Op::PutCrl(Crl::from_der(&der)?)])
 }
 
 /// Sends a write to the daemon's active.
@@ -202,7 +196,6 @@ pub fn write(target: &Target, name: &str, ops: Vec<Op>, kind: &WriteKind) -> Res
                         position.lsn
                     )
                 }
-                WriteKind::Crl => println!("CRL stored at {position}"),
             }
             Ok(ExitCode::SUCCESS)
         }

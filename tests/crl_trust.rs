@@ -1,0 +1,514 @@
+//! CRLs are verified against the issuer certificates a domain holds (DESIGN.md §9), with CAs
+//! and CRLs made by OpenSSL in the test's temporary directory: RSA (PKCS#1 v1.5 and PSS),
+//! ECDSA P-256 and P-384 and Ed25519 CAs; a tampered signature; a foreign key with the same
+//! issuer name and a huge CRL number; two issuers whose names print alike; a delta CRL beside
+//! its base; a stale nextUpdate; CRLs stored by an earlier release and how to remove them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use domsync_proto::codec::encode_record;
+use domsync_proto::model::{
+    Crl, CrlError, CrlNumber, DistinguishedName, DomainId, HeldCrl, IssuerCert, IssuerKey, NodeId,
+    Op, Record,
+};
+use domsync_store::{Domain, ResyncTarget, Store, StoreError, StoreOptions};
+
+/// The key algorithm (and CRL signature scheme) of a test CA.
+#[derive(Clone, Copy)]
+enum Alg {
+    Rsa,
+    RsaPss,
+    EcP256,
+    EcP384,
+    Ed25519,
+}
+
+/// A CA made with `openssl req -x509` and run with `openssl ca -gencrl`.
+struct Ca {
+    dir: PathBuf,
+    alg: Alg,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    domsync_testkit::pki::ensure_openssl();
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (the project's setup installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pem_to_der(pem: &[u8]) -> Vec<u8> {
+    x509_parser::pem::parse_x509_pem(pem).unwrap().1.contents
+}
+
+impl Ca {
+    /// A CA named `subject` (OpenSSL's `/A=b/C=d` form, first RDN first) in `root/label`.
+    fn new(root: &Path, label: &str, subject: &str, alg: Alg) -> Ca {
+        let dir = root.join(label);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+        std::fs::write(
+            dir.join("ca.cnf"),
+            "[ca]\ndefault_ca = dca\n[dca]\ndatabase = index.txt\ncrlnumber = crlnumber\n\
+             default_md = sha256\ndefault_crl_days = 30\ncrl_extensions = crl_ext\n\
+             [crl_ext]\nauthorityKeyIdentifier = keyid:always\n\
+             [bare_ext]\n\
+             [req]\ndistinguished_name = dn\nx509_extensions = v3_ca\n[dn]\n\
+             [v3_ca]\nbasicConstraints = critical,CA:TRUE\n\
+             keyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n",
+        )
+        .unwrap();
+        let keygen: &[&str] = match alg {
+            Alg::Rsa | Alg::RsaPss => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            Alg::EcP256 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            Alg::EcP384 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+            Alg::Ed25519 => &["-algorithm", "ed25519"],
+        };
+        let mut args = vec!["genpkey"];
+        args.extend_from_slice(keygen);
+        args.extend_from_slice(&["-out", "key.pem"]);
+        openssl(&dir, &args);
+        openssl(
+            &dir,
+            &[
+                "req", "-config", "ca.cnf", "-x509", "-new", "-key", "key.pem", "-subj", subject,
+                "-days", "3650", "-out", "ca.pem",
+            ],
+        );
+        Ca { dir, alg }
+    }
+
+    /// The CA certificate, DER.
+    fn cert(&self) -> Vec<u8> {
+        pem_to_der(&std::fs::read(self.dir.join("ca.pem")).unwrap())
+    }
+
+    /// The subject as `openssl x509 -nameopt RFC2253` prints it.
+    fn openssl_subject(&self) -> String {
+        let out = Command::new("openssl")
+            .args([
+                "x509", "-in", "ca.pem", "-noout", "-subject", "-nameopt", "RFC2253",
+            ])
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .trim_start_matches("subject=")
+            .to_owned()
+    }
+
+    /// Marks `serial` (hex) revoked in the CA's database.
+    fn revoke(&self, serial: &str) {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("index.txt"))
+            .unwrap();
+        writeln!(
+            f,
+            "R\t301231235959Z\t250101000000Z\t{serial}\tunknown\t/CN=leaf {serial}"
+        )
+        .unwrap();
+    }
+
+    /// The next CRL (DER); `number` (hex) sets its CRL number, `delta_of` makes it a delta
+    /// CRL of that base number, `stale` dates it in 2020.
+    fn crl(&self, number: Option<&str>, delta_of: Option<u8>, stale: bool) -> Vec<u8> {
+        if let Some(n) = number {
+            std::fs::write(self.dir.join("crlnumber"), format!("{n}\n")).unwrap();
+        }
+        let exts = match delta_of {
+            Some(base) => {
+                let cnf = std::fs::read_to_string(self.dir.join("ca.cnf")).unwrap();
+                let cnf = format!("{cnf}[delta_ext]\n2.5.29.27 = critical,DER:02:01:{base:02x}\n");
+                std::fs::write(self.dir.join("ca.cnf"), cnf).unwrap();
+                "delta_ext"
+            }
+            None => "crl_ext",
+        };
+        let mut args = vec![
+            "ca", "-config", "ca.cnf", "-gencrl", "-keyfile", "key.pem", "-cert", "ca.pem",
+            "-crlexts", exts, "-out", "crl.pem",
+        ];
+        if let Alg::RsaPss = self.alg {
+            args.extend_from_slice(&[
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:digest",
+            ]);
+        }
+        if stale {
+            args.extend_from_slice(&[
+                "-crl_lastupdate",
+                "20200101000000Z",
+                "-crl_nextupdate",
+                "20200201000000Z",
+            ]);
+        }
+        openssl(&self.dir, &args);
+        pem_to_der(&std::fs::read(self.dir.join("crl.pem")).unwrap())
+    }
+}
+
+fn active(dir: &Path, name: &str) -> (Store, Domain) {
+    let store = Store::open(dir, StoreOptions::new(NodeId::new("a").unwrap())).unwrap();
+    let d = store
+        .create_domain(&name.parse::<DomainId>().unwrap())
+        .unwrap();
+    (store, d)
+}
+
+fn crl_error(e: StoreError) -> CrlError {
+    match e {
+        StoreError::Crl { source, .. } => source,
+        other => panic!("expected a CRL refusal, got: {other}"),
+    }
+}
+
+fn revoked_count(der: &[u8]) -> usize {
+    use x509_parser::prelude::FromDer as _;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der).unwrap();
+    crl.iter_revoked_certificates().count()
+}
+
+#[test]
+fn every_supported_signature_scheme_verifies_and_names_are_rfc_4514() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_s, d) = active(&tmp.path().join("store"), "t");
+    let cases = [
+        ("rsa", "/CN=RSA Tenant CA/O=Example Corp/C=FR", Alg::Rsa),
+        ("pss", "/CN=PSS CA/O=Example", Alg::RsaPss),
+        ("p256", "/CN=P-256 CA/O=Example", Alg::EcP256),
+        ("p384", "/CN=P-384 CA/O=Example", Alg::EcP384),
+        ("ed25519", "/CN=Ed25519 CA/O=Example", Alg::Ed25519),
+    ];
+    for (label, subject, alg) in cases {
+        let ca = Ca::new(tmp.path(), label, subject, alg);
+        let crl = ca.crl(None, None, false);
+        let (_, cert) = d.add_issuer(&ca.cert()).unwrap();
+        // The text is RFC 4514, exactly as OpenSSL prints it in RFC 2253 mode.
+        assert_eq!(cert.subject.to_string(), ca.openssl_subject(), "{label}");
+        d.put_crl(&crl, false)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let held = d.crl(&ca.openssl_subject()).unwrap().value.unwrap();
+        assert_eq!(held.der, crl, "{label}");
+    }
+    assert_eq!(
+        d.crl("C=FR,O=Example Corp,CN=RSA Tenant CA")
+            .unwrap()
+            .value
+            .unwrap()
+            .issuer,
+        "C=FR,O=Example Corp,CN=RSA Tenant CA"
+    );
+    // Every held CRL records the certificate that verified it.
+    let held = d.held_crls().unwrap().value;
+    assert_eq!(held.len(), 5);
+    let issuers = d.issuers().unwrap().value;
+    for c in &held {
+        let by = c.verified_by.expect("verified");
+        assert!(issuers
+            .iter()
+            .any(|i| i.sha256 == by && i.subject == c.issuer));
+    }
+}
+
+#[test]
+fn a_tampered_crl_is_refused_and_the_genuine_one_of_that_number_is_then_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_s, d) = active(&tmp.path().join("store"), "t");
+    let ca = Ca::new(
+        tmp.path(),
+        "rsa",
+        "/CN=RSA Tenant CA/O=Example Corp",
+        Alg::Rsa,
+    );
+    let genuine = ca.crl(None, None, false);
+    let mut tampered = genuine.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01; // one byte of the signature
+                            // Without the issuer certificate: refused, saying so.
+    assert!(matches!(
+        crl_error(d.put_crl(&genuine, false).unwrap_err()),
+        CrlError::UnknownIssuer { .. }
+    ));
+    d.add_issuer(&ca.cert()).unwrap();
+    let err = crl_error(d.put_crl(&tampered, false).unwrap_err());
+    assert!(
+        matches!(err, CrlError::BadSignature { tried: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("signature does not verify"),
+        "{err}"
+    );
+    assert!(d.held_crls().unwrap().value.is_empty(), "nothing stored");
+    d.put_crl(&genuine, false).unwrap();
+    assert_eq!(
+        d.crl(&ca.openssl_subject()).unwrap().value.unwrap().der,
+        genuine
+    );
+}
+
+#[test]
+fn a_foreign_key_with_the_same_name_and_a_huge_number_cannot_block_the_genuine_issuer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_s, d) = active(&tmp.path().join("store"), "t");
+    let ca = Ca::new(
+        tmp.path(),
+        "genuine",
+        "/CN=Tenant CA/O=Example",
+        Alg::EcP256,
+    );
+    let forger = Ca::new(tmp.path(), "forger", "/CN=Tenant CA/O=Example", Alg::EcP256);
+    d.add_issuer(&ca.cert()).unwrap();
+    let first = ca.crl(None, None, false);
+    d.put_crl(&first, false).unwrap();
+    // 2^159 - 1: the largest CRL number RFC 5280 allows.
+    let huge = forger.crl(Some(&format!("7F{}", "FF".repeat(19))), None, false);
+    assert_eq!(
+        HeldCrl::from_der(&huge).unwrap().issuer,
+        HeldCrl::from_der(&first).unwrap().issuer,
+        "same issuer name"
+    );
+    let err = crl_error(d.put_crl(&huge, false).unwrap_err());
+    assert!(matches!(err, CrlError::BadSignature { .. }), "{err}");
+    let next = ca.crl(None, None, false);
+    d.put_crl(&next, false).unwrap();
+    let held = d.crl(&ca.openssl_subject()).unwrap().value.unwrap();
+    assert_eq!(held.number, CrlNumber(vec![2]));
+    // Even a domain that accepts unverified CRLs refuses one that a held certificate of its
+    // name fails to verify.
+    d.set_accept_unverified_crls(true);
+    let err = crl_error(d.put_crl(&huge, false).unwrap_err());
+    assert!(matches!(err, CrlError::BadSignature { .. }), "{err}");
+}
+
+#[test]
+fn names_that_print_alike_never_collide() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_s, d) = active(&tmp.path().join("store"), "t");
+    // `O=Example` then `CN=Twin CA` (two RDNs) and one CN that is literally `Twin CA, O=Example`.
+    let two = Ca::new(tmp.path(), "two", "/O=Example/CN=Twin CA", Alg::EcP256);
+    let one = Ca::new(tmp.path(), "one", "/CN=Twin CA, O=Example", Alg::EcP256);
+    assert_eq!(two.openssl_subject(), "CN=Twin CA,O=Example");
+    assert_eq!(one.openssl_subject(), r"CN=Twin CA\, O=Example");
+    let (crl_two, crl_one) = (two.crl(None, None, false), one.crl(None, None, false));
+    for (ca, crl) in [(&two, &crl_two), (&one, &crl_one)] {
+        d.add_issuer(&ca.cert()).unwrap();
+        d.put_crl(crl, false).unwrap();
+    }
+    assert_eq!(d.held_crls().unwrap().value.len(), 2);
+    for (ca, crl) in [(&two, &crl_two), (&one, &crl_one)] {
+        let by_text = d.crl(&ca.openssl_subject()).unwrap().value.unwrap();
+        assert_eq!(by_text.der, *crl);
+        let name = IssuerCert::from_der(&ca.cert()).unwrap().subject;
+        let by_der = d
+            .crl_of(&IssuerKey::Der(name.der().to_vec()), false)
+            .unwrap()
+            .value
+            .unwrap();
+        assert_eq!(by_der.der, *crl);
+    }
+    // The CA of one name cannot verify the CRL of the other.
+    let a = HeldCrl::from_der(&crl_two).unwrap();
+    let b = IssuerCert::from_der(&one.cert()).unwrap();
+    assert!(matches!(a.verify(&b), Err(CrlError::UnknownIssuer { .. })));
+}
+
+#[test]
+fn a_delta_crl_sits_beside_its_base_and_never_replaces_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new(tmp.path(), "rsa", "/CN=Delta CA/O=Example", Alg::Rsa);
+    for serial in ["1001", "1002", "1003"] {
+        ca.revoke(serial);
+    }
+    let base = ca.crl(Some("03"), None, false); // number 3, 3 revoked
+    ca.revoke("1004");
+    let delta = ca.crl(None, Some(3), false); // number 4, delta of base 3
+    assert_eq!(revoked_count(&base), 3);
+    let parsed = HeldCrl::from_der(&delta).unwrap();
+    assert_eq!(parsed.delta_base, Some(CrlNumber(vec![3])));
+
+    // A delta whose base is not held is refused.
+    let (_s1, lone) = active(&tmp.path().join("lone"), "t");
+    lone.add_issuer(&ca.cert()).unwrap();
+    assert!(matches!(
+        lone.put_crl(&delta, false).unwrap_err(),
+        StoreError::CrlDeltaWithoutBase { .. }
+    ));
+
+    let (_s2, d) = active(&tmp.path().join("store"), "t");
+    d.add_issuer(&ca.cert()).unwrap();
+    d.put_crl(&base, false).unwrap();
+    d.put_crl(&delta, false).unwrap();
+    let name = ca.openssl_subject();
+    // Gateways asking for the CRL still get the base with its three serials.
+    let got = d.crl(&name).unwrap().value.unwrap();
+    assert_eq!(got.der, base);
+    assert_eq!(revoked_count(&got.der), 3);
+    let got = d
+        .crl_of(&IssuerKey::Text(name.clone()), true)
+        .unwrap()
+        .value
+        .unwrap();
+    assert_eq!(got.der, delta);
+    assert_eq!(d.held_crls().unwrap().value.len(), 2);
+    // A new base numbered above the delta makes it obsolete.
+    let newer = ca.crl(None, None, false); // number 5
+    d.put_crl(&newer, false).unwrap();
+    let held = d.held_crls().unwrap().value;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].number, CrlNumber(vec![5]));
+    assert!(d
+        .crl_of(&IssuerKey::Text(name), true)
+        .unwrap()
+        .value
+        .is_none());
+}
+
+#[test]
+fn a_stale_crl_is_refused_unless_allowed_and_numbers_only_grow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_s, d) = active(&tmp.path().join("store"), "t");
+    let ca = Ca::new(tmp.path(), "p384", "/CN=Stale CA", Alg::EcP384);
+    d.add_issuer(&ca.cert()).unwrap();
+    let stale = ca.crl(None, None, true);
+    let err = crl_error(d.put_crl(&stale, false).unwrap_err());
+    assert!(matches!(err, CrlError::Stale { .. }), "{err}");
+    assert!(err.to_string().contains("2020-02-01T00:00:00Z"), "{err}");
+    assert!(err.to_string().contains("--allow-stale"), "{err}");
+    d.put_crl(&stale, true).unwrap();
+    let current = ca.crl(None, None, false);
+    d.put_crl(&current, false).unwrap();
+    assert!(matches!(
+        d.put_crl(&stale, true).unwrap_err(),
+        StoreError::CrlOutdated { .. }
+    ));
+}
+
+#[test]
+fn unverified_crls_only_by_the_domain_setting_and_remove_names_the_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_s, d) = active(&tmp.path().join("store"), "t");
+    let ca = Ca::new(tmp.path(), "ed", "/CN=Loose CA", Alg::Ed25519);
+    let crl = ca.crl(None, None, false);
+    assert!(!d.accepts_unverified_crls(), "off by default");
+    assert!(matches!(
+        crl_error(d.put_crl(&crl, false).unwrap_err()),
+        CrlError::UnknownIssuer { .. }
+    ));
+    d.set_accept_unverified_crls(true);
+    d.put_crl(&crl, false).unwrap();
+    let held = d.held_crls().unwrap().value;
+    assert_eq!(held[0].verified_by, None, "stored as unverified");
+    let name: DistinguishedName = held[0].issuer.clone();
+    // Removing names the number: a wrong one is refused, the right one removes it.
+    assert!(matches!(
+        d.remove_crl(&name, &CrlNumber(vec![9])).unwrap_err(),
+        StoreError::InvalidWrite { .. }
+    ));
+    d.remove_crl(&name, &CrlNumber(vec![1])).unwrap();
+    assert!(d.held_crls().unwrap().value.is_empty());
+    // Removing the issuer certificate leaves CRLs of other issuers alone; removing one not
+    // held is refused.
+    let (_, cert) = d.add_issuer(&ca.cert()).unwrap();
+    d.remove_issuer(&cert.subject, &cert.sha256).unwrap();
+    assert!(d.issuers().unwrap().value.is_empty());
+    assert!(d.remove_issuer(&cert.subject, &cert.sha256).is_err());
+}
+
+#[test]
+fn a_crl_stored_by_an_earlier_release_is_served_listed_and_removable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store_a = Store::open(
+        tmp.path().join("a"),
+        StoreOptions::new(NodeId::new("a").unwrap()),
+    )
+    .unwrap();
+    let store_b = Store::open(
+        tmp.path().join("b"),
+        StoreOptions::new(NodeId::new("b").unwrap()),
+    )
+    .unwrap();
+    let id: DomainId = "t".parse().unwrap();
+    let a = store_a.create_domain(&id).unwrap();
+    let b = store_b.join_domain(&id).unwrap();
+    a.put("k", "v").unwrap();
+    // The standby starts from a snapshot that carries an issuer certificate and a verified
+    // CRL: the new rows travel in a full resync and give the same digest.
+    let current = Ca::new(tmp.path(), "current", "/CN=Current CA", Alg::EcP384);
+    a.add_issuer(&current.cert()).unwrap();
+    a.put_crl(&current.crl(None, None, false), false).unwrap();
+    let snap = a.snapshot().unwrap();
+    let mut rows = Vec::new();
+    snap.for_each::<StoreError>(|item| {
+        rows.push(item);
+        Ok(())
+    })
+    .unwrap();
+    let target = ResyncTarget {
+        uid: snap.uid.unwrap(),
+        position: snap.position.clone(),
+        epoch: snap.epoch.clone(),
+        history: snap.history.clone(),
+        digest: snap.digest,
+    };
+    drop(snap);
+    let mut resync = b.begin_resync(target, None).unwrap();
+    resync.add(&rows).unwrap();
+    resync.finish().unwrap();
+    assert_eq!(b.status().unwrap().digest, a.status().unwrap().digest);
+    assert_eq!(b.held_crls().unwrap().value, a.held_crls().unwrap().value);
+    assert_eq!(b.issuers().unwrap().value.len(), 1);
+    // A record of an earlier release: the CRL keyed by its issuer text, never verified.
+    let ca = Ca::new(tmp.path(), "old", "/CN=Old CA", Alg::EcP256);
+    let der = ca.crl(None, None, false);
+    let parsed = HeldCrl::from_der(&der).unwrap();
+    let legacy = Crl {
+        issuer: "CN = Old CA".into(),
+        number: parsed.number.clone(),
+        this_update: parsed.this_update,
+        next_update: parsed.next_update,
+        der: der.clone(),
+    };
+    let status = a.status().unwrap();
+    let record = Record {
+        epoch: status.epoch.clone(),
+        lsn: status.position.lsn.next(),
+        time: 1,
+        prev_chain: status.position.chain,
+        ops: vec![Op::PutLegacyCrl(legacy.clone())],
+    };
+    b.apply(&encode_record(&record).unwrap()).unwrap();
+    assert_eq!(b.legacy_crls().unwrap().value, vec![legacy.clone()]);
+    assert_eq!(b.crl("CN = Old CA").unwrap().value, Some(legacy));
+    // New writes never store a CRL that way.
+    b.promote().unwrap();
+    let again = Op::PutLegacyCrl(b.legacy_crls().unwrap().value[0].clone());
+    assert!(matches!(
+        b.write(vec![again]).unwrap_err(),
+        StoreError::InvalidWrite { .. }
+    ));
+    // The way out: hold the issuer, upload it verified, remove the legacy row.
+    b.add_issuer(&ca.cert()).unwrap();
+    b.put_crl(&der, false).unwrap();
+    b.remove_legacy_crl("CN = Old CA").unwrap();
+    assert!(b.legacy_crls().unwrap().value.is_empty());
+    assert_eq!(
+        b.crl(&ca.openssl_subject()).unwrap().value.unwrap().der,
+        der
+    );
+    assert!(b.verify().unwrap().is_clean());
+}
