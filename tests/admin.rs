@@ -36,8 +36,20 @@ fn status_and_writes_through_the_admin_socket() {
         &["policy", "install", "t1", "edge", policy.to_str().unwrap()],
     );
     assert!(out.starts_with("installed policy edge version 2"), "{out}");
-    assert!(ok(sock, &["crl", "put", "t1", CRL]).starts_with("CRL stored at lsn 3"));
-    assert!(ok(sock, &["kv", "del", "t1", "k"]).starts_with("deleted at lsn 4"));
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crl/fixture-ca.pem");
+    let out = ok(sock, &["issuer", "add", "t1", ca]);
+    assert!(out.contains(" in t1 at lsn 3"), "{out}");
+    // The fixture CRLs were made once; their nextUpdate passes on 2026-12-24.
+    let out = ok(sock, &["crl", "put", "t1", CRL, "--allow-stale"]);
+    assert!(out.contains(" in t1 at lsn 4"), "{out}");
+    assert!(ok(sock, &["kv", "del", "t1", "k"]).starts_with("deleted at lsn 5"));
+    // The trust material is listed through the daemon as well.
+    let list = domsync_testkit::cli::parse_json(&ok(sock, &["crl", "list", "t1", "--json"]));
+    assert_eq!(list["crls"][0]["number"], "2");
+    assert!(list["crls"][0]["verified_by"].is_string());
+    assert_eq!(list["accept_unverified_crls"], false);
+    let issuers = domsync_testkit::cli::parse_json(&ok(sock, &["issuer", "list", "t1", "--json"]));
+    assert_eq!(issuers[0]["subject"], "O=domsync,CN=domsync fixture CA");
 
     // The table names every domain with role, epoch and position.
     let table = ok(sock, &["status"]);
@@ -50,14 +62,16 @@ fn status_and_writes_through_the_admin_socket() {
             .split_whitespace()
             .collect::<Vec<_>>()
     };
-    assert_eq!(line("t1")[..5], ["t1", "active", "1@a", "4", "serving"]);
+    assert_eq!(line("t1")[..5], ["t1", "active", "1@a", "5", "serving"]);
     assert_eq!(line("t2")[..5], ["t2", "active", "1@a", "0", "serving"]);
     let s = status_json(sock);
     assert_eq!(s["node"].as_str().unwrap(), "a");
     assert_eq!(s["domains"].as_array().unwrap().len(), 2);
     let t1 = domain_of(&s, "t1");
     assert_eq!(t1["role"].as_str().unwrap(), "active");
-    assert_eq!(t1["lsn"].as_f64().unwrap(), 4.0);
+    assert_eq!(t1["lsn"].as_f64().unwrap(), 5.0);
+    assert_eq!(t1["crls"][0]["number"], "2");
+    assert_eq!(t1["crls"][0]["verified"], true);
     assert_eq!(t1["epoch"]["node"].as_str().unwrap(), "a");
     assert_eq!(t1["digest"].as_str().unwrap().len(), 64);
 
@@ -72,7 +86,7 @@ fn status_and_writes_through_the_admin_socket() {
     );
     assert_eq!(out.stderr.lines().count(), 1);
     let older = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crl/fixture-ca-1.der");
-    let out = domsync(sock, &["crl", "put", "t1", older]);
+    let out = domsync(sock, &["crl", "put", "t1", older, "--allow-stale"]);
     assert_eq!(out.code, 1);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(

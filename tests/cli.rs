@@ -25,12 +25,61 @@ fn local_walkthrough_and_one_line_errors() {
     let (code, out, _) = domsync(d, &["kv", "get", "t1", "k"]);
     assert_eq!((code, out.trim()), (0, "v"));
     let crl = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crl/fixture-ca-2.der");
-    assert_eq!(domsync(d, &["crl", "put", "t1", crl]).0, 0);
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crl/fixture-ca.pem");
+    // No issuer certificate held: refused in one line saying what to do.
+    let (code, _, err) = domsync(d, &["crl", "put", "t1", crl, "--allow-stale"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("domsync issuer add"), "{err}");
+    let (code, out, err) = domsync(d, &["issuer", "add", "t1", ca]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("holding issuer O=domsync,CN=domsync fixture CA (id "),
+        "{out}"
+    );
+    // The fixture CRLs were made once; their nextUpdate passes on 2026-12-24.
+    let (code, out, err) = domsync(d, &["crl", "put", "t1", crl, "--allow-stale"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("stored CRL number 2 of O=domsync,CN=domsync fixture CA in t1"),
+        "{out}"
+    );
+    let (code, out, _) = domsync(d, &["crl", "list", "t1", "--json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["crls"][0]["number"], "2");
+    assert_eq!(list["crls"][0]["kind"], "base");
+    assert!(list["crls"][0]["verified_by"].is_string(), "{out}");
     let old = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crl/fixture-ca-1.der");
-    let (code, _, err) = domsync(d, &["crl", "put", "t1", old]);
+    let (code, _, err) = domsync(d, &["crl", "put", "t1", old, "--allow-stale"]);
     assert_eq!(code, 1);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("lower than the stored 2"), "{err}");
+    // Removing names the number.
+    let (code, _, err) = domsync(
+        d,
+        &[
+            "crl",
+            "remove",
+            "t1",
+            "O=domsync,CN=domsync fixture CA",
+            "1",
+        ],
+    );
+    assert_eq!((code, err.trim().lines().count()), (1, 1), "{err}");
+    assert!(err.contains("no CRL number 1"), "{err}");
+    let (code, out, err) = domsync(
+        d,
+        &[
+            "crl",
+            "remove",
+            "t1",
+            "O=domsync,CN=domsync fixture CA",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("removed CRL number 2"), "{out}");
     let (code, out, _) = domsync(d, &["log", "show", "t1"]);
     assert_eq!(code, 0);
     assert!(out.contains("crc ok"), "{out}");

@@ -512,3 +512,135 @@ fn a_crl_stored_by_an_earlier_release_is_served_listed_and_removable() {
     );
     assert!(b.verify().unwrap().is_clean());
 }
+
+/// A real `domsyncd`: CRLs and issuers through its admin socket; a stale CRL and an
+/// unverified one show in status (table and JSON), the journal (once, at start and then
+/// periodically) and the metrics (a nextUpdate timestamp gauge per CRL); the per-domain
+/// setting is read from the configuration file and shown.
+#[test]
+fn a_daemon_shows_stale_and_unverified_crls_in_status_logs_and_metrics() {
+    use domsync_testkit::cli::{domain_of, domsync, ok, parse_json, status_json};
+    use domsync_testkit::poll::GUARD;
+    use domsync_testkit::process::{Cluster, Daemon};
+
+    let c = Cluster::new(&["a"]);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let domains = vec![
+        ("t1".to_string(), vec!["a".to_string()], "local".to_string()),
+        ("t2".to_string(), vec!["a".to_string()], "local".to_string()),
+    ];
+    let text = c
+        .node_config("a", "guard_window_ms = 300", domains)
+        .text()
+        .replace(
+            "[tls]",
+            &format!("metrics = \"127.0.0.1:{metrics_port}\"\n\n[tls]"),
+        )
+        .replace(
+            "name = \"t2\"\n",
+            "name = \"t2\"\naccept_unverified_crls = true\n",
+        );
+    let config = c.config_path("a");
+    std::fs::write(&config, text).unwrap();
+    let start = || {
+        let mut d = Daemon::spawn("a", c.dir.path(), &config, GUARD, &[]);
+        d.socket = c.socket("a");
+        d.ready();
+        d
+    };
+    let mut daemon = start();
+    let sock = &daemon.socket.clone();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new(tmp.path(), "p256", "/CN=Ops CA/O=Example", Alg::EcP256);
+    let ca_pem = ca.dir.join("ca.pem");
+    let stale = tmp.path().join("stale.der");
+    std::fs::write(&stale, ca.crl(None, None, true)).unwrap();
+
+    // t1 verifies: refused without the issuer, refused stale, stored with --allow-stale.
+    let out = domsync(sock, &["crl", "put", "t1", stale.to_str().unwrap()]);
+    assert_eq!(
+        (out.code, out.stderr.lines().count()),
+        (1, 1),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("no issuer certificate"),
+        "{}",
+        out.stderr
+    );
+    ok(sock, &["issuer", "add", "t1", ca_pem.to_str().unwrap()]);
+    let out = domsync(sock, &["crl", "put", "t1", stale.to_str().unwrap()]);
+    assert_eq!(
+        (out.code, out.stderr.lines().count()),
+        (1, 1),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--allow-stale"), "{}", out.stderr);
+    ok(
+        sock,
+        &["crl", "put", "t1", stale.to_str().unwrap(), "--allow-stale"],
+    );
+    // t2 accepts a CRL of an issuer it holds no certificate of, as configured.
+    let loose = Ca::new(tmp.path(), "loose", "/CN=Loose CA", Alg::Ed25519);
+    let loose_crl = tmp.path().join("loose.der");
+    std::fs::write(&loose_crl, loose.crl(None, None, false)).unwrap();
+    ok(sock, &["crl", "put", "t2", loose_crl.to_str().unwrap()]);
+
+    let s = status_json(sock);
+    let t1 = domain_of(&s, "t1");
+    assert_eq!(t1["accept_unverified_crls"], false);
+    assert_eq!(t1["crls"][0]["issuer"], "O=Example,CN=Ops CA");
+    assert_eq!(t1["crls"][0]["next_update_unix_s"], 1_580_515_200);
+    let t2 = domain_of(&s, "t2");
+    assert_eq!(t2["accept_unverified_crls"], true);
+    assert_eq!(t2["crls"][0]["verified"], false);
+    let table = ok(sock, &["status"]);
+    assert!(
+        table.contains("WARNING: base CRL number 1 of O=Example,CN=Ops CA in domain t1 is past its nextUpdate 2020-02-01T00:00:00Z"),
+        "{table}"
+    );
+    assert!(
+        table.contains("NOTE: domain t2 accepts unverified CRLs"),
+        "{table}"
+    );
+    let list = parse_json(&ok(sock, &["crl", "list", "t2", "--json"]));
+    assert!(list["crls"][0]["verified_by"].is_null());
+
+    let page = {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.set_read_timeout(Some(GUARD)).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(
+        page.contains("domsync_crl_next_update_timestamp_seconds{domain=\"t1\",issuer=\"O=Example,CN=Ops CA\",kind=\"base\"} 1580515200"),
+        "{page}"
+    );
+
+    // The journal names the stale CRL when the daemon starts.
+    daemon.stop();
+    let before = daemon.log().len();
+    let daemon = start();
+    let line = domsync_testkit::poll::poll(GUARD, std::time::Duration::from_millis(20), || {
+        let log = daemon.log();
+        log.get(before..)
+            .and_then(|new| {
+                new.lines()
+                    .find(|l| l.contains("CRL is past its nextUpdate"))
+            })
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no stale-CRL line after the restart in:\n{log}"))
+    });
+    assert!(line.contains("domain=t1"), "{line}");
+    assert!(line.contains("2020-02-01T00:00:00Z"), "{line}");
+}

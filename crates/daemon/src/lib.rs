@@ -9,6 +9,7 @@
 
 mod admin_server;
 mod config;
+mod crl_watch;
 mod error;
 mod metrics;
 mod placement;

@@ -24,6 +24,7 @@ impl Daemon {
                 return Err(e.into());
             }
         }
+        crate::crl_watch::start(&daemon);
         Ok(daemon)
     }
 }

@@ -193,9 +193,9 @@ impl Writer {
     }
 
     /// The checks of a CRL upload, in the transaction of the write: the fields are those of
-    /// its DER; not stale unless allowed; verified against a held issuer certificate of its
+    /// its DER; verified against a held issuer certificate of its
     /// issuer name (recorded in `verified_by`), or none held and the domain accepts unverified
-    /// CRLs; a base above the held base; a delta beside a held base it applies to, above it
+    /// CRLs; not stale unless allowed; a base above the held base; a delta beside a held base it applies to, above it
     /// and above the held delta of that base.
     fn check_crl(
         &self,
@@ -214,10 +214,6 @@ impl Writer {
         parsed.verified_by = crl.verified_by;
         if parsed != *crl {
             return Ok(Some(self.invalid("the CRL's fields do not match its DER")));
-        }
-        let now = i64::try_from(now_micros() / 1_000_000).unwrap_or(i64::MAX);
-        if !allow_stale && crl.is_stale(now) {
-            return Ok(Some(crl_error(crl.stale_error())));
         }
         let certs = t.issuers_named(&self.domain, &crl.issuer)?;
         crl.verified_by = None;
@@ -245,6 +241,10 @@ impl Writer {
                     reason: last,
                 })));
             }
+        }
+        let now = i64::try_from(now_micros() / 1_000_000).unwrap_or(i64::MAX);
+        if !allow_stale && crl.is_stale(now) {
+            return Ok(Some(crl_error(crl.stale_error())));
         }
         let held = t.crls_of(&self.domain, &crl.issuer)?;
         let base = held.iter().find(|c| c.delta_base.is_none());

@@ -329,9 +329,11 @@ impl IssuerCert {
                     "{subject}: its keyUsage does not allow signing CRLs (cRLSign)"
                 )))
             }
-            (None, Some(false)) => return Err(bad(format!(
+            (None, Some(false)) => {
+                return Err(bad(format!(
                 "{subject}: its basicConstraints say it is not a CA and it has no keyUsage cRLSign"
-            ))),
+            )))
+            }
             _ => {}
         }
         Ok(IssuerCert {

@@ -80,9 +80,55 @@ pub fn status_table(s: &NodeStatus, now: SystemTime) -> String {
     for d in &s.domains {
         domain_lines(&mut out, d, now);
     }
+    for d in &s.domains {
+        for line in crl_warnings(d, now) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
     for c in &s.certificates {
         if let Some(warning) = expiry_warning(c, now) {
             let _ = writeln!(out, "{warning}");
+        }
+    }
+    out
+}
+
+/// A CRL this close to its nextUpdate is warned about.
+const CRL_WARNING_SECS: i64 = 24 * 3600;
+
+/// Warning lines about a domain's CRLs: past or near their nextUpdate, unverified, stored by
+/// an earlier release; and the domain's accept_unverified_crls setting.
+fn crl_warnings(d: &DomainReport, now: SystemTime) -> Vec<String> {
+    let now_s = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let name = &d.domain;
+    let mut out = Vec::new();
+    if d.accept_unverified_crls {
+        out.push(format!("NOTE: domain {name} accepts unverified CRLs (accept_unverified_crls = true in its configuration)"));
+    }
+    for c in &d.crls {
+        let what = format!(
+            "{} CRL number {} of {} in domain {name}",
+            c.kind, c.number, c.issuer
+        );
+        match c.next_update {
+            Some(t) if t <= now_s => out.push(format!(
+                "WARNING: {what} is past its nextUpdate {}: upload the issuer's current CRL (`domsync crl put {name} FILE`)",
+                domsync_proto::model::utc(t)
+            )),
+            Some(t) if t - now_s <= CRL_WARNING_SECS => out.push(format!(
+                "WARNING: {what} reaches its nextUpdate {} within a day: upload the issuer's next CRL",
+                domsync_proto::model::utc(t)
+            )),
+            _ => {}
+        }
+        if c.kind == "legacy" {
+            out.push(format!("WARNING: {what} was stored unverified by an earlier release: `domsync issuer add {name} CA.pem`, upload the CRL again, then `domsync crl remove {name} '{}' {} --legacy`", c.issuer, c.number));
+        } else if !c.verified {
+            out.push(format!(
+                "NOTE: {what} is stored unverified (no issuer certificate held)"
+            ));
         }
     }
     out
@@ -243,6 +289,14 @@ pub fn status_json(s: &NodeStatus) -> String {
                 "chain": r.map(|r| r.position.chain),
                 "digest": r.map(|r| r.digest.to_string()),
                 "collisions": d.collisions,
+                "accept_unverified_crls": d.accept_unverified_crls,
+                "crls": d.crls.iter().map(|c| json!({
+                    "issuer": c.issuer,
+                    "kind": c.kind,
+                    "number": c.number.to_string(),
+                    "next_update_unix_s": c.next_update,
+                    "verified": c.verified,
+                })).collect::<Vec<Value>>(),
                 "standbys": standbys,
                 "follower": follower,
             })
