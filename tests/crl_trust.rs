@@ -4,8 +4,7 @@
 //! issuer name and a huge CRL number; two issuers whose names print alike; a delta CRL beside
 //! its base; a stale nextUpdate; CRLs stored by an earlier release and how to remove them.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use domsync_proto::codec::encode_record;
 use domsync_proto::model::{
@@ -13,153 +12,7 @@ use domsync_proto::model::{
     Op, Record,
 };
 use domsync_store::{Domain, ResyncTarget, Store, StoreError, StoreOptions};
-
-/// The key algorithm (and CRL signature scheme) of a test CA.
-#[derive(Clone, Copy)]
-enum Alg {
-    Rsa,
-    RsaPss,
-    EcP256,
-    EcP384,
-    Ed25519,
-}
-
-/// A CA made with `openssl req -x509` and run with `openssl ca -gencrl`.
-struct Ca {
-    dir: PathBuf,
-    alg: Alg,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    domsync_testkit::pki::ensure_openssl();
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs (the project's setup installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn pem_to_der(pem: &[u8]) -> Vec<u8> {
-    x509_parser::pem::parse_x509_pem(pem).unwrap().1.contents
-}
-
-impl Ca {
-    /// A CA named `subject` (OpenSSL's `/A=b/C=d` form, first RDN first) in `root/label`.
-    fn new(root: &Path, label: &str, subject: &str, alg: Alg) -> Ca {
-        let dir = root.join(label);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("index.txt"), "").unwrap();
-        std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
-        std::fs::write(
-            dir.join("ca.cnf"),
-            "[ca]\ndefault_ca = dca\n[dca]\ndatabase = index.txt\ncrlnumber = crlnumber\n\
-             default_md = sha256\ndefault_crl_days = 30\ncrl_extensions = crl_ext\n\
-             [crl_ext]\nauthorityKeyIdentifier = keyid:always\n\
-             [bare_ext]\n\
-             [req]\ndistinguished_name = dn\nx509_extensions = v3_ca\n[dn]\n\
-             [v3_ca]\nbasicConstraints = critical,CA:TRUE\n\
-             keyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n",
-        )
-        .unwrap();
-        let keygen: &[&str] = match alg {
-            Alg::Rsa | Alg::RsaPss => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-            Alg::EcP256 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-            Alg::EcP384 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
-            Alg::Ed25519 => &["-algorithm", "ed25519"],
-        };
-        let mut args = vec!["genpkey"];
-        args.extend_from_slice(keygen);
-        args.extend_from_slice(&["-out", "key.pem"]);
-        openssl(&dir, &args);
-        openssl(
-            &dir,
-            &[
-                "req", "-config", "ca.cnf", "-x509", "-new", "-key", "key.pem", "-subj", subject,
-                "-days", "3650", "-out", "ca.pem",
-            ],
-        );
-        Ca { dir, alg }
-    }
-
-    /// The CA certificate, DER.
-    fn cert(&self) -> Vec<u8> {
-        pem_to_der(&std::fs::read(self.dir.join("ca.pem")).unwrap())
-    }
-
-    /// The subject as `openssl x509 -nameopt RFC2253` prints it.
-    fn openssl_subject(&self) -> String {
-        let out = Command::new("openssl")
-            .args([
-                "x509", "-in", "ca.pem", "-noout", "-subject", "-nameopt", "RFC2253",
-            ])
-            .current_dir(&self.dir)
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .trim_start_matches("subject=")
-            .to_owned()
-    }
-
-    /// Marks `serial` (hex) revoked in the CA's database.
-    fn revoke(&self, serial: &str) {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.dir.join("index.txt"))
-            .unwrap();
-        writeln!(
-            f,
-            "R\t301231235959Z\t250101000000Z\t{serial}\tunknown\t/CN=leaf {serial}"
-        )
-        .unwrap();
-    }
-
-    /// The next CRL (DER); `number` (hex) sets its CRL number, `delta_of` makes it a delta
-    /// CRL of that base number, `stale` dates it in 2020.
-    fn crl(&self, number: Option<&str>, delta_of: Option<u8>, stale: bool) -> Vec<u8> {
-        if let Some(n) = number {
-            std::fs::write(self.dir.join("crlnumber"), format!("{n}\n")).unwrap();
-        }
-        let exts = match delta_of {
-            Some(base) => {
-                let cnf = std::fs::read_to_string(self.dir.join("ca.cnf")).unwrap();
-                let cnf = format!("{cnf}[delta_ext]\n2.5.29.27 = critical,DER:02:01:{base:02x}\n");
-                std::fs::write(self.dir.join("ca.cnf"), cnf).unwrap();
-                "delta_ext"
-            }
-            None => "crl_ext",
-        };
-        let mut args = vec![
-            "ca", "-config", "ca.cnf", "-gencrl", "-keyfile", "key.pem", "-cert", "ca.pem",
-            "-crlexts", exts, "-out", "crl.pem",
-        ];
-        if let Alg::RsaPss = self.alg {
-            args.extend_from_slice(&[
-                "-sigopt",
-                "rsa_padding_mode:pss",
-                "-sigopt",
-                "rsa_pss_saltlen:digest",
-            ]);
-        }
-        if stale {
-            args.extend_from_slice(&[
-                "-crl_lastupdate",
-                "20200101000000Z",
-                "-crl_nextupdate",
-                "20200201000000Z",
-            ]);
-        }
-        openssl(&self.dir, &args);
-        pem_to_der(&std::fs::read(self.dir.join("crl.pem")).unwrap())
-    }
-}
+use domsync_testkit::openssl::{Alg, Ca};
 
 fn active(dir: &Path, name: &str) -> (Store, Domain) {
     let store = Store::open(dir, StoreOptions::new(NodeId::new("a").unwrap())).unwrap();
@@ -643,4 +496,50 @@ fn a_daemon_shows_stale_and_unverified_crls_in_status_logs_and_metrics() {
     });
     assert!(line.contains("domain=t1"), "{line}");
     assert!(line.contains("2020-02-01T00:00:00Z"), "{line}");
+}
+
+/// An authenticated writer (admin socket or remote admin) that sends a CRL op it built itself:
+/// fields that do not match the DER, a claimed verification, or the legacy op, are refused;
+/// `verified_by` is what the active found, never what the writer said.
+#[test]
+fn a_write_that_forges_a_crl_row_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_s, d) = active(&tmp.path().join("store"), "t");
+    let ca = Ca::new(tmp.path(), "p256", "/CN=Forge CA", Alg::EcP256);
+    let der = ca.crl(None, None, false);
+    let mut crl = HeldCrl::from_der(&der).unwrap();
+    crl.verified_by = Some([7; 32]);
+    let put = |crl: HeldCrl| {
+        d.write(vec![Op::PutCrl {
+            crl,
+            allow_stale: false,
+        }])
+    };
+    // Claimed verified, but no issuer held: refused.
+    assert!(matches!(
+        crl_error(put(crl.clone()).unwrap_err()),
+        CrlError::UnknownIssuer { .. }
+    ));
+    // A number that is not the DER's: refused.
+    let mut bigger = crl.clone();
+    bigger.number = CrlNumber(vec![0x7f; 20]);
+    assert!(matches!(
+        put(bigger).unwrap_err(),
+        StoreError::InvalidWrite { .. }
+    ));
+    // With the issuer held, the row records the certificate that verified it.
+    let (_, cert) = d.add_issuer(&ca.cert()).unwrap();
+    put(crl).unwrap();
+    assert_eq!(
+        d.held_crls().unwrap().value[0].verified_by,
+        Some(cert.sha256)
+    );
+    // An issuer certificate whose fields are not its DER's is refused too.
+    let mut fake = IssuerCert::from_der(&ca.cert()).unwrap();
+    fake.subject = HeldCrl::from_der(&der).unwrap().issuer;
+    fake.sha256 = [1; 32];
+    assert!(matches!(
+        d.write(vec![Op::AddIssuer(fake)]).unwrap_err(),
+        StoreError::InvalidWrite { .. }
+    ));
 }

@@ -275,6 +275,108 @@ async fn both_roles_serve_packages_and_crls_and_name_themselves() {
     }
 }
 
+/// Issuers are asked by the RFC 4514 text OpenSSL prints or by the DER of the name; a delta
+/// CRL is served beside its base, never instead of it; the issuer certificates are served
+/// too; both roles answer the same (the trust material is replicated like any row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_get_crls_by_rfc_4514_text_or_der_deltas_beside_bases_and_issuers() {
+    use domsync_proto::model::{CrlNumber, HeldCrl, IssuerCert, IssuerKey};
+    use domsync_testkit::openssl::{Alg, Ca};
+    let c = cluster(GatewayLimits::default()).await;
+    let (da, db) = (&c.on_a["tenant-a"], &c.on_b["tenant-a"]);
+    let ca = Ca::new(
+        c.dir.path(),
+        "ca",
+        "/CN=Gateway CA/O=Example/C=FR",
+        Alg::Rsa,
+    );
+    for serial in ["a1", "a2", "a3"] {
+        ca.revoke(serial);
+    }
+    let base = ca.crl(Some("03"), None, false);
+    ca.revoke("a4");
+    let delta = ca.crl(None, Some(3), false);
+    da.add_issuer(&ca.cert()).unwrap();
+    da.put_crl(&base, false).unwrap();
+    let p = da.put_crl(&delta, false).unwrap();
+    reach(db, p.lsn).await;
+    synchronized(&c.b, "tenant-a").await;
+    let text = ca.openssl_subject();
+    assert_eq!(text, "C=FR,O=Example,CN=Gateway CA");
+    let der = IssuerCert::from_der(&ca.cert())
+        .unwrap()
+        .subject
+        .der()
+        .to_vec();
+
+    for (node, role) in [(&c.a, Role::Active), (&c.b, Role::Standby)] {
+        let conn = c.connect(PeerRole::Gateway, "g1", node).await;
+        let ask = |issuer: IssuerKey, delta: bool| {
+            request(
+                "tenant-a",
+                Query::GetCrlOf {
+                    issuer,
+                    delta,
+                    if_newer_than: None,
+                },
+            )
+        };
+        let crl_of = |answer: Vec<Response>| match answer.as_slice() {
+            [Response::Crl { served, crl }] => {
+                assert_eq!(served.role, role);
+                crl.clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        let by_text = crl_of(exchange(&conn, &ask(IssuerKey::Text(text.clone()), false)).await);
+        assert_eq!(
+            (by_text.der.as_slice(), by_text.issuer.as_str()),
+            (base.as_slice(), text.as_str())
+        );
+        let by_der = crl_of(exchange(&conn, &ask(IssuerKey::Der(der.clone()), false)).await);
+        assert_eq!(by_der.der, base);
+        let d = crl_of(exchange(&conn, &ask(IssuerKey::Der(der.clone()), true)).await);
+        assert_eq!(d.der, delta);
+        assert_eq!(
+            HeldCrl::from_der(&d.der).unwrap().delta_base,
+            Some(CrlNumber(vec![3]))
+        );
+        // The old request by text gets the base as well.
+        let old = exchange(
+            &conn,
+            &request(
+                "tenant-a",
+                Query::GetCrl {
+                    issuer: text.clone(),
+                    if_newer_than: None,
+                },
+            ),
+        )
+        .await;
+        assert_eq!(crl_of(old).der, base);
+        // The first-RDN-first form is not the RFC 4514 name: nothing under it.
+        let wrong = exchange(
+            &conn,
+            &ask(
+                IssuerKey::Text("CN=Gateway CA, O=Example, C=FR".into()),
+                false,
+            ),
+        )
+        .await;
+        assert!(
+            matches!(wrong.as_slice(), [Response::NotFound { .. }]),
+            "{wrong:?}"
+        );
+        let issuers = exchange(&conn, &request("tenant-a", Query::ListIssuers)).await;
+        let [Response::Issuers { served, list }] = issuers.as_slice() else {
+            panic!("{issuers:?}")
+        };
+        assert_eq!(served.role, role);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].der, ca.cert());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_standby_waits_for_the_asked_position_or_says_it_is_behind() {
     let c = cluster(GatewayLimits::default()).await;

@@ -26,6 +26,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod openssl;
 pub mod pki;
 pub mod poll;
 pub mod process;
