@@ -231,6 +231,14 @@ async fn reads_a_policy_and_a_crl_from_the_active_and_from_a_standby() {
         let again = client.crl(&issuer()).await.unwrap();
         assert_eq!(again.origin, Origin::Confirmed);
 
+        // The issuer certificate that verified it is served too; the fixture CA has no delta.
+        let issuers = client.issuers().await.unwrap();
+        assert_eq!(issuers.items.len(), 1);
+        assert_eq!(issuers.items[0].subject.to_string(), issuer());
+        assert_eq!(issuers.served.role, role);
+        let delta = client.delta_crl(&issuer()).await.unwrap_err();
+        assert!(matches!(delta, Error::CrlNotFound { .. }), "{delta}");
+
         let missing = client.fetch("nope").await.unwrap_err();
         assert!(matches!(missing, Error::PolicyNotFound { .. }), "{missing}");
         assert_eq!(missing.to_string().lines().count(), 1);

@@ -321,6 +321,27 @@ impl Client {
         }
     }
 
+    /// The newest delta CRL of `issuer` (RFC 4514 text), held beside its base; apply it to
+    /// the base [`Client::crl`] returns when its BaseCRLNumber is at most the base's number.
+    /// Not cached.
+    ///
+    /// # Errors
+    /// [`Error::CrlNotFound`] when every node that could be asked holds no delta CRL of that
+    /// issuer; [`Error::Unavailable`] when no node could answer.
+    pub async fn delta_crl(&self, issuer: &str) -> Result<CrlCopy, Error> {
+        match self.ask(&Ask::DeltaCrl(issuer)).await {
+            Ok(Got::Crl(c)) => Ok(c),
+            Ok(_) => Err(self.unexpected()),
+            Err(Miss::Absent { served, unreached }) => Err(Error::CrlNotFound {
+                domain: self.inner.domain.clone(),
+                issuer: issuer.to_owned(),
+                served: Box::new(served),
+                unreached,
+            }),
+            Err(Miss::Failed(failures)) => Err(self.unavailable(&failures)),
+        }
+    }
+
     /// The CRL of `issuer` (RFC 4514 text, as listed): as [`Client::fetch`], by CRL number.
     ///
     /// # Errors

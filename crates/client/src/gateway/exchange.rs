@@ -59,6 +59,7 @@ pub(super) enum Ask<'a> {
     ListCrls,
     Crl(&'a str),
     ListIssuers,
+    DeltaCrl(&'a str),
 }
 
 /// One request's stream.
@@ -146,6 +147,7 @@ impl Client {
                 (got, ex.conn.rtt())
             }
             Ask::Crl(issuer) => self.crl_from(i, issuer).await?,
+            Ask::DeltaCrl(issuer) => self.delta_crl_from(i, issuer).await?,
             Ask::ListIssuers => {
                 let mut ex = self.open(i, Query::ListIssuers).await?;
                 let (served, list) = match self.read(&mut ex, Duration::ZERO).await? {
@@ -428,6 +430,43 @@ impl Client {
                         )));
                     }
                 }
+                self.note(&mut lock(&self.inner.state), &served);
+                Got::NotFound(served)
+            }
+            Response::Behind { served } => return Err(knows_behind(&served)),
+            Response::Refused(r) => return Err(Fail::Refused(r)),
+            other => return Err(Fail::Bad(format!("unexpected {}", kind(&other)))),
+        };
+        Ok((got, ex.conn.rtt()))
+    }
+}
+
+impl Client {
+    /// The newest delta CRL of `issuer` from node `i` (not cached: a delta is only useful
+    /// with the base the client holds).
+    async fn delta_crl_from(&self, i: usize, issuer: &str) -> Result<(Got, Duration), Fail> {
+        let query = Query::GetCrlOf {
+            issuer: domsync_proto::model::IssuerKey::Text(issuer.to_owned()),
+            delta: true,
+            if_newer_than: None,
+        };
+        let mut ex = self.open(i, query).await?;
+        let got = match self.read(&mut ex, Duration::ZERO).await? {
+            Response::Crl { served, crl } => {
+                if crl.issuer != issuer {
+                    return Err(Fail::Bad(format!(
+                        "asked for the delta CRL of {issuer}, got one of {}",
+                        crl.issuer
+                    )));
+                }
+                self.note(&mut lock(&self.inner.state), &served);
+                Got::Crl(CrlCopy {
+                    crl,
+                    served,
+                    origin: Origin::Fetched,
+                })
+            }
+            Response::NotFound { served } => {
                 self.note(&mut lock(&self.inner.state), &served);
                 Got::NotFound(served)
             }
