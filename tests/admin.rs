@@ -54,6 +54,10 @@ fn status_and_writes_through_the_admin_socket() {
     // The table names every domain with role, epoch and position.
     let table = ok(sock, &["status"]);
     assert!(table.starts_with("node a\n"), "{table}");
+    // stdout is a pipe here: no colour, whatever the terminal of the test run.
+    assert!(!table.contains('\x1b'), "escape codes in {table:?}");
+    let list = domsync_testkit::cli::parse_json(&ok(sock, &["collisions", "list", "t1", "--json"]));
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
     let line = |d: &str| {
         table
             .lines()

@@ -142,3 +142,99 @@ fn demo_runs_with_built_in_defaults() {
     assert!(stdout.contains("from node-"), "{stdout}");
     assert!(stdout.contains("(standby) at lsn"), "{stdout}");
 }
+
+fn help(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_domsync"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn global_options_show_only_where_they_apply_under_their_own_headings() {
+    const STORE: [&str; 2] = ["--data", "--node"];
+    const DAEMON: [&str; 4] = ["--socket", "--remote", "--admin-pki", "--admin-id"];
+    // Their own files: none of the store or daemon options.
+    for args in [
+        &["pki", "issue"][..],
+        &["pki", "init"],
+        &["pki"],
+        &["demo"],
+        &["doctor"],
+    ] {
+        let text = help(args);
+        for opt in STORE.iter().chain(&DAEMON) {
+            assert!(!text.contains(opt), "{args:?} shows {opt}:\n{text}");
+        }
+    }
+    // Daemon only: the connection, not the store.
+    for args in [&["status"][..], &["collisions", "list"], &["domain", "add"]] {
+        let text = help(args);
+        assert!(text.contains("Daemon connection:"), "{args:?}:\n{text}");
+        assert!(
+            text.contains("--socket") && !text.contains("--data"),
+            "{args:?}:\n{text}"
+        );
+    }
+    // Local only: the store, not the connection.
+    for args in [&["verify"][..], &["domain", "create"], &["log", "show"]] {
+        let text = help(args);
+        assert!(text.contains("Local store:"), "{args:?}:\n{text}");
+        assert!(
+            text.contains("--data") && !text.contains("--socket"),
+            "{args:?}:\n{text}"
+        );
+    }
+    // Both (local, or the writes sent to a daemon), each under its heading.
+    let text = help(&["kv", "put"]);
+    assert!(
+        text.contains("Local store:") && text.contains("Daemon connection:"),
+        "{text}"
+    );
+    // The hidden options are still accepted where a script gives them.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_domsync"))
+        .args(["pki", "init", "--out"])
+        .arg(dir.path().join("pki"))
+        .args(["--data", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn list_commands_answer_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(domsync(d, &["domain", "create", "t1"]).0, 0);
+    assert_eq!(domsync(d, &["kv", "put", "t1", "k", "v"]).0, 0);
+    let pol = d.join("edge.pol");
+    std::fs::write(&pol, b"allow 443").unwrap();
+    let (code, _, err) = domsync(
+        d,
+        &["policy", "install", "t1", "edge", pol.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    let json = |args: &[&str]| -> serde_json::Value {
+        let (code, out, err) = domsync(d, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+    let domains = json(&["domain", "list", "--json"]);
+    assert_eq!(domains[0]["domain"], "t1");
+    assert_eq!(domains[0]["lsn"], 2);
+    let kv = json(&["kv", "list", "t1", "--json"]);
+    assert_eq!(kv["keys"][0]["key"], "k");
+    assert_eq!(kv["keys"][0]["value"], "v");
+    let policies = json(&["policy", "list", "t1", "--json"]);
+    assert_eq!(policies["packages"][0]["name"], "edge");
+    assert_eq!(policies["packages"][0]["version"], 2);
+}

@@ -116,12 +116,18 @@ fn an_invalid_configuration_is_refused_with_every_problem_and_nothing_opened() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("domsyncd: error:"))
-        .unwrap_or_default();
-    for key in ["node.listen", "tls", "domains[0].replicas[1]"] {
-        assert!(line.contains(key), "{key} missing in {line}");
+    // A header line, then one line per problem: `FILE:LINE:COLUMN: KEY: ...`.
+    assert_eq!(err.matches("domsyncd: error:").count(), 1, "{err}");
+    let bad = path.display().to_string();
+    for want in [
+        format!("{bad}:3:10: node.listen: \"nowhere\" is not an address"),
+        format!("{bad}: tls: missing"),
+        format!("{bad}:7:18: domains[0].replicas[1]: node q"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(&want)),
+            "{want} missing in {err}"
+        );
     }
     assert!(!dir.path().join("state").exists(), "something was opened");
 }
@@ -167,8 +173,58 @@ fn metrics_are_served_in_the_prometheus_text_format() {
         assert!(page.contains(want), "{want} missing in\n{page}");
     }
     assert!(get("/other").starts_with("HTTP/1.1 404"));
+    assert!(get("/metricsx").starts_with("HTTP/1.1 404"));
+    // A query string is ignored, as Prometheus servers do.
+    let page = get("/metrics?x=1");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains("# TYPE domsync_domain_state gauge"), "{page}");
     child.signal("TERM");
     assert_eq!(wait_exit(child).0, 0);
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &["t1"], free_port());
+    // `sh` execs domsyncd with `--log-format json` before the `--config FILE` the kit adds.
+    let wrapper = [
+        "sh".to_owned(),
+        "-c".to_owned(),
+        r#"exec "$0" --log-format json "$@""#.to_owned(),
+    ];
+    let child = Daemon::spawn_wrapped("a", dir.path(), &config, GUARD, &[], &wrapper);
+    child.until("READY=1");
+    child.signal("TERM");
+    let (code, log) = wait_exit(child);
+    assert_eq!(code, 0, "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "nothing logged");
+    let mut ready = false;
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{log}"));
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{line}"
+        );
+        let message = v["fields"]["message"].as_str().unwrap_or_default();
+        ready |= message.contains("domsyncd ready");
+    }
+    assert!(ready, "no ready line in\n{log}");
+}
+
+#[test]
+fn log_format_defaults_to_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &["t1"], free_port());
+    let child = start(dir.path(), &config, None);
+    child.until("READY=1");
+    child.signal("TERM");
+    let (code, log) = wait_exit(child);
+    assert_eq!(code, 0, "{log}");
+    let first = log.lines().next().unwrap_or_default();
+    assert!(!first.starts_with('{'), "{log}");
+    assert!(log.contains("domsyncd ready"), "{log}");
 }
 
 /// One gateway request on an open connection: the list of packages of `domain`.

@@ -844,3 +844,24 @@ async fn a_package_no_node_holds_is_not_found_at_the_highest_position_naming_nod
     // And an existing package is still found.
     assert_eq!(client.fetch("fw").await.unwrap().info.stamp(), v1);
 }
+
+/// A gateway whose certificate comes from another CA: the error names the certificate problem
+/// (as the admin CLI does), not only "the last attempt failed 0 ms ago".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_with_a_certificate_from_another_ca_is_told_the_tls_reason() {
+    let c = cluster(&["a"]).await;
+    let other = tempfile::tempdir().unwrap();
+    domsync_testkit::pki::init_pki(other.path(), &[(PeerRole::Gateway, GW)]);
+    let mut config = c.config(&["a"]);
+    config.credentials = creds(other.path(), PeerRole::Gateway, GW);
+    let client = Client::new(config).unwrap();
+    let err = timeout(GUARD, client.fetch("fw"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("UnknownIssuer"), "{msg}");
+    assert!(!msg.contains("the last attempt failed"), "{msg}");
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+}

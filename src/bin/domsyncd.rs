@@ -24,6 +24,9 @@ use domsync_net::{pki, PeerRole};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
+#[path = "domsyncd/generate.rs"]
+mod generate;
+
 /// The domsync daemon.
 #[derive(Parser)]
 #[command(name = "domsyncd", version, about)]
@@ -34,21 +37,45 @@ struct Args {
     /// Check the configuration and exit (0 when it is clean).
     #[arg(long)]
     check: bool,
+    /// Log line format on stderr: `text`, or `json` (one object a line, for journald and log
+    /// shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "DOMSYNC_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line (`timestamp`, `level`, `fields`, `target`).
+    Json,
+}
+
+/// Logs to stderr in `format`, at the level `RUST_LOG` says (`info` by default).
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Some(code) = generate::intercept::<Args>() {
+        return code;
+    }
     let args = Args::parse();
+    init_logging(args.log_format);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            // Once, on stderr (the journal keeps it): not also through the log.
             eprintln!("domsyncd: error: {e}");
             ExitCode::from(1)
         }
@@ -66,6 +93,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         None => dev_instance()?,
     };
     if args.check {
+        config.check_files(&path)?;
         let crl = config.check_crl(&path)?;
         println!(
             "configuration {} is valid: node {}, {} domains ({} here)",

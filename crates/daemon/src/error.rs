@@ -34,6 +34,9 @@ pub enum DaemonError {
     /// The admin server could not start.
     #[error("{0}")]
     Admin(#[from] AdminServerError),
+    /// The configuration does not fit this machine (e.g. `node.state_dir` is a file).
+    #[error("{0}")]
+    Config(ConfigError),
     /// The domains added at runtime (`<state_dir>/admin-domains.toml`) do not fit the
     /// configuration.
     #[error("{0} (domains added with `domsync domain add`): fix the file or the configuration")]

@@ -13,6 +13,7 @@ mod crl_watch;
 mod error;
 mod metrics;
 mod placement;
+mod preflight;
 mod run;
 mod service;
 
@@ -26,4 +27,5 @@ pub use placement::{
     plan as plan_placement, Move as PlacementMove, Node as PlacementNode, Plan as PlacementPlan,
     Want as PlacementWant,
 };
+pub use preflight::SERVICE_USER;
 pub use run::{Daemon, Placement};

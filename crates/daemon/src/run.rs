@@ -90,7 +90,7 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
 
 /// Reads and checks the TLS files of `config` (certificate, key, CA, and the CRL when set)
 /// as one set, which must be this node's.
-fn load_credentials(config: &Config) -> Result<Credentials, DaemonError> {
+pub(crate) fn load_credentials(config: &Config) -> Result<Credentials, DaemonError> {
     let files = TlsFiles {
         ca: config.tls.ca.clone(),
         cert: config.tls.cert.clone(),
@@ -120,6 +120,9 @@ impl Daemon {
     /// # Errors
     /// [`DaemonError`] when the node as a whole cannot start.
     pub(crate) async fn open(file: Config) -> Result<Arc<Daemon>, DaemonError> {
+        if let Some(e) = file.state_dir_error() {
+            return Err(DaemonError::Config(e));
+        }
         let added = file
             .load_added_domains()
             .map_err(DaemonError::AddedDomains)?;

@@ -20,7 +20,11 @@ pub enum DomainCmd {
     /// Create a domain with this node as its primary (active in epoch 1).
     Create { domain: String },
     /// List the domains of this node with role and position.
-    List,
+    List {
+        /// One JSON document (an array of domains) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -42,6 +46,9 @@ pub enum KvCmd {
         prefix: String,
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// One JSON document (keys, values and the position read at) instead of the lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -61,7 +68,12 @@ pub enum PolicyCmd {
         out: Option<std::path::PathBuf>,
     },
     /// List policy packages.
-    List { domain: String },
+    List {
+        domain: String,
+        /// One JSON document (packages and the position read at) instead of the lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,7 +117,24 @@ pub fn run(data: &Path, node: &str, command: Command) -> Res {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Domain(DomainCmd::List) => {
+        Command::Domain(DomainCmd::List { json: true }) => {
+            let mut list = Vec::new();
+            for d in store.open_all()? {
+                list.push(match d.and_then(|d| d.status()) {
+                    Ok(s) => serde_json::json!({
+                        "domain": s.domain.to_string(),
+                        "role": s.role.to_string(),
+                        "epoch": s.epoch.to_string(),
+                        "lsn": s.position.lsn.0,
+                        "digest": s.digest.to_string(),
+                    }),
+                    Err(e) => serde_json::json!({ "error": e.to_string() }),
+                });
+            }
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Domain(DomainCmd::List { json: false }) => {
             println!(
                 "{:<24} {:<8} {:<14} {:>10}  digest",
                 "DOMAIN", "ROLE", "EPOCH", "LSN"
@@ -181,8 +210,28 @@ fn kv(store: &Store, cmd: KvCmd) -> Res {
             domain: d,
             prefix,
             limit,
+            json,
         } => {
             let r = domain(store, &d)?.list(prefix.as_bytes(), limit)?;
+            if json {
+                let keys: Vec<_> = r
+                    .value
+                    .iter()
+                    .map(|(k, v)| {
+                        serde_json::json!({
+                            "key": String::from_utf8_lossy(k),
+                            "value": String::from_utf8_lossy(v),
+                        })
+                    })
+                    .collect();
+                let doc = serde_json::json!({
+                    "domain": d,
+                    "position": r.position.to_string(),
+                    "keys": keys,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             for (k, v) in &r.value {
                 println!(
                     "{} = {}",
@@ -236,8 +285,29 @@ fn policy(store: &Store, cmd: PolicyCmd) -> Res {
             );
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCmd::List { domain: d } => {
+        PolicyCmd::List { domain: d, json } => {
             let r = domain(store, &d)?.policies()?;
+            if json {
+                let packages: Vec<_> = r
+                    .value
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "name": p.name,
+                            "version": p.version,
+                            "size": p.size,
+                            "sha256": hex(&p.sha256),
+                        })
+                    })
+                    .collect();
+                let doc = serde_json::json!({
+                    "domain": d,
+                    "position": r.position.to_string(),
+                    "packages": packages,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             for p in &r.value {
                 println!(
                     "{:<32} version {:>8} size {:>10} sha256 {}",

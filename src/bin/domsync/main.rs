@@ -2,10 +2,14 @@
 //! daemon mode talks to a running `domsyncd` (see [`admin`]).
 
 mod admin;
+mod colour;
 mod commands;
 mod demo;
 mod demo_cluster;
+mod doctor;
 mod gateway;
+mod generate;
+mod options;
 mod pki;
 mod trust;
 
@@ -33,16 +37,29 @@ struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = options::STORE,
         env = "DOMSYNC_DATA",
         default_value = "/var/lib/domsync"
     )]
     data: PathBuf,
     /// This node's id, used as the primary of domains created here.
-    #[arg(long, global = true, env = "DOMSYNC_NODE", default_value = "local")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = options::STORE,
+        env = "DOMSYNC_NODE",
+        default_value = "local"
+    )]
     node: String,
     /// Daemon mode: admin socket of a running domsyncd [default for status, promote,
     /// switchover, collisions: /run/domsync/admin.sock]; given, writes go to the daemon too.
-    #[arg(long, global = true, env = "DOMSYNC_SOCKET", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = options::DAEMON,
+        env = "DOMSYNC_SOCKET",
+        value_name = "PATH"
+    )]
     socket: Option<PathBuf>,
     /// Daemon mode over QUIC (ALPN domsync-admin/1): the node's id and address, ID=ADDR
     /// (e.g. a=10.0.0.1:7400; the server must hold the certificate domsync://node/<ID>), with
@@ -50,6 +67,7 @@ struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = options::DAEMON,
         env = "DOMSYNC_REMOTE",
         value_name = "ID=ADDR",
         value_parser = parse_remote,
@@ -60,12 +78,19 @@ struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = options::DAEMON,
         env = "DOMSYNC_ADMIN_PKI",
         default_value = "./pki"
     )]
     admin_pki: PathBuf,
     /// The admin's id (certificate domsync://admin/<id>), for --remote.
-    #[arg(long, global = true, env = "DOMSYNC_ADMIN_ID", value_name = "ID")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = options::DAEMON,
+        env = "DOMSYNC_ADMIN_ID",
+        value_name = "ID"
+    )]
     admin_id: Option<String>,
     #[command(subcommand)]
     command: TopCommand,
@@ -89,6 +114,10 @@ enum TopCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check this node's setup from its configuration file: configuration, certificate
+    /// expiry, peers reachable, clock skew, disk space, descriptor limit, state permissions;
+    /// one line per check with what to do (exit 1 when one fails).
+    Doctor(doctor::DoctorArgs),
     /// (daemon) Make this daemon's standby replica of DOMAIN active (manual failover);
     /// refused while the old active is seen alive or a peer holds more, unless --force.
     Promote {
@@ -222,6 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         TopCommand::Pki(cmd) => pki::run(cmd),
         TopCommand::Gateway(cmd) => gateway::run(cmd),
         TopCommand::Status { json } => admin::status(&target, json),
+        TopCommand::Doctor(args) => doctor::run(&args),
         TopCommand::Promote { domain, force } => admin::promote(&target, &domain, force),
         TopCommand::Switchover { domain, to } => admin::switchover(&target, &domain, &to),
         TopCommand::Collisions(cmd) => admin::collisions(&target, cmd),
@@ -273,7 +303,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let result = run(Cli::parse());
+    if let Some(code) = generate::intercept_with(options::command) {
+        return code;
+    }
+    let result = run(options::parse());
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -41,7 +41,9 @@ pub(super) struct Inner {
 #[derive(Default)]
 pub(super) struct Slot {
     pub(super) conn: Option<quinn::Connection>,
-    failed_at: Option<Instant>,
+    /// When the last connection attempt failed, and why (the TLS or transport reason, told
+    /// again to requests refused before the next attempt).
+    failed: Option<(Instant, String)>,
 }
 
 pub(super) struct State {
@@ -162,11 +164,12 @@ impl Client {
             }
         }
         slot.conn = None;
-        if let Some(t) = slot.failed_at {
+        if let Some((t, why)) = &slot.failed {
             if t.elapsed() < self.inner.connect_timeout {
                 return Err(Fail::Connect(format!(
-                    "the last attempt failed {} ms ago",
-                    t.elapsed().as_millis()
+                    "{why} (last attempt {} ms ago; retried after {} ms)",
+                    t.elapsed().as_millis(),
+                    self.inner.connect_timeout.as_millis()
                 )));
             }
         }
@@ -178,15 +181,23 @@ impl Client {
         match tokio::time::timeout(self.inner.connect_timeout, connecting).await {
             Ok(Ok(c)) => {
                 slot.conn = Some(c.clone());
-                slot.failed_at = None;
+                slot.failed = None;
                 Ok(c)
             }
             Ok(Err(e)) => {
-                slot.failed_at = Some(Instant::now());
-                Err(Fail::Connect(format!("{addr}: {e}")))
+                // The TLS reason (`UnknownIssuer`, `certificate expired`, ...) is in `e`.
+                let why = format!("{addr}: {e}");
+                slot.failed = Some((Instant::now(), why.clone()));
+                Err(Fail::Connect(why))
             }
             Err(_) => {
-                slot.failed_at = Some(Instant::now());
+                slot.failed = Some((
+                    Instant::now(),
+                    format!(
+                        "{addr}: no handshake within {} ms",
+                        self.inner.connect_timeout.as_millis()
+                    ),
+                ));
                 Err(Fail::Timeout("the connection"))
             }
         }

@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-use super::check::{check_domains, parse_toml, Checker, RawDomain};
+use super::check::{check_domains, read_domains};
+use super::raw::Checker;
 use super::{Config, ConfigError, DomainConfig};
 use domsync_proto::model::DomainId;
 use domsync_proto::repl::Durability;
@@ -14,13 +13,6 @@ use domsync_proto::repl::Durability;
 /// The file, under `node.state_dir`, holding the domains added at runtime with
 /// `domsync domain add` (a `[[domains]]` list like the configuration file's).
 pub const ADDED_DOMAINS_FILE: &str = "admin-domains.toml";
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdded {
-    #[serde(default)]
-    domains: Vec<RawDomain>,
-}
 
 impl Config {
     /// Where the domains added at runtime are kept: `<state_dir>/admin-domains.toml`.
@@ -39,11 +31,30 @@ impl Config {
         match std::fs::read_to_string(&path) {
             Ok(text) => self.parse_added_domains(&text, &path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(ConfigError::Read {
-                path,
-                detail: e.to_string(),
-            }),
+            Err(e) => Err(self.state_dir_error().unwrap_or(ConfigError::StateDir {
+                path: self.node.state_dir.clone(),
+                detail: format!("holds {} that cannot be read: {e}", path.display()),
+            })),
         }
+    }
+
+    /// What is wrong with `node.state_dir` when it exists but is not a directory (or cannot
+    /// be looked at).
+    pub fn state_dir_error(&self) -> Option<ConfigError> {
+        let dir = &self.node.state_dir;
+        let detail = match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => return None,
+            Ok(_) => "is not a directory".to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                "is under a regular file, not a directory".to_owned()
+            }
+            Err(e) => format!("cannot be looked at: {e}"),
+        };
+        Some(ConfigError::StateDir {
+            path: dir.clone(),
+            detail,
+        })
     }
 
     /// Parses and checks the text of an added-domains file (`path` names it in errors).
@@ -59,21 +70,18 @@ impl Config {
             path: path.to_owned(),
             problems,
         };
-        let raw: RawAdded = parse_toml(text, path)?;
-        let mut c = Checker {
-            problems: Vec::new(),
+        let mut c = Checker::new(text);
+        let Some(doc) = c.document() else {
+            return Err(invalid(c.into_problems()));
         };
-        let domains = check_domains(
-            &mut c,
-            raw.domains,
-            Some(&self.node.id),
-            &self.peers,
-            "domains",
-        );
-        if c.problems.is_empty() {
+        let top = c.table("", doc.get_ref(), &["domains"]);
+        let raw = read_domains(&mut c, &top);
+        let domains = check_domains(&mut c, raw, Some(&self.node.id), &self.peers);
+        let problems = c.into_problems();
+        if problems.is_empty() {
             Ok(domains)
         } else {
-            Err(invalid(c.problems))
+            Err(invalid(problems))
         }
     }
 

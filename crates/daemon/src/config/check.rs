@@ -6,27 +6,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use super::raw::{Checker, Fields};
 use super::{Config, ConfigError, DomainConfig, Limits, NodeSection, Problem, TlsSection};
 use domsync_proto::admin::DomainSpec;
 use domsync_proto::model::{DomainId, NodeId};
 use domsync_proto::repl::Durability;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     node: Option<RawNode>,
     tls: Option<RawTls>,
-    #[serde(default)]
-    peers: Vec<RawPeer>,
-    #[serde(default)]
+    peers: Vec<(String, RawPeer)>,
     domains: Vec<RawDomain>,
-    limits: Option<RawLimits>,
+    limits: Limits,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawNode {
     id: Option<String>,
     state_dir: Option<PathBuf>,
@@ -37,8 +30,6 @@ struct RawNode {
     region: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawTls {
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
@@ -46,77 +37,237 @@ struct RawTls {
     crl: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPeer {
     id: Option<String>,
     address: Option<String>,
     region: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawDomain {
+    /// Its key (`domains[2]`).
+    key: String,
     name: Option<String>,
-    #[serde(default)]
-    replicas: Vec<String>,
+    replicas: Option<Vec<String>>,
     durability: Option<String>,
-    #[serde(default)]
     gateways: Vec<String>,
     retention_bytes: Option<u64>,
-    weight: Option<u32>,
+    weight: Option<u64>,
     region: Option<String>,
-    #[serde(default)]
     accept_unverified_crls: bool,
 }
 
-/// Highest `[limits] gateway_connections_per_gateway` accepted.
-const MAX_CONNECTIONS_PER_GATEWAY: usize = 1 << 20;
-/// Range of `[limits] gateway_answer_timeout_ms` accepted.
-const MIN_ANSWER_TIMEOUT_MS: u128 = 100;
-const MAX_ANSWER_TIMEOUT_MS: u128 = 3_600_000;
+const ADDRESS: &str = "a string: an address IP:PORT, e.g. \"127.0.0.1:7400\"";
+const PATH: &str = "a string: a path, e.g. \"/var/lib/domsync\"";
+const NODE_ID: &str = "a string: a node id, e.g. \"a\"";
+const REGION: &str = "a string: a region name, e.g. \"eu-west\"";
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    gateway_connections: Option<usize>,
-    gateway_connections_per_gateway: Option<usize>,
-    gateway_answer_timeout_ms: Option<u64>,
-    gateway_streams: Option<usize>,
-    gateway_request_bytes: Option<usize>,
-    guard_window_ms: Option<u64>,
-    confirm_timeout_ms: Option<u64>,
+/// One `[limits]` key: its range, what it bounds, and its default.
+struct LimitRange {
+    key: &'static str,
+    min: u64,
+    max: u64,
+    what: &'static str,
 }
 
-/// TOML text into its raw shape; a syntax error or an unknown key is the file's one problem.
-pub(super) fn parse_toml<T: serde::de::DeserializeOwned>(
-    text: &str,
-    path: &Path,
-) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Invalid {
-        path: path.to_owned(),
-        problems: vec![Problem {
-            key: String::new(),
-            message: e.message().replace('\n', " "),
-        }],
-    })
+impl LimitRange {
+    fn allowed(&self) -> String {
+        format!("a whole number from {} to {}", self.min, self.max)
+    }
 }
 
-/// Collects problems while checking.
-pub(super) struct Checker {
-    pub(super) problems: Vec<Problem>,
-}
+/// Every `[limits]` key, with the range accepted.
+const LIMITS: [LimitRange; 7] = [
+    LimitRange {
+        key: "gateway_connections",
+        min: 1,
+        max: 1 << 20,
+        what: "gateway connections at once; default 4096",
+    },
+    LimitRange {
+        key: "gateway_connections_per_gateway",
+        min: 1,
+        max: 1 << 20,
+        what: "connections one gateway certificate may hold at once; default 64",
+    },
+    LimitRange {
+        key: "gateway_answer_timeout_ms",
+        min: 100,
+        max: 3_600_000,
+        what: "milliseconds a gateway answer waits to be read; default 30000",
+    },
+    LimitRange {
+        key: "gateway_streams",
+        min: 1,
+        max: 65_536,
+        what: "gateway requests in progress per connection; default 64",
+    },
+    LimitRange {
+        key: "gateway_request_bytes",
+        min: 1024,
+        max: domsync_proto::gateway::MAX_REQUEST_BYTES as u64,
+        what: "largest gateway request in bytes; default and most 65536",
+    },
+    LimitRange {
+        key: "guard_window_ms",
+        min: 100,
+        max: 600_000,
+        what: "milliseconds a sighting of the active counts as alive; default 5000",
+    },
+    LimitRange {
+        key: "confirm_timeout_ms",
+        min: 100,
+        max: 3_600_000,
+        what: "milliseconds a standby-durability write waits for its confirmation; default 5000",
+    },
+];
 
-impl Checker {
-    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            key: key.into(),
-            message: message.into(),
+/// Range of `[[domains]] retention_bytes` (64 KiB to 1 TiB).
+const RETENTION_BYTES: (u64, u64) = (64 << 10, 1 << 40);
+/// Range of `[[domains]] weight`.
+const WEIGHT: (u64, u64) = (1, 1_000_000);
+
+/// The keys of a `[[domains]]` entry.
+const DOMAIN_KEYS: &[&str] = &[
+    "name",
+    "replicas",
+    "durability",
+    "gateways",
+    "retention_bytes",
+    "weight",
+    "region",
+    "accept_unverified_crls",
+];
+
+/// Reads every `[[domains]]` entry of `top` (the document).
+pub(super) fn read_domains(c: &mut Checker<'_>, top: &Fields<'_, '_>) -> Vec<RawDomain> {
+    let mut out = Vec::new();
+    for (key, t) in top.tables(c, "domains") {
+        let f = c.table(&key, t, DOMAIN_KEYS);
+        let replicas = f.strings(c, "replicas", "node ids (strings)");
+        out.push(RawDomain {
+            name: f.string(c, "name", "a string: a domain name, e.g. \"tenant-1\""),
+            replicas: t
+                .get("replicas")
+                .is_some_and(|v| v.get_ref().is_array())
+                .then_some(replicas),
+            durability: f.string(c, "durability", "a string: local, standby or all"),
+            gateways: f.strings(c, "gateways", "gateway ids (strings)"),
+            retention_bytes: f.uint(
+                c,
+                "retention_bytes",
+                &format!(
+                    "a whole number of bytes from {} to {}",
+                    RETENTION_BYTES.0, RETENTION_BYTES.1
+                ),
+            ),
+            weight: f.uint(
+                c,
+                "weight",
+                &format!("a whole number from {} to {}", WEIGHT.0, WEIGHT.1),
+            ),
+            region: f.string(c, "region", REGION),
+            accept_unverified_crls: f.boolean(c, "accept_unverified_crls").unwrap_or(false),
+            key,
         });
     }
+    out
+}
 
+fn read_config(c: &mut Checker<'_>, doc: &toml::de::DeTable<'_>) -> RawConfig {
+    let top = c.table("", doc, &["node", "tls", "peers", "domains", "limits"]);
+    let node = top.table(c, "node").map(|t| {
+        let f = c.table(
+            "node",
+            t,
+            &[
+                "id",
+                "state_dir",
+                "listen",
+                "admin_socket",
+                "gateway_listen",
+                "metrics",
+                "region",
+            ],
+        );
+        RawNode {
+            id: f.string(c, "id", NODE_ID),
+            state_dir: f.string(c, "state_dir", PATH).map(PathBuf::from),
+            listen: f.string(c, "listen", ADDRESS),
+            admin_socket: f.string(c, "admin_socket", PATH).map(PathBuf::from),
+            gateway_listen: f.string(c, "gateway_listen", ADDRESS),
+            metrics: f.string(c, "metrics", ADDRESS),
+            region: f.string(c, "region", REGION),
+        }
+    });
+    let tls = top.table(c, "tls").map(|t| {
+        let f = c.table("tls", t, &["ca", "cert", "key", "crl"]);
+        let mut path = |k| f.string(c, k, PATH).map(PathBuf::from);
+        RawTls {
+            ca: path("ca"),
+            cert: path("cert"),
+            key: path("key"),
+            crl: path("crl"),
+        }
+    });
+    let mut peers = Vec::new();
+    for (key, t) in top.tables(c, "peers") {
+        let f = c.table(&key, t, &["id", "address", "region"]);
+        let peer = RawPeer {
+            id: f.string(c, "id", NODE_ID),
+            address: f.string(c, "address", ADDRESS),
+            region: f.string(c, "region", REGION),
+        };
+        peers.push((key, peer));
+    }
+    let domains = read_domains(c, &top);
+    let mut limits = Limits::default();
+    if let Some(t) = top.table(c, "limits") {
+        let names: Vec<&str> = LIMITS.iter().map(|l| l.key).collect();
+        let f = c.table("limits", t, &names);
+        for l in &LIMITS {
+            let Some(n) = f.uint(c, l.key, &l.allowed()) else {
+                continue;
+            };
+            if !(l.min..=l.max).contains(&n) {
+                c.problem(
+                    format!("limits.{}", l.key),
+                    format!(
+                        "{n} is out of range; must be between {} and {} ({})",
+                        l.min, l.max, l.what
+                    ),
+                );
+                continue;
+            }
+            let ms = Duration::from_millis(n);
+            let count = usize::try_from(n).unwrap_or(usize::MAX);
+            match l.key {
+                "gateway_connections" => limits.gateway_connections = count,
+                "gateway_connections_per_gateway" => {
+                    limits.gateway_connections_per_gateway = count;
+                }
+                "gateway_answer_timeout_ms" => limits.gateway_answer_timeout = ms,
+                "gateway_streams" => limits.gateway_streams = count,
+                "gateway_request_bytes" => limits.gateway_request_bytes = count,
+                "guard_window_ms" => limits.guard_window = ms,
+                "confirm_timeout_ms" => limits.confirm_timeout = ms,
+                _ => unreachable!("every limit is read"),
+            }
+        }
+    }
+    RawConfig {
+        node,
+        tls,
+        peers,
+        domains,
+        limits,
+    }
+}
+
+impl Checker<'_> {
+    /// `v`, or a problem when the key is missing (a key present with a wrong value has its
+    /// problem already).
     fn required<T>(&mut self, key: &str, v: Option<T>) -> Option<T> {
-        if v.is_none() {
+        if v.is_none() && !self.has(key) {
             self.problem(key, "missing; it is required");
         }
         v
@@ -146,19 +297,18 @@ impl Checker {
     }
 }
 
-/// Checks `[[domains]]` entries (`section` names them in problems): names valid and unique,
+/// Checks `[[domains]]` entries (each named by its key in problems): names valid and unique,
 /// replicas this node or listed peers, durability and gateway ids valid.
 pub(super) fn check_domains(
-    c: &mut Checker,
+    c: &mut Checker<'_>,
     raw: Vec<RawDomain>,
     self_id: Option<&NodeId>,
     peers: &BTreeMap<NodeId, SocketAddr>,
-    section: &str,
 ) -> Vec<DomainConfig> {
     let mut domains = Vec::new();
     let mut names = BTreeSet::new();
-    for (i, d) in raw.into_iter().enumerate() {
-        let key = format!("{section}[{i}]");
+    for d in raw {
+        let key = d.key;
         let name = c.required(&format!("{key}.name"), d.name);
         let name = name.and_then(|s| match s.parse::<DomainId>() {
             Ok(n) => Some(n),
@@ -173,13 +323,22 @@ pub(super) fn check_domains(
             }
         }
         let mut replicas = Vec::new();
-        if d.replicas.is_empty() {
-            c.problem(
-                format!("{key}.replicas"),
-                "missing; list the replica nodes, primary first",
-            );
-        }
-        for (j, r) in d.replicas.iter().enumerate() {
+        let rkey = format!("{key}.replicas");
+        let d_replicas = match d.replicas {
+            // Not a list: told already.
+            None if c.has(&rkey) => Vec::new(),
+            None => {
+                c.problem(&rkey, "missing; list the replica nodes, primary first");
+                Vec::new()
+            }
+            Some(list) => {
+                if list.is_empty() && !c.has(&format!("{rkey}[0]")) {
+                    c.problem(&rkey, "is empty; list the replica nodes, primary first");
+                }
+                list
+            }
+        };
+        for (j, r) in d_replicas.iter().enumerate() {
             let rkey = format!("{key}.replicas[{j}]");
             let Some(r) = c.node_id(&rkey, r) else {
                 continue;
@@ -216,14 +375,43 @@ pub(super) fn check_domains(
                 );
             }
         }
-        if let (Some(name), Some(durability), false) = (name, durability, replicas.is_empty()) {
+        let retention_bytes = d.retention_bytes.unwrap_or(256 << 20);
+        let retention_ok = (RETENTION_BYTES.0..=RETENTION_BYTES.1).contains(&retention_bytes);
+        if !retention_ok {
+            c.problem(
+                format!("{key}.retention_bytes"),
+                format!(
+                    "{retention_bytes} is out of range; must be between {} and {} (bytes of \
+                     change log kept; default 268435456)",
+                    RETENTION_BYTES.0, RETENTION_BYTES.1
+                ),
+            );
+        }
+        let weight = d.weight.unwrap_or(1);
+        let weight = match u32::try_from(weight) {
+            Ok(w) if (WEIGHT.0..=WEIGHT.1).contains(&weight) => Some(w),
+            _ => {
+                c.problem(
+                    format!("{key}.weight"),
+                    format!(
+                        "{weight} is out of range; must be between {} and {} (relative load \
+                         of the domain; default 1)",
+                        WEIGHT.0, WEIGHT.1
+                    ),
+                );
+                None
+            }
+        };
+        if let (Some(name), Some(durability), false, true, Some(weight)) =
+            (name, durability, replicas.is_empty(), retention_ok, weight)
+        {
             domains.push(DomainConfig {
                 name,
                 replicas,
                 durability,
                 gateways: d.gateways,
-                retention_bytes: d.retention_bytes.unwrap_or(256 << 20),
-                weight: d.weight.unwrap_or(1),
+                retention_bytes,
+                weight,
                 region: d.region,
                 accept_unverified_crls: d.accept_unverified_crls,
             });
@@ -254,10 +442,11 @@ impl Config {
             path: path.to_owned(),
             problems,
         };
-        let raw: RawConfig = parse_toml(text, path)?;
-        let mut c = Checker {
-            problems: Vec::new(),
+        let mut c = Checker::new(text);
+        let Some(doc) = c.document() else {
+            return Err(invalid(c.into_problems()));
         };
+        let raw = read_config(&mut c, doc.get_ref());
         let node = c.required("node", raw.node);
         let tls = c.required("tls", raw.tls);
         let mut self_id = None;
@@ -297,8 +486,7 @@ impl Config {
         });
         let mut peers = BTreeMap::new();
         let mut peer_regions = BTreeMap::new();
-        for (i, p) in raw.peers.into_iter().enumerate() {
-            let key = format!("peers[{i}]");
+        for (key, p) in raw.peers {
             let id = c.required(&format!("{key}.id"), p.id);
             let id = id.and_then(|s| c.node_id(&format!("{key}.id"), &s));
             let addr = c.required(&format!("{key}.address"), p.address);
@@ -316,58 +504,10 @@ impl Config {
                 }
             }
         }
-        let domains = check_domains(&mut c, raw.domains, self_id.as_ref(), &peers, "domains");
-        let defaults = Limits::default();
-        let limits = raw.limits.map_or(defaults.clone(), |l| Limits {
-            gateway_connections: l
-                .gateway_connections
-                .unwrap_or(defaults.gateway_connections),
-            gateway_connections_per_gateway: l
-                .gateway_connections_per_gateway
-                .unwrap_or(defaults.gateway_connections_per_gateway),
-            gateway_answer_timeout: l
-                .gateway_answer_timeout_ms
-                .map_or(defaults.gateway_answer_timeout, Duration::from_millis),
-            gateway_streams: l.gateway_streams.unwrap_or(defaults.gateway_streams),
-            gateway_request_bytes: l
-                .gateway_request_bytes
-                .unwrap_or(defaults.gateway_request_bytes),
-            guard_window: l
-                .guard_window_ms
-                .map_or(defaults.guard_window, Duration::from_millis),
-            confirm_timeout: l
-                .confirm_timeout_ms
-                .map_or(defaults.confirm_timeout, Duration::from_millis),
-        });
-        if !(1..=MAX_CONNECTIONS_PER_GATEWAY).contains(&limits.gateway_connections_per_gateway) {
-            c.problem(
-                "limits.gateway_connections_per_gateway",
-                format!(
-                    "must be between 1 and {MAX_CONNECTIONS_PER_GATEWAY} (connections one \
-                     gateway certificate may hold at once; default 64)"
-                ),
-            );
-        }
-        let answer_ms = limits.gateway_answer_timeout.as_millis();
-        if !(MIN_ANSWER_TIMEOUT_MS..=MAX_ANSWER_TIMEOUT_MS).contains(&answer_ms) {
-            c.problem(
-                "limits.gateway_answer_timeout_ms",
-                format!(
-                    "must be between {MIN_ANSWER_TIMEOUT_MS} and {MAX_ANSWER_TIMEOUT_MS} \
-                     (milliseconds a gateway answer waits to be read; default 30000)"
-                ),
-            );
-        }
-        if limits.gateway_request_bytes > domsync_proto::gateway::MAX_REQUEST_BYTES {
-            c.problem(
-                "limits.gateway_request_bytes",
-                format!(
-                    "at most {} bytes",
-                    domsync_proto::gateway::MAX_REQUEST_BYTES
-                ),
-            );
-        }
-        match (node, tls, c.problems.is_empty()) {
+        let domains = check_domains(&mut c, raw.domains, self_id.as_ref(), &peers);
+        let limits = raw.limits;
+        let problems = c.into_problems();
+        match (node, tls, problems.is_empty()) {
             (Some(node), Some(tls), true) => Ok(Config {
                 node,
                 tls,
@@ -376,7 +516,7 @@ impl Config {
                 domains,
                 limits,
             }),
-            _ => Err(invalid(c.problems)),
+            _ => Err(invalid(problems)),
         }
     }
 
@@ -399,6 +539,7 @@ impl Config {
                 path: path.to_owned(),
                 problems: vec![Problem {
                     key: "tls.crl".into(),
+                    at: None,
                     message: e.to_string(),
                 }],
             })
@@ -410,25 +551,18 @@ impl Config {
     /// Every problem on one line, each with the option it concerns.
     pub fn check_spec(&self, spec: &DomainSpec) -> Result<DomainConfig, String> {
         let raw = RawDomain {
+            key: "domain".into(),
             name: Some(spec.name.clone()),
-            replicas: spec.replicas.clone(),
+            replicas: Some(spec.replicas.clone()),
             durability: spec.durability.clone(),
             gateways: spec.gateways.clone(),
             retention_bytes: spec.retention_bytes,
-            weight: spec.weight,
+            weight: spec.weight.map(u64::from),
             region: spec.region.clone(),
             accept_unverified_crls: false,
         };
-        let mut c = Checker {
-            problems: Vec::new(),
-        };
-        let mut domains = check_domains(
-            &mut c,
-            vec![raw],
-            Some(&self.node.id),
-            &self.peers,
-            "domain",
-        );
+        let mut c = Checker::new("");
+        let mut domains = check_domains(&mut c, vec![raw], Some(&self.node.id), &self.peers);
         match (domains.pop(), c.problems.is_empty()) {
             (Some(d), true) => Ok(d),
             _ => Err(c
@@ -502,9 +636,14 @@ mod tests {
         ] {
             assert!(keys.contains(&k), "{k} not in {keys:?}");
         }
-        let line = err.to_string();
-        assert!(!line.contains('\n'), "{line}");
-        assert!(line.contains("x.toml"), "{line}");
+        // A header, then one line per problem, each starting with the file.
+        let text = err.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), problems.len() + 1, "{text}");
+        assert!(
+            lines[1..].iter().all(|l| l.starts_with("x.toml:")),
+            "{text}"
+        );
     }
 
     #[test]
@@ -557,5 +696,155 @@ mod tests {
         assert_eq!(c.peer_regions[&NodeId::new("b").unwrap()], "eu-west");
         let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
         assert!(c.peer_regions.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod placed {
+    //! Every problem named by its key path and `line:column`, all at once.
+    use super::super::GOOD;
+    use super::*;
+
+    /// The error's lines (header first).
+    fn refused(text: &str) -> Vec<String> {
+        let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+        err.to_string().lines().map(str::to_owned).collect()
+    }
+
+    fn has(lines: &[String], want: &str) {
+        assert!(
+            lines.iter().any(|l| l.starts_with(want)),
+            "no line starting {want:?} in {lines:#?}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_place_all_at_once() {
+        let text = GOOD
+            .replace("listen = \"127.0.0.1:7400\"", "listen = 7400")
+            .replace(
+                "replicas = [\"a\", \"b\"]",
+                "replicas = \"a\"\nretention_bytes = \"big\"",
+            )
+            .replace("guard_window_ms = 2000", "guard_window_ms = -5");
+        let lines = refused(&text);
+        assert_eq!(
+            lines[0], "configuration x.toml refused (4 problems):",
+            "{lines:#?}"
+        );
+        has(
+            &lines,
+            "x.toml:4:14: node.listen: the integer 7400 is not a string: an address IP:PORT",
+        );
+        has(
+            &lines,
+            "x.toml:14:16: domains[0].replicas: the string \"a\" is not a list of node ids",
+        );
+        has(&lines, "x.toml:15:19: domains[0].retention_bytes: the string \"big\" is not a whole number of bytes from 65536 to");
+        has(&lines, "x.toml:21:23: limits.guard_window_ms: the integer -5 is not a whole number from 100 to 600000");
+        assert!(
+            !lines.iter().any(|l| l.contains("invalid type")),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_placed_and_named() {
+        // The rest of the file is read on: its problems are listed too.
+        let text = GOOD
+            .replace("id = \"a\"", "id = \"a\"\n    id = \"c\"")
+            .replace(
+                "[limits]",
+                "[limits]\n    confirm_timeout_ms = 0\n    [node]",
+            );
+        let lines = refused(&text);
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        has(
+            &lines,
+            "x.toml:4:5: node.id: is set twice (or its table is written twice); keep one",
+        );
+        has(
+            &lines,
+            "x.toml:21:26: limits.confirm_timeout_ms: 0 is out of range",
+        );
+        has(&lines, "x.toml:22:6: node: is set twice");
+        // guard_window_ms now follows the second [node].
+        has(
+            &lines,
+            "x.toml:23:5: node.guard_window_ms: unknown key; allowed here: id,",
+        );
+    }
+
+    #[test]
+    fn a_nul_byte_and_a_bad_string_are_placed() {
+        let text = GOOD.replace("ca = \"ca.pem\"", "ca = \"ca\0.pem\"");
+        let lines = refused(&text);
+        assert!(lines.len() >= 2, "{lines:#?}");
+        has(&lines, "x.toml:6:13: tls.ca: TOML syntax error");
+        assert!(lines[1].contains("tls.ca: TOML syntax error"), "{lines:#?}");
+        assert!(lines.iter().all(|l| !l.contains('\0')), "{lines:#?}");
+        let text = GOOD.replace("cert = \"node-a.pem\"", "cert = \"node-a.pem");
+        let lines = refused(&text);
+        has(&lines, "x.toml:7:");
+        assert!(
+            lines[1].contains("tls.cert: TOML syntax error"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_placed_with_what_is_allowed() {
+        let text = GOOD.replace("[limits]", "[limits]\n    gateway_conections = 5");
+        let lines = refused(&text);
+        has(
+            &lines,
+            "x.toml:20:5: limits.gateway_conections: unknown key; allowed here: gateway_connections,",
+        );
+    }
+
+    #[test]
+    fn zero_and_absurd_limits_are_refused_with_the_range() {
+        for (key, value, range) in [
+            ("gateway_connections", "0", "between 1 and 1048576"),
+            ("gateway_connections", "100000000", "between 1 and 1048576"),
+            ("confirm_timeout_ms", "0", "between 100 and 3600000"),
+            ("guard_window_ms", "0", "between 100 and 600000"),
+            ("gateway_streams", "0", "between 1 and 65536"),
+            ("gateway_request_bytes", "0", "between 1024 and 65536"),
+            (
+                "gateway_answer_timeout_ms",
+                "99999999",
+                "between 100 and 3600000",
+            ),
+        ] {
+            let text = GOOD.replace("guard_window_ms = 2000", &format!("{key} = {value}"));
+            let lines = refused(&text);
+            has(
+                &lines,
+                &format!(
+                    "x.toml:20:{}: limits.{key}: {value} is out of range; must be {range}",
+                    key.len() + 8
+                ),
+            );
+        }
+        let text = GOOD.replace(
+            "durability = \"all\"",
+            "durability = \"all\"\nweight = 0\nretention_bytes = 0",
+        );
+        let lines = refused(&text);
+        has(
+            &lines,
+            "x.toml:19:10: domains[1].weight: 0 is out of range; must be between 1 and",
+        );
+        has(&lines, "x.toml:20:19: domains[1].retention_bytes: 0 is out of range; must be between 65536 and");
+    }
+
+    #[test]
+    fn a_missing_key_is_placed_at_its_table() {
+        let text = GOOD.replace("    key = \"node-a.key\"\n", "");
+        let lines = refused(&text);
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        has(&lines, "x.toml:5:5: tls.key: missing; it is required");
     }
 }

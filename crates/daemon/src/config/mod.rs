@@ -43,6 +43,7 @@ use domsync_proto::repl::Durability;
 
 mod added;
 mod check;
+mod raw;
 
 /// The default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/domsync/domsync.toml";
@@ -172,6 +173,9 @@ impl Default for Limits {
 pub struct Problem {
     /// The key concerned (`domains[2].replicas`), or empty for the file as a whole.
     pub key: String,
+    /// Where it is in the file: 1-based line and column, when the file has it (not for a
+    /// key that is missing with its whole table).
+    pub at: Option<(usize, usize)>,
     /// What is wrong and what to do.
     pub message: String,
 }
@@ -187,6 +191,14 @@ pub enum ConfigError {
         /// The OS error.
         detail: String,
     },
+    /// `node.state_dir` is not a usable directory.
+    #[error("node.state_dir {path} {detail}; point node.state_dir at a directory (it is created when missing)")]
+    StateDir {
+        /// The state directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The file has problems; all of them are listed.
     #[error("{}", display_problems(.path, .problems))]
     Invalid {
@@ -197,6 +209,8 @@ pub enum ConfigError {
     },
 }
 
+/// A header line, then one line per problem: `FILE:LINE:COLUMN: KEY: what is wrong; what to do`
+/// (the place left out when the file does not have it, the key when it is the file's syntax).
 fn display_problems(path: &Path, problems: &[Problem]) -> String {
     let mut out = format!(
         "configuration {} refused ({} problem{}):",
@@ -205,18 +219,22 @@ fn display_problems(path: &Path, problems: &[Problem]) -> String {
         if problems.len() == 1 { "" } else { "s" }
     );
     for p in problems {
-        if p.key.is_empty() {
-            out.push_str(&format!(" [{}]", p.message));
-        } else {
-            out.push_str(&format!(" [{}: {}]", p.key, p.message));
-        }
+        out.push_str(&format!("\n{}:{p}", path.display()));
     }
     out
 }
 
+/// `LINE:COLUMN: KEY: message`, without the parts it does not have; starts with a space when
+/// there is no place (it follows `FILE:`).
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        if let Some((line, column)) = self.at {
+            write!(f, "{line}:{column}:")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, " {}:", self.key)?;
+        }
+        write!(f, " {}", self.message)
     }
 }
 

@@ -30,6 +30,15 @@ pub fn render(daemon: &Daemon) -> String {
     table::render(&state::gather(daemon))
 }
 
+/// Whether a request head asks for `GET /metrics`, with or without a query string (which is
+/// ignored, as Prometheus servers do: `GET /metrics?x=1`).
+fn is_metrics_request(head: &[u8]) -> bool {
+    let Some(rest) = head.strip_prefix(b"GET /metrics") else {
+        return false;
+    };
+    matches!(rest.first(), Some(b' ' | b'?'))
+}
+
 /// Serves `GET /metrics` on `addr` until the task is dropped. Each connection gets one answer
 /// and is closed; a request head is read for at most 5 s and 8 KiB.
 ///
@@ -65,7 +74,7 @@ pub async fn serve(addr: SocketAddr, daemon: Arc<Daemon>) -> std::io::Result<()>
                 if read.is_err() {
                     return;
                 }
-                let (status, body) = if head.starts_with(b"GET /metrics ") {
+                let (status, body) = if is_metrics_request(&head) {
                     ("200 OK", render(&daemon))
                 } else {
                     ("404 Not Found", "only GET /metrics is served\n".to_owned())

@@ -257,3 +257,14 @@ domsync_gateway_requests_total{result="not_found"} 3
 # TYPE domsync_gateway_connections gauge
 domsync_gateway_connections 2
 "##;
+
+#[test]
+fn query_strings_are_ignored_other_paths_are_not() {
+    use super::is_metrics_request;
+    assert!(is_metrics_request(b"GET /metrics HTTP/1.1\r\n\r\n"));
+    assert!(is_metrics_request(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"));
+    assert!(is_metrics_request(b"GET /metrics? HTTP/1.1\r\n\r\n"));
+    assert!(!is_metrics_request(b"GET /metricsx HTTP/1.1\r\n\r\n"));
+    assert!(!is_metrics_request(b"GET /metrics/x HTTP/1.1\r\n\r\n"));
+    assert!(!is_metrics_request(b"POST /metrics HTTP/1.1\r\n\r\n"));
+}

@@ -19,7 +19,12 @@ use super::*;
 #[derive(Subcommand)]
 pub enum CollisionsCmd {
     /// List the records of a domain's collision archive on the daemon's node.
-    List { domain: String },
+    List {
+        domain: String,
+        /// One JSON document (an array of archived records) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one archived record and its ops.
     Show { domain: String, id: u64 },
     /// Write an archived record's ops again on the domain's active, then remove it from the
@@ -42,13 +47,30 @@ pub enum CollisionsCmd {
 /// `domsync collisions ...`.
 pub fn collisions(target: &Target, cmd: CollisionsCmd) -> Res {
     match cmd {
-        CollisionsCmd::List { domain: d } => {
+        CollisionsCmd::List { domain: d, json } => {
             match call_one(
                 target,
                 &Request::Collisions {
                     domain: domain(&d)?,
                 },
             )? {
+                Answer::Collisions { list, .. } if json => {
+                    let doc: Vec<_> = list
+                        .iter()
+                        .map(|a| {
+                            serde_json::json!({
+                                "id": a.id,
+                                "epoch": a.epoch.to_string(),
+                                "lsn": a.lsn,
+                                "written": rfc3339_micros(a.time),
+                                "ops": a.ops,
+                                "bytes": a.bytes,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                    Ok(ExitCode::SUCCESS)
+                }
                 Answer::Collisions { domain, list } => {
                     println!(
                         "{:>6}  {:<14} {:>8}  {:<27} {:>5} {:>9}",

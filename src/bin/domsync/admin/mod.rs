@@ -83,7 +83,12 @@ pub fn status(target: &Target, json: bool) -> Res {
             if json {
                 println!("{}", status_json(&s));
             } else {
-                print!("{}", status_table(&s, SystemTime::now()));
+                let table = status_table(&s, SystemTime::now());
+                if crate::colour::stdout_wants_colour() {
+                    print!("{}", crate::colour::paint_status(&table));
+                } else {
+                    print!("{table}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
