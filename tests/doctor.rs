@@ -45,13 +45,29 @@ fn doctor_is_all_ok_for_a_running_node_and_fails_on_a_peer_down_or_a_missing_cer
             "{check}: {out}"
         );
     }
-    // Not measured, and said so: never an "ok".
-    let skew = line(&out.stdout, "clock skew");
+    // a is the active: it follows nothing of b, so the skew to b is not measured here, and
+    // said so: never an "ok".
+    let skew = line(&out.stdout, "clock skew to b");
     assert!(
-        skew.starts_with("skip ") && skew.contains("not checked"),
+        skew.starts_with("skip ") && skew.contains("not measured from here"),
         "{skew}"
     );
     assert!(!out.stdout.contains("FAIL"), "{out}");
+    // b follows a: its daemon measures a's clock on the heartbeats (same machine: near 0).
+    let on_b = domsync_testkit::poll::poll(
+        domsync_testkit::poll::GUARD,
+        std::time::Duration::from_millis(50),
+        || {
+            let out = doctor(&c.config_path("b"), &[]);
+            let skew = line(&out.stdout, "clock skew to a").to_owned();
+            if skew.starts_with("ok ") {
+                Ok(skew)
+            } else {
+                Err(format!("no measured skew yet: {out}"))
+            }
+        },
+    );
+    assert!(on_b.contains(" ms (this clock minus a's"), "{on_b}");
 
     let json = parse_json(&doctor(&config, &["--json"]).stdout);
     let checks = json.as_array().unwrap();

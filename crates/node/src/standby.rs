@@ -35,6 +35,9 @@ pub struct FollowerReport {
     pub resyncs: u64,
     /// True while a stream to the active is open.
     pub connected: bool,
+    /// This node's clock minus the active's, in milliseconds, from the active's latest
+    /// heartbeat (it includes the one-way network delay); `None` before one arrived.
+    pub clock_skew_ms: Option<i64>,
 }
 
 pub(super) struct StandbyDomain {
@@ -43,6 +46,8 @@ pub(super) struct StandbyDomain {
     active: Mutex<NodeId>,
     follower: Mutex<Follower>,
     resyncs: Mutex<u64>,
+    /// This node's clock minus the active's (ms), measured on the latest heartbeat.
+    clock_skew_ms: Mutex<Option<i64>>,
     /// Set to stop following (unfollow or node shutdown).
     stop: watch::Sender<bool>,
     /// The task following the domain: a follower that replaces this one starts only once it
@@ -82,6 +87,7 @@ impl Node {
             domain: domain.clone(),
             active: Mutex::new(active),
             resyncs: Mutex::new(0),
+            clock_skew_ms: Mutex::new(None),
             stop: watch::channel(false).0,
             task: Mutex::new(None),
         });
@@ -196,6 +202,7 @@ impl Node {
         let position = sd.domain.subscribe().borrow().clone();
         let resyncs = *lock(&sd.resyncs);
         let fork = collision_fork(&sd.domain).ok().flatten();
+        let clock_skew_ms = *lock(&sd.clock_skew_ms);
         let mut f = lock(&sd.follower);
         f.set_collision_fork(fork);
         let now = Instant::now();
@@ -215,6 +222,7 @@ impl Node {
             connected: f
                 .last_heard()
                 .is_some_and(|t| now.saturating_duration_since(t) <= self.inner.config.stream_idle),
+            clock_skew_ms,
         })
     }
 
@@ -356,6 +364,11 @@ impl StandbyStream {
                     };
                     actions = match m {
                         Some(Ok(message)) => {
+                            if let domsync_proto::repl::Message::Heartbeat { time, .. } = &message {
+                                let skew = i128::from(super::wall_micros()) - i128::from(*time);
+                                let ms = i64::try_from(skew / 1000).unwrap_or(i64::MAX);
+                                *lock(&self.sd.clock_skew_ms) = Some(ms);
+                            }
                             let mut actions = lock(&self.sd.follower).on_message(message, now);
                             self.take_queued(&mut inbox, &mut actions, now);
                             merge_applies(actions)

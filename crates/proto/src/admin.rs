@@ -476,6 +476,9 @@ pub struct FollowerState {
     pub recent_errors: Vec<(u64, String)>,
     /// True while a stream to the active is open.
     pub connected: bool,
+    /// This node's clock minus the active's, in milliseconds, from the active's latest
+    /// heartbeat (includes the one-way delay); `None` before one arrived.
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// A record of the collision archive, without its ops.

@@ -1084,6 +1084,7 @@ fn node_status() -> admin::NodeStatus {
             (1_700_000_110_000, "stream reset by node-a".into()),
         ],
         connected: false,
+        clock_skew_ms: Some(-12),
     };
     let standby_here = |name: &str, status, collisions| DomainReport {
         domain: domain(name),

@@ -5,8 +5,10 @@
 //! Checked: the configuration (parsed and checked as `domsyncd` does), the node's TLS files and
 //! its certificate's expiry, each configured peer (a QUIC handshake with the node's own
 //! credentials, bounded), the disk space of the state directory, the open-file limit and the
-//! permissions of the state directory and key. Clock skew to the peers is not measured (no
-//! protocol message carries a peer's clock): it is reported as not checked, never as ok.
+//! permissions of the state directory and key. Clock skew to a peer is what the local daemon
+//! measured on the heartbeats of an active it follows (this clock minus the active's, network
+//! delay included); a peer it follows no domain of, or a daemon that does not answer, is
+//! reported as not measured, never as ok.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -146,12 +148,7 @@ fn checks(path: &Path, timeout: Duration) -> Vec<Check> {
     };
     let creds = credentials(&config, &mut out);
     peers(&config, creds.as_ref(), timeout, &mut out);
-    out.push(check(
-        "clock skew",
-        Status::Skip,
-        "not checked: no peer's clock is available to compare",
-        "keep every node on NTP (timedatectl show -p NTPSynchronized)",
-    ));
+    clock(&config, timeout, &mut out);
     disk(&config.node.state_dir, &mut out);
     descriptors(&mut out);
     permissions(&config, &mut out);
@@ -522,5 +519,90 @@ fn permissions(config: &Config, out: &mut Vec<Check>) {
                 "",
             )
         });
+    }
+}
+
+/// A skew up to this is fine; up to [`SKEW_FAIL_MS`] it is warned about.
+const SKEW_WARN_MS: i64 = 500;
+const SKEW_FAIL_MS: i64 = 5_000;
+
+/// Clock skew to each peer, as the local daemon measured it on heartbeats of the actives it
+/// follows.
+fn clock(config: &Config, timeout: Duration, out: &mut Vec<Check>) {
+    use domsync_client::admin::{Session, Target};
+    use domsync_proto::admin::{Answer, Request};
+    const TODO: &str = "keep every node on NTP (timedatectl show -p NTPSynchronized)";
+    let socket = config.node.admin_socket.clone();
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                tokio::time::timeout(timeout, async {
+                    let mut s = Session::open(&Target::Socket(socket.clone())).await?;
+                    let answer = s.call(&Request::Status).await;
+                    s.close().await;
+                    answer
+                })
+                .await
+                .map_err(|_| format!("no answer within {timeout:?}"))?
+            })
+        });
+    let status = match asked {
+        Ok(Answer::Status(s)) => s,
+        Ok(other) => {
+            out.push(check(
+                "clock skew",
+                Status::Skip,
+                format!("not measured: unexpected answer from the daemon: {other:?}"),
+                TODO,
+            ));
+            return;
+        }
+        Err(e) => {
+            out.push(check(
+                "clock skew",
+                Status::Skip,
+                format!(
+                    "not measured: the local domsyncd does not answer at {} ({e}); a running daemon measures it",
+                    socket.display()
+                ),
+                TODO,
+            ));
+            return;
+        }
+    };
+    for peer in config.peers.keys().filter(|p| **p != config.node.id) {
+        let worst = status
+            .domains
+            .iter()
+            .filter_map(|d| d.follower.as_ref())
+            .filter(|f| f.active == *peer)
+            .filter_map(|f| f.clock_skew_ms)
+            .max_by_key(|ms| ms.unsigned_abs());
+        let name = format!("clock skew to {peer}");
+        match worst {
+            None => out.push(check(
+                name,
+                Status::Skip,
+                "not measured from here: this node follows no domain whose active it is (run doctor on its standbys)",
+                TODO,
+            )),
+            Some(ms) => {
+                let level = match ms.unsigned_abs() {
+                    a if a <= SKEW_WARN_MS.unsigned_abs() => Status::Ok,
+                    a if a <= SKEW_FAIL_MS.unsigned_abs() => Status::Warn,
+                    _ => Status::Fail,
+                };
+                let todo = if level == Status::Ok { "" } else { TODO };
+                out.push(check(
+                    name,
+                    level,
+                    format!("{ms} ms (this clock minus {peer}'s, from its heartbeats, network delay included)"),
+                    todo,
+                ));
+            }
+        }
     }
 }

@@ -87,6 +87,7 @@ pub(super) fn status(daemon: &Daemon) -> NodeStatus {
                 .map(|(at, why)| (millis(at), why))
                 .collect(),
             connected: f.connected,
+            clock_skew_ms: f.clock_skew_ms,
         });
         domains.push(report);
     }

@@ -276,6 +276,7 @@ pub fn status_json(s: &NodeStatus) -> String {
                     "last_error": f.last_error,
                     "recent_errors": recent,
                     "connected": f.connected,
+                    "clock_skew_ms": f.clock_skew_ms,
                 })
             });
             let r = d.replica.as_ref();
