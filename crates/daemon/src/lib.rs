@@ -29,3 +29,30 @@ pub use placement::{
 };
 pub use preflight::SERVICE_USER;
 pub use run::{Daemon, Placement};
+
+/// The issuer certificates and CRLs of `domain` (one read), without the CRLs' bytes, as the
+/// admin `Trust` request answers and `domsync crl|issuer list` shows them.
+///
+/// # Errors
+/// [`domsync_store::StoreError`] when the domain cannot be read.
+pub fn trust_report(
+    d: &domsync_store::Domain,
+    domain: domsync_proto::model::DomainId,
+) -> Result<domsync_proto::admin::TrustReport, domsync_store::StoreError> {
+    let read = d.trust()?;
+    let (issuers, mut crls, mut legacy) = read.value;
+    for c in &mut crls {
+        c.der = Vec::new();
+    }
+    for c in &mut legacy {
+        c.der = Vec::new();
+    }
+    Ok(domsync_proto::admin::TrustReport {
+        domain,
+        accept_unverified_crls: d.accepts_unverified_crls(),
+        issuers,
+        crls,
+        legacy,
+        position: read.position,
+    })
+}

@@ -65,7 +65,7 @@ pub use error::StoreError;
 #[cfg(any(test, feature = "testing"))]
 pub use faults::{FaultKind, FaultPlan, FaultyBackend};
 pub use log::{ArchivedRecord, Fault, InspectedRecord, LogEntry, VerifyReport};
-pub use read::{KeyValue, PolicyReader, Read};
+pub use read::{KeyValue, PolicyReader, Read, Trust};
 #[cfg(feature = "replica")]
 pub use resync::{Resync, ResyncTarget};
 pub use snapshot::Snapshot;

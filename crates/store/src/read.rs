@@ -10,6 +10,10 @@ use super::tables::{
 };
 use std::collections::BTreeSet;
 
+/// A domain's trust material: issuer certificates, held CRLs, legacy CRLs (see
+/// [`Reader::trust`]).
+pub type Trust = (Vec<IssuerCert>, Vec<HeldCrl>, Vec<Crl>);
+
 use domsync_proto::model::{
     Crl, DistinguishedName, DomainId, Epoch, HeldCrl, IssuerCert, IssuerKey, Policy, PolicyInfo,
     Position, Role,
@@ -298,6 +302,24 @@ impl Domain {
     pub fn legacy_crls(&self) -> Result<Read<Vec<Crl>>, StoreError> {
         let id = &self.inner.id;
         self.read(|txn| legacy_rows(id, txn))
+    }
+
+    /// The issuer certificates, the held CRLs and the legacy CRLs, read in one transaction so
+    /// the three agree with the position reported.
+    ///
+    /// # Errors
+    /// [`StoreError::Storage`] or [`StoreError::Corrupt`].
+    pub fn trust(&self) -> Result<Read<Trust>, StoreError> {
+        let id = &self.inner.id;
+        self.read(|txn| {
+            let table = txn.open_table(ISSUER).or_storage(id)?;
+            let mut issuers = Vec::new();
+            for entry in table.iter().or_storage(id)? {
+                let (_, v) = entry.or_storage(id)?;
+                issuers.push(decode_held(id, "issuer row", v.value())?);
+            }
+            Ok((issuers, held_rows(id, txn)?, legacy_rows(id, txn)?))
+        })
     }
 
     /// The issuer certificates held, in subject order (by DER).

@@ -96,18 +96,10 @@ pub enum Source<'a> {
 impl Source<'_> {
     fn report(&self, domain: &DomainId) -> Result<TrustReport, Box<dyn std::error::Error>> {
         match self {
-            Source::Local(store) => {
-                let d = store.domain(domain)?;
-                let issuers = d.issuers()?;
-                Ok(TrustReport {
-                    domain: domain.clone(),
-                    accept_unverified_crls: false,
-                    issuers: issuers.value,
-                    crls: d.held_crls()?.value,
-                    legacy: d.legacy_crls()?.value,
-                    position: issuers.position,
-                })
-            }
+            Source::Local(store) => Ok(domsync_daemon::trust_report(
+                &store.domain(domain)?,
+                domain.clone(),
+            )?),
             Source::Daemon(target) => match admin::call(
                 target,
                 &Request::Trust {
@@ -115,8 +107,7 @@ impl Source<'_> {
                 },
             )? {
                 Answer::Trust(r) => Ok(r),
-                Answer::Error(e) => Err(e.to_string().into()),
-                other => Err(format!("unexpected answer from the daemon: {other:?}").into()),
+                other => Err(refused(other)),
             },
         }
     }
@@ -136,10 +127,17 @@ impl Source<'_> {
                 },
             )? {
                 Answer::Written { position, .. } => Ok(position),
-                Answer::Error(e) => Err(e.to_string().into()),
-                other => Err(format!("unexpected answer from the daemon: {other:?}").into()),
+                other => Err(refused(other)),
             },
         }
+    }
+}
+
+/// An answer that is not the one asked for: the daemon's error, or an unexpected answer.
+fn refused(answer: Answer) -> Box<dyn std::error::Error> {
+    match answer {
+        Answer::Error(e) => e.to_string().into(),
+        other => format!("unexpected answer from the daemon: {other:?}").into(),
     }
 }
 

@@ -289,22 +289,7 @@ async fn reapply(daemon: &Daemon, domain: DomainId, id: u64) -> Result<Answer, A
 
 /// The trust material of a domain, without the CRLs' bytes.
 fn trust(d: &Domain, domain: DomainId) -> Result<Answer, AdminError> {
-    let failed = |e: StoreError| AdminError::Failed(e.to_string());
-    let issuers = d.issuers().map_err(failed)?;
-    let mut crls = d.held_crls().map_err(failed)?.value;
-    let mut legacy = d.legacy_crls().map_err(failed)?.value;
-    for c in &mut crls {
-        c.der = Vec::new();
-    }
-    for c in &mut legacy {
-        c.der = Vec::new();
-    }
-    Ok(Answer::Trust(domsync_proto::admin::TrustReport {
-        domain,
-        accept_unverified_crls: d.accepts_unverified_crls(),
-        issuers: issuers.value,
-        crls,
-        legacy,
-        position: issuers.position,
-    }))
+    crate::trust_report(d, domain)
+        .map(Answer::Trust)
+        .map_err(|e| AdminError::Failed(e.to_string()))
 }
