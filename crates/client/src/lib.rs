@@ -8,4 +8,5 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod app;
 pub mod gateway;

@@ -247,10 +247,26 @@ impl Node {
     /// write committed locally but the standbys did not confirm it in time,
     /// [`WriteError::NotServed`] when the domain is not active here.
     pub async fn write(&self, domain: &DomainId, ops: Vec<Op>) -> Result<Position, WriteError> {
+        self.write_if(domain, Vec::new(), ops).await
+    }
+
+    /// [`Node::write`] only when every condition holds, checked in the transaction that
+    /// writes (an application's transaction).
+    ///
+    /// # Errors
+    /// As [`Node::write`]; [`WriteError::Store`] with
+    /// [`StoreError::Conflict`](domsync_store::StoreError::Conflict) when a condition fails
+    /// (nothing committed).
+    pub async fn write_if(
+        &self,
+        domain: &DomainId,
+        conditions: Vec<domsync_proto::app::Condition>,
+        ops: Vec<Op>,
+    ) -> Result<Position, WriteError> {
         let ad = self.active(domain).ok_or_else(|| WriteError::NotServed {
             domain: domain.clone(),
         })?;
-        let position = ad.domain.write_async(ops).await?;
+        let position = ad.domain.write_if_async(conditions, ops).await?;
         let mode = ad.config.durability;
         if mode == Durability::Local {
             return Ok(position);

@@ -424,6 +424,7 @@ impl ActiveStream {
 fn item_size(item: &SnapshotItem) -> usize {
     match item {
         SnapshotItem::Kv { key, value } => key.len() + value.len() + 8,
+        SnapshotItem::KvAt { key, value, .. } => key.len() + value.len() + 16,
         SnapshotItem::Policy(p) => p.content.len() + p.info.name.len() + 64,
         SnapshotItem::LegacyCrl(c) => c.der.len() + c.issuer.len() + 64,
         SnapshotItem::Issuer(c) => c.der.len() + c.subject.der().len() + 64,

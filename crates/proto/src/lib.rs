@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod app;
 pub mod codec;
 pub mod gateway;
 pub mod model;

@@ -127,6 +127,7 @@ variants! {
         SnapshotItem::LegacyCrl(_) => "SnapshotItem::LegacyCrl",
         SnapshotItem::Issuer(_) => "SnapshotItem::Issuer",
         SnapshotItem::Crl(_) => "SnapshotItem::Crl",
+        SnapshotItem::KvAt { .. } => "SnapshotItem::KvAt",
     }
 }
 
@@ -682,6 +683,14 @@ fn repl_samples() -> Samples<Message> {
                 SnapshotItem::Issuer(issuer_cert()),
                 SnapshotItem::Crl(held_crl(false)),
             ]),
+        ),
+        (
+            "snapshot-rows-versioned",
+            Message::SnapshotRows(vec![SnapshotItem::KvAt {
+                key: b"rule/7".to_vec(),
+                value: b"allow 443".to_vec(),
+                version: Lsn(299),
+            }]),
         ),
         ("snapshot-end", Message::SnapshotEnd { rows: 1_000_003 }),
         (

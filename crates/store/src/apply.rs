@@ -18,11 +18,17 @@ pub(crate) fn apply_ops(
 ) -> Result<(), StoreError> {
     for op in &record.ops {
         match op {
-            Op::Put { key, value } => put_kv(domain, t, key, value, digest)?,
+            Op::Put { key, value } => {
+                put_kv(domain, t, key, value, digest)?;
+                t.kv_version
+                    .insert(key.as_slice(), record.lsn.0)
+                    .or_storage(domain)?;
+            }
             Op::Delete { key } => {
                 if let Some(old) = t.kv.remove(key.as_slice()).or_storage(domain)? {
                     digest.remove(DigestTable::Kv, key, old.value());
                 }
+                t.kv_version.remove(key.as_slice()).or_storage(domain)?;
             }
             Op::InstallPolicy { name, content } => {
                 let info = PolicyInfo {

@@ -13,6 +13,7 @@ use super::meta::DomainMeta;
 use super::read::Read;
 use super::tables::{META, META_KEY};
 use super::writer::{Committed, Counters, Outcome, Reply, Request, Work};
+use domsync_proto::app::Condition;
 use domsync_proto::model::StateDigest;
 use domsync_proto::model::{
     CrlNumber, DistinguishedName, DomainId, DomainUid, Epoch, HeldCrl, HistoryEntry, IssuerCert,
@@ -208,6 +209,35 @@ impl Domain {
     pub async fn write_async(&self, ops: Vec<Op>) -> Result<Position, StoreError> {
         self.submit_async(Work::Write(ops))
             .await
+            .map(|c| c.position)
+    }
+
+    /// Commits `ops` as one transaction, as [`Domain::write_async`], only when every condition
+    /// holds in that transaction (so against every write before it).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] naming the first failed condition (nothing is committed);
+    /// otherwise as [`Domain::write`].
+    pub async fn write_if_async(
+        &self,
+        conditions: Vec<Condition>,
+        ops: Vec<Op>,
+    ) -> Result<Position, StoreError> {
+        self.submit_async(Work::WriteIf(conditions, ops))
+            .await
+            .map(|c| c.position)
+    }
+
+    /// [`Domain::write_if_async`] for blocking callers.
+    ///
+    /// # Errors
+    /// As [`Domain::write_if_async`].
+    pub fn write_if(
+        &self,
+        conditions: Vec<Condition>,
+        ops: Vec<Op>,
+    ) -> Result<Position, StoreError> {
+        self.submit(Work::WriteIf(conditions, ops))
             .map(|c| c.position)
     }
 

@@ -8,6 +8,27 @@ use domsync_proto::model::{CrlError, CrlNumber, DomainId, Epoch, Lsn, NodeId};
 /// What a store operation can fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// A condition of a transaction failed: nothing was written.
+    #[error("domain {domain}: condition {index} failed on key {}: {}; read it again and retry", domsync_proto::app::show_key(key), match current { Some(v) => format!("its version is now {v}"), None => "it does not exist".to_owned() })]
+    Conflict {
+        /// The domain.
+        domain: DomainId,
+        /// Index of the first failed condition.
+        index: u32,
+        /// Its key.
+        key: Vec<u8>,
+        /// The key's current version (`None`: absent).
+        current: Option<Lsn>,
+    },
+    /// A position asked for is not in this replica's history: the record held at its lsn
+    /// differs, or this replica has not reached it.
+    #[error("domain {domain} on this node does not hold lsn {lsn} of the asked history: read again from a current position")]
+    NotInHistory {
+        /// The domain.
+        domain: DomainId,
+        /// The lsn asked.
+        lsn: Lsn,
+    },
     /// A write reached a replica that is not active.
     #[error("domain {domain} is standby on this node and read-only: {}", match active { Some(n) => format!("write on its active node {n}"), None => "this node does not know which node is active: run `domsync status` on the domain's other replicas, and promote one only if none is active".to_string() })]
     NotActive {

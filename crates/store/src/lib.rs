@@ -34,6 +34,7 @@
 mod apply;
 mod backend;
 mod domain;
+mod entries;
 mod error;
 #[cfg(any(test, feature = "testing"))]
 mod faults;
@@ -61,6 +62,7 @@ use tokio::sync::watch;
 
 pub use backend::{open_file, BackendFactory};
 pub use domain::{Domain, DomainStatus, WriterStats};
+pub use entries::{KeyChanges, ScanPage};
 pub use error::StoreError;
 #[cfg(any(test, feature = "testing"))]
 pub use faults::{FaultKind, FaultPlan, FaultyBackend};

@@ -348,7 +348,22 @@ fn add_row(
     digest: &mut StateDigest,
 ) -> Result<(), StoreError> {
     match item {
-        SnapshotItem::Kv { key, value } => put_kv(id, t, key, value, digest),
+        SnapshotItem::Kv { key, value } => {
+            put_kv(id, t, key, value, digest)?;
+            t.kv_version.remove(key.as_slice()).or_storage(id)?;
+            Ok(())
+        }
+        SnapshotItem::KvAt {
+            key,
+            value,
+            version,
+        } => {
+            put_kv(id, t, key, value, digest)?;
+            t.kv_version
+                .insert(key.as_slice(), version.0)
+                .or_storage(id)?;
+            Ok(())
+        }
         SnapshotItem::Policy(p) => {
             let refuse = |reason: String| StoreError::InvalidWrite {
                 domain: id.clone(),

@@ -5,7 +5,8 @@ use redb::{ReadTransaction, ReadableTable};
 use super::domain::Domain;
 use super::error::{StorageResult, StoreError};
 use super::tables::{
-    decode_crl, decode_held, decode_policy, CRL, CRLS, ISSUER, KV, POLICY, POLICY_CONTENT,
+    decode_crl, decode_held, decode_policy, CRL, CRLS, ISSUER, KV, KV_VERSION, POLICY,
+    POLICY_CONTENT,
 };
 use domsync_proto::model::{
     DomainId, DomainUid, Epoch, HistoryEntry, Lsn, Policy, Position, SnapshotItem, StateDigest,
@@ -72,6 +73,7 @@ impl Snapshot {
         mut f: impl FnMut(SnapshotItem) -> Result<(), E>,
     ) -> Result<(), E> {
         let id = &self.domain;
+        let versions = self.txn.open_table(KV_VERSION).or_storage(id)?;
         for entry in self
             .txn
             .open_table(KV)
@@ -80,10 +82,16 @@ impl Snapshot {
             .or_storage(id)?
         {
             let (k, v) = entry.or_storage(id)?;
-            f(SnapshotItem::Kv {
-                key: k.value().to_vec(),
-                value: v.value().to_vec(),
-            })?;
+            let key = k.value().to_vec();
+            let value = v.value().to_vec();
+            match versions.get(key.as_slice()).or_storage(id)? {
+                Some(version) => f(SnapshotItem::KvAt {
+                    key,
+                    value,
+                    version: Lsn(version.value()),
+                })?,
+                None => f(SnapshotItem::Kv { key, value })?,
+            }
         }
         let contents = self.txn.open_table(POLICY_CONTENT).or_storage(id)?;
         for entry in self

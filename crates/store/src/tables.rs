@@ -3,6 +3,7 @@
 //! | table            | key            | value                                   |
 //! |------------------|----------------|-----------------------------------------|
 //! | `kv`             | user key       | user value                              |
+//! | `kv_version`     | user key       | lsn of the record that last changed it (absent: written before versions were kept) |
 //! | `policy`         | package name   | postcard [`PolicyInfo`]                 |
 //! | `policy_content` | package name   | package bytes                           |
 //! | `crl`            | issuer text    | postcard [`Crl`]: legacy, stored before issuer verification |
@@ -21,6 +22,7 @@ use domsync_proto::model::{
 };
 
 pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+pub(crate) const KV_VERSION: TableDefinition<&[u8], u64> = TableDefinition::new("kv_version");
 pub(crate) const POLICY: TableDefinition<&str, &[u8]> = TableDefinition::new("policy");
 pub(crate) const POLICY_CONTENT: TableDefinition<&str, &[u8]> =
     TableDefinition::new("policy_content");
@@ -37,6 +39,7 @@ pub(crate) const META_KEY: &str = "domain";
 /// The writable tables of one write transaction.
 pub(crate) struct Tables<'txn> {
     pub kv: redb::Table<'txn, &'static [u8], &'static [u8]>,
+    pub kv_version: redb::Table<'txn, &'static [u8], u64>,
     pub policy: redb::Table<'txn, &'static str, &'static [u8]>,
     pub content: redb::Table<'txn, &'static str, &'static [u8]>,
     pub crl: redb::Table<'txn, &'static str, &'static [u8]>,
@@ -53,6 +56,7 @@ impl<'txn> Tables<'txn> {
         drop(txn.open_table(COLLISIONS).or_storage(domain)?);
         Ok(Tables {
             kv: txn.open_table(KV).or_storage(domain)?,
+            kv_version: txn.open_table(KV_VERSION).or_storage(domain)?,
             policy: txn.open_table(POLICY).or_storage(domain)?,
             content: txn.open_table(POLICY_CONTENT).or_storage(domain)?,
             crl: txn.open_table(CRL).or_storage(domain)?,
@@ -196,8 +200,8 @@ pub(crate) fn decode_policy(
     decode_row(domain, &format!("policy row {name}"), bytes)
 }
 
-/// Creates the tables a database written by an earlier release lacks (`issuer`, `crls`), so
-/// every reader finds the full layout.
+/// Creates the tables a database written by an earlier release lacks (`issuer`, `crls`,
+/// `kv_version`), so every reader finds the full layout.
 pub(crate) fn ensure_tables(db: &redb::Database, domain: &DomainId) -> Result<(), StoreError> {
     let missing = {
         let txn = db.begin_read().or_storage(domain)?;
@@ -206,12 +210,16 @@ pub(crate) fn ensure_tables(db: &redb::Database, domain: &DomainId) -> Result<()
                 txn.open_table(*t),
                 Err(redb::TableError::TableDoesNotExist(_))
             )
-        })
+        }) || matches!(
+            txn.open_table(KV_VERSION),
+            Err(redb::TableError::TableDoesNotExist(_))
+        )
     };
     if missing {
         let txn = db.begin_write().or_storage(domain)?;
         drop(txn.open_table(ISSUER).or_storage(domain)?);
         drop(txn.open_table(CRLS).or_storage(domain)?);
+        drop(txn.open_table(KV_VERSION).or_storage(domain)?);
         txn.commit().or_storage(domain)?;
     }
     Ok(())

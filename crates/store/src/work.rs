@@ -8,9 +8,11 @@ use std::sync::PoisonError;
 use redb::ReadableTable;
 
 use super::apply::apply_ops;
+use super::entries::check_conditions;
 use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
 use super::tables::Tables;
+use domsync_proto::app::Condition;
 use domsync_proto::codec::{chain_next, decode_record, encode_record, CodecError};
 use domsync_proto::model::{
     CrlError, Epoch, HeldCrl, HistoryEntry, IssuerCert, Lsn, NodeId, Op, Position, Record, Role,
@@ -319,6 +321,30 @@ impl Writer {
         };
         self.append(t, meta, &record, &bytes)?;
         Ok(Self::committed(meta))
+    }
+
+    /// [`Writer::write`] when every condition holds against the tables as this transaction
+    /// sees them; otherwise [`StoreError::Conflict`] and nothing is written. A replica that
+    /// is not active answers `NotActive` first, whatever the conditions.
+    pub(super) fn write_if(
+        &self,
+        t: &mut Tables<'_>,
+        meta: &mut DomainMeta,
+        conditions: &[Condition],
+        ops: Vec<Op>,
+    ) -> Result<Outcome, StoreError> {
+        if meta.role != Role::Active || self.fenced(meta) {
+            return self.write(t, meta, ops);
+        }
+        if let Some((index, key, current)) = check_conditions(&self.domain, t, conditions)? {
+            return Ok(Err(StoreError::Conflict {
+                domain: self.domain.clone(),
+                index,
+                key,
+                current,
+            }));
+        }
+        self.write(t, meta, ops)
     }
 
     /// Applies one shipped record. With `from`, the node that shipped it, the record is

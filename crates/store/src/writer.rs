@@ -28,6 +28,7 @@ use super::domain::SharedDb;
 use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
 use super::tables::{Tables, COLLISIONS, META_KEY};
+use domsync_proto::app::Condition;
 use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
 
 /// What a successful request reports.
@@ -59,6 +60,8 @@ impl Reply {
 pub(crate) enum Work {
     /// A new transaction on the active.
     Write(Vec<Op>),
+    /// A new transaction on the active, written only when its conditions hold.
+    WriteIf(Vec<Condition>, Vec<Op>),
     /// A record shipped from the active, applied on a standby.
     Apply(Vec<u8>),
     /// Records applied in order in the same transaction, up to the first refused.
@@ -149,7 +152,7 @@ pub(crate) struct Writer {
 
 fn work_bytes(w: &Work) -> usize {
     match w {
-        Work::Write(ops) => ops
+        Work::Write(ops) | Work::WriteIf(_, ops) => ops
             .iter()
             .map(|op| match op {
                 Op::Put { key, value } => key.len() + value.len(),
@@ -365,6 +368,9 @@ impl Writer {
             for work in works {
                 let outcome = match work {
                     Work::Write(ops) => self.write(&mut t, &mut meta, ops)?,
+                    Work::WriteIf(conditions, ops) => {
+                        self.write_if(&mut t, &mut meta, &conditions, ops)?
+                    }
                     Work::Apply(bytes) => self.apply(&mut t, &mut meta, &bytes, None)?,
                     Work::ApplyBatch(from, records) => {
                         let mut outcome = Self::committed(&meta);

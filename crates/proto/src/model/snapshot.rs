@@ -32,4 +32,16 @@ pub enum SnapshotItem {
     Issuer(IssuerCert),
     /// A held CRL (base or delta).
     Crl(HeldCrl),
+    /// A user key and value with its version (the lsn of the record that last changed it).
+    /// Sent in place of [`SnapshotItem::Kv`] for keys whose version is known.
+    KvAt {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Its version.
+        version: super::Lsn,
+    },
 }
