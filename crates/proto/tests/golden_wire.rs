@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use domsync_proto::admin::{self, AdminError, PlacementState};
+use domsync_proto::app::{self, AppError, AtLeast, Condition, KeyRange};
 use domsync_proto::codec::{self, CodecError};
 use domsync_proto::gateway::{self, Query, Refusal};
 use domsync_proto::model::Heard;
@@ -239,6 +240,63 @@ variants! {
 }
 
 variants! {
+    /// An application's request.
+    fn app_request_variant(app::Request) -> APP_REQUEST {
+        app::Request::Hello => "app::Request::Hello",
+        app::Request::Get { .. } => "app::Request::Get",
+        app::Request::Scan(_) => "app::Request::Scan",
+        app::Request::Txn(_) => "app::Request::Txn",
+        app::Request::Watch { .. } => "app::Request::Watch",
+        app::Request::GetPolicy { .. } => "app::Request::GetPolicy",
+        app::Request::GetCrl { .. } => "app::Request::GetCrl",
+    }
+}
+
+variants! {
+    /// An answer to an application.
+    fn app_answer_variant(app::Answer) -> APP_ANSWER {
+        app::Answer::Hello { .. } => "app::Answer::Hello",
+        app::Answer::Value { .. } => "app::Answer::Value",
+        app::Answer::Page(_) => "app::Answer::Page",
+        app::Answer::Committed { .. } => "app::Answer::Committed",
+        app::Answer::Watching { .. } => "app::Answer::Watching",
+        app::Answer::Events { .. } => "app::Answer::Events",
+        app::Answer::Policy { .. } => "app::Answer::Policy",
+        app::Answer::Crl { .. } => "app::Answer::Crl",
+        app::Answer::Error(_) => "app::Answer::Error",
+    }
+}
+
+variants! {
+    /// Why an application's request failed.
+    fn app_error_variant(AppError) -> APP_ERROR {
+        AppError::Forbidden { .. } => "AppError::Forbidden",
+        AppError::ReadOnly { .. } => "AppError::ReadOnly",
+        AppError::NotActive { .. } => "AppError::NotActive",
+        AppError::Behind { .. } => "AppError::Behind",
+        AppError::Conflict { .. } => "AppError::Conflict",
+        AppError::ContinuationGone { .. } => "AppError::ContinuationGone",
+        AppError::Compacted { .. } => "AppError::Compacted",
+        AppError::Diverged { .. } => "AppError::Diverged",
+        AppError::Refused(_) => "AppError::Refused",
+        AppError::Unconfirmed { .. } => "AppError::Unconfirmed",
+        AppError::NoSuchPolicy { .. } => "AppError::NoSuchPolicy",
+        AppError::BadRequest(_) => "AppError::BadRequest",
+        AppError::Busy(_) => "AppError::Busy",
+        AppError::Unavailable(_) => "AppError::Unavailable",
+    }
+}
+
+variants! {
+    /// A condition of an application's transaction.
+    fn condition_variant(Condition) -> CONDITION {
+        Condition::Absent { .. } => "Condition::Absent",
+        Condition::Version { .. } => "Condition::Version",
+        Condition::Value { .. } => "Condition::Value",
+    }
+}
+
+variants! {
     /// How a domain is placed on a node.
     fn placement_variant(PlacementState) -> PLACEMENT {
         PlacementState::Serving => "PlacementState::Serving",
@@ -386,6 +444,44 @@ fn admin_answer_coverage(a: &admin::Answer) -> Vec<&'static str> {
         | admin::Answer::DomainAdded { .. }
         | admin::Answer::DomainRemoved { .. }
         | admin::Answer::Trust(_) => {}
+    }
+    out
+}
+
+/// The variant names in an application's request.
+fn app_request_coverage(r: &app::Request) -> Vec<&'static str> {
+    let mut out = vec![app_request_variant(r)];
+    match r {
+        app::Request::Txn(txn) => {
+            out.extend(txn.conditions.iter().map(condition_variant));
+            out.extend(txn.ops.iter().map(op_variant));
+        }
+        app::Request::Hello
+        | app::Request::Get { .. }
+        | app::Request::Scan(_)
+        | app::Request::Watch { .. }
+        | app::Request::GetPolicy { .. }
+        | app::Request::GetCrl { .. } => {}
+    }
+    out
+}
+
+/// The variant names in an answer to an application.
+fn app_answer_coverage(a: &app::Answer) -> Vec<&'static str> {
+    let mut out = vec![app_answer_variant(a)];
+    match a {
+        app::Answer::Hello { domains, .. } => {
+            for d in domains {
+                out.push(role_variant(&d.role));
+            }
+        }
+        app::Answer::Error(e) => out.push(app_error_variant(e)),
+        app::Answer::Value { served, .. }
+        | app::Answer::Watching { served, .. }
+        | app::Answer::Policy { served, .. }
+        | app::Answer::Crl { served, .. } => out.push(role_variant(&served.role)),
+        app::Answer::Page(page) => out.push(role_variant(&page.served.role)),
+        app::Answer::Committed { .. } | app::Answer::Events { .. } => {}
     }
     out
 }
@@ -1502,6 +1598,344 @@ fn admin_messages_match_their_golden_vectors() {
     );
 }
 
+/// Requests of the application protocol (`domsync-app/1` and the application socket).
+fn app_requests() -> Samples<app::Request> {
+    use app::Request as R;
+    let d = || domain("tenant-7");
+    let at = AtLeast {
+        lsn: Lsn(300),
+        wait_ms: 1_500,
+    };
+    vec![
+        ("request-hello", R::Hello),
+        (
+            "request-get",
+            R::Get {
+                domain: d(),
+                key: b"rule/7".to_vec(),
+                at_least: at,
+            },
+        ),
+        (
+            "request-scan",
+            R::Scan(app::Scan {
+                domain: d(),
+                range: KeyRange::prefix(b"rule/"),
+                limit: 500,
+                keys_only: true,
+                at_least: at,
+                continuation: Some(app::Continuation {
+                    after: b"rule/41".to_vec(),
+                    position: position(3, "node-b", 300, 0xdead_beef),
+                }),
+            }),
+        ),
+        (
+            "request-scan-everything",
+            R::Scan(app::Scan {
+                domain: d(),
+                range: KeyRange::prefix(b""),
+                limit: 0,
+                keys_only: false,
+                at_least: AtLeast::default(),
+                continuation: None,
+            }),
+        ),
+        (
+            "request-txn",
+            R::Txn(app::Txn {
+                domain: d(),
+                conditions: vec![
+                    Condition::Absent {
+                        key: b"rule/8".to_vec(),
+                    },
+                    Condition::Version {
+                        key: b"rule/7".to_vec(),
+                        version: Lsn(299),
+                    },
+                    Condition::Value {
+                        key: b"mode".to_vec(),
+                        value: b"strict".to_vec(),
+                    },
+                ],
+                ops: every_op().into_iter().chain(trust_ops()).collect(),
+            }),
+        ),
+        (
+            "request-watch",
+            R::Watch {
+                domain: d(),
+                range: KeyRange::prefix(b"rule/"),
+                from: Some(position(3, "node-b", 300, 0xdead_beef)),
+            },
+        ),
+        (
+            "request-watch-from-now",
+            R::Watch {
+                domain: d(),
+                range: KeyRange {
+                    start: b"a".to_vec(),
+                    end: None,
+                },
+                from: None,
+            },
+        ),
+        (
+            "request-get-policy",
+            R::GetPolicy {
+                domain: d(),
+                name: "fw-rules.v1".into(),
+                at_least: at,
+            },
+        ),
+        (
+            "request-get-crl",
+            R::GetCrl {
+                domain: d(),
+                issuer: IssuerKey::Text("CN=Fixture CA 1,O=domsync".into()),
+                delta: true,
+                at_least: at,
+            },
+        ),
+    ]
+}
+
+/// Answers of the application protocol.
+fn app_answers() -> Samples<app::Answer> {
+    use app::Answer as A;
+    let d = || domain("tenant-7");
+    let entry = |k: &[u8], v: &[u8], version: u64| app::Entry {
+        key: k.to_vec(),
+        value: v.to_vec(),
+        version: Lsn(version),
+    };
+    let error = |e: AppError| A::Error(e);
+    vec![
+        (
+            "answer-hello",
+            A::Hello {
+                protocol: app::PROTOCOL_VERSION,
+                node: node("node-b"),
+                domains: vec![
+                    app::DomainState {
+                        domain: d(),
+                        role: Role::Standby,
+                        epoch: epoch(4, "node-a"),
+                        position: position(3, "node-b", 300, 0xdead_beef),
+                        active: Some(node("node-a")),
+                        writable: true,
+                        sync: Some(SyncStatus::Synchronized),
+                    },
+                    app::DomainState {
+                        domain: domain("tenant-8"),
+                        role: Role::Active,
+                        epoch: epoch(2, "node-b"),
+                        position: position(2, "node-b", 17, 0x0bad_f00d),
+                        active: None,
+                        writable: false,
+                        sync: None,
+                    },
+                ],
+            },
+        ),
+        (
+            "answer-value",
+            A::Value {
+                served: served(Role::Standby),
+                entry: Some(entry(b"rule/7", b"allow 443", 299)),
+            },
+        ),
+        (
+            "answer-value-absent",
+            A::Value {
+                served: served(Role::Active),
+                entry: None,
+            },
+        ),
+        (
+            "answer-page",
+            A::Page(app::Page {
+                served: served(Role::Standby),
+                entries: vec![entry(b"rule/1", b"", 12), entry(b"rule/2", b"deny", 0)],
+                more: Some(app::Continuation {
+                    after: b"rule/2".to_vec(),
+                    position: position(3, "node-b", 300, 0xdead_beef),
+                }),
+            }),
+        ),
+        (
+            "answer-committed",
+            A::Committed {
+                position: position(4, "node-a", 301, 0x1234_5678),
+            },
+        ),
+        (
+            "answer-watching",
+            A::Watching {
+                served: served(Role::Active),
+                position: position(3, "node-b", 300, 0xdead_beef),
+            },
+        ),
+        (
+            "answer-events",
+            A::Events {
+                events: vec![
+                    app::Event {
+                        key: b"rule/7".to_vec(),
+                        value: Some(serde_bytes::ByteBuf::from(b"allow 443".to_vec())),
+                        lsn: Lsn(301),
+                    },
+                    app::Event {
+                        key: b"rule/8".to_vec(),
+                        value: None,
+                        lsn: Lsn(302),
+                    },
+                ],
+                position: position(4, "node-a", 302, 0x8765_4321),
+            },
+        ),
+        (
+            "answer-policy",
+            A::Policy {
+                served: served(Role::Active),
+                info: policy_info("fw-rules.v1", 290, 4),
+                content: vec![1, 2, 3, 4],
+            },
+        ),
+        (
+            "answer-crl",
+            A::Crl {
+                served: served(Role::Standby),
+                crl: Some(crl()),
+            },
+        ),
+        (
+            "answer-error-forbidden",
+            error(AppError::Forbidden {
+                domain: d(),
+                node: node("node-b"),
+            }),
+        ),
+        (
+            "answer-error-read-only",
+            error(AppError::ReadOnly {
+                domain: d(),
+                node: node("node-b"),
+            }),
+        ),
+        (
+            "answer-error-not-active",
+            error(AppError::NotActive {
+                domain: d(),
+                node: node("node-b"),
+                active: Some(node("node-a")),
+            }),
+        ),
+        (
+            "answer-error-behind",
+            error(AppError::Behind {
+                domain: d(),
+                served: served(Role::Standby),
+                want: Lsn(310),
+            }),
+        ),
+        (
+            "answer-error-conflict",
+            error(AppError::Conflict {
+                index: 1,
+                key: b"rule/7".to_vec(),
+                current: Some(Lsn(305)),
+            }),
+        ),
+        (
+            "answer-error-continuation-gone",
+            error(AppError::ContinuationGone {
+                domain: d(),
+                at: position(3, "node-b", 300, 0xdead_beef),
+                now: position(4, "node-a", 320, 0x1111_2222),
+            }),
+        ),
+        (
+            "answer-error-compacted",
+            error(AppError::Compacted {
+                domain: d(),
+                node: node("node-b"),
+                from: position(3, "node-b", 300, 0xdead_beef),
+                oldest: Lsn(1_000),
+            }),
+        ),
+        (
+            "answer-error-diverged",
+            error(AppError::Diverged {
+                domain: d(),
+                node: node("node-b"),
+                from: position(3, "node-b", 300, 0xdead_beef),
+            }),
+        ),
+        (
+            "answer-error-refused",
+            error(AppError::Refused(
+                "domain tenant-7: the CRL does not verify".into(),
+            )),
+        ),
+        (
+            "answer-error-unconfirmed",
+            error(AppError::Unconfirmed {
+                domain: d(),
+                position: position(4, "node-a", 301, 0x1234_5678),
+                why: "standby node-c did not confirm within 5 s".into(),
+            }),
+        ),
+        (
+            "answer-error-no-such-policy",
+            error(AppError::NoSuchPolicy {
+                domain: d(),
+                name: "fw-rules.v9".into(),
+                served: served(Role::Active),
+            }),
+        ),
+        (
+            "answer-error-bad-request",
+            error(AppError::BadRequest(
+                "a scan's limit is at most 10000".into(),
+            )),
+        ),
+        (
+            "answer-error-busy",
+            error(AppError::Busy("1024 watches are running".into())),
+        ),
+        (
+            "answer-error-unavailable",
+            error(AppError::Unavailable("the store of tenant-7 failed".into())),
+        ),
+    ]
+}
+
+#[test]
+fn app_messages_match_their_golden_vectors() {
+    check_golden(
+        "app",
+        &app_requests(),
+        |m| app::encode(m, app::MAX_REQUEST_BYTES),
+        |b| app::decode(b, app::MAX_REQUEST_BYTES),
+    );
+    check_golden(
+        "app",
+        &app_answers(),
+        |m| app::encode(m, app::MAX_ANSWER_BYTES),
+        |b| app::decode(b, app::MAX_ANSWER_BYTES),
+    );
+}
+
+#[test]
+fn app_samples_cover_every_variant() {
+    let (requests, answers) = (app_requests(), app_answers());
+    let covered = (requests.iter().flat_map(|(_, r)| app_request_coverage(r)))
+        .chain(answers.iter().flat_map(|(_, a)| app_answer_coverage(a)));
+    let all = [APP_REQUEST, APP_ANSWER, APP_ERROR, CONDITION, ROLE, OP];
+    assert_covers("app", covered, &all);
+}
+
 #[test]
 fn repl_samples_cover_every_variant() {
     let samples = repl_samples();
@@ -1557,6 +1991,7 @@ fn every_fixture_has_a_sample() {
     let (repl, gw_requests, gw_responses) =
         (repl_samples(), gateway_requests(), gateway_responses());
     let (admin_requests, admin_answers) = (admin_requests(), admin_answers());
+    let (app_requests, app_answers) = (app_requests(), app_answers());
     let expected: BTreeMap<&str, BTreeSet<String>> = BTreeMap::from([
         ("repl", file_names("repl", names(&repl))),
         (
@@ -1566,6 +2001,10 @@ fn every_fixture_has_a_sample() {
         (
             "admin",
             file_names("admin", names(&admin_requests).chain(names(&admin_answers))),
+        ),
+        (
+            "app",
+            file_names("app", names(&app_requests).chain(names(&app_answers))),
         ),
     ]);
     // A missing directory holds no stray file; the golden tests report its missing fixtures.
