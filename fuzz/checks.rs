@@ -40,13 +40,15 @@ where
 /// gateway (`domsync-gw/1`) requests and answers, admin (`domsync-admin/1`) requests and
 /// answers.
 pub fn wire(bytes: &[u8]) {
-    use domsync_proto::{admin, gateway, repl};
+    use domsync_proto::{admin, app, gateway, repl};
     for frame in framings(bytes) {
         round_trip::<repl::Message>(&frame, repl::MAX_MESSAGE_BYTES);
         round_trip::<gateway::Request>(&frame, gateway::MAX_REQUEST_BYTES);
         round_trip::<gateway::Response>(&frame, gateway::MAX_RESPONSE_BYTES);
         round_trip::<admin::Request>(&frame, admin::MAX_REQUEST_BYTES);
         round_trip::<admin::Answer>(&frame, admin::MAX_ANSWER_BYTES);
+        round_trip::<app::Request>(&frame, app::MAX_REQUEST_BYTES);
+        round_trip::<app::Answer>(&frame, app::MAX_ANSWER_BYTES);
     }
 }
 

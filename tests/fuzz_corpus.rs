@@ -29,6 +29,7 @@ fn wire_messages_of_every_alpn() {
     let inputs: Vec<_> = files("fixtures/records")
         .into_iter()
         .chain(files("fixtures/fuzz/wire_decode"))
+        .chain(files("fixtures/wire/app"))
         .collect();
     assert!(inputs.len() > 10);
     for (name, bytes) in inputs {

@@ -1,4 +1,4 @@
-//! Every wire message of every ALPN (replication, gateway, admin) on arbitrary bytes, framed as
+//! Every wire message of every ALPN (replication, gateway, admin, application) on arbitrary bytes, framed as
 //! on the wire: see `checks::wire`.
 
 #![no_main]
