@@ -44,7 +44,8 @@ const POLICIES: [&str; 3] = ["fw", "vpn", "ids.rules"];
 /// The state the store must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Model {
-    kv: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Each key's value and version (the lsn of the record that last changed it).
+    kv: BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
     policies: BTreeMap<String, Vec<u8>>,
     lsn: u64,
 }
@@ -54,7 +55,7 @@ impl Model {
         for op in ops {
             match op {
                 Op::Put { key, value } => {
-                    self.kv.insert(key.clone(), value.clone());
+                    self.kv.insert(key.clone(), (value.clone(), self.lsn + 1));
                 }
                 Op::Delete { key } => {
                     self.kv.remove(key);
@@ -201,8 +202,15 @@ fn state_of(d: &Domain) -> Result<Model, StoreError> {
     };
     snap.for_each(|item| {
         match item {
-            SnapshotItem::Kv { key, value } => {
-                m.kv.insert(key, value);
+            SnapshotItem::Kv { key, .. } => {
+                panic!("key {key:?} has no version")
+            }
+            SnapshotItem::KvAt {
+                key,
+                value,
+                version,
+            } => {
+                m.kv.insert(key, (value, version.0));
             }
             SnapshotItem::Policy(p) => {
                 m.policies.insert(p.info.name, p.content);
