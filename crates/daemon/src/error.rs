@@ -34,6 +34,9 @@ pub enum DaemonError {
     /// The admin server could not start.
     #[error("{0}")]
     Admin(#[from] AdminServerError),
+    /// The application server could not start.
+    #[error("{0}")]
+    App(#[from] AppServerError),
     /// The configuration does not fit this machine (e.g. `node.state_dir` is a file).
     #[error("{0}")]
     Config(ConfigError),
@@ -67,5 +70,36 @@ pub enum AdminServerError {
         path: PathBuf,
         /// What the OS said.
         source: std::io::Error,
+    },
+}
+
+/// Why the application server (`[apps]`) could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppServerError {
+    /// The socket path is taken by something else than a stale socket.
+    #[error("application socket {path}: {what}")]
+    Path {
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        what: String,
+    },
+    /// The socket could not be created.
+    #[error("cannot create the application socket {path}: {source}; check apps.socket and its directory's permissions")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The socket could not be given to `[apps].group`.
+    #[error("cannot give the application socket {path} to group {group}: {detail}; create the group (groupadd {group}) and add the service user to it, or unset apps.group")]
+    Group {
+        /// The socket path.
+        path: PathBuf,
+        /// The group of `[apps].group`.
+        group: String,
+        /// What went wrong.
+        detail: String,
     },
 }

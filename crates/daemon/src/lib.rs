@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod admin_server;
+mod app_server;
 mod config;
 mod crl_watch;
 mod error;
@@ -18,10 +19,12 @@ mod run;
 mod service;
 
 pub use admin_server::AdminServer;
+pub use app_server::{peer_may_connect, AppServer};
 pub use config::{
-    Config, ConfigError, DomainConfig, Limits, NodeSection, Problem, TlsSection, DEFAULT_PATH,
+    AppGrant, Apps, Config, ConfigError, DomainConfig, Limits, NodeSection, Problem, TlsSection,
+    DEFAULT_PATH,
 };
-pub use error::{AdminServerError, DaemonError};
+pub use error::{AdminServerError, AppServerError, DaemonError};
 pub use metrics::serve as serve_metrics;
 pub use placement::{
     plan as plan_placement, Move as PlacementMove, Node as PlacementNode, Plan as PlacementPlan,

@@ -83,6 +83,10 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
         Some("node.state_dir")
     } else if new.node.admin_socket != old.node.admin_socket {
         Some("node.admin_socket")
+    } else if new.apps.socket != old.apps.socket {
+        Some("apps.socket")
+    } else if new.apps.group != old.apps.group {
+        Some("apps.group")
     } else {
         None
     }
@@ -329,9 +333,9 @@ impl Daemon {
     /// new handshakes (open connections are left alone).
     ///
     /// # Errors
-    /// [`DaemonError::NeedsRestart`] when the node id, listen address or state directory
-    /// changed, [`DaemonError::TlsReload`] when the TLS files are not a usable set for this
-    /// node, [`DaemonError::AddedDomains`] when the added domains no longer fit (a replica no
+    /// [`DaemonError::NeedsRestart`] when the node id, listen address, state directory, admin
+    /// socket or `[apps]` socket or group changed, [`DaemonError::TlsReload`] when the TLS
+    /// files are not a usable set for this node, [`DaemonError::AddedDomains`] when the added domains no longer fit (a replica no
     /// longer a peer); the running configuration and TLS files are then kept.
     pub async fn reload(self: &Arc<Self>, new: Config) -> Result<(), DaemonError> {
         let _serial = self.changes.lock().await;

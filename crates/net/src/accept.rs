@@ -75,6 +75,7 @@ pub fn allowed_roles(alpn: &[u8]) -> &'static [PeerRole] {
         ALPN_REPL => &[PeerRole::Node],
         ALPN_GATEWAY => &[PeerRole::Gateway],
         ALPN_ADMIN => &[PeerRole::Admin],
+        ALPN_APP => &[PeerRole::App],
         _ => &[],
     }
 }

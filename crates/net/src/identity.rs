@@ -19,18 +19,27 @@ pub enum PeerRole {
     Gateway,
     /// An administrator: manages nodes and domains.
     Admin,
+    /// An application: reads and writes the domains its grant names (`[apps]` of the
+    /// node's configuration) through `domsync-app/1`; cannot replicate or administer.
+    App,
 }
 
 impl PeerRole {
     /// Every role, in URI order.
-    pub const ALL: [PeerRole; 3] = [PeerRole::Node, PeerRole::Gateway, PeerRole::Admin];
+    pub const ALL: [PeerRole; 4] = [
+        PeerRole::Node,
+        PeerRole::Gateway,
+        PeerRole::Admin,
+        PeerRole::App,
+    ];
 
-    /// The role as it appears in the URI (`node`, `gateway`, `admin`).
+    /// The role as it appears in the URI (`node`, `gateway`, `admin`, `app`).
     pub fn as_str(self) -> &'static str {
         match self {
             PeerRole::Node => "node",
             PeerRole::Gateway => "gateway",
             PeerRole::Admin => "admin",
+            PeerRole::App => "app",
         }
     }
 }
@@ -77,13 +86,13 @@ pub enum IdentityError {
         uris: String,
     },
     /// The text is not of the form `domsync://<role>/<id>`.
-    #[error("identity {uri:?} is not of the form domsync://node|gateway|admin/<id>; reissue the certificate with `domsync pki issue`")]
+    #[error("identity {uri:?} is not of the form domsync://node|gateway|admin|app/<id>; reissue the certificate with `domsync pki issue`")]
     Malformed {
         /// The refused text.
         uri: String,
     },
     /// The role is not one of `node`, `gateway`, `admin`.
-    #[error("unknown role {role:?}: use node, gateway or admin")]
+    #[error("unknown role {role:?}: use node, gateway, admin or app")]
     UnknownRole {
         /// The refused role.
         role: String,
@@ -153,7 +162,7 @@ impl Identity {
     pub fn node_id(&self) -> Option<NodeId> {
         match self.role {
             PeerRole::Node => NodeId::new(self.id.as_str()).ok(),
-            PeerRole::Gateway | PeerRole::Admin => None,
+            PeerRole::Gateway | PeerRole::Admin | PeerRole::App => None,
         }
     }
 
@@ -258,6 +267,8 @@ mod tests {
             );
         }
         assert!(Identity::new(PeerRole::Admin, "x".repeat(64)).is_ok());
+        let app = Identity::from_uri("domsync://app/editor-1").unwrap();
+        assert_eq!((app.role, app.node_id()), (PeerRole::App, None));
         assert!(Identity::new(PeerRole::Gateway, "g")
             .unwrap()
             .node_id()

@@ -61,8 +61,8 @@ pub use identity::{Identity, IdentityError, PeerRole};
 pub use revocation::RevocationList;
 pub use tls::{client_config, client_config_for, server_config, NodeServerVerifier};
 pub use transport::{
-    server_transport_config, transport_config, ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL, CLOSE_REFUSED,
-    CONNECTION_RECEIVE_WINDOW, IDLE_TIMEOUT, KEEP_ALIVE, MAX_BIDI_STREAMS, MAX_UNI_STREAMS,
-    SEND_WINDOW, SERVER_CONNECTION_RECEIVE_WINDOW, SERVER_NAME, SERVER_STREAM_RECEIVE_WINDOW,
-    STREAM_RECEIVE_WINDOW,
+    server_transport_config, transport_config, ALPN_ADMIN, ALPN_APP, ALPN_GATEWAY, ALPN_REPL,
+    CLOSE_REFUSED, CONNECTION_RECEIVE_WINDOW, IDLE_TIMEOUT, KEEP_ALIVE, MAX_BIDI_STREAMS,
+    MAX_UNI_STREAMS, SEND_WINDOW, SERVER_CONNECTION_RECEIVE_WINDOW, SERVER_NAME,
+    SERVER_STREAM_RECEIVE_WINDOW, STREAM_RECEIVE_WINDOW,
 };

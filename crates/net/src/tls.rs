@@ -271,6 +271,7 @@ mod tests {
         assert_eq!(allowed_roles(ALPN_REPL), &[PeerRole::Node]);
         assert_eq!(allowed_roles(ALPN_GATEWAY), &[PeerRole::Gateway]);
         assert_eq!(allowed_roles(ALPN_ADMIN), &[PeerRole::Admin]);
+        assert_eq!(allowed_roles(ALPN_APP), &[PeerRole::App]);
         assert!(allowed_roles(b"other").is_empty());
         assert_eq!(truncate("héllo", 2), "h");
     }

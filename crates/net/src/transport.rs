@@ -11,6 +11,9 @@ pub const ALPN_GATEWAY: &[u8] = b"domsync-gw/1";
 /// ALPN of remote administration (`domsync --remote`). Only [`PeerRole::Admin`](crate::PeerRole::Admin) may use it:
 /// node and gateway certificates cannot administer.
 pub const ALPN_ADMIN: &[u8] = b"domsync-admin/1";
+/// ALPN of applications (`domsync_proto::app`). Only [`PeerRole::App`](crate::PeerRole::App)
+/// may use it; what each application may read or write is its grant in the node's `[apps]`.
+pub const ALPN_APP: &[u8] = b"domsync-app/1";
 
 /// Application close code of a connection refused by [`authorize`](crate::authorize) ("forbidden").
 pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(0x403);

@@ -44,7 +44,7 @@ pub use roles::{PromoteError, Promotion, Switchover, SwitchoverError};
 pub use standby::FollowerReport;
 
 use domsync_net::{
-    CertificateInfo, Credentials, Identity, PeerRole, ALPN_ADMIN, ALPN_GATEWAY, ALPN_REPL,
+    CertificateInfo, Credentials, Identity, PeerRole, ALPN_ADMIN, ALPN_APP, ALPN_GATEWAY, ALPN_REPL,
 };
 use domsync_proto::model::{DomainId, Epoch, NodeId};
 use domsync_proto::repl::{Backoff, ShipConfig};
@@ -154,12 +154,18 @@ struct Inner {
     grants: Mutex<gateway::Grants>,
     gateway: gateway::GatewayCounters,
     admin: Mutex<Option<AdminHandler>>,
+    app: Mutex<Option<AppHandler>>,
     shutdown: watch::Sender<bool>,
 }
 
 /// Serves an authorized remote admin connection (ALPN `domsync-admin/1`, admin certificate);
 /// installed by whoever runs the node (the daemon) with [`Node::set_admin_handler`].
 pub type AdminHandler = Arc<dyn Fn(quinn::Connection, Identity) + Send + Sync>;
+
+/// Serves an authenticated application connection (ALPN `domsync-app/1`, app certificate:
+/// what it may read or write is the handler's to decide); installed with
+/// [`Node::set_app_handler`].
+pub type AppHandler = Arc<dyn Fn(quinn::Connection, Identity) + Send + Sync>;
 
 /// Per gateway id: the active it last reached, its epoch, and when.
 type GatewaySightings = HashMap<String, (NodeId, Epoch, Instant)>;
@@ -229,6 +235,7 @@ impl Node {
                 grants: Mutex::new(HashMap::new()),
                 gateway: gateway::GatewayCounters::default(),
                 admin: Mutex::new(None),
+                app: Mutex::new(None),
                 shutdown,
             }),
         };
@@ -492,11 +499,15 @@ impl Node {
             let Some(incoming) = incoming else { return };
             let node = self.clone();
             tokio::spawn(async move {
-                match domsync_net::accept_any(incoming, &[ALPN_REPL, ALPN_GATEWAY, ALPN_ADMIN])
-                    .await
+                match domsync_net::accept_any(
+                    incoming,
+                    &[ALPN_REPL, ALPN_GATEWAY, ALPN_ADMIN, ALPN_APP],
+                )
+                .await
                 {
                     Ok((conn, peer, ALPN_GATEWAY)) => node.serve_gateway(conn, peer).await,
                     Ok((conn, peer, ALPN_ADMIN)) => node.serve_admin(conn, peer),
+                    Ok((conn, peer, ALPN_APP)) => node.serve_app(conn, peer),
                     Ok((conn, peer, _)) => node.serve_connection(conn, peer).await,
                     Err(e) => tracing::warn!(error = %e, "connection refused"),
                 }
@@ -508,6 +519,27 @@ impl Node {
     /// admin connections are closed with a refusal.
     pub fn set_admin_handler(&self, handler: Option<AdminHandler>) {
         *lock(&self.inner.admin) = handler;
+    }
+
+    /// Installs (or with `None` removes) the handler of application connections. Without
+    /// one, application connections are closed with a refusal.
+    pub fn set_app_handler(&self, handler: Option<AppHandler>) {
+        *lock(&self.inner.app) = handler;
+    }
+
+    /// Hands an authenticated application connection to the installed handler.
+    fn serve_app(&self, conn: quinn::Connection, peer: Identity) {
+        let handler = lock(&self.inner.app).clone();
+        match handler {
+            Some(h) => h(conn, peer),
+            None => {
+                tracing::warn!(peer = %peer, addr = %conn.remote_address(), "application connection refused: applications are not served by this node");
+                conn.close(
+                    domsync_net::CLOSE_REFUSED,
+                    b"applications are not served by this node",
+                );
+            }
+        }
     }
 
     /// Hands an authorized admin connection to the installed handler.
@@ -630,9 +662,9 @@ fn server_configs(
     gateway_endpoint: bool,
 ) -> Result<(quinn::ServerConfig, Option<quinn::ServerConfig>), NodeError> {
     let main_alpns: &[&[u8]] = if gateway_endpoint {
-        &[ALPN_REPL, ALPN_ADMIN]
+        &[ALPN_REPL, ALPN_ADMIN, ALPN_APP]
     } else {
-        &[ALPN_REPL, ALPN_GATEWAY, ALPN_ADMIN]
+        &[ALPN_REPL, ALPN_GATEWAY, ALPN_ADMIN, ALPN_APP]
     };
     let transport = Arc::new(domsync_net::server_transport_config());
     let main = domsync_net::server_config(credentials, main_alpns, transport.clone())?;

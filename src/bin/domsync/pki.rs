@@ -1,4 +1,4 @@
-//! `domsync pki`: create a deployment CA, issue node, gateway and admin certificates, and
+//! `domsync pki`: create a deployment CA, issue node, gateway, admin and app certificates, and
 //! revoke them (the CA's `ca.crl`).
 
 use std::path::{Path, PathBuf};
@@ -20,10 +20,11 @@ pub enum PkiCmd {
     /// Issue a certificate with the identity domsync://<role>/<id>, signed by the CA in --dir:
     /// writes <role>-<id>.pem and <role>-<id>.key (mode 0600); never overwrites.
     Issue {
-        /// What the certificate allows: node (replicates), gateway (reads), admin.
+        /// What the certificate allows: node (replicates), gateway (reads), admin, app (an
+        /// application, as its grant in [apps] allows).
         #[arg(long, value_enum)]
         role: Role,
-        /// Name of the node, gateway or admin: 1 to 64 characters from A-Z a-z 0-9 . _ -
+        /// Name of the node, gateway, admin or app: 1 to 64 characters from A-Z a-z 0-9 . _ -
         #[arg(long)]
         id: String,
         /// Directory holding ca.pem and ca.key.
@@ -44,7 +45,7 @@ pub enum PkiCmd {
         /// Role of the certificate to revoke (with --id).
         #[arg(long, value_enum, requires = "id", conflicts_with_all = ["cert", "serial"])]
         role: Option<Role>,
-        /// Name of the node, gateway or admin (with --role).
+        /// Name of the node, gateway, admin or app (with --role).
         #[arg(long, requires = "role")]
         id: Option<String>,
         /// The certificate file to revoke.
@@ -68,6 +69,8 @@ pub enum Role {
     Gateway,
     /// An administrator.
     Admin,
+    /// An application (reads and writes the domains its grant in `[apps]` names).
+    App,
 }
 
 impl From<Role> for PeerRole {
@@ -76,6 +79,7 @@ impl From<Role> for PeerRole {
             Role::Node => PeerRole::Node,
             Role::Gateway => PeerRole::Gateway,
             Role::Admin => PeerRole::Admin,
+            Role::App => PeerRole::App,
         }
     }
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{Checker, Fields};
-use super::{Config, ConfigError, DomainConfig, Limits, NodeSection, Problem, TlsSection};
+use super::{
+    AppGrant, Apps, Config, ConfigError, DomainConfig, Limits, NodeSection, Problem, TlsSection,
+};
 use domsync_proto::admin::DomainSpec;
 use domsync_proto::model::{DomainId, NodeId};
 use domsync_proto::repl::Durability;
@@ -18,6 +20,21 @@ struct RawConfig {
     peers: Vec<(String, RawPeer)>,
     domains: Vec<RawDomain>,
     limits: Limits,
+    apps: RawApps,
+}
+
+#[derive(Default)]
+struct RawApps {
+    socket: Option<PathBuf>,
+    group: Option<String>,
+    local_write: Option<bool>,
+    grants: Vec<(String, RawGrant)>,
+}
+
+struct RawGrant {
+    id: Option<String>,
+    domains: Option<Vec<String>>,
+    write: bool,
 }
 
 struct RawNode {
@@ -174,7 +191,11 @@ pub(super) fn read_domains(c: &mut Checker<'_>, top: &Fields<'_, '_>) -> Vec<Raw
 }
 
 fn read_config(c: &mut Checker<'_>, doc: &toml::de::DeTable<'_>) -> RawConfig {
-    let top = c.table("", doc, &["node", "tls", "peers", "domains", "limits"]);
+    let top = c.table(
+        "",
+        doc,
+        &["node", "tls", "peers", "domains", "limits", "apps"],
+    );
     let node = top.table(c, "node").map(|t| {
         let f = c.table(
             "node",
@@ -254,12 +275,133 @@ fn read_config(c: &mut Checker<'_>, doc: &toml::de::DeTable<'_>) -> RawConfig {
             }
         }
     }
+    let apps = read_apps(c, &top);
     RawConfig {
         node,
         tls,
         peers,
         domains,
         limits,
+        apps,
+    }
+}
+
+/// Reads `[apps]` and its `[[apps.grants]]`.
+fn read_apps(c: &mut Checker<'_>, top: &Fields<'_, '_>) -> RawApps {
+    let Some(t) = top.table(c, "apps") else {
+        return RawApps::default();
+    };
+    let f = c.table("apps", t, &["socket", "group", "local_write", "grants"]);
+    let mut grants = Vec::new();
+    for (key, g) in f.tables(c, "grants") {
+        let gf = c.table(&key, g, &["id", "domains", "write"]);
+        let domains = gf.strings(c, "domains", "domain names (strings), or [\"*\"] for all");
+        grants.push((
+            key,
+            RawGrant {
+                id: gf.string(
+                    c,
+                    "id",
+                    "a string: an app certificate id, e.g. \"editor-1\"",
+                ),
+                domains: g
+                    .get("domains")
+                    .is_some_and(|v| v.get_ref().is_array())
+                    .then_some(domains),
+                write: gf.boolean(c, "write").unwrap_or(false),
+            },
+        ));
+    }
+    RawApps {
+        socket: f.string(c, "socket", PATH).map(PathBuf::from),
+        group: f.string(
+            c,
+            "group",
+            "a string: a Unix group name, e.g. \"domsync-app\"",
+        ),
+        local_write: f.boolean(c, "local_write"),
+        grants,
+    }
+}
+
+/// Checks `[apps]`: a group name that can be one, grant ids that are app identities, listed
+/// once, with domain names (or `"*"` alone).
+fn check_apps(c: &mut Checker<'_>, raw: RawApps, admin_socket: Option<&Path>) -> Apps {
+    let socket = raw.socket.unwrap_or_else(|| {
+        admin_socket
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("/run/domsync"))
+            .join("app.sock")
+    });
+    if let Some(g) = &raw.group {
+        let ok = !g.is_empty()
+            && g.len() <= 32
+            && g.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch))
+            && !g.starts_with('-');
+        if !ok {
+            c.problem(
+                "apps.group",
+                format!(
+                    "{g:?} is not a Unix group name; write a group name such as \"domsync-app\""
+                ),
+            );
+        }
+    }
+    let mut grants = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (key, g) in raw.grants {
+        let id = c.required(&format!("{key}.id"), g.id);
+        let id = id.and_then(|id| {
+            match domsync_net::Identity::new(domsync_net::PeerRole::App, id.as_str()) {
+                Ok(_) => Some(id),
+                Err(e) => {
+                    c.problem(format!("{key}.id"), e.to_string());
+                    None
+                }
+            }
+        });
+        let domains = c.required(&format!("{key}.domains"), g.domains);
+        let domains = domains.and_then(|list| {
+            if list.iter().any(|d| d == "*") {
+                if list.len() > 1 {
+                    c.problem(
+                        format!("{key}.domains"),
+                        "\"*\" (every domain) must be alone in the list",
+                    );
+                    return None;
+                }
+                return Some(None);
+            }
+            let mut out = Vec::new();
+            for (j, d) in list.iter().enumerate() {
+                match DomainId::new(d.as_str()) {
+                    Ok(d) => out.push(d),
+                    Err(e) => c.problem(format!("{key}.domains[{j}]"), e.to_string()),
+                }
+            }
+            (out.len() == list.len()).then_some(Some(out))
+        });
+        if let (Some(id), Some(domains)) = (id, domains) {
+            if !seen.insert(id.clone()) {
+                c.problem(
+                    format!("{key}.id"),
+                    format!("app {id} has two grants; merge them into one"),
+                );
+                continue;
+            }
+            grants.push(AppGrant {
+                id,
+                domains,
+                write: g.write,
+            });
+        }
+    }
+    Apps {
+        socket,
+        group: raw.group,
+        local_write: raw.local_write.unwrap_or(true),
+        grants,
     }
 }
 
@@ -506,6 +648,8 @@ impl Config {
         }
         let domains = check_domains(&mut c, raw.domains, self_id.as_ref(), &peers);
         let limits = raw.limits;
+        let admin_socket = node.as_ref().map(|n| n.admin_socket.clone());
+        let apps = check_apps(&mut c, raw.apps, admin_socket.as_deref());
         let problems = c.into_problems();
         match (node, tls, problems.is_empty()) {
             (Some(node), Some(tls), true) => Ok(Config {
@@ -515,6 +659,7 @@ impl Config {
                 peer_regions,
                 domains,
                 limits,
+                apps,
             }),
             _ => Err(invalid(problems)),
         }
@@ -706,6 +851,85 @@ mod placed {
     use super::*;
 
     /// The error's lines (header first).
+    #[test]
+    fn apps_have_defaults_and_grants_are_checked() {
+        let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        assert_eq!(c.apps.socket, PathBuf::from("/run/domsync/app.sock"));
+        assert_eq!((c.apps.group.as_deref(), c.apps.local_write), (None, true));
+        assert!(c.apps.grants.is_empty());
+        let text = format!(
+            "{GOOD}{}",
+            r#"
+    [apps]
+    group = "domsync-app"
+    local_write = false
+    [[apps.grants]]
+    id = "editor-1"
+    domains = ["t1"]
+    write = true
+    [[apps.grants]]
+    id = "reader"
+    domains = ["*"]
+"#
+        );
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.apps.group.as_deref(), Some("domsync-app"));
+        assert!(!c.apps.local_write);
+        let t1 = DomainId::new("t1").unwrap();
+        let t2 = DomainId::new("t2").unwrap();
+        let g = &c.apps.grants;
+        assert_eq!((g[0].id.as_str(), g[0].write), ("editor-1", true));
+        assert!(g[0].covers(&t1) && !g[0].covers(&t2));
+        assert!(g[1].covers(&t2) && !g[1].write && g[1].domains.is_none());
+
+        let bad = format!(
+            "{GOOD}{}",
+            r#"
+    [apps]
+    colour = "blue"
+    local_write = "yes"
+    group = "bad group"
+    [[apps.grants]]
+    id = "a/b"
+    domains = ["*", "t1"]
+    [[apps.grants]]
+    id = "x"
+    [[apps.grants]]
+    id = "y"
+    domains = ["t1"]
+    [[apps.grants]]
+    id = "y"
+    domains = ["t2"]
+"#
+        );
+        let lines = refused(&bad);
+        has(
+            &lines,
+            "x.toml:23:5: apps.colour: unknown key; allowed here: socket, group",
+        );
+        has(
+            &lines,
+            "x.toml:24:19: apps.local_write: the string \"yes\" is not true or false",
+        );
+        has(
+            &lines,
+            "x.toml:25:13: apps.group: \"bad group\" is not a Unix group name",
+        );
+        has(&lines, "x.toml:27:10: apps.grants[0].id: ");
+        has(
+            &lines,
+            "x.toml:28:15: apps.grants[0].domains: \"*\" (every domain) must be alone",
+        );
+        has(
+            &lines,
+            "x.toml:29:5: apps.grants[1].domains: missing; it is required",
+        );
+        has(
+            &lines,
+            "x.toml:35:10: apps.grants[3].id: app y has two grants",
+        );
+    }
+
     fn refused(text: &str) -> Vec<String> {
         let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");

@@ -64,6 +64,8 @@ pub struct Config {
     pub domains: Vec<DomainConfig>,
     /// Limits.
     pub limits: Limits,
+    /// `[apps]`: who may use the application protocol here.
+    pub apps: Apps,
 }
 
 /// `[node]`.
@@ -131,6 +133,49 @@ impl DomainConfig {
     pub fn primary(&self) -> &NodeId {
         // `replicas` is never empty once checked.
         &self.replicas[0]
+    }
+}
+
+/// `[apps]`: the local application socket and the grants of application certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Apps {
+    /// The local socket (default: `app.sock` beside `node.admin_socket`).
+    pub socket: PathBuf,
+    /// The Unix group whose members (primary or supplementary) may use the local socket
+    /// besides root and the service user; `None`: only those two.
+    pub group: Option<String>,
+    /// Whether local clients may write (default true).
+    pub local_write: bool,
+    /// What each application certificate (`domsync://app/<id>`) may read and write.
+    pub grants: Vec<AppGrant>,
+}
+
+/// One `[[apps.grants]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppGrant {
+    /// The application's certificate id.
+    pub id: String,
+    /// The domains it may read; `None`: every domain held here (`["*"]`).
+    pub domains: Option<Vec<DomainId>>,
+    /// Whether it may write them.
+    pub write: bool,
+}
+
+impl AppGrant {
+    /// A grant (for tests and tools building a configuration by hand).
+    pub fn new(id: impl Into<String>, domains: Option<Vec<DomainId>>, write: bool) -> AppGrant {
+        AppGrant {
+            id: id.into(),
+            domains,
+            write,
+        }
+    }
+
+    /// Whether the grant covers `domain`.
+    pub fn covers(&self, domain: &DomainId) -> bool {
+        self.domains.as_ref().is_none_or(|d| d.contains(domain))
     }
 }
 
