@@ -20,12 +20,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use domsync_net::{read_message, write_message, Identity, PeerRole, TlsFiles, ALPN_ADMIN};
+use domsync_net::{read_message, write_message, PeerRole, ALPN_ADMIN};
 use domsync_proto::admin::{Answer, Request, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
 use domsync_proto::model::NodeId;
 
-/// How long connecting to a daemon may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::quic::{self, refusal, CONNECT_TIMEOUT};
 
 /// Where the daemon is.
 #[derive(Debug, Clone)]
@@ -96,28 +95,12 @@ impl Session {
                 pki,
                 id,
             } => {
-                let me = Identity::new(PeerRole::Admin, id).map_err(|e| e.to_string())?;
-                let creds = TlsFiles::in_dir(pki, &me)
-                    .load()
-                    .map_err(|e| e.to_string())?;
-                let expected = Identity::new(PeerRole::Node, node.as_str())
-                    .map_err(|e| format!("{target}: {e}"))?;
-                let client = domsync_net::client_config_for(&creds, ALPN_ADMIN, Some(&expected))
-                    .map_err(|e| e.to_string())?;
-                let bind: SocketAddr = if addr.is_ipv4() {
-                    SocketAddr::from(([0, 0, 0, 0], 0))
-                } else {
-                    SocketAddr::from(([0u16; 8], 0))
-                };
-                let endpoint = quinn::Endpoint::client(bind)
-                    .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
-                let connecting = endpoint
-                    .connect_with(client, *addr, domsync_net::SERVER_NAME)
-                    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-                let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                    .await
-                    .map_err(|_| format!("cannot reach domsyncd at {target}: no answer in time"))?
-                    .map_err(|e| handshake_failure(target, &expected, &e))?;
+                let (client, expected) =
+                    quic::client_config(pki, PeerRole::Admin, id, ALPN_ADMIN, node)
+                        .map_err(|e| format!("{target}: {e}"))?;
+                let endpoint = quic::endpoint_for(addr)?;
+                let conn =
+                    quic::connect(&endpoint, client, *addr, &expected, target, "--remote").await?;
                 Conn::Quic { endpoint, conn }
             }
         };
@@ -198,35 +181,4 @@ pub fn parse_remote(flag: &str, text: &str) -> Result<(NodeId, SocketAddr), Stri
         .map_err(|e| format!("{flag} {text:?}: bad address {addr:?} ({e}); use ID=IP:PORT"))?;
     let node = NodeId::new(id).map_err(|e| format!("{flag} {text:?}: {e}; use ID=IP:PORT"))?;
     Ok((node, addr))
-}
-
-/// The one line for a QUIC connection to a remote admin address that failed; a server of
-/// another identity than the expected node is named with what to do.
-fn handshake_failure(target: &Target, expected: &Identity, e: &quinn::ConnectionError) -> String {
-    let text = e.to_string();
-    if text.contains(&format!("expected {expected}")) {
-        let found = text
-            .split("server is ")
-            .nth(1)
-            .and_then(|rest| rest.split(", expected").next())
-            .unwrap_or("another identity");
-        return format!(
-            "{target} refused: the server there is {found}, not the expected {expected}; \
-             give the id of the node at that address (--remote ID=ADDR) or the address of \
-             node {}",
-            expected.id
-        );
-    }
-    format!("cannot reach domsyncd at {target}: {text}")
-}
-
-fn refusal(target: &Target, e: quinn::ConnectionError) -> String {
-    match e {
-        quinn::ConnectionError::ApplicationClosed(c)
-            if c.error_code == domsync_net::CLOSE_REFUSED =>
-        {
-            format!("{target} refused: {}", String::from_utf8_lossy(&c.reason))
-        }
-        other => format!("{target}: {other}"),
-    }
 }

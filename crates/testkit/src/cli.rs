@@ -48,7 +48,9 @@ pub fn domsync_cmd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
     cmd.args(args)
         .env_remove("DOMSYNC_SOCKET")
         .env_remove("DOMSYNC_REMOTE")
-        .env_remove("DOMSYNC_DATA");
+        .env_remove("DOMSYNC_DATA")
+        .env_remove("DOMSYNC_APP_SOCKET")
+        .env_remove("DOMSYNC_APP_ID");
     cmd
 }
 

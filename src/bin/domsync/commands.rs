@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use domsync_proto::model::{Crl, DomainId, Lsn, NodeId, Op, Position};
+use domsync_proto::model::{Crl, DomainId, Lsn, NodeId, Op};
 use domsync_store::{Domain, Store, StoreOptions};
 
 use crate::Command;
@@ -27,29 +27,141 @@ pub enum DomainCmd {
     },
 }
 
+/// `domsync kv ...`. Where each runs: with --app-socket or --app-remote, every kv command goes
+/// to a running domsyncd over the application protocol; with --socket or --remote (admin),
+/// only `put` and `del` do; otherwise they work locally on --data, except `watch`, which
+/// always needs a daemon (default application socket /run/domsync/app.sock).
 #[derive(Subcommand)]
 pub enum KvCmd {
-    /// Set a key.
+    /// Set a key. Prints the position of the write (--json: domain, key, position, lsn: the
+    /// key's new version).
     Put {
         domain: String,
         key: String,
         value: String,
-    },
-    /// Read a key.
-    Get { domain: String, key: String },
-    /// Remove a key.
-    Del { domain: String, key: String },
-    /// List keys (and values) starting with a prefix.
-    List {
-        domain: String,
-        #[arg(long, default_value = "")]
-        prefix: String,
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-        /// One JSON document (keys, values and the position read at) instead of the lines.
+        /// One JSON object instead of the line.
         #[arg(long)]
         json: bool,
     },
+    /// Read a key: prints its value (exit 4 when absent). --json prints one object: domain,
+    /// key, value (UTF-8 text; "value_hex" instead when the value is not UTF-8; null when
+    /// absent), version, and who served it (node, role, position, lsn).
+    Get {
+        domain: String,
+        key: String,
+        /// One JSON object instead of the value.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at_least: AtLeastArgs,
+    },
+    /// Remove a key (removing a missing key is not an error).
+    Del {
+        domain: String,
+        key: String,
+        /// One JSON object instead of the line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (and values) starting with PREFIX, all read at one position (a daemon's scan
+    /// follows its continuations). --json prints one document: domain, position, node, role,
+    /// and keys: [{key, value (or value_hex), version}].
+    List {
+        domain: String,
+        /// Key prefix (default: every key).
+        #[arg(value_name = "PREFIX")]
+        prefix: Option<String>,
+        /// Same as PREFIX (kept for scripts).
+        #[arg(
+            long = "prefix",
+            value_name = "PREFIX",
+            hide = true,
+            conflicts_with = "prefix"
+        )]
+        prefix_flag: Option<String>,
+        /// Most keys printed.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Only keys and versions, no values.
+        #[arg(long)]
+        keys_only: bool,
+        /// One JSON document instead of the lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at_least: AtLeastArgs,
+    },
+    /// (daemon) Print every change of keys starting with PREFIX as it happens, with the
+    /// position after each batch: `LSN put KEY = VALUE` / `LSN del KEY` lines, then
+    /// `position TERM@NODE:LSN:CHAIN` (also for progress marks, where nothing changed). Give
+    /// that position to --from to resume without gap or repeat. --json prints one object per
+    /// batch and line: {"position", "lsn", "node", "events": [{key, value (null: deleted;
+    /// value_hex when not UTF-8), lsn}]}. Resumes by itself after a dropped connection or a
+    /// failover (remote: on the next node); ends with an error when the position is no longer
+    /// held (compacted or lost in a failover: list the keys again and watch from there).
+    Watch {
+        domain: String,
+        /// Key prefix (default: every key).
+        #[arg(value_name = "PREFIX", default_value = "")]
+        prefix: String,
+        /// Resume after this position (TERM@NODE:LSN:CHAIN as printed); default: from now.
+        #[arg(long, value_name = "POSITION")]
+        from: Option<String>,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// One JSON object per batch and line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A conditional transaction: when every condition holds, all ops are written as one
+    /// record; otherwise nothing is written and the command exits 3 (EXIT_CONFLICT) naming
+    /// the failed condition, so a script can read again and retry. Conditions and ops come
+    /// from the flags (conditions, then puts, then dels) or from --file (- for stdin), one per
+    /// line, in order, `#` starting a comment:
+    ///   if-absent KEY         the key does not exist
+    ///   if-version KEY N      the key exists with version N (`kv get --json`)
+    ///   if-value KEY VALUE    the key exists with this value (VALUE: rest of the line)
+    ///   put KEY VALUE         set the key (VALUE: rest of the line)
+    ///   del KEY               remove the key
+    /// Keys in the file cannot hold spaces (use the flags for those).
+    #[command(verbatim_doc_comment)]
+    Txn {
+        domain: String,
+        /// Condition: KEY does not exist (repeatable).
+        #[arg(long, value_name = "KEY")]
+        if_absent: Vec<String>,
+        /// Condition: KEY exists with version N (repeatable).
+        #[arg(long, value_name = "KEY=N")]
+        if_version: Vec<String>,
+        /// Condition: KEY exists with VALUE (repeatable).
+        #[arg(long, value_name = "KEY=VALUE")]
+        if_value: Vec<String>,
+        /// Op: set KEY to VALUE (repeatable).
+        #[arg(long, value_name = "KEY=VALUE")]
+        put: Vec<String>,
+        /// Op: remove KEY (repeatable).
+        #[arg(long, value_name = "KEY")]
+        del: Vec<String>,
+        /// Read conditions and ops from this file (- for stdin), after those of the flags.
+        #[arg(long, value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+        /// One JSON object instead of the line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// "Read at least here" for reads through a daemon (ignored in local mode).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct AtLeastArgs {
+    /// (daemon) The read must reflect this lsn (e.g. the lsn a `kv put` printed): a lagging
+    /// standby waits up to --wait for it, then the command fails saying so.
+    #[arg(long, value_name = "LSN", default_value_t = 0)]
+    pub at_least: u64,
+    /// (daemon) Most milliseconds to wait for --at-least (at most 30000).
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub wait: u32,
 }
 
 #[derive(Subcommand)]
@@ -96,11 +208,6 @@ fn open(data: &Path, node: &str) -> Result<Store, Box<dyn std::error::Error>> {
 fn domain(store: &Store, name: &str) -> Result<Domain, Box<dyn std::error::Error>> {
     let id: DomainId = name.parse()?;
     Ok(store.domain(&id)?)
-}
-
-fn ok_at(what: &str, pos: &Position) -> ExitCode {
-    println!("{what} at {pos}");
-    ExitCode::SUCCESS
 }
 
 pub fn run(data: &Path, node: &str, command: Command) -> Res {
@@ -154,7 +261,7 @@ pub fn run(data: &Path, node: &str, command: Command) -> Res {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Kv(cmd) => kv(&store, cmd),
+        Command::Kv(cmd) => crate::kv::local(&store, node, cmd),
         Command::Policy(cmd) => policy(&store, cmd),
         Command::Crl(cmd) => crate::trust::crl(&crate::trust::Source::Local(&store), cmd),
         Command::Issuer(cmd) => crate::trust::issuer(&crate::trust::Source::Local(&store), cmd),
@@ -179,69 +286,6 @@ pub fn run(data: &Path, node: &str, command: Command) -> Res {
         }
         Command::Verify { domain: only } => verify(&store, only.as_deref()),
         Command::Demo { .. } => Ok(ExitCode::SUCCESS),
-    }
-}
-
-fn kv(store: &Store, cmd: KvCmd) -> Res {
-    match cmd {
-        KvCmd::Put {
-            domain: d,
-            key,
-            value,
-        } => Ok(ok_at("put", &domain(store, &d)?.put(key, value)?)),
-        KvCmd::Del { domain: d, key } => Ok(ok_at("deleted", &domain(store, &d)?.delete(key)?)),
-        KvCmd::Get { domain: d, key } => {
-            let r = domain(store, &d)?.get(key.as_bytes())?;
-            match r.value {
-                Some(v) => {
-                    println!("{}", String::from_utf8_lossy(&v));
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!(
-                        "domsync: key {key:?} not found in domain {d} (read at {})",
-                        r.position
-                    );
-                    Ok(ExitCode::from(4))
-                }
-            }
-        }
-        KvCmd::List {
-            domain: d,
-            prefix,
-            limit,
-            json,
-        } => {
-            let r = domain(store, &d)?.list(prefix.as_bytes(), limit)?;
-            if json {
-                let keys: Vec<_> = r
-                    .value
-                    .iter()
-                    .map(|(k, v)| {
-                        serde_json::json!({
-                            "key": String::from_utf8_lossy(k),
-                            "value": String::from_utf8_lossy(v),
-                        })
-                    })
-                    .collect();
-                let doc = serde_json::json!({
-                    "domain": d,
-                    "position": r.position.to_string(),
-                    "keys": keys,
-                });
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            for (k, v) in &r.value {
-                println!(
-                    "{} = {}",
-                    String::from_utf8_lossy(k),
-                    String::from_utf8_lossy(v)
-                );
-            }
-            eprintln!("{} keys, read at {}", r.value.len(), r.position);
-            Ok(ExitCode::SUCCESS)
-        }
     }
 }
 

@@ -44,10 +44,12 @@ fn config_text(dir: &Path, me: &str, ports: &BTreeMap<&str, u16>) -> String {
     let mut t = format!(
         "[node]\nid = \"{me}\"\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nadmin_socket = \"{}\"\n\n\
          [tls]\nca = \"{p}/ca.pem\"\ncert = \"{p}/node-{me}.pem\"\nkey = \"{p}/node-{me}.key\"\n\n\
-         [limits]\nconfirm_timeout_ms = 2000\nguard_window_ms = 1000\n",
+         [limits]\nconfirm_timeout_ms = 2000\nguard_window_ms = 1000\n\n\
+         [apps]\nsocket = \"{}\"\n",
         dir.join(me).display(),
         ports[me],
         dir.join(format!("{me}.sock")).display(),
+        dir.join(format!("{me}-app.sock")).display(),
         p = pki.display(),
     );
     for peer in NODES.iter().filter(|n| **n != me) {

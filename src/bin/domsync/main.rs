@@ -9,6 +9,7 @@ mod demo_cluster;
 mod doctor;
 mod gateway;
 mod generate;
+mod kv;
 mod options;
 mod pki;
 mod trust;
@@ -30,6 +31,10 @@ use clap::{Parser, Subcommand};
 /// node ID only (a server there with another node certificate is refused). Giving
 /// --socket or --remote also sends the writes `kv put|del`, `policy install` and `crl put` to
 /// that daemon, which must be the domain's active (a standby refuses, naming the active).
+/// The application protocol (--app-socket PATH, or --app-remote ID=ADDR with --app-pki and
+/// --app-id) sends every kv command (get, put, del, list, txn, watch) to a running domsyncd,
+/// reads served by any replica; `kv watch` always uses it (default socket
+/// /run/domsync/app.sock).
 #[derive(Parser)]
 #[command(name = "domsync", version, about, long_about)]
 struct Cli {
@@ -92,6 +97,47 @@ struct Cli {
         value_name = "ID"
     )]
     admin_id: Option<String>,
+    /// Application protocol: the application socket of a running domsyncd (`[apps] socket`;
+    /// default for `kv watch`: /run/domsync/app.sock). Given (or --app-remote), every kv
+    /// command goes to the daemon.
+    #[arg(
+        long,
+        global = true,
+        help_heading = options::APP,
+        env = "DOMSYNC_APP_SOCKET",
+        value_name = "PATH"
+    )]
+    app_socket: Option<PathBuf>,
+    /// Application protocol over QUIC (ALPN domsync-app/1): a node's id and address, ID=ADDR,
+    /// repeatable (reads go to the first that answers, transactions to the domain's active),
+    /// with an application certificate (--app-pki, --app-id).
+    #[arg(
+        long,
+        global = true,
+        help_heading = options::APP,
+        value_name = "ID=ADDR",
+        value_parser = parse_app_remote,
+        conflicts_with = "app_socket"
+    )]
+    app_remote: Vec<(domsync_proto::model::NodeId, SocketAddr)>,
+    /// Directory with ca.pem and app-<id>.pem/.key, for --app-remote.
+    #[arg(
+        long,
+        global = true,
+        help_heading = options::APP,
+        env = "DOMSYNC_APP_PKI",
+        default_value = "./pki"
+    )]
+    app_pki: PathBuf,
+    /// The application's id (certificate domsync://app/<id>), for --app-remote.
+    #[arg(
+        long,
+        global = true,
+        help_heading = options::APP,
+        env = "DOMSYNC_APP_ID",
+        value_name = "ID"
+    )]
+    app_id: Option<String>,
     #[command(subcommand)]
     command: TopCommand,
 }
@@ -238,8 +284,33 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// The daemon's application protocol: `--app-remote`, else `--app-socket`, else (when
+    /// `always`) the default application socket; `None` selects local mode.
+    fn app_target(&self, always: bool) -> Result<Option<domsync_client::app::AppTarget>, String> {
+        use domsync_client::app::AppTarget;
+        if !self.app_remote.is_empty() {
+            let id = self.app_id.clone().ok_or(
+                "--app-remote needs --app-id ID (the application certificate domsync://app/<ID> in --app-pki)",
+            )?;
+            return Ok(Some(AppTarget::Remote {
+                nodes: self.app_remote.clone(),
+                pki: self.app_pki.clone(),
+                id,
+            }));
+        }
+        Ok(match &self.app_socket {
+            Some(p) => Some(AppTarget::Socket(p.clone())),
+            None if always => Some(AppTarget::Socket(kv::DEFAULT_APP_SOCKET.into())),
+            None => None,
+        })
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let daemon = cli.target(false)?;
+    let app = cli.app_target(false)?;
+    let app_watch = cli.app_target(true)?;
     let target = cli
         .target(true)?
         .unwrap_or_else(|| admin::Target::Socket(admin::DEFAULT_SOCKET.into()));
@@ -268,14 +339,22 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             None => commands::run(&cli.data, &cli.node, Command::Domain(cmd)),
         },
         TopCommand::Store(Command::Demo { dir }) => demo::run(dir),
+        TopCommand::Store(Command::Kv(cmd @ commands::KvCmd::Watch { .. })) => match app_watch {
+            Some(t) => kv::daemon(t, cmd),
+            None => Err("kv watch needs a running domsyncd: give --app-socket PATH".into()),
+        },
+        TopCommand::Store(Command::Kv(cmd)) if app.is_some() => match app {
+            Some(t) => kv::daemon(t, cmd),
+            None => Err("no application target".into()),
+        },
         TopCommand::Store(command) => match (daemon, command) {
-            (Some(t), Command::Kv(commands::KvCmd::Put { domain, key, value })) => admin::write(
+            (Some(t), Command::Kv(commands::KvCmd::Put { domain, key, value, json: false })) => admin::write(
                 &t,
                 &domain,
                 admin::put_ops(key, value),
                 &admin::WriteKind::Put,
             ),
-            (Some(t), Command::Kv(commands::KvCmd::Del { domain, key })) => admin::write(
+            (Some(t), Command::Kv(commands::KvCmd::Del { domain, key, json: false })) => admin::write(
                 &t,
                 &domain,
                 vec![domsync_proto::model::Op::Delete {
@@ -294,6 +373,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             (Some(t), Command::Crl(cmd)) => trust::crl(&trust::Source::Daemon(&t), cmd),
             (Some(t), Command::Issuer(cmd)) => trust::issuer(&trust::Source::Daemon(&t), cmd),
+            (Some(_), Command::Kv(_)) => Err(
+                "through --socket/--remote (admin) only kv put|del without --json go to a daemon; kv get|list|txn|watch use the application protocol: give --app-socket PATH or --app-remote ID=ADDR instead".into(),
+            ),
             (Some(_), _) => Err(
                 "only kv put|del, policy install, crl and issuer commands are sent to a daemon; drop --socket/--remote to work locally on --data".into(),
             ),
@@ -314,6 +396,11 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--app-remote ID=ADDR`.
+fn parse_app_remote(text: &str) -> Result<(domsync_proto::model::NodeId, SocketAddr), String> {
+    domsync_client::admin::parse_remote("--app-remote", text)
 }
 
 /// `--remote ID=ADDR` (a bare address is refused at parse time, showing the form).

@@ -1,6 +1,7 @@
 //! Where the global options apply. `--data`/`--node` (the local store) and `--socket`,
 //! `--remote`, `--admin-pki`, `--admin-id` (the daemon connection) are declared once, global,
-//! each group under its own help heading; the help of a subcommand they do not apply to (`pki`,
+//! each group under its own help heading, as are `--app-socket`, `--app-remote`, `--app-pki`,
+//! `--app-id` (the application protocol, used by `kv` only); the help of a subcommand they do not apply to (`pki`,
 //! `gateway`, `demo`, `doctor`, daemon-only or local-only commands) does not show them.
 
 use clap::{CommandFactory as _, FromArgMatches as _};
@@ -11,12 +12,25 @@ use crate::Cli;
 pub const STORE: &str = "Local store";
 /// Help heading of `--socket`, `--remote`, `--admin-pki` and `--admin-id`.
 pub const DAEMON: &str = "Daemon connection";
+/// Help heading of `--app-socket`, `--app-remote`, `--app-pki` and `--app-id`.
+pub const APP: &str = "Application connection";
 
 const STORE_ARGS: &[&str] = &["data", "node"];
 const DAEMON_ARGS: &[&str] = &["socket", "remote", "admin_pki", "admin_id"];
+const APP_ARGS: &[&str] = &["app_socket", "app_remote", "app_pki", "app_id"];
 
 /// Which global options each top-level subcommand (and everything under it) does not use.
 fn unused(subcommand: &str) -> Vec<&'static str> {
+    // The application protocol serves only `kv`.
+    let app = if subcommand == "kv" {
+        &[][..]
+    } else {
+        APP_ARGS
+    };
+    [unused_admin(subcommand), app.to_vec()].concat()
+}
+
+fn unused_admin(subcommand: &str) -> Vec<&'static str> {
     match subcommand {
         // Their own files and addresses; none of the store or daemon options.
         "pki" | "gateway" | "demo" | "doctor" | "help" => [STORE_ARGS, DAEMON_ARGS].concat(),
