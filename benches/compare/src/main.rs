@@ -20,6 +20,18 @@ use load::Run;
 use report::{Entry, Group, Report};
 use systems::{Bins, Domsync, Etcd, Redis};
 
+/// Every comparison, as named by `--only`.
+pub const COMPARISONS: [&str; 8] = [
+    "writes",
+    "replicated",
+    "reads",
+    "lag",
+    "resync",
+    "memory",
+    "get",
+    "txn",
+];
+
 #[derive(Parser, Clone, Debug)]
 #[command(about = "Side-by-side benchmarks of domsync against etcd and Redis on this machine")]
 pub struct Args {
@@ -42,11 +54,11 @@ pub struct Args {
     /// Where the systems get their temporary directories (default $TMPDIR or /tmp).
     #[arg(long)]
     tmp: Option<PathBuf>,
-    /// Comparisons to run, comma-separated: writes,replicated,reads,lag,resync,memory.
+    /// Comparisons to run, comma-separated: writes,replicated,reads,lag,resync,memory,get,txn.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "writes,replicated,reads,lag,resync,memory"
+        default_value = "writes,replicated,reads,lag,resync,memory,get,txn"
     )]
     only: Vec<String>,
     /// Concurrent clients for the single-node write comparison.
@@ -55,6 +67,16 @@ pub struct Args {
     /// Concurrent clients for the read comparison.
     #[arg(long, value_delimiter = ',', default_value = "1,100")]
     read_clients: Vec<usize>,
+    /// Concurrent clients for the application API comparisons (get, txn).
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    app_clients: Vec<usize>,
+    /// How `domsync-bench get|txn` speaks to the node: `client` (the AppClient library) or
+    /// `frames` (domsync-app/1 frames written directly on the local socket).
+    #[arg(long, default_value = "client")]
+    app_via: String,
+    /// Keys preloaded for the get comparison (100 B values).
+    #[arg(long, default_value_t = 10_000)]
+    get_keys: u64,
     /// Write rates (per second) for the replication-lag comparison; the target is read at 1000.
     #[arg(long, value_delimiter = ',')]
     lag_rates: Option<Vec<f64>>,
@@ -73,7 +95,8 @@ pub struct Args {
     /// Write the plot here (default <repo>/benches/compare/plot.png).
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Record a CPU profile of domsyncd (perf) during the 64-client replicated writes.
+    /// Record a CPU profile of domsyncd (perf) during the 64-client replicated writes, and of
+    /// the serving domsyncd during the get and txn comparisons.
     #[arg(long)]
     perf: bool,
     /// The command line shown in the report (set by compare.sh).
@@ -222,7 +245,7 @@ async fn run(args: Args) -> Result<()> {
         drop(ds);
     }
 
-    let need_cluster = ["replicated", "reads", "lag", "resync"]
+    let need_cluster = ["replicated", "reads", "lag", "resync", "get", "txn"]
         .iter()
         .any(|w| args.runs(w));
     if need_cluster {
@@ -255,7 +278,12 @@ async fn run(args: Args) -> Result<()> {
             };
             let (run, _) = bench(&ds, &a);
             if let Some(p) = perf {
-                report.profile = report::perf_finish(p);
+                if let Some(p) = report::perf_finish(p) {
+                    report.profiles.push((
+                        "the active domsyncd, replicated writes at 64 clients".into(),
+                        p,
+                    ));
+                }
             }
             report.add(Entry::new(Group::Replicated, 64.0, "domsync", run));
             let run =
@@ -301,6 +329,80 @@ async fn run(args: Args) -> Result<()> {
                 )
                 .await?;
                 report.add(Entry::new(Group::Reads, c as f64, "redis", run));
+                say(&report.last_line());
+            }
+        }
+
+        if args.runs("get") {
+            say("7. application API reads of 100 B keys: domsync get on a standby (local app socket) vs etcd serializable Range on a follower");
+            for &c in &args.app_clients {
+                let mut a = vec!["get".to_owned()];
+                a.extend(ds.app_socket(1));
+                a.extend(ds.remote_admin(0));
+                a.extend(bench_opts(&[
+                    ("--domain", "repl".into()),
+                    ("--concurrency", c.to_string()),
+                    ("--keys", args.get_keys.to_string()),
+                    ("--app-via", args.app_via.clone()),
+                    ("--value-size", "100".into()),
+                    ("--duration", secs.to_string()),
+                ]));
+                let perf = if args.perf {
+                    report::perf_start(ds.procs[1].pid(), &base)
+                } else {
+                    None
+                };
+                let (run, _) = bench(&ds, &a);
+                if let Some(p) = perf.and_then(report::perf_finish) {
+                    report
+                        .profiles
+                        .push((format!("the standby domsyncd serving get, {c} clients"), p));
+                }
+                report.add(Entry::new(Group::Get, c as f64, "domsync", run));
+                let run = systems::etcd_get(
+                    &et.urls[leader],
+                    &et.urls[follower],
+                    c,
+                    args.get_keys,
+                    100,
+                    warmup,
+                    secs,
+                    &et.procs(),
+                )
+                .await?;
+                report.add(Entry::new(Group::Get, c as f64, "etcd", run));
+                say(&report.last_line());
+            }
+        }
+
+        if args.runs("txn") {
+            say("8. application API transactions (condition on the key's version, then put 100 B): domsync txn on the active (local app socket, durability standby) vs etcd Txn on the leader");
+            for &c in &args.app_clients {
+                let mut a = vec!["txn".to_owned()];
+                a.extend(ds.app_socket(0));
+                a.extend(bench_opts(&[
+                    ("--app-via", args.app_via.clone()),
+                    ("--domain", "repl".into()),
+                    ("--concurrency", c.to_string()),
+                    ("--value-size", "100".into()),
+                    ("--duration", secs.to_string()),
+                ]));
+                let perf = if args.perf {
+                    report::perf_start(ds.procs[0].pid(), &base)
+                } else {
+                    None
+                };
+                let (run, _) = bench(&ds, &a);
+                if let Some(p) = perf.and_then(report::perf_finish) {
+                    report
+                        .profiles
+                        .push((format!("the active domsyncd serving txn, {c} clients"), p));
+                }
+                report.add(Entry::new(Group::Txn, c as f64, "domsync", run));
+                let run =
+                    systems::etcd_txn(&et.urls[leader], c, 100, warmup, secs, &et.procs()).await?;
+                et.check()?;
+                report.add(Entry::new(Group::Txn, c as f64, "etcd", run));
                 say(&report.last_line());
             }
         }

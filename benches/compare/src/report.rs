@@ -21,6 +21,10 @@ pub enum Group {
     Lag,
     Resync,
     Memory,
+    /// Application API reads (`AppClient::get` vs etcd serializable Range).
+    Get,
+    /// Application API transactions (`AppClient::txn` vs etcd Txn).
+    Txn,
 }
 
 impl Group {
@@ -35,12 +39,14 @@ impl Group {
             Group::Lag => "replication lag at a fixed write rate",
             Group::Resync => "full resync of a domain vs cp of its redb file",
             Group::Memory => "idle resident memory",
+            Group::Get => "application API reads of random 100 B keys from a standby / follower",
+            Group::Txn => "application API transactions (version condition, then put 100 B) on the active / leader",
         }
     }
     /// What the point's x is.
     fn x_label(self, x: f64) -> String {
         match self {
-            Group::Writes | Group::Replicated | Group::Reads => {
+            Group::Writes | Group::Replicated | Group::Reads | Group::Get | Group::Txn => {
                 format!("{x} client{}", if x == 1.0 { "" } else { "s" })
             }
             Group::Lag => format!("{x}/s"),
@@ -50,18 +56,24 @@ impl Group {
     }
     fn metric(self) -> &'static str {
         match self {
-            Group::Writes | Group::Replicated | Group::Reads => "ops/s",
+            Group::Writes | Group::Replicated | Group::Reads | Group::Get => "ops/s",
+            Group::Txn => "committed txn/s",
             Group::Lag => "lag p99 ms",
             Group::Resync => "seconds",
             Group::Memory => "RSS MiB",
         }
     }
     fn higher_is_better(self) -> bool {
-        matches!(self, Group::Writes | Group::Replicated | Group::Reads)
+        matches!(
+            self,
+            Group::Writes | Group::Replicated | Group::Reads | Group::Get | Group::Txn
+        )
     }
     fn value(self, r: &Run) -> f64 {
         match self {
-            Group::Writes | Group::Replicated | Group::Reads => r.ops_per_sec,
+            Group::Writes | Group::Replicated | Group::Reads | Group::Get | Group::Txn => {
+                r.ops_per_sec
+            }
             Group::Lag => r.latency_ms.p99,
             Group::Resync => r.seconds,
             Group::Memory => r.rss_mib,
@@ -69,7 +81,7 @@ impl Group {
     }
     fn detail(self, r: &Run) -> String {
         match self {
-            Group::Writes | Group::Replicated | Group::Reads => format!(
+            Group::Writes | Group::Replicated | Group::Reads | Group::Get | Group::Txn => format!(
                 "p50 {} / p99 {} ms",
                 num(r.latency_ms.p50),
                 num(r.latency_ms.p99)
@@ -132,7 +144,8 @@ fn verdict(met: Option<bool>) -> &'static str {
 
 pub struct Report {
     pub entries: Vec<Entry>,
-    pub profile: Option<String>,
+    /// perf profiles: (what was profiled, the report).
+    pub profiles: Vec<(String, String)>,
     machine: Vec<(String, String)>,
     versions: Vec<(String, String)>,
     servers: Vec<String>,
@@ -269,7 +282,7 @@ impl Report {
         let _ = bins;
         Report {
             entries: Vec::new(),
-            profile: None,
+            profiles: Vec::new(),
             machine,
             versions,
             servers: Vec::new(),
@@ -356,6 +369,10 @@ impl Report {
                         Some(("p99 ≤ 2x Redis's", ratio <= 2.0))
                     }
                     (Group::Resync, "cp") => Some(("≤ 2x cp", ratio <= 2.0)),
+                    (Group::Get, "etcd") => {
+                        Some(("≥ 3x etcd serializable Range on a follower", ratio >= 3.0))
+                    }
+                    (Group::Txn, "etcd") => Some(("≥ 3x etcd Txn on the leader", ratio >= 3.0)),
                     _ => None,
                 };
                 // A failed run is no evidence either way.
@@ -517,18 +534,41 @@ impl Report {
                 }
             }
         }
-        let plot = args
-            .plot
-            .clone()
-            .unwrap_or_else(|| repo.join("benches/compare/plot.png"));
-        let plotted = match crate::report::plot(self, &plot) {
-            Ok(()) => Some(plot),
-            Err(e) => {
-                eprintln!("no plot: {e:#}");
-                None
+        // A partial run (`--only` a subset) into the default BENCHMARKS.md keeps the full
+        // run's figures and plot: its report becomes a section of its own (see `splice`).
+        let default_md = args.markdown.is_none();
+        let partial = !crate::COMPARISONS.iter().all(|c| args.runs(c));
+        let splice_into = repo.join("BENCHMARKS.md");
+        let splice = partial && default_md && splice_into.exists();
+        let plotted = if splice && args.plot.is_none() {
+            None
+        } else {
+            let plot = args
+                .plot
+                .clone()
+                .unwrap_or_else(|| repo.join("benches/compare/plot.png"));
+            match crate::report::plot(self, &plot) {
+                Ok(()) => Some(plot),
+                Err(e) => {
+                    eprintln!("no plot: {e:#}");
+                    None
+                }
             }
         };
-        let md = self.markdown(args, repo, plotted.as_deref());
+        if splice {
+            let old = std::fs::read_to_string(&splice_into)
+                .with_context(|| format!("{}", splice_into.display()))?;
+            let md = self.splice(&old, args, repo, plotted.as_deref());
+            std::fs::write(&splice_into, md)
+                .with_context(|| format!("{}", splice_into.display()))?;
+            eprintln!(
+                "updated {} (section of this --only {} run; the other figures are kept)",
+                splice_into.display(),
+                args.only.join(",")
+            );
+            return Ok(());
+        }
+        let md = self.markdown(args, repo, plotted.as_deref(), true);
         match args.markdown.as_deref() {
             Some("-") => println!("{md}"),
             other => {
@@ -540,7 +580,60 @@ impl Report {
         Ok(())
     }
 
-    fn markdown(&self, args: &Args, repo: &Path, plot: Option<&Path>) -> String {
+    /// `old` (a BENCHMARKS.md) with this partial run's report as the section of its
+    /// comparisons: headings one level down, between markers naming the comparisons (an
+    /// earlier section of the same comparisons is replaced), placed before the hand-written
+    /// analysis, which is refreshed from `benches/compare/ANALYSIS.md`.
+    fn splice(&self, old: &str, args: &Args, repo: &Path, plot: Option<&Path>) -> String {
+        let key = args.only.join(",");
+        let begin = format!("<!-- BEGIN run of --only {key} -->");
+        let end = format!("<!-- END run of --only {key} -->");
+        let body = self.markdown(args, repo, plot, false);
+        let mut section = format!(
+            "{begin}\n## Comparisons {key}: a later run of these alone\n\n\
+             Generated by `{}`; only the comparisons {key} ran, on the same machine, each pair \
+             back to back; the figures above this section come from the full run and were kept.\n\n",
+            self.invocation
+        );
+        for line in body.lines().skip_while(|l| !l.starts_with("## ")) {
+            if line.starts_with('#') {
+                section.push('#');
+            }
+            section.push_str(line);
+            section.push('\n');
+        }
+        section.push_str(&end);
+        section.push('\n');
+        // Without the earlier section of the same comparisons, if any.
+        let mut rest = old.to_owned();
+        if let (Some(b), Some(e)) = (rest.find(&begin), rest.find(&end)) {
+            if b < e {
+                let mut after = e + end.len();
+                if rest[after..].starts_with('\n') {
+                    after += 1;
+                }
+                rest.replace_range(b..after, "");
+            }
+        }
+        let analysis = std::fs::read_to_string(repo.join("benches/compare/ANALYSIS.md")).ok();
+        let cut = analysis
+            .as_deref()
+            .and_then(|a| a.lines().next())
+            .and_then(|first| rest.find(first))
+            .unwrap_or(rest.len());
+        let mut out = rest[..cut].trim_end().to_owned();
+        out.push_str("\n\n");
+        out.push_str(&section);
+        if let Some(a) = analysis {
+            out.push('\n');
+            out.push_str(&a);
+        } else {
+            out.push_str(&rest[cut..]);
+        }
+        out
+    }
+
+    fn markdown(&self, args: &Args, repo: &Path, plot: Option<&Path>, analysis: bool) -> String {
         let mut m = String::new();
         m.push_str("# Benchmarks: domsync side by side with etcd and Redis\n\n");
         m.push_str("Generated by `benches/compare.sh` (crate `benches/compare/`, see its README). \
@@ -583,9 +676,12 @@ impl Report {
             Group::Lag,
             Group::Resync,
             Group::Memory,
+            Group::Get,
+            Group::Txn,
         ];
         let list: Vec<String> = groups
             .iter()
+            .filter(|g| self.entries.iter().any(|e| e.group == **g))
             .map(|g| format!("{}. {}", g.number(), g.title()))
             .collect();
         m.push_str(&list.join("; "));
@@ -620,11 +716,11 @@ impl Report {
         }
         m.push_str("\n## Details per point\n\n");
         m.push_str(&self.details());
-        if let Some(p) = &self.profile {
-            let _ = write!(m, "\n## CPU profile of the active domsyncd, replicated writes at 64 clients (perf)\n\n```\n{p}\n```\n");
+        for (what, p) in &self.profiles {
+            let _ = write!(m, "\n## CPU profile of {what} (perf)\n\n```\n{p}\n```\n");
         }
-        let analysis = repo.join("benches/compare/ANALYSIS.md");
-        if let Ok(text) = std::fs::read_to_string(&analysis) {
+        let path = repo.join("benches/compare/ANALYSIS.md");
+        if let (true, Ok(text)) = (analysis, std::fs::read_to_string(&path)) {
             m.push('\n');
             m.push_str(&text);
         }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use etcd_client::{Client, GetOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use tokio::sync::Mutex;
 
 use crate::load::{self, now_micros, Lat, Run};
@@ -235,6 +237,165 @@ pub async fn etcd_reads(
     run.server_cpu_percent = cpu.finish();
     run.notes.push(format!(
         "serializable Range on a follower, {} gRPC connection(s)",
+        etcd_conns(concurrency)
+    ));
+    Ok(run)
+}
+
+/// Keys of the get comparison (`g/<index>`), like `domsync-bench get`'s.
+fn get_key(i: u64) -> String {
+    format!("g/{i:010}")
+}
+
+/// A well-mixed 64-bit number from `x` (splitmix64): random keys without a dependency.
+pub fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `keys` keys of `size` bytes put on the leader (16 writers), then serializable gets of
+/// random ones by `concurrency` clients from the follower `url`.
+#[allow(clippy::too_many_arguments)]
+pub async fn etcd_get(
+    leader: &str,
+    url: &str,
+    concurrency: usize,
+    keys: u64,
+    size: usize,
+    warmup: f64,
+    secs: f64,
+    servers: &[&Proc],
+) -> Result<Run> {
+    let writers = etcd_clients(leader, 4).await?;
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let mut c = writers[w as usize % writers.len()].kv_client();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < keys {
+                c.put(get_key(i), value("g", size), None).await?;
+                i += 16;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let clients = Arc::new(etcd_clients(url, etcd_conns(concurrency)).await?);
+    {
+        let c = clients[0].clone();
+        wait_until("the keys on the etcd follower", START_LIMIT, || {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .get(
+                        get_key(keys - 1),
+                        Some(GetOptions::new().with_serializable()),
+                    )
+                    .await?;
+                Ok(r.kvs().first().is_some_and(|kv| kv.value().len() == size))
+            }
+        })
+        .await?;
+    }
+    let cpu = CpuWindow::start(servers);
+    let mut run = load::closed_loop(concurrency, warmup, secs, move |client, i| {
+        let mut c = clients[client % clients.len()].kv_client();
+        let key = get_key(mix(((client as u64) << 40) ^ i) % keys);
+        async move {
+            let r = c
+                .get(key, Some(GetOptions::new().with_serializable()))
+                .await?;
+            match r.kvs().first() {
+                Some(kv) if kv.value().len() == size => Ok(()),
+                _ => bail!("short read"),
+            }
+        }
+    })
+    .await;
+    run.server_cpu_percent = cpu.finish();
+    run.notes.push(format!(
+        "serializable Range of random keys out of {keys} ({size} B) on a follower, {} gRPC connection(s)",
+        etcd_conns(concurrency)
+    ));
+    Ok(run)
+}
+
+/// Keys each Txn client changes in turn (as `domsync-bench txn`).
+const TXN_KEYS_PER_CLIENT: u64 = 8;
+
+/// `concurrency` clients each changing its own keys on the leader `url` with a Txn: compare
+/// `mod_revision == ` the revision of the client's previous commit of the key (its first read
+/// otherwise), then put; on a failed compare, the `or_else` get gives the current revision
+/// (a conflict, not counted as an op).
+pub async fn etcd_txn(
+    url: &str,
+    concurrency: usize,
+    size: usize,
+    warmup: f64,
+    secs: f64,
+    servers: &[&Proc],
+) -> Result<Run> {
+    let clients = Arc::new(etcd_clients(url, etcd_conns(concurrency)).await?);
+    let key = |client: usize, k: u64| format!("t/{client:05}/{k}");
+    let mut revs = Vec::new();
+    for client in 0..concurrency {
+        let mut c = clients[client % clients.len()].kv_client();
+        let mut v = Vec::new();
+        for k in 0..TXN_KEYS_PER_CLIENT {
+            let r = c.get(key(client, k), None).await?;
+            v.push(r.kvs().first().map_or(0, |kv| kv.mod_revision()));
+        }
+        revs.push(std::sync::Mutex::new(v));
+    }
+    let revs = Arc::new(revs);
+    let conflicts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let val = Arc::new(value("t", size));
+    let cpu = CpuWindow::start(servers);
+    let conf = conflicts.clone();
+    let mut run = load::closed_loop(concurrency, warmup, secs, move |client, i| {
+        let mut c = clients[client % clients.len()].kv_client();
+        let k = i % TXN_KEYS_PER_CLIENT;
+        let key = key(client, k);
+        let (revs, val, conf) = (revs.clone(), val.clone(), conf.clone());
+        async move {
+            let rev = revs[client].lock().unwrap()[k as usize];
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                .and_then([TxnOp::put(key.clone(), val.to_vec(), None)])
+                .or_else([TxnOp::get(key, None)]);
+            let r = c.txn(txn).await?;
+            let now = if r.succeeded() {
+                r.header().map(|h| h.revision())
+            } else {
+                r.op_responses().into_iter().find_map(|o| match o {
+                    TxnOpResponse::Get(g) => {
+                        Some(g.kvs().first().map_or(0, |kv| kv.mod_revision()))
+                    }
+                    _ => None,
+                })
+            };
+            if let Some(now) = now {
+                revs[client].lock().unwrap()[k as usize] = now;
+            }
+            if r.succeeded() {
+                Ok(())
+            } else {
+                conf.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                bail!("conflict")
+            }
+        }
+    })
+    .await;
+    run.server_cpu_percent = cpu.finish();
+    let conflicts = conflicts.load(std::sync::atomic::Ordering::Relaxed);
+    run.errors = run.errors.saturating_sub(conflicts);
+    run.notes.retain(|n| n != "first error: conflict");
+    run.notes.push(format!(
+        "Txn on the leader: compare mod_revision == the client's last commit of the key, then put {size} B; {} gRPC connection(s); {conflicts} conflict(s) not counted as ops",
         etcd_conns(concurrency)
     ));
     Ok(run)
@@ -526,6 +687,11 @@ pub struct Domsync {
 }
 
 pub const GATEWAY: &str = "g";
+
+/// The `[apps]` section of a node: its local application socket at `socket`.
+fn apps_section(socket: &Path) -> String {
+    format!("\n[apps]\nsocket = \"{}\"\n", socket.display())
+}
 pub const ADMIN: &str = "ops";
 
 impl Domsync {
@@ -613,6 +779,7 @@ impl Domsync {
             }
             // The read points open up to 100 connections with one gateway certificate.
             text.push_str("\n[limits]\ngateway_connections_per_gateway = 4096\n");
+            text.push_str(&apps_section(&node_dir.join("app.sock")));
             let config = dir.join(format!("{id}.toml"));
             std::fs::write(&config, text)?;
             let notify_path = dir.join(format!("{id}-notify.sock"));
@@ -713,6 +880,19 @@ impl Domsync {
             self.pki.display().to_string(),
             "--admin-id".into(),
             ADMIN.into(),
+        ]
+    }
+
+    /// Target flags of `domsync-bench` for the application API of node `node` (its local
+    /// application socket).
+    pub fn app_socket(&self, node: usize) -> Vec<String> {
+        vec![
+            "--app-socket".into(),
+            self.dir
+                .join(&self.nodes[node].0)
+                .join("app.sock")
+                .display()
+                .to_string(),
         ]
     }
 

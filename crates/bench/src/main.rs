@@ -1,5 +1,6 @@
 //! `domsync-bench <scenario>`: a load generator in the manner of redis-benchmark or pgbench,
-//! against a running cluster (admin API for writes, gateway protocol for reads) or an
+//! against a running cluster (admin API for writes, gateway protocol for reads, the
+//! application API for get and txn) or an
 //! embedded one it starts itself (daemons in this process on loopback, in a temporary
 //! directory: an active and two standbys, or one node with `--nodes 1`).
 //!
@@ -8,6 +9,7 @@
 //! `--progress`. Every run reports the generator's own CPU use (getrusage of this process
 //! over the run): for an embedded cluster the nodes share the process and are included.
 
+mod app;
 mod reads;
 mod repl;
 mod roles;
@@ -53,6 +55,12 @@ pub enum Scenario {
     Failover,
     /// Longest write pause under load during a switchover, --runs times (embedded only).
     Switchover,
+    /// Application API reads (`AppClient::get`) of random keys out of --keys preloaded ones,
+    /// from a standby (--role), --concurrency clients each with its own connection.
+    Get,
+    /// Application API transactions on the active: each client changes its own keys with a
+    /// `Version` condition then a `Put` of --value-size bytes; conflicts counted apart.
+    Txn,
 }
 
 impl Scenario {
@@ -65,6 +73,8 @@ impl Scenario {
             Scenario::Resync => "resync",
             Scenario::Failover => "failover",
             Scenario::Switchover => "switchover",
+            Scenario::Get => "get",
+            Scenario::Txn => "txn",
         }
     }
 }
@@ -86,6 +96,26 @@ impl From<DurabilityArg> for Durability {
             DurabilityArg::Local => Durability::Local,
             DurabilityArg::Standby => Durability::Standby,
             DurabilityArg::All => Durability::All,
+        }
+    }
+}
+
+/// How get and txn speak to the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AppVia {
+    /// The client library, `domsync_client::app::AppClient`.
+    Client,
+    /// `domsync-app/1` frames written directly on the local application socket (no client
+    /// library), as `bench read` speaks the gateway protocol.
+    Frames,
+}
+
+impl AppVia {
+    /// For notes.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AppVia::Client => "through AppClient",
+            AppVia::Frames => "domsync-app/1 frames written directly, no client library",
         }
     }
 }
@@ -139,7 +169,7 @@ pub struct BenchArgs {
     /// Role changes measured (failover, switchover).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    /// Embedded: the node serving reads (read).
+    /// Embedded: the node serving reads (read, get).
     #[arg(long, value_enum, default_value = "standby")]
     pub role: RoleArg,
     /// Embedded: nodes holding the domain, 1 to 3 (default 3; resync 2).
@@ -162,6 +192,24 @@ pub struct BenchArgs {
     /// Running cluster: the gateway's id (certificate `domsync://gateway/<id>`).
     #[arg(long)]
     pub gateway_id: Option<String>,
+    /// get, txn: through the client library or the protocol's frames directly (local socket).
+    #[arg(long, value_enum, default_value = "client")]
+    pub app_via: AppVia,
+    /// Running cluster: the application socket (`[apps] socket`) of the node loaded by get
+    /// (a standby) or txn (the active).
+    #[arg(long, value_name = "PATH", conflicts_with = "app_remote")]
+    pub app_socket: Option<PathBuf>,
+    /// Running cluster: the node loaded by get / txn over QUIC, as ID=ADDR (with --app-pki,
+    /// --app-id).
+    #[arg(long, value_name = "ID=ADDR")]
+    pub app_remote: Option<String>,
+    /// Running cluster: directory with ca.pem and `app-<id>.pem`/`.key`, for --app-remote.
+    #[arg(long, default_value = "./pki")]
+    pub app_pki: PathBuf,
+    /// Running cluster: the application's id (certificate `domsync://app/<id>`), for
+    /// --app-remote.
+    #[arg(long)]
+    pub app_id: Option<String>,
     /// Embedded: keep the cluster's files here (cleared first) instead of a temporary directory.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -211,7 +259,34 @@ pub struct Ctx {
 impl Ctx {
     /// True when loading a running cluster.
     pub fn running(&self) -> bool {
-        self.admin.is_some() || self.gateway_node().is_some()
+        self.admin.is_some()
+            || self.gateway_node().is_some()
+            || self.args.app_socket.is_some()
+            || self.args.app_remote.is_some()
+    }
+
+    /// The application target of a running cluster, from --app-socket or --app-remote.
+    ///
+    /// # Errors
+    /// One line when --app-remote is malformed or lacks --app-id.
+    pub fn app_target(&self) -> BenchResult<Option<domsync_client::app::AppTarget>> {
+        use domsync_client::app::AppTarget;
+        let a = &self.args;
+        if let Some(p) = &a.app_socket {
+            return Ok(Some(AppTarget::Socket(p.clone())));
+        }
+        let Some(remote) = &a.app_remote else {
+            return Ok(None);
+        };
+        let node = domsync_client::admin::parse_remote("--app-remote", remote)?;
+        let id = a.app_id.clone().ok_or(
+            "--app-remote needs --app-id ID (the application certificate domsync://app/<ID> in --app-pki)",
+        )?;
+        Ok(Some(AppTarget::Remote {
+            nodes: vec![node],
+            pki: a.app_pki.clone(),
+            id,
+        }))
     }
 
     /// `--node ID=ADDR`, when given. A value without `=` is the global `--node` of local
@@ -236,7 +311,7 @@ impl Ctx {
         self.args
             .concurrency
             .unwrap_or(match self.args.scenario {
-                Scenario::Switchover => 16,
+                Scenario::Switchover | Scenario::Get | Scenario::Txn => 16,
                 _ => 1,
             })
             .max(1)
@@ -375,11 +450,11 @@ fn params(ctx: &Ctx) -> Map<String, Value> {
     put("duration", json!(a.duration));
     put("ops", json!(a.ops));
     match a.scenario {
-        Scenario::Write => put("keys", json!(a.keys)),
+        Scenario::Write | Scenario::Get => put("keys", json!(a.keys)),
         Scenario::Lag => put("rate", json!(a.rate)),
         Scenario::Resync => put("size", json!(a.size)),
         Scenario::Failover | Scenario::Switchover => put("runs", json!(a.runs)),
-        Scenario::Read | Scenario::Watch => {}
+        Scenario::Read | Scenario::Watch | Scenario::Txn => {}
     }
     if ctx.running() {
         if let Some(t) = &ctx.admin {
@@ -391,7 +466,7 @@ fn params(ctx: &Ctx) -> Map<String, Value> {
     } else {
         put("nodes", json!(ctx.nodes()));
         put("durability", json!(durability_name(a.durability.into())));
-        if a.scenario == Scenario::Read {
+        if matches!(a.scenario, Scenario::Read | Scenario::Get) {
             put(
                 "role",
                 json!(match a.role {
@@ -448,6 +523,8 @@ fn latency_label(s: Scenario) -> &'static str {
         Scenario::Resync => "time to full sync",
         Scenario::Failover => "promote -> first write",
         Scenario::Switchover => "longest write pause",
+        Scenario::Get => "get latency",
+        Scenario::Txn => "txn commit latency",
     }
 }
 
@@ -517,6 +594,8 @@ async fn dispatch(ctx: &Ctx) -> BenchResult<Outcome> {
         Scenario::Resync => repl::resync(ctx).await,
         Scenario::Failover => roles::failover(ctx).await,
         Scenario::Switchover => roles::switchover(ctx).await,
+        Scenario::Get => app::get(ctx).await,
+        Scenario::Txn => app::txn(ctx).await,
     }
 }
 
@@ -558,7 +637,8 @@ fn check(ctx: &Ctx) -> BenchResult<()> {
                 | Scenario::Resync
                 | Scenario::Failover
                 | Scenario::Switchover
-        ) || (a.scenario == Scenario::Read && a.role == RoleArg::Standby);
+        ) || (matches!(a.scenario, Scenario::Read | Scenario::Get)
+            && a.role == RoleArg::Standby);
         if needs_standby && ctx.nodes() < 2 {
             return Err(format!(
                 "bench {} needs a standby: --nodes 2 or 3",

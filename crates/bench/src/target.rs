@@ -140,6 +140,11 @@ impl Embedded {
         Target::Socket(self.root.join(format!("{}.sock", self.names[i])))
     }
 
+    /// Node `i`'s application socket (`[apps] socket`).
+    pub fn app(&self, i: usize) -> domsync_client::app::AppTarget {
+        domsync_client::app::AppTarget::Socket(app_socket(&self.root, self.names[i]))
+    }
+
     /// Node `i`'s QUIC address (replication, gateways, remote admin).
     pub fn addr(&self, i: usize) -> BenchResult<SocketAddr> {
         let d = self.daemon(i).ok_or("node stopped")?;
@@ -306,11 +311,12 @@ fn config_text(
          [tls]\nca = \"{p}/ca.pem\"\ncert = \"{p}/node-{me}.pem\"\nkey = \"{p}/node-{me}.key\"\n\n\
          [limits]\nguard_window_ms = {}\n\
          # --concurrency connections share one gateway certificate\n\
-         gateway_connections_per_gateway = 4096\n",
+         gateway_connections_per_gateway = 4096\n\n{}",
         root.join(me).display(),
         ports[me],
         root.join(format!("{me}.sock")).display(),
         o.guard_window.as_millis(),
+        apps_section(&app_socket(root, me)),
         p = p.display(),
     );
     for peer in names.iter().filter(|n| **n != me) {
@@ -331,6 +337,17 @@ fn config_text(
         let _ = writeln!(t, "retention_bytes = {r}");
     }
     t
+}
+
+/// The application socket of node `me` under `root`.
+fn app_socket(root: &Path, me: &str) -> PathBuf {
+    root.join(format!("{me}-app.sock"))
+}
+
+/// The `[apps]` section: the local application socket at `socket`, open to this user with
+/// read and write access to every domain.
+pub fn apps_section(socket: &Path) -> String {
+    format!("[apps]\nsocket = \"{}\"\n", socket.display())
 }
 
 /// The configuration name of a durability.
