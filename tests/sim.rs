@@ -818,7 +818,11 @@ impl Sim {
             Ok(Message::SnapshotRows(mut rows)) if row => {
                 let policy = self.faults.corrupt_policy_content;
                 let value = rows.iter_mut().find_map(|r| match r {
-                    SnapshotItem::Kv { value, .. } if !policy => Some(value),
+                    SnapshotItem::Kv { value, .. } | SnapshotItem::KvAt { value, .. }
+                        if !policy =>
+                    {
+                        Some(value)
+                    }
                     SnapshotItem::Policy(p) if policy => Some(&mut p.content),
                     _ => None,
                 });
