@@ -1,4 +1,5 @@
-//! libdomsync from C: the error paths (no daemon), and the examples of `examples/c` built with
+//! libdomsync from C: the error paths (no daemon), every other call (`crates/capi/tests/c/whole_api.c`),
+//! and the examples of `examples/c` built with
 //! `cc` through pkg-config against the committed header and run against a real `domsyncd`,
 //! under valgrind (`--leak-check=full`, definite leaks and memory errors fail).
 //!
@@ -390,6 +391,61 @@ fn examples_edit_and_watch_a_real_daemon_under_valgrind() {
     assert!(
         text(&out.stdout).starts_with("cfg/counter=4 lsn "),
         "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn every_other_call_against_a_real_daemon_under_valgrind() {
+    let build = Build::new();
+    ensure_command("valgrind", "valgrind");
+    domsync_testkit::pki::ensure_openssl();
+    let program = build.compile(
+        &Path::new(ROOT).join("crates/capi/tests/c/whole_api.c"),
+        false,
+    );
+    let cluster = Cluster::new(&["a"]);
+    let daemon = cluster.start("a", &[("fw", &["a"])]);
+    let socket = cluster.dir.path().join("a/run/app.sock");
+    // The fixture CA is held by the domain (through the admin socket); a CA of the test's own
+    // is not, so its CRL must be refused.
+    let ca = Path::new(ROOT).join("fixtures/crl/fixture-ca.pem");
+    let out = domsync_testkit::cli::domsync_cmd(&[
+        "--socket".as_ref(),
+        daemon.socket.as_os_str(),
+        "issuer".as_ref(),
+        "add".as_ref(),
+        "fw".as_ref(),
+        ca.as_os_str(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "issuer add: {}", text(&out.stderr));
+    let stranger = domsync_testkit::openssl::Ca::new(
+        cluster.dir.path(),
+        "stranger",
+        "/CN=Stranger CA",
+        domsync_testkit::openssl::Alg::EcP256,
+    );
+    let unknown = cluster.dir.path().join("stranger.crl");
+    std::fs::write(&unknown, stranger.crl(None, None, false)).unwrap();
+    let out = run(
+        build.command(&program, true).args([
+            socket.as_os_str(),
+            "fw".as_ref(),
+            Path::new(ROOT)
+                .join("fixtures/crl/fixture-ca-1.der")
+                .as_os_str(),
+            "O=domsync,CN=domsync fixture CA".as_ref(),
+            unknown.as_os_str(),
+        ]),
+        "whole_api",
+    );
+    assert!(
+        out.status.success() && text(&out.stdout).trim() == "ok",
+        "whole_api: {:?}\n{}{}",
+        out.status,
         text(&out.stdout),
         text(&out.stderr)
     );
