@@ -589,6 +589,47 @@ fn the_group_of_apps_owns_the_socket() {
     let meta = std::fs::metadata(app_socket(&c, "a")).unwrap();
     assert_eq!(meta.gid(), gid);
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    // A user whose primary group is another one and who is in the group only as a
+    // supplementary group writes and reads through the socket (SO_PEERGROUPS); the same user
+    // without the group is refused. The directories above the socket let others through.
+    for dir in [
+        c.dir.path().to_owned(),
+        c.dir.path().join("a"),
+        c.dir.path().join("a/run"),
+    ] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let socket = app_socket(&c, "a");
+    let as_nobody = |groups: &str, args: &[&str]| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                &format!("--groups={groups}"),
+            ])
+            .arg(domsync_testkit::process::binary("domsync"))
+            .arg("--app-socket")
+            .arg(&socket)
+            .args(args)
+            .env_remove("DOMSYNC_APP_SOCKET")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = as_nobody(&gid.to_string(), &["kv", "put", "t1", "by-member", "1"]);
+    assert!(ok, "a member of the group could not write: {text}");
+    let (ok, text) = as_nobody(&gid.to_string(), &["kv", "get", "t1", "by-member"]);
+    assert!(ok && text.trim() == "1", "{text}");
+    let (ok, text) = as_nobody("65534", &["kv", "get", "t1", "by-member"]);
+    assert!(!ok, "a user outside the group read the socket: {text}");
+    assert!(
+        text.contains(&socket.display().to_string()) && text.lines().count() == 1,
+        "the refusal names the socket in one line: {text}"
+    );
     // A group that does not exist: the start fails with one line naming it.
     let c2 = Cluster::new(&["a"]);
     let mut text2 = c2.node_config("a", "guard_window_ms = 300", vec![]).text();
