@@ -2,7 +2,8 @@
 //! reads, transactions, conflicts, scans and watches over the application socket; a watch
 //! resumed after its daemon restarts; and over QUIC with two nodes, reads from the standby,
 //! a transaction that follows `NotActive` to the active, and a watch that survives a
-//! failover, each without gap or repeat.
+//! failover, each without gap or repeat; a watch that saw a write lost in a forced failover
+//! ends with `Diverged` once its node rejoins the new history.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -401,5 +402,80 @@ fn two_nodes_standby_reads_redirects_and_a_watch_through_a_failover() {
         let keys: Vec<(&[u8], Lsn)> = seen.iter().map(|(k, _, l)| (k.as_slice(), *l)).collect();
         assert_eq!(keys, [(&b"k/2"[..], p2.lsn), (&b"k/3"[..], p3.lsn)]);
         let _: &Position = w.position();
+    });
+}
+
+/// A watch that delivered a write the next history does not hold (acknowledged with `local`
+/// durability by an active that then lost a forced failover) is not silently continued: once
+/// its node rejoins the new history, the watch ends with `Diverged`, and nothing of the lost
+/// history is delivered after the write it saw.
+#[test]
+fn a_watch_that_saw_a_write_lost_in_a_forced_failover_ends_diverged() {
+    let c = Cluster::new(&["a", "b"]);
+    let mut a = start(&c, "a", &["a", "b"]);
+    let mut b = start(&c, "b", &["a", "b"]);
+    let rt = rt();
+    let d = dom();
+    let on_a = rt.block_on(client_when(
+        AppTarget::Socket(app_socket(&c, "a")),
+        Role::Active,
+    ));
+    let on_b = rt.block_on(client_when(
+        AppTarget::Socket(app_socket(&c, "b")),
+        Role::Standby,
+    ));
+    let mut w = rt.block_on(async {
+        let p1 = on_a.put(&d, b"k/1", b"1").await.unwrap();
+        let at = AtLeast {
+            lsn: p1.lsn,
+            wait_ms: 10_000,
+        };
+        on_b.get(&d, b"k/1", at).await.unwrap();
+        on_a.watch(&d, KeyRange::prefix(b"k/"), Some(p1))
+            .await
+            .unwrap()
+    });
+    // b goes away; a acknowledges k/2 alone (durability local) and the watch sees it.
+    b.stop();
+    let p2 = rt.block_on(on_a.put(&d, b"k/2", b"lost")).unwrap();
+    rt.block_on(async {
+        let seen = collect(&mut w, p2.lsn).await;
+        assert_eq!(seen, [(b"k/2".to_vec(), Some(b"lost".to_vec()), p2.lsn)]);
+    });
+    // a stops; b comes back and is force-promoted; b writes its own record at the same lsn.
+    a.stop();
+    let _b = start(&c, "b", &["a", "b"]);
+    let out = admin(&c, "b", &["promote", "t1", "--force"]);
+    assert_eq!(out.code, 0, "{out}");
+    let on_b = rt.block_on(client_when(
+        AppTarget::Socket(app_socket(&c, "b")),
+        Role::Active,
+    ));
+    let q2 = rt.block_on(on_b.put(&d, b"k/2", b"kept")).unwrap();
+    assert_eq!(q2.lsn, p2.lsn);
+    assert_ne!(q2.chain, p2.chain);
+    // a rejoins: fenced by b's epoch, rewound (its k/2 archived) and resynchronized. The
+    // watch, reconnecting to a, must end with Diverged, never deliver b's k/2 as if it
+    // followed the lost one.
+    let _a = start(&c, "a", &["a", "b"]);
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let next = tokio::time::timeout_at(deadline, w.next())
+                .await
+                .expect("the watch ends in time");
+            match next {
+                Ok(batch) => assert!(
+                    batch.events.is_empty(),
+                    "delivered after a lost write: {:?}",
+                    batch.events
+                ),
+                Err(ClientError::App(AppError::Diverged { from, .. })) => {
+                    assert_eq!(from.lsn, p2.lsn);
+                    break;
+                }
+                Err(e) => panic!("expected Diverged, got {e}"),
+            }
+        }
     });
 }
