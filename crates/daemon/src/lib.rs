@@ -12,6 +12,7 @@ mod app_server;
 mod config;
 mod crl_watch;
 mod error;
+mod local_socket;
 mod metrics;
 mod placement;
 mod preflight;

@@ -14,9 +14,7 @@
 //! answers each request, `status` builds the status report, `domains` adds and removes
 //! domains and answers the placement plan.
 
-use std::os::unix::fs::{
-    DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
-};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +22,7 @@ use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::local_socket::{self, BindError};
 use crate::{AdminServerError, Daemon};
 use domsync_net::{read_message, write_message, Identity};
 use domsync_node::AdminHandler;
@@ -130,63 +129,27 @@ impl AdminServer {
     }
 }
 
-/// Creates the socket with mode 0600: a stale socket is removed first (one that answers is
-/// another daemon's and is left alone); the parent directory is created if missing. Returns
-/// the listener and the uid owning the socket (the daemon's own).
+/// Creates the socket with mode 0600 (see [`local_socket::bind`]); a directory created for it
+/// is the service user's only (0700, whatever the umask). Returns the listener and the uid
+/// owning the socket (the daemon's own).
 fn bind(path: &Path) -> Result<(UnixListener, u32), AdminServerError> {
+    let spec = local_socket::Spec {
+        key: "node.admin_socket",
+        dir_mode: 0o700,
+        mode: 0o600,
+        gid: None,
+    };
     let io = |source| AdminServerError::Io {
         path: path.to_owned(),
         source,
     };
-    let in_the_way = |what: &str| AdminServerError::Path {
-        path: path.to_owned(),
-        what: what.to_owned(),
-    };
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| in_the_way("not a file name; set node.admin_socket to a socket path"))?;
-    // Directories created here are the service user's only (0700, whatever the umask); an
-    // existing one (e.g. systemd's RuntimeDirectory) keeps its mode.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(parent)
-        .map_err(io)?;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(in_the_way(
-                    "another process (a running domsyncd?) serves it; stop it or pick another node.admin_socket",
-                ));
-            }
-            std::fs::remove_file(path).map_err(io)?;
-        }
-        Ok(_) => {
-            return Err(in_the_way(
-                "a file that is not a socket is in the way; remove it or pick another node.admin_socket",
-            ))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    // Bound under a temporary name, restricted to 0600, then renamed into place: the final
-    // path never exists with a wider mode.
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = parent.join(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(io)?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
+    let listener = local_socket::bind(path, &spec).map_err(|e| match e {
+        BindError::InTheWay(what) => AdminServerError::Path {
+            path: path.to_owned(),
+            what,
+        },
+        BindError::Io(e) | BindError::Chown(e) => io(e),
+    })?;
     let owner = std::fs::symlink_metadata(path).map_err(io)?.uid();
     Ok((listener, owner))
 }

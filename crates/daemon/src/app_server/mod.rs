@@ -18,7 +18,6 @@
 //! answers each request, `watches` runs watches.
 
 use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +26,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::local_socket::{self, BindError};
 use crate::{AppServerError, Apps, Daemon};
 use domsync_net::{read_message, write_message, FrameError, Identity};
 use domsync_node::AppHandler;
@@ -231,75 +231,31 @@ fn group_gid(name: &str, path: &Path) -> Result<u32, AppServerError> {
     Ok(group.gr_gid)
 }
 
-/// Creates the socket with mode 0660 and `group` (0600 without): a stale socket is removed
-/// first (one that answers is another daemon's and is left alone); the parent directory is
-/// created if missing.
+/// Creates the socket with mode 0660 and `group` (0600 without; see [`local_socket::bind`]).
+/// A directory created for it is the service user's (0700), or passable (0711) when a group
+/// is to reach the socket.
 fn bind(path: &Path, group: Option<&(String, u32)>) -> Result<UnixListener, AppServerError> {
-    let io = |source| AppServerError::Io {
-        path: path.to_owned(),
-        source,
+    let spec = local_socket::Spec {
+        key: "apps.socket",
+        dir_mode: if group.is_some() { 0o711 } else { 0o700 },
+        mode: if group.is_some() { 0o660 } else { 0o600 },
+        gid: group.map(|(_, gid)| *gid),
     };
-    let in_the_way = |what: &str| AppServerError::Path {
-        path: path.to_owned(),
-        what: what.to_owned(),
-    };
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| in_the_way("not a file name; set apps.socket to a socket path"))?;
-    // A directory created here is the service user's (0700), or passable (0711) when a group
-    // is to reach the socket; an existing one (systemd's RuntimeDirectory) keeps its mode.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(if group.is_some() { 0o711 } else { 0o700 })
-        .create(parent)
-        .map_err(io)?;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(in_the_way(
-                    "another process (a running domsyncd?) serves it; stop it or pick another apps.socket",
-                ));
-            }
-            std::fs::remove_file(path).map_err(io)?;
-        }
-        Ok(_) => {
-            return Err(in_the_way(
-                "a file that is not a socket is in the way; remove it or pick another apps.socket",
-            ))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = parent.join(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(io)?;
-    if let Some((name, gid)) = group {
-        if let Err(e) = std::os::unix::fs::chown(&tmp, None, Some(*gid)) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(AppServerError::Group {
-                path: path.to_owned(),
-                group: name.clone(),
-                detail: e.to_string(),
-            });
-        }
-    }
-    // Group members reach the socket only when a group is named; otherwise it is the service
-    // user's and root's, like the admin socket.
-    let mode = if group.is_some() { 0o660 } else { 0o600 };
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    Ok(listener)
+    local_socket::bind(path, &spec).map_err(|e| match e {
+        BindError::InTheWay(what) => AppServerError::Path {
+            path: path.to_owned(),
+            what,
+        },
+        BindError::Io(source) => AppServerError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        BindError::Chown(e) => AppServerError::Group {
+            path: path.to_owned(),
+            group: group.map(|(name, _)| name.clone()).unwrap_or_default(),
+            detail: e.to_string(),
+        },
+    })
 }
 
 /// The supplementary groups of the peer of `stream` (`SO_PEERGROUPS`), at most 65536.
