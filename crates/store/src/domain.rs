@@ -63,11 +63,17 @@ pub struct WriterStats {
 /// `None` while the writer reopens it after a storage error.
 pub(crate) type SharedDb = Arc<RwLock<Option<Arc<Database>>>>;
 
+/// The segment log of a replica, shared by its readers and its writer; replaced when a
+/// resync is switched in or the log is reopened after a storage error.
+pub(crate) type SharedLog = Arc<RwLock<Arc<super::segments::SegmentLog>>>;
+
 pub(crate) struct Inner {
     pub id: DomainId,
     pub path: PathBuf,
     /// The current database; replaced when a resync is switched in.
     pub db: SharedDb,
+    /// The current segment log.
+    pub log: SharedLog,
     pub opener: super::Opener,
     pub tx: Mutex<Option<mpsc::SyncSender<Request>>>,
     pub positions: watch::Receiver<Position>,
@@ -489,6 +495,17 @@ impl Domain {
         db.begin_read()
             .or_storage(&self.inner.id)
             .map_err(|e| e.at(&self.inner.path))
+    }
+
+    /// The segment log as it is now.
+    pub(crate) fn log(&self) -> Arc<super::segments::SegmentLog> {
+        Arc::clone(
+            &self
+                .inner
+                .log
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     pub(crate) fn meta_in(&self, txn: &ReadTransaction) -> Result<DomainMeta, StoreError> {

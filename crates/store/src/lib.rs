@@ -42,9 +42,11 @@ mod log;
 mod meta;
 mod private;
 mod read;
+mod recover;
 #[cfg(feature = "replica")]
 mod replica;
 mod resync;
+mod segments;
 mod snapshot;
 mod tables;
 mod work;
@@ -55,7 +57,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
-use redb::{Database, DatabaseError, ReadableDatabase};
+use redb::{Database, DatabaseError};
 
 use backend::Boxed;
 use tokio::sync::watch;
@@ -127,7 +129,7 @@ impl StoreOptions {
 #[derive(Debug, Clone)]
 pub(crate) struct Opener {
     cache_bytes: usize,
-    backend: Option<Arc<dyn BackendFactory>>,
+    pub(crate) backend: Option<Arc<dyn BackendFactory>>,
 }
 
 impl Opener {
@@ -392,10 +394,13 @@ impl Store {
         tables::ensure_tables(&db, id).map_err(|e| e.at(&path))?;
         let db = Arc::new(db);
         let shared = Arc::new(std::sync::RwLock::new(Some(Arc::clone(&db))));
-        let meta = domain::read_meta(&db.begin_read().or_storage(id)?, id)?;
+        let (meta, log) =
+            recover::recover(&opener.backend, id, &db, &path).map_err(|e| e.at(&path))?;
+        let shared_log = Arc::new(std::sync::RwLock::new(Arc::clone(&log)));
         let (positions_tx, positions) = watch::channel(meta.position.clone());
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::sync_channel(self.options.queue.max(1));
+        let meta_lsn = meta.position.lsn;
         let writer = Writer {
             domain: id.clone(),
             node: self.options.node.clone(),
@@ -411,6 +416,11 @@ impl Store {
                 max_requests: self.options.max_batch.max(1),
                 max_bytes: self.options.max_batch_bytes,
             },
+            checkpointed: meta_lsn,
+            log,
+            shared_log: Arc::clone(&shared_log),
+            dirty_bytes: 0,
+            dirty_since: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("domsync-writer-{id}"))
@@ -421,6 +431,7 @@ impl Store {
                 id: id.clone(),
                 path,
                 db: shared,
+                log: shared_log,
                 opener,
                 tx: Mutex::new(Some(tx)),
                 positions,
@@ -455,12 +466,9 @@ mod tests {
         store.close();
 
         let db = Arc::new(Database::builder().open(&path).unwrap());
-        let meta = {
-            let txn = db.begin_read().unwrap();
-            let t = txn.open_table(tables::META).unwrap();
-            DomainMeta::decode(&id, t.get(META_KEY).unwrap().unwrap().value()).unwrap()
-        };
+        let (meta, log) = recover::recover(&None, &id, &db, &path).unwrap();
         let counters = Arc::new(Counters::default());
+        let meta_lsn = meta.position.lsn;
         let mut w = Writer {
             domain: id.clone(),
             node: NodeId::new("n").unwrap(),
@@ -479,6 +487,11 @@ mod tests {
                 max_requests: 512,
                 max_bytes: 1 << 24,
             },
+            checkpointed: meta_lsn,
+            shared_log: Arc::new(std::sync::RwLock::new(Arc::clone(&log))),
+            log,
+            dirty_bytes: 0,
+            dirty_since: None,
         };
         let (tx, rx) = mpsc::sync_channel(100);
         let mut answers = Vec::new();

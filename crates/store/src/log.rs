@@ -5,7 +5,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::domain::Domain;
 use super::error::{StorageResult, StoreError};
-use super::tables::{decode_policy, CRL, CRLS, ISSUER, KV, LOG, POLICY, POLICY_CONTENT};
+use super::tables::{decode_policy, CRL, CRLS, ISSUER, KV, POLICY, POLICY_CONTENT};
 use domsync_proto::codec::{chain_next, decode_record, CodecError};
 use domsync_proto::model::{DigestTable, StateDigest};
 use domsync_proto::model::{DomainId, Lsn, Position, Record};
@@ -187,10 +187,9 @@ impl Domain {
         if lsn < meta.log_start || lsn > meta.position.lsn {
             return Ok(None);
         }
-        let table = txn.open_table(LOG).or_storage(id)?;
         let next = lsn.next();
-        match table.get(next.0).or_storage(id)? {
-            Some(v) => Ok(Some(check_record(id, next, v.value())?.prev_chain)),
+        match self.log().read(next, next, 1, 0)?.into_iter().next() {
+            Some((_, bytes)) => Ok(Some(check_record(id, next, &bytes)?.prev_chain)),
             None => Ok(None),
         }
     }
@@ -219,24 +218,20 @@ impl Domain {
                 log_start: meta.log_start,
             });
         }
-        let table = txn.open_table(LOG).or_storage(id)?;
+        drop(txn);
         let mut out = Vec::new();
-        let mut bytes_out = 0usize;
         let mut expected = from;
-        for entry in table.range(from.0..=meta.position.lsn.0).or_storage(id)? {
-            if out.len() >= max_records || (bytes_out >= max_bytes && !out.is_empty()) {
-                break;
-            }
-            let (k, v) = entry.or_storage(id)?;
-            if k.value() != expected.0 {
+        for (lsn, bytes) in self
+            .log()
+            .read(from, meta.position.lsn, max_records, max_bytes)?
+        {
+            if lsn != expected {
                 return Err(StoreError::Corrupt {
                     domain: id.clone(),
                     what: format!("log record {expected} is missing"),
                 });
             }
-            let bytes = v.value().to_vec();
             let record = check_record(id, expected, &bytes)?;
-            bytes_out += bytes.len();
             out.push(LogEntry { record, bytes });
             expected = expected.next();
         }
@@ -255,15 +250,18 @@ impl Domain {
     /// # Errors
     /// [`StoreError::Storage`].
     pub fn inspect_log(&self, from: Lsn, limit: usize) -> Result<Vec<InspectedRecord>, StoreError> {
-        let id = self.id();
         let txn = self.begin_read()?;
-        let table = txn.open_table(LOG).or_storage(id)?;
-        let mut out = Vec::new();
-        for entry in table.range(from.0..).or_storage(id)?.take(limit) {
-            let (k, v) = entry.or_storage(id)?;
-            out.push((Lsn(k.value()), decode_record(v.value())));
-        }
-        Ok(out)
+        let meta = self.meta_in(&txn)?;
+        drop(txn);
+        let log = self.log();
+        let from = from.max(meta.log_start);
+        let end = Lsn(log.next().0.saturating_sub(1));
+        Ok(log
+            .read(from, end, limit, usize::MAX)
+            .map_err(|e| e.at(self.path()))?
+            .into_iter()
+            .map(|(lsn, bytes)| (lsn, decode_record(&bytes)))
+            .collect())
     }
 
     /// Checks the whole replica in one read transaction: every retained record's CRC, its lsn
@@ -286,46 +284,46 @@ impl Domain {
             digest_computed: StateDigest::default(),
             faults: Vec::new(),
         };
-        let table = txn.open_table(LOG).or_storage(id)?;
+        let log = self.log();
         let mut expected = meta.log_start;
         let mut chain = meta.log_base_chain;
-        for entry in table.iter().or_storage(id)? {
-            let (k, v) = entry.or_storage(id)?;
-            let lsn = Lsn(k.value());
-            if lsn < meta.log_start || lsn > meta.position.lsn {
-                report.fault(
-                    Some(lsn),
-                    format!(
-                        "record {lsn} lies outside the log {}..={}",
-                        meta.log_start, meta.position.lsn
-                    ),
-                );
-                continue;
-            }
-            if lsn != expected {
-                report.fault(
-                    Some(expected),
-                    format!("records {expected} to {} are missing", lsn.0 - 1),
-                );
-            }
-            expected = lsn.next();
-            report.records += 1;
-            match decode_record(v.value()) {
-                Ok(record) => {
-                    if record.lsn != lsn {
-                        report.fault(
-                            Some(lsn),
-                            format!("record stored at lsn {lsn} says lsn {}", record.lsn),
-                        );
-                    }
-                    if record.prev_chain != chain {
-                        report.fault(Some(lsn), format!("chain broken: record {lsn} follows chain {:08x}, the log before it ends at {chain:08x}", record.prev_chain));
-                    }
-                    chain = chain_next(record.prev_chain, v.value());
-                }
+        let mut at = meta.log_start;
+        while at <= meta.position.lsn {
+            let chunk = match log.read(at, meta.position.lsn, 4096, 16 << 20) {
+                Ok(chunk) => chunk,
                 Err(e) => {
-                    report.fault(Some(lsn), format!("record {lsn} is corrupt: {e}"));
-                    chain = chain_next(chain, v.value());
+                    report.fault(Some(at), format!("log unreadable from lsn {at}: {e}"));
+                    break;
+                }
+            };
+            let Some((last, _)) = chunk.last() else { break };
+            at = last.next();
+            for (lsn, bytes) in chunk {
+                if lsn != expected {
+                    report.fault(
+                        Some(expected),
+                        format!("records {expected} to {} are missing", lsn.0 - 1),
+                    );
+                }
+                expected = lsn.next();
+                report.records += 1;
+                match decode_record(&bytes) {
+                    Ok(record) => {
+                        if record.lsn != lsn {
+                            report.fault(
+                                Some(lsn),
+                                format!("record stored at lsn {lsn} says lsn {}", record.lsn),
+                            );
+                        }
+                        if record.prev_chain != chain {
+                            report.fault(Some(lsn), format!("chain broken: record {lsn} follows chain {:08x}, the log before it ends at {chain:08x}", record.prev_chain));
+                        }
+                        chain = chain_next(record.prev_chain, &bytes);
+                    }
+                    Err(e) => {
+                        report.fault(Some(lsn), format!("record {lsn} is corrupt: {e}"));
+                        chain = chain_next(chain, &bytes);
+                    }
                 }
             }
         }
@@ -343,7 +341,6 @@ impl Domain {
                 ),
             );
         }
-        drop(table);
         for archived in self.archive()?.1 {
             report.fault(
                 None,

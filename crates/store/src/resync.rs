@@ -18,7 +18,8 @@ use super::apply::{put_crl, put_held_crl, put_issuer, put_kv, put_policy};
 use super::domain::Domain;
 use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
-use super::tables::{Tables, COLLISIONS, LOG, META_KEY};
+use super::segments::{log_dir, LogRow, LOG_ROW_KEY};
+use super::tables::{Tables, COLLISIONS, META_KEY};
 use super::writer::{Install, Work};
 use domsync_proto::model::SnapshotItem;
 use domsync_proto::model::StateDigest;
@@ -186,6 +187,7 @@ impl Resync {
             digest: self.digest,
             log_bytes: 0,
         };
+        let log_row = LogRow::new(&id, &log_dir(self.domain.path()))?;
         {
             let mut txn = db.begin_write().or_storage(&id)?;
             txn.set_durability(Durability::Immediate).or_storage(&id)?;
@@ -193,6 +195,8 @@ impl Resync {
                 let mut t = Tables::open(&txn, &id)?;
                 let row = meta.encode()?;
                 t.meta.insert(META_KEY, row.as_slice()).or_storage(&id)?;
+                let row = log_row.encode(&id)?;
+                t.meta.insert(LOG_ROW_KEY, row.as_slice()).or_storage(&id)?;
                 let mut archive = txn.open_table(COLLISIONS).or_storage(&id)?;
                 let mut held = txn.open_table(HELD).or_storage(&id)?;
                 self.carry_records(&mut archive, &mut held)?;
@@ -206,6 +210,7 @@ impl Resync {
             tmp,
             meta,
             source: self.target.epoch.clone(),
+            log_id: log_row.log_id,
         })))?;
         tracing::info!(domain = %id, position = %position, rows = self.rows, "resync switched in");
         Ok(position)
@@ -265,14 +270,16 @@ impl Resync {
                 carry(k.value(), v.value())?;
             }
         }
-        for entry in txn
-            .open_table(LOG)
-            .or_storage(id)?
-            .range(old.log_start.0..=old.position.lsn.0)
-            .or_storage(id)?
-        {
-            let (k, v) = entry.or_storage(id)?;
-            carry(k.value(), v.value())?;
+        // The log, read in bounded pieces.
+        let log = self.domain.log();
+        let mut at = old.log_start;
+        while at <= old.position.lsn {
+            let chunk = log.read(at, old.position.lsn, 4096, 16 << 20)?;
+            let Some((last, _)) = chunk.last() else { break };
+            at = last.next();
+            for (lsn, bytes) in &chunk {
+                carry(lsn.0, bytes)?;
+            }
         }
         if moved > 0 {
             tracing::warn!(domain = %id, fork = %fork, records = moved,

@@ -9,8 +9,9 @@
 //! | `crl`            | issuer text    | postcard [`Crl`]: legacy, stored before issuer verification |
 //! | `issuer`         | subject DER ++ SHA-256 of the certificate | postcard [`IssuerCert`] |
 //! | `crls`           | issuer DER ++ `0` (base), or ++ `1` ++ base number (delta) | postcard [`HeldCrl`] |
-//! | `log`            | lsn            | checked record frame (see `codec`)      |
+//! | `log`            | lsn            | checked record frame: store format 1 only; migrated into segment files at open (see `segments`) |
 //! | `meta`           | `"domain"`     | checked frame of the domain metadata    |
+//! | `meta`           | `"log"`        | checked frame of the log row: store format and segment log id |
 //! | `collisions`     | archive id     | archived records (filled by failover)   |
 //! | `held`           | lsn            | own records kept across a resync (see `resync`): not state, not log, not in the digest |
 
@@ -45,8 +46,10 @@ pub(crate) struct Tables<'txn> {
     pub crl: redb::Table<'txn, &'static str, &'static [u8]>,
     pub issuer: redb::Table<'txn, &'static [u8], &'static [u8]>,
     pub crls: redb::Table<'txn, &'static [u8], &'static [u8]>,
-    pub log: redb::Table<'txn, u64, &'static [u8]>,
     pub meta: redb::Table<'txn, &'static str, &'static [u8]>,
+    /// Frames of the records made in this transaction, in lsn order: appended to the segment
+    /// log (and synced) before the transaction commits.
+    pub frames: Vec<Vec<u8>>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -62,8 +65,8 @@ impl<'txn> Tables<'txn> {
             crl: txn.open_table(CRL).or_storage(domain)?,
             issuer: txn.open_table(ISSUER).or_storage(domain)?,
             crls: txn.open_table(CRLS).or_storage(domain)?,
-            log: txn.open_table(LOG).or_storage(domain)?,
             meta: txn.open_table(META).or_storage(domain)?,
+            frames: Vec::new(),
         })
     }
 }

@@ -5,17 +5,16 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 
-use redb::ReadableTable;
-
 use super::apply::apply_ops;
 use super::entries::check_conditions;
-use super::error::{StorageResult, StoreError};
+use super::error::StoreError;
 use super::meta::DomainMeta;
 use super::tables::Tables;
 use domsync_proto::app::Condition;
 use domsync_proto::codec::{chain_next, decode_record, encode_record, CodecError};
 use domsync_proto::model::{
-    CrlError, Epoch, HeldCrl, HistoryEntry, IssuerCert, Lsn, NodeId, Op, Position, Record, Role,
+    CrlError, DomainId, Epoch, HeldCrl, HistoryEntry, IssuerCert, Lsn, NodeId, Op, Position,
+    Record, Role,
 };
 
 use super::writer::*;
@@ -425,7 +424,8 @@ impl Writer {
         Ok(Self::committed(meta))
     }
 
-    /// Applies a checked record and appends it to the log, moving the position.
+    /// Applies a checked record to the tables and queues its frame for the log, moving the
+    /// position. The frame is appended and synced before the transaction commits.
     pub(super) fn append(
         &self,
         t: &mut Tables<'_>,
@@ -433,21 +433,14 @@ impl Writer {
         record: &Record,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        apply_ops(&self.domain, t, record, &mut meta.digest)?;
-        t.log.insert(record.lsn.0, bytes).or_storage(&self.domain)?;
-        meta.log_bytes += bytes.len() as u64;
-        meta.position = Position {
-            epoch: record.epoch.clone(),
-            lsn: record.lsn,
-            chain: chain_next(record.prev_chain, bytes),
-        };
-        meta.note_epoch(&record.epoch, record.lsn);
+        fold(&self.domain, t, meta, record, bytes)?;
+        t.frames.push(bytes.to_vec());
         Ok(())
     }
 
     pub(super) fn truncate(
         &self,
-        t: &mut Tables<'_>,
+        _t: &mut Tables<'_>,
         meta: &mut DomainMeta,
         below: Lsn,
     ) -> Result<Outcome, StoreError> {
@@ -459,13 +452,13 @@ impl Writer {
         let base_chain = if below == end {
             meta.position.chain
         } else {
-            let Some(bytes) = t.log.get(below.0).or_storage(&self.domain)? else {
+            let Some((_, bytes)) = self.log.read(below, below, 1, 0)?.into_iter().next() else {
                 return Ok(Err(StoreError::Corrupt {
                     domain: self.domain.clone(),
                     what: format!("log record {below} is missing"),
                 }));
             };
-            match decode_record(bytes.value()) {
+            match decode_record(&bytes) {
                 Ok(r) => r.prev_chain,
                 Err(source) => {
                     return Ok(Err(StoreError::CorruptRecord {
@@ -476,23 +469,41 @@ impl Writer {
                 }
             }
         };
+        // The bytes of the records dropped, read in bounded pieces.
         let mut removed = 0u64;
-        for entry in t
-            .log
-            .range(meta.log_start.0..below.0)
-            .or_storage(&self.domain)?
-        {
-            let (_, v) = entry.or_storage(&self.domain)?;
-            removed += v.value().len() as u64;
+        let mut at = meta.log_start;
+        while at < below {
+            let chunk = self.log.read(at, Lsn(below.0 - 1), 4096, 16 << 20)?;
+            let Some((last, _)) = chunk.last() else { break };
+            at = last.next();
+            removed += chunk.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
         }
-        t.log
-            .retain_in(meta.log_start.0..below.0, |_, _| false)
-            .or_storage(&self.domain)?;
         meta.log_bytes = meta.log_bytes.saturating_sub(removed);
         meta.log_start = below;
         meta.log_base_chain = base_chain;
         Ok(Self::committed(meta))
     }
+}
+
+/// Folds a checked record into the tables and the metadata (the position, the log size and
+/// the history): what an append does to the state, and what replaying the log after a crash
+/// repeats.
+pub(crate) fn fold(
+    domain: &DomainId,
+    t: &mut Tables<'_>,
+    meta: &mut DomainMeta,
+    record: &Record,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    apply_ops(domain, t, record, &mut meta.digest)?;
+    meta.log_bytes += bytes.len() as u64;
+    meta.position = Position {
+        epoch: record.epoch.clone(),
+        lsn: record.lsn,
+        chain: chain_next(record.prev_chain, bytes),
+    };
+    meta.note_epoch(&record.epoch, record.lsn);
+    Ok(())
 }
 
 fn hex8(sha256: &[u8; 32]) -> String {

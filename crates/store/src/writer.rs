@@ -21,12 +21,14 @@ use std::sync::mpsc;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, DatabaseError, Durability, ReadableDatabase};
+use redb::{Database, DatabaseError, Durability};
+use std::time::Instant;
 use tokio::sync::{oneshot, watch};
 
-use super::domain::SharedDb;
+use super::domain::{SharedDb, SharedLog};
 use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
+use super::segments::{log_dir, SegmentLog};
 use super::tables::{Tables, COLLISIONS, META_KEY};
 use domsync_proto::app::Condition;
 use domsync_proto::model::{DomainId, Epoch, Lsn, NodeId, Op, Position, Role};
@@ -90,6 +92,8 @@ pub(crate) struct Install {
     pub meta: DomainMeta,
     /// The highest epoch the active that sent the snapshot knew.
     pub source: Epoch,
+    /// Id of the new, empty log (in the new database's log row).
+    pub log_id: u64,
 }
 
 pub(crate) struct Request {
@@ -148,7 +152,22 @@ pub(crate) struct Writer {
     pub positions: watch::Sender<Position>,
     pub counters: Arc<Counters>,
     pub limits: BatchLimits,
+    /// The domain's segment log: the durable point of every record.
+    pub log: Arc<SegmentLog>,
+    /// The log readers use; replaced with `log`.
+    pub shared_log: SharedLog,
+    /// Position durable in the tables (the last checkpoint).
+    pub checkpointed: Lsn,
+    /// Log bytes folded into the tables since the checkpoint.
+    pub dirty_bytes: u64,
+    /// When the first record after the checkpoint was folded in.
+    pub dirty_since: Option<Instant>,
 }
+
+/// A checkpoint is made at most this long after the first record it covers.
+pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// ... or once this many log bytes were folded in since the last one.
+pub(crate) const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 fn work_bytes(w: &Work) -> usize {
     match w {
@@ -185,9 +204,73 @@ pub(super) fn now_micros() -> u64 {
 }
 
 impl Writer {
-    /// Serves requests until every sender is gone.
+    /// Serves requests until every sender is gone, then checkpoints.
     pub fn run(mut self, rx: &mpsc::Receiver<Request>) {
         while self.step(rx) {}
+        self.close();
+    }
+
+    /// Makes what the tables hold durable before the writer goes away (a clean close needs
+    /// no replay at the next open).
+    pub(crate) fn close(&mut self) {
+        if self.dirty_since.is_some() {
+            self.checkpoint();
+        }
+    }
+
+    /// How long until a checkpoint is due: `None` when the tables hold nothing beyond the
+    /// last one, zero when it is due now.
+    pub(crate) fn checkpoint_wait(&self) -> Option<Duration> {
+        let since = self.dirty_since?;
+        if self.dirty_bytes >= CHECKPOINT_BYTES {
+            return Some(Duration::ZERO);
+        }
+        Some(CHECKPOINT_INTERVAL.saturating_sub(since.elapsed()))
+    }
+
+    /// Periodic work of an idle writer: retry a reopen after a storage error, make a due
+    /// checkpoint.
+    pub(crate) fn tick(&mut self) {
+        if self.db.is_none() {
+            if let Err(e) = self.reopen() {
+                tracing::debug!(domain = %self.domain, error = %e, "database not reopened yet");
+            }
+            return;
+        }
+        if self.checkpoint_wait() == Some(Duration::ZERO) {
+            self.checkpoint();
+        }
+    }
+
+    /// True when [`Writer::tick`] has work to do now or later.
+    #[allow(dead_code)] // for a scheduler of writers
+    pub(crate) fn wants_tick(&self) -> bool {
+        self.db.is_none() || self.dirty_since.is_some()
+    }
+
+    /// A durable redb commit of what the tables hold (a checkpoint), in the background of the
+    /// writers: nobody waits for it to be answered. A failure is logged; the database is
+    /// reopened (the log replayed past the last good checkpoint).
+    pub(crate) fn checkpoint(&mut self) {
+        let Some(db) = self.db.clone() else { return };
+        let started = Instant::now();
+        match super::recover::checkpoint(&db, &self.domain, &self.meta) {
+            Ok(()) => {
+                self.checkpointed = self.meta.position.lsn;
+                self.dirty_bytes = 0;
+                self.dirty_since = None;
+                tracing::trace!(domain = %self.domain, position = %self.meta.position, micros = started.elapsed().as_micros(), "checkpoint");
+            }
+            Err(e) => {
+                let e = e.at(&self.path);
+                tracing::error!(domain = %self.domain, error = %e, "checkpoint failed; reopening the database (the log holds every acknowledged record)");
+                drop(db);
+                self.close_db();
+                if let Err(r) = self.reopen() {
+                    tracing::warn!(domain = %self.domain, error = %r, "database not reopened yet; retrying");
+                }
+            }
+        }
     }
 
     /// Takes one batch: blocks for a first request, then takes whatever is already queued (up
@@ -207,9 +290,19 @@ impl Writer {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
             },
-            None => match rx.recv() {
-                Ok(req) => req,
-                Err(_) => return false,
+            None => match self.checkpoint_wait() {
+                None => match rx.recv() {
+                    Ok(req) => req,
+                    Err(_) => return false,
+                },
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(req) => req,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.tick();
+                        return true;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+                },
             },
         };
         let first = match first.work {
@@ -252,6 +345,9 @@ impl Writer {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     reply.send(outcome);
+                }
+                if self.checkpoint_wait() == Some(Duration::ZERO) {
+                    self.checkpoint();
                 }
             }
             Err(e) => {
@@ -332,14 +428,21 @@ impl Writer {
                 })
             }
         };
-        let meta = db
-            .begin_read()
-            .or_storage(&self.domain)
-            .and_then(|txn| super::domain::read_meta(&txn, &self.domain))
-            .map_err(|e| match e {
-                full @ StoreError::DiskFull { .. } => full.at(&self.path),
-                other => reopening(other.to_string()),
-            })?;
+        let (meta, log) =
+            super::recover::recover(&self.opener.backend, &self.domain, &db, &self.path).map_err(
+                |e| match e {
+                    full @ StoreError::DiskFull { .. } => full.at(&self.path),
+                    other => reopening(other.to_string()),
+                },
+            )?;
+        self.log = Arc::clone(&log);
+        *self
+            .shared_log
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = log;
+        self.checkpointed = meta.position.lsn;
+        self.dirty_bytes = 0;
+        self.dirty_since = None;
         if meta.position != self.meta.position {
             tracing::warn!(domain = %self.domain, before = %self.meta.position, on_disk = %meta.position, "position read back after a storage error differs: a commit reported failed is durable");
             self.positions.send_replace(meta.position.clone());
@@ -355,11 +458,23 @@ impl Writer {
     fn commit(&mut self, works: Vec<Work>) -> Result<Vec<Outcome>, StoreError> {
         let domain = self.domain.clone();
         let started = std::time::Instant::now();
+        if self.log.is_broken() {
+            // An append failed: what the log holds past its end is unknown until rescanned.
+            self.close_db();
+            self.reopen()?;
+        }
         let db = self.database()?;
         let mut txn = db.begin_write().or_storage(&domain)?;
-        txn.set_durability(Durability::Immediate)
-            .or_storage(&domain)?;
         let mut meta = self.meta.clone();
+        // Work that changes the metadata without a record (roles, epochs, retention, the
+        // archive) is made durable in the tables at once: the log cannot replay it.
+        let durable = works.iter().any(|w| {
+            !matches!(
+                w,
+                Work::Write(_) | Work::WriteIf(..) | Work::Apply(_) | Work::ApplyBatch(..)
+            )
+        });
+        let frames;
         let mut outcomes = Vec::with_capacity(works.len());
         let mut records = 0u64;
         let mut archive_changed = false;
@@ -405,6 +520,7 @@ impl Writer {
                 outcomes.push(outcome);
             }
             records += meta.position.lsn.0 - self.meta.position.lsn.0;
+            frames = std::mem::take(&mut t.frames);
             if meta != self.meta {
                 let row = meta.encode()?;
                 t.meta
@@ -428,7 +544,35 @@ impl Writer {
                 .filter(|n| *n != self.node);
             return Err(StoreError::NotActive { domain, active });
         }
+        // The durable point: one write and one fdatasync of the batch's records.
+        if let Err(e) = self.log.append(self.meta.position.lsn.next(), &frames) {
+            txn.abort().or_storage(&domain)?;
+            return Err(e);
+        }
+        let durable = durable || archive_changed;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability).or_storage(&domain)?;
         txn.commit().or_storage(&domain)?;
+        if durable {
+            self.checkpointed = meta.position.lsn;
+            self.dirty_bytes = 0;
+            self.dirty_since = None;
+        } else if !frames.is_empty() {
+            self.dirty_bytes += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+            self.dirty_since.get_or_insert_with(Instant::now);
+        }
+        if let Some(below) =
+            (durable && meta.log_start > self.meta.log_start).then_some(meta.log_start)
+        {
+            // Retention: whole segments below the new (now durable) log start go.
+            if let Err(e) = self.log.retain_from(below) {
+                tracing::warn!(domain = %self.domain, error = %e, "log segments below the log start not removed yet; they are removed at the next open");
+            }
+        }
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let bucket = COMMIT_BUCKETS_MICROS
             .iter()
@@ -455,6 +599,7 @@ impl Writer {
             tmp,
             meta,
             source,
+            log_id,
         } = install;
         let fence = self.fence_epoch();
         let recorded = fence.into_iter().chain([self.meta.epoch.clone()]).max();
@@ -485,6 +630,23 @@ impl Writer {
         if let Some(dir) = self.path.parent() {
             super::fsync_dir(dir)?;
         }
+        // The new database names a new, empty log; the old segments go (a crash before this
+        // point leaves them to the next open, which removes segments of another log id).
+        let log = Arc::new(SegmentLog::create(
+            &self.opener.backend,
+            &self.domain,
+            &log_dir(&self.path),
+            log_id,
+            meta.position.lsn.next(),
+        )?);
+        self.log = Arc::clone(&log);
+        *self
+            .shared_log
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = log;
+        self.checkpointed = meta.position.lsn;
+        self.dirty_bytes = 0;
+        self.dirty_since = None;
         let db = Arc::new(db);
         *self.shared.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&db));
         self.db = Some(db);
