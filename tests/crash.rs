@@ -3,6 +3,11 @@
 //!
 //! The test binary re-executes itself: `crash_child` does nothing unless
 //! `DOMSYNC_CRASH_CHILD_DIR` is set, in which case it writes forever.
+//!
+//! Two workloads: plain writes (the kill lands in group commits, mostly before any
+//! checkpoint, so the log is replayed at every reopen), and `churn`: checkpoints every 2 ms,
+//! every seventh value 16 KiB (segments roll over) and a retention thread that keeps cutting
+//! the log, so kills also land in checkpoints, roll-overs and segment removal.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -17,6 +22,7 @@ use domsync_store::{Store, StoreError, StoreOptions};
 use domsync_testkit::rng::Rng;
 
 const CHILD_ENV: &str = "DOMSYNC_CRASH_CHILD_DIR";
+const MODE_ENV: &str = "DOMSYNC_CRASH_MODE";
 const THREADS: usize = 4;
 const CYCLES: usize = 50;
 const MAX_ACKS: u64 = 200;
@@ -31,7 +37,12 @@ fn node() -> NodeId {
 }
 
 fn value_of(key: &str) -> Vec<u8> {
-    format!("value-of-{key}-{}", key.len()).into_bytes()
+    let mut v = format!("value-of-{key}-{}", key.len()).into_bytes();
+    // Churn keys ending in 7 carry 16 KiB, so the log rolls over to new segments.
+    if key.starts_with('c') && key.contains("7-") {
+        v.resize(16 * 1024, b'.');
+    }
+    v
 }
 
 /// The child: opens (or creates) the domain and writes unique keys from 4 threads forever,
@@ -41,7 +52,12 @@ fn crash_child() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let store = Store::open(&dir, StoreOptions::new(node())).expect("open store");
+    let churn = std::env::var(MODE_ENV).is_ok_and(|m| m == "churn");
+    let mut options = StoreOptions::new(node());
+    if churn {
+        options.checkpoint_interval = Duration::from_millis(2);
+    }
+    let store = Store::open(&dir, options).expect("open store");
     let id = domain_id();
     let domain = match store.domain(&id) {
         Ok(d) => d,
@@ -52,13 +68,25 @@ fn crash_child() {
     // (each earlier run acknowledged at least one write, so it strictly grows).
     let run = domain.status().expect("status").position.lsn.0;
     let out = Arc::new(Mutex::new(std::io::stdout()));
+    if churn {
+        // Retention: keep about the last 50 records in the log.
+        let domain = domain.clone();
+        std::thread::spawn(move || loop {
+            let end = domain.status().expect("status").position.lsn.0;
+            domain
+                .truncate_log(Lsn(end.saturating_sub(50).max(1)))
+                .expect("truncate");
+            std::thread::sleep(Duration::from_millis(3));
+        });
+    }
+    let prefix = if churn { "c" } else { "t" };
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             let domain = domain.clone();
             let out = Arc::clone(&out);
             std::thread::spawn(move || {
                 for counter in 0u64.. {
-                    let key = format!("t{t}-{counter}-r{run}");
+                    let key = format!("{prefix}{t}-{counter}-r{run}");
                     let pos = domain
                         .put(key.as_bytes(), value_of(&key))
                         .expect("put failed");
@@ -90,11 +118,12 @@ fn parse_ack(line: &str) -> Option<(String, u64)> {
 }
 
 /// Runs one child, kills it after at least `want` acks, and returns all whole acks it printed.
-fn run_child(dir: &Path, want: u64, cycle: usize) -> Vec<(String, u64)> {
+fn run_child(dir: &Path, want: u64, cycle: usize, mode: &str) -> Vec<(String, u64)> {
     let exe = std::env::current_exe().expect("current exe");
     let mut child = Command::new(exe)
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir)
+        .env(MODE_ENV, mode)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -151,6 +180,16 @@ fn run_child(dir: &Path, want: u64, cycle: usize) -> Vec<(String, u64)> {
 
 #[test]
 fn sigkill_never_loses_acknowledged_writes() {
+    crash_cycles("plain", CYCLES);
+}
+
+/// Kills landing in checkpoints, segment roll-overs and retention.
+#[test]
+fn sigkill_during_checkpoints_roll_overs_and_retention_never_loses_acknowledged_writes() {
+    crash_cycles("churn", CYCLES / 2);
+}
+
+fn crash_cycles(mode: &str, cycles: usize) {
     let seed = std::env::var("DOMSYNC_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -168,9 +207,10 @@ fn sigkill_never_loses_acknowledged_writes() {
     let started = Instant::now();
     let mut all: BTreeMap<String, u64> = BTreeMap::new();
 
-    for cycle in 0..CYCLES {
+    let mut log_started_late = false;
+    for cycle in 0..cycles {
         let want = 1 + rng.next() % MAX_ACKS;
-        let acks = run_child(dir, want, cycle);
+        let acks = run_child(dir, want, cycle, mode);
         assert!(acks.len() as u64 >= want);
         for (key, lsn) in acks {
             assert!(
@@ -196,14 +236,16 @@ fn sigkill_never_loses_acknowledged_writes() {
             end >= max_acked,
             "cycle {cycle} (seed {seed}): position lsn {end} < max acked lsn {max_acked}"
         );
+        let start = status.log_start.0;
+        log_started_late |= start > 1;
         let log = domain
-            .read_log(Lsn(1), usize::MAX, usize::MAX)
+            .read_log(status.log_start, usize::MAX, usize::MAX)
             .expect("read log");
         let lsns: Vec<u64> = log.iter().map(|e| e.record.lsn.0).collect();
-        let expected: Vec<u64> = (1..=end).collect();
+        let expected: Vec<u64> = (start..=end).collect();
         assert!(
             lsns == expected,
-            "cycle {cycle} (seed {seed}): log lsns not contiguous 1..={end}: {} records, \
+            "cycle {cycle} (seed {seed}): log lsns not contiguous {start}..={end}: {} records, \
              first {:?}, last {:?}",
             lsns.len(),
             lsns.first(),
@@ -219,8 +261,28 @@ fn sigkill_never_loses_acknowledged_writes() {
         store.close();
         drop(store);
     }
+    if mode == "churn" {
+        assert!(log_started_late, "retention never cut the log");
+        let segments = std::fs::read_dir(dir.join("domains/crash.log"))
+            .expect("log dir")
+            .count();
+        assert!(segments >= 1);
+        let first_kept = std::fs::read_dir(dir.join("domains/crash.log"))
+            .expect("log dir")
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".seg")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .min()
+            .unwrap_or(0);
+        assert!(first_kept > 1, "retention never removed a whole segment");
+    }
     println!(
-        "crash test: {CYCLES} cycles, {} acked writes, {:?}",
+        "crash test ({mode}): {cycles} cycles, {} acked writes, {:?}",
         all.len(),
         started.elapsed()
     );

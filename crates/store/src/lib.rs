@@ -98,6 +98,13 @@ pub struct StoreOptions {
     pub max_batch_bytes: usize,
     /// Requests that may queue for a domain's writer before writers block (default 4096).
     pub queue: usize,
+    /// Longest time records stay in the tables without a durable checkpoint (default 1 s):
+    /// what the log replays at the next open after a crash. Checkpoints run in the background
+    /// of writers; a shorter interval costs more fsyncs of the database.
+    pub checkpoint_interval: std::time::Duration,
+    /// Log bytes folded into the tables after which a checkpoint is made whatever the time
+    /// (default 32 MiB).
+    pub checkpoint_bytes: u64,
     /// Opens the storage under every database of the store (default `None`: plain files).
     /// Tests and fuzzing give a `FaultPlan::factory` (feature `testing`) to inject I/O errors; embedders can
     /// give their own [`BackendFactory`].
@@ -113,6 +120,8 @@ impl StoreOptions {
             max_batch: 512,
             max_batch_bytes: 16 * 1024 * 1024,
             queue: 4096,
+            checkpoint_interval: std::time::Duration::from_secs(1),
+            checkpoint_bytes: 32 << 20,
             backend: None,
         }
     }
@@ -415,6 +424,8 @@ impl Store {
             limits: BatchLimits {
                 max_requests: self.options.max_batch.max(1),
                 max_bytes: self.options.max_batch_bytes,
+                checkpoint_interval: self.options.checkpoint_interval,
+                checkpoint_bytes: self.options.checkpoint_bytes,
             },
             checkpointed: meta_lsn,
             log,
@@ -486,6 +497,8 @@ mod tests {
             limits: BatchLimits {
                 max_requests: 512,
                 max_bytes: 1 << 24,
+                checkpoint_interval: std::time::Duration::from_secs(1),
+                checkpoint_bytes: 32 << 20,
             },
             checkpointed: meta_lsn,
             shared_log: Arc::new(std::sync::RwLock::new(Arc::clone(&log))),

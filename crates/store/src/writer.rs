@@ -133,6 +133,10 @@ pub(crate) struct Counters {
 pub(crate) struct BatchLimits {
     pub max_requests: usize,
     pub max_bytes: usize,
+    /// See [`super::StoreOptions::checkpoint_interval`].
+    pub checkpoint_interval: Duration,
+    /// See [`super::StoreOptions::checkpoint_bytes`].
+    pub checkpoint_bytes: u64,
 }
 
 pub(crate) struct Writer {
@@ -163,11 +167,6 @@ pub(crate) struct Writer {
     /// When the first record after the checkpoint was folded in.
     pub dirty_since: Option<Instant>,
 }
-
-/// A checkpoint is made at most this long after the first record it covers.
-pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// ... or once this many log bytes were folded in since the last one.
-pub(crate) const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 fn work_bytes(w: &Work) -> usize {
     match w {
@@ -222,10 +221,14 @@ impl Writer {
     /// last one, zero when it is due now.
     pub(crate) fn checkpoint_wait(&self) -> Option<Duration> {
         let since = self.dirty_since?;
-        if self.dirty_bytes >= CHECKPOINT_BYTES {
+        if self.dirty_bytes >= self.limits.checkpoint_bytes {
             return Some(Duration::ZERO);
         }
-        Some(CHECKPOINT_INTERVAL.saturating_sub(since.elapsed()))
+        Some(
+            self.limits
+                .checkpoint_interval
+                .saturating_sub(since.elapsed()),
+        )
     }
 
     /// Periodic work of an idle writer: retry a reopen after a storage error, make a due
