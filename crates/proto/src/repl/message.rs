@@ -202,8 +202,10 @@ pub struct SnapshotHeader {
 }
 
 /// The standby's progress. `received`: handed over by the network; `durable`: fsynced;
-/// `applied`: visible to reads. Applying a record is one durable commit, so `durable` and
-/// `applied` move together in this implementation.
+/// `applied`: visible to reads. A standby applies a batch in one step of its writer: the
+/// records are appended to its segment log and `fdatasync`ed (durable), then folded into its
+/// tables without an fsync (applied); it acknowledges after that step, so `durable` and
+/// `applied` are sent together and neither waits for a table fsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Ack {
     /// Highest lsn received.
