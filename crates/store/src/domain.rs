@@ -497,6 +497,41 @@ impl Domain {
             .map_err(|e| e.at(&self.inner.path))
     }
 
+    /// Returns the space that deletes and overwrites freed in the domain's database to the
+    /// file system: checkpoints, then rewrites the file without its free pages. Returns the
+    /// file's size before and after, in bytes. Reads of this domain get a retryable
+    /// [`StoreError::Reopening`] while it runs; writes wait for it.
+    ///
+    /// ```
+    /// # use domsync_proto::model::NodeId;
+    /// # use domsync_store::{Store, StoreOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), StoreOptions::new(NodeId::new("a")?))?;
+    /// let domain = store.create_domain(&"t".parse()?)?;
+    /// for i in 0..1000 {
+    ///     domain.put(format!("k{i}"), vec![0u8; 1000])?;
+    /// }
+    /// for i in 0..1000 {
+    ///     domain.delete(format!("k{i}"))?;
+    /// }
+    /// let (before, after) = domain.compact()?;
+    /// assert!(after < before);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when readers keep a snapshot open (retry), or a storage error.
+    pub fn compact(&self) -> Result<(u64, u64), StoreError> {
+        let size = || {
+            std::fs::metadata(self.path())
+                .map(|m| m.len())
+                .map_err(StoreError::io("read the size of", self.path()))
+        };
+        let before = size()?;
+        self.submit(Work::Compact)?;
+        Ok((before, size()?))
+    }
+
     /// The segment log as it is now.
     pub(crate) fn log(&self) -> Arc<super::segments::SegmentLog> {
         Arc::clone(

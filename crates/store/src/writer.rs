@@ -83,6 +83,8 @@ pub(crate) enum Work {
     /// A reader met a storage error: reopen the database if redb latched a failure (a failed
     /// read latches it too). Always handled alone.
     Reopen,
+    /// Rewrite the database without its free space (`domsync compact`). Always handled alone.
+    Compact,
 }
 
 /// A finished, durable database built aside, ready to replace the replica's file.
@@ -192,7 +194,8 @@ fn work_bytes(w: &Work) -> usize {
         | Work::Promote(_)
         | Work::Demote(_)
         | Work::Discard(_)
-        | Work::Reopen => 0,
+        | Work::Reopen
+        | Work::Compact => 0,
     }
 }
 
@@ -314,6 +317,11 @@ impl Writer {
                 first.reply.send(outcome);
                 return true;
             }
+            Work::Compact => {
+                let outcome = self.compact().and_then(|()| Self::committed(&self.meta));
+                first.reply.send(outcome);
+                return true;
+            }
             Work::Reopen => {
                 self.counters
                     .reopen_requested
@@ -331,7 +339,7 @@ impl Writer {
         let mut batch = vec![first];
         while batch.len() < self.limits.max_requests && bytes < self.limits.max_bytes {
             match rx.try_recv() {
-                Ok(req) if matches!(req.work, Work::Install(_) | Work::Reopen) => {
+                Ok(req) if matches!(req.work, Work::Install(_) | Work::Reopen | Work::Compact) => {
                     self.pending = Some(req);
                     break;
                 }
@@ -375,6 +383,66 @@ impl Writer {
             }
         }
         true
+    }
+
+    /// Checkpoints, then rewrites the database file without its free pages (redb
+    /// `compact`), which needs the only handle: readers get a retryable error meanwhile.
+    fn compact(&mut self) -> Result<(), StoreError> {
+        self.database()?;
+        if self.dirty_since.is_some() {
+            self.checkpoint();
+        }
+        let Some(db) = self.db.take() else {
+            return Err(StoreError::Closed {
+                domain: self.domain.clone(),
+            });
+        };
+        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = None;
+        // A reader between taking the handle and opening its transaction holds a clone for
+        // a moment: wait for it (bounded).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut shared = Some(db);
+        let mut owned = None;
+        while let Some(d) = shared.take() {
+            match Arc::try_unwrap(d) {
+                Ok(o) => owned = Some(o),
+                Err(d) => {
+                    shared = Some(d);
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        let (db, result) = match (owned, shared) {
+            (Some(mut o), _) => {
+                let r = o.compact().map(|_| ()).map_err(|e| StoreError::Io {
+                    action: "compact",
+                    path: self.path.clone(),
+                    detail: format!(
+                        "{e} (readers such as gateways fetching a policy hold a snapshot open; retry when they are done)"
+                    ),
+                });
+                (Arc::new(o), r)
+            }
+            (None, Some(d)) => (
+                d,
+                Err(StoreError::Io {
+                    action: "compact",
+                    path: self.path.clone(),
+                    detail: "a reader kept the database open for 2 s; retry".into(),
+                }),
+            ),
+            (None, None) => {
+                return Err(StoreError::Closed {
+                    domain: self.domain.clone(),
+                })
+            }
+        };
+        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&db));
+        self.db = Some(db);
+        result
     }
 
     /// Reopens the database if it is closed or redb latched an I/O failure.
@@ -503,7 +571,7 @@ impl Writer {
                     }
                     Work::Truncate(below) => self.truncate(&mut t, &mut meta, below)?,
                     // Never batched: `step` handles them alone.
-                    Work::Install(_) | Work::Reopen => Err(StoreError::Closed {
+                    Work::Install(_) | Work::Reopen | Work::Compact => Err(StoreError::Closed {
                         domain: domain.clone(),
                     }),
                     Work::Promote(epoch) => self.promote(&mut meta, epoch),
