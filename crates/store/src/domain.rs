@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
-use std::thread::JoinHandle;
 
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use tokio::sync::{oneshot, watch};
 
 use super::error::{StorageResult, StoreError};
 use super::meta::DomainMeta;
+use super::pool::{Ended, Pool, Sender, Slot};
 use super::read::Read;
 use super::tables::{META, META_KEY};
 use super::writer::{Committed, Counters, Outcome, Reply, Request, Work};
@@ -75,28 +75,25 @@ pub(crate) struct Inner {
     /// The current segment log.
     pub log: SharedLog,
     pub opener: super::Opener,
-    pub tx: Mutex<Option<mpsc::SyncSender<Request>>>,
+    pub tx: Mutex<Option<Sender>>,
     pub positions: watch::Receiver<Position>,
     pub counters: Arc<Counters>,
-    pub thread: Mutex<Option<JoinHandle<()>>>,
+    /// The domain's writer in the store's writer pool.
+    pub slot: Arc<Slot>,
+    /// Keeps the pool's threads running while the domain is open.
+    pub pool: Arc<Pool>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the channel ends the writer once it has answered what it holds.
+        // Closing ends the writer once it has answered what is queued; its database is
+        // dropped before this returns, so the file can be opened again at once.
         self.tx
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(handle) = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            if handle.join().is_err() {
-                tracing::error!(domain = %self.id, "writer thread panicked");
-            }
+        if self.pool.close(&self.slot) == Ended::Panicked {
+            tracing::error!(domain = %self.id, "the writer of this domain had panicked (see the panic above): it was closed without answering its queue");
         }
     }
 }
@@ -129,7 +126,7 @@ impl Domain {
         &self.inner.path
     }
 
-    pub(crate) fn sender(&self) -> Result<mpsc::SyncSender<Request>, StoreError> {
+    pub(crate) fn sender(&self) -> Result<Sender, StoreError> {
         self.inner
             .tx
             .lock()
@@ -170,7 +167,7 @@ impl Domain {
     /// Queues a request without blocking the executor; the answer comes on the receiver.
     async fn enqueue(
         &self,
-        sender: &mpsc::SyncSender<Request>,
+        sender: &Sender,
         work: Work,
     ) -> Result<oneshot::Receiver<Outcome>, StoreError> {
         let (tx, rx) = oneshot::channel::<Outcome>();

@@ -4,6 +4,12 @@
 //! change-log record and the new position together, durably (redb `Durability::Immediate`,
 //! i.e. fsync), before the writer is answered. There is no non-durable mode.
 //!
+//! Writes to a domain are queued to its writer, which batches whatever is queued into one
+//! commit (group commit). Writers have no thread of their own: a bounded pool of threads per
+//! store ([`StoreOptions::writer_threads`]) runs them one batch per turn, so a node with
+//! thousands of domains runs a handful of writer threads, and a busy domain takes turns with
+//! the others instead of holding a thread.
+//!
 //! ```
 //! use domsync_proto::model::NodeId;
 //! use domsync_store::{Store, StoreOptions};
@@ -40,6 +46,7 @@ mod error;
 mod faults;
 mod log;
 mod meta;
+mod pool;
 mod private;
 mod read;
 mod recover;
@@ -105,6 +112,11 @@ pub struct StoreOptions {
     /// Log bytes folded into the tables after which a checkpoint is made whatever the time
     /// (default 32 MiB).
     pub checkpoint_bytes: u64,
+    /// Threads that run the writers of all the store's domains (default: the number of CPUs,
+    /// at least 2 and at most 8; `0` counts as 1). Threads are started as domains are opened,
+    /// never more than this however many domains are open; a domain's batches are spread
+    /// over them one commit per turn, so a busy domain does not hold back the others.
+    pub writer_threads: usize,
     /// Opens the storage under every database of the store (default `None`: plain files).
     /// Tests and fuzzing give a `FaultPlan::factory` (feature `testing`) to inject I/O errors; embedders can
     /// give their own [`BackendFactory`].
@@ -122,6 +134,7 @@ impl StoreOptions {
             queue: 4096,
             checkpoint_interval: std::time::Duration::from_secs(1),
             checkpoint_bytes: 32 << 20,
+            writer_threads: pool::default_size(),
             backend: None,
         }
     }
@@ -177,6 +190,8 @@ pub struct Store {
     domains_dir: PathBuf,
     options: StoreOptions,
     open: Mutex<BTreeMap<DomainId, Domain>>,
+    /// Runs the writers of every domain of the store.
+    pool: Arc<pool::Pool>,
 }
 
 /// Flushes a directory's entries to disk, so a created or renamed file survives a power cut.
@@ -248,6 +263,7 @@ impl Store {
         Ok(Store {
             dir,
             domains_dir,
+            pool: Arc::new(pool::Pool::new(options.writer_threads)),
             options,
             open: Mutex::new(BTreeMap::new()),
         })
@@ -390,7 +406,7 @@ impl Store {
             .collect())
     }
 
-    /// Opens the database at `path` and starts the domain's writer thread.
+    /// Opens the database at `path` and hands the domain's writer to the writer pool.
     fn start(&self, id: &DomainId, path: PathBuf) -> Result<Domain, StoreError> {
         let opener = self.options.opener();
         let db = opener.open(&path).map_err(|e| match e {
@@ -433,10 +449,10 @@ impl Store {
             dirty_bytes: 0,
             dirty_since: None,
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("domsync-writer-{id}"))
-            .spawn(move || writer.run(&rx))
-            .map_err(StoreError::io("start the writer thread for", &path))?;
+        self.pool
+            .grow()
+            .map_err(StoreError::io("start a writer thread for", &path))?;
+        let slot = self.pool.slot(id.clone(), writer, rx);
         Ok(Domain {
             inner: Arc::new(Inner {
                 id: id.clone(),
@@ -444,10 +460,11 @@ impl Store {
                 db: shared,
                 log: shared_log,
                 opener,
-                tx: Mutex::new(Some(tx)),
+                tx: Mutex::new(Some(self.pool.sender(&slot, tx))),
                 positions,
                 counters,
-                thread: Mutex::new(Some(thread)),
+                slot,
+                pool: Arc::clone(&self.pool),
             }),
         })
     }
@@ -465,6 +482,36 @@ mod tests {
     use super::*;
     use domsync_proto::model::Op;
     use writer::{Reply, Request, Work};
+
+    /// A database closed by a storage error is reopened by the pool's ticks once the storage
+    /// works again, without any request (readers wait on it too).
+    #[test]
+    fn ticks_reopen_a_closed_database_without_any_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = FaultPlan::new();
+        let mut options = StoreOptions::new(NodeId::new("n").unwrap());
+        options.backend = Some(plan.factory());
+        let store = Store::open(dir.path(), options).unwrap();
+        let d = store.create_domain(&"d".parse().unwrap()).unwrap();
+        d.put("k", "v").unwrap();
+        plan.fail_after(0, FaultKind::Eio);
+        assert!(d.put("x", "y").unwrap_err().is_storage_fault());
+        let shared_open = || d.inner.db.read().unwrap().is_some();
+        assert!(
+            !shared_open(),
+            "every I/O fails: the reopen after the commit failed too"
+        );
+        plan.disarm();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !shared_open() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not reopened by the ticks"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(d.get(b"k").unwrap().value.as_deref(), Some(&b"v"[..]));
+    }
 
     /// Requests queued while the writer is busy are committed together: one durable commit,
     /// one record and lsn each, every writer answered after it.

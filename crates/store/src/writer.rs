@@ -1,5 +1,11 @@
-//! The writer of one domain: a dedicated thread that owns the domain's write side and batches
-//! concurrent requests into one durable redb commit (group commit).
+//! The writer of one domain: it owns the domain's write side and batches concurrent requests
+//! into one durable redb commit (group commit).
+//!
+//! Writers have no thread of their own: the store's writer pool (`pool.rs`, a few threads
+//! shared by every domain) runs a writer when requests are queued for it, one batch per turn
+//! ([`Writer::step`]: a first request, then whatever else is already queued up to the batch
+//! limits, one commit), and calls [`Writer::tick`] about every 250 ms while
+//! [`Writer::wants_tick`] says so. A writer is run by one pool thread at a time.
 //!
 //! Each request is checked and turned into its own record (own lsn) inside the shared write
 //! transaction; a request refused by its checks changes nothing and the others go on. A
@@ -13,7 +19,7 @@
 //! never from what the failed batch meant to commit: a commit whose final fsync failed may be
 //! durable nonetheless, and then the position read back includes it. When the reopen fails
 //! (disk still full, a reader still holding the old handle), requests fail with a typed error
-//! and the reopen is tried again at the next request and every second.
+//! and the reopen is tried again at the next request and at every tick.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,7 +158,8 @@ pub(crate) struct Writer {
     pub opener: super::Opener,
     /// The replica's database file.
     pub path: PathBuf,
-    /// A request taken from the queue that must be handled in a batch of its own.
+    /// A request taken from the queue ahead of the next batch: it starts that batch, or is
+    /// handled alone when it must be (install, reopen).
     pub pending: Option<Request>,
     pub meta: DomainMeta,
     pub positions: watch::Sender<Position>,
@@ -206,12 +213,6 @@ pub(super) fn now_micros() -> u64 {
 }
 
 impl Writer {
-    /// Serves requests until every sender is gone, then checkpoints.
-    pub fn run(mut self, rx: &mpsc::Receiver<Request>) {
-        while self.step(rx) {}
-        self.close();
-    }
-
     /// Makes what the tables hold durable before the writer goes away (a clean close needs
     /// no replay at the next open).
     pub(crate) fn close(&mut self) {
@@ -234,8 +235,9 @@ impl Writer {
         )
     }
 
-    /// Periodic work of an idle writer: retry a reopen after a storage error, make a due
-    /// checkpoint.
+    /// Periodic work, called by the writer pool about every [`super::pool::TICK`] while
+    /// [`Writer::wants_tick`] says so, never during a batch: retries the reopen of a database
+    /// that a storage error closed (readers wait on it too), makes a due checkpoint.
     pub(crate) fn tick(&mut self) {
         if self.db.is_none() {
             if let Err(e) = self.reopen() {
@@ -248,8 +250,9 @@ impl Writer {
         }
     }
 
-    /// True when [`Writer::tick`] has work to do now or later.
-    #[allow(dead_code)] // for a scheduler of writers
+    /// Whether this writer needs [`Writer::tick`] calls (asked by the pool after each of its
+    /// turns): while its database is closed after a storage error, or while the tables hold
+    /// records not yet checkpointed.
     pub(crate) fn wants_tick(&self) -> bool {
         self.db.is_none() || self.dirty_since.is_some()
     }
@@ -279,36 +282,17 @@ impl Writer {
         }
     }
 
-    /// Takes one batch: blocks for a first request, then takes whatever is already queued (up
-    /// to the limits), commits once and answers every request. Returns false once the channel
-    /// is closed.
+    /// Takes one batch of what is already queued: a first request (the one set aside, or the
+    /// next one queued), then whatever else is queued (up to the limits); commits once and
+    /// answers every request. Never waits: with nothing queued it does nothing. Returns false
+    /// once every sender is gone and nothing is queued.
     pub fn step(&mut self, rx: &mpsc::Receiver<Request>) -> bool {
         let first = match self.pending.take() {
             Some(req) => req,
-            None if self.db.is_none() => match rx.recv_timeout(Duration::from_secs(1)) {
+            None => match rx.try_recv() {
                 Ok(req) => req,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // Readers wait on the reopen too: retry it without waiting for a write.
-                    if let Err(e) = self.reopen() {
-                        tracing::debug!(domain = %self.domain, error = %e, "database not reopened yet");
-                    }
-                    return true;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
-            },
-            None => match self.checkpoint_wait() {
-                None => match rx.recv() {
-                    Ok(req) => req,
-                    Err(_) => return false,
-                },
-                Some(wait) => match rx.recv_timeout(wait) {
-                    Ok(req) => req,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.tick();
-                        return true;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return false,
-                },
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => return false,
             },
         };
         let first = match first.work {
