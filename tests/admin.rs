@@ -43,6 +43,9 @@ fn status_and_writes_through_the_admin_socket() {
     let out = ok(sock, &["crl", "put", "t1", CRL, "--allow-stale"]);
     assert!(out.contains(" in t1 at lsn 4"), "{out}");
     assert!(ok(sock, &["kv", "del", "t1", "k"]).starts_with("deleted at lsn 5"));
+    // Compaction through the daemon; the domain serves on.
+    let out = ok(sock, &["compact", "t1"]);
+    assert!(out.starts_with("compacted domain t1: database "), "{out}");
     // The trust material is listed through the daemon as well.
     let list = domsync_testkit::cli::parse_json(&ok(sock, &["crl", "list", "t1", "--json"]));
     assert_eq!(list["crls"][0]["number"], "2");

@@ -99,6 +99,12 @@ pub enum Request {
         /// The domain.
         domain: DomainId,
     },
+    /// Return the space freed by deletes and overwrites in this node's database of
+    /// `domain` to the file system: [`Answer::Compacted`].
+    Compact {
+        /// The domain.
+        domain: DomainId,
+    },
 }
 
 /// One answer.
@@ -191,6 +197,15 @@ pub enum Answer {
     Plan(PlanReport),
     /// The trust material of a domain.
     Trust(TrustReport),
+    /// The domain's database was compacted.
+    Compacted {
+        /// The domain.
+        domain: DomainId,
+        /// Size of its database file before, in bytes.
+        before: u64,
+        /// Size after.
+        after: u64,
+    },
 }
 
 /// The issuer certificates and CRLs a domain holds on one node.

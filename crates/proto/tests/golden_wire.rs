@@ -205,6 +205,7 @@ variants! {
         admin::Request::DomainRemove { .. } => "Request::DomainRemove",
         admin::Request::Plan => "Request::Plan",
         admin::Request::Trust { .. } => "Request::Trust",
+        admin::Request::Compact { .. } => "Request::Compact",
     }
 }
 
@@ -224,6 +225,7 @@ variants! {
         admin::Answer::DomainRemoved { .. } => "Answer::DomainRemoved",
         admin::Answer::Plan(_) => "Answer::Plan",
         admin::Answer::Trust(_) => "Answer::Trust",
+        admin::Answer::Compacted { .. } => "Answer::Compacted",
     }
 }
 
@@ -413,7 +415,8 @@ fn admin_request_coverage(r: &admin::Request) -> Vec<&'static str> {
         | admin::Request::DomainAdd(_)
         | admin::Request::DomainRemove { .. }
         | admin::Request::Plan
-        | admin::Request::Trust { .. } => {}
+        | admin::Request::Trust { .. }
+        | admin::Request::Compact { .. } => {}
     }
     out
 }
@@ -443,7 +446,8 @@ fn admin_answer_coverage(a: &admin::Answer) -> Vec<&'static str> {
         | admin::Answer::Discarded { .. }
         | admin::Answer::DomainAdded { .. }
         | admin::Answer::DomainRemoved { .. }
-        | admin::Answer::Trust(_) => {}
+        | admin::Answer::Trust(_)
+        | admin::Answer::Compacted { .. } => {}
     }
     out
 }
@@ -1090,6 +1094,7 @@ fn admin_requests() -> Samples<admin::Request> {
             },
         ),
         ("request-trust", R::Trust { domain: d() }),
+        ("request-compact", R::Compact { domain: d() }),
         ("request-collisions", R::Collisions { domain: d() }),
         (
             "request-collision-show",
@@ -1423,6 +1428,14 @@ fn admin_answers() -> Samples<admin::Answer> {
         ),
         ("answer-domain-removed", A::DomainRemoved { domain: d() }),
         ("answer-plan", A::Plan(plan())),
+        (
+            "answer-compacted",
+            A::Compacted {
+                domain: d(),
+                before: 3 << 30,
+                after: 1 << 20,
+            },
+        ),
         (
             "answer-trust",
             A::Trust(admin::TrustReport {

@@ -1,8 +1,12 @@
-//! The local ACID store: one redb database per domain under a state directory.
+//! The local ACID store: per domain, a change log of segment files (the durable point) and a
+//! redb database of tables (the materialized state), under a state directory.
 //!
-//! Layout: `<state dir>/domains/<domain>.redb`. Each write transaction commits the data, its
-//! change-log record and the new position together, durably (redb `Durability::Immediate`,
-//! i.e. fsync), before the writer is answered. There is no non-durable mode.
+//! Layout: `<state dir>/domains/<domain>.redb` and `<state dir>/domains/<domain>.log/`. A
+//! group commit appends its records to the log with one write and one `fdatasync`, then folds
+//! them into the tables by a non-durable redb commit, and only then answers its writers: a
+//! write is durable and readable once answered. The tables are checkpointed durably in the
+//! background (at most [`StoreOptions::checkpoint_interval`] later); opening replays the log
+//! past the last checkpoint and cuts a torn tail. There is no non-durable mode.
 //!
 //! Writes to a domain are queued to its writer, which batches whatever is queued into one
 //! commit (group commit). Writers have no thread of their own: a bounded pool of threads per

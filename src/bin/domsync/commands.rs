@@ -285,6 +285,11 @@ pub fn run(data: &Path, node: &str, command: Command) -> Res {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { domain: only } => verify(&store, only.as_deref()),
+        Command::Compact { domain: name } => {
+            let (before, after) = domain(&store, &name)?.compact()?;
+            println!("{}", compacted(&name, before, after));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { .. } => Ok(ExitCode::SUCCESS),
     }
 }
@@ -365,6 +370,17 @@ fn policy(store: &Store, cmd: PolicyCmd) -> Res {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The line `compact` prints.
+pub fn compacted(domain: &str, before: u64, after: u64) -> String {
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    format!(
+        "compacted domain {domain}: database {:.1} MiB -> {:.1} MiB ({:.1} MiB returned)",
+        mib(before),
+        mib(after),
+        mib(before.saturating_sub(after))
+    )
 }
 
 fn verify(store: &Store, only: Option<&str>) -> Res {

@@ -246,6 +246,13 @@ enum Command {
     /// The change log of a domain.
     #[command(subcommand)]
     Log(commands::LogCmd),
+    /// Return the space freed by deletes and overwrites in a domain's database to the file
+    /// system (locally on --data with the daemon stopped, or through a running daemon with
+    /// --socket/--remote); prints the file's size before and after.
+    Compact {
+        /// The domain.
+        domain: String,
+    },
     /// Check every record's CRC and chain, the state digest and policy contents.
     Verify {
         /// Only this domain (default: all).
@@ -371,13 +378,14 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }];
                 admin::write(&t, &domain, ops, &admin::WriteKind::Policy(name))
             }
+            (Some(t), Command::Compact { domain }) => admin::compact(&t, &domain),
             (Some(t), Command::Crl(cmd)) => trust::crl(&trust::Source::Daemon(&t), cmd),
             (Some(t), Command::Issuer(cmd)) => trust::issuer(&trust::Source::Daemon(&t), cmd),
             (Some(_), Command::Kv(_)) => Err(
                 "through --socket/--remote (admin) only kv put|del without --json go to a daemon; kv get|list|txn|watch use the application protocol: give --app-socket PATH or --app-remote ID=ADDR instead".into(),
             ),
             (Some(_), _) => Err(
-                "only kv put|del, policy install, crl and issuer commands are sent to a daemon; drop --socket/--remote to work locally on --data".into(),
+                "only kv put|del, policy install, crl, issuer and compact commands are sent to a daemon; drop --socket/--remote to work locally on --data".into(),
             ),
             (None, command) => commands::run(&cli.data, &cli.node, command),
         },

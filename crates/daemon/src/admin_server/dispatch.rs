@@ -35,6 +35,7 @@ fn describe(req: &Request) -> String {
         Request::DomainRemove { domain } => format!("domain remove {domain}"),
         Request::Plan => "plan".into(),
         Request::Trust { domain } => format!("trust {domain}"),
+        Request::Compact { domain } => format!("compact {domain}"),
     }
 }
 
@@ -87,6 +88,20 @@ pub(super) async fn handle(daemon: &Arc<Daemon>, client: &Client, req: Request) 
         Request::DomainAdd(spec) => domains::add(daemon, spec).await,
         Request::DomainRemove { domain } => domains::remove(daemon, domain).await,
         Request::Plan => Ok(Answer::Plan(domains::plan(daemon).await)),
+        Request::Compact { domain } => match held(daemon, &domain) {
+            Ok(d) => match tokio::task::spawn_blocking(move || d.compact()).await {
+                Ok(Ok((before, after))) => Ok(Answer::Compacted {
+                    domain,
+                    before,
+                    after,
+                }),
+                Ok(Err(e)) => Err(AdminError::Failed(e.to_string())),
+                Err(e) => Err(AdminError::Failed(format!(
+                    "compaction of domain {domain} stopped: {e}"
+                ))),
+            },
+            Err(e) => Err(e),
+        },
     };
     match answer {
         Ok(a) => {

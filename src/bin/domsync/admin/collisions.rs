@@ -237,3 +237,22 @@ fn archived_line(a: &ArchivedInfo) -> String {
 fn parse_on_remote(text: &str) -> Result<(NodeId, SocketAddr), String> {
     domsync_client::admin::parse_remote("--on-remote", text)
 }
+
+/// `domsync compact DOMAIN` through a daemon.
+pub fn compact(target: &Target, d: &str) -> Res {
+    match call_one(target, &Request::Compact { domain: domain(d)? })? {
+        Answer::Compacted {
+            domain,
+            before,
+            after,
+        } => {
+            println!(
+                "{}",
+                crate::commands::compacted(domain.as_str(), before, after)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Answer::Error(e) => Ok(failed(&e)),
+        other => Err(unexpected(&other)),
+    }
+}

@@ -10,7 +10,7 @@ mod collisions;
 mod domains;
 mod render;
 
-pub use collisions::{collisions, CollisionsCmd};
+pub use collisions::{collisions, compact, CollisionsCmd};
 pub use domains::{domain_add, domain_remove, plan, rebalance, AdminCert, DomainAddArgs};
 use render::join;
 pub use render::{plan_json, plan_text, status_json, status_table};
