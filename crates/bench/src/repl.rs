@@ -189,6 +189,22 @@ pub async fn resync(ctx: &Ctx) -> BenchResult<Outcome> {
     let bytes = count * chunk;
     let file = cluster.domain_file(a).ok_or("no domain file")?;
     let file_bytes = std::fs::metadata(&file)?.len();
+    // Disk used by the active's replica: its database plus its log segments (preallocated
+    // space included), against the live values plus the log records it retains.
+    let log_dir = file.with_extension("log");
+    let log_disk: u64 = std::fs::read_dir(&log_dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    let log_records = cluster
+        .daemon(a)
+        .and_then(|d| d.store().domain(&ctx.domain).ok())
+        .and_then(|d| d.status().ok())
+        .map_or(0, |st| st.log_bytes);
     let target = cluster.position(a).ok_or("no position")?.lsn;
     if !ctx.args.json {
         eprintln!("domsync-bench: filled; starting the empty standby");
@@ -219,6 +235,15 @@ pub async fn resync(ctx: &Ctx) -> BenchResult<Outcome> {
     o.latency.record(took);
     o.resync = Some((bytes, file_bytes));
     o.params.insert("lsn".into(), json!(target.0));
+    o.params.insert("active_db_bytes".into(), json!(file_bytes));
+    o.params
+        .insert("active_log_disk_bytes".into(), json!(log_disk));
+    o.params
+        .insert("active_log_record_bytes".into(), json!(log_records));
+    o.notes.push(format!(
+        "disk on the active: database {file_bytes} + log segments {log_disk} bytes = {:.2}x the live values ({bytes}) plus the log records it retains ({log_records})",
+        (file_bytes + log_disk) as f64 / (bytes + log_records).max(1) as f64
+    ));
     if let Some(f) = cluster.domain_file(s) {
         if let Ok(m) = std::fs::metadata(f) {
             o.notes
