@@ -3,6 +3,7 @@
 //! optionally JSON, BENCHMARKS.md and a plot. `benches/compare.sh` installs the servers,
 //! builds domsync and runs it; see `benches/compare/README.md`.
 
+mod floor;
 mod load;
 mod procs;
 mod report;
@@ -239,6 +240,10 @@ async fn run(args: Args) -> Result<()> {
             let run = systems::etcd_writes(&et.urls[0], c, 100, warmup, secs, &et.procs()).await?;
             et.check()?;
             report.add(Entry::new(Group::Writes, c as f64, "etcd", run));
+            if c == 1 {
+                let run = floor::floor(&base, 2000)?;
+                report.add(Entry::new(Group::Writes, 1.0, "fdatasync+rtt", run));
+            }
             say(&report.last_line());
         }
         drop(et);

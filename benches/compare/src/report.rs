@@ -368,7 +368,11 @@ impl Report {
                     (Group::Lag, "redis") if d.x == 1000.0 => {
                         Some(("p99 ≤ 2x Redis's", ratio <= 2.0))
                     }
-                    (Group::Resync, "cp") => Some(("≤ 2x cp", ratio <= 2.0)),
+                    (Group::Resync, "cp") => Some(("≤ 1.2x cp", ratio <= 1.2)),
+                    (Group::Writes, "fdatasync+rtt") => Some((
+                        "p50 within 1.5x of one fdatasync + one loopback round trip",
+                        d.run.latency_ms.p50 <= 1.5 * o.run.latency_ms.p50,
+                    )),
                     (Group::Get, "etcd") => {
                         Some(("≥ 3x etcd serializable Range on a follower", ratio >= 3.0))
                     }
