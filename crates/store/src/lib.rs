@@ -48,6 +48,7 @@ mod entries;
 mod error;
 #[cfg(any(test, feature = "testing"))]
 mod faults;
+mod flusher;
 mod log;
 mod meta;
 mod pool;
@@ -196,6 +197,8 @@ pub struct Store {
     open: Mutex<BTreeMap<DomainId, Domain>>,
     /// Runs the writers of every domain of the store.
     pool: Arc<pool::Pool>,
+    /// Flushes databases ahead of their checkpoints.
+    flusher: Option<flusher::Flusher>,
 }
 
 /// Flushes a directory's entries to disk, so a created or renamed file survives a power cut.
@@ -268,6 +271,13 @@ impl Store {
             dir,
             domains_dir,
             pool: Arc::new(pool::Pool::new(options.writer_threads)),
+            flusher: match flusher::Flusher::start() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no background flusher thread: checkpoints flush on the writers' threads");
+                    None
+                }
+            },
             options,
             open: Mutex::new(BTreeMap::new()),
         })
@@ -452,6 +462,8 @@ impl Store {
             shared_log: Arc::clone(&shared_log),
             dirty_bytes: 0,
             dirty_since: None,
+            flusher: self.flusher.clone(),
+            flush: Arc::default(),
         };
         self.pool
             .grow()
@@ -556,6 +568,8 @@ mod tests {
             log,
             dirty_bytes: 0,
             dirty_since: None,
+            flusher: None,
+            flush: Arc::default(),
         };
         let (tx, rx) = mpsc::sync_channel(100);
         let mut answers = Vec::new();

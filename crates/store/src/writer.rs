@@ -175,6 +175,10 @@ pub(crate) struct Writer {
     pub dirty_bytes: u64,
     /// When the first record after the checkpoint was folded in.
     pub dirty_since: Option<Instant>,
+    /// Flushes the database ahead of a checkpoint, off this thread (`None`: inline).
+    pub flusher: Option<super::flusher::Flusher>,
+    /// Where that flush stands.
+    pub flush: super::flusher::FlushState,
 }
 
 fn work_bytes(w: &Work) -> usize {
@@ -245,9 +249,7 @@ impl Writer {
             }
             return;
         }
-        if self.checkpoint_wait() == Some(Duration::ZERO) {
-            self.checkpoint();
-        }
+        self.checkpoint_when_due();
     }
 
     /// Whether this writer needs [`Writer::tick`] calls (asked by the pool after each of its
@@ -255,6 +257,32 @@ impl Writer {
     /// records not yet checkpointed.
     pub(crate) fn wants_tick(&self) -> bool {
         self.db.is_none() || self.dirty_since.is_some()
+    }
+
+    /// Makes a due checkpoint: first has the flusher write the database's dirty pages off
+    /// this thread (batches go on meanwhile), then, once that is done, commits durably here.
+    pub(crate) fn checkpoint_when_due(&mut self) {
+        use super::flusher::{FLUSHED, FLUSHING, IDLE};
+        use std::sync::atomic::Ordering;
+        if self.checkpoint_wait() != Some(Duration::ZERO) {
+            return;
+        }
+        match self.flush.load(Ordering::SeqCst) {
+            FLUSHING => {}
+            FLUSHED => {
+                self.flush.store(IDLE, Ordering::SeqCst);
+                self.checkpoint();
+            }
+            _ => {
+                let asked = self
+                    .flusher
+                    .as_ref()
+                    .is_some_and(|f| f.request(self.path.clone(), &self.flush));
+                if !asked {
+                    self.checkpoint();
+                }
+            }
+        }
     }
 
     /// A durable redb commit of what the tables hold (a checkpoint), in the background of the
@@ -341,9 +369,7 @@ impl Writer {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     reply.send(outcome);
                 }
-                if self.checkpoint_wait() == Some(Duration::ZERO) {
-                    self.checkpoint();
-                }
+                self.checkpoint_when_due();
             }
             Err(e) => {
                 let e = e.at(&self.path);
