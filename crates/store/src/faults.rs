@@ -46,6 +46,8 @@ struct PlanState {
     ios: AtomicU64,
     /// Errors injected.
     injected: AtomicU64,
+    /// Successful `sync_data` calls per file (the database's and each log segment's).
+    syncs: std::sync::Mutex<std::collections::BTreeMap<std::path::PathBuf, u64>>,
 }
 
 /// When the backends of a [`FaultPlan::factory`] fail: one countdown shared by every database
@@ -121,6 +123,15 @@ impl FaultPlan {
         self.state.ios.load(Ordering::SeqCst)
     }
 
+    /// Successful `sync_data` calls so far, per file opened through this plan.
+    pub fn syncs(&self) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+        self.state
+            .syncs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Errors injected so far.
     pub fn injected(&self) -> u64 {
         self.state.injected.load(Ordering::SeqCst)
@@ -166,6 +177,7 @@ impl BackendFactory for FaultPlan {
 pub struct FaultyBackend {
     inner: FileBackend,
     plan: FaultPlan,
+    path: std::path::PathBuf,
 }
 
 impl FaultyBackend {
@@ -175,7 +187,11 @@ impl FaultyBackend {
     /// The system's error.
     pub fn open(path: &Path, plan: FaultPlan) -> io::Result<FaultyBackend> {
         let inner = FileBackend::new(open_file(path)?).map_err(io::Error::other)?;
-        Ok(FaultyBackend { inner, plan })
+        Ok(FaultyBackend {
+            inner,
+            plan,
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -194,7 +210,16 @@ impl StorageBackend for FaultyBackend {
     }
     fn sync_data(&self) -> Result<(), io::Error> {
         self.plan.check(true)?;
-        self.inner.sync_data()
+        self.inner.sync_data()?;
+        *self
+            .plan
+            .state
+            .syncs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(self.path.clone())
+            .or_default() += 1;
+        Ok(())
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
         self.plan.check(false)?;
