@@ -47,6 +47,13 @@ pub enum DaemonError {
     /// A reload found the TLS files (certificate, key, CA, CRL) unusable.
     #[error("reload refused, the running configuration and TLS files are kept: {0}")]
     TlsReload(Box<DaemonError>),
+    /// The open-file limit cannot hold the descriptors the domains, listeners and connections
+    /// need (the start is refused).
+    #[error("{0}")]
+    Descriptors(crate::DescriptorShortage),
+    /// A reload would hold more domains than the open-file limit allows.
+    #[error("reload refused, the running configuration is kept: {0}")]
+    ReloadDescriptors(crate::DescriptorShortage),
     /// A reload changed something only a restart can change.
     #[error("reload refused: {0} changed; restart the service to change it (the running configuration is kept)")]
     NeedsRestart(&'static str),
@@ -64,7 +71,7 @@ pub enum AdminServerError {
         what: String,
     },
     /// The socket could not be created.
-    #[error("cannot create the admin socket {path}: {source}; check node.admin_socket and its directory's permissions")]
+    #[error("cannot create the admin socket {path}: {source}; {}", crate::descriptors::advice(.source, "check node.admin_socket and its directory's permissions"))]
     Io {
         /// The socket path.
         path: PathBuf,
@@ -85,7 +92,7 @@ pub enum AppServerError {
         what: String,
     },
     /// The socket could not be created.
-    #[error("cannot create the application socket {path}: {source}; check apps.socket and its directory's permissions")]
+    #[error("cannot create the application socket {path}: {source}; {}", crate::descriptors::advice(.source, "check apps.socket and its directory's permissions"))]
     Io {
         /// The socket path.
         path: PathBuf,

@@ -11,6 +11,7 @@ mod admin_server;
 mod app_server;
 mod config;
 mod crl_watch;
+mod descriptors;
 mod error;
 mod local_socket;
 mod metrics;
@@ -25,6 +26,7 @@ pub use config::{
     AppGrant, Apps, Config, ConfigError, DomainConfig, Limits, NodeSection, Problem, TlsSection,
     DEFAULT_PATH,
 };
+pub use descriptors::Shortage as DescriptorShortage;
 pub use error::{AdminServerError, AppServerError, DaemonError};
 pub use metrics::serve as serve_metrics;
 pub use placement::{

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::config::{Config, DomainConfig};
-use crate::DaemonError;
+use crate::descriptors::{self, Limit as DescriptorLimit, Needs};
+use crate::{DaemonError, DescriptorShortage};
 use domsync_net::{CertificateInfo, Credentials, PeerRole, TlsFiles};
 use domsync_node::{ActiveConfig, Node, NodeConfig};
 use domsync_proto::admin::{AdminError, DomainSpec};
@@ -44,6 +45,8 @@ pub struct Daemon {
     /// Run first by [`Daemon::shutdown`]: stops what was started on top of the runtime
     /// (the admin server, see [`Daemon::start`]).
     on_shutdown: Mutex<Option<ShutdownHook>>,
+    /// The open-file limits in force once raised at start (the descriptor budget).
+    descriptors: DescriptorLimit,
 }
 
 /// What [`Daemon::shutdown`] runs before the node and the store stop.
@@ -113,6 +116,42 @@ pub(crate) fn load_credentials(config: &Config) -> Result<Credentials, DaemonErr
     Ok(credentials)
 }
 
+/// Raises the open-file soft limit to the hard one and checks that it holds what `config`
+/// needs (see [`descriptors`]); logs the budget once.
+fn start_budget(config: &Config) -> Result<DescriptorLimit, DaemonError> {
+    let domains = config.local_domains().count();
+    let needs = Needs::of(config, domains);
+    let limit = descriptors::raise(needs.total().unwrap_or(u64::MAX));
+    let needed = descriptors::check(&needs, limit.soft).map_err(DaemonError::Descriptors)?;
+    tracing::info!(
+        needed,
+        domains,
+        limit = limit.soft,
+        hard = limit.hard,
+        "descriptor budget: {} needed for {} domains, limit {}",
+        descriptors::group(needed),
+        descriptors::group(needs.domains),
+        descriptors::group(limit.soft)
+    );
+    Ok(limit)
+}
+
+/// Requests queued per domain for its writer: one for each connection the application
+/// socket serves at once ([`crate::app_server::MAX_CONNECTIONS`]).
+const WRITER_QUEUE: usize = crate::app_server::MAX_CONNECTIONS;
+
+/// The store's settings for this node. Each domain's writer queue is allocated whole when the
+/// domain opens (a bounded channel of `queue` slots, about 100 bytes each): the default 4,096
+/// slots made 400 KiB a domain, most of the daemon's memory with a thousand domains (and a
+/// good part of its start). [`WRITER_QUEUE`] slots take 25 KiB; writers beyond them wait off
+/// the runtime's threads for room, as they did beyond 4,096, and a batch still takes every
+/// request queued when it starts (up to `max_batch`).
+fn store_options(config: &Config) -> StoreOptions {
+    let mut options = StoreOptions::new(config.node.id.clone());
+    options.queue = WRITER_QUEUE;
+    options
+}
+
 /// How long the primary waits between attempts to create a new domain.
 const CREATE_RETRY: Duration = Duration::from_secs(1);
 
@@ -131,11 +170,9 @@ impl Daemon {
             .load_added_domains()
             .map_err(DaemonError::AddedDomains)?;
         let config = merge(&file, &added);
+        let descriptors = start_budget(&config)?;
         let credentials = load_credentials(&config)?;
-        let store = Store::open(
-            &config.node.state_dir,
-            StoreOptions::new(config.node.id.clone()),
-        )?;
+        let store = Store::open(&config.node.state_dir, store_options(&config))?;
         let mut node_config =
             NodeConfig::new(config.node.listen, credentials, config.peers.clone());
         node_config.guard_window = config.limits.guard_window;
@@ -156,6 +193,7 @@ impl Daemon {
             node,
             placements: Mutex::new(BTreeMap::new()),
             on_shutdown: Mutex::new(None),
+            descriptors,
         });
         for dc in config.local_domains() {
             Arc::clone(&daemon).place(dc.clone()).await;
@@ -176,6 +214,20 @@ impl Daemon {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The descriptor budget of the configuration in force: descriptors needed (`u64::MAX`
+    /// beyond counting) and the open-file limit (the soft one, raised at start).
+    pub fn descriptor_budget(&self) -> (u64, u64) {
+        let config = self.config();
+        let needs = Needs::of(&config, config.local_domains().count());
+        (needs.total().unwrap_or(u64::MAX), self.descriptors.soft)
+    }
+
+    /// Whether the open-file limit holds `config`'s domains.
+    fn check_descriptors(&self, config: &Config) -> Result<(), DescriptorShortage> {
+        let needs = Needs::of(config, config.local_domains().count());
+        descriptors::check(&needs, self.descriptors.soft).map(|_| ())
     }
 
     /// The configuration in force.
@@ -241,8 +293,13 @@ impl Daemon {
     }
 
     fn failed(&self, domain: &DomainId, e: &StoreError) {
-        tracing::error!(domain = %domain, error = %e, "domain not served; the others keep serving");
-        self.set(domain, Placement::Failed(e.to_string()));
+        // Out of descriptors, threads or memory: the fix is named, not only the symptom.
+        let why = match descriptors::resource_advice(&e.to_string()) {
+            Some(fix) => format!("{e}; {fix}"),
+            None => e.to_string(),
+        };
+        tracing::error!(domain = %domain, error = %why, "domain not served; the others keep serving");
+        self.set(domain, Placement::Failed(why));
     }
 
     fn serve(&self, dc: &DomainConfig, domain: Domain) {
@@ -346,6 +403,8 @@ impl Daemon {
         if let Some(key) = needs_restart(&self.config(), &merged) {
             return Err(DaemonError::NeedsRestart(key));
         }
+        self.check_descriptors(&merged)
+            .map_err(DaemonError::ReloadDescriptors)?;
         let credentials =
             load_credentials(&merged).map_err(|e| DaemonError::TlsReload(Box::new(e)))?;
         self.node
@@ -447,6 +506,8 @@ impl Daemon {
             )));
         }
         added.push(dc);
+        self.check_descriptors(&file.merged(&added).0)
+            .map_err(|e| AdminError::Failed(format!("domain add refused: {e}")))?;
         self.save_added(&file, &added)?;
         self.apply(merge(&file, &added))
             .await

@@ -106,6 +106,8 @@ pub(super) struct ActiveDomain {
     /// Woken when a standby's durable lsn moves: the log may be trimmed further even when
     /// no commit follows (the last acknowledgement often comes after the last commit).
     pub(super) acked: tokio::sync::Notify,
+    /// An epoch announcement round is running (see `Node::announce_loop`).
+    pub(super) announcing: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -126,6 +128,7 @@ impl Node {
             shipped: (AtomicU64::new(0), AtomicU64::new(0)),
             acked: tokio::sync::Notify::new(),
             unreplicated_trimmed: AtomicU64::new(0),
+            announcing: std::sync::atomic::AtomicBool::new(false),
         });
         {
             let mut actives = lock(&self.inner.actives);
@@ -139,59 +142,96 @@ impl Node {
             }
         }
         tokio::spawn(self.clone().retention_loop(Arc::clone(&ad)));
-        tokio::spawn(self.clone().announce_loop(ad));
+        // At once; then with every other active domain, once a second (`announce_loop`).
+        self.announce(&ad);
     }
 
-    /// Tells configured standbys that are not following us of our epoch, once a second: an
-    /// old active among them (back from a partition) steps down and follows.
-    async fn announce_loop(self, ad: Arc<ActiveDomain>) {
-        let mut stop = ad.stop.subscribe();
+    /// Tells configured standbys that are not following us of our epoch, once a second, for
+    /// every active domain of the node (one timer for the node, not one per domain: a node
+    /// with thousands of domains stays idle when nothing happens): an old active among them
+    /// (back from a partition) steps down and follows. Ends when the node is dropped or shut
+    /// down.
+    pub(super) async fn announce_loop(node: std::sync::Weak<super::Inner>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = match node.upgrade() {
+            Some(inner) => inner.shutdown.subscribe(),
+            None => return,
+        };
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = shutdown.wait_for(|s| *s) => return,
             }
-            let silent: Vec<NodeId> = {
-                let shippers = lock(&ad.shippers);
-                ad.config
-                    .standbys
-                    .iter()
-                    .filter(|n| shippers.get(*n).is_none_or(|s| lock(s).is_closed()))
-                    .cloned()
-                    .collect()
+            let Some(inner) = node.upgrade() else {
+                return;
             };
-            if silent.is_empty() {
-                continue;
+            let node = Node { inner };
+            let actives: Vec<Arc<ActiveDomain>> = lock(&node.inner.actives)
+                .values()
+                .filter(|ad| !ad.config.standbys.is_empty())
+                .cloned()
+                .collect();
+            for ad in &actives {
+                node.announce(ad);
             }
-            let Ok(status) = ad.domain.status() else {
-                continue;
-            };
-            // A demoted active (handing over) announces nothing.
-            if status.role != Role::Active {
-                continue;
-            }
-            // Concurrently: a dead standby's timeout must not hold up telling a live one.
-            let mut probes = tokio::task::JoinSet::new();
-            for peer in silent {
-                let (node, domain, epoch) =
-                    (self.clone(), ad.domain.id().clone(), status.epoch.clone());
-                probes.spawn(async move {
-                    match node.probe(&peer, &domain, Some(&epoch)).await {
-                        // The peer recorded a higher epoch (a fence): this active is
-                        // superseded and steps down (the role machine checks the epoch).
-                        Ok(Some(answer)) if answer.epoch > epoch => {
-                            node.higher_epoch(&peer, &domain, &answer.epoch).await;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::debug!(domain = %domain, peer = %peer, "epoch announcement: {e}");
-                        }
-                    }
-                });
-            }
-            while probes.join_next().await.is_some() {}
         }
+    }
+
+    /// Starts one round of epoch announcements to the standbys of `ad` that are not
+    /// following it, unless the previous round is still running.
+    fn announce(&self, ad: &Arc<ActiveDomain>) {
+        if *ad.stop.borrow() {
+            return;
+        }
+        let silent: Vec<NodeId> = {
+            let shippers = lock(&ad.shippers);
+            ad.config
+                .standbys
+                .iter()
+                .filter(|n| shippers.get(*n).is_none_or(|s| lock(s).is_closed()))
+                .cloned()
+                .collect()
+        };
+        if silent.is_empty() || ad.announcing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (node, ad) = (self.clone(), Arc::clone(ad));
+        tokio::spawn(async move {
+            node.announce_round(&ad, silent).await;
+            ad.announcing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Tells each of `silent` this active's epoch, concurrently: a dead standby's timeout
+    /// must not hold up telling a live one.
+    async fn announce_round(&self, ad: &ActiveDomain, silent: Vec<NodeId>) {
+        let Ok(status) = ad.domain.status() else {
+            return;
+        };
+        // A demoted active (handing over) announces nothing.
+        if status.role != Role::Active {
+            return;
+        }
+        let mut probes = tokio::task::JoinSet::new();
+        for peer in silent {
+            let (node, domain, epoch) =
+                (self.clone(), ad.domain.id().clone(), status.epoch.clone());
+            probes.spawn(async move {
+                match node.probe(&peer, &domain, Some(&epoch)).await {
+                    // The peer recorded a higher epoch (a fence): this active is
+                    // superseded and steps down (the role machine checks the epoch).
+                    Ok(Some(answer)) if answer.epoch > epoch => {
+                        node.higher_epoch(&peer, &domain, &answer.epoch).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(domain = %domain, peer = %peer, "epoch announcement: {e}");
+                    }
+                }
+            });
+        }
+        while probes.join_next().await.is_some() {}
     }
 
     /// Trims the log of an active domain to what standbys still need, within the size cap.

@@ -243,6 +243,7 @@ impl Node {
         if let Some(e) = &node.inner.gateway_endpoint {
             tokio::spawn(node.clone().accept_loop(e.clone()));
         }
+        tokio::spawn(Node::announce_loop(Arc::downgrade(&node.inner)));
         Ok(node)
     }
 

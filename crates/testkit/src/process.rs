@@ -169,7 +169,7 @@ impl Daemon {
         env: &[(&str, &str)],
         wrapper: &[String],
     ) -> Daemon {
-        Daemon::spawn_inner(name, dir, config, guard, env, wrapper, None)
+        Daemon::spawn_inner(name, dir, config, guard, env, wrapper, Limits::default())
     }
 
     /// Like [`Daemon::spawn`], with the daemon's file mode creation mask set to `umask` (e.g.
@@ -182,7 +182,28 @@ impl Daemon {
         env: &[(&str, &str)],
         umask: u32,
     ) -> Daemon {
-        Daemon::spawn_inner(name, dir, config, guard, env, &[], Some(umask))
+        let limits = Limits {
+            umask: Some(umask),
+            ..Limits::default()
+        };
+        Daemon::spawn_inner(name, dir, config, guard, env, &[], limits)
+    }
+
+    /// Like [`Daemon::spawn`], with the daemon's open-file limit (`RLIMIT_NOFILE`) set to
+    /// `soft` and `hard` before it starts, as `LimitNOFILE=SOFT:HARD` of a unit would.
+    pub fn spawn_with_nofile(
+        name: &str,
+        dir: &Path,
+        config: &Path,
+        guard: Duration,
+        env: &[(&str, &str)],
+        (soft, hard): (u64, u64),
+    ) -> Daemon {
+        let limits = Limits {
+            nofile: Some((soft, hard)),
+            ..Limits::default()
+        };
+        Daemon::spawn_inner(name, dir, config, guard, env, &[], limits)
     }
 
     fn spawn_inner(
@@ -192,7 +213,7 @@ impl Daemon {
         guard: Duration,
         env: &[(&str, &str)],
         wrapper: &[String],
-        umask: Option<u32>,
+        limits: Limits,
     ) -> Daemon {
         let notify_path = dir.join(format!("{name}-notify.sock"));
         let _ = std::fs::remove_file(&notify_path);
@@ -213,8 +234,11 @@ impl Daemon {
             }
             None => Command::new(&domsyncd),
         };
-        if let Some(mask) = umask {
+        if let Some(mask) = limits.umask {
             with_umask(&mut command, mask);
+        }
+        if let Some((soft, hard)) = limits.nofile {
+            with_nofile(&mut command, soft, hard);
         }
         let child = command
             .arg("--config")
@@ -356,6 +380,34 @@ pub fn with_umask(command: &mut Command, mask: u32) -> &mut Command {
             Ok(())
         })
     }
+}
+
+/// Sets `command`'s open-file limit (`RLIMIT_NOFILE`) to `soft` and `hard` in the child
+/// before it runs; a refusal (a hard limit above the caller's) fails the spawn.
+pub fn with_nofile(command: &mut Command, soft: u64, hard: u64) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    #[allow(clippy::unnecessary_cast)]
+    let (soft, hard) = (soft as libc::rlim_t, hard as libc::rlim_t);
+    // SAFETY: setrlimit is async-signal-safe and reads only the struct on this stack.
+    unsafe {
+        command.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// What is set in a daemon's process before it runs.
+#[derive(Default)]
+struct Limits {
+    umask: Option<u32>,
+    nofile: Option<(u64, u64)>,
 }
 
 /// A test cluster's files: a PKI with a certificate for each node, gateway [`GATEWAY`] and

@@ -5,7 +5,7 @@
 //! bytes shipped (active), per standby its lag (records, bytes, seconds) and sync status (on
 //! the active), the follower's own status (on a standby), CRL time to next update; per node:
 //! gateway answers by result and gateway connections, the end of validity of this node's
-//! certificate and of its peers'.
+//! certificate and of its peers', the descriptor budget (needed, limit, open now).
 //!
 //! The daemon's state is gathered at one time into a snapshot (`state`); the page is rendered
 //! from it by one generic renderer over a table of metric definitions (`table`): adding a
@@ -39,16 +39,25 @@ fn is_metrics_request(head: &[u8]) -> bool {
     matches!(rest.first(), Some(b' ' | b'?'))
 }
 
+/// Metrics connections served at once; more wait to be accepted (a bounded count of
+/// descriptors, see the descriptor budget).
+pub const MAX_CONNECTIONS: usize = 16;
+
 /// Serves `GET /metrics` on `addr` until the task is dropped. Each connection gets one answer
-/// and is closed; a request head is read for at most 5 s and 8 KiB.
+/// and is closed; a request head is read for at most 5 s and 8 KiB; at most
+/// [`MAX_CONNECTIONS`] at once.
 ///
 /// # Errors
 /// When `addr` cannot be bound.
 pub async fn serve(addr: SocketAddr, daemon: Arc<Daemon>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %addr, "metrics at http://{addr}/metrics");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
             let mut stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -85,6 +94,7 @@ pub async fn serve(addr: SocketAddr, daemon: Arc<Daemon>) -> std::io::Result<()>
                 );
                 let _ = stream.write_all(answer.as_bytes()).await;
                 let _ = stream.shutdown().await;
+                drop(permit);
             });
         }
     });

@@ -18,6 +18,9 @@ pub(super) struct Snapshot {
     /// Certificates: identity, `own` or `peer`, end of validity (seconds since the Unix
     /// epoch).
     pub(super) certificates: Vec<(String, &'static str, i64)>,
+    /// Descriptors the configuration needs, the open-file limit, and the descriptors open
+    /// now (`None` when `/proc/self/fd` cannot be read).
+    pub(super) descriptors: (u64, u64, Option<u64>),
 }
 
 /// One placed domain.
@@ -99,7 +102,18 @@ pub(super) fn gather(daemon: &Daemon) -> Snapshot {
             .into_iter()
             .map(|(c, own)| (c.identity, if own { "own" } else { "peer" }, c.not_after))
             .collect(),
+        descriptors: {
+            let (needed, limit) = daemon.descriptor_budget();
+            (needed, limit, open_descriptors())
+        },
     }
+}
+
+/// The descriptors this process holds open now (entries of `/proc/self/fd`, less the one
+/// reading it).
+fn open_descriptors() -> Option<u64> {
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    u64::try_from(n.saturating_sub(1)).ok()
 }
 
 impl Snapshot {

@@ -390,6 +390,30 @@ static METRICS: &[Metric] = &[
             vec![Sample::new(Vec::new(), Value::Unsigned(open))]
         },
     },
+    Metric {
+        name: "domsync_descriptors_needed",
+        kind: Kind::Gauge,
+        help: "File descriptors the configuration needs: 2 per domain, the sockets, their connection limits and a margin.",
+        samples: |snap| vec![Sample::new(Vec::new(), Value::Unsigned(snap.descriptors.0))],
+    },
+    Metric {
+        name: "domsync_descriptors_limit",
+        kind: Kind::Gauge,
+        help: "The open-file limit of the process (the soft limit, raised to the hard one at start).",
+        samples: |snap| vec![Sample::new(Vec::new(), Value::Unsigned(snap.descriptors.1))],
+    },
+    Metric {
+        name: "domsync_descriptors_open",
+        kind: Kind::Gauge,
+        help: "File descriptors open now.",
+        samples: |snap| {
+            snap.descriptors
+                .2
+                .map(|n| Sample::new(Vec::new(), Value::Unsigned(n)))
+                .into_iter()
+                .collect()
+        },
+    },
 ];
 
 /// Label values are quoted; names are restricted, but escape anyway.

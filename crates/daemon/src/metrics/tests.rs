@@ -111,6 +111,7 @@ fn representative() -> Snapshot {
             ("domsync://node/a".into(), "own", 1_790_000_000),
             ("domsync://node/b".into(), "peer", 1_699_999_999),
         ],
+        descriptors: (2_467, 65_536, Some(1_012)),
     }
 }
 
@@ -121,13 +122,23 @@ fn a_representative_state_renders_exactly() {
 
 #[test]
 fn nothing_placed_renders_every_head_and_the_node_metrics() {
-    let heads: String = EXPECTED
+    // Every head; the node's own metrics, valued zero, each under its head; no domain's.
+    let node_metrics = [
+        "domsync_gateway_connections",
+        "domsync_descriptors_needed",
+        "domsync_descriptors_limit",
+    ];
+    let expected: String = EXPECTED
         .lines()
-        .filter(|l| l.starts_with("# "))
-        .map(|l| format!("{l}\n"))
+        .filter_map(|l| {
+            if l.starts_with("# ") {
+                return Some(format!("{l}\n"));
+            }
+            let name = l.split(' ').next()?;
+            node_metrics.contains(&name).then(|| format!("{name} 0\n"))
+        })
         .collect();
-    let text = render(&Snapshot::default());
-    assert_eq!(text, format!("{heads}domsync_gateway_connections 0\n"));
+    assert_eq!(render(&Snapshot::default()), expected);
 }
 
 /// The page rendered from [`representative`], pinned before the table of definitions
@@ -256,6 +267,15 @@ domsync_gateway_requests_total{result="not_found"} 3
 # HELP domsync_gateway_connections Gateway connections open.
 # TYPE domsync_gateway_connections gauge
 domsync_gateway_connections 2
+# HELP domsync_descriptors_needed File descriptors the configuration needs: 2 per domain, the sockets, their connection limits and a margin.
+# TYPE domsync_descriptors_needed gauge
+domsync_descriptors_needed 2467
+# HELP domsync_descriptors_limit The open-file limit of the process (the soft limit, raised to the hard one at start).
+# TYPE domsync_descriptors_limit gauge
+domsync_descriptors_limit 65536
+# HELP domsync_descriptors_open File descriptors open now.
+# TYPE domsync_descriptors_open gauge
+domsync_descriptors_open 1012
 "##;
 
 #[test]
