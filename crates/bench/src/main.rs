@@ -10,6 +10,7 @@
 //! over the run): for an embedded cluster the nodes share the process and are included.
 
 mod app;
+mod pair;
 mod reads;
 mod repl;
 mod roles;
@@ -61,6 +62,9 @@ pub enum Scenario {
     /// Application API transactions on the active: each client changes its own keys with a
     /// `Version` condition then a `Put` of --value-size bytes; conflicts counted apart.
     Txn,
+    /// Install of a --value-size policy package on the active to the standby's applied
+    /// position reaching it, --runs times (running pair: --socket and --standby-socket).
+    Install,
 }
 
 impl Scenario {
@@ -75,6 +79,7 @@ impl Scenario {
             Scenario::Switchover => "switchover",
             Scenario::Get => "get",
             Scenario::Txn => "txn",
+            Scenario::Install => "install",
         }
     }
 }
@@ -210,6 +215,13 @@ pub struct BenchArgs {
     /// --app-remote.
     #[arg(long)]
     pub app_id: Option<String>,
+    /// Running pair: the admin socket of the standby observed (install; lag and resync
+    /// against a running active given by --socket).
+    #[arg(long, value_name = "PATH")]
+    pub standby_socket: Option<PathBuf>,
+    /// Running pair, resync: created once the active is filled; start the empty standby then.
+    #[arg(long, value_name = "PATH")]
+    pub go_file: Option<PathBuf>,
     /// Embedded: keep the cluster's files here (cleared first) instead of a temporary directory.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -453,7 +465,7 @@ fn params(ctx: &Ctx) -> Map<String, Value> {
         Scenario::Write | Scenario::Get => put("keys", json!(a.keys)),
         Scenario::Lag => put("rate", json!(a.rate)),
         Scenario::Resync => put("size", json!(a.size)),
-        Scenario::Failover | Scenario::Switchover => put("runs", json!(a.runs)),
+        Scenario::Failover | Scenario::Switchover | Scenario::Install => put("runs", json!(a.runs)),
         Scenario::Read | Scenario::Watch | Scenario::Txn => {}
     }
     if ctx.running() {
@@ -525,6 +537,7 @@ fn latency_label(s: Scenario) -> &'static str {
         Scenario::Switchover => "longest write pause",
         Scenario::Get => "get latency",
         Scenario::Txn => "txn commit latency",
+        Scenario::Install => "install start -> applied on standby",
     }
 }
 
@@ -590,6 +603,9 @@ async fn dispatch(ctx: &Ctx) -> BenchResult<Outcome> {
         Scenario::Write => write::run(ctx).await,
         Scenario::Read => reads::read(ctx).await,
         Scenario::Watch => reads::watch(ctx).await,
+        Scenario::Lag if pair::wanted(ctx) => pair::lag(ctx).await,
+        Scenario::Resync if pair::wanted(ctx) => pair::resync(ctx).await,
+        Scenario::Install => pair::install(ctx).await,
         Scenario::Lag => repl::lag(ctx).await,
         Scenario::Resync => repl::resync(ctx).await,
         Scenario::Failover => roles::failover(ctx).await,
@@ -618,6 +634,21 @@ fn check(ctx: &Ctx) -> BenchResult<()> {
         a.scenario,
         Scenario::Lag | Scenario::Resync | Scenario::Failover | Scenario::Switchover
     );
+    let pair_mode = matches!(
+        a.scenario,
+        Scenario::Lag | Scenario::Resync | Scenario::Install
+    );
+    if pair_mode && (pair::wanted(ctx) || a.scenario == Scenario::Install) {
+        return if ctx.admin.is_some() && pair::wanted(ctx) {
+            Ok(())
+        } else {
+            Err(format!(
+                "bench {} against a running pair needs --socket PATH (the active's admin socket) and --standby-socket PATH (the standby's)",
+                a.scenario.name()
+            )
+            .into())
+        };
+    }
     if ctx.running() && embedded_only {
         return Err(format!(
             "bench {} runs against the embedded cluster only (it observes the standbys in process or restarts nodes): drop --socket/--remote/--node",
