@@ -23,17 +23,36 @@ pub(crate) const FLUSHED: u8 = 2;
 /// A domain's flush state, shared by its writer and the flusher.
 pub(crate) type FlushState = Arc<AtomicU8>;
 
-/// The store's flusher thread (started on first use, ends with the store).
+/// The store's flusher thread. Cheap to clone; the thread ends (and is joined) when the store
+/// and every writer holding a clone are gone.
 #[derive(Debug, Clone)]
 pub(crate) struct Flusher {
-    tx: mpsc::Sender<(PathBuf, FlushState)>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: Option<mpsc::Sender<(PathBuf, FlushState)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once it has done what it holds.
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the flusher thread panicked");
+            }
+        }
+    }
 }
 
 impl Flusher {
     /// Starts the thread.
     pub fn start() -> std::io::Result<Flusher> {
         let (tx, rx) = mpsc::channel::<(PathBuf, FlushState)>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("domsync-flusher".into())
             .spawn(move || {
                 while let Ok((path, state)) = rx.recv() {
@@ -45,13 +64,21 @@ impl Flusher {
                     state.store(FLUSHED, Ordering::SeqCst);
                 }
             })?;
-        Ok(Flusher { tx })
+        Ok(Flusher {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        })
     }
 
     /// Asks for a flush of `path`; false when the flusher is gone (flush inline instead).
     pub fn request(&self, path: PathBuf, state: &FlushState) -> bool {
+        let Some(tx) = self.inner.tx.as_ref() else {
+            return false;
+        };
         state.store(FLUSHING, Ordering::SeqCst);
-        if self.tx.send((path, Arc::clone(state))).is_err() {
+        if tx.send((path, Arc::clone(state))).is_err() {
             state.store(IDLE, Ordering::SeqCst);
             return false;
         }
