@@ -30,7 +30,7 @@ impl Node {
         mut send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) {
-        let mut inbox = spawn_reader(recv, MAX_INBOUND_BYTES);
+        let (mut inbox, _) = spawn_reader(recv, MAX_INBOUND_BYTES);
         let first = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
         let follow = match first {
             Ok(Some(Ok(Message::Follow(f)))) => f,
@@ -163,16 +163,74 @@ fn local_view(node: &Node, domain: &Domain) -> Result<LocalView, StoreError> {
     })
 }
 
+/// When bytes last arrived on a stream read by [`spawn_reader`]: a large message (a policy
+/// package of tens of MiB on a slow link) takes longer than the silence bound to arrive whole,
+/// and is not silence while its bytes keep coming.
+#[derive(Debug)]
+pub(super) struct Arrivals {
+    base: tokio::time::Instant,
+    last_micros: std::sync::atomic::AtomicU64,
+}
+
+impl Arrivals {
+    fn new() -> Arrivals {
+        Arrivals {
+            base: tokio::time::Instant::now(),
+            last_micros: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_micros
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since bytes last arrived (since the stream was opened, before any).
+    pub(super) fn since_last(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_micros(
+            self.last_micros.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        self.base.elapsed().saturating_sub(last)
+    }
+}
+
+/// A stream that notes every read that brought bytes.
+struct Noted<R> {
+    inner: R,
+    arrivals: Arc<Arrivals>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Noted<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.arrivals.touch();
+        }
+        polled
+    }
+}
+
 /// Reads frames of at most `cap` bytes off a stream in a task of its own (reading is not
 /// cancel-safe) and hands decoded messages over a small channel. The task ends with the
 /// stream, at the first bad frame, or as soon as the receiver is dropped (a half-read frame
-/// is then discarded with the stream).
-pub(super) fn spawn_reader(
-    mut recv: quinn::RecvStream,
+/// is then discarded with the stream). The [`Arrivals`] tell when bytes last came.
+pub(super) fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    recv: R,
     cap: usize,
-) -> mpsc::Receiver<Result<Message, FrameError>> {
+) -> (mpsc::Receiver<Result<Message, FrameError>>, Arc<Arrivals>) {
     // Two decoded frames at most wait here: memory per stream stays bounded.
     let (tx, rx) = mpsc::channel(2);
+    let arrivals = Arc::new(Arrivals::new());
+    let mut recv = Noted {
+        inner: recv,
+        arrivals: Arc::clone(&arrivals),
+    };
     tokio::spawn(async move {
         loop {
             let read = tokio::select! {
@@ -190,7 +248,7 @@ pub(super) fn spawn_reader(
             }
         }
     });
-    rx
+    (rx, arrivals)
 }
 
 struct ActiveStream {
@@ -429,5 +487,54 @@ fn item_size(item: &SnapshotItem) -> usize {
         SnapshotItem::LegacyCrl(c) => c.der.len() + c.issuer.len() + 64,
         SnapshotItem::Issuer(c) => c.der.len() + c.subject.der().len() + 64,
         SnapshotItem::Crl(c) => c.der.len() + c.issuer.der().len() + 64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// A message that takes longer than the silence bound to arrive whole is not silence:
+    /// the reader notes every piece as it comes, so the standby keeps waiting for it.
+    // Paused clock: the gaps are exact, whatever the machine's load.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_arriving_slowly_is_noted_piece_by_piece() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let (mut inbox, arrivals) = spawn_reader(rx, 1 << 20);
+        let frame = encode_message(&Message::Heartbeat {
+            position: domsync_proto::model::Position::empty(
+                domsync_proto::model::NodeId::new("a").unwrap(),
+            ),
+            time: 1,
+        })
+        .unwrap();
+        let gap = Duration::from_millis(40);
+        // Sent a byte at a time, 40 ms apart: the whole message takes far longer than a gap.
+        let (head, last) = frame.split_at(frame.len() - 1);
+        for b in head {
+            tokio::time::sleep(gap).await;
+            tx.write_all(&[*b]).await.unwrap();
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            assert!(
+                arrivals.since_last() < gap,
+                "bytes arrived {:?} ago",
+                arrivals.since_last()
+            );
+            assert!(inbox.try_recv().is_err(), "not complete yet");
+        }
+        // Silence: the time since the last byte grows past the gap.
+        tokio::time::sleep(gap * 3).await;
+        assert!(arrivals.since_last() >= gap * 3);
+        tx.write_all(last).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(matches!(got, Message::Heartbeat { time: 1, .. }));
     }
 }

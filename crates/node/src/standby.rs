@@ -338,7 +338,7 @@ struct StandbyStream {
 
 impl StandbyStream {
     async fn run(&mut self, recv: quinn::RecvStream) {
-        let mut inbox = spawn_reader(recv, domsync_proto::repl::MAX_MESSAGE_BYTES);
+        let (mut inbox, arrivals) = spawn_reader(recv, domsync_proto::repl::MAX_MESSAGE_BYTES);
         let mut shutdown = self.sd.stop.subscribe();
         let view = match standby_view(&self.sd.domain) {
             Ok(v) => v,
@@ -358,6 +358,10 @@ impl StandbyStream {
                 m = tokio::time::timeout(idle, inbox.recv()) => {
                     let now = Instant::now();
                     let Ok(m) = m else {
+                        if arrivals.since_last() < idle {
+                            // A large message is still arriving: its bytes keep coming.
+                            continue;
+                        }
                         tracing::warn!(domain = %self.sd.domain.id(), active = %self.sd.active(), "nothing from the active for {idle:?}; reconnecting");
                         self.went_silent = true;
                         return;
