@@ -255,7 +255,13 @@ async fn run(args: Args) -> Result<()> {
         .any(|w| args.runs(w));
     if need_cluster {
         say("starting domsync (3 nodes), etcd (3 members), Redis (master + replica)");
-        let ds = Domsync::start(&bins, &base, 3, &[("repl".into(), "standby")]).await?;
+        let ds = Domsync::start(
+            &bins,
+            &base,
+            3,
+            &[("repl".into(), "standby"), ("lag".into(), "local")],
+        )
+        .await?;
         let mut et = Etcd::start(&etcd, &base, 3).await?;
         let leader = et.leader().await?;
         let follower = (leader + 1) % 3;
@@ -415,11 +421,18 @@ async fn run(args: Args) -> Result<()> {
         if args.runs("lag") {
             say("4. replication lag at fixed write rates: domsync standby vs Redis replica vs etcd follower");
             for rate in args.lag_rates() {
-                // `bench lag` runs its own embedded cluster (active + 2 standbys in one
-                // process): it observes the standby's position in process.
-                let mut a = vec!["lag".to_owned()];
+                // Against the three domsyncd processes: writes to the active's admin socket,
+                // the standby's position read from its admin socket every millisecond (so a
+                // figure is late by up to about a millisecond; see crates/bench/src/pair.rs).
+                let mut a = vec![
+                    "lag".to_owned(),
+                    "--socket".into(),
+                    ds.socket(0).display().to_string(),
+                    "--standby-socket".into(),
+                    ds.socket(1).display().to_string(),
+                ];
                 a.extend(bench_opts(&[
-                    ("--durability", "local".into()),
+                    ("--domain", "lag".into()),
                     ("--rate", rate.to_string()),
                     ("--value-size", "100".into()),
                     ("--duration", secs.to_string()),
