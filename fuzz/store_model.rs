@@ -8,9 +8,9 @@
 //!
 //! | opcode % 10 | operation |
 //! |---|---|
-//! | 0 | put a key (8 keys) with a value of 0..16 bytes |
+//! | 0 | put a key (8 keys) with a value of 0..16 bytes, or (length byte `0xff`) of about 248 KiB or 496 KiB |
 //! | 1 | delete a key |
-//! | 2 | install a policy (3 names) of 0..32 bytes |
+//! | 2 | install a policy (3 names) of 0..32 bytes, or (length byte `0xff`) of about 248 KiB or 496 KiB |
 //! | 3 | remove a policy |
 //! | 4 | ship records to the standby, sometimes corrupted, out of order or repeated |
 //! | 5 | snapshot of the active: rows equal the model, recomputed digest equals the stored one |
@@ -103,18 +103,33 @@ impl Input<'_> {
         (0..len).map(|_| self.byte()).collect()
     }
 
+    /// A value of 0..`max` bytes as [`Input::bytes`] makes it, except that a length byte of
+    /// `0xff` asks for a long one (around and beyond the 248 KiB piece the store cuts long
+    /// values into) filled with a pattern: earlier inputs keep their meaning.
+    fn value(&mut self, max: usize) -> Vec<u8> {
+        if self.bytes.first() != Some(&0xff) {
+            return self.bytes(max);
+        }
+        self.byte();
+        const PIECE: usize = 248 * 1024;
+        let pick = self.byte();
+        let len = [PIECE - 1, PIECE, PIECE + 1, 2 * PIECE + 7][usize::from(pick % 4)];
+        let seed = self.byte();
+        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
     fn op(&mut self) -> Op {
         match self.below(4) {
             0 => Op::Put {
                 key: KEYS[self.below(KEYS.len())].to_vec(),
-                value: self.bytes(16),
+                value: self.value(16),
             },
             1 => Op::Delete {
                 key: KEYS[self.below(KEYS.len())].to_vec(),
             },
             2 => Op::InstallPolicy {
                 name: POLICIES[self.below(POLICIES.len())].to_string(),
-                content: self.bytes(32),
+                content: self.value(32),
             },
             _ => Op::RemovePolicy {
                 name: POLICIES[self.below(POLICIES.len())].to_string(),
@@ -515,14 +530,14 @@ fn run(dir: &Path, bytes: &[u8]) {
         match opcode {
             0 => run.write(vec![Op::Put {
                 key: KEYS[input.below(KEYS.len())].to_vec(),
-                value: input.bytes(16),
+                value: input.value(16),
             }]),
             1 => run.write(vec![Op::Delete {
                 key: KEYS[input.below(KEYS.len())].to_vec(),
             }]),
             2 => run.write(vec![Op::InstallPolicy {
                 name: POLICIES[input.below(POLICIES.len())].to_string(),
-                content: input.bytes(32),
+                content: input.value(32),
             }]),
             3 => run.write(vec![Op::RemovePolicy {
                 name: POLICIES[input.below(POLICIES.len())].to_string(),

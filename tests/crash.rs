@@ -6,7 +6,8 @@
 //!
 //! Two workloads: plain writes (the kill lands in group commits, mostly before any
 //! checkpoint, so the log is replayed at every reopen), and `churn`: checkpoints every 2 ms,
-//! every seventh value 16 KiB (segments roll over) and a retention thread that keeps cutting
+//! every tenth value 16 KiB (segments roll over), one in a hundred 600 KiB (stored in pieces)
+//! and a retention thread that keeps cutting
 //! the log, so kills also land in checkpoints, roll-overs and segment removal.
 
 use std::collections::BTreeMap;
@@ -41,6 +42,10 @@ fn value_of(key: &str) -> Vec<u8> {
     // Churn keys ending in 7 carry 16 KiB, so the log rolls over to new segments.
     if key.starts_with('c') && key.contains("7-") {
         v.resize(16 * 1024, b'.');
+    }
+    // One churn key in a hundred carries 600 KiB: stored in three pieces.
+    if key.starts_with('c') && key.contains("33-r") {
+        v.resize(600 * 1024, b'#');
     }
     v
 }

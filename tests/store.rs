@@ -429,3 +429,120 @@ fn a_relayed_older_epoch_is_applied_and_a_fence_after_the_stream_began_refuses_t
     }
     assert_eq!(standby.status().unwrap().position.lsn, Lsn(2));
 }
+
+/// Values longer than a piece (248 KiB) are kept in pieces: every read path, the digest, the
+/// log shipped to a standby, a snapshot and `verify` see them whole, and replacing or removing
+/// one leaves none of its pieces behind.
+#[test]
+fn long_values_are_read_whole_by_every_path_and_replaced_cleanly() {
+    use domsync_proto::app::KeyRange;
+    use domsync_store::ResyncTarget;
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"), "a");
+    let d = a.create_domain(&id("t")).unwrap();
+    let pattern =
+        |len: usize, salt: u8| -> Vec<u8> { (0..len).map(|i| (i % 251) as u8 ^ salt).collect() };
+    let piece = 248 * 1024;
+    let long = pattern(3 * piece + 5, 1);
+    let exact = pattern(piece, 2);
+    let package = pattern((1 << 20) + 3, 3);
+    d.put("long", long.clone()).unwrap();
+    d.put("exact", exact.clone()).unwrap();
+    d.put("short", "v").unwrap();
+    d.install_policy("pkg", package.clone()).unwrap();
+
+    assert_eq!(d.get(b"long").unwrap().value.as_deref(), Some(&long[..]));
+    assert_eq!(d.get(b"exact").unwrap().value.as_deref(), Some(&exact[..]));
+    assert_eq!(d.get_entry(b"long").unwrap().value.unwrap().value, long);
+    let listed = d.list(b"", 10).unwrap().value;
+    assert_eq!(listed[1], (b"long".to_vec(), long.clone()));
+    let page = d
+        .scan(&KeyRange::prefix(b"lo"), None, 10, usize::MAX, false)
+        .unwrap()
+        .value;
+    assert_eq!(page.entries[0].value, long);
+    let reader = d.policy_reader("pkg").unwrap().value.unwrap();
+    let mut streamed = Vec::new();
+    while streamed.len() < package.len() {
+        let part = reader.read_at(streamed.len() as u64, 100_000).unwrap();
+        assert!(!part.is_empty());
+        streamed.extend(part);
+    }
+    assert_eq!(streamed, package);
+    drop(reader);
+    assert!(d.verify().unwrap().is_clean());
+
+    // Shipped as records, the standby ends in the same state and digest.
+    let b = store(&dir.path().join("b"), "b");
+    let standby = b.join_domain(&id("t")).unwrap();
+    ship(&d, &standby, 1);
+    assert_eq!(
+        standby.get(b"long").unwrap().value.as_deref(),
+        Some(&long[..])
+    );
+    assert_eq!(standby.status().unwrap().digest, d.status().unwrap().digest);
+
+    // Through a snapshot into a fresh replica.
+    let c = store(&dir.path().join("c"), "c");
+    let fresh = c.join_domain(&id("t")).unwrap();
+    let snap = d.snapshot().unwrap();
+    let mut resync = fresh
+        .begin_resync(
+            ResyncTarget {
+                uid: snap.uid.unwrap(),
+                position: snap.position.clone(),
+                epoch: snap.epoch.clone(),
+                history: snap.history.clone(),
+                digest: snap.digest,
+            },
+            None,
+        )
+        .unwrap();
+    let mut rows = Vec::new();
+    snap.for_each::<StoreError>(|row| {
+        rows.push(row);
+        Ok(())
+    })
+    .unwrap();
+    drop(snap);
+    resync.add(&rows).unwrap();
+    resync.finish().unwrap();
+    assert_eq!(
+        fresh.get(b"long").unwrap().value.as_deref(),
+        Some(&long[..])
+    );
+    let reader = fresh.policy_reader("pkg").unwrap().value.unwrap();
+    assert_eq!(
+        reader.read_at(piece as u64 - 2, 4).unwrap(),
+        package[piece - 2..piece + 2]
+    );
+    drop(reader);
+    assert!(fresh.verify().unwrap().is_clean());
+
+    // Replaced by a shorter value, removed: no piece is left, and the digests still agree.
+    d.put("long", "now short").unwrap();
+    d.delete("exact").unwrap();
+    d.remove_policy("pkg").unwrap();
+    let back = pattern(2 * piece + 1, 4);
+    d.put("exact", back.clone()).unwrap();
+    ship(&d, &standby, 5);
+    for r in [&d, &standby] {
+        assert_eq!(
+            r.get(b"long").unwrap().value.as_deref(),
+            Some(&b"now short"[..])
+        );
+        assert_eq!(r.get(b"exact").unwrap().value.as_deref(), Some(&back[..]));
+        assert!(r.policy_reader("pkg").unwrap().value.is_none());
+        assert!(r.verify().unwrap().is_clean());
+    }
+    assert_eq!(standby.status().unwrap().digest, d.status().unwrap().digest);
+    let path = d.path().to_path_buf();
+    drop((d, standby, fresh));
+    drop((a, b, c));
+    // Only the two pieces of the last value remain in the active's file.
+    let db = redb::Database::open(path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let pieces: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("pieces");
+    let table = txn.open_table(pieces).unwrap();
+    assert_eq!(redb::ReadableTableMetadata::len(&table).unwrap(), 2);
+}

@@ -4,6 +4,7 @@
 use sha2::{Digest as _, Sha256};
 
 use super::error::{StorageResult, StoreError};
+use super::pieces::{self, Owner};
 use super::tables::{crl_key, encode_row, issuer_key, rows_with_prefix, Tables};
 use domsync_proto::model::{Crl, DomainId, HeldCrl, IssuerCert, Op, PolicyInfo, Record};
 use domsync_proto::model::{DigestTable, StateDigest};
@@ -25,8 +26,13 @@ pub(crate) fn apply_ops(
                     .or_storage(domain)?;
             }
             Op::Delete { key } => {
-                if let Some(old) = t.kv.remove(key.as_slice()).or_storage(domain)? {
-                    digest.remove(DigestTable::Kv, key, old.value());
+                let old =
+                    t.kv.remove(key.as_slice())
+                        .or_storage(domain)?
+                        .map(|v| v.value().to_vec());
+                if let Some(first) = old {
+                    let old = pieces::take_rest(domain, &mut t.pieces, Owner::Kv, key, &first)?;
+                    digest.remove(DigestTable::Kv, key, &old);
                 }
                 t.kv_version.remove(key.as_slice()).or_storage(domain)?;
             }
@@ -45,7 +51,7 @@ pub(crate) fn apply_ops(
                 if let Some(old) = t.policy.remove(name.as_str()).or_storage(domain)? {
                     digest.remove(DigestTable::Policy, name.as_bytes(), old.value());
                 }
-                t.content.remove(name.as_str()).or_storage(domain)?;
+                remove_content(domain, t, name)?;
             }
             Op::PutLegacyCrl(crl) => put_crl(domain, t, crl, digest)?,
             Op::RemoveLegacyCrl { issuer } => {
@@ -98,9 +104,15 @@ pub(crate) fn put_kv(
     value: &[u8],
     digest: &mut StateDigest,
 ) -> Result<(), StoreError> {
-    if let Some(old) = t.kv.insert(key, value).or_storage(domain)? {
-        digest.remove(DigestTable::Kv, key, old.value());
+    let old =
+        t.kv.insert(key, pieces::first(value))
+            .or_storage(domain)?
+            .map(|v| v.value().to_vec());
+    if let Some(first) = old {
+        let old = pieces::take_rest(domain, &mut t.pieces, Owner::Kv, key, &first)?;
+        digest.remove(DigestTable::Kv, key, &old);
     }
+    pieces::write_rest(domain, &mut t.pieces, Owner::Kv, key, value)?;
     digest.add(DigestTable::Kv, key, value);
     Ok(())
 }
@@ -119,7 +131,35 @@ pub(crate) fn put_policy(
         digest.remove(DigestTable::Policy, name.as_bytes(), old.value());
     }
     digest.add(DigestTable::Policy, name.as_bytes(), &row);
-    t.content.insert(name, content).or_storage(domain)?;
+    remove_content(domain, t, name)?;
+    t.content
+        .insert(name, pieces::first(content))
+        .or_storage(domain)?;
+    pieces::write_rest(
+        domain,
+        &mut t.pieces,
+        Owner::PolicyContent,
+        name.as_bytes(),
+        content,
+    )
+}
+
+/// Removes a policy package's content, all its pieces with it.
+fn remove_content(domain: &DomainId, t: &mut Tables<'_>, name: &str) -> Result<(), StoreError> {
+    let old = t
+        .content
+        .remove(name)
+        .or_storage(domain)?
+        .map(|v| v.value().to_vec());
+    if let Some(first) = old {
+        pieces::take_rest(
+            domain,
+            &mut t.pieces,
+            Owner::PolicyContent,
+            name.as_bytes(),
+            &first,
+        )?;
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use redb::{ReadTransaction, ReadableTable};
 
 use super::domain::Domain;
 use super::error::{StorageResult, StoreError};
+use super::pieces::{self, Owner};
 use super::read::Read;
 use super::tables::{Tables, KV, KV_VERSION};
 use domsync_proto::app::{Condition, Entry, Event, KeyRange};
@@ -42,10 +43,20 @@ pub(crate) fn check_conditions(
 ) -> Result<Option<Failed>, StoreError> {
     for (i, c) in conditions.iter().enumerate() {
         let key = c.key();
-        let value =
+        let first =
             t.kv.get(key)
                 .or_storage(domain)?
                 .map(|v| v.value().to_vec());
+        let value = match first {
+            Some(first) => Some(pieces::whole(
+                domain,
+                Some(&t.pieces),
+                Owner::Kv,
+                key,
+                &first,
+            )?),
+            None => None,
+        };
         let version = match &value {
             Some(_) => Some(Lsn(t
                 .kv_version
@@ -87,9 +98,11 @@ impl Domain {
         let id = &self.inner.id;
         self.read(|txn| {
             let table = txn.open_table(KV).or_storage(id)?;
-            let Some(value) = table.get(key).or_storage(id)?.map(|v| v.value().to_vec()) else {
+            let Some(first) = table.get(key).or_storage(id)?.map(|v| v.value().to_vec()) else {
                 return Ok(None);
             };
+            let pieces = pieces::open(id, txn)?;
+            let value = pieces::whole(id, pieces.as_ref(), Owner::Kv, key, &first)?;
             let versions = txn.open_table(KV_VERSION).or_storage(id)?;
             Ok(Some(Entry {
                 key: key.to_vec(),
@@ -234,6 +247,7 @@ fn scan_in(
     use std::ops::Bound;
     let table = txn.open_table(KV).or_storage(id)?;
     let versions = txn.open_table(KV_VERSION).or_storage(id)?;
+    let pieces = pieces::open(id, txn)?;
     let start: Bound<&[u8]> = match after {
         Some(a) if a >= range.start.as_slice() => Bound::Excluded(a),
         _ => Bound::Included(range.start.as_slice()),
@@ -264,7 +278,7 @@ fn scan_in(
         let value = if keys_only {
             Vec::new()
         } else {
-            v.value().to_vec()
+            pieces::whole(id, pieces.as_ref(), Owner::Kv, &key, v.value())?
         };
         bytes = bytes.saturating_add(key.len() + value.len());
         let version = version_in(id, &versions, &key)?;

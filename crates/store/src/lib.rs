@@ -51,6 +51,7 @@ mod faults;
 mod flusher;
 mod log;
 mod meta;
+mod pieces;
 mod pool;
 mod private;
 mod read;

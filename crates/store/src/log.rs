@@ -5,6 +5,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::domain::Domain;
 use super::error::{StorageResult, StoreError};
+use super::pieces::{self, Owner};
 use super::tables::{decode_policy, CRL, CRLS, ISSUER, KV, POLICY, POLICY_CONTENT};
 use domsync_proto::codec::{chain_next, decode_record, CodecError};
 use domsync_proto::model::{DigestTable, StateDigest};
@@ -84,9 +85,11 @@ pub(crate) fn compute_digest(
     id: &DomainId,
 ) -> Result<StateDigest, StoreError> {
     let mut d = StateDigest::default();
+    let pieces = pieces::open(id, txn)?;
     for entry in txn.open_table(KV).or_storage(id)?.iter().or_storage(id)? {
         let (k, v) = entry.or_storage(id)?;
-        d.add(DigestTable::Kv, k.value(), v.value());
+        let value = pieces::whole(id, pieces.as_ref(), Owner::Kv, k.value(), v.value())?;
+        d.add(DigestTable::Kv, k.value(), &value);
     }
     for entry in txn
         .open_table(POLICY)
@@ -352,6 +355,7 @@ impl Domain {
             report.fault(None, format!("state digest {} differs from the recorded {}: table data changed outside a commit", report.digest_computed, report.digest_stored));
         }
         let contents = txn.open_table(POLICY_CONTENT).or_storage(id)?;
+        let pieces = pieces::open(id, &txn)?;
         for entry in txn
             .open_table(POLICY)
             .or_storage(id)?
@@ -362,9 +366,17 @@ impl Domain {
             let name = k.value();
             match decode_policy(id, name, v.value()) {
                 Ok(info) => {
-                    let content = contents.get(name).or_storage(id)?;
-                    let sha: [u8; 32] =
-                        Sha256::digest(content.as_ref().map_or(&[][..], |c| c.value())).into();
+                    let content = match contents.get(name).or_storage(id)? {
+                        Some(first) => pieces::whole(
+                            id,
+                            pieces.as_ref(),
+                            Owner::PolicyContent,
+                            name.as_bytes(),
+                            first.value(),
+                        )?,
+                        None => Vec::new(),
+                    };
+                    let sha: [u8; 32] = Sha256::digest(&content).into();
                     if sha != info.sha256 {
                         report.fault(
                             None,

@@ -5,6 +5,7 @@ use redb::ReadableTable;
 use sha2::{Digest as _, Sha256};
 
 use super::error::{StorageResult, StoreError};
+use super::pieces::{self, Owner};
 use super::tables::{
     decode_crl, decode_held, decode_policy, CRL, CRLS, ISSUER, KV, POLICY, POLICY_CONTENT,
 };
@@ -44,6 +45,7 @@ pub struct PolicyReader {
     /// Name, version, size and digest of the package.
     pub info: PolicyInfo,
     table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    pieces: Option<pieces::PiecesTable>,
     _open: OpenReader,
 }
 
@@ -90,12 +92,15 @@ impl PolicyReader {
                 domain: id.clone(),
                 what: format!("content of policy {} is missing", self.info.name),
             })?;
-        let bytes = value.value();
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(bytes.len());
-        let end = start.saturating_add(len).min(bytes.len());
-        Ok(bytes[start..end].to_vec())
+        pieces::read_range(
+            id,
+            self.pieces.as_ref(),
+            Owner::PolicyContent,
+            self.info.name.as_bytes(),
+            value.value(),
+            offset,
+            len,
+        )
     }
 }
 
@@ -108,7 +113,11 @@ impl Domain {
         let id = &self.inner.id;
         self.read(|txn| {
             let table = txn.open_table(KV).or_storage(id)?;
-            Ok(table.get(key).or_storage(id)?.map(|v| v.value().to_vec()))
+            let Some(first) = table.get(key).or_storage(id)?.map(|v| v.value().to_vec()) else {
+                return Ok(None);
+            };
+            let pieces = pieces::open(id, txn)?;
+            pieces::whole(id, pieces.as_ref(), Owner::Kv, key, &first).map(Some)
         })
     }
 
@@ -120,13 +129,15 @@ impl Domain {
         let id = &self.inner.id;
         self.read(|txn| {
             let table = txn.open_table(KV).or_storage(id)?;
+            let pieces = pieces::open(id, txn)?;
             let mut out = Vec::new();
             for entry in table.range(prefix..).or_storage(id)? {
                 let (k, v) = entry.or_storage(id)?;
                 if !k.value().starts_with(prefix) || out.len() >= limit {
                     break;
                 }
-                out.push((k.value().to_vec(), v.value().to_vec()));
+                let value = pieces::whole(id, pieces.as_ref(), Owner::Kv, k.value(), v.value())?;
+                out.push((k.value().to_vec(), value));
             }
             Ok(out)
         })
@@ -185,6 +196,7 @@ impl Domain {
                 domain: id.clone(),
                 info,
                 table,
+                pieces: pieces::open(id, txn)?,
                 _open: OpenReader::new(&self.inner.counters),
             }))
         })

@@ -4,6 +4,7 @@ use redb::{ReadTransaction, ReadableTable};
 
 use super::domain::Domain;
 use super::error::{StorageResult, StoreError};
+use super::pieces::{self, Owner};
 use super::tables::{
     decode_crl, decode_held, decode_policy, CRL, CRLS, ISSUER, KV, KV_VERSION, POLICY,
     POLICY_CONTENT,
@@ -74,6 +75,7 @@ impl Snapshot {
     ) -> Result<(), E> {
         let id = &self.domain;
         let versions = self.txn.open_table(KV_VERSION).or_storage(id)?;
+        let pieces = pieces::open(id, &self.txn)?;
         for entry in self
             .txn
             .open_table(KV)
@@ -83,7 +85,7 @@ impl Snapshot {
         {
             let (k, v) = entry.or_storage(id)?;
             let key = k.value().to_vec();
-            let value = v.value().to_vec();
+            let value = pieces::whole(id, pieces.as_ref(), Owner::Kv, &key, v.value())?;
             match versions.get(key.as_slice()).or_storage(id)? {
                 Some(version) => f(SnapshotItem::KvAt {
                     key,
@@ -106,7 +108,16 @@ impl Snapshot {
             let content = contents
                 .get(k.value())
                 .or_storage(id)?
-                .map(|c| c.value().to_vec())
+                .map(|c| {
+                    pieces::whole(
+                        id,
+                        pieces.as_ref(),
+                        Owner::PolicyContent,
+                        k.value().as_bytes(),
+                        c.value(),
+                    )
+                })
+                .transpose()?
                 .unwrap_or_default();
             f(SnapshotItem::Policy(Policy { info, content }))?;
         }

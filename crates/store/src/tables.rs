@@ -2,10 +2,11 @@
 //!
 //! | table            | key            | value                                   |
 //! |------------------|----------------|-----------------------------------------|
-//! | `kv`             | user key       | user value                              |
+//! | `kv`             | user key       | user value, or its first piece when longer than 248 KiB (see `pieces`) |
 //! | `kv_version`     | user key       | lsn of the record that last changed it (absent: written before versions were kept) |
 //! | `policy`         | package name   | postcard [`PolicyInfo`]                 |
-//! | `policy_content` | package name   | package bytes                           |
+//! | `policy_content` | package name   | package bytes, or their first piece (see `pieces`) |
+//! | `pieces`         | owner ++ key length ++ key ++ piece number | the further pieces of long values (see `pieces`) |
 //! | `crl`            | issuer text    | postcard [`Crl`]: legacy, stored before issuer verification |
 //! | `issuer`         | subject DER ++ SHA-256 of the certificate | postcard [`IssuerCert`] |
 //! | `crls`           | issuer DER ++ `0` (base), or ++ `1` ++ base number (delta) | postcard [`HeldCrl`] |
@@ -47,6 +48,8 @@ pub(crate) struct Tables<'txn> {
     pub issuer: redb::Table<'txn, &'static [u8], &'static [u8]>,
     pub crls: redb::Table<'txn, &'static [u8], &'static [u8]>,
     pub meta: redb::Table<'txn, &'static str, &'static [u8]>,
+    /// Pieces after the first of long values (see `pieces`).
+    pub pieces: redb::Table<'txn, &'static [u8], &'static [u8]>,
     /// Frames of the records made in this transaction, in lsn order: appended to the segment
     /// log (and synced) before the transaction commits.
     pub frames: Vec<Vec<u8>>,
@@ -66,6 +69,7 @@ impl<'txn> Tables<'txn> {
             issuer: txn.open_table(ISSUER).or_storage(domain)?,
             crls: txn.open_table(CRLS).or_storage(domain)?,
             meta: txn.open_table(META).or_storage(domain)?,
+            pieces: txn.open_table(super::pieces::PIECES).or_storage(domain)?,
             frames: Vec::new(),
         })
     }
