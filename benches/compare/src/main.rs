@@ -422,8 +422,8 @@ async fn run(args: Args) -> Result<()> {
             say("4. replication lag at fixed write rates: domsync standby vs Redis replica vs etcd follower");
             for rate in args.lag_rates() {
                 // Against the three domsyncd processes: writes to the active's admin socket,
-                // the standby's position read from its admin socket every millisecond (so a
-                // figure is late by up to about a millisecond; see crates/bench/src/pair.rs).
+                // each position pushed to a watch on the standby's application socket (see
+                // crates/bench/src/pair.rs), as Redis's and etcd's are pushed to a subscriber.
                 let mut a = vec![
                     "lag".to_owned(),
                     "--socket".into(),
@@ -431,6 +431,7 @@ async fn run(args: Args) -> Result<()> {
                     "--standby-socket".into(),
                     ds.socket(1).display().to_string(),
                 ];
+                a.extend(ds.app_socket(1));
                 a.extend(bench_opts(&[
                     ("--domain", "lag".into()),
                     ("--rate", rate.to_string()),

@@ -11,8 +11,9 @@
 //! - install: `--runs` policy packages of `--value-size` bytes installed on the active, each
 //!   timed from the start of the install to the standby's applied position reaching its lsn.
 //! - lag: an open-loop writer at `--rate` writes/s through `--concurrency` admin sessions; for
-//!   every write, the time from its return to the first polled standby position at or past
-//!   its lsn.
+//!   every write, the time from its return to the standby showing a position at or past its
+//!   lsn: pushed to a watch on the standby's application socket when `--app-socket` names it
+//!   (no polling delay), else its polled status.
 //! - resync: with the standby stopped and its state removed (the caller's part), the active is
 //!   filled with `--size` bytes; then `--go-file` is created (the caller starts the empty
 //!   standby when it appears) and the time runs until the standby reports Synchronized at the
@@ -193,29 +194,68 @@ pub async fn lag(ctx: &Ctx) -> BenchResult<Outcome> {
     let mut o = Outcome::default();
     let active = active(ctx).await?;
     let mut standby = Standby::open(ctx).await?;
-    // The standby's positions as polled, with when each was first seen.
+    // The standby's positions as watched or polled, with when each was first seen.
     let (last_tx, mut last_rx) = tokio::sync::oneshot::channel::<u64>();
-    let watcher = tokio::spawn(async move {
-        let mut seen: Vec<(u64, Instant)> = Vec::with_capacity(1 << 16);
-        let mut last = None;
-        let deadline = Instant::now() + GUARD;
-        loop {
-            if let Ok(l) = last_rx.try_recv() {
-                last = Some(l);
+    let pushed = ctx.app_target()?;
+    let how = match &pushed {
+        Some(_) => "pushed to a watch on the standby's application socket".to_owned(),
+        None => format!("its polled status (polled every {POLL:?}, so up to that much late)"),
+    };
+    let watcher = if let Some(target) = pushed {
+        let client = domsync_client::app::AppClient::connect(target).await?;
+        let all = domsync_proto::app::KeyRange {
+            start: Vec::new(),
+            end: None,
+        };
+        let mut watch = client.watch(&ctx.domain, all, None).await?;
+        tokio::spawn(async move {
+            let mut seen: Vec<(u64, Instant)> = Vec::with_capacity(1 << 16);
+            let mut last = None;
+            let deadline = tokio::time::Instant::now() + GUARD;
+            loop {
+                let top = seen.last().map_or(0, |s| s.0);
+                if last.is_some_and(|l| top >= l) {
+                    break;
+                }
+                let batch = tokio::select! {
+                    b = watch.next() => b.map_err(|e| e.to_string())?,
+                    l = &mut last_rx, if last.is_none() => {
+                        last = Some(l.map_err(|_| "the writers stopped".to_owned())?);
+                        continue;
+                    }
+                    () = tokio::time::sleep_until(deadline) => break,
+                };
+                let now = Instant::now();
+                if batch.position.lsn.0 > top {
+                    seen.push((batch.position.lsn.0, now));
+                }
             }
-            let top = seen.last().map_or(0, |s| s.0);
-            if last.is_some_and(|l| top >= l) || Instant::now() > deadline {
-                break;
+            drop(client);
+            Ok::<_, String>(seen)
+        })
+    } else {
+        tokio::spawn(async move {
+            let mut seen: Vec<(u64, Instant)> = Vec::with_capacity(1 << 16);
+            let mut last = None;
+            let deadline = Instant::now() + GUARD;
+            loop {
+                if let Ok(l) = last_rx.try_recv() {
+                    last = Some(l);
+                }
+                let top = seen.last().map_or(0, |s| s.0);
+                if last.is_some_and(|l| top >= l) || Instant::now() > deadline {
+                    break;
+                }
+                match standby.state().await {
+                    Ok((Some(p), _)) if p.lsn.0 > top => seen.push((p.lsn.0, Instant::now())),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                tokio::time::sleep(POLL).await;
             }
-            match standby.state().await {
-                Ok((Some(p), _)) if p.lsn.0 > top => seen.push((p.lsn.0, Instant::now())),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        Ok(seen)
-    });
+            Ok(seen)
+        })
+    };
     let sessions = super::write::sessions(&active, ctx.concurrency()).await?;
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
     let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
@@ -317,7 +357,7 @@ pub async fn lag(ctx: &Ctx) -> BenchResult<Outcome> {
         ));
     }
     o.notes.push(format!(
-        "lag: from the admin write returning on the active to the standby's polled status showing that lsn (polled every {POLL:?}, so up to that much late); writes open loop through {} admin sessions; due-to-return p99 {:.1} ms",
+        "lag: from the admin write returning on the active to the standby showing that lsn, {how}; writes open loop through {} admin sessions; due-to-return p99 {:.1} ms",
         ctx.concurrency(),
         q.p99
     ));
