@@ -868,7 +868,16 @@ impl Sim {
                         req: 0,
                         epoch: Some(st.epoch.clone()),
                     };
-                    self.send_ctl(i, p, false, body);
+                    // `Node::probe`: first on the cached connection; one that does not answer
+                    // (dead since the peer restarted) is dropped and the probe sent again on a
+                    // fresh one. Without the retry here, an active whose cached connections went
+                    // stale never heard it was superseded (seed 5413 of 10,000 stuck that way).
+                    let stale =
+                        self.conns[i][p].is_some_and(|inc| inc != self.nodes[p].incarnation);
+                    self.send_ctl(i, p, false, body.clone());
+                    if stale {
+                        self.send_ctl(i, p, true, body);
+                    }
                 }
             }
         }
