@@ -718,7 +718,12 @@ impl SegmentLog {
                     return Err(e);
                 }
             };
-            if let Some(prev) = st.segments.last_mut() {
+            // A last segment that holds no record yet starts at `first` too: the new one was
+            // made in its place (same name), so it is replaced, not followed. Two entries for
+            // one file would let retention remove the file still being appended to.
+            if st.segments.last().is_some_and(|s| s.first == first) {
+                st.segments.pop();
+            } else if let Some(prev) = st.segments.last_mut() {
                 prev.file = None;
                 prev.appender = None;
             }
@@ -1047,5 +1052,53 @@ mod tests {
         assert_eq!(opened.replay.len(), 10);
         assert_eq!(opened.replay[0].0.prev_chain, chains[190]);
         assert_eq!(opened.log.next(), Lsn(201));
+    }
+}
+
+#[cfg(test)]
+mod empty_segment_tests {
+    use super::*;
+    use domsync_proto::codec::encode_record;
+    use domsync_proto::model::{Epoch, NodeId, Op};
+
+    fn frame(lsn: u64, prev_chain: u32, value: usize) -> Vec<u8> {
+        encode_record(&Record {
+            epoch: Epoch {
+                term: 1,
+                node: NodeId::new("n").unwrap(),
+            },
+            lsn: Lsn(lsn),
+            time: lsn,
+            prev_chain,
+            ops: vec![Op::Put {
+                key: b"k".to_vec(),
+                value: vec![9; value],
+            }],
+        })
+        .unwrap()
+    }
+
+    /// A first record larger than the new log's (empty) segment used to start a second
+    /// segment with the same first lsn, so the same file: retention then removed the file the
+    /// log was still appending to (the store_model fuzzer found it with a 496 KiB value).
+    #[test]
+    fn a_record_too_large_for_an_empty_segment_replaces_it_and_retention_keeps_the_live_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d: DomainId = "big".parse().unwrap();
+        let log_dir = dir.path().join("big.log");
+        let log = SegmentLog::create(&None, &d, &log_dir, 7, Lsn(1)).unwrap();
+        let first = frame(1, 0, 2 * FIRST_SEGMENT as usize);
+        let mut chain = chain_next(0, &first);
+        log.append(Lsn(1), &[first]).unwrap();
+        for lsn in 2..=6u64 {
+            let f = frame(lsn, chain, 10);
+            chain = chain_next(chain, &f);
+            log.append(Lsn(lsn), &[f]).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(&log_dir).unwrap().count(), 1);
+        log.retain_from(Lsn(5)).unwrap();
+        let read = log.read(Lsn(5), Lsn(6), usize::MAX, usize::MAX).unwrap();
+        assert_eq!(read.len(), 2, "records 5 and 6 are still read");
+        assert!(log_dir.join(segment_name(Lsn(1))).exists());
     }
 }
