@@ -101,8 +101,7 @@ impl Domain {
             let Some(first) = table.get(key).or_storage(id)?.map(|v| v.value().to_vec()) else {
                 return Ok(None);
             };
-            let pieces = pieces::open(id, txn)?;
-            let value = pieces::whole(id, pieces.as_ref(), Owner::Kv, key, &first)?;
+            let value = pieces::whole_in(id, txn, Owner::Kv, key, first)?;
             let versions = txn.open_table(KV_VERSION).or_storage(id)?;
             Ok(Some(Entry {
                 key: key.to_vec(),

@@ -119,6 +119,22 @@ pub(crate) fn open(
     }
 }
 
+/// The whole value of the row `first` read in `txn`: the `pieces` table is opened only for a
+/// row that may continue (a single read keeps its one table lookup otherwise).
+pub(crate) fn whole_in(
+    domain: &DomainId,
+    txn: &ReadTransaction,
+    owner: Owner,
+    key: &[u8],
+    first: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    if !continues(first.len()) {
+        return Ok(first);
+    }
+    let pieces = open(domain, txn)?;
+    whole(domain, pieces.as_ref(), owner, key, &first)
+}
+
 /// The whole value of a row whose first piece is `first`.
 pub(crate) fn whole<T: ReadableTable<&'static [u8], &'static [u8]>>(
     domain: &DomainId,

@@ -116,8 +116,7 @@ impl Domain {
             let Some(first) = table.get(key).or_storage(id)?.map(|v| v.value().to_vec()) else {
                 return Ok(None);
             };
-            let pieces = pieces::open(id, txn)?;
-            pieces::whole(id, pieces.as_ref(), Owner::Kv, key, &first).map(Some)
+            pieces::whole_in(id, txn, Owner::Kv, key, first).map(Some)
         })
     }
 
