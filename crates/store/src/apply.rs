@@ -26,13 +26,12 @@ pub(crate) fn apply_ops(
                     .or_storage(domain)?;
             }
             Op::Delete { key } => {
-                let old =
-                    t.kv.remove(key.as_slice())
-                        .or_storage(domain)?
-                        .map(|v| v.value().to_vec());
-                if let Some(first) = old {
-                    let old = pieces::take_rest(domain, &mut t.pieces, Owner::Kv, key, &first)?;
-                    digest.remove(DigestTable::Kv, key, &old);
+                if let Some(old) = t.kv.remove(key.as_slice()).or_storage(domain)? {
+                    let first = old.value();
+                    match pieces::take_rest(domain, &mut t.pieces, Owner::Kv, key, first)? {
+                        Some(whole) => digest.remove(DigestTable::Kv, key, &whole),
+                        None => digest.remove(DigestTable::Kv, key, first),
+                    }
                 }
                 t.kv_version.remove(key.as_slice()).or_storage(domain)?;
             }
@@ -104,13 +103,12 @@ pub(crate) fn put_kv(
     value: &[u8],
     digest: &mut StateDigest,
 ) -> Result<(), StoreError> {
-    let old =
-        t.kv.insert(key, pieces::first(value))
-            .or_storage(domain)?
-            .map(|v| v.value().to_vec());
-    if let Some(first) = old {
-        let old = pieces::take_rest(domain, &mut t.pieces, Owner::Kv, key, &first)?;
-        digest.remove(DigestTable::Kv, key, &old);
+    if let Some(old) = t.kv.insert(key, pieces::first(value)).or_storage(domain)? {
+        let first = old.value();
+        match pieces::take_rest(domain, &mut t.pieces, Owner::Kv, key, first)? {
+            Some(whole) => digest.remove(DigestTable::Kv, key, &whole),
+            None => digest.remove(DigestTable::Kv, key, first),
+        }
     }
     pieces::write_rest(domain, &mut t.pieces, Owner::Kv, key, value)?;
     digest.add(DigestTable::Kv, key, value);
@@ -146,18 +144,13 @@ pub(crate) fn put_policy(
 
 /// Removes a policy package's content, all its pieces with it.
 fn remove_content(domain: &DomainId, t: &mut Tables<'_>, name: &str) -> Result<(), StoreError> {
-    let old = t
-        .content
-        .remove(name)
-        .or_storage(domain)?
-        .map(|v| v.value().to_vec());
-    if let Some(first) = old {
+    if let Some(old) = t.content.remove(name).or_storage(domain)? {
         pieces::take_rest(
             domain,
             &mut t.pieces,
             Owner::PolicyContent,
             name.as_bytes(),
-            &first,
+            old.value(),
         )?;
     }
     Ok(())

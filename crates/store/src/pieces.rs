@@ -82,19 +82,20 @@ pub(crate) fn write_rest(
     Ok(())
 }
 
-/// Removes the pieces continuing a row whose first piece was `first`, and returns the whole
-/// value it held.
+/// Removes the pieces continuing a row whose first piece was `first`. Returns the whole value
+/// it held when the row continued into pieces; `None` when `first` was the whole value (no
+/// copy is made on that, the common, path).
 pub(crate) fn take_rest(
     domain: &DomainId,
     pieces: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
     owner: Owner,
     key: &[u8],
     first: &[u8],
-) -> Result<Vec<u8>, StoreError> {
-    let mut whole = first.to_vec();
+) -> Result<Option<Vec<u8>>, StoreError> {
     if !continues(first.len()) {
-        return Ok(whole);
+        return Ok(None);
     }
+    let mut whole = first.to_vec();
     for n in 1u32.. {
         let Some(piece) = pieces
             .remove(piece_key(owner, key, n).as_slice())
@@ -104,7 +105,7 @@ pub(crate) fn take_rest(
         };
         whole.extend_from_slice(piece.value());
     }
-    Ok(whole)
+    Ok(Some(whole))
 }
 
 /// The `pieces` table of a read transaction, `None` in a database that has none yet.
@@ -225,7 +226,11 @@ mod tests {
                 .insert(key, first(value))
                 .expect("insert")
                 .map(|g| g.value().to_vec());
-            let old = old.map(|f| take_rest(&id, &mut pieces, Owner::Kv, key, &f).expect("take"));
+            let old = old.map(|f| {
+                take_rest(&id, &mut pieces, Owner::Kv, key, &f)
+                    .expect("take")
+                    .unwrap_or(f)
+            });
             write_rest(&id, &mut pieces, Owner::Kv, key, value).expect("rest");
             old
         };

@@ -1053,13 +1053,6 @@ mod tests {
         assert_eq!(opened.replay[0].0.prev_chain, chains[190]);
         assert_eq!(opened.log.next(), Lsn(201));
     }
-}
-
-#[cfg(test)]
-mod empty_segment_tests {
-    use super::*;
-    use domsync_proto::codec::encode_record;
-    use domsync_proto::model::{Epoch, NodeId, Op};
 
     fn frame(lsn: u64, prev_chain: u32, value: usize) -> Vec<u8> {
         encode_record(&Record {
